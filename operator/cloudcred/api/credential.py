@@ -1,0 +1,339 @@
+"""The CloudCredential kind: one set of credentials for one cloud provider.
+
+Secret values never live in the spec: the spec names Secret keys, and the
+``x-kubernetes-validations`` rules below (CEL, checked by the API server) make sure
+the provider block is complete and consistent before the object is stored.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import ConfigDict, Field, JsonValue
+from pydantic.config import JsonDict
+
+from cloudcred.api.common import (
+    UUID,
+    Condition,
+    LabelSelector,
+    Model,
+    ObjectRef,
+    Provider,
+    SecretKeyRef,
+)
+
+AWS_ROLE_ARN = r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
+AWS_ACCESS_KEY_ID = r"^(AKIA|ASIA)[A-Z0-9]{16}$"
+AWS_EXTERNAL_ID = r"^[A-Za-z0-9+=,.@:/-]{2,1224}$"
+GCP_SERVICE_ACCOUNT_EMAIL = r"^[a-z0-9-]{1,63}@[a-z0-9.-]{1,190}\.gserviceaccount\.com$"
+GCP_WORKLOAD_IDENTITY_PROVIDER = (
+    r"^(//iam\.googleapis\.com/)?projects/[0-9]{1,20}/locations/global/"
+    r"workloadIdentityPools/[a-z0-9-]{4,32}/providers/[a-z0-9-]{4,32}$"
+)
+SCALEWAY_ACCESS_KEY = r"^SCW[A-Z0-9]{17}$"
+# A Go-style duration ("90s", "30m", "1h30m") or "0" for "never".
+DURATION = r"^(0|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)$"
+
+# How many clusters status.clusters lists; clusterCount stays exact beyond it.
+MAX_LISTED_CLUSTERS = 2000
+
+
+def _rule(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    """A CEL validation rule (x-kubernetes-validations) for the CRD schema."""
+    validation: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        validation["fieldPath"] = field_path
+    return validation
+
+
+class AwsSpec(Model):
+    """AWS: an IAM role to assume (preferred) or a static access key."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _rule(
+                    "has(self.roleArn) != has(self.accessKeyId)",
+                    "spec.aws: set either roleArn, or accessKeyId with secretAccessKeyRef "
+                    "(not both, not neither)",
+                ),
+                _rule(
+                    "has(self.accessKeyId) == has(self.secretAccessKeyRef)",
+                    "spec.aws.secretAccessKeyRef: required with accessKeyId, and only with it",
+                    ".secretAccessKeyRef",
+                ),
+                _rule(
+                    "!has(self.externalId) || has(self.roleArn)",
+                    "spec.aws.externalId: only allowed together with roleArn",
+                    ".externalId",
+                ),
+            ]
+        }
+    )
+
+    role_arn: str | None = Field(
+        default=None,
+        description="IAM role the operator assumes with STS AssumeRole, e.g. "
+        "arn:aws:iam::123456789012:role/cloudcred. Preferred over static keys: nothing "
+        "long-lived to leak or rotate.",
+        max_length=2048,
+        pattern=AWS_ROLE_ARN,
+    )
+    external_id: str | None = Field(
+        default=None,
+        description="External ID the role's trust policy requires (only with roleArn).",
+        max_length=1224,
+        pattern=AWS_EXTERNAL_ID,
+    )
+    access_key_id: str | None = Field(
+        default=None,
+        description="Access key id of a static key (AKIA... or ASIA...). The public half "
+        "only; the secret half is read from secretAccessKeyRef.",
+        max_length=20,
+        pattern=AWS_ACCESS_KEY_ID,
+    )
+    secret_access_key_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the secret access key that goes with accessKeyId.",
+    )
+
+
+class GcpSpec(Model):
+    """GCP: a service-account JSON key, or workload identity federation."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _rule(
+                    "has(self.serviceAccountKeyRef) != has(self.serviceAccountEmail)",
+                    "spec.gcp: set either serviceAccountKeyRef, or serviceAccountEmail with "
+                    "workloadIdentityProvider (not both, not neither)",
+                ),
+                _rule(
+                    "has(self.serviceAccountEmail) == has(self.workloadIdentityProvider)",
+                    "spec.gcp.workloadIdentityProvider: required with serviceAccountEmail, "
+                    "and only with it",
+                    ".workloadIdentityProvider",
+                ),
+            ]
+        }
+    )
+
+    service_account_key_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding a service-account JSON key file.",
+    )
+    service_account_email: str | None = Field(
+        default=None,
+        description="Service account to impersonate through workload identity federation, "
+        "e.g. deployer@my-project.iam.gserviceaccount.com.",
+        max_length=254,
+        pattern=GCP_SERVICE_ACCOUNT_EMAIL,
+    )
+    workload_identity_provider: str | None = Field(
+        default=None,
+        description="Full resource name of the workload identity pool provider: "
+        "projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER.",
+        max_length=300,
+        pattern=GCP_WORKLOAD_IDENTITY_PROVIDER,
+    )
+
+
+class AzureSpec(Model):
+    """Azure: a service principal with a client secret."""
+
+    tenant_id: str = Field(
+        description="Microsoft Entra tenant (directory) id, a UUID.", max_length=36, pattern=UUID
+    )
+    subscription_id: str = Field(
+        description="Subscription the clusters are deployed in, a UUID.",
+        max_length=36,
+        pattern=UUID,
+    )
+    client_id: str = Field(
+        description="Application (client) id of the service principal, a UUID.",
+        max_length=36,
+        pattern=UUID,
+    )
+    client_secret_ref: SecretKeyRef = Field(
+        description="Secret key holding the service principal's client secret."
+    )
+
+
+class ScalewaySpec(Model):
+    """Scaleway: an API key (access key + secret key) scoped to a project."""
+
+    access_key: str = Field(
+        description="Access key of the API key: SCW followed by 17 upper-case letters or digits.",
+        max_length=20,
+        pattern=SCALEWAY_ACCESS_KEY,
+    )
+    secret_key_ref: SecretKeyRef = Field(
+        description="Secret key holding the API key's secret key (a UUID)."
+    )
+    project_id: str = Field(
+        description="Project the clusters are deployed in, a UUID.", max_length=36, pattern=UUID
+    )
+    organization_id: str | None = Field(
+        default=None,
+        description="Organization that owns the project, a UUID. Checked when set.",
+        max_length=36,
+        pattern=UUID,
+    )
+
+
+class VerificationSpec(Model):
+    """How the operator checks the credential with its provider."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Check the credential with its provider. false: no check at all "
+        "(Verified is Unknown with reason VerificationDisabled).",
+    )
+    interval: str = Field(
+        default="1h",
+        description="How often to check again, as a duration (90s, 30m, 1h); 0 turns "
+        "periodic checks off (the credential is still checked when it changes).",
+        max_length=32,
+        pattern=DURATION,
+    )
+
+
+def _provider_block_rules() -> list[JsonValue]:
+    """One rule per provider: its block is present exactly when it is the provider."""
+    rules: list[JsonValue] = []
+    for provider, block in (
+        (Provider.AWS, "aws"),
+        (Provider.GCP, "gcp"),
+        (Provider.AZURE, "azure"),
+        (Provider.SCALEWAY, "scaleway"),
+    ):
+        rules.append(
+            _rule(
+                f"has(self.{block}) == (self.provider == '{provider}')",
+                f"spec.{block}: required when spec.provider is {provider}, "
+                f"and not allowed otherwise",
+                f".{block}",
+            )
+        )
+    return rules
+
+
+class CloudCredentialSpec(Model):
+    """The desired credential: which provider, how to authenticate, who may use it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": _provider_block_rules()}
+    )
+
+    provider: Provider = Field(
+        description="Cloud provider: AWS, GCP, AZURE or SCALEWAY. Immutable: create a new "
+        "CloudCredential to change it.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _rule(
+                    "self == oldSelf",
+                    "spec.provider is immutable; create a new CloudCredential instead",
+                )
+            ]
+        },
+    )
+    description: str | None = Field(
+        default=None,
+        description="Free text for people, e.g. 'Production account'. Does not change the "
+        "credential's revision.",
+        max_length=1024,
+    )
+    aws: AwsSpec | None = Field(default=None, description="AWS settings (provider AWS).")
+    gcp: GcpSpec | None = Field(default=None, description="GCP settings (provider GCP).")
+    azure: AzureSpec | None = Field(default=None, description="Azure settings (provider AZURE).")
+    scaleway: ScalewaySpec | None = Field(
+        default=None, description="Scaleway settings (provider SCALEWAY)."
+    )
+    allowed_namespaces: LabelSelector | None = Field(
+        default=None,
+        description="Namespaces whose Clusters may use this credential, as a label selector "
+        "on namespaces. Absent: only this credential's own namespace. {}: every namespace.",
+    )
+    verification: VerificationSpec | None = Field(
+        default=None, description="How and how often the operator checks the credential."
+    )
+
+
+class RolloutStatus(Model):
+    """How far the current revision has reached the bound clusters."""
+
+    revision: str = Field(description="The revision being rolled out.", max_length=64)
+    updated: int = Field(description="Bound clusters deployed with this revision.", ge=0)
+    total: int = Field(description="Bound clusters in all.", ge=0)
+
+
+class CloudCredentialStatus(Model):
+    """What the operator observed. Never holds secret values."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this status describes.", ge=0
+    )
+    public_id: str | None = Field(
+        default=None,
+        description="The public part of the credential: access key id, role ARN, "
+        "client id or service-account e-mail.",
+        max_length=2048,
+    )
+    identity: str | None = Field(
+        default=None,
+        description="Who the provider says the credential is (e.g. the caller ARN).",
+        max_length=2048,
+    )
+    revision: str | None = Field(
+        default=None,
+        description="v1- and 12 hex digits of a hash over the provider block and the "
+        "referenced secret values. Changes when access changes; reveals nothing.",
+        max_length=64,
+    )
+    last_verified_time: datetime | None = Field(
+        default=None, description="When the provider last confirmed the credential."
+    )
+    key_created_time: datetime | None = Field(
+        default=None, description="When the static key was created (AWS, when readable)."
+    )
+    clusters: list[ObjectRef] | None = Field(
+        default=None,
+        description="Clusters bound to this credential, sorted by namespace and name. "
+        f"At most {MAX_LISTED_CLUSTERS}; see clustersTruncated.",
+        max_length=MAX_LISTED_CLUSTERS,
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
+    )
+    clusters_truncated: bool | None = Field(
+        default=None,
+        description="True when more clusters are bound than status.clusters can list.",
+    )
+    cluster_count: int | None = Field(
+        default=None, description="How many clusters are bound (always exact).", ge=0
+    )
+    unused_since: datetime | None = Field(
+        default=None, description="When the last bound cluster went away; empty while in use."
+    )
+    rollout: RolloutStatus | None = Field(
+        default=None, description="Progress of the current revision across bound clusters."
+    )
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="Ready, Verified, InUse, RotationRecommended, DeletionBlocked, "
+        "RolloutComplete.",
+        max_length=16,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+
+
+class CloudCredential(Model):
+    """Cloud-provider credentials that Clusters reference."""
+
+    api_version: str = Field(default="cloudcred.io/v1alpha1")
+    kind: str = Field(default="CloudCredential")
+    metadata: dict[str, object] = Field(default_factory=dict)
+    spec: CloudCredentialSpec
+    status: CloudCredentialStatus | None = None

@@ -1,0 +1,19 @@
+"""Names shared by the operator, its manifests and its tests."""
+
+GROUP = "cloudcred.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+CREDENTIAL_PLURAL = "cloudcredentials"
+CLUSTER_PLURAL = "clusters"
+# Cluster API also has a "clusters" resource: always use the full name.
+CREDENTIAL_RESOURCE = f"{CREDENTIAL_PLURAL}.{GROUP}"
+CLUSTER_RESOURCE = f"{CLUSTER_PLURAL}.{GROUP}"
+
+FINALIZER = f"{GROUP}/finalizer"
+# kopf's own bookkeeping lives under a sub-domain so that kopf's diffing still sees
+# the cloudcred.io/* annotations below.
+KOPF_STORAGE_PREFIX = f"kopf.{GROUP}"
+REDEPLOY_ANNOTATION = f"{GROUP}/redeploy-revision"
+ROLLOUT_PAUSED_ANNOTATION = f"{GROUP}/rollout-paused"
+FORCE_DELETE_ANNOTATION = f"{GROUP}/force-delete"

@@ -1,0 +1,51 @@
+"""Small helpers the tests and the local control plane share: clients and CRDs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+ROOT = Path(__file__).resolve().parent.parent
+CRD_DIR = ROOT / "crds"
+
+
+def api_client(kubeconfig: Path | str) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(kubeconfig))
+
+
+def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def install_crds(api: client.ApiClient, timeout: float = 60) -> list[str]:
+    """Create or update every CRD in crds/ and wait until each is Established."""
+    extensions = client.ApiextensionsV1Api(api)
+    names = []
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        for crd in load_yaml_documents(path):
+            name = crd["metadata"]["name"]
+            names.append(name)
+            try:
+                extensions.create_custom_resource_definition(crd)
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+                current = extensions.read_custom_resource_definition(name)
+                crd["metadata"]["resourceVersion"] = current.metadata.resource_version
+                extensions.replace_custom_resource_definition(name, crd)
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while True:
+            crd = extensions.read_custom_resource_definition(name)
+            conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+            if conditions.get("Established") == "True":
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {name} not Established after {timeout}s")
+            time.sleep(0.2)
+    return names
