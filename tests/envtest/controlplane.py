@@ -101,7 +101,7 @@ def ensure_binaries() -> dict[str, Path]:
         kubernetes, _ = pinned_versions()
         with tempfile.TemporaryDirectory(dir=target) as staging:
             command = [
-                "go", "build", "-trimpath", "-o", staging + "/",
+                "go", "build", "-o", staging + "/",
                 f"-ldflags={_version_ldflags(kubernetes)}",
                 *_GO_PACKAGES.values(),
             ]  # fmt: skip

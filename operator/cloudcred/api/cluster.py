@@ -52,7 +52,7 @@ def _region_rules() -> list[JsonValue]:
     return [
         {
             "rule": f"self.provider != '{provider}' || self.region.matches('{pattern}')",
-            "message": f"spec.region: not a {provider} region name (for example {example})",
+            "message": f"not a region name of {provider} (for example {example})",
             "fieldPath": ".region",
         }
         for provider, (pattern, example) in REGION_PATTERNS.items()

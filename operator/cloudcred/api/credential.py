@@ -24,7 +24,7 @@ from cloudcred.api.common import (
 
 AWS_ROLE_ARN = r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
 AWS_ACCESS_KEY_ID = r"^(AKIA|ASIA)[A-Z0-9]{16}$"
-AWS_EXTERNAL_ID = r"^[A-Za-z0-9+=,.@:/-]{2,1224}$"
+AWS_EXTERNAL_ID = r"^[A-Za-z0-9+=,.@:/-]{2,}$"  # RE2 caps repeat counts at 1000
 GCP_SERVICE_ACCOUNT_EMAIL = r"^[a-z0-9-]{1,63}@[a-z0-9.-]{1,190}\.gserviceaccount\.com$"
 GCP_WORKLOAD_IDENTITY_PROVIDER = (
     r"^(//iam\.googleapis\.com/)?projects/[0-9]{1,20}/locations/global/"
@@ -54,17 +54,17 @@ class AwsSpec(Model):
             "x-kubernetes-validations": [
                 _rule(
                     "has(self.roleArn) != has(self.accessKeyId)",
-                    "spec.aws: set either roleArn, or accessKeyId with secretAccessKeyRef "
+                    "set either roleArn, or accessKeyId with secretAccessKeyRef "
                     "(not both, not neither)",
                 ),
                 _rule(
                     "has(self.accessKeyId) == has(self.secretAccessKeyRef)",
-                    "spec.aws.secretAccessKeyRef: required with accessKeyId, and only with it",
+                    "required with accessKeyId, and only with it",
                     ".secretAccessKeyRef",
                 ),
                 _rule(
                     "!has(self.externalId) || has(self.roleArn)",
-                    "spec.aws.externalId: only allowed together with roleArn",
+                    "only allowed together with roleArn",
                     ".externalId",
                 ),
             ]
@@ -106,13 +106,12 @@ class GcpSpec(Model):
             "x-kubernetes-validations": [
                 _rule(
                     "has(self.serviceAccountKeyRef) != has(self.serviceAccountEmail)",
-                    "spec.gcp: set either serviceAccountKeyRef, or serviceAccountEmail with "
+                    "set either serviceAccountKeyRef, or serviceAccountEmail with "
                     "workloadIdentityProvider (not both, not neither)",
                 ),
                 _rule(
                     "has(self.serviceAccountEmail) == has(self.workloadIdentityProvider)",
-                    "spec.gcp.workloadIdentityProvider: required with serviceAccountEmail, "
-                    "and only with it",
+                    "required with serviceAccountEmail, and only with it",
                     ".workloadIdentityProvider",
                 ),
             ]
@@ -211,8 +210,7 @@ def _provider_block_rules() -> list[JsonValue]:
         rules.append(
             _rule(
                 f"has(self.{block}) == (self.provider == '{provider}')",
-                f"spec.{block}: required when spec.provider is {provider}, "
-                f"and not allowed otherwise",
+                f"required when spec.provider is {provider}, and not allowed otherwise",
                 f".{block}",
             )
         )
@@ -233,7 +231,7 @@ class CloudCredentialSpec(Model):
             "x-kubernetes-validations": [
                 _rule(
                     "self == oldSelf",
-                    "spec.provider is immutable; create a new CloudCredential instead",
+                    "is immutable; create a new CloudCredential instead",
                 )
             ]
         },
