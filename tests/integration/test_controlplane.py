@@ -58,7 +58,8 @@ def test_killed_owner_leaves_no_process_behind(tmp_path: Path) -> None:
     )
     assert owner.stdout is not None
     pids = [int(pid) for pid in owner.stdout.readline().split()]
-    assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    assert len(pids) == 2
+    assert all(_alive(pid) for pid in pids)
     owner.send_signal(signal.SIGKILL)
     owner.wait()
     deadline = time.monotonic() + 20

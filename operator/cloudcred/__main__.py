@@ -1,0 +1,110 @@
+"""The ``cloudcred`` command: ``cloudcred run`` starts the operator.
+
+cloudcred run [--standalone] [-A | -n NAMESPACE ...] [--liveness URL]
+              [--priority N] [--peering NAME]
+cloudcred crds        print the CustomResourceDefinitions (kubectl apply -f -)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from cloudcred import __version__
+from cloudcred.config import Settings, SettingsError
+
+# Loggers that would print request details (and, at DEBUG, secrets) if left alone.
+QUIET_LOGGERS = ("botocore", "boto3", "urllib3", "kubernetes.client.rest", "azure",
+                 "msal", "google.auth", "scaleway", "scaleway_core")  # fmt: skip
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cloudcred", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"cloudcred {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the operator")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="watch every namespace (default unless CLOUDCRED_NAMESPACES is set)",
+    )
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace or glob pattern; repeatable",
+    )
+    run.add_argument(
+        "--standalone", action="store_true", help="no peering: act even if other operators run"
+    )
+    run.add_argument(
+        "--liveness",
+        default=None,
+        help="liveness endpoint URL (default CLOUDCRED_LIVENESS_ENDPOINT)",
+    )
+    run.add_argument("--priority", type=int, default=0, help="peering priority")
+    run.add_argument("--peering", default=None, help="peering object name")
+    commands.add_parser("crds", help="print the CustomResourceDefinitions as YAML")
+    return parser  # fmt: skip
+
+
+def _configure_logging(settings: Settings) -> None:
+    import kopf
+
+    log_format = {
+        "plain": kopf.LogFormat.PLAIN,
+        "full": kopf.LogFormat.FULL,
+        "json": kopf.LogFormat.JSON,
+    }[settings.log_format]
+    kopf.configure(debug=settings.log_level == "DEBUG", log_format=log_format)
+    logging.getLogger().setLevel(settings.log_level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> None:
+    import kopf
+
+    import cloudcred.handlers  # noqa: F401 - registers the handlers
+
+    _configure_logging(settings)
+    namespaces = args.namespace or ([] if args.all_namespaces else settings.namespaces)
+    logging.getLogger("cloudcred").info(
+        "starting cloudcred %s: namespaces=%s standalone=%s priority=%s",
+        __version__, namespaces or "all", args.standalone, args.priority,
+    )  # fmt: skip
+    kopf.run(
+        standalone=args.standalone,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=args.liveness or settings.liveness_endpoint,
+        priority=args.priority,
+        peering_name=args.peering,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "crds":
+        from cloudcred.api.crd import CRD_FILES, render
+
+        print("---\n".join(render(build()) for build in CRD_FILES.values()), end="")
+        return 0
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as error:
+        print(f"cloudcred: bad configuration: {error}", file=sys.stderr)
+        return 2
+    run(args, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

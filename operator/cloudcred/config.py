@@ -1,0 +1,90 @@
+"""Typed operator settings, read from ``CLOUDCRED_*`` environment variables.
+
+Every setting is logged at start (none of them is a secret). Provider endpoints are
+set here and only here: a credential's spec or secret data never chooses where the
+operator connects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cloudcred.providers.base import ProviderSettings
+
+ENV_PREFIX = "CLOUDCRED_"
+
+
+class SettingsError(ValueError):
+    """A CLOUDCRED_* variable has a bad value; the message names the variable."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces (or glob patterns) to watch, comma-separated; empty: all.",
+    )
+    log_format: Literal["plain", "full", "json"] = Field(
+        default="full", description="Log line format."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+    liveness_endpoint: str = Field(
+        default="http://0.0.0.0:8080/healthz", description="kopf's liveness probe URL."
+    )
+    worker_limit: int = Field(default=20, ge=1, description="Concurrent kopf workers.")
+    verification_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds one provider check may take."
+    )
+    verification_concurrency: int = Field(
+        default=4, ge=1, description="Provider checks running at the same time."
+    )
+    retry_max_delay: float = Field(
+        default=300.0, gt=0, description="Longest wait between retries of a failed check."
+    )
+    key_age_limit_days: int = Field(
+        default=90, ge=1, description="Static keys older than this get RotationRecommended."
+    )
+    aws_region: str = Field(default="us-east-1", description="Region for STS and IAM calls.")
+    gcp_token_uri: str = Field(
+        default="https://oauth2.googleapis.com/token",
+        description="The only OAuth token endpoint GCP keys may use.",
+    )
+    azure_authority_host: str | None = Field(
+        default=None, description="Microsoft Entra authority host; default: the library's."
+    )
+    scaleway_api_url: str | None = Field(
+        default=None, description="Scaleway API URL; default: the library's."
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        values: dict[str, object] = {}
+        for name, field in cls.model_fields.items():
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is None or raw == "":
+                continue
+            if field.annotation == list[str]:
+                values[name] = [item.strip() for item in raw.split(",") if item.strip()]
+            else:
+                values[name] = raw
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{str(issue['loc'][0]).upper()}: {issue['msg']}"
+                for issue in error.errors()
+            )
+            raise SettingsError(problems) from None
+
+    def provider_settings(self) -> ProviderSettings:
+        return ProviderSettings(
+            timeout_seconds=self.verification_timeout,
+            aws_region=self.aws_region,
+            gcp_token_uri=self.gcp_token_uri,
+            azure_authority_host=self.azure_authority_host,
+            scaleway_api_url=self.scaleway_api_url,
+        )

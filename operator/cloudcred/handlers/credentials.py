@@ -1,0 +1,87 @@
+"""CloudCredential handlers: check with the provider on change, on resume, and
+every ``spec.verification.interval`` (jittered)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import kopf
+
+from cloudcred.constants import CREDENTIAL_PLURAL, CREDENTIAL_RESOURCE
+from cloudcred.kube import NotFound
+from cloudcred.verification import (
+    CheckResult,
+    check_credential,
+    parse_interval,
+    retry_delay,
+    verification_settings,
+)
+
+VERIFIER_MANAGER = "cloudcred-verifier"
+_IDLE_RECHECK_SECONDS = 300.0  # how often a daemon with checks turned off looks again
+
+
+async def verify_and_record(body: kopf.Body, memo: kopf.Memo) -> CheckResult:
+    """Check one credential and write what this check owns; one check at a time per
+    credential so that Events are posted once per change."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    lock = memo.credential_locks.setdefault(key, asyncio.Lock())
+    async with lock:
+        previous = memo.verified_conditions.get(key) or (body.get("status") or {}).get("conditions")
+        result = await check_credential(
+            dict(body), memo.kube, memo.settings, memo.verification_slots, previous
+        )
+        try:
+            await memo.kube.apply_status(
+                CREDENTIAL_PLURAL, "CloudCredential", key[0], key[1], result.status,
+                VERIFIER_MANAGER,
+            )  # fmt: skip
+        except NotFound:
+            return result  # deleted meanwhile
+        memo.verified_conditions[key] = result.status["conditions"]
+        memo.last_checks[key] = time.monotonic()
+        for event in result.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        return result
+
+
+@kopf.on.resume(CREDENTIAL_RESOURCE)
+@kopf.on.create(CREDENTIAL_RESOURCE)
+@kopf.on.update(CREDENTIAL_RESOURCE, field="spec")
+async def credential_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    result = await verify_and_record(body, memo)
+    if result.transient:
+        # A Secret created later, a provider back online: try again, with backoff.
+        raise kopf.TemporaryError(
+            f"{result.verified['reason']}: checking again", delay=retry_delay(retry, memo.settings)
+        )
+
+
+@kopf.daemon(CREDENTIAL_RESOURCE, cancellation_timeout=5.0)
+async def periodic_verification(
+    body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    """Re-check every spec.verification.interval, ±10 %, counted from the last check.
+    ``spec`` is kopf's live view: an edited interval applies from the next wake-up."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    try:
+        while not stopped:
+            interval = parse_interval(verification_settings(dict(spec)).interval)
+            if interval <= 0:
+                await stopped.wait(_IDLE_RECHECK_SECONDS)
+                continue
+            # After a restart the resume handler has just checked: count from now.
+            last = memo.last_checks.get(key, time.monotonic())
+            jittered = interval * random.uniform(0.9, 1.1)  # noqa: S311 - spreads load
+            await stopped.wait(max(last + jittered - time.monotonic(), 0.0))
+            if stopped:
+                break
+            if time.monotonic() - memo.last_checks.get(key, 0.0) >= interval * 0.9:
+                await verify_and_record(body, memo)
+    finally:
+        if not memo.credential_locks.get(key, asyncio.Lock()).locked():
+            for state in (memo.credential_locks, memo.verified_conditions, memo.last_checks):
+                state.pop(key, None)

@@ -1,0 +1,43 @@
+"""The one startup handler: kopf's settings and the shared state in ``memo``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import kopf
+
+from cloudcred.config import Settings
+from cloudcred.constants import FINALIZER, KOPF_STORAGE_PREFIX
+from cloudcred.kube import Kube, load_client_configuration
+
+
+@kopf.on.startup()
+async def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    config = Settings.from_env(os.environ)
+    settings.persistence.finalizer = FINALIZER
+    # kopf's bookkeeping under kopf.cloudcred.io/: kopf ignores annotations with its own
+    # prefix when diffing, and must not ignore our cloudcred.io/* annotations.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=KOPF_STORAGE_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_STORAGE_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.reporting_component = "cloudcred"
+    settings.batching.worker_limit = config.worker_limit
+    # Reconnect watches regularly, so a silently dropped connection is noticed.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+
+    memo.settings = config
+    memo.kube = Kube(await asyncio.to_thread(load_client_configuration))
+    memo.verification_slots = asyncio.Semaphore(config.verification_concurrency)
+    memo.credential_locks = {}
+    memo.verified_conditions = {}
+    memo.last_checks = {}
+    logger.info("cloudcred settings: %s", config.model_dump_json())

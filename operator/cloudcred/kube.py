@@ -1,0 +1,85 @@
+"""The operator's own Kubernetes calls, off the event loop.
+
+kopf owns watching and its own patches; everything else (reading referenced Secrets,
+server-side apply of status) goes through the official client here, in worker
+threads. Status is written with server-side apply under a field manager per concern,
+so that independent writers (verification, bindings) own their own fields and
+conditions (``listType: map`` on ``type``) and never erase each other's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from cloudcred.constants import API_VERSION, GROUP, VERSION
+
+# The client logs whole response bodies at DEBUG, Secret data included.
+logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)
+
+APPLY = "application/apply-patch+yaml"
+
+
+class NotFound(Exception):
+    """The object does not exist."""
+
+
+def load_client_configuration() -> client.ApiClient:
+    """In a pod: its service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+class Kube:
+    """Async wrappers over the blocking client, at most ``concurrency`` at a time."""
+
+    def __init__(self, api: client.ApiClient, concurrency: int = 8) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        async with self._slots:
+            return await asyncio.to_thread(function, *args, **kwargs)
+
+    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        """The Secret's base64 data. Raises NotFound. Errors never carry the body."""
+        try:
+            secret = await self._call(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                raise NotFound(f"Secret {namespace}/{name}") from None
+            raise RuntimeError(
+                f"reading Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
+            ) from None
+        return dict(secret.data or {})
+
+    async def apply_status(
+        self, plural: str, kind: str, namespace: str, name: str, status: dict[str, Any],
+        manager: str,
+    ) -> None:  # fmt: skip
+        """Server-side apply of this manager's part of the status."""
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
+        try:
+            await self._call(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP, VERSION, namespace, plural, name, body,
+                field_manager=manager, force=True, _content_type=APPLY,
+            )  # fmt: skip
+        except ApiException as error:
+            if error.status == 404:
+                raise NotFound(f"{kind} {namespace}/{name}") from None
+            raise

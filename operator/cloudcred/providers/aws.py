@@ -1,0 +1,178 @@
+"""AWS: STS GetCallerIdentity for static keys, STS AssumeRole for roles (boto3).
+
+Endpoints are boto3's: the real AWS ones, or whatever boto3's standard settings say
+(``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_STS``, ...). The operator's own AWS identity,
+used to assume roles, comes from boto3's default chain (IRSA, instance profile, env).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from cloudcred.api.common import SecretKeyRef
+from cloudcred.api.credential import AwsSpec, CloudCredentialSpec
+from cloudcred.providers.base import (
+    Reason,
+    SecretValues,
+    Verification,
+    VerificationError,
+    VerifyContext,
+)
+
+SECRET_ACCESS_KEY = "secretAccessKey"
+
+_INVALID_CREDENTIAL_CODES = {
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "InvalidAccessKeyId",
+    "ExpiredToken",
+    "InvalidToken",
+}
+_UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
+                ConnectionClosedError)  # fmt: skip
+
+
+def _aws(spec: CloudCredentialSpec) -> AwsSpec:
+    assert spec.aws is not None  # the CRD guarantees the block matching the provider
+    return spec.aws
+
+
+def public_id(spec: CloudCredentialSpec) -> str:
+    aws = _aws(spec)
+    return aws.role_arn or aws.access_key_id or ""
+
+
+def secret_refs(spec: CloudCredentialSpec) -> dict[str, SecretKeyRef]:
+    aws = _aws(spec)
+    return {SECRET_ACCESS_KEY: aws.secret_access_key_ref} if aws.secret_access_key_ref else {}
+
+
+def session_name(namespace: str, name: str) -> str:
+    """An STS session name that says who asked: cloudcred-<namespace>-<name>, within
+    AWS's 64 characters of [\\w+=,.@-] (a hash keeps long names distinct)."""
+    full = re.sub(r"[^\w+=,.@-]", "-", f"cloudcred-{namespace}-{name}")
+    if len(full) <= 64:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    return f"{full[:55]}-{digest}"
+
+
+def verify(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> Verification:
+    aws = _aws(spec)
+    settings = context.settings
+    config = Config(
+        connect_timeout=settings.timeout_seconds,
+        read_timeout=settings.timeout_seconds,
+        retries={"max_attempts": 1, "mode": "standard"},
+    )
+    try:
+        if aws.role_arn:
+            return _verify_role(aws, context, config)
+        return _verify_static_key(aws, secrets[SECRET_ACCESS_KEY].get_secret_value(),
+                                  context, config)  # fmt: skip
+    except _UNREACHABLE:
+        raise VerificationError(
+            Reason.PROVIDER_UNREACHABLE,
+            f"AWS STS did not answer within {settings.timeout_seconds:g}s",
+        ) from None
+    except NoCredentialsError:
+        raise VerificationError(
+            Reason.ACCESS_DENIED,
+            "the operator has no AWS identity of its own to assume the role with "
+            "(IRSA, instance profile or AWS_* environment variables)",
+        ) from None
+    except ClientError as error:
+        raise _client_error(error, aws) from None
+    except BotoCoreError as error:
+        # The class name says what failed; the text could quote request parameters.
+        raise VerificationError(
+            Reason.PROVIDER_UNREACHABLE, f"AWS call failed: {type(error).__name__}"
+        ) from None
+
+
+def _client_error(error: ClientError, aws: AwsSpec) -> VerificationError:
+    code = str(error.response.get("Error", {}).get("Code", "Unknown"))
+    operation = error.operation_name
+    if code in _INVALID_CREDENTIAL_CODES:
+        return VerificationError(
+            Reason.INVALID_CREDENTIALS, f"AWS rejected the credentials ({code} on {operation})"
+        )
+    if code.startswith("AccessDenied") or code in ("UnauthorizedOperation", "Forbidden"):
+        if operation == "AssumeRole":
+            return VerificationError(
+                Reason.ACCESS_DENIED,
+                f"the operator's AWS identity may not assume {aws.role_arn} ({code}): check "
+                "the role's trust policy and externalId",
+            )
+        return VerificationError(Reason.ACCESS_DENIED, f"AWS denied {operation} ({code})")
+    return VerificationError(Reason.PROVIDER_UNREACHABLE, f"AWS answered {code} to {operation}")
+
+
+def _verify_role(aws: AwsSpec, context: VerifyContext, config: Config) -> Verification:
+    operator_session = boto3.session.Session(region_name=context.settings.aws_region)
+    sts = operator_session.client("sts", config=config)
+    request: dict[str, Any] = {
+        "RoleArn": aws.role_arn,
+        "RoleSessionName": session_name(context.namespace, context.name),
+        "DurationSeconds": 900,  # the shortest: we only look
+    }
+    if aws.external_id:
+        request["ExternalId"] = aws.external_id
+    credentials = sts.assume_role(**request)["Credentials"]
+    role_session = boto3.session.Session(
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+        region_name=context.settings.aws_region,
+    )
+    identity = role_session.client("sts", config=config).get_caller_identity()
+    return Verification(identity=str(identity["Arn"]))
+
+
+def _verify_static_key(
+    aws: AwsSpec, secret_access_key: str, context: VerifyContext, config: Config
+) -> Verification:
+    session = boto3.session.Session(
+        aws_access_key_id=aws.access_key_id,
+        aws_secret_access_key=secret_access_key,
+        region_name=context.settings.aws_region,
+    )
+    identity = session.client("sts", config=config).get_caller_identity()
+    return Verification(
+        identity=str(identity["Arn"]),
+        key_created_time=_key_created_time(session, config, aws.access_key_id or ""),
+        static_keys=True,
+    )
+
+
+def _key_created_time(
+    session: boto3.session.Session, config: Config, access_key_id: str
+) -> datetime | None:
+    """When the key was created, if the key may read it (iam:ListAccessKeys on itself)."""
+    try:
+        keys = session.client("iam", config=config).list_access_keys()["AccessKeyMetadata"]
+    except ClientError:
+        return None  # not allowed: the age stays unknown, which is not an error
+    for key in keys:
+        if key.get("AccessKeyId") == access_key_id:
+            created = key.get("CreateDate")
+            return created if isinstance(created, datetime) else None
+    return None

@@ -1,0 +1,347 @@
+"""Azure: checks a service principal's client secret with Microsoft Entra ID.
+
+The check asks Entra ID for an Azure Resource Manager token with azure-identity's
+``ClientSecretCredential`` (client-credentials grant). A token means the tenant, the
+application and the secret are all valid; whether the principal may read the
+subscription is a role assignment in Azure RBAC, which this check does not look at.
+
+Endpoints: ``ProviderSettings.azure_authority_host`` when the operator's configuration sets
+one (sovereign clouds, Azure Stack, a test endpoint), otherwise the library's default,
+which also honours its standard ``AZURE_AUTHORITY_HOST`` variable. TLS trust follows the
+library's transport (requests): the system store, or ``REQUESTS_CA_BUNDLE``.
+
+The client secret is POSTed to the token endpoint, and an error body could in principle
+echo it, so messages are built from Entra's ``AADSTS`` error codes, OAuth error names and
+public fields (client id, tenant id, authority host), never from an exception's text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import ssl
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from cloudcred.api.common import SecretKeyRef
+from cloudcred.api.credential import AzureSpec, CloudCredentialSpec
+from cloudcred.providers.base import (
+    Reason,
+    SecretValues,
+    Verification,
+    VerificationError,
+    VerifyContext,
+)
+
+CLIENT_SECRET = "clientSecret"
+# The token asked for: Azure Resource Manager, the API the clusters are managed through.
+ARM_SCOPE = "https://management.azure.com/.default"
+
+# AADSTS codes (https://learn.microsoft.com/entra/identity-platform/reference-error-codes)
+# and what they mean for the credential. Codes not listed here still appear in messages.
+_AADSTS: dict[str, tuple[Reason, str]] = {
+    "7000215": (Reason.INVALID_CREDENTIALS, "the client secret is not valid"),
+    "7000222": (Reason.INVALID_CREDENTIALS, "the client secret has expired"),
+    "700016": (Reason.INVALID_CREDENTIALS, "no application with this client id in the tenant"),
+    "7000112": (Reason.INVALID_CREDENTIALS, "the application is disabled"),
+    "7000229": (Reason.INVALID_CREDENTIALS, "the application has no service principal here"),
+    "90002": (Reason.INVALID_CREDENTIALS, "the tenant does not exist"),
+    "900023": (Reason.INVALID_CREDENTIALS, "the tenant id is not valid"),
+    "50105": (Reason.ACCESS_DENIED, "the service principal is not assigned a required role"),
+    "53003": (Reason.ACCESS_DENIED, "blocked by Conditional Access"),
+    "65001": (Reason.ACCESS_DENIED, "consent to the application was not granted"),
+    "500011": (Reason.ACCESS_DENIED, "Azure Resource Manager is not available in the tenant"),
+    "90006": (Reason.PROVIDER_UNREACHABLE, "Entra ID is temporarily unavailable"),
+    "90033": (Reason.PROVIDER_UNREACHABLE, "Entra ID is temporarily unavailable"),
+}
+# OAuth 2.0 error names (RFC 6749 5.2, plus Entra's), used when no AADSTS code is known.
+_OAUTH_ERRORS: dict[str, Reason] = {
+    "invalid_client": Reason.INVALID_CREDENTIALS,
+    "unauthorized_client": Reason.INVALID_CREDENTIALS,
+    "invalid_grant": Reason.INVALID_CREDENTIALS,
+    "invalid_request": Reason.INVALID_CREDENTIALS,
+    "invalid_tenant": Reason.INVALID_CREDENTIALS,
+    "access_denied": Reason.ACCESS_DENIED,
+    "invalid_scope": Reason.ACCESS_DENIED,
+    "interaction_required": Reason.ACCESS_DENIED,
+    "temporarily_unavailable": Reason.PROVIDER_UNREACHABLE,
+    "server_error": Reason.PROVIDER_UNREACHABLE,
+}
+_AADSTS_CODE = re.compile(r"\bAADSTS(\d{4,9})\b")
+_OAUTH_ERROR = re.compile(r"\b(" + "|".join(_OAUTH_ERRORS) + r")\b")
+# Claims copied into status.identity must look like ids (the token is not verified here).
+# MSAL's message for a 5xx from the token endpoint ("HTTP Error: 503").
+_HTTP_ERROR = re.compile(r"\bHTTP Error: (\d{3})\b")
+_SAFE_CLAIM = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+# The secret being verified in this thread (verify is blocking and runs in a worker
+# thread, and log records are filtered in the thread that emits them).
+_VERIFYING: ContextVar[str | None] = ContextVar("cloudcred_azure_verifying", default=None)
+
+
+class _RedactErrorBodies(logging.Filter):
+    """Two library log lines can carry an error body, which could echo the POSTed secret:
+    azure-identity logs every failed ``get_token`` at WARNING with the exception's text
+    (the token endpoint's ``error_description``), and MSAL logs a token response that is
+    not JSON at ERROR, body included. Keep the lines but name exceptions by their type,
+    drop tracebacks (they hold the same text), and mask the secret in whatever is left."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secret = _VERIFYING.get()
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact(arg, secret) for arg in record.args)
+        if isinstance(record.msg, str):
+            record.msg = _redact(record.msg, secret)
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def _redact(value: object, secret: str | None) -> object:
+    if isinstance(value, BaseException):
+        return type(value).__name__
+    if isinstance(value, str) and secret and secret in value:
+        return value.replace(secret, "***")
+    return value
+
+
+# A filter applies to records of its own logger only (not its children): name both.
+for _name in ("azure.identity._internal.get_token_mixin", "msal.oauth2cli.oauth2"):
+    _logger = logging.getLogger(_name)
+    if not any(isinstance(f, _RedactErrorBodies) for f in _logger.filters):
+        _logger.addFilter(_RedactErrorBodies())
+
+
+def _azure(spec: CloudCredentialSpec) -> AzureSpec:
+    if spec.azure is None:
+        raise ValueError("not an Azure credential: spec.azure is missing")
+    return spec.azure
+
+
+def public_id(spec: CloudCredentialSpec) -> str:
+    """The application (client) id."""
+    return _azure(spec).client_id
+
+
+def secret_refs(spec: CloudCredentialSpec) -> dict[str, SecretKeyRef]:
+    """The one Secret key needed: the client secret."""
+    return {CLIENT_SECRET: _azure(spec).client_secret_ref}
+
+
+def verify(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> Verification:
+    """Get an Azure Resource Manager token with the client secret (blocking).
+
+    Raises ``VerificationError``; the original exception is never chained to it, because
+    its text (kept in tracebacks) may carry the token endpoint's error body.
+    """
+    azure = _azure(spec)
+    try:
+        # Lazy: azure-identity is an optional extra (cloudcred[azure]).
+        from azure.identity import ClientSecretCredential
+    except ImportError:
+        raise VerificationError(
+            Reason.VERIFICATION_UNAVAILABLE,
+            "the Azure library is not installed: install cloudcred[azure]",
+        ) from None
+
+    secret = secrets[CLIENT_SECRET].get_secret_value()
+    settings = context.settings
+    options: dict[str, Any] = {
+        # azure-core transport settings, per HTTP request. Entra ID takes two requests
+        # (tenant metadata, then the token), and the operator bounds the whole call too.
+        "connection_timeout": settings.timeout_seconds,
+        "read_timeout": settings.timeout_seconds,
+        # No retries here: the operator retries ProviderUnreachable with its own backoff,
+        # and azure-core's default (10 tries with backoff) would outlast the timeout.
+        "retry_total": 0,
+    }
+    if settings.azure_authority_host:
+        options["authority"] = settings.azure_authority_host
+        # MSAL validates an authority host it does not know by asking the public cloud
+        # (login.microsoftonline.com/common/discovery/instance) whether Microsoft knows it.
+        # Azure Stack, private clouds and test endpoints are never known there, and
+        # air-gapped sites cannot ask. The host comes only from the operator's own
+        # configuration (never from a credential), so the admin who set it has already
+        # made the trust decision. Well-known hosts (sovereign clouds) skip the lookup
+        # anyway; without a custom host the library's default behaviour is kept.
+        options["disable_instance_discovery"] = True
+    authority = settings.azure_authority_host or "the default Entra ID authority"
+
+    try:
+        credential = ClientSecretCredential(azure.tenant_id, azure.client_id, secret, **options)
+    except ValueError:
+        # Raised for an authority that is not an https URL (the ids match their patterns).
+        raise VerificationError(
+            Reason.VERIFICATION_UNAVAILABLE,
+            f"the operator's Azure authority host setting is not an https URL: {authority}",
+        ) from None
+
+    verifying = _VERIFYING.set(secret)
+    try:
+        with credential:
+            token = credential.get_token(ARM_SCOPE).token
+    except Exception as error:  # every failure becomes a reason
+        raise _classify(error, azure, secret, authority, settings.timeout_seconds) from None
+    finally:
+        _VERIFYING.reset(verifying)
+
+    return Verification(identity=_identity(token, azure), static_keys=True)
+
+
+def _identity(token: str, azure: AzureSpec) -> str:
+    """``appid@tenant (object id oid)`` from the access token's claims.
+
+    Entra ID's tokens for Resource Manager are JWTs whose payload names the application
+    (``appid``, or ``azp`` in v2 tokens), its tenant (``tid``) and the service principal's
+    object id (``oid``), the id Azure RBAC role assignments use. The payload is read
+    without checking the signature: it only labels the status; trust comes from Entra ID
+    having issued a token over TLS. Tokens that are not JWTs fall back to the spec's ids.
+    """
+    claims = _unverified_claims(token)
+    app = _claim(claims, "appid") or _claim(claims, "azp") or azure.client_id
+    tenant = _claim(claims, "tid") or azure.tenant_id
+    oid = _claim(claims, "oid")
+    return f"{app}@{tenant} (object id {oid})" if oid else f"{app}@{tenant}"
+
+
+def _unverified_claims(token: str) -> dict[str, Any]:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError):  # also UnicodeDecodeError, JSONDecodeError
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def _claim(claims: dict[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    return value if isinstance(value, str) and _SAFE_CLAIM.match(value) else None
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The error and what it wraps: azure-identity wraps every failure in a
+    ClientAuthenticationError ``from`` the original, azure-core keeps the transport's
+    error in ``inner_exception``, and urllib3 keeps the socket error in ``reason``."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for linked in (
+            current.__cause__,
+            current.__context__,
+            getattr(current, "inner_exception", None),
+            getattr(current, "reason", None),
+            *current.args,
+        ):
+            if isinstance(linked, BaseException):
+                pending.append(linked)
+
+
+def _classify(
+    error: BaseException, azure: AzureSpec, secret: str, authority: str, timeout: float
+) -> VerificationError:
+    """Turn a failed ``get_token`` into a reason and a message without secret text.
+
+    azure-identity raises ClientAuthenticationError for everything: straight from the
+    token endpoint's OAuth error (message ``Authentication failed: <error_description or
+    error>``), or wrapping what went wrong underneath (``__cause__``).
+    """
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ServiceRequestError,
+        ServiceRequestTimeoutError,
+        ServiceResponseError,
+        ServiceResponseTimeoutError,
+    )
+
+    chain = list(_chain(error))
+    texts = [arg for e in chain for arg in e.args if isinstance(arg, str)]
+    who = f"client {azure.client_id} in tenant {azure.tenant_id}"
+
+    def unreachable(problem: str) -> VerificationError:
+        return VerificationError(
+            Reason.PROVIDER_UNREACHABLE, f"Microsoft Entra ID at {authority}: {problem}"
+        )
+
+    # No answer at all: the transport failed before Entra ID could say anything.
+    if any(isinstance(e, ServiceRequestError | ServiceResponseError) for e in chain):
+        if any(isinstance(e, ssl.SSLError) for e in chain):
+            return unreachable("the TLS handshake failed (is its CA trusted?)")
+        timeouts = ServiceRequestTimeoutError | ServiceResponseTimeoutError | TimeoutError
+        if any(isinstance(e, timeouts) for e in chain):
+            return unreachable(f"no answer within {timeout:g}s")
+        return unreachable("the connection failed")
+
+    # A server error. azure-identity attaches the response for the tenant metadata;
+    # MSAL raises MsalServiceError("HTTP Error: 503") for the token endpoint.
+    for e in chain:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(e, HttpResponseError) and isinstance(status, int) and status >= 500:
+            return unreachable(f"answered HTTP {status}")
+    for text in texts:
+        match = _HTTP_ERROR.search(text)
+        if match and int(match.group(1)) >= 500:
+            return unreachable(f"answered HTTP {match.group(1)}")
+
+    # Entra ID answered: read its codes from the texts, never copy the texts themselves.
+    codes: list[str] = []
+    for text in texts:
+        for code in _AADSTS_CODE.findall(text):
+            # An unknown code is reported as is, unless the secret happens to contain it.
+            if code not in codes and f"AADSTS{code}" not in secret:
+                codes.append(code)
+    oauth_errors = list(dict.fromkeys(name for t in texts for name in _OAUTH_ERROR.findall(t)))
+    detail = ", ".join([*(f"AADSTS{code}" for code in codes), *oauth_errors])
+    suffix = f" ({detail})" if detail else ""
+
+    known = [code for code in codes if code in _AADSTS]
+    if known:
+        reason, meaning = _AADSTS[known[0]]
+        if reason is Reason.PROVIDER_UNREACHABLE:
+            return unreachable(f"{meaning}{suffix}")
+        return VerificationError(reason, f"Microsoft Entra ID refused {who}: {meaning}{suffix}")
+    if oauth_errors:
+        reason = _OAUTH_ERRORS[oauth_errors[0]]
+        if reason is Reason.PROVIDER_UNREACHABLE:
+            return unreachable(f"temporarily unavailable{suffix}")
+        return VerificationError(reason, f"Microsoft Entra ID refused {who}{suffix}")
+
+    cause = error.__cause__
+    if isinstance(cause, json.JSONDecodeError) or (
+        isinstance(cause, ValueError) and isinstance(cause.__context__, json.JSONDecodeError)
+    ):
+        # A proxy's or load balancer's page rather than Entra ID's JSON.
+        return unreachable("the answer was not JSON (not an Entra ID endpoint?)")
+    if isinstance(cause, ValueError):
+        # MSAL raises ValueError when the tenant's OpenID configuration cannot be read:
+        # Entra ID answers 400 (AADSTS90002) there for a tenant that does not exist.
+        return VerificationError(
+            Reason.INVALID_CREDENTIALS,
+            f"Microsoft Entra ID at {authority} has no configuration for tenant "
+            f"{azure.tenant_id}: check tenantId{suffix}",
+        )
+    if isinstance(error, ClientAuthenticationError) and cause is None:
+        # An OAuth error from the token endpoint without a code we know: still a refusal.
+        return VerificationError(
+            Reason.INVALID_CREDENTIALS, f"Microsoft Entra ID refused {who}{suffix}"
+        )
+    # Anything else is unexpected: name only its type, and let the operator retry.
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    return unreachable(f"unexpected {type(root).__name__}")

@@ -1,0 +1,88 @@
+"""The small interface every provider module implements.
+
+A provider module exposes three plain functions:
+
+- ``public_id(spec) -> str``: the public part shown in ``status.publicId``;
+- ``secret_refs(spec) -> dict[str, SecretKeyRef]``: the Secret keys it needs, by role
+  (for example ``{"secretAccessKey": ref}``);
+- ``verify(spec, secrets, context) -> Verification``: asks the provider, *blocking*
+  (the operator runs it in a worker thread with a timeout), and raises
+  ``VerificationError`` with a reason from ``Reason`` when the answer is no.
+
+Secret values arrive as ``SecretStr`` and must never reach a log line, an exception
+message or a return value. Endpoints come only from ``ProviderSettings`` (operator
+configuration) or the library's own standard settings, never from a credential.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import SecretStr
+
+
+class Reason(StrEnum):
+    """Reasons of the ``Verified`` condition (documented in the README)."""
+
+    VERIFIED = "Verified"
+    INVALID_CREDENTIALS = "InvalidCredentials"
+    ACCESS_DENIED = "AccessDenied"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_KEY_MISSING = "SecretKeyMissing"
+    INVALID_SECRET_DATA = "InvalidSecretData"
+    PROVIDER_UNREACHABLE = "ProviderUnreachable"
+    VERIFICATION_UNAVAILABLE = "VerificationUnavailable"
+    VERIFICATION_DISABLED = "VerificationDisabled"
+
+
+# Reasons that may clear up by themselves (network, a Secret created later): the
+# operator retries them with backoff.
+TRANSIENT_REASONS = {Reason.PROVIDER_UNREACHABLE, Reason.SECRET_NOT_FOUND}
+
+
+class VerificationError(Exception):
+    """The provider (or the Secret) said no. ``message`` is shown to users: it must be
+    built from error codes and public fields only, never from secret values."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What a successful check found."""
+
+    identity: str
+    key_created_time: datetime | None = None
+    static_keys: bool = False  # a long-lived key where a role or federation would do
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """Endpoints and limits from the operator's configuration (never from a credential).
+
+    ``None`` means the library's own default, which also honours the library's standard
+    settings (``AWS_ENDPOINT_URL``, ``REQUESTS_CA_BUNDLE``, ...).
+    """
+
+    timeout_seconds: float = 10.0
+    aws_region: str = "us-east-1"
+    gcp_token_uri: str = "https://oauth2.googleapis.com/token"
+    azure_authority_host: str | None = None
+    scaleway_api_url: str | None = None
+
+
+@dataclass(frozen=True)
+class VerifyContext:
+    """Who is being checked (for session names and messages) and with what settings."""
+
+    namespace: str
+    name: str
+    settings: ProviderSettings = field(default_factory=ProviderSettings)
+
+
+SecretValues = dict[str, SecretStr]

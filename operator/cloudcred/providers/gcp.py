@@ -1,0 +1,352 @@
+"""GCP: check a service-account JSON key by exchanging it for an access token.
+
+A key is proved by the OAuth 2.0 JWT-bearer grant (RFC 7523): google-auth signs an
+assertion with the key's private key and posts it to the token endpoint, which answers
+with an access token only if the key is live and belongs to the service account.
+
+The endpoint is the operator's ``ProviderSettings.gcp_token_uri``, never the key's own
+``token_uri``: a key is user data, and following its URL would let anyone who can write
+a Secret make the operator post signed assertions to any address (the metadata server,
+an internal service). A key naming another endpoint is refused before anything is sent.
+
+Workload identity federation needs the workload's own subject token, which only exists
+where the workload runs, so here it is checked for shape only (the CRD already does).
+
+google-auth and requests are an optional extra (``cloudcred[gcp]``) and are imported
+inside ``verify``, so this module imports without them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from cloudcred.api.common import SecretKeyRef
+from cloudcred.api.credential import CloudCredentialSpec, GcpSpec
+from cloudcred.providers.base import (
+    Reason,
+    SecretValues,
+    Verification,
+    VerificationError,
+    VerifyContext,
+)
+
+if TYPE_CHECKING:
+    from google.auth.exceptions import RefreshError, TransportError
+
+KEY_ROLE = "serviceAccountKey"
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+
+# Token endpoints Google has written into key files over the years; all of them accept
+# the same grant. A key naming one of them is not "pointing elsewhere" when the operator
+# is configured with another one of them (the request still goes to the configured one).
+GOOGLE_TOKEN_ENDPOINTS = frozenset(
+    {
+        "https://oauth2.googleapis.com/token",
+        "https://accounts.google.com/o/oauth2/token",
+        "https://www.googleapis.com/oauth2/v4/token",
+    }
+)
+
+# Credential files that are not service-account keys, named when a user pastes one.
+_OTHER_CREDENTIAL_TYPES = frozenset(
+    {
+        "authorized_user",
+        "external_account",
+        "external_account_authorized_user",
+        "impersonated_service_account",
+        "gdch_service_account",
+    }
+)
+
+# What of a token endpoint's error answer may reach a message: the RFC 6749 error code,
+# when it looks like one. error_description is free text and is never echoed.
+_OAUTH_ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
+
+# Known error_description texts of Google's token endpoint, turned into our own hints.
+_DESCRIPTION_HINTS = (
+    (
+        "invalid jwt signature",
+        "the key was deleted or disabled, or does not belong to this service account",
+    ),
+    ("account not found", "the service account does not exist"),
+    ("reasonable timeframe", "the operator's clock may be wrong"),
+)
+
+_REQUIRED_FIELDS = ("client_email", "private_key", "token_uri")
+
+
+def _gcp(spec: CloudCredentialSpec) -> GcpSpec:
+    if spec.gcp is None:
+        raise ValueError("not a GCP credential: spec.gcp is not set")
+    return spec.gcp
+
+
+def public_id(spec: CloudCredentialSpec) -> str:
+    """The service account e-mail, when the spec names it (workload identity).
+
+    A key reference has no public field: the operator takes the key's ``client_email``
+    from ``Verification.identity`` instead.
+    """
+    return _gcp(spec).service_account_email or ""
+
+
+def secret_refs(spec: CloudCredentialSpec) -> dict[str, SecretKeyRef]:
+    """The JSON key's Secret key for the key form; nothing for workload identity."""
+    ref = _gcp(spec).service_account_key_ref
+    return {KEY_ROLE: ref} if ref is not None else {}
+
+
+def verify(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> Verification:
+    """Exchange the service-account key for an access token (blocking).
+
+    Raises ``VerificationError`` when the key is malformed, refused, or the endpoint
+    cannot be reached. Messages never contain any part of the key but its public fields.
+    """
+    gcp = _gcp(spec)
+    if gcp.service_account_key_ref is None:
+        raise VerificationError(
+            Reason.VERIFICATION_UNAVAILABLE,
+            "workload identity federation is checked for shape only: the token exchange "
+            "needs the workload's own token at deploy time",
+        )
+    if KEY_ROLE not in secrets:
+        raise VerificationError(
+            Reason.SECRET_KEY_MISSING, "the service-account key was not read from its Secret"
+        )
+    info = _parse_key(secrets[KEY_ROLE].get_secret_value())
+    settings = context.settings
+    if not _same_endpoint(info["token_uri"], settings.gcp_token_uri):
+        host = _safe_host(info["token_uri"])
+        named = f" (host {host})" if host else ""
+        raise VerificationError(
+            Reason.INVALID_SECRET_DATA,
+            f"the key's token_uri{named} is not the configured token endpoint "
+            f"{_endpoint_label(settings.gcp_token_uri)}; keys are only sent to that endpoint",
+        )
+
+    try:
+        import requests
+        from google.auth import exceptions as google_exceptions
+        from google.auth.transport.requests import Request
+        from google.oauth2 import service_account
+    except ImportError:
+        raise VerificationError(
+            Reason.VERIFICATION_UNAVAILABLE,
+            "the GCP library is not installed: install cloudcred[gcp]",
+        ) from None
+
+    # Only the fields the grant needs, with the configured endpoint: universe_domain
+    # (which would switch google-auth to self-signed JWTs that never reach a server)
+    # and trust_boundary are dropped, so a successful refresh always means the token
+    # endpoint accepted the key.
+    grant_info = {
+        "type": "service_account",
+        "client_email": info["client_email"],
+        "private_key": info["private_key"],
+        "token_uri": settings.gcp_token_uri,
+    }
+    if isinstance(info.get("private_key_id"), str):
+        grant_info["private_key_id"] = info["private_key_id"]
+    try:
+        # google-auth is not annotated.
+        credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            grant_info, scopes=list(SCOPES)
+        )
+        # Signing once here turns a key google-auth loads but cannot sign with (an EC
+        # key, say) into InvalidSecretData instead of a failure in the middle of refresh.
+        credentials.sign_bytes(b"cloudcred")
+    except Exception:  # any failure to load or use the key; its text may quote the key
+        raise VerificationError(
+            Reason.INVALID_SECRET_DATA,
+            "the service-account key's private_key is not a usable RSA private key in PEM format",
+        ) from None
+
+    label = _endpoint_label(settings.gcp_token_uri)
+    with requests.Session() as session:
+        request = _DeadlineRequest(Request(session), settings.timeout_seconds)
+        try:
+            credentials.refresh(request)
+        except google_exceptions.RefreshError as exc:
+            raise _refresh_failure(exc, request.last_status, label) from None
+        except google_exceptions.TransportError as exc:
+            raise _transport_failure(
+                exc, request.last_status, label, settings.timeout_seconds
+            ) from None
+        except OSError:
+            # requests lets some set-up errors through unwrapped (a missing CA bundle).
+            raise VerificationError(
+                Reason.PROVIDER_UNREACHABLE,
+                f"could not set up a connection to the token endpoint {label}",
+            ) from None
+        except (KeyError, TypeError, ValueError):
+            # A 200 answer that is not a token response (not JSON, a bad expires_in).
+            raise VerificationError(
+                Reason.PROVIDER_UNREACHABLE,
+                f"the token endpoint {label} gave an answer that is not a token response",
+            ) from None
+
+    return Verification(identity=info["client_email"], static_keys=True)
+
+
+def _parse_key(text: str) -> dict[str, Any]:
+    """The key file as a dict, after checking its shape. Messages name fields only."""
+    try:
+        info = json.loads(text)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        raise VerificationError(
+            Reason.INVALID_SECRET_DATA, "the service-account key is not valid JSON"
+        ) from None
+    if not isinstance(info, dict):
+        raise VerificationError(
+            Reason.INVALID_SECRET_DATA, "the service-account key is not a JSON object"
+        )
+    kind = info.get("type")
+    if kind != "service_account":
+        found = (
+            f' (it is a "{kind}" credential)'
+            if isinstance(kind, str) and kind in _OTHER_CREDENTIAL_TYPES
+            else ""
+        )
+        raise VerificationError(
+            Reason.INVALID_SECRET_DATA,
+            f'the service-account key does not have type "service_account"{found}',
+        )
+    for name in _REQUIRED_FIELDS:
+        value = info.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise VerificationError(
+                Reason.INVALID_SECRET_DATA, f"the service-account key has no {name}"
+            )
+    if len(info["client_email"]) > 254 or "@" not in info["client_email"]:
+        raise VerificationError(
+            Reason.INVALID_SECRET_DATA,
+            "the service-account key's client_email is not an e-mail address",
+        )
+    return info
+
+
+def _same_endpoint(key_uri: str, configured: str) -> bool:
+    if key_uri.rstrip("/") == configured.rstrip("/"):
+        return True
+    return key_uri in GOOGLE_TOKEN_ENDPOINTS and configured in GOOGLE_TOKEN_ENDPOINTS
+
+
+def _safe_host(url: str) -> str:
+    """The host of a URL taken from a key, or "" when it does not look like one."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+    return host if _HOST.fullmatch(host) else ""
+
+
+def _endpoint_label(url: str) -> str:
+    """The configured endpoint without any user info, for messages."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(misconfigured URL)"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _refresh_failure(exc: RefreshError, status: int | None, label: str) -> VerificationError:
+    """Turn the token endpoint's refusal into a reason, keeping only the error code."""
+    data = exc.args[1] if len(exc.args) > 1 else None
+    code: str | None = None
+    description = ""
+    if isinstance(data, dict):
+        raw_code = data.get("error")
+        if isinstance(raw_code, str) and _OAUTH_ERROR_CODE.fullmatch(raw_code):
+            code = raw_code
+        raw_description = data.get("error_description")
+        if isinstance(raw_description, str):
+            description = raw_description.lower()
+
+    answer = ", ".join(part for part in (f"HTTP {status}" if status else "", code or "") if part)
+    answer = f" ({answer})" if answer else ""
+    hint = next((text for needle, text in _DESCRIPTION_HINTS if needle in description), "")
+    hint = f": {hint}" if hint else ""
+
+    if status == 403 or code in ("access_denied", "unauthorized_client"):
+        return VerificationError(
+            Reason.ACCESS_DENIED, f"the token endpoint refused the key{answer}{hint}"
+        )
+    if status in (400, 401) or code in ("invalid_grant", "invalid_client"):
+        return VerificationError(
+            Reason.INVALID_CREDENTIALS, f"the token endpoint rejected the key{answer}{hint}"
+        )
+    if status == 200:
+        return VerificationError(
+            Reason.PROVIDER_UNREACHABLE,
+            f"the token endpoint {label} answered without an access token",
+        )
+    # 5xx, 429, or anything a token endpoint should not answer: the endpoint's problem.
+    return VerificationError(
+        Reason.PROVIDER_UNREACHABLE, f"the token endpoint {label} failed{answer}"
+    )
+
+
+def _transport_failure(
+    exc: TransportError, status: int | None, label: str, timeout_seconds: float
+) -> VerificationError:
+    """The endpoint could not be reached, did not answer in time, or failed."""
+    import requests
+
+    cause = exc.__cause__
+    if status is not None:
+        message = f"the token endpoint {label} failed (HTTP {status})"
+    elif cause is None or isinstance(cause, requests.Timeout):
+        message = f"no answer from the token endpoint {label} within {timeout_seconds:g}s"
+    elif isinstance(cause, requests.ConnectionError):
+        message = f"could not connect to the token endpoint {label}"
+    else:
+        message = f"could not talk to the token endpoint {label}"
+    return VerificationError(Reason.PROVIDER_UNREACHABLE, message)
+
+
+class _DeadlineRequest:
+    """A google-auth transport that spends at most ``timeout_seconds`` in all.
+
+    Every request gets only the time that is left. google-auth retries 5xx and 429
+    answers with sleeps of seconds, which would overrun the limit: those answers end
+    the check at once instead (the operator retries ProviderUnreachable with backoff).
+    It also remembers the last HTTP status, which ``RefreshError`` does not carry, and
+    does not follow redirects (the configured endpoint is the only destination).
+    """
+
+    def __init__(self, inner: Any, timeout_seconds: float) -> None:
+        self._inner = inner
+        self._deadline = time.monotonic() + timeout_seconds
+        self.last_status: int | None = None
+
+    def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        from google.auth.exceptions import TransportError
+
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TransportError("the time for the check ran out")  # type: ignore[no-untyped-call]
+        kwargs["allow_redirects"] = False
+        response = self._inner(
+            url, method=method, body=body, headers=headers, timeout=remaining, **kwargs
+        )
+        self.last_status = int(response.status)
+        if self.last_status >= 500 or self.last_status == 429:
+            raise TransportError(f"HTTP {self.last_status}")  # type: ignore[no-untyped-call]
+        return response

@@ -1,0 +1,53 @@
+"""Fixtures for tests that need the operator running: moto and the operator process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.aws import REGION, Moto, start_moto
+from tests.conftest import Kube
+from tests.envtest.controlplane import free_port
+from tests.operator import OperatorProcess
+
+# Test namespaces start with "t-": the shared operator watches exactly those.
+WATCHED = "t-*"
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+def operator_env(moto: Moto) -> dict[str, str]:
+    """The operator's environment in tests: AWS is moto, every other provider endpoint
+    a closed loopback port, so nothing ever leaves this machine."""
+    identity = moto.create_user(f"cloudcred-operator-{free_port()}")
+    closed = f"127.0.0.1:{free_port()}"
+    return {
+        "AWS_ENDPOINT_URL": moto.endpoint,
+        "AWS_ACCESS_KEY_ID": identity.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": identity.secret_access_key,
+        "AWS_DEFAULT_REGION": REGION,
+        "CLOUDCRED_VERIFICATION_TIMEOUT": "3",
+        "CLOUDCRED_GCP_TOKEN_URI": f"http://{closed}/token",
+        "CLOUDCRED_AZURE_AUTHORITY_HOST": f"https://{closed}",
+        "CLOUDCRED_SCALEWAY_API_URL": f"http://{closed}",
+    }
+
+
+@pytest.fixture(scope="session")
+def operator(
+    kube: Kube, moto: Moto, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(
+        kubeconfig=kube.kubeconfig,
+        log_path=tmp_path_factory.mktemp("operator") / "operator.log",
+        env=operator_env(moto),
+        args=["--namespace", WATCHED],
+    ).start()
+    yield process
+    process.stop()

@@ -1,0 +1,275 @@
+"""The operator checks every CloudCredential with its provider (AWS through moto)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.aws import Moto, blackhole
+from tests.conftest import Kube
+from tests.integration.conftest import operator_env
+from tests.operator import OperatorProcess, wait_for
+from tests.resources import (
+    condition,
+    create_credential,
+    events_for,
+    get_credential,
+    patch_credential,
+    secret,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def verified(kube: Kube, namespace: str, name: str, reason: str, timeout: float = 30) -> dict:
+    """Wait until the Verified condition has this reason; return the credential."""
+
+    def check() -> dict[str, Any] | None:
+        obj = get_credential(kube, namespace, name)
+        found = condition(obj, "Verified")
+        return obj if found and found["reason"] == reason else None
+
+    return wait_for(check, timeout, what=f"{namespace}/{name} Verified reason {reason}")
+
+
+def static_key_credential(kube: Kube, namespace: str, name: str, key_id: str) -> None:
+    create_credential(
+        kube, namespace, name, provider="AWS",
+        aws={"accessKeyId": key_id,
+             "secretAccessKeyRef": {"name": f"{name}-keys", "key": "secretAccessKey"}},
+    )  # fmt: skip
+
+
+def test_valid_static_keys_are_verified(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    user = moto.create_user(f"deployer-{uuid.uuid4().hex[:6]}")
+    secret(kube, namespace, "good-keys", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, namespace, "good", user.access_key_id)
+
+    obj = verified(kube, namespace, "good", "Verified")
+    status = obj["status"]
+    assert condition(obj, "Verified")["status"] == "True"
+    assert condition(obj, "Ready")["status"] == "True"
+    assert status["publicId"] == user.access_key_id
+    assert status["identity"] == f"arn:aws:iam::123456789012:user/{user.user}"
+    assert re.fullmatch(r"v1-[0-9a-f]{12}", status["revision"])
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert status["lastVerifiedTime"]
+    assert status["keyCreatedTime"]  # the user may list its own keys
+    rotation = condition(obj, "RotationRecommended")
+    assert rotation["status"] == "True"
+    assert rotation["reason"] == "StaticKeys"
+    reasons = [event.reason for event in events_for(kube, namespace, "good")]
+    assert "Verified" in reasons
+    assert "RotationRecommended" in reasons
+
+
+def test_wrong_secret_is_invalid_credentials(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    user = moto.create_user(f"deployer-{uuid.uuid4().hex[:6]}")
+    secret(kube, namespace, "wrong-keys", {"secretAccessKey": "not-the-secret-" + "x" * 25})
+    static_key_credential(kube, namespace, "wrong", user.access_key_id)
+
+    obj = verified(kube, namespace, "wrong", "InvalidCredentials")
+    assert condition(obj, "Verified")["status"] == "False"
+    ready = condition(obj, "Ready")
+    assert ready["status"] == "False"
+    assert ready["reason"] == "InvalidCredentials"
+    warnings = [e for e in events_for(kube, namespace, "wrong") if e.type == "Warning"]
+    assert any(e.reason == "InvalidCredentials" for e in warnings)
+
+
+def test_role_is_assumed_and_identity_shows_the_session(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    role_arn = moto.create_role(f"deployer-{uuid.uuid4().hex[:6]}")
+    create_credential(kube, namespace, "role", provider="AWS",
+                      aws={"roleArn": role_arn, "externalId": "acme-7f3a"})  # fmt: skip
+
+    obj = verified(kube, namespace, "role", "Verified")
+    role_name = role_arn.rsplit("/", 1)[-1]
+    assert obj["status"]["identity"] == (
+        f"arn:aws:sts::123456789012:assumed-role/{role_name}/cloudcred-{namespace}-role"
+    )
+    assert obj["status"]["publicId"] == role_arn
+    assert condition(obj, "RotationRecommended") is None  # a role is the recommended way
+
+
+def test_missing_secret_then_created_recovers_without_restart(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    user = moto.create_user(f"deployer-{uuid.uuid4().hex[:6]}")
+    static_key_credential(kube, namespace, "late", user.access_key_id)
+    obj = verified(kube, namespace, "late", "SecretNotFound")
+    assert f"Secret {namespace}/late-keys" in condition(obj, "Verified")["message"]
+
+    secret(kube, namespace, "late-keys", {"secretAccessKey": user.secret_access_key})
+    verified(kube, namespace, "late", "Verified", timeout=45)
+
+
+def test_secret_without_the_key_is_secret_key_missing(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    secret(kube, namespace, "nokey-keys", {"somethingElse": "value"})
+    static_key_credential(kube, namespace, "nokey", "AKIAIOSFODNN7EXAMPLE")
+    obj = verified(kube, namespace, "nokey", "SecretKeyMissing")
+    assert "'secretAccessKey'" in condition(obj, "Verified")["message"]
+
+
+def test_verification_disabled_is_unknown(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    create_credential(kube, namespace, "off", provider="AWS",
+                      aws={"roleArn": "arn:aws:iam::123456789012:role/x"},
+                      verification={"enabled": False})  # fmt: skip
+    obj = verified(kube, namespace, "off", "VerificationDisabled")
+    assert condition(obj, "Verified")["status"] == "Unknown"
+    assert condition(obj, "Ready")["status"] == "True"
+    assert obj["status"]["revision"].startswith("v1-")
+
+
+def test_periodic_checks_post_no_event_and_description_keeps_revision(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    role_arn = moto.create_role(f"periodic-{uuid.uuid4().hex[:6]}")
+    create_credential(kube, namespace, "periodic", provider="AWS",
+                      aws={"roleArn": role_arn}, verification={"interval": "2s"})  # fmt: skip
+    first = verified(kube, namespace, "periodic", "Verified")
+    first_check = first["status"]["lastVerifiedTime"]
+
+    # Re-checked several times (lastVerifiedTime moves) but only one Verified event.
+    wait_for(
+        lambda: (
+            get_credential(kube, namespace, "periodic")["status"]["lastVerifiedTime"] != first_check
+        ),
+        timeout=20,
+        what="a periodic re-check",
+    )
+    time.sleep(3)
+    verified_events = [e for e in events_for(kube, namespace, "periodic") if e.reason == "Verified"]
+    assert len(verified_events) == 1
+    assert (verified_events[0].count or 1) == 1
+
+    patch_credential(kube, namespace, "periodic", {"spec": {"description": "new words"}})
+    time.sleep(2)
+    assert (
+        get_credential(kube, namespace, "periodic")["status"]["revision"]
+        == (first["status"]["revision"])
+    )
+
+
+def test_unreachable_provider_within_the_timeout(kube: Kube, moto: Moto, tmp_path: Path) -> None:
+    """An AWS endpoint that accepts connections and never answers: ProviderUnreachable
+    within the configured timeout, and the operator keeps running."""
+    server, url = blackhole()
+    namespace = f"u-{uuid.uuid4().hex[:8]}"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    env = {**operator_env(moto), "AWS_ENDPOINT_URL": url, "CLOUDCRED_VERIFICATION_TIMEOUT": "2"}
+    process = OperatorProcess(kube.kubeconfig, tmp_path / "operator.log", env=env,
+                              args=["--namespace", namespace]).start()  # fmt: skip
+    try:
+        wait_for(lambda: "cloudcred settings" in process.log(), timeout=30, what="start")
+        started = time.monotonic()
+        create_credential(kube, namespace, "slow", provider="AWS",
+                          aws={"roleArn": "arn:aws:iam::123456789012:role/slow"})  # fmt: skip
+        obj = verified(kube, namespace, "slow", "ProviderUnreachable", timeout=30)
+        elapsed = time.monotonic() - started
+        assert "did not answer within 2s" in condition(obj, "Verified")["message"]
+        assert elapsed < 2 * 2 + 8, f"took {elapsed:.1f}s"
+        assert process.alive
+    finally:
+        process.stop()
+        server.close()
+
+
+SENTINEL_PREFIX = "SENTINEL"
+
+
+def test_secret_values_never_leak(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    """Plant sentinel secret values for every provider, let the operator (at DEBUG) work
+    on them, and search its log, the events and the objects for them."""
+    token = uuid.uuid4().hex
+    sentinel = f"{SENTINEL_PREFIX}{token}"
+    user = moto.create_user(f"leak-{token[:6]}")
+    secret(kube, namespace, "leak-aws", {"secretAccessKey": sentinel})
+    secret(
+        kube,
+        namespace,
+        "leak-gcp",
+        {
+            "key.json": json.dumps(
+                {
+                    "type": "service_account",
+                    "client_email": "x@p.iam.gserviceaccount.com",
+                    "private_key": sentinel,
+                    "token_uri": "https://oauth2.googleapis.com/token",
+                }
+            )
+        },
+    )
+    secret(kube, namespace, "leak-azure", {"clientSecret": sentinel})
+    secret(kube, namespace, "leak-scw", {"secretKey": sentinel})
+    create_credential(
+        kube,
+        namespace,
+        "leak-aws",
+        provider="AWS",
+        aws={
+            "accessKeyId": user.access_key_id,
+            "secretAccessKeyRef": {"name": "leak-aws", "key": "secretAccessKey"},
+        },
+    )
+    create_credential(
+        kube,
+        namespace,
+        "leak-gcp",
+        provider="GCP",
+        gcp={"serviceAccountKeyRef": {"name": "leak-gcp", "key": "key.json"}},
+    )
+    create_credential(
+        kube,
+        namespace,
+        "leak-azure",
+        provider="AZURE",
+        azure={
+            "tenantId": str(uuid.uuid4()),
+            "subscriptionId": str(uuid.uuid4()),
+            "clientId": str(uuid.uuid4()),
+            "clientSecretRef": {"name": "leak-azure", "key": "clientSecret"},
+        },
+    )
+    create_credential(kube, namespace, "leak-scw", provider="SCALEWAY", scaleway={
+        "accessKey": "SCWXXXXXXXXXXXXXXXXX", "projectId": str(uuid.uuid4()),
+        "secretKeyRef": {"name": "leak-scw", "key": "secretKey"}})  # fmt: skip
+
+    for name in ("leak-aws", "leak-gcp", "leak-azure", "leak-scw"):
+        wait_for(lambda name=name: condition(get_credential(kube, namespace, name), "Verified"),
+                 timeout=45, what=f"{name} checked")  # fmt: skip
+    time.sleep(2)  # let events and log lines land
+
+    assert condition(get_credential(kube, namespace, "leak-aws"), "Verified")["reason"] == (
+        "InvalidCredentials"
+    )
+    objects = kube.custom.list_namespaced_custom_object(
+        "cloudcred.io", "v1alpha1", namespace, "cloudcredentials"
+    )
+    events = kube.core.list_namespaced_event(namespace)
+    places = {
+        "operator log": operator.log(),
+        "credentials (spec, status, annotations)": json.dumps(objects),
+        "events": json.dumps(kube.api.sanitize_for_serialization(events)),
+    }
+    assert "DEBUG" in places["operator log"]  # the operator really ran at DEBUG
+    for place, text in places.items():
+        assert token not in text, f"secret value found in {place}"

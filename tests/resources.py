@@ -1,0 +1,75 @@
+"""Builders and readers for the test objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, VERSION
+from tests.conftest import Kube
+
+
+def secret(kube: Kube, namespace: str, name: str, data: dict[str, str]) -> None:
+    kube.core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data=data),
+    )
+
+
+def create_credential(kube: Kube, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "CloudCredential",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    return dict(
+        kube.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, CREDENTIAL_PLURAL, body
+        )
+    )
+
+
+def get_credential(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(
+            kube.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, CREDENTIAL_PLURAL, name
+            )
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def patch_credential(kube: Kube, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, CREDENTIAL_PLURAL, name, patch
+    )
+
+
+def create_cluster(kube: Kube, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Cluster",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    return dict(
+        kube.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, CLUSTER_PLURAL, body)
+    )
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for item in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if item.get("type") == type_:
+            return dict(item)
+    return None
+
+
+def events_for(kube: Kube, namespace: str, name: str) -> list[client.CoreV1Event]:
+    events = kube.core.list_namespaced_event(namespace).items
+    return [event for event in events if event.involved_object.name == name]

@@ -1,0 +1,508 @@
+"""The GCP verifier against a local OAuth token endpoint.
+
+The endpoint is a real HTTP server on 127.0.0.1 that checks the JWT assertion's RS256
+signature with the public half of a real RSA key, as Google's does; google-auth and
+requests run unmodified.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from pydantic import SecretStr
+
+from cloudcred.api.credential import CloudCredentialSpec
+from cloudcred.providers import gcp
+from cloudcred.providers.base import (
+    ProviderSettings,
+    Reason,
+    Verification,
+    VerificationError,
+    VerifyContext,
+)
+
+EMAIL = "deployer@my-project.iam.gserviceaccount.com"
+TIMEOUT = 2.0
+
+
+def _b64decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+# One key pair for the whole module: generating RSA keys is the slow part.
+SERVER_KEY = _new_key()
+SERVER_PEM = _pem(SERVER_KEY)
+OTHER_PEM = _pem(_new_key())
+
+
+@dataclass
+class TokenEndpoint:
+    """What the local token endpoint saw."""
+
+    url: str
+    public_key: rsa.RSAPublicKey
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    # Answer to send instead of checking the assertion: (status, JSON body).
+    forced: tuple[int, dict[str, Any]] | None = None
+
+
+def _make_handler(endpoint: TokenEndpoint) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            form = parse_qs(self.rfile.read(length).decode())
+            claims = self._check(form)
+            endpoint.requests.append({"path": self.path, "form": form, "claims": claims})
+            if endpoint.forced is not None:
+                self._answer(*endpoint.forced)
+            elif claims is None:
+                self._answer(400, {"error": "invalid_grant", "error_description": "bad"})
+            else:
+                self._answer(
+                    200,
+                    {"access_token": "ya29.local", "expires_in": 3600, "token_type": "Bearer"},
+                )
+
+        def _check(self, form: dict[str, list[str]]) -> dict[str, Any] | None:
+            """The assertion's claims if its signature verifies, else None."""
+            if form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"]:
+                return None
+            header, payload, signature = form["assertion"][0].split(".")
+            if json.loads(_b64decode(header)).get("alg") != "RS256":
+                return None
+            try:
+                endpoint.public_key.verify(
+                    _b64decode(signature),
+                    f"{header}.{payload}".encode(),
+                    padding.PKCS1v15(),
+                    hashes.SHA256(),
+                )
+            except InvalidSignature:
+                return None
+            claims: dict[str, Any] = json.loads(_b64decode(payload))
+            return claims
+
+        def _answer(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def endpoint_factory() -> Iterator[Any]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start() -> TokenEndpoint:
+        endpoint = TokenEndpoint(url="", public_key=SERVER_KEY.public_key())
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(endpoint))
+        server.daemon_threads = True
+        endpoint.url = f"http://127.0.0.1:{server.server_address[1]}/token"
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return endpoint
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def endpoint(endpoint_factory: Any) -> TokenEndpoint:
+    started: TokenEndpoint = endpoint_factory()
+    return started
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A port that accepts connections (the kernel completes the handshake into the
+    backlog) and never answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/token"
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def closed_url() -> str:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/token"
+
+
+def key_json(token_uri: str | None, private_key: str = SERVER_PEM, **changes: Any) -> str:
+    info: dict[str, Any] = {
+        "type": "service_account",
+        "project_id": "my-project",
+        "private_key_id": "0123456789abcdef0123456789abcdef01234567",
+        "private_key": private_key,
+        "client_email": EMAIL,
+        "client_id": "123456789012345678901",
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": token_uri,
+        "universe_domain": "googleapis.com",
+    }
+    info.update(changes)
+    return json.dumps({k: v for k, v in info.items() if v is not None})
+
+
+def key_spec() -> CloudCredentialSpec:
+    return CloudCredentialSpec.model_validate(
+        {
+            "provider": "GCP",
+            "gcp": {"serviceAccountKeyRef": {"name": "gcp-key", "key": "key.json"}},
+        }
+    )
+
+
+def wif_spec() -> CloudCredentialSpec:
+    return CloudCredentialSpec.model_validate(
+        {
+            "provider": "GCP",
+            "gcp": {
+                "serviceAccountEmail": EMAIL,
+                "workloadIdentityProvider": "projects/123456789/locations/global/"
+                "workloadIdentityPools/my-pool/providers/my-provider",
+            },
+        }
+    )
+
+
+def context(token_uri: str, timeout: float = TIMEOUT) -> VerifyContext:
+    return VerifyContext(
+        namespace="ns",
+        name="cred",
+        settings=ProviderSettings(gcp_token_uri=token_uri, timeout_seconds=timeout),
+    )
+
+
+def run(text: str, token_uri: str, timeout: float = TIMEOUT) -> Verification:
+    return gcp.verify(
+        key_spec(), {"serviceAccountKey": SecretStr(text)}, context(token_uri, timeout)
+    )
+
+
+def _pem_body_lines(pem: str) -> list[str]:
+    return [line for line in pem.splitlines() if line and not line.startswith("-----")]
+
+
+def refused(text: str, token_uri: str, timeout: float = TIMEOUT) -> VerificationError:
+    """The error verify raises, after checking it leaks nothing of the key."""
+    with pytest.raises(VerificationError) as caught:
+        run(text, token_uri, timeout)
+    error = caught.value
+    for shown in (error.message, str(error), repr(error)):
+        assert text not in shown
+        for pem in (SERVER_PEM, OTHER_PEM):
+            assert "PRIVATE KEY" not in shown
+            for line in _pem_body_lines(pem):
+                assert line not in shown
+        assert "ya29" not in shown
+    # No chained exception carries the key (or a response body) into a traceback.
+    assert error.__cause__ is None
+    assert error.__context__ is None or error.__suppress_context__
+    return error
+
+
+# --- public_id and secret_refs ---------------------------------------------------------
+
+
+def test_public_id_and_secret_refs_for_a_key() -> None:
+    spec = key_spec()
+    assert gcp.public_id(spec) == ""
+    refs = gcp.secret_refs(spec)
+    assert list(refs) == ["serviceAccountKey"]
+    assert (refs["serviceAccountKey"].name, refs["serviceAccountKey"].key) == (
+        "gcp-key",
+        "key.json",
+    )
+
+
+def test_public_id_and_secret_refs_for_workload_identity() -> None:
+    spec = wif_spec()
+    assert gcp.public_id(spec) == EMAIL
+    assert gcp.secret_refs(spec) == {}
+
+
+# --- a key that works --------------------------------------------------------------------
+
+
+def test_a_valid_key_is_verified_as_its_client_email(endpoint: TokenEndpoint) -> None:
+    result = run(key_json(endpoint.url), endpoint.url)
+
+    assert result.identity == EMAIL
+    assert result.static_keys is True
+    assert len(endpoint.requests) == 1
+    claims = endpoint.requests[0]["claims"]
+    assert claims["iss"] == EMAIL
+    assert claims["scope"] == "https://www.googleapis.com/auth/cloud-platform"
+
+
+def test_the_key_goes_to_the_configured_endpoint_even_with_a_trailing_slash(
+    endpoint: TokenEndpoint,
+) -> None:
+    assert run(key_json(endpoint.url + "/"), endpoint.url).identity == EMAIL
+
+
+def test_another_universe_domain_does_not_skip_the_token_endpoint(
+    endpoint: TokenEndpoint,
+) -> None:
+    # With a non-default universe_domain google-auth would sign its own JWT and never
+    # call the endpoint; a key the endpoint does not know must still be refused.
+    text = key_json(endpoint.url, private_key=OTHER_PEM, universe_domain="example.com")
+    assert refused(text, endpoint.url).reason == Reason.INVALID_CREDENTIALS
+    assert len(endpoint.requests) == 1
+
+
+# --- keys the endpoint refuses -----------------------------------------------------------
+
+
+def test_a_key_the_endpoint_does_not_know_is_invalid_credentials(
+    endpoint: TokenEndpoint,
+) -> None:
+    error = refused(key_json(endpoint.url, private_key=OTHER_PEM), endpoint.url)
+
+    assert error.reason == Reason.INVALID_CREDENTIALS
+    assert "invalid_grant" in error.message
+    assert "HTTP 400" in error.message
+    assert len(endpoint.requests) == 1
+    assert endpoint.requests[0]["claims"] is None  # the server did check the signature
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason"),
+    [
+        (
+            400,
+            {"error": "invalid_grant", "error_description": "Invalid JWT Signature."},
+            Reason.INVALID_CREDENTIALS,
+        ),
+        (401, {"error": "invalid_client"}, Reason.INVALID_CREDENTIALS),
+        (403, {"error": "access_denied"}, Reason.ACCESS_DENIED),
+        (404, {"error": "not_found"}, Reason.PROVIDER_UNREACHABLE),
+        (200, {"token_type": "Bearer"}, Reason.PROVIDER_UNREACHABLE),
+    ],
+)
+def test_token_endpoint_answers_map_to_reasons(
+    endpoint: TokenEndpoint, status: int, body: dict[str, Any], reason: Reason
+) -> None:
+    endpoint.forced = (status, body)
+    error = refused(key_json(endpoint.url), endpoint.url)
+    assert error.reason == reason
+    if status != 200:
+        assert f"HTTP {status}" in error.message
+
+
+def test_the_error_description_is_never_echoed(endpoint: TokenEndpoint) -> None:
+    endpoint.forced = (
+        400,
+        {"error": "invalid_grant", "error_description": "echo: s3cr3t-from-the-body"},
+    )
+    error = refused(key_json(endpoint.url), endpoint.url)
+    assert error.reason == Reason.INVALID_CREDENTIALS
+    assert "s3cr3t" not in error.message
+
+
+def test_a_known_description_becomes_a_hint(endpoint: TokenEndpoint) -> None:
+    endpoint.forced = (
+        400,
+        {"error": "invalid_grant", "error_description": "Invalid JWT Signature."},
+    )
+    error = refused(key_json(endpoint.url), endpoint.url)
+    assert "deleted or disabled" in error.message
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_a_failing_endpoint_is_unreachable_at_once(endpoint: TokenEndpoint, status: int) -> None:
+    # google-auth would retry these with sleeps of seconds; the operator retries instead.
+    endpoint.forced = (status, {"error": "server_error"})
+    started = time.monotonic()
+    error = refused(key_json(endpoint.url), endpoint.url)
+    assert error.reason == Reason.PROVIDER_UNREACHABLE
+    assert f"HTTP {status}" in error.message
+    assert len(endpoint.requests) == 1
+    assert time.monotonic() - started < 1
+
+
+# --- malformed keys ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make_text", "expected"),
+    [
+        (lambda url: "not json at all " + SERVER_PEM, "not valid JSON"),
+        (lambda url: json.dumps(["a", SERVER_PEM]), "not a JSON object"),
+        (lambda url: key_json(url, type="authorized_user"), '"authorized_user" credential'),
+        (lambda url: key_json(url, type=None), 'type "service_account"'),
+        (lambda url: key_json(url, client_email=None), "has no client_email"),
+        (lambda url: key_json(url, client_email=""), "has no client_email"),
+        (lambda url: key_json(url, client_email=42), "has no client_email"),
+        (lambda url: key_json(url, client_email="nobody"), "not an e-mail address"),
+        (lambda url: key_json(url, private_key=None), "has no private_key"),
+        (lambda url: key_json(None), "has no token_uri"),
+        (lambda url: key_json(url, private_key="-----BEGIN PRIVATE KEY-----\nAAAA\n"), "RSA"),
+        (lambda url: key_json(url, private_key=SERVER_PEM[:200]), "private_key"),
+        (
+            lambda url: key_json(url, private_key=_pem(ec.generate_private_key(ec.SECP256R1()))),
+            "RSA",
+        ),
+    ],
+    ids=[
+        "not-json",
+        "json-array",
+        "user-credentials",
+        "no-type",
+        "no-client-email",
+        "empty-client-email",
+        "numeric-client-email",
+        "client-email-not-an-address",
+        "no-private-key",
+        "no-token-uri",
+        "garbage-pem",
+        "truncated-pem",
+        "ec-key",
+    ],
+)
+def test_malformed_keys_are_invalid_secret_data(
+    endpoint: TokenEndpoint, make_text: Any, expected: str
+) -> None:
+    error = refused(make_text(endpoint.url), endpoint.url)
+
+    assert error.reason == Reason.INVALID_SECRET_DATA
+    assert expected in error.message
+    assert endpoint.requests == []
+
+
+# --- the key's token_uri is never followed -----------------------------------------------
+
+
+def test_a_token_uri_pointing_at_the_metadata_server_is_refused(endpoint: TokenEndpoint) -> None:
+    error = refused(key_json("http://169.254.169.254/computeMetadata/v1/"), endpoint.url)
+
+    assert error.reason == Reason.INVALID_SECRET_DATA
+    assert "token_uri" in error.message
+    assert "169.254.169.254" in error.message
+    assert endpoint.url.removesuffix("/token") in error.message
+    assert endpoint.requests == []
+
+
+def test_a_token_uri_pointing_at_another_server_never_reaches_it(endpoint_factory: Any) -> None:
+    configured: TokenEndpoint = endpoint_factory()
+    elsewhere: TokenEndpoint = endpoint_factory()
+
+    error = refused(key_json(elsewhere.url), configured.url)
+
+    assert error.reason == Reason.INVALID_SECRET_DATA
+    assert elsewhere.requests == []
+    assert configured.requests == []
+
+
+def test_only_the_host_of_a_foreign_token_uri_is_shown(endpoint: TokenEndpoint) -> None:
+    error = refused(
+        key_json("https://user:hunter2@evil.example/steal?x=secret-query"), endpoint.url
+    )
+    assert "evil.example" in error.message
+    assert "hunter2" not in error.message
+    assert "secret-query" not in error.message
+
+
+def test_google_token_endpoints_are_interchangeable() -> None:
+    legacy = "https://accounts.google.com/o/oauth2/token"
+    current = "https://oauth2.googleapis.com/token"
+    assert gcp._same_endpoint(legacy, current)
+    assert gcp._same_endpoint(current, current + "/")
+    assert not gcp._same_endpoint(legacy, "http://127.0.0.1:8080/token")
+    assert not gcp._same_endpoint("http://169.254.169.254/token", current)
+
+
+# --- an endpoint that cannot be reached --------------------------------------------------
+
+
+def test_an_endpoint_that_never_answers_is_unreachable_within_the_timeout(
+    silent_url: str,
+) -> None:
+    started = time.monotonic()
+    error = refused(key_json(silent_url), silent_url)
+    elapsed = time.monotonic() - started
+
+    assert error.reason == Reason.PROVIDER_UNREACHABLE
+    assert "no answer" in error.message
+    assert elapsed < TIMEOUT + 3
+
+
+def test_a_closed_port_is_unreachable(closed_url: str) -> None:
+    error = refused(key_json(closed_url), closed_url)
+
+    assert error.reason == Reason.PROVIDER_UNREACHABLE
+    assert "could not connect" in error.message
+
+
+# --- what cannot be checked here ---------------------------------------------------------
+
+
+def test_workload_identity_is_checked_for_shape_only() -> None:
+    with pytest.raises(VerificationError) as caught:
+        gcp.verify(wif_spec(), {}, context("http://127.0.0.1:9/token"))
+    assert caught.value.reason == Reason.VERIFICATION_UNAVAILABLE
+    assert "workload identity" in caught.value.message
+
+
+def test_without_google_auth_verification_is_unavailable(
+    endpoint: TokenEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A None entry in sys.modules makes the import fail as if the package were missing.
+    for name in [n for n in sys.modules if n == "google.auth" or n.startswith("google.auth.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "google.auth", None)
+    monkeypatch.setitem(sys.modules, "google.oauth2", None)
+
+    error = refused(key_json(endpoint.url), endpoint.url)
+
+    assert error.reason == Reason.VERIFICATION_UNAVAILABLE
+    assert "cloudcred[gcp]" in error.message
+    assert endpoint.requests == []
+
+
+def test_a_missing_secret_value_is_reported() -> None:
+    with pytest.raises(VerificationError) as caught:
+        gcp.verify(key_spec(), {}, context("http://127.0.0.1:9/token"))
+    assert caught.value.reason == Reason.SECRET_KEY_MISSING
