@@ -56,10 +56,9 @@ format: install ## Reformat the code with ruff.
 	$(VENV)/bin/ruff format operator tests
 
 .PHONY: run
-run: install ## Run against $$KUBECONFIG, or start the local control plane first when none is set.
+run: install ## Run the operator against $$KUBECONFIG, or against the local control plane (started if needed).
 	@if [ -z "$$KUBECONFIG" ] && [ ! -f $(LOCAL)/controlplane.json ]; then $(MAKE) --no-print-directory cluster-up; fi
-	@echo "The operator's handlers are not written yet: the control plane is up and the CRDs are installed."
-	@echo "export KUBECONFIG=$${KUBECONFIG:-$(CURDIR)/$(LOCAL)/kubeconfig}"
+	KUBECONFIG=$${KUBECONFIG:-$(CURDIR)/$(LOCAL)/kubeconfig} $(VENV)/bin/cloudcred run --standalone --all-namespaces
 
 .PHONY: clean
 clean: cluster-down ## Remove the virtualenv and local state (the binary cache stays).

@@ -37,7 +37,7 @@ from cloudcred.providers.base import (
     VerifyContext,
 )
 
-CLIENT_SECRET = "clientSecret"
+CLIENT_SECRET = "clientSecret"  # the role of the Secret key in secret_refs, not a value
 # The token asked for: Azure Resource Manager, the API the clusters are managed through.
 ARM_SCOPE = "https://management.azure.com/.default"
 
@@ -73,9 +73,9 @@ _OAUTH_ERRORS: dict[str, Reason] = {
 }
 _AADSTS_CODE = re.compile(r"\bAADSTS(\d{4,9})\b")
 _OAUTH_ERROR = re.compile(r"\b(" + "|".join(_OAUTH_ERRORS) + r")\b")
-# Claims copied into status.identity must look like ids (the token is not verified here).
 # MSAL's message for a 5xx from the token endpoint ("HTTP Error: 503").
 _HTTP_ERROR = re.compile(r"\bHTTP Error: (\d{3})\b")
+# Claims copied into status.identity must look like ids (the token is not verified here).
 _SAFE_CLAIM = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -110,11 +110,15 @@ def _redact(value: object, secret: str | None) -> object:
     return value
 
 
-# A filter applies to records of its own logger only (not its children): name both.
-for _name in ("azure.identity._internal.get_token_mixin", "msal.oauth2cli.oauth2"):
-    _logger = logging.getLogger(_name)
-    if not any(isinstance(f, _RedactErrorBodies) for f in _logger.filters):
-        _logger.addFilter(_RedactErrorBodies())
+def _install_log_filters() -> None:
+    # A filter applies to records of its own logger only (not its children): name both.
+    for name in ("azure.identity._internal.get_token_mixin", "msal.oauth2cli.oauth2"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactErrorBodies) for f in logger.filters):
+            logger.addFilter(_RedactErrorBodies())
+
+
+_install_log_filters()
 
 
 def _azure(spec: CloudCredentialSpec) -> AzureSpec:
@@ -152,6 +156,8 @@ def verify(
         ) from None
 
     secret = secrets[CLIENT_SECRET].get_secret_value()
+    if not secret:  # the library would raise ValueError, taken below for a bad authority
+        raise VerificationError(Reason.INVALID_SECRET_DATA, "the client secret is empty")
     settings = context.settings
     options: dict[str, Any] = {
         # azure-core transport settings, per HTTP request. Entra ID takes two requests
