@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client
 
 from tests.envtest.controlplane import ControlPlane
-from tests.kube import api_client, install_crds
+from tests.kube import api_client, install_admission_policies, install_crds
 
 
 @dataclass
@@ -47,6 +47,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     api = api_client(kubeconfig)
     try:
         install_crds(api)
+        install_admission_policies(api)
         yield Kube(kubeconfig=kubeconfig, api=api, plane=plane)
     finally:
         api.close()

@@ -49,3 +49,33 @@ def install_crds(api: client.ApiClient, timeout: float = 60) -> list[str]:
                 raise TimeoutError(f"CRD {name} not Established after {timeout}s")
             time.sleep(0.2)
     return names
+
+
+ADMISSION_DIR = ROOT / "deploy" / "admission"
+
+
+def install_admission_policies(api: client.ApiClient) -> None:
+    """Create or update the ValidatingAdmissionPolicies and bindings in deploy/admission."""
+    admission = client.AdmissionregistrationV1Api(api)
+    for path in sorted(ADMISSION_DIR.glob("*-in-use.yaml")):
+        for doc in load_yaml_documents(path):
+            name = doc["metadata"]["name"]
+            if doc["kind"] == "ValidatingAdmissionPolicy":
+                create, read, replace = (
+                    admission.create_validating_admission_policy,
+                    admission.read_validating_admission_policy,
+                    admission.replace_validating_admission_policy,
+                )
+            else:
+                create, read, replace = (
+                    admission.create_validating_admission_policy_binding,
+                    admission.read_validating_admission_policy_binding,
+                    admission.replace_validating_admission_policy_binding,
+                )
+            try:
+                create(doc)
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+                doc["metadata"]["resourceVersion"] = read(name).metadata.resource_version
+                replace(name, doc)

@@ -17,3 +17,5 @@ KOPF_STORAGE_PREFIX = f"kopf.{GROUP}"
 REDEPLOY_ANNOTATION = f"{GROUP}/redeploy-revision"
 ROLLOUT_PAUSED_ANNOTATION = f"{GROUP}/rollout-paused"
 FORCE_DELETE_ANNOTATION = f"{GROUP}/force-delete"
+# On Secrets referenced by an in-use credential; the admission policy refuses their deletion.
+IN_USE_LABEL = f"{GROUP}/in-use"

@@ -83,3 +83,34 @@ class Kube:
             if error.status == 404:
                 raise NotFound(f"{kind} {namespace}/{name}") from None
             raise
+
+    async def list_all(self, plural: str) -> list[dict[str, Any]]:
+        """Every object of a kind in every namespace, fresh from the API server."""
+        result = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, plural)
+        return list(result.get("items") or [])
+
+    async def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        """The namespace's labels; None when it does not exist."""
+        try:
+            found = await self._call(self.core.read_namespace, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return dict(found.metadata.labels or {})
+
+    async def set_secret_label(
+        self, namespace: str, name: str, label: str, value: str | None
+    ) -> bool:
+        """Set (or with None remove) one label on a Secret; False if it does not exist.
+        A merge patch of metadata only: the data is neither read nor written."""
+        patch = {"metadata": {"labels": {label: value}}}
+        try:
+            await self._call(self.core.patch_namespaced_secret, name, namespace, patch)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise RuntimeError(
+                f"labelling Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
+            ) from None
+        return True

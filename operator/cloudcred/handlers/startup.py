@@ -8,6 +8,7 @@ from typing import Any
 
 import kopf
 
+from cloudcred.binder import Binder
 from cloudcred.config import Settings
 from cloudcred.constants import FINALIZER, KOPF_STORAGE_PREFIX
 from cloudcred.kube import Kube, load_client_configuration
@@ -40,4 +41,11 @@ async def configure(
     memo.credential_locks = {}
     memo.verified_conditions = {}
     memo.last_checks = {}
+    memo.binder = Binder(memo.kube)
+    memo.binder_task = asyncio.create_task(memo.binder.run(), name="cloudcred-binder")
     logger.info("cloudcred settings: %s", config.model_dump_json())
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    memo.binder_task.cancel()

@@ -1,0 +1,255 @@
+"""Which clusters are bound to which credential: plain, side-effect-free decisions.
+
+A cluster is *bound* to the credential its ``spec.credentialRef`` names when that
+credential exists, has the same provider, admits the cluster's namespace (its own, or
+one matched by ``spec.allowedNamespaces``), and is not being deleted (a cluster that
+was already bound stays bound while the deletion waits for it). Only bound clusters
+are listed on the credential and hold its deletion, so a cluster in a namespace that
+is not admitted cannot pin another team's credential.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cloudcred import conditions
+from cloudcred.api.credential import MAX_LISTED_CLUSTERS
+
+Key = tuple[str, str]  # (namespace, name)
+
+BOUND, NOT_FOUND, MISMATCH, NOT_ALLOWED, DELETING = (
+    "Bound",
+    "CredentialNotFound",
+    "ProviderMismatch",
+    "NamespaceNotAllowed",
+    "CredentialDeleting",
+)
+CREDENTIAL_BOUND, IN_USE, DELETION_BLOCKED = "CredentialBound", "InUse", "DeletionBlocked"
+NAMES_IN_MESSAGES = 10
+
+
+@dataclass(frozen=True)
+class CredentialInfo:
+    """What binding decisions need to know about a credential."""
+
+    namespace: str
+    name: str
+    provider: str
+    deleting: bool
+    allowed_namespaces: dict[str, Any] | None
+    revision: str | None
+    secret_names: tuple[str, ...]
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> CredentialInfo:
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        block = spec.get(str(spec.get("provider", "")).lower()) or {}
+        secrets = sorted({
+            ref["name"] for field, ref in block.items()
+            if field.endswith("Ref") and isinstance(ref, dict) and "name" in ref
+        })  # fmt: skip
+        return cls(
+            namespace=body["metadata"]["namespace"],
+            name=body["metadata"]["name"],
+            provider=str(spec.get("provider", "")),
+            deleting=bool(body["metadata"].get("deletionTimestamp")),
+            allowed_namespaces=spec.get("allowedNamespaces"),
+            revision=status.get("revision"),
+            secret_names=tuple(secrets),
+        )
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What binding decisions need to know about a cluster, with its current status."""
+
+    namespace: str
+    name: str
+    provider: str
+    credential: Key
+    generation: int | None
+    status: dict[str, Any]
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> ClusterInfo:
+        metadata, spec = body["metadata"], body.get("spec") or {}
+        ref = spec.get("credentialRef") or {}
+        return cls(
+            namespace=metadata["namespace"],
+            name=metadata["name"],
+            provider=str(spec.get("provider", "")),
+            credential=(ref.get("namespace") or metadata["namespace"], ref.get("name", "")),
+            generation=metadata.get("generation"),
+            status=dict(body.get("status") or {}),
+        )
+
+    @property
+    def was_bound_to(self) -> Key | None:
+        """The credential this cluster's status says it is bound to, if any."""
+        bound = conditions.find(self.status.get("conditions"), CREDENTIAL_BOUND)
+        credential = self.status.get("credential") or {}
+        if bound and bound.get("status") == conditions.TRUE and credential.get("name"):
+            return (credential.get("namespace", ""), credential["name"])
+        return None
+
+
+@dataclass(frozen=True)
+class Binding:
+    bound: bool
+    reason: str
+    message: str
+
+
+def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics; an empty selector matches everything."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values") or []
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def namespace_admitted(
+    credential: CredentialInfo, namespace: str, labels: dict[str, str] | None
+) -> bool:
+    if namespace == credential.namespace:
+        return True
+    if credential.allowed_namespaces is None or labels is None:
+        return False
+    return selector_matches(credential.allowed_namespaces, labels)
+
+
+def decide(
+    cluster: ClusterInfo,
+    credential: CredentialInfo | None,
+    namespace_labels: dict[str, str] | None,
+) -> Binding:
+    ref = "/".join(cluster.credential)
+    if credential is None:
+        return Binding(False, NOT_FOUND, f"CloudCredential {ref} does not exist")
+    if credential.provider != cluster.provider:
+        return Binding(False, MISMATCH, f"CloudCredential {ref} is for {credential.provider}, "
+                                        f"the cluster is on {cluster.provider}")  # fmt: skip
+    if not namespace_admitted(credential, cluster.namespace, namespace_labels):
+        return Binding(False, NOT_ALLOWED, f"CloudCredential {ref} does not admit namespace "
+                       f"{cluster.namespace} (see its spec.allowedNamespaces)")  # fmt: skip
+    if credential.deleting:
+        if cluster.was_bound_to == credential.key:
+            return Binding(True, BOUND, f"bound to {ref}, which is being deleted and waits "
+                           "for this cluster: point the cluster at another credential")  # fmt: skip
+        return Binding(False, DELETING, f"CloudCredential {ref} is being deleted")
+    return Binding(True, BOUND, f"bound to CloudCredential {ref}")
+
+
+def cluster_status(
+    cluster: ClusterInfo, binding: Binding, credential: CredentialInfo | None
+) -> dict[str, Any]:
+    """The part of a Cluster's status the binder owns."""
+    previous = cluster.status.get("conditions")
+    status: dict[str, Any] = {"observedGeneration": cluster.generation}
+    if binding.bound and credential is not None:
+        status["credential"] = {"namespace": credential.namespace, "name": credential.name}
+        if credential.revision:
+            status["credential"]["revision"] = credential.revision
+    state = conditions.TRUE if binding.bound else conditions.FALSE
+    status["conditions"] = [
+        conditions.condition(previous, CREDENTIAL_BOUND, state, binding.reason,
+                             binding.message, cluster.generation),
+        conditions.condition(previous, "Ready", state,
+                             "Ready" if binding.bound else binding.reason,
+                             binding.message, cluster.generation),
+    ]  # fmt: skip
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def describe_clusters(clusters: list[Key], home_namespace: str) -> str:
+    """'prod-eu, team-b/prod-us and 3 more': names in the credential's own namespace
+    plain, others qualified, the first ten only."""
+    names = [name if ns == home_namespace else f"{ns}/{name}" for ns, name in clusters]
+    shown = ", ".join(names[:NAMES_IN_MESSAGES])
+    extra = len(names) - NAMES_IN_MESSAGES
+    return f"{shown} and {extra} more" if extra > 0 else shown
+
+
+def credential_bindings_status(
+    credential: CredentialInfo,
+    bound: list[Key],
+    current_status: dict[str, Any],
+    created: str,
+) -> dict[str, Any]:
+    """The part of a CloudCredential's status the binder owns: the computed list."""
+    bound = sorted(bound)
+    previous = current_status.get("conditions")
+    status: dict[str, Any] = {
+        "clusters": [{"namespace": ns, "name": name} for ns, name in bound[:MAX_LISTED_CLUSTERS]],
+        "clusterCount": len(bound),
+    }
+    if len(bound) > MAX_LISTED_CLUSTERS:
+        status["clustersTruncated"] = True
+    if bound:
+        names = describe_clusters(bound, credential.namespace)
+        in_use = conditions.condition(
+            previous,
+            IN_USE,
+            conditions.TRUE,
+            "InUse",
+            f"used by {len(bound)} cluster(s): {names}",
+            None,
+        )
+    else:
+        status["unusedSince"] = current_status.get("unusedSince") or (
+            created
+            if current_status.get("clusterCount") is None
+            else conditions.timestamp(conditions.now())
+        )
+        in_use = conditions.condition(
+            previous, IN_USE, conditions.FALSE, "Unused", "no cluster uses this credential", None
+        )
+    status["conditions"] = [in_use]
+    if credential.deleting and bound:
+        status["conditions"].append(conditions.condition(
+            previous, DELETION_BLOCKED, conditions.TRUE, "InUse",
+            f"deletion waits until no cluster uses this credential: {names}; remove the "
+            "association first", None))  # fmt: skip
+    return status
+
+
+def same_conditions(
+    current: list[dict[str, Any]] | None, desired: list[dict[str, Any]], owned: set[str]
+) -> bool:
+    """The ``owned`` condition types are equal apart from transition times."""
+
+    def essence(items: list[dict[str, Any]] | None) -> dict[str, tuple[Any, ...]]:
+        return {
+            c["type"]: (c.get("status"), c.get("reason"), c.get("message"),
+                        c.get("observedGeneration"))
+            for c in items or []
+        }  # fmt: skip
+
+    have = {k: v for k, v in essence(current).items() if k in owned}
+    return have == essence(desired)
+
+
+def find_reason(status: dict[str, Any]) -> str | None:
+    """The reason of a cluster's CredentialBound condition, if it has one."""
+    found = conditions.find(status.get("conditions"), CREDENTIAL_BOUND)
+    return found.get("reason") if found else None

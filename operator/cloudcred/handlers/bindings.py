@@ -1,0 +1,48 @@
+"""Cluster and CloudCredential watch handlers that feed the binder, and the
+credential's deletion guard (the finalizer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from cloudcred.binder import Binder
+from cloudcred.bindings import describe_clusters
+from cloudcred.constants import CLUSTER_RESOURCE, CREDENTIAL_RESOURCE
+
+DELETION_RECHECK_SECONDS = 10.0
+
+
+@kopf.on.event(CLUSTER_RESOURCE)
+def cluster_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        memo.binder.cluster_gone(body["metadata"]["namespace"], body["metadata"]["name"])
+    else:
+        memo.binder.cluster_seen(dict(body))
+
+
+@kopf.on.event(CREDENTIAL_RESOURCE)
+def credential_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        memo.binder.credential_gone(body["metadata"]["namespace"], body["metadata"]["name"])
+    else:
+        memo.binder.credential_seen(dict(body))
+
+
+@kopf.on.delete(CREDENTIAL_RESOURCE)
+async def credential_deleting(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Hold the finalizer while bound clusters remain, judged by a fresh LIST.
+
+    No retries/timeout limit and no PermanentError on purpose: kopf releases the
+    finalizer once a delete handler gives up, which would defeat the guard.
+    """
+    binder: Binder = memo.binder
+    blocking = await binder.blocking_clusters(dict(body))
+    if blocking:
+        names = describe_clusters(blocking, body["metadata"]["namespace"])
+        kopf.warn(body, reason="DeletionBlocked",
+                  message=f"deletion waits for {len(blocking)} cluster(s) still using this "
+                  f"credential: {names}")  # fmt: skip
+        binder.credential_seen(dict(body))  # shows DeletionBlocked in status
+        raise kopf.TemporaryError(f"still used by {names}", delay=DELETION_RECHECK_SECONDS)
