@@ -46,19 +46,23 @@ test: envtest ## Run the test suite (starts its own control plane, or uses CLOUD
 
 .PHONY: lint
 lint: install ## Check style and types (ruff, mypy).
-	$(VENV)/bin/ruff check operator tests
-	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff format --check operator tests bench
 	$(VENV)/bin/mypy
 
 .PHONY: format
 format: install ## Reformat the code with ruff.
-	$(VENV)/bin/ruff check --fix operator tests
-	$(VENV)/bin/ruff format operator tests
+	$(VENV)/bin/ruff check --fix operator tests bench
+	$(VENV)/bin/ruff format operator tests bench
 
 .PHONY: run
 run: install ## Run the operator against $$KUBECONFIG, or against the local control plane (started if needed).
 	@if [ -z "$$KUBECONFIG" ] && [ ! -f $(LOCAL)/controlplane.json ]; then $(MAKE) --no-print-directory cluster-up; fi
 	KUBECONFIG=$${KUBECONFIG:-$(CURDIR)/$(LOCAL)/kubeconfig} $(VENV)/bin/cloudcred run --standalone --all-namespaces
+
+.PHONY: bench-bind
+bench-bind: envtest ## Measure the time from creating a Cluster to its credential listing it (50 clusters).
+	$(PY) -m bench.bind_latency 50
 
 .PHONY: clean
 clean: cluster-down ## Remove the virtualenv and local state (the binary cache stays).
