@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kubernetes import client
@@ -18,18 +19,17 @@ def secret(kube: Kube, namespace: str, name: str, data: dict[str, str]) -> None:
     )
 
 
-def create_credential(kube: Kube, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "CloudCredential",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
+def _create(kube: Kube, namespace: str, kind: str, plural: str, name: str,
+            spec: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name},
+            "spec": spec}  # fmt: skip
     return dict(
-        kube.custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, CREDENTIAL_PLURAL, body
-        )
+        kube.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
     )
+
+
+def create_credential(kube: Kube, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    return _create(kube, namespace, "CloudCredential", CREDENTIAL_PLURAL, name, spec)
 
 
 def get_credential(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
@@ -52,15 +52,7 @@ def patch_credential(kube: Kube, namespace: str, name: str, patch: dict[str, Any
 
 
 def create_cluster(kube: Kube, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Cluster",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-    return dict(
-        kube.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, CLUSTER_PLURAL, body)
-    )
+    return _create(kube, namespace, "Cluster", CLUSTER_PLURAL, name, spec)
 
 
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
@@ -73,3 +65,12 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
 def events_for(kube: Kube, namespace: str, name: str) -> list[client.CoreV1Event]:
     events = kube.core.list_namespaced_event(namespace).items
     return [event for event in events if event.involved_object.name == name]
+
+
+def refusal(action: Any) -> str | None:
+    """The API server's message if ``action()`` is refused, None if it went through."""
+    try:
+        action()
+    except ApiException as error:
+        return str(json.loads(error.body)["message"])
+    return None

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, IN_USE_LABEL, VERSION
 from tests.conftest import Kube
@@ -21,6 +19,7 @@ from tests.resources import (
     events_for,
     get_credential,
     patch_credential,
+    refusal,
     secret,
 )
 
@@ -162,14 +161,7 @@ def test_delete_of_in_use_credential_is_refused_with_the_cluster_names(
     aws_cluster(kube, namespace, "prod-us", "used")
     wait_listed(kube, namespace, "used", [(namespace, "prod-eu"), (namespace, "prod-us")])
 
-    def refused() -> str | None:
-        try:
-            delete_credential(kube, namespace, "used")
-        except ApiException as error:
-            return str(json.loads(error.body)["message"])
-        return None
-
-    message = refused()
+    message = refusal(lambda: delete_credential(kube, namespace, "used"))
     assert message is not None, "the delete went through"
     assert (f"cloudcredential {namespace}/used is used by clusters prod-eu, prod-us; "
             "remove the association first") in message  # fmt: skip
@@ -247,14 +239,10 @@ def test_secret_of_an_in_use_credential_cannot_be_deleted(
 
     wait_for(labelled, timeout=30, what="the Secret to be labelled in use")
 
-    def delete_refused() -> str | None:
-        try:
-            kube.core.delete_namespaced_secret("keys", namespace)
-        except ApiException as error:
-            return str(json.loads(error.body)["message"])
-        return None
-
-    message = wait_for(delete_refused, timeout=20, what="the policy to refuse")
+    message = wait_for(
+        lambda: refusal(lambda: kube.core.delete_namespaced_secret("keys", namespace)),
+        timeout=20, what="the policy to refuse",
+    )  # fmt: skip
     assert f"secret {namespace}/keys holds keys of a CloudCredential" in message
 
     delete_cluster(kube, namespace, "user")
