@@ -60,7 +60,9 @@ class Moto:
             "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"},
                            "Action": "sts:AssumeRole"}],
         })  # fmt: skip
-        role = self.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=trust)
+        iam = self.client("iam")
+        role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)
+        iam.put_role_policy(RoleName=name, PolicyName="access", PolicyDocument=ALLOW_ALL)
         return str(role["Role"]["Arn"])
 
     def stop(self) -> None:

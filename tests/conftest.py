@@ -35,6 +35,19 @@ class Kube:
         return client.CustomObjectsApi(self.api)
 
 
+# Every write, at Metadata level (no bodies, so no Secret data): tests count the
+# operator's requests by user agent.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+"""
+
+
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     external = os.environ.get("CLOUDCRED_TEST_KUBECONFIG")
@@ -42,7 +55,9 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     if external:
         kubeconfig = Path(external)
     else:
-        plane = ControlPlane(workdir=tmp_path_factory.mktemp("controlplane")).start()
+        workdir = tmp_path_factory.mktemp("controlplane")
+        (workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
+        plane = ControlPlane(workdir=workdir, audit_policy=workdir / "audit-policy.yaml").start()
         kubeconfig = plane.kubeconfig
     api = api_client(kubeconfig)
     try:

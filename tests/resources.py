@@ -74,3 +74,21 @@ def refusal(action: Any) -> str | None:
     except ApiException as error:
         return str(json.loads(error.body)["message"])
     return None
+
+
+def get_cluster(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    return dict(
+        kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, CLUSTER_PLURAL, name)
+    )
+
+
+def list_clusters(kube: Kube, namespace: str) -> list[dict[str, Any]]:
+    found = kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, CLUSTER_PLURAL)
+    return list(found["items"])
+
+
+def patch_cluster_status(kube: Kube, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """What an external deployer does to report back."""
+    kube.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, CLUSTER_PLURAL, name, {"status": status}
+    )

@@ -1,8 +1,15 @@
-"""The ``cloudcred`` command: ``cloudcred run`` starts the operator.
+"""The ``cloudcred`` command: ``cloudcred run`` starts the operator; list, usage and
+rotate are its command-line companion (also installed as the kubectl plugin
+``kubectl cloudcred``).
 
 cloudcred run [--standalone] [-A | -n NAMESPACE ...] [--liveness URL]
               [--priority N] [--peering NAME]
-cloudcred crds        print the CustomResourceDefinitions (kubectl apply -f -)
+cloudcred crds                  print the CustomResourceDefinitions (kubectl apply -f -)
+cloudcred list [-A | -n NS]     CloudCredentials: key or role, clusters, verified, rollout
+cloudcred usage NAME [-n NS]    the clusters that use a credential, and their revision
+cloudcred rotate NAME [-n NS]   replace its key (read from stdin), follow the rollout
+
+`cloudcred COMMAND --help` describes each command, its input and its exit codes.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import logging
 import os
 import sys
 
-from cloudcred import __version__
+from cloudcred import __version__, cli
 from cloudcred.config import Settings, SettingsError
 
 # Loggers that would print request details (and, at DEBUG, secrets) if left alone.
@@ -20,9 +27,15 @@ QUIET_LOGGERS = ("botocore", "boto3", "urllib3", "kubernetes.client.rest", "azur
                  "msal", "google.auth", "scaleway", "scaleway_core")  # fmt: skip
 
 
+def _prog() -> str:
+    """``kubectl cloudcred`` when run as the kubectl plugin, else ``cloudcred``."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return "kubectl cloudcred" if invoked == "kubectl-cloudcred" else "cloudcred"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cloudcred", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=_prog(), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"cloudcred {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--priority", type=int, default=0, help="peering priority")
     run.add_argument("--peering", default=None, help="peering object name")
     commands.add_parser("crds", help="print the CustomResourceDefinitions as YAML")
+    cli.add_commands(commands)
     return parser  # fmt: skip
 
 
@@ -91,7 +105,16 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command in cli.COMMANDS:
+        # Not echoed: a key typed on the command line must not be printed back.
+        parser.error(f"{args.command}: {len(extra)} unexpected argument(s), not shown; a key "
+                     "is read from stdin or --from-file, never from the command line")  # fmt: skip
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in cli.COMMANDS:
+        return cli.run_command(args)
     if args.command == "crds":
         from cloudcred.api.crd import CRD_FILES, render
 

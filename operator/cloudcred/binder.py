@@ -1,12 +1,15 @@
-"""The binder: one debounced writer that keeps bindings true on both sides.
+"""The binder: one debounced writer that keeps bindings and rollouts true on both sides.
 
 Watch events (from the kopf handlers in ``handlers/bindings.py``) update an in-memory
 index of credentials and clusters and mark keys dirty. One background task wakes up,
 waits a short batching window, and for every dirty cluster decides its binding and
-writes its status; then for every dirty credential it *computes* the list of bound
-clusters from the index -- never by appending to the stored list -- and writes it.
-Writes are server-side applies under the ``cloudcred-binder`` manager and are skipped
-when nothing would change, so an idle operator writes nothing.
+its redeploy state (marking it with ``cloudcred.io/redeploy-revision`` when it is
+behind its credential, and handing it to the deploy step unless an external system
+deploys it), then writes its status; then for every dirty credential it *computes*
+the list of bound clusters and the rollout from the index -- never by appending to
+the stored values -- and writes them. Writes are server-side applies under the
+``cloudcred-binder`` manager and are skipped when nothing would change, so an idle
+operator writes nothing.
 
 The index can miss a deletion that happened while a watch was down, so it is rebuilt
 from a fresh LIST periodically, and deletion decisions always use a fresh LIST.
@@ -21,14 +24,23 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from cloudcred import bindings
+from cloudcred import bindings, conditions, rollout
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
-from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, IN_USE_LABEL
+from cloudcred.config import Settings
+from cloudcred.constants import (
+    API_VERSION,
+    CLUSTER_PLURAL,
+    CREDENTIAL_PLURAL,
+    IN_USE_LABEL,
+    REDEPLOY_ANNOTATION,
+    REFERENCED_LABEL,
+)
+from cloudcred.deployer import Deployer, DeployTarget
 from cloudcred.kube import Kube, NotFound
 
 MANAGER = "cloudcred-binder"
-CLUSTER_CONDITIONS = {bindings.CREDENTIAL_BOUND, "Ready"}
-CREDENTIAL_CONDITIONS = {bindings.IN_USE, bindings.DELETION_BLOCKED}
+CLUSTER_CONDITIONS = {bindings.CREDENTIAL_BOUND, rollout.REDEPLOY_PENDING, "Ready"}
+CREDENTIAL_CONDITIONS = {bindings.IN_USE, bindings.DELETION_BLOCKED, rollout.ROLLOUT_COMPLETE}
 BATCH_WINDOW = 0.2
 NAMESPACE_LABELS_TTL = 10.0
 RELIST_INTERVAL = 300.0
@@ -37,16 +49,24 @@ logger = logging.getLogger("cloudcred.binder")
 
 
 class Binder:
-    def __init__(self, kube: Kube, write_concurrency: int = 16) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        provider_slots: asyncio.Semaphore,
+        write_concurrency: int = 16,
+    ) -> None:
         self.kube = kube
         self.credentials: dict[Key, CredentialInfo] = {}
-        self.credential_status: dict[Key, dict[str, Any]] = {}
-        self.credential_created: dict[Key, str] = {}
+        self.credential_bodies: dict[Key, dict[str, Any]] = {}
         self.clusters: dict[Key, ClusterInfo] = {}
         self.clusters_by_credential: dict[Key, set[Key]] = defaultdict(set)
         self.dirty_clusters: set[Key] = set()
         self.dirty_credentials: set[Key] = set()
-        self.secret_in_use: dict[Key, bool] = {}  # what the Secret's label says, as last set
+        # What each Secret's labels say, as last set: (referenced, in use).
+        self.secret_labels: dict[Key, tuple[bool, bool]] = {}
+        self.deployer = Deployer(kube, settings, provider_slots, self.deploy_target,
+                                 self.cluster_changed)  # fmt: skip
         self._namespace_labels: dict[str, tuple[float, dict[str, str] | None]] = {}
         self._wake = asyncio.Event()
         self._writes = asyncio.Semaphore(write_concurrency)
@@ -57,16 +77,15 @@ class Binder:
         info = CredentialInfo.from_body(body)
         old = self.credentials.get(info.key)
         self.credentials[info.key] = info
-        self.credential_status[info.key] = dict(body.get("status") or {})
-        self.credential_created[info.key] = body["metadata"].get("creationTimestamp", "")
+        self.credential_bodies[info.key] = body
         if old != info:  # provider, deletion, admitted namespaces or revision changed
             self.dirty_clusters |= self.clusters_by_credential.get(info.key, set())
         self._mark_credential(info.key)
 
     def credential_gone(self, namespace: str, name: str) -> None:
         key = (namespace, name)
-        for state in (self.credentials, self.credential_status, self.credential_created):
-            state.pop(key, None)
+        self.credentials.pop(key, None)
+        self.credential_bodies.pop(key, None)
         self.dirty_clusters |= self.clusters_by_credential.get(key, set())
         self._wake.set()
 
@@ -83,9 +102,23 @@ class Binder:
 
     def cluster_gone(self, namespace: str, name: str) -> None:
         old = self.clusters.pop((namespace, name), None)
+        self.deployer.forget((namespace, name))
         if old:
             self._forget_reference(old)
             self._mark_credential(old.credential)
+
+    def cluster_changed(self, key: Key) -> None:
+        """Look at this cluster again (the deploy step's news)."""
+        if key in self.clusters:
+            self.dirty_clusters.add(key)
+            self._wake.set()
+
+    def credentials_using_secret(self, namespace: str, secret: str) -> list[dict[str, Any]]:
+        """The bodies of the credentials that reference this Secret."""
+        return [
+            self.credential_bodies[key] for key, info in self.credentials.items()
+            if info.namespace == namespace and secret in info.secret_names
+        ]  # fmt: skip
 
     def _forget_reference(self, cluster: ClusterInfo) -> None:
         referencing = self.clusters_by_credential.get(cluster.credential)
@@ -150,34 +183,75 @@ class Binder:
         credentials, self.dirty_credentials = self.dirty_credentials, set()
         await asyncio.gather(*(self._write_credential(key) for key in credentials))
 
+    def _status(self, key: Key) -> dict[str, Any]:
+        return dict(self.credential_bodies.get(key, {}).get("status") or {})
+
+    def deploy_target(self, key: Key) -> DeployTarget | None:
+        """What the deploy step should do for this cluster now, if anything: only a
+        bound cluster deployed by the operator, behind a credential whose revision is
+        up to date with its spec."""
+        cluster = self.clusters.get(key)
+        if cluster is None or cluster.external or not cluster.was_bound_to:
+            return None
+        credential = self.credentials.get(cluster.credential)
+        if credential is None or cluster.was_bound_to != credential.key:
+            return None
+        if not credential.revision or credential.spec_changed or credential.deleting:
+            return None
+        if cluster.deployed_revision == credential.revision:
+            return None
+        spec = self.credential_bodies[credential.key].get("spec") or {}
+        return DeployTarget(cluster, credential, spec)
+
     async def _write_cluster(self, key: Key) -> None:
         cluster = self.clusters.get(key)
         if cluster is None:
             return
         binding = await self.decide(cluster)
         credential = self.credentials.get(cluster.credential)
-        desired = bindings.cluster_status(cluster, binding, credential)
-        # The credential's list follows this cluster's binding (it may have changed).
+        redeploy = None
+        if binding.bound and credential is not None and credential.revision:
+            redeploy = rollout.redeploy_state(
+                cluster, credential.revision, self.deployer.failures.get(key)
+            )
+        desired = bindings.cluster_status(cluster, binding, credential, redeploy)
+        # The credential's list and rollout follow this cluster (they may have changed).
         self._mark_credential(cluster.credential)
-        if _unchanged(cluster.status, desired, CLUSTER_CONDITIONS, ("credential",)):
-            return
-        async with self._writes:
-            try:
-                await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *key, desired, MANAGER)
-            except NotFound:
-                return
+        if redeploy and redeploy.mark and cluster.marked != redeploy.mark:
+            async with self._writes:
+                try:
+                    await self.kube.annotate(CLUSTER_PLURAL, *key,
+                                             {REDEPLOY_ANNOTATION: redeploy.mark})  # fmt: skip
+                except NotFound:
+                    return
+        if not _unchanged(cluster.status, desired, CLUSTER_CONDITIONS, ("credential",)):
+            async with self._writes:
+                try:
+                    await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *key, desired, MANAGER)
+                except NotFound:
+                    return
+        if redeploy and redeploy.pending and not cluster.external:
+            self.deployer.request(key)
 
     async def _write_credential(self, key: Key) -> None:
         credential = self.credentials.get(key)
         if credential is None:
             return
-        current = self.credential_status.get(key, {})
+        current = self._status(key)
+        bound = await self.bound_clusters(key)
         desired = bindings.credential_bindings_status(
-            credential, await self.bound_clusters(key), current,
-            self.credential_created.get(key, ""),
+            credential, bound, current,
+            self.credential_bodies[key]["metadata"].get("creationTimestamp", ""),
         )  # fmt: skip
+        progress = rollout.rollout_status(
+            credential, [self.clusters[k] for k in bound], current.get("conditions"),
+            self.deployer.failures,
+        )  # fmt: skip
+        if progress:
+            desired["rollout"] = progress["rollout"]
+            desired["conditions"] += progress["conditions"]
         await self._label_secrets(credential, desired["clusterCount"] > 0)
-        fields = ("clusters", "clusterCount", "clustersTruncated", "unusedSince")
+        fields = ("clusters", "clusterCount", "clustersTruncated", "unusedSince", "rollout")
         if _unchanged(current, desired, CREDENTIAL_CONDITIONS, fields):
             return
         async with self._writes:
@@ -187,22 +261,49 @@ class Binder:
                 )
             except NotFound:
                 return
+        await self._announce_rollout(key, current, desired)
+
+    async def _announce_rollout(
+        self, key: Key, current: dict[str, Any], desired: dict[str, Any]
+    ) -> None:
+        """One Event when a rollout over at least one cluster completes."""
+        done = conditions.find(desired["conditions"], rollout.ROLLOUT_COMPLETE)
+        before = conditions.find(current.get("conditions"), rollout.ROLLOUT_COMPLETE)
+        if not done or done["status"] != conditions.TRUE or not desired["clusterCount"]:
+            return
+        if (
+            before
+            and before.get("status") == conditions.TRUE
+            and ((current.get("rollout") or {}).get("revision") == desired["rollout"]["revision"])
+        ):
+            return
+        metadata = self.credential_bodies[key]["metadata"]
+        reference = {"apiVersion": API_VERSION, "kind": "CloudCredential",
+                     "metadata": {"namespace": key[0], "name": key[1],
+                                  "uid": metadata.get("uid")}}  # fmt: skip
+        await self.kube.post_event(reference, "Normal", "RolloutComplete", done["message"])
 
     async def _label_secrets(self, credential: CredentialInfo, in_use: bool) -> None:
-        """Label the Secrets of in-use credentials so the admission policy refuses their
-        deletion; a Secret stays labelled while any in-use credential references it."""
+        """Label the Secrets credentials reference: ``cloudcred.io/credential-secret``
+        lets the operator watch exactly these Secrets for data changes, and
+        ``cloudcred.io/in-use`` (while any in-use credential references one) lets the
+        admission policy refuse its deletion."""
         for secret in credential.secret_names:
             key = (credential.namespace, secret)
-            wanted = in_use or any(
-                other.key != credential.key and secret in other.secret_names
-                and self.credential_status.get(other.key, {}).get("clusterCount", 0) > 0
-                for other in self.credentials.values() if other.namespace == credential.namespace
-            )  # fmt: skip
-            if self.secret_in_use.get(key) == wanted:
+            users = [other for other in self.credentials.values()
+                     if other.namespace == credential.namespace
+                     and secret in other.secret_names]  # fmt: skip
+            wanted = (bool(users), in_use or any(
+                self._status(other.key).get("clusterCount", 0) > 0
+                for other in users if other.key != credential.key
+            ))  # fmt: skip
+            if self.secret_labels.get(key) == wanted:
                 continue
+            labels = {REFERENCED_LABEL: "true" if wanted[0] else None,
+                      IN_USE_LABEL: "true" if wanted[1] else None}  # fmt: skip
             async with self._writes:
-                if await self.kube.set_secret_label(*key, IN_USE_LABEL, "true" if wanted else None):
-                    self.secret_in_use[key] = wanted
+                if await self.kube.set_secret_labels(*key, labels):
+                    self.secret_labels[key] = wanted
 
     async def relist(self) -> None:
         """Rebuild the cluster index from a fresh LIST (drops entries whose DELETED

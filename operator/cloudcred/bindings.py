@@ -11,10 +11,14 @@ is not admitted cannot pin another team's credential.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudcred import conditions
 from cloudcred.api.credential import MAX_LISTED_CLUSTERS
+from cloudcred.constants import API_VERSION, REDEPLOY_ANNOTATION
+
+if TYPE_CHECKING:
+    from cloudcred.rollout import RedeployState
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -26,6 +30,7 @@ BOUND, NOT_FOUND, MISMATCH, NOT_ALLOWED, DELETING = (
     "CredentialDeleting",
 )
 CREDENTIAL_BOUND, IN_USE, DELETION_BLOCKED = "CredentialBound", "InUse", "DeletionBlocked"
+NO_REVISION = "CredentialNotReady"  # Ready reason of a cluster whose credential has no revision
 NAMES_IN_MESSAGES = 10
 
 
@@ -40,10 +45,17 @@ class CredentialInfo:
     allowed_namespaces: dict[str, Any] | None
     revision: str | None
     secret_names: tuple[str, ...]
+    generation: int | None = None
+    verified_generation: int | None = None  # the generation the revision was computed at
 
     @property
     def key(self) -> Key:
         return (self.namespace, self.name)
+
+    @property
+    def spec_changed(self) -> bool:
+        """The spec changed and the verifier has not computed its revision yet."""
+        return self.generation != self.verified_generation
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> CredentialInfo:
@@ -61,6 +73,8 @@ class CredentialInfo:
             allowed_namespaces=spec.get("allowedNamespaces"),
             revision=status.get("revision"),
             secret_names=tuple(secrets),
+            generation=body["metadata"].get("generation"),
+            verified_generation=status.get("observedGeneration"),
         )
 
 
@@ -74,10 +88,24 @@ class ClusterInfo:
     credential: Key
     generation: int | None
     status: dict[str, Any]
+    region: str = ""
+    external: bool = False  # spec.deploy: External
+    marked: str | None = None  # the cloudcred.io/redeploy-revision annotation
+    uid: str | None = None
 
     @property
     def key(self) -> Key:
         return (self.namespace, self.name)
+
+    @property
+    def deployed_revision(self) -> str | None:
+        return self.status.get("deployedRevision") or None
+
+    @property
+    def reference(self) -> dict[str, Any]:
+        """Enough of the object to post an Event about it."""
+        metadata = {"namespace": self.namespace, "name": self.name, "uid": self.uid}
+        return {"apiVersion": API_VERSION, "kind": "Cluster", "metadata": metadata}
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> ClusterInfo:
@@ -90,6 +118,10 @@ class ClusterInfo:
             credential=(ref.get("namespace") or metadata["namespace"], ref.get("name", "")),
             generation=metadata.get("generation"),
             status=dict(body.get("status") or {}),
+            region=str(spec.get("region", "")),
+            external=spec.get("deploy") == "External",
+            marked=(metadata.get("annotations") or {}).get(REDEPLOY_ANNOTATION),
+            uid=metadata.get("uid"),
         )
 
     @property
@@ -161,9 +193,13 @@ def decide(
 
 
 def cluster_status(
-    cluster: ClusterInfo, binding: Binding, credential: CredentialInfo | None
+    cluster: ClusterInfo,
+    binding: Binding,
+    credential: CredentialInfo | None,
+    redeploy: RedeployState | None,
 ) -> dict[str, Any]:
-    """The part of a Cluster's status the binder owns."""
+    """The part of a Cluster's status the binder owns: CredentialBound, RedeployPending
+    (for a bound cluster whose credential has a revision) and the Ready summary."""
     previous = cluster.status.get("conditions")
     status: dict[str, Any] = {"observedGeneration": cluster.generation}
     if binding.bound and credential is not None:
@@ -171,13 +207,19 @@ def cluster_status(
         if credential.revision:
             status["credential"]["revision"] = credential.revision
     state = conditions.TRUE if binding.bound else conditions.FALSE
-    status["conditions"] = [
-        conditions.condition(previous, CREDENTIAL_BOUND, state, binding.reason,
-                             binding.message, cluster.generation),
-        conditions.condition(previous, "Ready", state,
-                             "Ready" if binding.bound else binding.reason,
-                             binding.message, cluster.generation),
-    ]  # fmt: skip
+    status["conditions"] = [conditions.condition(
+        previous, CREDENTIAL_BOUND, state, binding.reason, binding.message, cluster.generation
+    )]  # fmt: skip
+    if not binding.bound:
+        ready = (conditions.FALSE, binding.reason, binding.message)
+    elif redeploy is None:
+        ready = (conditions.FALSE, NO_REVISION,
+                 "the credential has no revision yet: see its Verified condition")  # fmt: skip
+    else:
+        status["conditions"].append(redeploy.condition(previous, cluster.generation))
+        ready = (conditions.FALSE, redeploy.reason, redeploy.message) if redeploy.pending \
+            else (conditions.TRUE, "Ready", redeploy.message)  # fmt: skip
+    status["conditions"].append(conditions.condition(previous, "Ready", *ready, cluster.generation))
     return {k: v for k, v in status.items() if v is not None}
 
 

@@ -19,3 +19,6 @@ ROLLOUT_PAUSED_ANNOTATION = f"{GROUP}/rollout-paused"
 FORCE_DELETE_ANNOTATION = f"{GROUP}/force-delete"
 # On Secrets referenced by an in-use credential; the admission policy refuses their deletion.
 IN_USE_LABEL = f"{GROUP}/in-use"
+# On every Secret a credential references: the operator watches exactly these Secrets
+# (a label-selected watch), so it never streams unrelated Secrets' data.
+REFERENCED_LABEL = f"{GROUP}/credential-secret"

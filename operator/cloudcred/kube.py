@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from cloudcred import __version__
 from cloudcred.constants import API_VERSION, GROUP, VERSION
 
 # The client logs whole response bodies at DEBUG, Secret data included.
@@ -34,7 +37,10 @@ def load_client_configuration() -> client.ApiClient:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.ApiClient()
+    api = client.ApiClient()
+    # Tells the operator's requests apart in audit logs and API server metrics.
+    api.user_agent = f"cloudcred/{__version__}"
+    return api
 
 
 class Kube:
@@ -99,12 +105,12 @@ class Kube:
             raise
         return dict(found.metadata.labels or {})
 
-    async def set_secret_label(
-        self, namespace: str, name: str, label: str, value: str | None
+    async def set_secret_labels(
+        self, namespace: str, name: str, labels: dict[str, str | None]
     ) -> bool:
-        """Set (or with None remove) one label on a Secret; False if it does not exist.
+        """Set (or with None remove) labels on a Secret; False if it does not exist.
         A merge patch of metadata only: the data is neither read nor written."""
-        patch = {"metadata": {"labels": {label: value}}}
+        patch = {"metadata": {"labels": labels}}
         try:
             await self._call(self.core.patch_namespaced_secret, name, namespace, patch)
         except ApiException as error:
@@ -114,3 +120,55 @@ class Kube:
                 f"labelling Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
             ) from None
         return True
+
+    async def annotate(
+        self, plural: str, namespace: str, name: str, annotations: dict[str, str | None]
+    ) -> None:
+        """Merge-patch annotations on one of our objects (None removes one)."""
+        patch = {"metadata": {"annotations": annotations}}
+        try:
+            await self._call(
+                self.custom.patch_namespaced_custom_object,
+                GROUP, VERSION, namespace, plural, name, patch,
+            )  # fmt: skip
+        except ApiException as error:
+            if error.status == 404:
+                raise NotFound(f"{plural} {namespace}/{name}") from None
+            raise
+
+    async def post_event(
+        self, involved: dict[str, Any], type_: str, reason: str, message: str
+    ) -> None:
+        """Post a core/v1 Event about one object. Best effort: a failed post is logged,
+        never raised (an Event is a courtesy, the status is the record)."""
+        metadata = involved["metadata"]
+        moment = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                name=f"{metadata['name']}.{uuid.uuid4().hex[:16]}",
+                namespace=metadata["namespace"],
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version=involved.get("apiVersion", API_VERSION),
+                kind=involved["kind"],
+                name=metadata["name"],
+                namespace=metadata["namespace"],
+                uid=metadata.get("uid"),
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            source=client.V1EventSource(component="cloudcred"),
+            reporting_component="cloudcred",
+            reporting_instance="cloudcred",
+            first_timestamp=moment,
+            last_timestamp=moment,
+            count=1,
+        )
+        try:
+            await self._call(self.core.create_namespaced_event, metadata["namespace"], event)
+        except ApiException as error:
+            logging.getLogger("cloudcred").warning(
+                "could not post event %s on %s/%s: HTTP %s", reason, metadata["namespace"],
+                metadata["name"], error.status,
+            )  # fmt: skip

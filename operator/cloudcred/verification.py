@@ -13,9 +13,11 @@ import asyncio
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
@@ -34,6 +36,8 @@ from cloudcred.providers.base import (
     VerifyContext,
 )
 from cloudcred.revision import compute_revision
+
+_T = TypeVar("_T")
 
 # Condition types this check owns on a CloudCredential.
 VERIFIED, READY, ROTATION = "Verified", "Ready", "RotationRecommended"
@@ -116,23 +120,17 @@ async def read_secrets(kube: Kube, namespace: str, refs: dict[str, SecretKeyRef]
     return values
 
 
-async def _ask_provider(
-    spec: CloudCredentialSpec,
-    secrets: SecretValues,
-    context: VerifyContext,
-    slots: asyncio.Semaphore,
-) -> Verification:
-    module = provider_module(spec.provider)
-    timeout = context.settings.timeout_seconds
+async def ask_provider(
+    call: Callable[[], _T], provider: str, timeout: float, slots: asyncio.Semaphore
+) -> _T:
+    """Run a blocking provider call in a worker thread, at most ``len(slots)`` at a time.
+    The libraries have their own timeouts; this one catches whatever they miss."""
     async with slots:
         try:
-            # The libraries have their own timeouts; this one catches whatever they miss.
-            return await asyncio.wait_for(
-                asyncio.to_thread(module.verify, spec, secrets, context), timeout * 2 + 5
-            )
+            return await asyncio.wait_for(asyncio.to_thread(call), timeout * 2 + 5)
         except TimeoutError:
             raise VerificationError(
-                Reason.PROVIDER_UNREACHABLE, f"{spec.provider} did not answer within {timeout:g}s"
+                Reason.PROVIDER_UNREACHABLE, f"{provider} did not answer within {timeout:g}s"
             ) from None
 
 
@@ -163,7 +161,10 @@ async def check_credential(
             raise VerificationError(
                 Reason.VERIFICATION_DISABLED, "spec.verification.enabled is false"
             )
-        verification = await _ask_provider(spec, secrets, context, slots)
+        verification = await ask_provider(
+            partial(module.verify, spec, secrets, context), spec.provider,
+            settings.verification_timeout, slots,
+        )  # fmt: skip
         del secrets
         verified = (conditions.TRUE, Reason.VERIFIED.value,
                     f"{spec.provider} accepted the credential")  # fmt: skip

@@ -18,6 +18,8 @@ WATCHED = "t-*"
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
     server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    # The role the binding tests' credentials name: the deploy step assumes it.
+    server.create_role("deployer")
     yield server
     server.stop()
 

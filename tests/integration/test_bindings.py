@@ -17,6 +17,7 @@ from tests.resources import (
     create_cluster,
     create_credential,
     events_for,
+    get_cluster,
     get_credential,
     patch_credential,
     refusal,
@@ -40,11 +41,6 @@ def aws_cluster(
     ref = {"namespace": credential_namespace} if credential_namespace else {}
     create_cluster(kube, namespace, name, provider="AWS", region="eu-west-3",
                    credentialRef={"name": credential, **ref})  # fmt: skip
-
-
-def get_cluster(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
-    return dict(kube.custom.get_namespaced_custom_object(
-        GROUP, VERSION, namespace, CLUSTER_PLURAL, name))  # fmt: skip
 
 
 def delete_cluster(kube: Kube, namespace: str, name: str) -> None:

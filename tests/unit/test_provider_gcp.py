@@ -7,22 +7,16 @@ requests run unmodified.
 
 from __future__ import annotations
 
-import base64
 import json
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
 
 import pytest
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 
 from cloudcred.api.credential import CloudCredentialSpec
@@ -34,92 +28,18 @@ from cloudcred.providers.base import (
     VerificationError,
     VerifyContext,
 )
+from tests.gcp import (
+    EMAIL,
+    OTHER_PEM,
+    SERVER_KEY,
+    SERVER_PEM,
+    TokenEndpoint,
+    key_json,
+    pem,
+    start_token_endpoint,
+)
 
-EMAIL = "deployer@my-project.iam.gserviceaccount.com"
 TIMEOUT = 2.0
-
-
-def _b64decode(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
-def _new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-
-
-# One key pair for the whole module: generating RSA keys is the slow part.
-SERVER_KEY = _new_key()
-SERVER_PEM = _pem(SERVER_KEY)
-OTHER_PEM = _pem(_new_key())
-
-
-@dataclass
-class TokenEndpoint:
-    """What the local token endpoint saw."""
-
-    url: str
-    public_key: rsa.RSAPublicKey
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    # Answer to send instead of checking the assertion: (status, JSON body).
-    forced: tuple[int, dict[str, Any]] | None = None
-
-
-def _make_handler(endpoint: TokenEndpoint) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", "0"))
-            form = parse_qs(self.rfile.read(length).decode())
-            claims = self._check(form)
-            endpoint.requests.append({"path": self.path, "form": form, "claims": claims})
-            if endpoint.forced is not None:
-                self._answer(*endpoint.forced)
-            elif claims is None:
-                self._answer(400, {"error": "invalid_grant", "error_description": "bad"})
-            else:
-                self._answer(
-                    200,
-                    {"access_token": "ya29.local", "expires_in": 3600, "token_type": "Bearer"},
-                )
-
-        def _check(self, form: dict[str, list[str]]) -> dict[str, Any] | None:
-            """The assertion's claims if its signature verifies, else None."""
-            if form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"]:
-                return None
-            header, payload, signature = form["assertion"][0].split(".")
-            if json.loads(_b64decode(header)).get("alg") != "RS256":
-                return None
-            try:
-                endpoint.public_key.verify(
-                    _b64decode(signature),
-                    f"{header}.{payload}".encode(),
-                    padding.PKCS1v15(),
-                    hashes.SHA256(),
-                )
-            except InvalidSignature:
-                return None
-            claims: dict[str, Any] = json.loads(_b64decode(payload))
-            return claims
-
-        def _answer(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
 
 
 @pytest.fixture
@@ -127,11 +47,7 @@ def endpoint_factory() -> Iterator[Any]:
     servers: list[ThreadingHTTPServer] = []
 
     def start() -> TokenEndpoint:
-        endpoint = TokenEndpoint(url="", public_key=SERVER_KEY.public_key())
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(endpoint))
-        server.daemon_threads = True
-        endpoint.url = f"http://127.0.0.1:{server.server_address[1]}/token"
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        endpoint, server = start_token_endpoint([SERVER_KEY.public_key()])
         servers.append(server)
         return endpoint
 
@@ -167,22 +83,6 @@ def closed_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/token"
-
-
-def key_json(token_uri: str | None, private_key: str = SERVER_PEM, **changes: Any) -> str:
-    info: dict[str, Any] = {
-        "type": "service_account",
-        "project_id": "my-project",
-        "private_key_id": "0123456789abcdef0123456789abcdef01234567",
-        "private_key": private_key,
-        "client_email": EMAIL,
-        "client_id": "123456789012345678901",
-        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-        "token_uri": token_uri,
-        "universe_domain": "googleapis.com",
-    }
-    info.update(changes)
-    return json.dumps({k: v for k, v in info.items() if v is not None})
 
 
 def key_spec() -> CloudCredentialSpec:
@@ -232,9 +132,9 @@ def refused(text: str, token_uri: str, timeout: float = TIMEOUT) -> Verification
     error = caught.value
     for shown in (error.message, str(error), repr(error)):
         assert text not in shown
-        for pem in (SERVER_PEM, OTHER_PEM):
+        for private in (SERVER_PEM, OTHER_PEM):
             assert "PRIVATE KEY" not in shown
-            for line in _pem_body_lines(pem):
+            for line in _pem_body_lines(private):
                 assert line not in shown
         assert "ya29" not in shown
     # No chained exception carries the key (or a response body) into a traceback.
@@ -382,7 +282,7 @@ def test_a_failing_endpoint_is_unreachable_at_once(endpoint: TokenEndpoint, stat
         (lambda url: key_json(url, private_key="-----BEGIN PRIVATE KEY-----\nAAAA\n"), "RSA"),
         (lambda url: key_json(url, private_key=SERVER_PEM[:200]), "private_key"),
         (
-            lambda url: key_json(url, private_key=_pem(ec.generate_private_key(ec.SECP256R1()))),
+            lambda url: key_json(url, private_key=pem(ec.generate_private_key(ec.SECP256R1()))),
             "RSA",
         ),
     ],

@@ -115,7 +115,9 @@ class ClusterStatus(Model):
     )
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Ready, CredentialBound, RedeployPending.",
+        description="Ready; CredentialBound (Bound, CredentialNotFound, ProviderMismatch, "
+        "NamespaceNotAllowed, CredentialDeleting); RedeployPending (RevisionChanged, "
+        "NotDeployed, DeployFailed, UpToDate).",
         max_length=16,
         json_schema_extra={
             "x-kubernetes-list-type": "map",

@@ -159,6 +159,13 @@ def credential_crd() -> Schema:
             _condition_column("Verified", "Verified"),
             _condition_column("Ready", "Ready", priority=1),
             {"name": "Revision", "type": "string", "jsonPath": ".status.revision", "priority": 1},
+            {
+                "name": "Updated",
+                "type": "integer",
+                "jsonPath": ".status.rollout.updated",
+                "priority": 1,
+            },
+            _condition_column("Rolled-Out", "RolloutComplete", priority=1),
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
         selectable_fields=[".spec.provider"],
@@ -179,6 +186,7 @@ def cluster_crd() -> Schema:
             {"name": "Region", "type": "string", "jsonPath": ".spec.region"},
             {"name": "Credential", "type": "string", "jsonPath": ".spec.credentialRef.name"},
             _condition_column("Bound", "CredentialBound"),
+            _condition_column("Pending", "RedeployPending"),
             _condition_column("Ready", "Ready", priority=1),
             {
                 "name": "Deployed",

@@ -41,8 +41,8 @@ async def credential_deleting(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
     blocking = await binder.blocking_clusters(dict(body))
     if blocking:
         names = describe_clusters(blocking, body["metadata"]["namespace"])
-        kopf.warn(body, reason="DeletionBlocked",
-                  message=f"deletion waits for {len(blocking)} cluster(s) still using this "
-                  f"credential: {names}")  # fmt: skip
+        await memo.kube.post_event(dict(body), "Warning", "DeletionBlocked",
+                                   f"deletion waits for {len(blocking)} cluster(s) still using "
+                                   f"this credential: {names}")  # fmt: skip
         binder.credential_seen(dict(body))  # shows DeletionBlocked in status
         raise kopf.TemporaryError(f"still used by {names}", delay=DELETION_RECHECK_SECONDS)

@@ -1,11 +1,12 @@
-"""CloudCredential handlers: check with the provider on change, on resume, and
-every ``spec.verification.interval`` (jittered)."""
+"""CloudCredential handlers: check with the provider on change, on resume, when a
+referenced Secret's data changes, and every ``spec.verification.interval`` (jittered)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -24,7 +25,7 @@ VERIFIER_MANAGER = "cloudcred-verifier"
 _IDLE_RECHECK_SECONDS = 300.0  # how often a daemon with checks turned off looks again
 
 
-async def verify_and_record(body: kopf.Body, memo: kopf.Memo) -> CheckResult:
+async def verify_and_record(body: Mapping[str, Any], memo: kopf.Memo) -> CheckResult:
     """Check one credential and write what this check owns; one check at a time per
     credential so that Events are posted once per change."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -44,8 +45,17 @@ async def verify_and_record(body: kopf.Body, memo: kopf.Memo) -> CheckResult:
         memo.verified_conditions[key] = result.status["conditions"]
         memo.last_checks[key] = time.monotonic()
         for event in result.events:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            await memo.kube.post_event(dict(body), event.type, event.reason, event.message)
         return result
+
+
+def secret_changed(namespace: str, name: str, memo: kopf.Memo) -> None:
+    """A referenced Secret's data changed: check its credentials again now (which
+    gives them a new revision), without waiting for the periodic check."""
+    for body in memo.binder.credentials_using_secret(namespace, name):
+        task = asyncio.create_task(verify_and_record(body, memo))
+        memo.background_tasks.add(task)
+        task.add_done_callback(memo.background_tasks.discard)
 
 
 @kopf.on.resume(CREDENTIAL_RESOURCE)

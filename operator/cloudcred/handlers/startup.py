@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from functools import partial
 from typing import Any
 
 import kopf
@@ -11,7 +12,9 @@ import kopf
 from cloudcred.binder import Binder
 from cloudcred.config import Settings
 from cloudcred.constants import FINALIZER, KOPF_STORAGE_PREFIX
+from cloudcred.handlers.credentials import secret_changed
 from cloudcred.kube import Kube, load_client_configuration
+from cloudcred.secretwatch import SecretWatcher
 
 
 @kopf.on.startup()
@@ -41,11 +44,17 @@ async def configure(
     memo.credential_locks = {}
     memo.verified_conditions = {}
     memo.last_checks = {}
-    memo.binder = Binder(memo.kube)
+    memo.binder = Binder(memo.kube, config, memo.verification_slots)
     memo.binder_task = asyncio.create_task(memo.binder.run(), name="cloudcred-binder")
+    memo.background_tasks = set()
+    memo.secret_watcher = SecretWatcher(
+        memo.kube.api, asyncio.get_running_loop(), partial(secret_changed, memo=memo)
+    )
+    memo.secret_watcher.start()
     logger.info("cloudcred settings: %s", config.model_dump_json())
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    memo.secret_watcher.stop()
     memo.binder_task.cancel()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -23,6 +24,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
+from botocore.parsers import ResponseParserError
 
 from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import AwsSpec, CloudCredentialSpec
@@ -44,6 +46,7 @@ _INVALID_CREDENTIAL_CODES = {
     "ExpiredToken",
     "InvalidToken",
 }
+_T = TypeVar("_T")
 _UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
                 ConnectionClosedError)  # fmt: skip
 
@@ -73,25 +76,24 @@ def session_name(namespace: str, name: str) -> str:
     return f"{full[:55]}-{digest}"
 
 
-def verify(
-    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
-) -> Verification:
-    aws = _aws(spec)
-    settings = context.settings
-    config = Config(
-        connect_timeout=settings.timeout_seconds,
-        read_timeout=settings.timeout_seconds,
+def _config(context: VerifyContext) -> Config:
+    timeout = context.settings.timeout_seconds
+    return Config(
+        connect_timeout=timeout,
+        read_timeout=timeout,
         retries={"max_attempts": 1, "mode": "standard"},
     )
+
+
+def _calling(aws: AwsSpec, context: VerifyContext, call: Callable[[], _T]) -> _T:
+    """Run AWS calls, turning every failure into a VerificationError that carries error
+    codes only (botocore's texts can quote request parameters)."""
     try:
-        if aws.role_arn:
-            return _verify_role(aws, context, config)
-        return _verify_static_key(aws, secrets[SECRET_ACCESS_KEY].get_secret_value(),
-                                  context, config)  # fmt: skip
+        return call()
     except _UNREACHABLE:
         raise VerificationError(
             Reason.PROVIDER_UNREACHABLE,
-            f"AWS STS did not answer within {settings.timeout_seconds:g}s",
+            f"AWS did not answer within {context.settings.timeout_seconds:g}s",
         ) from None
     except NoCredentialsError:
         raise VerificationError(
@@ -101,11 +103,62 @@ def verify(
         ) from None
     except ClientError as error:
         raise _client_error(error, aws) from None
-    except BotoCoreError as error:
+    except (BotoCoreError, ResponseParserError) as error:
         # The class name says what failed; the text could quote request parameters.
         raise VerificationError(
             Reason.PROVIDER_UNREACHABLE, f"AWS call failed: {type(error).__name__}"
         ) from None
+
+
+def verify(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> Verification:
+    aws = _aws(spec)
+    config = _config(context)
+    region = context.settings.aws_region
+    if aws.role_arn:
+
+        def check_role() -> Verification:
+            session = _role_session(aws, context, config, region)
+            identity = session.client("sts", config=config).get_caller_identity()
+            return Verification(identity=str(identity["Arn"]))
+
+        return _calling(aws, context, check_role)
+
+    def check_key() -> Verification:
+        session = _key_session(aws, secrets, region)
+        identity = session.client("sts", config=config).get_caller_identity()
+        return Verification(
+            identity=str(identity["Arn"]),
+            key_created_time=_key_created_time(session, config, aws.access_key_id or ""),
+            static_keys=True,
+        )
+
+    return _calling(aws, context, check_key)
+
+
+def check_region(
+    spec: CloudCredentialSpec, secrets: SecretValues, region: str, context: VerifyContext
+) -> None:
+    """The deploy step's check: the credential works in the cluster's region (the
+    regional STS endpoint, then a read-only EC2 call, DescribeAvailabilityZones).
+    botocore >= 1.36 (pinned in pyproject) uses regional STS endpoints by default."""
+    aws = _aws(spec)
+    config = _config(context)
+
+    def check() -> None:
+        if aws.role_arn:
+            session = _role_session(aws, context, config, region)
+        else:
+            session = _key_session(aws, secrets, region)
+        session.client("sts", config=config).get_caller_identity()
+        zones = session.client("ec2", config=config).describe_availability_zones()
+        if not zones.get("AvailabilityZones"):
+            raise VerificationError(
+                Reason.ACCESS_DENIED, f"no availability zone of {region} is usable"
+            )
+
+    _calling(aws, context, check)
 
 
 def _client_error(error: ClientError, aws: AwsSpec) -> VerificationError:
@@ -126,9 +179,12 @@ def _client_error(error: ClientError, aws: AwsSpec) -> VerificationError:
     return VerificationError(Reason.PROVIDER_UNREACHABLE, f"AWS answered {code} to {operation}")
 
 
-def _verify_role(aws: AwsSpec, context: VerifyContext, config: Config) -> Verification:
-    operator_session = boto3.session.Session(region_name=context.settings.aws_region)
-    sts = operator_session.client("sts", config=config)
+def _role_session(
+    aws: AwsSpec, context: VerifyContext, config: Config, region: str
+) -> boto3.session.Session:
+    """A session with the role's temporary credentials, assumed with the operator's
+    own identity (boto3's default chain)."""
+    operator_session = boto3.session.Session(region_name=region)
     request: dict[str, Any] = {
         "RoleArn": aws.role_arn,
         "RoleSessionName": session_name(context.namespace, context.name),
@@ -136,30 +192,20 @@ def _verify_role(aws: AwsSpec, context: VerifyContext, config: Config) -> Verifi
     }
     if aws.external_id:
         request["ExternalId"] = aws.external_id
-    credentials = sts.assume_role(**request)["Credentials"]
-    role_session = boto3.session.Session(
-        aws_access_key_id=credentials["AccessKeyId"],
-        aws_secret_access_key=credentials["SecretAccessKey"],
-        aws_session_token=credentials["SessionToken"],
-        region_name=context.settings.aws_region,
+    credentials = operator_session.client("sts", config=config).assume_role(**request)
+    return boto3.session.Session(
+        aws_access_key_id=credentials["Credentials"]["AccessKeyId"],
+        aws_secret_access_key=credentials["Credentials"]["SecretAccessKey"],
+        aws_session_token=credentials["Credentials"]["SessionToken"],
+        region_name=region,
     )
-    identity = role_session.client("sts", config=config).get_caller_identity()
-    return Verification(identity=str(identity["Arn"]))
 
 
-def _verify_static_key(
-    aws: AwsSpec, secret_access_key: str, context: VerifyContext, config: Config
-) -> Verification:
-    session = boto3.session.Session(
+def _key_session(aws: AwsSpec, secrets: SecretValues, region: str) -> boto3.session.Session:
+    return boto3.session.Session(
         aws_access_key_id=aws.access_key_id,
-        aws_secret_access_key=secret_access_key,
-        region_name=context.settings.aws_region,
-    )
-    identity = session.client("sts", config=config).get_caller_identity()
-    return Verification(
-        identity=str(identity["Arn"]),
-        key_created_time=_key_created_time(session, config, aws.access_key_id or ""),
-        static_keys=True,
+        aws_secret_access_key=secrets[SECRET_ACCESS_KEY].get_secret_value(),
+        region_name=region,
     )
 
 

@@ -351,3 +351,11 @@ def _classify(
     while root.__cause__ is not None:
         root = root.__cause__
     return unreachable(f"unexpected {type(root).__name__}")
+
+
+def check_region(
+    spec: CloudCredentialSpec, secrets: SecretValues, region: str, context: VerifyContext
+) -> None:
+    """The deploy step's check. Azure credentials are not tied to a region, so it is the
+    same check as verification."""
+    verify(spec, secrets, context)

@@ -1,13 +1,15 @@
 """The small interface every provider module implements.
 
-A provider module exposes three plain functions:
+A provider module exposes four plain functions:
 
 - ``public_id(spec) -> str``: the public part shown in ``status.publicId``;
 - ``secret_refs(spec) -> dict[str, SecretKeyRef]``: the Secret keys it needs, by role
   (for example ``{"secretAccessKey": ref}``);
 - ``verify(spec, secrets, context) -> Verification``: asks the provider, *blocking*
   (the operator runs it in a worker thread with a timeout), and raises
-  ``VerificationError`` with a reason from ``Reason`` when the answer is no.
+  ``VerificationError`` with a reason from ``Reason`` when the answer is no;
+- ``check_region(spec, secrets, region, context) -> None``: the deploy step's check that
+  the credential works for a cluster in ``region``; blocking, raises like ``verify``.
 
 Secret values arrive as ``SecretStr`` and must never reach a log line, an exception
 message or a return value. Endpoints come only from ``ProviderSettings`` (operator

@@ -350,3 +350,11 @@ class _DeadlineRequest:
         if self.last_status >= 500 or self.last_status == 429:
             raise TransportError(f"HTTP {self.last_status}")  # type: ignore[no-untyped-call]
         return response
+
+
+def check_region(
+    spec: CloudCredentialSpec, secrets: SecretValues, region: str, context: VerifyContext
+) -> None:
+    """The deploy step's check. GCP credentials are not tied to a region, so it is the
+    same check as verification."""
+    verify(spec, secrets, context)

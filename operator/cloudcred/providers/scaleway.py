@@ -346,3 +346,11 @@ def verify(
         key_created_time=api_key.created_at,
         static_keys=True,
     )
+
+
+def check_region(
+    spec: CloudCredentialSpec, secrets: SecretValues, region: str, context: VerifyContext
+) -> None:
+    """The deploy step's check. Scaleway credentials are not tied to a region, so it is the
+    same check as verification."""
+    verify(spec, secrets, context)

@@ -1,0 +1,489 @@
+"""``cloudcred rotate``: put a new key in place, follow the rollout, say what is safe.
+
+The new key goes into a new Secret (owned by the credential), and one merge patch of the
+credential's spec switches the Secret reference and the public key id together, so the
+operator never sees a half-rotated credential. The key is read from stdin or a file,
+never from the command line, and never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from kubernetes.client.rest import ApiException
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from cloudcred.cli import api
+from cloudcred.cli.errors import ApiError, CliError, TimedOutError, UsageError
+from cloudcred.cli.keys import (
+    NewKey,
+    Target,
+    new_secret_name,
+    parse_key,
+    rotation_target,
+)
+from cloudcred.cli.views import condition
+from cloudcred.constants import API_VERSION, CREDENTIAL_PLURAL, GROUP, VERSION
+
+MAX_INPUT = 1 << 20  # a key file is a few kilobytes
+MANAGED_BY = {"app.kubernetes.io/managed-by": "cloudcred-cli"}
+# Verified=False reasons that the operator retries on its own: keep waiting.
+TRANSIENT_REASONS = {"ProviderUnreachable", "SecretNotFound"}
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_AWS_USER = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:user/(?:.*/)?([^/]+)$")
+
+
+def parse_timeout(value: str) -> float:
+    """Seconds in a Go-style duration: 30s, 5m, 1h, 1h30m (argparse ``type``)."""
+    parts = _DURATION.findall(value)
+    if not parts or "".join(number + unit for number, unit in parts) != value:
+        raise argparse.ArgumentTypeError("not a duration: use 30s, 5m, 1h or 1h30m")
+    seconds = sum(float(number) * _SECONDS[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the timeout must be more than 0")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def read_input(path: str | None, stdin: IO[str] | None) -> str:
+    """The key material from ``path``, or from stdin when it is None or ``-``."""
+    if path is None or path == "-":
+        if stdin is None or stdin.isatty():
+            raise UsageError(
+                "the new key is read from stdin, and stdin is a terminal: pipe it in "
+                "(aws iam create-access-key | cloudcred rotate NAME) or pass --from-file PATH"
+            )
+        return _limited(stdin.read(MAX_INPUT + 1), "stdin")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return _limited(handle.read(MAX_INPUT + 1), path)
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text") from None
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror}") from None
+
+
+def _limited(text: str, source: str) -> str:
+    if len(text) > MAX_INPUT:
+        raise UsageError(f"{source} holds more than {MAX_INPUT} characters: not a key")
+    return text
+
+
+@dataclass(frozen=True)
+class OldKey:
+    """The key being replaced, and how to delete it at the provider once unused."""
+
+    description: str
+    commands: list[str]
+    key_id: str | None = None  # GCP private_key_id, when readable
+
+
+def old_key(target: Target, status: dict[str, Any], gcp: tuple[str, str] | None) -> OldKey:
+    """``gcp`` is (private_key_id, client_email) of the old key file, when readable."""
+    if target.provider == "AWS":
+        match = _AWS_USER.match(str(status.get("identity") or ""))
+        user = f" --user-name {match.group(1)}" if match else ""
+        command = f"aws iam delete-access-key --access-key-id {target.public_id}{user}"
+        return OldKey(str(target.public_id), [command])
+    if target.provider == "SCALEWAY":
+        return OldKey(str(target.public_id), [f"scw iam api-key delete {target.public_id}"])
+    if target.provider == "AZURE":
+        app = target.settings.get("clientId")
+        return OldKey(
+            f"(the client secret) of app {app}",
+            [
+                f"az ad app credential list --id {app}    # the old secret's keyId",
+                f"az ad app credential delete --id {app} --key-id KEY_ID",
+            ],
+        )
+    if gcp:
+        key_id, email = gcp
+        command = f"gcloud iam service-accounts keys delete {key_id} --iam-account {email}"
+        return OldKey(f"{key_id} of {email}", [command], key_id)
+    email = status.get("publicId") or "EMAIL"
+    return OldKey(
+        f"(key id unknown) of {email}",
+        [
+            f"gcloud iam service-accounts keys list --iam-account {email}    # the old key's id",
+            f"gcloud iam service-accounts keys delete KEY_ID --iam-account {email}",
+        ],
+    )
+
+
+def read_old_gcp_key(kube: api.Kube, target: Target) -> tuple[str, str] | None:
+    """private_key_id and client_email of the key file in the current Secret; the rest of
+    the file is dropped unread. None when the Secret cannot be read or parsed."""
+    try:
+        secret = kube.core.read_namespaced_secret(
+            target.secret_name, target.namespace, _request_timeout=api.REQUEST_TIMEOUT
+        )
+        info = json.loads(base64.b64decode((secret.data or {})[target.secret_key]))
+        key_id, email = info.get("private_key_id"), info.get("client_email")
+    except Exception:  # whatever went wrong, the advice falls back to listing the keys
+        return None
+    return (key_id, email) if isinstance(key_id, str) and isinstance(email, str) else None
+
+
+def check_new(target: Target, key: NewKey, old: OldKey) -> None:
+    """Refuse the key the credential uses already."""
+    same = (key.public_id is not None and key.public_id == target.public_id) or (
+        key.key_id is not None and key.key_id == old.key_id
+    )
+    if same:
+        shown = key.public_id or key.key_id
+        raise UsageError(
+            f"{shown} is the key already in use by {target.namespace}/"
+            f"{target.name}: create a new key at the provider first"
+        )
+
+
+def secret_body(target: Target, uid: str, name: str, key: NewKey) -> dict[str, Any]:
+    owner = {"apiVersion": API_VERSION, "kind": "CloudCredential", "name": target.name, "uid": uid}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": target.namespace,
+            "labels": dict(MANAGED_BY),
+            "ownerReferences": [owner],
+        },
+        "type": "Opaque",
+        "stringData": {target.secret_key: key.secret.get_secret_value()},
+    }
+
+
+def switch_patch(target: Target, secret_name: str, key: NewKey, version: str) -> dict[str, Any]:
+    """The one merge patch: new Secret name and new public id together, conditional on
+    the resourceVersion that was read."""
+    block: dict[str, Any] = {target.ref_field: {"name": secret_name}}
+    if target.public_field and key.public_id:
+        block[target.public_field] = key.public_id
+    return {"metadata": {"resourceVersion": version}, "spec": {target.block: block}}
+
+
+def create_secret(kube: api.Kube, body: dict[str, Any]) -> None:
+    metadata = body["metadata"]
+    api.call(
+        f"creating Secret {metadata['namespace']}/{metadata['name']}",
+        kube.core.create_namespaced_secret,
+        metadata["namespace"],
+        body,
+    )
+
+
+def delete_secret(kube: api.Kube, namespace: str, name: str) -> None:
+    # Best effort: the owner reference removes it with the credential anyway.
+    with contextlib.suppress(Exception):
+        kube.core.delete_namespaced_secret(name, namespace, _request_timeout=api.REQUEST_TIMEOUT)
+
+
+def switch(
+    kube: api.Kube, target: Target, credential: dict[str, Any], secret_name: str, key: NewKey
+) -> dict[str, Any]:
+    """Apply the switch patch; on a write conflict, retry while the provider block is
+    still the one read."""
+    what = f"updating CloudCredential {target.namespace}/{target.name}"
+    for attempt in range(3):
+        body = switch_patch(target, secret_name, key, credential["metadata"]["resourceVersion"])
+        try:
+            return dict(
+                kube.custom.patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    target.namespace,
+                    CREDENTIAL_PLURAL,
+                    target.name,
+                    body,
+                    _content_type="application/merge-patch+json",
+                    _request_timeout=api.REQUEST_TIMEOUT,
+                )
+            )
+        except ApiException as error:
+            if error.status != 409 or attempt == 2:
+                raise ApiError(f"{what}: {api.describe_api_error(error)}") from None
+        credential = api.get_credential(kube, target.namespace, target.name)
+        if rotation_target(target.namespace, target.name, credential["spec"]) != target:
+            raise CliError(f"{what}: its spec.{target.block} changed meanwhile; run rotate again")
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    revision: str
+    updated: int
+    total: int
+    complete: bool
+    message: str
+
+    def describe(self) -> str:
+        return f"{self.updated}/{self.total} clusters on revision {self.revision}"
+
+
+def new_revision(obj: dict[str, Any], generation: int, old_revision: str | None) -> str | None:
+    """The new revision once the operator has checked generation ``generation``."""
+    status = obj.get("status") or {}
+    revision = status.get("revision")
+    if int(status.get("observedGeneration") or 0) < generation or revision == old_revision:
+        return None
+    return str(revision) if revision else None
+
+
+def refusal(obj: dict[str, Any], generation: int) -> str | None:
+    """``Reason: message`` when the provider refused generation ``generation``'s key."""
+    found = condition(obj, "Verified")
+    if not found or found.get("status") != "False" or found.get("reason") in TRANSIENT_REASONS:
+        return None
+    observed = found.get("observedGeneration") or (obj.get("status") or {}).get(
+        "observedGeneration"
+    )
+    if int(observed or 0) < generation:
+        return None
+    return f"{found.get('reason')}: {found.get('message', '')}"
+
+
+def verification_pending(obj: dict[str, Any]) -> bool:
+    """True while Verified is False for a reason the operator retries by itself."""
+    found = condition(obj, "Verified")
+    return bool(
+        found and found.get("status") == "False" and found.get("reason") in TRANSIENT_REASONS
+    )
+
+
+def rollout_of(obj: dict[str, Any], revision: str) -> Rollout:
+    status = obj.get("status") or {}
+    rollout = status.get("rollout") or {}
+    current = rollout.get("revision") == revision
+    done = condition(obj, "RolloutComplete") or {}
+    return Rollout(
+        revision=revision,
+        updated=int(rollout.get("updated") or 0) if current else 0,
+        total=int(rollout.get("total") or status.get("clusterCount") or 0),
+        complete=current and done.get("status") == "True",
+        message=str(done.get("message") or "") if current else "",
+    )
+
+
+Show = Callable[[str, int | None, int | None], None]
+
+
+@dataclass
+class Waiter:
+    """Polls the credential until the new key is verified and rolled out."""
+
+    fetch: Callable[[], dict[str, Any]]
+    timeout: float
+    show: Show
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.deadline = self.clock() + self.timeout
+
+    def verified(self, generation: int, old_revision: str | None) -> str:
+        """The new revision; CliError if the provider refused the key."""
+        while True:
+            obj = self.fetch()
+            revision = new_revision(obj, generation, old_revision)
+            if revision and (refused := refusal(obj, generation)):
+                raise CliError(
+                    f"the new key was refused: {refused}. Clusters are not redeployed with a "
+                    "refused key until it verifies; fix the key and run rotate again"
+                )
+            if revision and not verification_pending(obj):
+                return revision
+            self._tick(self._not_verified(obj, generation))
+
+    def rolled_out(self, revision: str) -> Rollout:
+        while True:
+            obj = self.fetch()
+            now = str((obj.get("status") or {}).get("revision") or "")
+            if now != revision:
+                raise CliError(
+                    f"the credential changed again (revision {now}) while revision "
+                    f"{revision} rolled out; check it and run rotate again"
+                )
+            rollout = rollout_of(obj, revision)
+            total = max(rollout.total, 1)
+            done = rollout.updated if rollout.total else int(rollout.complete)
+            self.show(rollout.describe(), done, total)
+            if rollout.complete:
+                return rollout
+            self._tick(rollout.describe() + (f" ({rollout.message})" if rollout.message else ""))
+
+    def _tick(self, progress: str) -> None:
+        """Sleep until the next poll; ``progress`` says how far it got, for a timeout."""
+        if self.clock() >= self.deadline:
+            raise TimedOutError(f"timed out after {format_duration(self.timeout)}: {progress}")
+        self.sleep(self.interval)
+
+    @staticmethod
+    def _not_verified(obj: dict[str, Any], generation: int) -> str:
+        status = obj.get("status") or {}
+        if int(status.get("observedGeneration") or 0) < generation:
+            return f"the operator has not picked up generation {generation} yet"
+        found = condition(obj, "Verified") or {}
+        return (
+            f"the new key is not verified yet (Verified {found.get('status', '-')} "
+            f"{found.get('reason', '')}: {found.get('message', '')})"
+        )
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True, markup=False, highlight=False),
+    )
+
+
+def switched_message(target: Target, secret_name: str, key: NewKey) -> str:
+    fields = f"spec.{target.block}.{target.ref_field}"
+    if target.public_field:
+        fields += f" and spec.{target.block}.{target.public_field}"
+    new = f" (key {key.public_id})" if key.public_id else ""
+    return (
+        f"CloudCredential {target.namespace}/{target.name}: {fields} switched to Secret "
+        f"{target.namespace}/{secret_name}{new}"
+    )
+
+
+def done_message(target: Target, rollout: Rollout, old: OldKey, others: list[str]) -> str:
+    clusters = {
+        0: "No cluster uses this credential.",
+        1: f"The 1 cluster uses the new key (revision {rollout.revision}).",
+    }.get(
+        rollout.total,
+        f"All {rollout.total} clusters use the new key (revision {rollout.revision}).",
+    )
+    lines = [
+        clusters,
+        f"The old key {old.description} is no longer used by any cluster: delete it at "
+        "the provider:",
+        *(f"  {command}" for command in old.commands),
+    ]
+    ns, secret = target.namespace, target.secret_name
+    if others:
+        lines.append(
+            f"The previous Secret {ns}/{secret} is still referenced by "
+            f"{', '.join(others)}: keep it."
+        )
+    else:
+        lines.append(
+            f"The previous Secret {ns}/{secret} is no longer referenced: "
+            f"kubectl delete secret -n {ns} {secret}"
+        )
+    return "\n".join(lines)
+
+
+def referencing(items: list[dict[str, Any]], target: Target) -> list[str]:
+    """Other credentials of the namespace that reference the old Secret."""
+    names = []
+    for item in items:
+        name = item["metadata"]["name"]
+        try:
+            other = rotation_target(target.namespace, name, item.get("spec") or {})
+        except UsageError:
+            continue
+        if name != target.name and other.secret_name == target.secret_name:
+            names.append(f"{target.namespace}/{name}")
+    return names
+
+
+@dataclass(frozen=True)
+class Request:
+    namespace: str
+    name: str
+    from_file: str | None
+    timeout: float
+    wait: bool
+
+
+def rotate_command(kube: api.Kube, request: Request, stdin: IO[str] | None) -> int:
+    credential = api.get_credential(kube, request.namespace, request.name)
+    target = rotation_target(request.namespace, request.name, credential.get("spec") or {})
+    key = parse_key(target, read_input(request.from_file, stdin))
+    secret = key.secret.get_secret_value()
+    try:
+        return _rotate(kube, request, credential, target, key)
+    except CliError as error:  # a last guard: no message may carry the key
+        error.message = error.message.replace(secret, "[redacted]") if secret else error.message
+        raise
+
+
+def _rotate(
+    kube: api.Kube, request: Request, credential: dict[str, Any], target: Target, key: NewKey
+) -> int:
+    status = credential.get("status") or {}
+    gcp = read_old_gcp_key(kube, target) if target.provider == "GCP" else None
+    old = old_key(target, status, gcp)
+    check_new(target, key, old)
+    secret_name = new_secret_name(target.name, datetime.now(UTC))
+    create_secret(kube, secret_body(target, credential["metadata"]["uid"], secret_name, key))
+    try:
+        patched = switch(kube, target, credential, secret_name, key)
+    except CliError:
+        delete_secret(kube, target.namespace, secret_name)
+        raise
+    print(switched_message(target, secret_name, key), flush=True)
+    if not request.wait:
+        print(
+            f"Not waiting: follow the rollout with `cloudcred usage {target.name} -n "
+            f"{target.namespace}`; delete the old key {old.description} only when every "
+            "cluster is on the new revision."
+        )
+        return 0
+    generation = int(patched["metadata"]["generation"])
+    try:
+        rollout = _wait(kube, request, generation, status.get("revision"))
+    except TimedOutError as error:
+        raise TimedOutError(
+            f"{error.message}. The new key stays configured and the rollout "
+            f"goes on: follow it with `cloudcred usage {target.name} -n "
+            f"{target.namespace}`"
+        ) from None
+    others = _still_referencing(kube, target)
+    print(done_message(target, rollout, old, others))
+    return 0
+
+
+def _wait(kube: api.Kube, request: Request, generation: int, old_revision: str | None) -> Rollout:
+    with _progress() as progress:
+        task = progress.add_task("waiting for the operator to verify the new key", total=None)
+
+        def show(description: str, completed: int | None, total: int | None) -> None:
+            progress.update(task, description=description, completed=completed, total=total)
+
+        waiter = Waiter(
+            lambda: api.get_credential(kube, request.namespace, request.name), request.timeout, show
+        )
+        revision = waiter.verified(generation, old_revision)
+        show(f"new key verified: rolling out revision {revision}", 0, None)
+        return waiter.rolled_out(revision)
+
+
+def _still_referencing(kube: api.Kube, target: Target) -> list[str]:
+    try:
+        return referencing(api.list_credentials(kube, target.namespace), target)
+    except CliError:
+        return []
