@@ -65,6 +65,7 @@ class Binder:
         self.dirty_credentials: set[Key] = set()
         # What each Secret's labels say, as last set: (referenced, in use).
         self.secret_labels: dict[Key, tuple[bool, bool]] = {}
+        self.announced: dict[Key, str] = {}  # the revision of the last RolloutComplete event
         self.deployer = Deployer(kube, settings, provider_slots, self.deploy_target,
                                  self.cluster_changed)  # fmt: skip
         self._namespace_labels: dict[str, tuple[float, dict[str, str] | None]] = {}
@@ -86,6 +87,7 @@ class Binder:
         key = (namespace, name)
         self.credentials.pop(key, None)
         self.credential_bodies.pop(key, None)
+        self.announced.pop(key, None)
         self.dirty_clusters |= self.clusters_by_credential.get(key, set())
         self._wake.set()
 
@@ -178,10 +180,13 @@ class Binder:
                 self._wake.set()
 
     async def flush(self) -> None:
+        started = time.monotonic()
         clusters, self.dirty_clusters = self.dirty_clusters, set()
         await asyncio.gather(*(self._write_cluster(key) for key in clusters))
         credentials, self.dirty_credentials = self.dirty_credentials, set()
         await asyncio.gather(*(self._write_credential(key) for key in credentials))
+        logger.debug("binding pass: %d cluster(s), %d credential(s) in %.3fs",
+                     len(clusters), len(credentials), time.monotonic() - started)  # fmt: skip
 
     def _status(self, key: Key) -> dict[str, Any]:
         return dict(self.credential_bodies.get(key, {}).get("status") or {})
@@ -261,22 +266,17 @@ class Binder:
                 )
             except NotFound:
                 return
-        await self._announce_rollout(key, current, desired)
+        await self._announce_rollout(key, desired)
 
-    async def _announce_rollout(
-        self, key: Key, current: dict[str, Any], desired: dict[str, Any]
-    ) -> None:
-        """One Event when a rollout over at least one cluster completes."""
+    async def _announce_rollout(self, key: Key, desired: dict[str, Any]) -> None:
+        """One Event per completed rollout over at least one cluster."""
         done = conditions.find(desired["conditions"], rollout.ROLLOUT_COMPLETE)
-        before = conditions.find(current.get("conditions"), rollout.ROLLOUT_COMPLETE)
         if not done or done["status"] != conditions.TRUE or not desired["clusterCount"]:
             return
-        if (
-            before
-            and before.get("status") == conditions.TRUE
-            and ((current.get("rollout") or {}).get("revision") == desired["rollout"]["revision"])
-        ):
+        revision = desired["rollout"]["revision"]
+        if self.announced.get(key) == revision:
             return
+        self.announced[key] = revision
         metadata = self.credential_bodies[key]["metadata"]
         reference = {"apiVersion": API_VERSION, "kind": "CloudCredential",
                      "metadata": {"namespace": key[0], "name": key[1],

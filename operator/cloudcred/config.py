@@ -35,7 +35,12 @@ class Settings(BaseModel):
     liveness_endpoint: str = Field(
         default="http://0.0.0.0:8080/healthz", description="kopf's liveness probe URL."
     )
-    worker_limit: int = Field(default=20, ge=1, description="Concurrent kopf workers.")
+    worker_limit: int = Field(
+        default=500,
+        ge=1,
+        description="Objects kopf handles at the same time (one worker per object, kept "
+        "for a second after its last event).",
+    )
     verification_timeout: float = Field(
         default=10.0, gt=0, description="Seconds one provider check may take."
     )

@@ -108,8 +108,10 @@ class Deployer:
             if target is not None:
                 await self._deploy_target(target)
         except Superseded:
+            logger.debug("deploy of %s/%s waits: the credential changed under it", *key)
             asyncio.get_running_loop().call_later(SUPERSEDED_RECHECK, self.changed, key)
         except VerificationError as error:
+            logger.debug("deploy of %s/%s failed: %s", *key, error.message)
             await self._failed_deploy(key, error.message)
         except NotFound:
             pass  # the cluster is gone

@@ -33,6 +33,9 @@ async def configure(
     )
     settings.posting.reporting_component = "cloudcred"
     settings.batching.worker_limit = config.worker_limit
+    # kopf keeps one worker per object until it has been idle this long; with the
+    # default 5 s, a burst of events over more objects than worker_limit stalls.
+    settings.batching.idle_timeout = 1.0
     # Reconnect watches regularly, so a silently dropped connection is noticed.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
