@@ -26,6 +26,8 @@ class OperatorProcess:
     args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     liveness_port: int = field(default_factory=free_port)
+    # Each operator its own metrics port: several run at once in the tests.
+    metrics_port: int = field(default_factory=free_port)
 
     def start(self) -> OperatorProcess:
         env = {
@@ -33,6 +35,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "CLOUDCRED_LOG_LEVEL": "DEBUG",
             "CLOUDCRED_LIVENESS_ENDPOINT": f"http://127.0.0.1:{self.liveness_port}/healthz",
+            "CLOUDCRED_METRICS_PORT": str(self.metrics_port),
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }

@@ -8,8 +8,15 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, VERSION
+from cloudcred.constants import (
+    CLUSTER_PLURAL,
+    CREDENTIAL_PLURAL,
+    GROUP,
+    REDEPLOY_ANNOTATION,
+    VERSION,
+)
 from tests.conftest import Kube
+from tests.operator import wait_for
 
 
 def secret(kube: Kube, namespace: str, name: str, data: dict[str, str]) -> None:
@@ -92,3 +99,36 @@ def patch_cluster_status(kube: Kube, namespace: str, name: str, status: dict[str
     kube.custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, CLUSTER_PLURAL, name, {"status": status}
     )
+
+
+def static_key_credential(
+    kube: Kube, namespace: str, name: str, key_id: str, secret_name: str, **extra: Any
+) -> None:
+    """An AWS static-key credential whose secret is in ``secret_name``."""
+    ref = {"name": secret_name, "key": "secretAccessKey"}
+    create_credential(kube, namespace, name, provider="AWS",
+                      aws={"accessKeyId": key_id, "secretAccessKeyRef": ref}, **extra)  # fmt: skip
+
+
+def credential_revision(kube: Kube, namespace: str, name: str) -> str | None:
+    status = (get_credential(kube, namespace, name) or {}).get("status") or {}
+    return status.get("revision")
+
+
+def new_revision(kube: Kube, namespace: str, name: str, old: str | None) -> str:
+    """Wait for the credential's revision to be set and differ from ``old``."""
+    found: str = wait_for(
+        lambda: (r := credential_revision(kube, namespace, name)) and r != old and r,
+        timeout=30, what=f"a revision of {name} other than {old}",
+    )  # fmt: skip
+    return found
+
+
+def deployed(cluster: dict[str, Any]) -> str | None:
+    """The cluster's status.deployedRevision."""
+    return (cluster.get("status") or {}).get("deployedRevision")
+
+
+def marked(cluster: dict[str, Any]) -> str | None:
+    """The cluster's cloudcred.io/redeploy-revision annotation."""
+    return (cluster["metadata"].get("annotations") or {}).get(REDEPLOY_ANNOTATION)

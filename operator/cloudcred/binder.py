@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -42,7 +43,7 @@ MANAGER = "cloudcred-binder"
 CLUSTER_CONDITIONS = {bindings.CREDENTIAL_BOUND, rollout.REDEPLOY_PENDING, "Ready"}
 CREDENTIAL_CONDITIONS = {bindings.IN_USE, bindings.DELETION_BLOCKED, rollout.ROLLOUT_COMPLETE}
 BATCH_WINDOW = 0.2
-NAMESPACE_LABELS_TTL = 10.0
+NAMESPACE_LABELS_TTL = 60.0  # a fallback: the namespace watch invalidates on change
 RELIST_INTERVAL = 300.0
 
 logger = logging.getLogger("cloudcred.binder")
@@ -66,8 +67,11 @@ class Binder:
         # What each Secret's labels say, as last set: (referenced, in use).
         self.secret_labels: dict[Key, tuple[bool, bool]] = {}
         self.announced: dict[Key, str] = {}  # the revision of the last RolloutComplete event
+        self.blocked_announced: dict[Key, str] = {}  # the last RolloutBlocked event's text
+        self.plans: dict[Key, rollout.RolloutPlan] = {}
+        self.released_secrets: set[Key] = set()  # Secrets of deleted credentials
         self.deployer = Deployer(kube, settings, provider_slots, self.deploy_target,
-                                 self.cluster_changed)  # fmt: skip
+                                 self.cluster_changed, self.bound_target)  # fmt: skip
         self._namespace_labels: dict[str, tuple[float, dict[str, str] | None]] = {}
         self._wake = asyncio.Event()
         self._writes = asyncio.Semaphore(write_concurrency)
@@ -85,10 +89,13 @@ class Binder:
 
     def credential_gone(self, namespace: str, name: str) -> None:
         key = (namespace, name)
-        self.credentials.pop(key, None)
+        gone = self.credentials.pop(key, None)
         self.credential_bodies.pop(key, None)
-        self.announced.pop(key, None)
+        for state in (self.announced, self.blocked_announced, self.plans):
+            state.pop(key, None)
         self.dirty_clusters |= self.clusters_by_credential.get(key, set())
+        if gone:  # its Secrets' labels follow the credentials that remain
+            self.released_secrets |= {(namespace, secret) for secret in gone.secret_names}
         self._wake.set()
 
     def cluster_seen(self, body: dict[str, Any]) -> None:
@@ -108,6 +115,14 @@ class Binder:
         if old:
             self._forget_reference(old)
             self._mark_credential(old.credential)
+
+    def namespace_changed(self, namespace: str) -> None:
+        """A namespace's labels changed: decide its clusters' bindings again."""
+        self._namespace_labels.pop(namespace, None)
+        affected = {key for key in self.clusters if key[0] == namespace}
+        if affected:
+            self.dirty_clusters |= affected
+            self._wake.set()
 
     def cluster_changed(self, key: Key) -> None:
         """Look at this cluster again (the deploy step's news)."""
@@ -182,19 +197,54 @@ class Binder:
     async def flush(self) -> None:
         started = time.monotonic()
         clusters, self.dirty_clusters = self.dirty_clusters, set()
+        involved = {self.clusters[k].credential for k in clusters if k in self.clusters}
+        for credential in involved | self.dirty_credentials:
+            plan = await self._plan(credential)
+            previous = self.plans.pop(credential, None)
+            if plan is None:
+                continue
+            self.plans[credential] = plan
+            # Level-based: every cluster whose turn has come and is not marked yet is
+            # looked at (a deploy finished, the rollout resumed); when the rollout's
+            # state changes (blocked, paused, resumed), every cluster behind shows it.
+            clusters |= {k for k in plan.allowed if self.clusters[k].marked != plan.revision}
+            if previous is None or (previous.revision, previous.blocked, previous.paused) != (
+                plan.revision, plan.blocked, plan.paused
+            ):  # fmt: skip
+                clusters |= plan.behind
         await asyncio.gather(*(self._write_cluster(key) for key in clusters))
         credentials, self.dirty_credentials = self.dirty_credentials, set()
         await asyncio.gather(*(self._write_credential(key) for key in credentials))
+        released, self.released_secrets = self.released_secrets, set()
+        await asyncio.gather(*(self._release_secret(key) for key in released))
         logger.debug("binding pass: %d cluster(s), %d credential(s) in %.3fs",
                      len(clusters), len(credentials), time.monotonic() - started)  # fmt: skip
 
     def _status(self, key: Key) -> dict[str, Any]:
         return dict(self.credential_bodies.get(key, {}).get("status") or {})
 
+    async def _plan(self, key: Key) -> rollout.RolloutPlan | None:
+        credential = self.credentials.get(key)
+        if credential is None:
+            return None
+        bound = [self.clusters[k] for k in await self.bound_clusters(key)]
+        return rollout.plan_rollout(credential, bound, self.deployer.failures)
+
+    def bound_target(self, key: Key) -> DeployTarget | None:
+        """A cluster deployed by the operator and bound, with its credential."""
+        cluster = self.clusters.get(key)
+        if cluster is None or cluster.external or not cluster.was_bound_to:
+            return None
+        credential = self.credentials.get(cluster.was_bound_to)
+        if credential is None:
+            return None
+        spec = self.credential_bodies[credential.key].get("spec") or {}
+        return DeployTarget(cluster, credential, spec)
+
     def deploy_target(self, key: Key) -> DeployTarget | None:
         """What the deploy step should do for this cluster now, if anything: only a
-        bound cluster deployed by the operator, behind a credential whose revision is
-        up to date with its spec."""
+        bound cluster deployed by the operator, never deployed or marked with the
+        revision of a credential that verified and is up to date with its spec."""
         cluster = self.clusters.get(key)
         if cluster is None or cluster.external or not cluster.was_bound_to:
             return None
@@ -203,8 +253,12 @@ class Binder:
             return None
         if not credential.revision or credential.spec_changed or credential.deleting:
             return None
+        if credential.verification_problem:
+            return None
         if cluster.deployed_revision == credential.revision:
             return None
+        if cluster.deployed_revision and cluster.marked != credential.revision:
+            return None  # its turn has not come
         spec = self.credential_bodies[credential.key].get("spec") or {}
         return DeployTarget(cluster, credential, spec)
 
@@ -215,10 +269,13 @@ class Binder:
         binding = await self.decide(cluster)
         credential = self.credentials.get(cluster.credential)
         redeploy = None
-        if binding.bound and credential is not None and credential.revision:
-            redeploy = rollout.redeploy_state(
-                cluster, credential.revision, self.deployer.failures.get(key)
-            )
+        plan = self.plans.get(cluster.credential)
+        if binding.bound and credential is not None and plan and plan.revision:
+            if plan.revision != credential.revision:  # the revision changed since the plan
+                plan = await self._plan(credential.key)
+                assert plan is not None
+                self.plans[credential.key] = plan
+            redeploy = rollout.redeploy_state(cluster, plan, self.deployer.failures.get(key))
         desired = bindings.cluster_status(cluster, binding, credential, redeploy)
         # The credential's list and rollout follow this cluster (they may have changed).
         self._mark_credential(cluster.credential)
@@ -229,6 +286,10 @@ class Binder:
                                              {REDEPLOY_ANNOTATION: redeploy.mark})  # fmt: skip
                 except NotFound:
                     return
+            # Counted as marked from now on, before the watch brings the change back:
+            # the concurrency limit must not let a second pass mark more.
+            cluster = dataclasses.replace(cluster, marked=redeploy.mark)
+            self.clusters[key] = cluster
         if not _unchanged(cluster.status, desired, CLUSTER_CONDITIONS, ("credential",)):
             async with self._writes:
                 try:
@@ -237,6 +298,9 @@ class Binder:
                     return
         if redeploy and redeploy.pending and not cluster.external:
             self.deployer.request(key)
+        elif redeploy and not redeploy.pending and cluster.credentials_secret \
+                and not cluster.external:  # fmt: skip
+            self.deployer.keep_fresh(key)
 
     async def _write_credential(self, key: Key) -> None:
         credential = self.credentials.get(key)
@@ -248,10 +312,10 @@ class Binder:
             credential, bound, current,
             self.credential_bodies[key]["metadata"].get("creationTimestamp", ""),
         )  # fmt: skip
+        plan = await self._plan(key)  # after the cluster pass: the marks just made count
         progress = rollout.rollout_status(
-            credential, [self.clusters[k] for k in bound], current.get("conditions"),
-            self.deployer.failures,
-        )  # fmt: skip
+            credential, [self.clusters[k] for k in bound], current.get("conditions"), plan
+        )
         if progress:
             desired["rollout"] = progress["rollout"]
             desired["conditions"] += progress["conditions"]
@@ -267,6 +331,7 @@ class Binder:
             except NotFound:
                 return
         await self._announce_rollout(key, desired)
+        await self._announce_blocked(key, desired)
 
     async def _announce_rollout(self, key: Key, desired: dict[str, Any]) -> None:
         """One Event per completed rollout over at least one cluster."""
@@ -277,11 +342,58 @@ class Binder:
         if self.announced.get(key) == revision:
             return
         self.announced[key] = revision
-        metadata = self.credential_bodies[key]["metadata"]
-        reference = {"apiVersion": API_VERSION, "kind": "CloudCredential",
-                     "metadata": {"namespace": key[0], "name": key[1],
-                                  "uid": metadata.get("uid")}}  # fmt: skip
-        await self.kube.post_event(reference, "Normal", "RolloutComplete", done["message"])
+        await self.kube.post_event(self._reference(key), "Normal", "RolloutComplete",
+                                   done["message"])  # fmt: skip
+
+    async def _announce_blocked(self, key: Key, desired: dict[str, Any]) -> None:
+        """One Warning Event each time a rollout becomes blocked, and why."""
+        blocked = conditions.find(desired["conditions"], rollout.ROLLOUT_COMPLETE)
+        if not blocked or blocked["reason"] != rollout.BLOCKED:
+            self.blocked_announced.pop(key, None)
+            return
+        why = blocked["message"].split("; ")[0]
+        if self.blocked_announced.get(key) == why:
+            return
+        self.blocked_announced[key] = why
+        await self.kube.post_event(self._reference(key), "Warning", rollout.BLOCKED, why)
+
+    def _reference(self, key: Key) -> dict[str, Any]:
+        uid = self.credential_bodies[key]["metadata"].get("uid")
+        metadata = {"namespace": key[0], "name": key[1], "uid": uid}
+        return {"apiVersion": API_VERSION, "kind": "CloudCredential", "metadata": metadata}
+
+    async def announce_force_delete(
+        self, body: dict[str, Any], clusters: list[Key], reason: str
+    ) -> None:
+        """Break glass: a Warning Event with the user's reason on the credential and on
+        every cluster that loses it."""
+        metadata = body["metadata"]
+        ref = f"{metadata['namespace']}/{metadata['name']}"
+        names = bindings.describe_clusters(clusters, metadata["namespace"])
+        await self.kube.post_event(body, "Warning", "ForceDeleted",
+                                   f"deleted while {len(clusters)} cluster(s) use it ({names}), "
+                                   f"by cloudcred.io/force-delete: {reason}")  # fmt: skip
+        for key in clusters:
+            uid = self.clusters[key].uid if key in self.clusters else None
+            reference = {"apiVersion": API_VERSION, "kind": "Cluster",
+                         "metadata": {"namespace": key[0], "name": key[1], "uid": uid}}  # fmt: skip
+            await self.kube.post_event(reference, "Warning", "CredentialForceDeleted",
+                                       f"CloudCredential {ref} was force-deleted while this "
+                                       f"cluster used it: {reason}")  # fmt: skip
+
+    async def _release_secret(self, key: Key) -> None:
+        """A deleted credential's Secret: relabel it for the credentials still using it,
+        or remove both labels."""
+        users = [c for c in self.credentials.values()
+                 if c.namespace == key[0] and key[1] in c.secret_names]  # fmt: skip
+        if users:
+            for user in users:
+                self._mark_credential(user.key)
+            self.secret_labels.pop(key, None)
+            return
+        async with self._writes:
+            await self.kube.set_secret_labels(*key, {REFERENCED_LABEL: None, IN_USE_LABEL: None})
+        self.secret_labels.pop(key, None)
 
     async def _label_secrets(self, credential: CredentialInfo, in_use: bool) -> None:
         """Label the Secrets credentials reference: ``cloudcred.io/credential-secret``

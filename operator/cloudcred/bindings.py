@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from cloudcred import conditions
 from cloudcred.api.credential import MAX_LISTED_CLUSTERS
-from cloudcred.constants import API_VERSION, REDEPLOY_ANNOTATION
+from cloudcred.constants import (
+    API_VERSION,
+    FORCE_DELETE_ANNOTATION,
+    REDEPLOY_ANNOTATION,
+    ROLLOUT_PAUSED_ANNOTATION,
+)
 
 if TYPE_CHECKING:
     from cloudcred.rollout import RedeployState
@@ -32,6 +37,7 @@ BOUND, NOT_FOUND, MISMATCH, NOT_ALLOWED, DELETING = (
 CREDENTIAL_BOUND, IN_USE, DELETION_BLOCKED = "CredentialBound", "InUse", "DeletionBlocked"
 NO_REVISION = "CredentialNotReady"  # Ready reason of a cluster whose credential has no revision
 NAMES_IN_MESSAGES = 10
+DEFAULT_MAX_CONCURRENT = "25%"
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,10 @@ class CredentialInfo:
     secret_names: tuple[str, ...]
     generation: int | None = None
     verified_generation: int | None = None  # the generation the revision was computed at
+    verification_problem: str | None = None  # why the current revision may not roll out
+    paused: bool = False  # cloudcred.io/rollout-paused: "true"
+    max_concurrent: int | str = DEFAULT_MAX_CONCURRENT
+    force_delete: str | None = None  # cloudcred.io/force-delete: the reason
 
     @property
     def key(self) -> Key:
@@ -65,6 +75,7 @@ class CredentialInfo:
             ref["name"] for field, ref in block.items()
             if field.endswith("Ref") and isinstance(ref, dict) and "name" in ref
         })  # fmt: skip
+        annotations = body["metadata"].get("annotations") or {}
         return cls(
             namespace=body["metadata"]["namespace"],
             name=body["metadata"]["name"],
@@ -75,7 +86,25 @@ class CredentialInfo:
             secret_names=tuple(secrets),
             generation=body["metadata"].get("generation"),
             verified_generation=status.get("observedGeneration"),
+            verification_problem=_verification_problem(status.get("conditions")),
+            paused=annotations.get(ROLLOUT_PAUSED_ANNOTATION, "").lower() == "true",
+            max_concurrent=(spec.get("rollout") or {}).get("maxConcurrent", DEFAULT_MAX_CONCURRENT),
+            force_delete=annotations.get(FORCE_DELETE_ANNOTATION) or None,
         )
+
+
+def _verification_problem(items: list[dict[str, Any]] | None) -> str | None:
+    """Why the credential's current revision may not be rolled out: its check failed,
+    or has not run. None when it verified, or cannot or need not be checked
+    (VerificationDisabled, VerificationUnavailable)."""
+    verified = conditions.find(items, "Verified")
+    if verified is None:
+        return "it has not been checked yet"
+    if verified.get("status") == conditions.TRUE or verified.get("reason") in (
+        "VerificationDisabled", "VerificationUnavailable",
+    ):  # fmt: skip
+        return None
+    return f"it failed verification ({verified.get('reason')}: {verified.get('message')})"
 
 
 @dataclass(frozen=True)
@@ -92,6 +121,7 @@ class ClusterInfo:
     external: bool = False  # spec.deploy: External
     marked: str | None = None  # the cloudcred.io/redeploy-revision annotation
     uid: str | None = None
+    credentials_secret: str | None = None  # spec.credentialsSecret.name
 
     @property
     def key(self) -> Key:
@@ -122,6 +152,7 @@ class ClusterInfo:
             external=spec.get("deploy") == "External",
             marked=(metadata.get("annotations") or {}).get(REDEPLOY_ANNOTATION),
             uid=metadata.get("uid"),
+            credentials_secret=(spec.get("credentialsSecret") or {}).get("name"),
         )
 
     @property

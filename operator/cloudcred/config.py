@@ -35,6 +35,12 @@ class Settings(BaseModel):
     liveness_endpoint: str = Field(
         default="http://0.0.0.0:8080/healthz", description="kopf's liveness probe URL."
     )
+    metrics_port: int = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint (all interfaces); 0: off.",
+    )
     worker_limit: int = Field(
         default=500,
         ge=1,
@@ -54,6 +60,19 @@ class Settings(BaseModel):
         default=90, ge=1, description="Static keys older than this get RotationRecommended."
     )
     aws_region: str = Field(default="us-east-1", description="Region for STS and IAM calls.")
+    delivery_session_seconds: int = Field(
+        default=3600,
+        ge=900,
+        le=43200,
+        description="Lifetime of the AWS session credentials delivered for a role "
+        "(spec.credentialsSecret of a Cluster).",
+    )
+    delivery_refresh_before: int | None = Field(
+        default=None,
+        ge=60,
+        description="Seconds before expiry at which delivered session credentials are "
+        "renewed; default: a third of their lifetime.",
+    )
     gcp_token_uri: str = Field(
         default="https://oauth2.googleapis.com/token",
         description="The only OAuth token endpoint GCP keys may use.",
@@ -92,4 +111,12 @@ class Settings(BaseModel):
             gcp_token_uri=self.gcp_token_uri,
             azure_authority_host=self.azure_authority_host,
             scaleway_api_url=self.scaleway_api_url,
+            session_seconds=self.delivery_session_seconds,
         )
+
+    @property
+    def refresh_before(self) -> float:
+        """Seconds before expiry to renew delivered session credentials."""
+        if self.delivery_refresh_before is not None:
+            return float(min(self.delivery_refresh_before, self.delivery_session_seconds - 10))
+        return self.delivery_session_seconds / 3

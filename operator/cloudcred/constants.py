@@ -22,3 +22,7 @@ IN_USE_LABEL = f"{GROUP}/in-use"
 # On every Secret a credential references: the operator watches exactly these Secrets
 # (a label-selected watch), so it never streams unrelated Secrets' data.
 REFERENCED_LABEL = f"{GROUP}/credential-secret"
+# On the Secrets the operator delivers to clusters (spec.credentialsSecret).
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+DELIVERED_REVISION_ANNOTATION = f"{GROUP}/revision"
+EXPIRES_ANNOTATION = f"{GROUP}/expires-at"

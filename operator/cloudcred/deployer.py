@@ -7,6 +7,12 @@ credentials are not regional), then record ``status.deployedRevision`` and
 ``status.lastDeployedTime`` (server-side apply, manager ``cloudcred-deployer``) and
 post a ``Deployed`` Event on the cluster.
 
+With ``spec.credentialsSecret`` (opt-in), the deploy step also writes the credential,
+in the provider's standard form, to a Secret in the cluster's namespace (owned by the
+Cluster, annotated with the revision) before it records the deployment, so the Secret
+changes exactly at the cluster's deployments. AWS role credentials are delivered as
+session credentials, renewed ``refresh_before`` seconds before they expire.
+
 The binder asks for a deploy whenever a cluster it looks at is behind its credential.
 Clusters in the same region with the same credential revision share one provider
 check (single flight, remembered for ``CHECK_TTL``), so a fan-out to a thousand
@@ -18,10 +24,12 @@ cluster's ``RedeployPending`` condition (``DeployFailed``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -29,10 +37,16 @@ from cloudcred import conditions
 from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
 from cloudcred.config import Settings
-from cloudcred.constants import CLUSTER_PLURAL
+from cloudcred.constants import (
+    API_VERSION,
+    CLUSTER_PLURAL,
+    DELIVERED_REVISION_ANNOTATION,
+    EXPIRES_ANNOTATION,
+    MANAGED_BY_LABEL,
+)
 from cloudcred.kube import Kube, NotFound
 from cloudcred.providers import provider_module
-from cloudcred.providers.base import VerificationError, VerifyContext
+from cloudcred.providers.base import Reason, VerificationError, VerifyContext
 from cloudcred.revision import compute_revision
 from cloudcred.verification import ask_provider, read_secrets, retry_delay
 
@@ -57,6 +71,11 @@ class Superseded(Exception):
     """The credential's Secret changed since its revision was computed."""
 
 
+class DeployError(Exception):
+    """The deploy step cannot proceed for a reason the user must fix; the message is
+    shown in the cluster's condition."""
+
+
 CheckKey = tuple[Key, str, str]  # (credential, revision, region)
 
 
@@ -68,14 +87,17 @@ class Deployer:
         provider_slots: asyncio.Semaphore,
         target: Callable[[Key], DeployTarget | None],
         changed: Callable[[Key], None],
+        lookup: Callable[[Key], DeployTarget | None],
     ) -> None:
-        """``target(key)`` says what a cluster needs now (None: nothing); ``changed(key)``
-        asks the binder to look at a cluster again."""
+        """``target(key)`` says what a cluster needs deploying now (None: nothing);
+        ``changed(key)`` asks the binder to look at a cluster again; ``lookup(key)`` is
+        a bound cluster with its credential, whatever it needs."""
         self.kube = kube
         self.settings = settings
         self.provider_slots = provider_slots
         self.target = target
         self.changed = changed
+        self.lookup = lookup
         self.failures: dict[Key, str] = {}  # why the last deploy of a cluster failed
         self._attempts: dict[Key, int] = {}
         self._retry_at: dict[Key, float] = {}
@@ -85,6 +107,11 @@ class Deployer:
         self._checks: dict[CheckKey, asyncio.Future[None]] = {}
         self._checked_until: dict[CheckKey, float] = {}
         self._failed: dict[CheckKey, tuple[float, VerificationError]] = {}
+        # Credential delivery: the spec each cluster's Secret was last written from (to
+        # renew session credentials of a cluster waiting in a rollout) and the timers.
+        self._delivered: dict[Key, tuple[str, dict[str, Any]]] = {}
+        self._renewals: dict[Key, asyncio.TimerHandle] = {}
+        self._expiry_known: set[Key] = set()
 
     def request(self, key: Key) -> None:
         """Deploy this cluster soon, unless a deploy runs already or a retry waits."""
@@ -99,6 +126,15 @@ class Deployer:
         task.add_done_callback(self._tasks.discard)
 
     def forget(self, key: Key) -> None:
+        """The cluster is gone: drop what is kept about it."""
+        self.succeeded(key)
+        self._delivered.pop(key, None)
+        self._expiry_known.discard(key)
+        renewal = self._renewals.pop(key, None)
+        if renewal:
+            renewal.cancel()
+
+    def succeeded(self, key: Key) -> None:
         for state in (self.failures, self._attempts, self._retry_at):
             state.pop(key, None)
 
@@ -113,6 +149,8 @@ class Deployer:
         except VerificationError as error:
             logger.debug("deploy of %s/%s failed: %s", *key, error.message)
             await self._failed_deploy(key, error.message)
+        except DeployError as error:
+            await self._failed_deploy(key, str(error))
         except NotFound:
             pass  # the cluster is gone
         except Exception as error:  # a bug or an API outage: retry, keep the operator up
@@ -129,17 +167,121 @@ class Deployer:
         revision = credential.revision
         assert revision is not None  # the binder hands over only credentials with one
         await self._check(credential, target.spec, revision, cluster.region)
+        if cluster.credentials_secret:
+            await self._deliver(target, revision, check_revision=True)
         status = {
             "deployedRevision": revision,
             "lastDeployedTime": conditions.timestamp(conditions.now()),
         }
         await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *cluster.key, status, MANAGER)
-        self.forget(cluster.key)
+        self.succeeded(cluster.key)
         await self.kube.post_event(
             cluster.reference, "Normal", "Deployed",
             f"deployed with revision {revision} of CloudCredential "
             f"{credential.namespace}/{credential.name}",
         )  # fmt: skip
+
+    async def _deliver(self, target: DeployTarget, revision: str, check_revision: bool) -> None:
+        """Write the cluster's credentials Secret with the credential of ``revision``."""
+        cluster, credential = target.cluster, target.credential
+        name = cluster.credentials_secret
+        assert name is not None
+        existing = await self.kube.secret_metadata(cluster.namespace, name)
+        if existing is not None and (existing.labels or {}).get(MANAGED_BY_LABEL) != "cloudcred":
+            raise DeployError(f"Secret {cluster.namespace}/{name} exists and is not managed by "
+                              "cloudcred: choose another spec.credentialsSecret.name")  # fmt: skip
+        spec = CloudCredentialSpec.model_validate(target.spec)
+        module = provider_module(spec.provider)
+        secrets = await read_secrets(self.kube, credential.namespace, module.secret_refs(spec))
+        if check_revision and compute_revision(spec, secrets) != revision:
+            raise Superseded
+        # The cluster's name in STS session names and CloudTrail.
+        context = VerifyContext(cluster.namespace, cluster.name,
+                                self.settings.provider_settings())  # fmt: skip
+        delivery = await ask_provider(
+            partial(module.delivery, spec, secrets, cluster.region, context),
+            spec.provider, self.settings.verification_timeout, self.provider_slots,
+        )  # fmt: skip
+        del secrets
+        annotations = {DELIVERED_REVISION_ANNOTATION: revision}
+        if delivery.expires:
+            annotations[EXPIRES_ANNOTATION] = conditions.timestamp(delivery.expires)
+        metadata = {
+            "labels": {MANAGED_BY_LABEL: "cloudcred"},
+            "annotations": annotations,
+            "ownerReferences": [{"apiVersion": API_VERSION, "kind": "Cluster",
+                                 "name": cluster.name, "uid": cluster.uid}],
+        }  # fmt: skip
+        data = {key: base64.b64encode(value.get_secret_value().encode()).decode()
+                for key, value in delivery.data.items()}  # fmt: skip
+        await self.kube.apply_secret(cluster.namespace, name, data, metadata, MANAGER)
+        self._delivered[cluster.key] = (revision, target.spec)
+        self._expiry_known.add(cluster.key)
+        if delivery.expires:
+            self._renew_at(cluster.key, delivery.expires)
+
+    def _renew_at(self, key: Key, expires: datetime) -> None:
+        """Renew delivered session credentials ``refresh_before`` seconds before expiry."""
+        old = self._renewals.pop(key, None)
+        if old:
+            old.cancel()
+        remaining = (expires - conditions.now()).total_seconds()
+        delay = max(remaining - self.settings.refresh_before, 1.0)
+        loop = asyncio.get_running_loop()
+        self._renewals[key] = loop.call_later(delay, self._start_renewal, key)
+
+    def _start_renewal(self, key: Key) -> None:
+        self._renewals.pop(key, None)
+        task = asyncio.create_task(self._renew(key), name=f"renew {key[0]}/{key[1]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _renew(self, key: Key) -> None:
+        """Deliver again the revision the cluster is deployed with: the current spec when
+        the cluster is up to date, else the spec it was delivered from (a cluster
+        waiting in a paced or blocked rollout keeps working)."""
+        target = self.lookup(key)
+        if target is None or not target.cluster.credentials_secret:
+            return
+        deployed = target.cluster.deployed_revision
+        if deployed is None:
+            return
+        if deployed != target.credential.revision:
+            remembered = self._delivered.get(key)
+            if remembered is None or remembered[0] != deployed:
+                logger.warning("cannot renew the session credentials of cluster %s/%s: the "
+                               "spec of revision %s is not known any more; they are renewed "
+                               "at its next deployment", *key, deployed)  # fmt: skip
+                return
+            target = DeployTarget(target.cluster, target.credential, remembered[1])
+        try:
+            await self._deliver(target, deployed, check_revision=False)
+        except (VerificationError, DeployError, RuntimeError) as error:
+            message = getattr(error, "message", None) or str(error)
+            logger.warning("renewing the session credentials of cluster %s/%s failed: %s; "
+                           "retrying in 60s", *key, message)  # fmt: skip
+            self._renewals[key] = asyncio.get_running_loop().call_later(
+                60.0, self._start_renewal, key
+            )
+
+    def keep_fresh(self, key: Key) -> None:
+        """For a deployed cluster with a credentials Secret: after a restart, learn when
+        its session credentials expire (from the Secret) and schedule their renewal."""
+        if key in self._expiry_known or key in self._renewals:
+            return
+        self._expiry_known.add(key)
+        task = asyncio.create_task(self._read_expiry(key), name=f"expiry {key[0]}/{key[1]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read_expiry(self, key: Key) -> None:
+        target = self.lookup(key)
+        if target is None or not target.cluster.credentials_secret:
+            return
+        metadata = await self.kube.secret_metadata(key[0], target.cluster.credentials_secret)
+        expires = ((metadata.annotations or {}) if metadata else {}).get(EXPIRES_ANNOTATION)
+        if expires:
+            self._renew_at(key, datetime.fromisoformat(expires.replace("Z", "+00:00")))
 
     async def _failed_deploy(self, key: Key, message: str) -> None:
         new = self.failures.get(key) != message
@@ -195,6 +337,7 @@ class Deployer:
             )  # fmt: skip
             del secrets
         except VerificationError as error:
-            self._failed[key] = (time.monotonic() + FAILED_CHECK_TTL, error)
-            raise
+            if error.reason != Reason.VERIFICATION_UNAVAILABLE:  # e.g. a library missing
+                self._failed[key] = (time.monotonic() + FAILED_CHECK_TTL, error)
+                raise
         self._checked_until[key] = time.monotonic() + CHECK_TTL

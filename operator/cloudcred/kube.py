@@ -172,3 +172,40 @@ class Kube:
                 "could not post event %s on %s/%s: HTTP %s", reason, metadata["namespace"],
                 metadata["name"], error.status,
             )  # fmt: skip
+
+    async def secret_metadata(self, namespace: str, name: str) -> client.V1ObjectMeta | None:
+        """A Secret's metadata (labels, annotations), None when it does not exist. The
+        data comes along in the response and is dropped here."""
+        try:
+            secret = await self._call(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise RuntimeError(
+                f"reading Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
+            ) from None
+        metadata: client.V1ObjectMeta = secret.metadata
+        return metadata
+
+    async def apply_secret(
+        self, namespace: str, name: str, data: dict[str, str], metadata: dict[str, Any],
+        manager: str,
+    ) -> None:  # fmt: skip
+        """Server-side apply of a Secret the operator owns (``data`` base64-encoded).
+        Errors carry the HTTP status only, never the request body."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace, **metadata},
+            "type": "Opaque",
+            "data": data,
+        }
+        try:
+            await self._call(
+                self.core.patch_namespaced_secret, name, namespace, body,
+                field_manager=manager, force=True, _content_type=APPLY,
+            )  # fmt: skip
+        except ApiException as error:
+            raise RuntimeError(
+                f"writing Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
+            ) from None

@@ -1,16 +1,21 @@
 """Redeploys and rollouts: plain, side-effect-free decisions.
 
 Marking is *level-based*: a bound cluster whose ``status.deployedRevision`` is set and
-differs from its credential's current revision is pending, whatever happened before.
+differs from its credential's current revision is behind, whatever happened before.
 So an operator killed half-way through a fan-out finishes the job after a restart
 simply by looking again. A cluster that never deployed is not marked: its deployer
 (the operator's own deploy step, or an external one) deploys it with the current
 revision.
+
+Guard rails decide *which* behind clusters are marked (``plan_rollout``): none while
+the revision has not verified, none beyond ``spec.rollout.maxConcurrent`` marked and
+not yet redeployed, none more after a deploy failed or while the rollout is paused.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from cloudcred import conditions
@@ -24,8 +29,59 @@ REVISION_CHANGED, NOT_DEPLOYED, UP_TO_DATE, DEPLOY_FAILED = (
     "UpToDate",
     "DeployFailed",
 )
-# RolloutComplete reasons.
-COMPLETE, IN_PROGRESS = "RolloutComplete", "RolloutInProgress"
+# RolloutComplete reasons (BLOCKED is also the RedeployPending reason of a cluster
+# that keeps its last good deployment).
+COMPLETE, IN_PROGRESS, BLOCKED = "RolloutComplete", "RolloutInProgress", "RolloutBlocked"
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """Which behind clusters of a credential may carry the redeploy mark now."""
+
+    revision: str
+    allowed: frozenset[Key] = frozenset()
+    behind: frozenset[Key] = frozenset()  # deployed with an earlier revision
+    limit: int = 1
+    blocked: str | None = None  # why no more clusters are marked
+    paused: bool = False
+    failed: list[Key] = field(default_factory=list)
+
+
+def concurrency_limit(max_concurrent: int | str, total: int) -> int:
+    """spec.rollout.maxConcurrent as a number of clusters: a percentage of ``total``
+    rounded down, at least 1."""
+    if isinstance(max_concurrent, str) and max_concurrent.endswith("%"):
+        return max(1, math.floor(total * int(max_concurrent[:-1]) / 100))
+    return max(1, int(max_concurrent))
+
+
+def plan_rollout(
+    credential: CredentialInfo, bound: list[ClusterInfo], failures: dict[Key, str]
+) -> RolloutPlan | None:
+    """Clusters already marked with the revision stay marked; more are marked, in name
+    order, while fewer than the limit are marked and not yet redeployed -- unless the
+    revision did not verify, a deploy failed, or the rollout is paused."""
+    revision = credential.revision
+    if not revision:
+        return None
+    behind = sorted((c for c in bound if c.deployed_revision and c.deployed_revision != revision),
+                    key=lambda c: c.key)  # fmt: skip
+    in_flight = [c.key for c in behind if c.marked == revision]
+    limit = concurrency_limit(credential.max_concurrent, len(bound))
+    failed = sorted(c.key for c in bound if c.key in failures)
+    blocked = None
+    if credential.verification_problem:
+        blocked = f"revision {revision} is not rolled out: {credential.verification_problem}"
+    elif failed:
+        blocked = (f"deploying revision {revision} failed on "
+                   f"{describe_clusters(failed, credential.namespace)}: no more clusters are "
+                   "marked until it succeeds")  # fmt: skip
+    allowed = list(in_flight)
+    if blocked is None and not credential.paused:
+        queue = [c.key for c in behind if c.marked != revision]
+        allowed += queue[: max(0, limit - len(in_flight))]
+    return RolloutPlan(revision, frozenset(allowed), frozenset(c.key for c in behind), limit,
+                       blocked, credential.paused, failed)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -47,11 +103,11 @@ class RedeployState:
 
 
 def redeploy_state(
-    cluster: ClusterInfo, revision: str, deploy_failure: str | None = None
+    cluster: ClusterInfo, plan: RolloutPlan, deploy_failure: str | None = None
 ) -> RedeployState:
-    """The state of a cluster bound to a credential whose current revision is
-    ``revision``; ``deploy_failure`` is why the operator's last deploy attempt failed."""
-    deployed = cluster.deployed_revision
+    """The state of a bound cluster against its credential's rollout ``plan``;
+    ``deploy_failure`` is why the operator's last deploy attempt failed."""
+    revision, deployed = plan.revision, cluster.deployed_revision
     who = "the external deployer" if cluster.external else "the operator's deploy step"
     if deployed == revision:
         return RedeployState(False, UP_TO_DATE, f"deployed with credential revision {revision}",
@@ -60,28 +116,39 @@ def redeploy_state(
         failed = f"deploying credential revision {revision} failed: {deploy_failure}"
         return RedeployState(True, DEPLOY_FAILED, failed, revision if deployed else None)
     if not deployed:
+        if plan.blocked and plan.blocked.startswith(f"revision {revision} "):
+            return RedeployState(True, NOT_DEPLOYED, f"not deployed: {plan.blocked}", None)
         return RedeployState(True, NOT_DEPLOYED, f"waiting for {who} to deploy credential "
                              f"revision {revision} for the first time", None)  # fmt: skip
+    if cluster.key in plan.allowed:
+        return RedeployState(True, REVISION_CHANGED, f"the credential changed from revision "
+                             f"{deployed} to {revision}: waiting for {who} to redeploy",
+                             revision)  # fmt: skip
+    if plan.blocked:
+        return RedeployState(False, BLOCKED, f"{plan.blocked}; keeping the deployment of "
+                             f"revision {deployed}", None)  # fmt: skip
+    limit = f"at most {plan.limit} cluster(s) redeploy at a time (spec.rollout.maxConcurrent)"
+    why = "the rollout is paused (cloudcred.io/rollout-paused)" if plan.paused else limit
     return RedeployState(True, REVISION_CHANGED, f"the credential changed from revision "
-                         f"{deployed} to {revision}: waiting for {who} to redeploy",
-                         revision)  # fmt: skip
+                         f"{deployed} to {revision}; queued: {why}", None)  # fmt: skip
 
 
 def rollout_status(
     credential: CredentialInfo,
     bound: list[ClusterInfo],
     previous: list[dict[str, Any]] | None,
-    failures: dict[Key, str],
+    plan: RolloutPlan | None,
 ) -> dict[str, Any]:
     """``status.rollout`` and the ``RolloutComplete`` condition of a credential."""
-    revision = credential.revision
-    if not revision:
+    if plan is None:
         return {}
+    revision = plan.revision
     waiting = sorted(c.key for c in bound if c.deployed_revision != revision)
     total = len(bound)
     status: dict[str, Any] = {
         "rollout": {"revision": revision, "updated": total - len(waiting), "total": total}
     }
+    progress = f"{total - len(waiting)} of {total} cluster(s) deployed with revision {revision}"
     if credential.spec_changed:
         state, reason = conditions.FALSE, IN_PROGRESS
         message = "the spec changed: waiting for the new revision to be computed"
@@ -93,14 +160,15 @@ def rollout_status(
             if total
             else "no cluster uses this credential"
         )
+    elif plan.blocked:
+        state, reason = conditions.FALSE, BLOCKED
+        message = f"{plan.blocked}; {progress}"
     else:
         state, reason = conditions.FALSE, IN_PROGRESS
         names = describe_clusters(waiting, credential.namespace)
-        message = (f"{total - len(waiting)} of {total} cluster(s) deployed with revision "
-                   f"{revision}; waiting for {names}")  # fmt: skip
-        failed = [key for key in waiting if key in failures]
-        if failed:
-            message += f"; deploy failed on {describe_clusters(failed, credential.namespace)}"
+        message = f"{progress}; waiting for {names}"
+        if plan.paused:
+            message += "; paused by the cloudcred.io/rollout-paused annotation"
     status["conditions"] = [
         conditions.condition(previous, ROLLOUT_COMPLETE, state, reason, message, None)
     ]

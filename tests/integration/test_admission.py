@@ -206,6 +206,26 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
         cluster(credentialRef={"name": "aws-prod", "kind": "Secret"}),
         "spec.credentialRef.kind",
     ),
+    (
+        "cluster-delivery-to-an-external-deployer",
+        cluster(deploy="External", credentialsSecret={"name": "aws-creds"}),
+        "spec.credentialsSecret",
+    ),
+    (
+        "cluster-delivery-secret-name-malformed",
+        cluster(credentialsSecret={"name": "Not_A_Name"}),
+        "spec.credentialsSecret.name",
+    ),
+    (
+        "rollout-max-concurrent-zero",
+        credential(provider="AWS", aws=ROLE, rollout={"maxConcurrent": 0}),
+        "spec.rollout.maxConcurrent",
+    ),
+    (
+        "rollout-max-concurrent-bad-percentage",
+        credential(provider="AWS", aws=ROLE, rollout={"maxConcurrent": "150%"}),
+        "spec.rollout.maxConcurrent",
+    ),
 ]
 
 

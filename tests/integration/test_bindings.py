@@ -197,8 +197,9 @@ def test_finalizer_holds_deletion_without_the_policy(
     )  # fmt: skip
     assert blocked["status"] == "True"
     assert "user" in blocked["message"]
-    assert any(e.reason == "DeletionBlocked" and e.type == "Warning"
-               for e in events_for(kube, namespace, "guarded"))  # fmt: skip
+    wait_for(lambda: any(e.reason == "DeletionBlocked" and e.type == "Warning"
+                         for e in events_for(kube, namespace, "guarded")),
+             what="a DeletionBlocked event")  # fmt: skip
 
     aws_cluster(kube, namespace, "newcomer", "guarded")
     wait_reason(kube, namespace, "newcomer", "CredentialDeleting")

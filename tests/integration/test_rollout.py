@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from cloudcred.constants import REDEPLOY_ANNOTATION
 from tests.aws import Moto
 from tests.conftest import Kube
 from tests.gcp import EMAIL, key_json, pem, start_token_endpoint
@@ -24,31 +23,23 @@ from tests.resources import (
     condition,
     create_cluster,
     create_credential,
+    credential_revision,
+    deployed,
     events_for,
     get_cluster,
     get_credential,
     list_clusters,
+    marked,
+    new_revision,
     patch_cluster_status,
     patch_credential,
     secret,
+    static_key_credential,
 )
 
 pytestmark = pytest.mark.integration
 
 FAN_OUT = 200
-
-
-def revision(kube: Kube, namespace: str, name: str) -> str | None:
-    status = (get_credential(kube, namespace, name) or {}).get("status") or {}
-    return status.get("revision")
-
-
-def new_revision(kube: Kube, namespace: str, name: str, old: str | None) -> str:
-    found: str = wait_for(
-        lambda: (r := revision(kube, namespace, name)) and r != old and r,
-        timeout=30, what=f"a revision of {name} other than {old}",
-    )  # fmt: skip
-    return found
 
 
 def rollout_done(kube: Kube, namespace: str, name: str, revision: str, total: int) -> bool:
@@ -58,23 +49,6 @@ def rollout_done(kube: Kube, namespace: str, name: str, revision: str, total: in
     return done.get("status") == "True" and rollout == {
         "revision": revision, "updated": total, "total": total,
     }  # fmt: skip
-
-
-def deployed(cluster: dict[str, Any]) -> str | None:
-    return (cluster.get("status") or {}).get("deployedRevision")
-
-
-def marked(cluster: dict[str, Any]) -> str | None:
-    return (cluster["metadata"].get("annotations") or {}).get(REDEPLOY_ANNOTATION)
-
-
-def static_key_credential(
-    kube: Kube, namespace: str, name: str, key_id: str, secret_name: str, **extra: Any
-) -> None:
-    create_credential(kube, namespace, name, provider="AWS", aws={
-        "accessKeyId": key_id,
-        "secretAccessKeyRef": {"name": secret_name, "key": "secretAccessKey"},
-    }, **extra)  # fmt: skip
 
 
 def aws_cluster(kube: Kube, namespace: str, name: str, credential: str, **spec: Any) -> None:
@@ -88,7 +62,9 @@ def test_a_spec_edit_redeploys_every_bound_cluster(
 ) -> None:
     user = moto.create_user(f"rollout-{uuid.uuid4().hex[:8]}")
     secret(kube, namespace, "keys-1", {"secretAccessKey": user.secret_access_key})
-    static_key_credential(kube, namespace, "prod", user.access_key_id, "keys-1")
+    # Every cluster at once (pacing is tested in test_guard_rails.py).
+    static_key_credential(kube, namespace, "prod", user.access_key_id, "keys-1",
+                          rollout={"maxConcurrent": "100%"})  # fmt: skip
     aws_cluster(kube, namespace, "eu", "prod")
     aws_cluster(kube, namespace, "us", "prod", region="us-east-1")
     aws_cluster(kube, namespace, "ext", "prod", deploy="External")
@@ -155,7 +131,7 @@ def test_a_spec_edit_redeploys_every_bound_cluster(
     wait_for(lambda: get_credential(kube, namespace, "prod")["status"]["observedGeneration"]
              == generation, what="the edit to be checked")  # fmt: skip
     time.sleep(1)
-    assert revision(kube, namespace, "prod") == second
+    assert credential_revision(kube, namespace, "prod") == second
     assert get_cluster(kube, namespace, "eu")["status"]["lastDeployedTime"] == deployed_at
     assert rollout_done(kube, namespace, "prod", second, 3)
 
@@ -184,14 +160,14 @@ def test_a_failing_deploy_is_shown_and_retried(
     wait_for(lambda: any(e.reason == "DeployFailed" for e in events_for(kube, namespace, "eu")),
              what="DeployFailed event")  # fmt: skip
     rollout = condition(get_credential(kube, namespace, "limited"), "RolloutComplete")
-    assert "deploy failed on eu" in rollout["message"]
+    assert "failed on eu" in rollout["message"]
 
     # Granting the permission lets the retry through, without any edit.
     moto.client("iam").put_user_policy(UserName=user.user, PolicyName="access",
                                        PolicyDocument=json.dumps({
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))  # fmt: skip
-    first = revision(kube, namespace, "limited")
+    first = credential_revision(kube, namespace, "limited")
     wait_for(lambda: deployed(get_cluster(kube, namespace, "eu")) == first, timeout=40,
              what="the retry to deploy")  # fmt: skip
 

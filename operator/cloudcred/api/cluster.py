@@ -48,6 +48,15 @@ class CredentialRef(Model):
     )
 
 
+def _spec_rules() -> list[JsonValue]:
+    delivery: JsonValue = {
+        "rule": "!has(self.credentialsSecret) || !has(self.deploy) || self.deploy == 'Operator'",
+        "message": "is written by the operator's deploy step: it needs deploy: Operator",
+        "fieldPath": ".credentialsSecret",
+    }
+    return [*_region_rules(), delivery]
+
+
 def _region_rules() -> list[JsonValue]:
     return [
         {
@@ -62,7 +71,7 @@ def _region_rules() -> list[JsonValue]:
 class ClusterSpec(Model):
     """The desired cluster, as far as its credentials are concerned."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _region_rules()})
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _spec_rules()})
 
     provider: Provider = Field(
         description="Cloud provider of the cluster: AWS, GCP, AZURE or SCALEWAY. Must match "
@@ -82,6 +91,28 @@ class ClusterSpec(Model):
         "cloudcred's own deploy step. External: another system (Cluster API, a Terraform "
         "runner, Argo CD) reads the cloudcred.io/redeploy-revision annotation and reports "
         "back in status.deployedRevision.",
+    )
+    credentials_secret: CredentialsSecret | None = Field(
+        default=None,
+        description="Opt-in: keep a Secret of this name in the Cluster's namespace with the "
+        "credential in the provider's standard form (AWS credentials/config files and "
+        "AWS_* variables, GCP credentials.json, AZURE_*/ARM_* or SCW_* variables), "
+        "annotated with its revision. Written by the operator's deploy step only, so it "
+        "changes exactly at the cluster's next deployment; an AWS role is delivered as "
+        "short-lived session credentials, renewed before they expire.",
+    )
+
+
+class CredentialsSecret(Model):
+    """Where the operator delivers the credential for the cluster's deployer."""
+
+    name: str = Field(
+        description="Name of the Secret, in the Cluster's namespace, that the operator "
+        "keeps (and owns): the credential in the provider's standard form, written at "
+        "each deployment.",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
     )
 
 

@@ -8,8 +8,9 @@ the provider block is complete and consistent before the object is stored.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import ConfigDict, Field, JsonValue
+from pydantic import ConfigDict, Field, JsonValue, WithJsonSchema
 from pydantic.config import JsonDict
 
 from cloudcred.api.common import (
@@ -198,6 +199,30 @@ class VerificationSpec(Model):
     )
 
 
+# An integer, or a percentage of the bound clusters (Kubernetes' int-or-string).
+IntOrPercent = Annotated[int | str, WithJsonSchema({"x-kubernetes-int-or-string": True})]
+
+
+class RolloutSpec(Model):
+    """How a new revision reaches the bound clusters."""
+
+    max_concurrent: IntOrPercent = Field(
+        default="25%",
+        description="How many bound clusters may be marked for redeploy and not yet "
+        "redeployed at a time: a number (2) or a percentage of the bound clusters (25%, "
+        "rounded down, at least 1). The next ones are marked as earlier ones report the "
+        "new revision in status.deployedRevision.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _rule(
+                    "type(self) == int ? self >= 1 : self.matches('^(100|[1-9][0-9]?)%$')",
+                    "must be an integer of at least 1 or a percentage from 1% to 100%",
+                )
+            ]
+        },
+    )
+
+
 def _provider_block_rules() -> list[JsonValue]:
     """One rule per provider: its block is present exactly when it is the provider."""
     rules: list[JsonValue] = []
@@ -255,6 +280,11 @@ class CloudCredentialSpec(Model):
     )
     verification: VerificationSpec | None = Field(
         default=None, description="How and how often the operator checks the credential."
+    )
+    rollout: RolloutSpec | None = Field(
+        default=None,
+        description="How a new revision is rolled out to the bound clusters (pacing). "
+        "Does not change the credential's revision.",
     )
 
 

@@ -9,7 +9,7 @@ import kopf
 
 from cloudcred.binder import Binder
 from cloudcred.bindings import describe_clusters
-from cloudcred.constants import CLUSTER_RESOURCE, CREDENTIAL_RESOURCE
+from cloudcred.constants import CLUSTER_RESOURCE, CREDENTIAL_RESOURCE, FORCE_DELETE_ANNOTATION
 
 DELETION_RECHECK_SECONDS = 10.0
 
@@ -32,13 +32,18 @@ def credential_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> N
 
 @kopf.on.delete(CREDENTIAL_RESOURCE)
 async def credential_deleting(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Hold the finalizer while bound clusters remain, judged by a fresh LIST.
+    """Hold the finalizer while bound clusters remain, judged by a fresh LIST, unless
+    the credential carries the break-glass annotation ``cloudcred.io/force-delete``.
 
     No retries/timeout limit and no PermanentError on purpose: kopf releases the
     finalizer once a delete handler gives up, which would defeat the guard.
     """
     binder: Binder = memo.binder
     blocking = await binder.blocking_clusters(dict(body))
+    reason = (body["metadata"].get("annotations") or {}).get(FORCE_DELETE_ANNOTATION)
+    if blocking and reason:
+        await binder.announce_force_delete(dict(body), blocking, reason)
+        return  # break glass: the finalizer goes, the clusters show CredentialNotFound
     if blocking:
         names = describe_clusters(blocking, body["metadata"]["namespace"])
         await memo.kube.post_event(dict(body), "Warning", "DeletionBlocked",

@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 
+from cloudcred import metrics
 from cloudcred.constants import CREDENTIAL_PLURAL, CREDENTIAL_RESOURCE
 from cloudcred.kube import NotFound
 from cloudcred.verification import (
@@ -32,8 +33,12 @@ async def verify_and_record(body: Mapping[str, Any], memo: kopf.Memo) -> CheckRe
     lock = memo.credential_locks.setdefault(key, asyncio.Lock())
     async with lock:
         previous = memo.verified_conditions.get(key) or (body.get("status") or {}).get("conditions")
+        started = time.monotonic()
         result = await check_credential(
             dict(body), memo.kube, memo.settings, memo.verification_slots, previous
+        )
+        metrics.observe_verification(
+            body["spec"].get("provider"), time.monotonic() - started, result.verified
         )
         try:
             await memo.kube.apply_status(

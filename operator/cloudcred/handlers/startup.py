@@ -14,7 +14,8 @@ from cloudcred.config import Settings
 from cloudcred.constants import FINALIZER, KOPF_STORAGE_PREFIX
 from cloudcred.handlers.credentials import secret_changed
 from cloudcred.kube import Kube, load_client_configuration
-from cloudcred.secretwatch import SecretWatcher
+from cloudcred.metrics import serve as start_metrics
+from cloudcred.watchers import namespace_watcher, secret_watcher
 
 
 @kopf.on.startup()
@@ -48,16 +49,22 @@ async def configure(
     memo.verified_conditions = {}
     memo.last_checks = {}
     memo.binder = Binder(memo.kube, config, memo.verification_slots)
+    if config.metrics_port:  # before any task starts: a taken port stops the operator here
+        start_metrics(config.metrics_port, memo.binder)
     memo.binder_task = asyncio.create_task(memo.binder.run(), name="cloudcred-binder")
     memo.background_tasks = set()
-    memo.secret_watcher = SecretWatcher(
-        memo.kube.api, asyncio.get_running_loop(), partial(secret_changed, memo=memo)
-    )
-    memo.secret_watcher.start()
+    loop = asyncio.get_running_loop()
+    memo.watchers = [
+        secret_watcher(memo.kube.api, loop, partial(secret_changed, memo=memo)),
+        namespace_watcher(memo.kube.api, loop, lambda _, name: memo.binder.namespace_changed(name)),
+    ]
+    for watcher in memo.watchers:
+        watcher.start()
     logger.info("cloudcred settings: %s", config.model_dump_json())
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    memo.secret_watcher.stop()
+    for watcher in memo.watchers:
+        watcher.stop()
     memo.binder_task.cancel()

@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import boto3
@@ -25,10 +26,12 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 from botocore.parsers import ResponseParserError
+from pydantic import SecretStr
 
 from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import AwsSpec, CloudCredentialSpec
 from cloudcred.providers.base import (
+    Delivery,
     Reason,
     SecretValues,
     Verification,
@@ -179,24 +182,35 @@ def _client_error(error: ClientError, aws: AwsSpec) -> VerificationError:
     return VerificationError(Reason.PROVIDER_UNREACHABLE, f"AWS answered {code} to {operation}")
 
 
-def _role_session(
-    aws: AwsSpec, context: VerifyContext, config: Config, region: str
-) -> boto3.session.Session:
-    """A session with the role's temporary credentials, assumed with the operator's
-    own identity (boto3's default chain)."""
+def _assume_role(
+    aws: AwsSpec, context: VerifyContext, config: Config, region: str, seconds: int = 900
+) -> dict[str, Any]:
+    """The role's temporary credentials (STS AssumeRole's ``Credentials``), assumed
+    with the operator's own identity (boto3's default chain). 900 s, the shortest,
+    when the operator only looks."""
     operator_session = boto3.session.Session(region_name=region)
     request: dict[str, Any] = {
         "RoleArn": aws.role_arn,
         "RoleSessionName": session_name(context.namespace, context.name),
-        "DurationSeconds": 900,  # the shortest: we only look
+        "DurationSeconds": seconds,
     }
     if aws.external_id:
         request["ExternalId"] = aws.external_id
-    credentials = operator_session.client("sts", config=config).assume_role(**request)
+    credentials: dict[str, Any] = operator_session.client("sts", config=config).assume_role(
+        **request
+    )["Credentials"]
+    return credentials
+
+
+def _role_session(
+    aws: AwsSpec, context: VerifyContext, config: Config, region: str
+) -> boto3.session.Session:
+    """A session with the role's temporary credentials."""
+    credentials = _assume_role(aws, context, config, region)
     return boto3.session.Session(
-        aws_access_key_id=credentials["Credentials"]["AccessKeyId"],
-        aws_secret_access_key=credentials["Credentials"]["SecretAccessKey"],
-        aws_session_token=credentials["Credentials"]["SessionToken"],
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
         region_name=region,
     )
 
@@ -222,3 +236,37 @@ def _key_created_time(
             created = key.get("CreateDate")
             return created if isinstance(created, datetime) else None
     return None
+
+
+def delivery(
+    spec: CloudCredentialSpec, secrets: SecretValues, region: str, context: VerifyContext
+) -> Delivery:
+    """The AWS SDKs' and CLI's standard form: the environment variables and the shared
+    credentials and config files. A role is delivered as session credentials from
+    AssumeRole (``ProviderSettings.session_seconds``), never as a long-lived key."""
+    aws = _aws(spec)
+    config = _config(context)
+    expires = None
+    if aws.role_arn:
+        seconds = context.settings.session_seconds
+        assume = partial(_assume_role, aws, context, config, region, seconds)
+        credentials = _calling(aws, context, assume)
+        key_id, secret, token = (credentials["AccessKeyId"], credentials["SecretAccessKey"],
+                                 credentials["SessionToken"])  # fmt: skip
+        expires = credentials["Expiration"]
+    else:
+        key_id, secret, token = (aws.access_key_id or "",
+                                 secrets[SECRET_ACCESS_KEY].get_secret_value(), None)  # fmt: skip
+    shared = f"[default]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"
+    values = {
+        "AWS_ACCESS_KEY_ID": key_id,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "config": f"[default]\nregion = {region}\n",
+    }
+    if token:
+        values["AWS_SESSION_TOKEN"] = token
+        shared += f"aws_session_token = {token}\n"
+    values["credentials"] = shared
+    return Delivery({k: SecretStr(v) for k, v in values.items()}, expires)

@@ -27,9 +27,12 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
+from pydantic import SecretStr
+
 from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import AzureSpec, CloudCredentialSpec
 from cloudcred.providers.base import (
+    Delivery,
     Reason,
     SecretValues,
     Verification,
@@ -359,3 +362,21 @@ def check_region(
     """The deploy step's check. Azure credentials are not tied to a region, so it is the
     same check as verification."""
     verify(spec, secrets, context)
+
+
+def delivery(
+    spec: CloudCredentialSpec, secrets: SecretValues, region: str, context: VerifyContext
+) -> Delivery:
+    """The environment variables of the Azure SDKs (AZURE_*) and of Terraform's azurerm
+    provider (ARM_*)."""
+    azure = _azure(spec)
+    values = {
+        "TENANT_ID": SecretStr(azure.tenant_id),
+        "CLIENT_ID": SecretStr(azure.client_id),
+        "CLIENT_SECRET": secrets[CLIENT_SECRET],
+        "SUBSCRIPTION_ID": SecretStr(azure.subscription_id),
+    }
+    data = {f"{prefix}_{name}": value for prefix in ("AZURE", "ARM")
+            for name, value in values.items()}  # fmt: skip
+    data["AZURE_LOCATION"] = SecretStr(region)
+    return Delivery(data)

@@ -1,6 +1,6 @@
 """The small interface every provider module implements.
 
-A provider module exposes four plain functions:
+A provider module exposes five plain functions:
 
 - ``public_id(spec) -> str``: the public part shown in ``status.publicId``;
 - ``secret_refs(spec) -> dict[str, SecretKeyRef]``: the Secret keys it needs, by role
@@ -10,6 +10,9 @@ A provider module exposes four plain functions:
   ``VerificationError`` with a reason from ``Reason`` when the answer is no;
 - ``check_region(spec, secrets, region, context) -> None``: the deploy step's check that
   the credential works for a cluster in ``region``; blocking, raises like ``verify``.
+- ``delivery(spec, secrets, region, context) -> Delivery``: the credential in the
+  provider's standard form for a cluster's deployer (``spec.credentialsSecret``);
+  blocking (an AWS role is assumed for short-lived session credentials).
 
 Secret values arrive as ``SecretStr`` and must never reach a log line, an exception
 message or a return value. Endpoints come only from ``ProviderSettings`` (operator
@@ -64,6 +67,15 @@ class Verification:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """What a deployer gets: Secret keys and values (standard file names and environment
+    variable names), and when they expire (session credentials only)."""
+
+    data: dict[str, SecretStr]
+    expires: datetime | None = None
+
+
+@dataclass(frozen=True)
 class ProviderSettings:
     """Endpoints and limits from the operator's configuration (never from a credential).
 
@@ -76,6 +88,7 @@ class ProviderSettings:
     gcp_token_uri: str = "https://oauth2.googleapis.com/token"
     azure_authority_host: str | None = None
     scaleway_api_url: str | None = None
+    session_seconds: int = 3600  # lifetime of delivered AWS session credentials
 
 
 @dataclass(frozen=True)

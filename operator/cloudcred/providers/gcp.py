@@ -24,9 +24,12 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from pydantic import SecretStr
+
 from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import CloudCredentialSpec, GcpSpec
 from cloudcred.providers.base import (
+    Delivery,
     Reason,
     SecretValues,
     Verification,
@@ -356,5 +359,24 @@ def check_region(
     spec: CloudCredentialSpec, secrets: SecretValues, region: str, context: VerifyContext
 ) -> None:
     """The deploy step's check. GCP credentials are not tied to a region, so it is the
-    same check as verification."""
-    verify(spec, secrets, context)
+    same check as verification; workload identity cannot be checked here (the
+    workload's own token is needed), so it passes, as its Verified is Unknown."""
+    if _gcp(spec).service_account_key_ref is not None:
+        verify(spec, secrets, context)
+
+
+def delivery(
+    spec: CloudCredentialSpec, secrets: SecretValues, region: str, context: VerifyContext
+) -> Delivery:
+    """The key file, as ``credentials.json`` (point GOOGLE_APPLICATION_CREDENTIALS at
+    it), and the region. Workload identity has no key to hand over."""
+    if _gcp(spec).service_account_key_ref is None:
+        raise VerificationError(
+            Reason.INVALID_SECRET_DATA,
+            "workload identity federation has no key to deliver: remove "
+            "spec.credentialsSecret from the cluster and let its workloads federate",
+        )
+    return Delivery({
+        "credentials.json": secrets[KEY_ROLE],
+        "CLOUDSDK_COMPUTE_REGION": SecretStr(region),
+    })  # fmt: skip

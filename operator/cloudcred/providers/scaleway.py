@@ -38,9 +38,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic import SecretStr
+
 from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import CloudCredentialSpec, ScalewaySpec
 from cloudcred.providers.base import (
+    Delivery,
     Reason,
     SecretValues,
     Verification,
@@ -354,3 +357,19 @@ def check_region(
     """The deploy step's check. Scaleway credentials are not tied to a region, so it is the
     same check as verification."""
     verify(spec, secrets, context)
+
+
+def delivery(
+    spec: CloudCredentialSpec, secrets: SecretValues, region: str, context: VerifyContext
+) -> Delivery:
+    """The environment variables of Scaleway's CLI, SDKs and Terraform provider."""
+    scaleway = _scaleway(spec)
+    data = {
+        "SCW_ACCESS_KEY": SecretStr(scaleway.access_key),
+        "SCW_SECRET_KEY": secrets[SECRET_KEY_ROLE],
+        "SCW_DEFAULT_PROJECT_ID": SecretStr(scaleway.project_id),
+        "SCW_DEFAULT_REGION": SecretStr(region),
+    }
+    if scaleway.organization_id:
+        data["SCW_DEFAULT_ORGANIZATION_ID"] = SecretStr(scaleway.organization_id)
+    return Delivery(data)

@@ -1,0 +1,5 @@
+import sys
+
+from demo.tour import main
+
+sys.exit(main())

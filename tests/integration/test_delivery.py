@@ -1,0 +1,187 @@
+"""Credential delivery (spec.credentialsSecret): the Secret a cluster's deployer reads,
+against the real API server with the operator running and AWS as moto's server."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from cloudcred.constants import ROLLOUT_PAUSED_ANNOTATION
+from tests.aws import Moto
+from tests.conftest import Kube
+from tests.integration.conftest import operator_env
+from tests.operator import OperatorProcess, wait_for
+from tests.resources import (
+    condition,
+    create_cluster,
+    create_credential,
+    credential_revision,
+    events_for,
+    get_cluster,
+    patch_credential,
+    secret,
+    static_key_credential,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def delivered(kube: Kube, namespace: str, name: str) -> client.V1Secret | None:
+    try:
+        found: client.V1Secret = kube.core.read_namespaced_secret(name, namespace)
+    except client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return found
+
+
+def values(found: client.V1Secret) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (found.data or {}).items()}
+
+
+def deployed_revision(kube: Kube, namespace: str, name: str) -> str | None:
+    return (get_cluster(kube, namespace, name).get("status") or {}).get("deployedRevision")
+
+
+def delivering_cluster(kube: Kube, namespace: str, credential: str, secret_name: str) -> None:
+    create_cluster(kube, namespace, "eu", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": credential},
+                   credentialsSecret={"name": secret_name})  # fmt: skip
+
+
+def test_the_delivered_secret_changes_only_at_deployment(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    user = moto.create_user(f"deliver-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, "keys-1", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, namespace, "prod", user.access_key_id, "keys-1")
+    delivering_cluster(kube, namespace, "prod", "aws-creds")
+    first = wait_for(lambda: credential_revision(kube, namespace, "prod"), what="a revision")
+    wait_for(lambda: deployed_revision(kube, namespace, "eu") == first, what="the first deployment")
+
+    found = delivered(kube, namespace, "aws-creds")
+    assert found is not None
+    data = values(found)
+    assert data["AWS_ACCESS_KEY_ID"] == user.access_key_id
+    assert data["AWS_SECRET_ACCESS_KEY"] == user.secret_access_key
+    assert data["AWS_REGION"] == "eu-west-3"
+    assert f"aws_access_key_id = {user.access_key_id}" in data["credentials"]
+    assert "AWS_SESSION_TOKEN" not in data
+    assert found.metadata.annotations["cloudcred.io/revision"] == first
+    assert found.metadata.labels["app.kubernetes.io/managed-by"] == "cloudcred"
+    (owner,) = found.metadata.owner_references
+    assert (owner.kind, owner.name) == ("Cluster", "eu")
+    assert owner.uid == get_cluster(kube, namespace, "eu")["metadata"]["uid"]
+
+    # A new key while the rollout is paused: the credential changes, the cluster's
+    # Secret does not, until the cluster is redeployed.
+    new_key = moto.client("iam").create_access_key(UserName=user.user)["AccessKey"]
+    secret(kube, namespace, "keys-2", {"secretAccessKey": new_key["SecretAccessKey"]})
+    pause = {"metadata": {"annotations": {ROLLOUT_PAUSED_ANNOTATION: "true"}}}
+    patch_credential(kube, namespace, "prod", pause)
+    patch_credential(kube, namespace, "prod", {"spec": {"aws": {
+        "accessKeyId": new_key["AccessKeyId"],
+        "secretAccessKeyRef": {"name": "keys-2", "key": "secretAccessKey"}}}})  # fmt: skip
+    second = wait_for(lambda: (r := credential_revision(kube, namespace, "prod")) != first and r,
+                      what="the new revision")  # fmt: skip
+    time.sleep(2)
+    unchanged = delivered(kube, namespace, "aws-creds")
+    assert unchanged is not None
+    assert values(unchanged)["AWS_ACCESS_KEY_ID"] == user.access_key_id
+    assert deployed_revision(kube, namespace, "eu") == first
+
+    patch_credential(kube, namespace, "prod",
+                     {"metadata": {"annotations": {ROLLOUT_PAUSED_ANNOTATION: None}}})  # fmt: skip
+    wait_for(lambda: deployed_revision(kube, namespace, "eu") == second, what="the redeployment")
+    found = delivered(kube, namespace, "aws-creds")
+    assert found is not None
+    assert values(found)["AWS_ACCESS_KEY_ID"] == new_key["AccessKeyId"]
+    assert values(found)["AWS_SECRET_ACCESS_KEY"] == new_key["SecretAccessKey"]
+    assert found.metadata.annotations["cloudcred.io/revision"] == second
+
+    texts = [e.message for name in ("prod", "eu") for e in events_for(kube, namespace, name)]
+    texts += [c["message"] for c in get_cluster(kube, namespace, "eu")["status"]["conditions"]]
+    for value in (user.secret_access_key, new_key["SecretAccessKey"]):
+        assert all(value not in text for text in texts)
+        assert value not in operator.log()
+
+
+def test_a_secret_the_operator_does_not_own_is_not_overwritten(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    user = moto.create_user(f"taken-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
+    secret(kube, namespace, "hand-made", {"token": "kept as it is"})
+    static_key_credential(kube, namespace, "prod", user.access_key_id, "keys")
+    delivering_cluster(kube, namespace, "prod", "hand-made")
+
+    def failed() -> dict[str, Any] | None:
+        found = condition(get_cluster(kube, namespace, "eu"), "RedeployPending")
+        return found if found and found["reason"] == "DeployFailed" else None
+
+    assert "not managed by cloudcred" in wait_for(failed, what="DeployFailed")["message"]
+    kept = delivered(kube, namespace, "hand-made")
+    assert kept is not None
+    assert values(kept) == {"token": "kept as it is"}
+
+
+@pytest.fixture
+def role_operator(kube: Kube, moto: Moto, tmp_path: Path) -> Iterator[tuple[str, OperatorProcess]]:
+    """An operator of its own whose delivered session credentials are renewed ten
+    seconds after they are written (15-minute sessions, renewed 890 s before expiry)."""
+    namespace = f"own-{uuid.uuid4().hex[:10]}"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    process = OperatorProcess(
+        kubeconfig=kube.kubeconfig, log_path=tmp_path / "operator.log",
+        env={**operator_env(moto), "CLOUDCRED_DELIVERY_SESSION_SECONDS": "900",
+             "CLOUDCRED_DELIVERY_REFRESH_BEFORE": "890"},
+        args=["--namespace", namespace],
+    ).start()  # fmt: skip
+    yield namespace, process
+    process.stop()
+
+
+def test_a_role_is_delivered_as_session_credentials_renewed_before_expiry(
+    kube: Kube, moto: Moto, role_operator: tuple[str, OperatorProcess]
+) -> None:
+    namespace, operator = role_operator
+    role = moto.create_role(f"delivered-{uuid.uuid4().hex[:6]}")
+    create_credential(kube, namespace, "role", provider="AWS", aws={"roleArn": role})
+    delivering_cluster(kube, namespace, "role", "aws-session")
+    first = wait_for(lambda: credential_revision(kube, namespace, "role"), what="a revision")
+    wait_for(lambda: deployed_revision(kube, namespace, "eu") == first, what="the deployment")
+
+    found = delivered(kube, namespace, "aws-session")
+    assert found is not None
+    data = values(found)
+    assert data["AWS_SESSION_TOKEN"]
+    assert f"aws_session_token = {data['AWS_SESSION_TOKEN']}" in data["credentials"]
+    assert data["AWS_ACCESS_KEY_ID"].startswith("ASIA")  # temporary, not a user's AKIA key
+    expires = found.metadata.annotations["cloudcred.io/expires-at"]
+    assert expires > found.metadata.creation_timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def renewed() -> dict[str, str] | None:
+        now = delivered(kube, namespace, "aws-session")
+        fresh = values(now) if now else {}
+        return fresh if fresh.get("AWS_SESSION_TOKEN") not in (None, data["AWS_SESSION_TOKEN"]) \
+            else None  # fmt: skip
+
+    fresh = wait_for(renewed, timeout=40, interval=1, what="the session to be renewed")
+    now = delivered(kube, namespace, "aws-session")
+    assert now is not None
+    assert now.metadata.annotations["cloudcred.io/revision"] == first
+    assert now.metadata.annotations["cloudcred.io/expires-at"] >= expires
+    assert deployed_revision(kube, namespace, "eu") == first
+    log = operator.log()
+    for value in (data["AWS_SECRET_ACCESS_KEY"], data["AWS_SESSION_TOKEN"],
+                  fresh["AWS_SECRET_ACCESS_KEY"]):  # fmt: skip
+        assert value not in log
+    assert "Traceback" not in log
