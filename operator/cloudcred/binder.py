@@ -25,6 +25,9 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
+
 from cloudcred import bindings, conditions, rollout
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
 from cloudcred.config import Settings
@@ -189,6 +192,10 @@ class Binder:
             self._wake.clear()
             try:
                 await self.flush()
+            except (ApiException, HTTPError, RuntimeError) as error:  # the API is away
+                logger.warning("binding pass failed (%s); retrying", _describe(error))
+                await asyncio.sleep(1.0)
+                self._wake.set()
             except Exception:
                 logger.exception("binding pass failed; retrying")
                 await asyncio.sleep(1.0)
@@ -212,11 +219,21 @@ class Binder:
                 plan.revision, plan.blocked, plan.paused
             ):  # fmt: skip
                 clusters |= plan.behind
-        await asyncio.gather(*(self._write_cluster(key) for key in clusters))
-        credentials, self.dirty_credentials = self.dirty_credentials, set()
-        await asyncio.gather(*(self._write_credential(key) for key in credentials))
-        released, self.released_secrets = self.released_secrets, set()
-        await asyncio.gather(*(self._release_secret(key) for key in released))
+        credentials: set[Key] = set()
+        released: set[Key] = set()
+        try:
+            await asyncio.gather(*(self._write_cluster(key) for key in clusters))
+            credentials, self.dirty_credentials = self.dirty_credentials, set()
+            await asyncio.gather(*(self._write_credential(key) for key in credentials))
+            released, self.released_secrets = self.released_secrets, set()
+            await asyncio.gather(*(self._release_secret(key) for key in released))
+        except BaseException:
+            # Nothing of this pass is lost: it is all looked at again (writes are
+            # idempotent and skipped when nothing would change).
+            self.dirty_clusters |= clusters
+            self.dirty_credentials |= credentials
+            self.released_secrets |= released
+            raise
         logger.debug("binding pass: %d cluster(s), %d credential(s) in %.3fs",
                      len(clusters), len(credentials), time.monotonic() - started)  # fmt: skip
 
@@ -447,6 +464,13 @@ class Binder:
             if bound.bound or not refused:
                 blocking.append(cluster.key)
         return sorted(blocking)
+
+
+def _describe(error: Exception) -> str:
+    """An API failure in a few words, never a response body."""
+    if isinstance(error, ApiException):
+        return f"HTTP {error.status} {error.reason}"
+    return str(error) if isinstance(error, RuntimeError) else type(error).__name__
 
 
 def _unchanged(

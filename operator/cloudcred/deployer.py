@@ -33,6 +33,9 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
+
 from cloudcred import conditions
 from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
@@ -153,7 +156,15 @@ class Deployer:
             await self._failed_deploy(key, str(error))
         except NotFound:
             pass  # the cluster is gone
-        except Exception as error:  # a bug or an API outage: retry, keep the operator up
+        except (ApiException, HTTPError, RuntimeError) as error:  # the API is away: retry
+            if isinstance(error, ApiException):
+                reason = f"Kubernetes API error (HTTP {error.status})"
+            elif isinstance(error, RuntimeError):  # kube.py's messages hold no data
+                reason = str(error)
+            else:
+                reason = f"Kubernetes API unreachable ({type(error).__name__})"
+            await self._failed_deploy(key, reason)
+        except Exception as error:  # a bug: retry, keep the operator up
             logger.exception("deploying cluster %s/%s failed", *key)
             await self._failed_deploy(key, f"internal error ({type(error).__name__})")
         finally:

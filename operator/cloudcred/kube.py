@@ -167,10 +167,12 @@ class Kube:
         )
         try:
             await self._call(self.core.create_namespaced_event, metadata["namespace"], event)
-        except ApiException as error:
+        except Exception as error:  # the API is away, or refused: the Event is dropped
+            detail = f"HTTP {error.status}" if isinstance(error, ApiException) else \
+                type(error).__name__  # fmt: skip
             logging.getLogger("cloudcred").warning(
-                "could not post event %s on %s/%s: HTTP %s", reason, metadata["namespace"],
-                metadata["name"], error.status,
+                "could not post event %s on %s/%s: %s", reason, metadata["namespace"],
+                metadata["name"], detail,
             )  # fmt: skip
 
     async def secret_metadata(self, namespace: str, name: str) -> client.V1ObjectMeta | None:
