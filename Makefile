@@ -6,11 +6,19 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 LOCAL := .local
+# Helm 4 (Helm 3 is out of support); built from the Go module proxy, no binary download.
+HELM_VERSION ?= v4.3.1
+HELM := $(LOCAL)/bin/helm
+KIND_VERSION ?= v0.33.0
+IMAGE_REPO ?= ghcr.io/cloudcred/cloudcred
+IMAGE_TAG ?= 0.1.0
+IMAGE ?= $(IMAGE_REPO):$(IMAGE_TAG)
+KIND_CLUSTER ?= cloudcred-e2e
 export PATH := $(CURDIR)/$(LOCAL)/bin:$(PATH)
 
 .PHONY: help
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: install
 install: $(VENV)/.installed ## Create the virtualenv with the project, its test and lint tools.
@@ -28,6 +36,20 @@ envtest: install ## Build kube-apiserver, etcd and kubectl once (cached) and lin
 	@for name in kube-apiserver etcd kubectl; do \
 	  ln -sf "$$($(PY) -m tests.envtest path $$name)" $(LOCAL)/bin/$$name; done
 
+.PHONY: helm
+helm: ## Build helm (HELM_VERSION) from Go modules into .local/bin, if absent.
+	@if [ "$$($(HELM) version --template '{{.Version}}' 2>/dev/null)" != "$(HELM_VERSION)" ]; then \
+	  echo "building helm $(HELM_VERSION) into $(HELM)"; \
+	  GOBIN=$(CURDIR)/$(LOCAL)/bin CGO_ENABLED=0 go install -trimpath \
+	    -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$(HELM_VERSION)" \
+	    helm.sh/helm/v4/cmd/helm@$(HELM_VERSION); \
+	fi
+
+.PHONY: kind
+kind: ## Build kind (KIND_VERSION) from Go modules into .local/bin, if absent (for test-e2e).
+	@if [ "$$(kind version -q 2>/dev/null)" != "$(KIND_VERSION)" ]; then \
+	  GOBIN=$(CURDIR)/$(LOCAL)/bin CGO_ENABLED=0 go install sigs.k8s.io/kind@$(KIND_VERSION); fi
+
 .PHONY: cluster-up
 cluster-up: envtest ## Start the local control plane in the background, install the CRDs.
 	$(PY) -m tests.envtest up $(LOCAL)
@@ -41,24 +63,73 @@ crds: install ## Regenerate crds/ from the pydantic models in operator/cloudcred
 	$(PY) -m cloudcred.api.crd crds
 
 .PHONY: test
-test: envtest ## Run the test suite (starts its own control plane, or uses CLOUDCRED_TEST_KUBECONFIG).
+test: envtest helm ## Run the test suite (starts its own control plane, or uses CLOUDCRED_TEST_KUBECONFIG).
 	$(PY) -m pytest
 
 .PHONY: lint
 lint: install ## Check style and types (ruff, mypy).
-	$(VENV)/bin/ruff check operator tests bench
-	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/ruff check operator tests bench demo
+	$(VENV)/bin/ruff format --check operator tests bench demo
 	$(VENV)/bin/mypy
 
 .PHONY: format
 format: install ## Reformat the code with ruff.
-	$(VENV)/bin/ruff check --fix operator tests bench
-	$(VENV)/bin/ruff format operator tests bench
+	$(VENV)/bin/ruff check --fix operator tests bench demo
+	$(VENV)/bin/ruff format operator tests bench demo
 
 .PHONY: run
-run: install ## Run the operator against $$KUBECONFIG, or against the local control plane (started if needed).
+run: install ## Run the operator against $KUBECONFIG, or against the local control plane (started if needed).
 	@if [ -z "$$KUBECONFIG" ] && [ ! -f $(LOCAL)/controlplane.json ]; then $(MAKE) --no-print-directory cluster-up; fi
-	KUBECONFIG=$${KUBECONFIG:-$(CURDIR)/$(LOCAL)/kubeconfig} $(VENV)/bin/cloudcred run --standalone --all-namespaces
+	@if [ -n "$$KUBECONFIG" ]; then \
+	  echo "Running the operator against KUBECONFIG=$$KUBECONFIG (install crds/ there first)."; \
+	  exec $(VENV)/bin/cloudcred run --standalone --all-namespaces; \
+	fi; \
+	$(PY) -m demo.prepare $(LOCAL)/kubeconfig \
+	  || { echo "is the local control plane down? make cluster-down, then make run" >&2; exit 1; }; \
+	echo; \
+	echo "Local control plane ready (CRDs and admission policies installed). From another terminal:"; \
+	echo; \
+	echo "  export KUBECONFIG=$(CURDIR)/$(LOCAL)/kubeconfig PATH=$(CURDIR)/$(LOCAL)/bin:\$$PATH"; \
+	echo; \
+	echo "The operator runs below until Ctrl-C; the control plane runs until make cluster-down."; \
+	echo; \
+	export KUBECONFIG=$(CURDIR)/$(LOCAL)/kubeconfig; \
+	exec $(VENV)/bin/cloudcred run --standalone --all-namespaces
+
+.PHONY: demo
+demo: envtest ## Guided tour, one command: local control plane, moto as a stand-in AWS, operator, samples.
+	$(PY) -m demo
+
+.PHONY: docker-build
+docker-build: ## Build the operator's image, tagged IMAGE (needs Docker).
+	docker build -t $(IMAGE) .
+
+.PHONY: test-e2e
+test-e2e: ## On kind: build and load the image, install the chart, run the suite against it (needs Docker and kind; skips without them).
+	@if ! command -v docker >/dev/null; then \
+	  echo "test-e2e skipped: docker is not installed (kind runs Kubernetes nodes as Docker containers)"; \
+	elif ! docker info >/dev/null 2>&1; then \
+	  echo "test-e2e skipped: docker is installed but its daemon does not answer (docker info failed)"; \
+	elif ! command -v kind >/dev/null; then \
+	  echo "test-e2e skipped: kind is not installed (\`make kind\` builds it into $(LOCAL)/bin)"; \
+	else $(MAKE) --no-print-directory e2e-kind; fi
+
+# The steps of test-e2e, once Docker and kind are known to be there.
+.PHONY: e2e-kind
+e2e-kind: install helm docker-build
+	@mkdir -p $(LOCAL)
+	kind get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER) || kind create cluster --name $(KIND_CLUSTER) --wait 180s
+	kind get kubeconfig --name $(KIND_CLUSTER) > $(LOCAL)/kind-kubeconfig
+	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+	image='$(IMAGE)'; KUBECONFIG=$(LOCAL)/kind-kubeconfig $(HELM) upgrade --install cloudcred \
+	  charts/cloudcred --namespace cloudcred-system --create-namespace --wait --timeout 5m \
+	  --set image.repository="$${image%:*}" --set image.tag="$${image##*:}" \
+	  --set 'namespaces={e2e-*}' --set logLevel=DEBUG
+	CLOUDCRED_TEST_KUBECONFIG=$(CURDIR)/$(LOCAL)/kind-kubeconfig $(PY) -m pytest tests/integration tests/e2e
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster made by test-e2e.
+	kind delete cluster --name $(KIND_CLUSTER)
 
 .PHONY: bench-bind
 bench-bind: envtest ## Measure the time from creating a Cluster to its credential listing it (50 clusters).

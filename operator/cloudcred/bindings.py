@@ -230,28 +230,44 @@ def cluster_status(
     redeploy: RedeployState | None,
 ) -> dict[str, Any]:
     """The part of a Cluster's status the binder owns: CredentialBound, RedeployPending
-    (for a bound cluster whose credential has a revision) and the Ready summary."""
-    previous = cluster.status.get("conditions")
+    and the Ready summary."""
     status: dict[str, Any] = {"observedGeneration": cluster.generation}
     if binding.bound and credential is not None:
         status["credential"] = {"namespace": credential.namespace, "name": credential.name}
         if credential.revision:
             status["credential"]["revision"] = credential.revision
     state = conditions.TRUE if binding.bound else conditions.FALSE
-    status["conditions"] = [conditions.condition(
-        previous, CREDENTIAL_BOUND, state, binding.reason, binding.message, cluster.generation
-    )]  # fmt: skip
+    status["conditions"] = [
+        conditions.condition(cluster.status.get("conditions"), CREDENTIAL_BOUND, state,
+                             binding.reason, binding.message, cluster.generation),
+        *redeploy_conditions(cluster, binding, redeploy),
+    ]  # fmt: skip
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def redeploy_conditions(
+    cluster: ClusterInfo, binding: Binding, redeploy: RedeployState | None
+) -> list[dict[str, Any]]:
+    """RedeployPending and Ready. Always both: the deploy step writes them too (with
+    the deployment, saving a write), and an entry it co-owns would otherwise outlive
+    the binding."""
+    previous = cluster.status.get("conditions")
     if not binding.bound:
+        pending = (conditions.FALSE, binding.reason, "not bound: nothing to redeploy")
         ready = (conditions.FALSE, binding.reason, binding.message)
     elif redeploy is None:
-        ready = (conditions.FALSE, NO_REVISION,
-                 "the credential has no revision yet: see its Verified condition")  # fmt: skip
+        message = "the credential has no revision yet: see its Verified condition"
+        pending = (conditions.UNKNOWN, NO_REVISION, message)
+        ready = (conditions.FALSE, NO_REVISION, message)
     else:
-        status["conditions"].append(redeploy.condition(previous, cluster.generation))
+        pending = (conditions.TRUE if redeploy.pending else conditions.FALSE, redeploy.reason,
+                   redeploy.message)  # fmt: skip
         ready = (conditions.FALSE, redeploy.reason, redeploy.message) if redeploy.pending \
             else (conditions.TRUE, "Ready", redeploy.message)  # fmt: skip
-    status["conditions"].append(conditions.condition(previous, "Ready", *ready, cluster.generation))
-    return {k: v for k, v in status.items() if v is not None}
+    return [
+        conditions.condition(previous, "RedeployPending", *pending, cluster.generation),
+        conditions.condition(previous, "Ready", *ready, cluster.generation),
+    ]
 
 
 def describe_clusters(clusters: list[Key], home_namespace: str) -> str:

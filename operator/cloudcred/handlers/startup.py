@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -43,6 +44,11 @@ async def configure(
     settings.watching.connect_timeout = 10
 
     memo.settings = config
+    # Kubernetes calls, provider checks and deliveries all run in worker threads: the
+    # default pool (CPUs + 4) would make them queue behind each other.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=32, thread_name_prefix="cloudcred")
+    )
     memo.kube = Kube(await asyncio.to_thread(load_client_configuration))
     memo.verification_slots = asyncio.Semaphore(config.verification_concurrency)
     memo.credential_locks = {}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -119,25 +121,19 @@ def verify(
     aws = _aws(spec)
     config = _config(context)
     region = context.settings.aws_region
-    if aws.role_arn:
 
-        def check_role() -> Verification:
-            session = _role_session(aws, context, config, region)
-            identity = session.client("sts", config=config).get_caller_identity()
+    def check() -> Verification:
+        caller = _caller(aws, secrets, context, config, region)
+        identity = _client("sts", region, caller, config).get_caller_identity()
+        if aws.role_arn:
             return Verification(identity=str(identity["Arn"]))
-
-        return _calling(aws, context, check_role)
-
-    def check_key() -> Verification:
-        session = _key_session(aws, secrets, region)
-        identity = session.client("sts", config=config).get_caller_identity()
         return Verification(
             identity=str(identity["Arn"]),
-            key_created_time=_key_created_time(session, config, aws.access_key_id or ""),
+            key_created_time=_key_created_time(caller, config, region, aws.access_key_id or ""),
             static_keys=True,
         )
 
-    return _calling(aws, context, check_key)
+    return _calling(aws, context, check)
 
 
 def check_region(
@@ -150,12 +146,9 @@ def check_region(
     config = _config(context)
 
     def check() -> None:
-        if aws.role_arn:
-            session = _role_session(aws, context, config, region)
-        else:
-            session = _key_session(aws, secrets, region)
-        session.client("sts", config=config).get_caller_identity()
-        zones = session.client("ec2", config=config).describe_availability_zones()
+        caller = _caller(aws, secrets, context, config, region)
+        _client("sts", region, caller, config).get_caller_identity()
+        zones = _client("ec2", region, caller, config).describe_availability_zones()
         if not zones.get("AvailabilityZones"):
             raise VerificationError(
                 Reason.ACCESS_DENIED, f"no availability zone of {region} is usable"
@@ -182,13 +175,38 @@ def _client_error(error: ClientError, aws: AwsSpec) -> VerificationError:
     return VerificationError(Reason.PROVIDER_UNREACHABLE, f"AWS answered {code} to {operation}")
 
 
+# One boto3 session for every client: it loads each service's model once (a session
+# per call would parse the large EC2 model again each time). Sessions are not
+# thread-safe, so clients are made under a lock; the clients themselves are.
+_SESSION = boto3.session.Session()
+_SESSION_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _Caller:
+    """Whose credentials a client signs with; None fields: the operator's own."""
+
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+
+def _client(service: str, region: str, caller: _Caller, config: Config) -> Any:
+    with _SESSION_LOCK:
+        return _SESSION.client(
+            service, region_name=region, config=config,
+            aws_access_key_id=caller.access_key_id,
+            aws_secret_access_key=caller.secret_access_key,
+            aws_session_token=caller.session_token,
+        )  # fmt: skip
+
+
 def _assume_role(
     aws: AwsSpec, context: VerifyContext, config: Config, region: str, seconds: int = 900
 ) -> dict[str, Any]:
     """The role's temporary credentials (STS AssumeRole's ``Credentials``), assumed
     with the operator's own identity (boto3's default chain). 900 s, the shortest,
     when the operator only looks."""
-    operator_session = boto3.session.Session(region_name=region)
     request: dict[str, Any] = {
         "RoleArn": aws.role_arn,
         "RoleSessionName": session_name(context.namespace, context.name),
@@ -196,39 +214,29 @@ def _assume_role(
     }
     if aws.external_id:
         request["ExternalId"] = aws.external_id
-    credentials: dict[str, Any] = operator_session.client("sts", config=config).assume_role(
-        **request
-    )["Credentials"]
+    sts = _client("sts", region, _Caller(), config)
+    credentials: dict[str, Any] = sts.assume_role(**request)["Credentials"]
     return credentials
 
 
-def _role_session(
-    aws: AwsSpec, context: VerifyContext, config: Config, region: str
-) -> boto3.session.Session:
-    """A session with the role's temporary credentials."""
-    credentials = _assume_role(aws, context, config, region)
-    return boto3.session.Session(
-        aws_access_key_id=credentials["AccessKeyId"],
-        aws_secret_access_key=credentials["SecretAccessKey"],
-        aws_session_token=credentials["SessionToken"],
-        region_name=region,
-    )
-
-
-def _key_session(aws: AwsSpec, secrets: SecretValues, region: str) -> boto3.session.Session:
-    return boto3.session.Session(
-        aws_access_key_id=aws.access_key_id,
-        aws_secret_access_key=secrets[SECRET_ACCESS_KEY].get_secret_value(),
-        region_name=region,
-    )
+def _caller(
+    aws: AwsSpec, secrets: SecretValues, context: VerifyContext, config: Config, region: str
+) -> _Caller:
+    """The credential as a caller: the role's session, or the static key."""
+    if aws.role_arn:
+        credentials = _assume_role(aws, context, config, region)
+        return _Caller(credentials["AccessKeyId"], credentials["SecretAccessKey"],
+                       credentials["SessionToken"])  # fmt: skip
+    return _Caller(aws.access_key_id, secrets[SECRET_ACCESS_KEY].get_secret_value())
 
 
 def _key_created_time(
-    session: boto3.session.Session, config: Config, access_key_id: str
+    caller: _Caller, config: Config, region: str, access_key_id: str
 ) -> datetime | None:
     """When the key was created, if the key may read it (iam:ListAccessKeys on itself)."""
     try:
-        keys = session.client("iam", config=config).list_access_keys()["AccessKeyMetadata"]
+        iam = _client("iam", region, caller, config)
+        keys = iam.list_access_keys()["AccessKeyMetadata"]
     except ClientError:
         return None  # not allowed: the age stays unknown, which is not an error
     for key in keys:
