@@ -131,6 +131,10 @@ e2e-kind: install helm docker-build
 kind-down: ## Delete the kind cluster made by test-e2e.
 	kind delete cluster --name $(KIND_CLUSTER)
 
+.PHONY: bench
+bench: envtest ## Benchmark against a plain-client baseline (BENCH_CLUSTERS=1000 BENCH_LARGE=5000); writes bench/results.json.
+	$(PY) -m bench.run
+
 .PHONY: bench-bind
 bench-bind: envtest ## Measure the time from creating a Cluster to its credential listing it (50 clusters).
 	$(PY) -m bench.bind_latency 50

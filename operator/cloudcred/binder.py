@@ -48,6 +48,7 @@ CREDENTIAL_CONDITIONS = {bindings.IN_USE, bindings.DELETION_BLOCKED, rollout.ROL
 BATCH_WINDOW = 0.2
 NAMESPACE_LABELS_TTL = 60.0  # a fallback: the namespace watch invalidates on change
 RELIST_INTERVAL = 300.0
+BINDINGS_FIRST = 2.0
 
 logger = logging.getLogger("cloudcred.binder")
 
@@ -74,9 +75,11 @@ class Binder:
         self.plans: dict[Key, rollout.RolloutPlan] = {}
         self.released_secrets: set[Key] = set()  # Secrets of deleted credentials
         self.deployer = Deployer(kube, settings, provider_slots, self.deploy_target,
-                                 self.cluster_changed, self.bound_target)  # fmt: skip
+                                 self.cluster_changed, self.bound_target,
+                                 self.bindings_first)  # fmt: skip
         self._namespace_labels: dict[str, tuple[float, dict[str, str] | None]] = {}
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set when a pass left nothing to do
         self._writes = asyncio.Semaphore(write_concurrency)
 
     # -- index updates, from watch events ---------------------------------------------
@@ -188,10 +191,13 @@ class Binder:
                 next_relist = time.monotonic() + RELIST_INTERVAL
             if not self._wake.is_set():
                 continue
+            self._idle.clear()
             await asyncio.sleep(BATCH_WINDOW)  # let a burst of events collapse into one pass
             self._wake.clear()
             try:
                 await self.flush()
+                if not self._wake.is_set():
+                    self._idle.set()
             except (ApiException, HTTPError, RuntimeError) as error:  # the API is away
                 logger.warning("binding pass failed (%s); retrying", _describe(error))
                 await asyncio.sleep(1.0)
@@ -200,6 +206,13 @@ class Binder:
                 logger.exception("binding pass failed; retrying")
                 await asyncio.sleep(1.0)
                 self._wake.set()
+
+    async def bindings_first(self) -> None:
+        """Wait (up to BINDINGS_FIRST seconds) until a binding pass leaves nothing to do:
+        the deploy step defers to bindings, which hold deletion safety, and a burst of
+        changes is bound before the deployments it causes load the API server."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), BINDINGS_FIRST)
 
     async def flush(self) -> None:
         started = time.monotonic()

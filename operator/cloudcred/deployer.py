@@ -28,7 +28,7 @@ import base64
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -100,16 +100,19 @@ class Deployer:
         target: Callable[[Key], DeployTarget | None],
         changed: Callable[[Key], None],
         lookup: Callable[[Key], DeployTarget | None],
+        wait_turn: Callable[[], Awaitable[None]],
     ) -> None:
         """``target(key)`` says what a cluster needs deploying now (None: nothing);
         ``changed(key)`` asks the binder to look at a cluster again; ``lookup(key)`` is
-        a bound cluster with its credential, whatever it needs."""
+        a bound cluster with its credential, whatever it needs; ``wait_turn()`` returns
+        when the binder has caught up."""
         self.kube = kube
         self.settings = settings
         self.provider_slots = provider_slots
         self.target = target
         self.changed = changed
         self.lookup = lookup
+        self.wait_turn = wait_turn
         self.failures: dict[Key, str] = {}  # why the last deploy of a cluster failed
         self._attempts: dict[Key, int] = {}
         self._retry_at: dict[Key, float] = {}
@@ -152,6 +155,7 @@ class Deployer:
 
     async def _deploy(self, key: Key) -> None:
         try:
+            await self.wait_turn()
             target = self.target(key)
             if target is not None:
                 await self._deploy_target(target)

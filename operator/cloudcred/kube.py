@@ -52,6 +52,16 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self._slots = asyncio.Semaphore(concurrency)
 
+    async def _write(self, function: Any, *args: Any, **kwargs: Any) -> None:
+        """A write whose answer is not needed: the body is read but not decoded into
+        objects (which costs more CPU than the request itself for large objects)."""
+
+        def call() -> None:
+            function(*args, _preload_content=False, **kwargs).data  # noqa: B018 - drains
+
+        async with self._slots:
+            await asyncio.to_thread(call)
+
     async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         async with self._slots:
             return await asyncio.to_thread(function, *args, **kwargs)
@@ -80,7 +90,7 @@ class Kube:
             "status": status,
         }
         try:
-            await self._call(
+            await self._write(
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP, VERSION, namespace, plural, name, body,
                 field_manager=manager, force=True, _content_type=APPLY,
@@ -112,7 +122,7 @@ class Kube:
         A merge patch of metadata only: the data is neither read nor written."""
         patch = {"metadata": {"labels": labels}}
         try:
-            await self._call(self.core.patch_namespaced_secret, name, namespace, patch)
+            await self._write(self.core.patch_namespaced_secret, name, namespace, patch)
         except ApiException as error:
             if error.status == 404:
                 return False
@@ -127,7 +137,7 @@ class Kube:
         """Merge-patch annotations on one of our objects (None removes one)."""
         patch = {"metadata": {"annotations": annotations}}
         try:
-            await self._call(
+            await self._write(
                 self.custom.patch_namespaced_custom_object,
                 GROUP, VERSION, namespace, plural, name, patch,
             )  # fmt: skip
@@ -166,7 +176,7 @@ class Kube:
             count=1,
         )
         try:
-            await self._call(self.core.create_namespaced_event, metadata["namespace"], event)
+            await self._write(self.core.create_namespaced_event, metadata["namespace"], event)
         except Exception as error:  # the API is away, or refused: the Event is dropped
             detail = f"HTTP {error.status}" if isinstance(error, ApiException) else \
                 type(error).__name__  # fmt: skip
@@ -203,7 +213,7 @@ class Kube:
             "data": data,
         }
         try:
-            await self._call(
+            await self._write(
                 self.core.patch_namespaced_secret, name, namespace, body,
                 field_manager=manager, force=True, _content_type=APPLY,
             )  # fmt: skip
