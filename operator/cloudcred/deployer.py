@@ -1,8 +1,8 @@
 """The operator's own deploy step, for clusters with ``spec.deploy: Operator``.
 
 Deploying a cluster with a credential revision means: check that the credential
-works for the cluster's region (AWS: the regional STS endpoint and EC2
-DescribeAvailabilityZones; the other clouds: the provider's own check, their
+works for the cluster's region (AWS: the regional STS endpoint and Auto Scaling
+DescribeAutoScalingGroups there; the other clouds: the provider's own check, their
 credentials are not regional), then record ``status.deployedRevision`` and
 ``status.lastDeployedTime`` (server-side apply, manager ``cloudcred-deployer``) and
 post a ``Deployed`` Event on the cluster.

@@ -151,7 +151,7 @@ def test_max_concurrent_paces_the_marking(
 def test_a_failed_deploy_halts_the_rollout(
     kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
 ) -> None:
-    """The new key verifies but may not read EC2: the first marked clusters fail to
+    """The new key verifies but may not read Auto Scaling: the first marked clusters fail to
     deploy, and no further cluster is marked."""
     full = moto.create_user(f"full-{uuid.uuid4().hex[:8]}")
     limited = moto.create_user(f"limited-{uuid.uuid4().hex[:8]}", policy=READ_ONLY_STS)

@@ -139,12 +139,12 @@ def test_a_spec_edit_redeploys_every_bound_cluster(
 def test_a_failing_deploy_is_shown_and_retried(
     kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
 ) -> None:
-    """A key that may not read EC2 in the region: the deploy step fails, says why in
+    """A key that may not read Auto Scaling in the region: the deploy step fails, says why in
     the cluster's condition, an Event and the rollout, and keeps retrying."""
     policy = json.dumps({"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Action": ["sts:GetCallerIdentity", "iam:ListAccessKeys"],
         "Resource": "*"}]})  # fmt: skip
-    user = moto.create_user(f"no-ec2-{uuid.uuid4().hex[:8]}", policy=policy)
+    user = moto.create_user(f"no-autoscaling-{uuid.uuid4().hex[:8]}", policy=policy)
     secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
     static_key_credential(kube, namespace, "limited", user.access_key_id, "keys")
     aws_cluster(kube, namespace, "eu", "limited")
@@ -154,7 +154,7 @@ def test_a_failing_deploy_is_shown_and_retried(
         return pending if pending and pending["reason"] == "DeployFailed" else None
 
     pending = wait_for(failed, what="DeployFailed")
-    assert "DescribeAvailabilityZones" in pending["message"]
+    assert "DescribeAutoScalingGroups" in pending["message"]
     assert user.secret_access_key not in pending["message"]
     assert deployed(get_cluster(kube, namespace, "eu")) is None
     wait_for(lambda: any(e.reason == "DeployFailed" for e in events_for(kube, namespace, "eu")),
