@@ -125,8 +125,8 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
-def kustomize(kube: Kube) -> str:
-    return kubectl(kube, "kustomize", str(DEPLOY)).stdout
+def kustomize(kube: Kube, folder: Path = DEPLOY) -> str:
+    return kubectl(kube, "kustomize", str(folder)).stdout
 
 
 def helm_template(helm: Path, version: str, namespace: str, *settings: str) -> str:
@@ -145,13 +145,16 @@ def refusals(log: str) -> str:
     return "\n".join([line for line in log.splitlines() if FORBIDDEN.search(line)][:20])
 
 
-def normalized_rules(docs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    rules = one(docs, "ClusterRole")["rules"]
-    return sorted(
-        (tuple(sorted(rule.get("apiGroups", []))), tuple(sorted(rule.get("resources", []))),
-         tuple(sorted(rule.get("verbs", []))))
-        for rule in rules
-    )  # fmt: skip
+def granted(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """Every (API group, resource, verb) the ClusterRoles in ``docs`` grant."""
+    return {
+        (group, resource, verb)
+        for role in docs if role["kind"] == "ClusterRole"
+        for rule in role["rules"]
+        for group in rule.get("apiGroups", [])
+        for resource in rule.get("resources", [])
+        for verb in rule.get("verbs", [])
+    }  # fmt: skip
 
 
 # --- Helm chart ------------------------------------------------------------------------
@@ -308,9 +311,13 @@ def test_deployment_is_hardened(kube: Kube, helm: Path, server_version: str) -> 
 def test_chart_and_kustomize_grant_the_same_rules(
     kube: Kube, helm: Path, server_version: str
 ) -> None:
-    from_chart = normalized_rules(documents(helm_template(helm, server_version, "x")))
-    from_kustomize = normalized_rules(documents(kustomize(kube)))
-    assert from_chart == from_kustomize
+    base = granted(documents(kustomize(kube)))
+    assert granted(documents(helm_template(helm, server_version, "x"))) == base
+    assert ("", "secrets", "create") not in base  # delivery is opt-in
+    delivery = granted(documents(kustomize(kube, DEPLOY / "delivery")))
+    assert delivery == {("", "secrets", "create")}
+    with_delivery = helm_template(helm, server_version, "x", "delivery.enabled=true")
+    assert granted(documents(with_delivery)) == base | delivery
 
 
 # --- the ClusterRole in practice ----------------------------------------------------------
@@ -318,10 +325,11 @@ def test_chart_and_kustomize_grant_the_same_rules(
 
 @pytest.fixture
 def shipped_identity(kube: Kube) -> Iterator[tuple[str, str]]:
-    """The ServiceAccount, ClusterRole and binding of deploy/, created for real under
-    unique names (in a fresh namespace, so nothing else in the cluster is touched).
-    Yields (namespace, service account)."""
+    """The ServiceAccount, ClusterRoles and bindings of deploy/ and deploy/delivery,
+    created for real under unique names (in a fresh namespace, so nothing else in the
+    cluster is touched). Yields (namespace, service account)."""
     docs = documents(kustomize(kube))
+    delivery = documents(kustomize(kube, DEPLOY / "delivery"))
     suffix = uuid.uuid4().hex[:8]
     namespace = f"rbac-{suffix}"
     name = f"cloudcred-{suffix}"
@@ -334,15 +342,23 @@ def shipped_identity(kube: Kube) -> Iterator[tuple[str, str]]:
     binding["metadata"]["name"] = name
     binding["roleRef"]["name"] = name
     binding["subjects"] = [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
+    delivery_role = one(delivery, "ClusterRole")
+    delivery_role["metadata"]["name"] = f"{name}-delivery"
+    delivery_binding = one(delivery, "ClusterRoleBinding")
+    delivery_binding["metadata"]["name"] = f"{name}-delivery"
+    delivery_binding["roleRef"]["name"] = f"{name}-delivery"
+    delivery_binding["subjects"] = binding["subjects"]
     rbac = client.RbacAuthorizationV1Api(kube.api)
     kube.core.create_namespaced_service_account(namespace, account)
-    rbac.create_cluster_role(role)
-    rbac.create_cluster_role_binding(binding)
+    for role_doc, binding_doc in ((role, binding), (delivery_role, delivery_binding)):
+        rbac.create_cluster_role(role_doc)
+        rbac.create_cluster_role_binding(binding_doc)
     try:
         yield namespace, name
     finally:
-        rbac.delete_cluster_role_binding(name)
-        rbac.delete_cluster_role(name)
+        for created in (name, f"{name}-delivery"):
+            rbac.delete_cluster_role_binding(created)
+            rbac.delete_cluster_role(created)
 
 
 def token_kubeconfig(kube: Kube, namespace: str, account: str, path: Path) -> Path:
