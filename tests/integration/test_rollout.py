@@ -228,6 +228,7 @@ def test_a_secret_data_edit_redeploys_within_30_seconds(
         second = new_revision(kube, ns, "gcp", first)
         wait_for(lambda: rollout_done(kube, ns, "gcp", second, 2), what="second rollout")
         elapsed = time.monotonic() - started
+        print(f"Secret edit to rollout complete: {elapsed:.1f}s")
         assert elapsed < 30, f"the Secret edit took {elapsed:.1f}s to roll out"
         assert all(marked(c) == second and deployed(c) == second
                    for c in list_clusters(kube, ns))  # fmt: skip
