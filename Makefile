@@ -131,6 +131,11 @@ e2e-kind: install helm docker-build
 kind-down: ## Delete the kind cluster made by test-e2e.
 	kind delete cluster --name $(KIND_CLUSTER)
 
+.PHONY: test-long
+test-long: envtest ## The fault suite at full size (200 clusters, 10 kills, a 70 s outage, 400 fuzzed specs).
+	CLOUDCRED_FAULT_CLUSTERS=200 CLOUDCRED_FAULT_KILLS=10 CLOUDCRED_FAULT_DOWNTIME=70 \
+	CLOUDCRED_FAULT_EXAMPLES=400 CLOUDCRED_FAULT_TAKEOVER=kill $(PY) -m pytest -m faults
+
 .PHONY: bench
 bench: envtest ## Benchmark against a plain-client baseline (BENCH_CLUSTERS=1000 BENCH_LARGE=5000); writes bench/results.json.
 	$(PY) -m bench.run

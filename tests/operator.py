@@ -28,6 +28,8 @@ class OperatorProcess:
     liveness_port: int = field(default_factory=free_port)
     # Each operator its own metrics port: several run at once in the tests.
     metrics_port: int = field(default_factory=free_port)
+    # False: kopf peering (pass --peering NAME --priority N in args).
+    standalone: bool = True
 
     def start(self) -> OperatorProcess:
         env = {
@@ -41,7 +43,8 @@ class OperatorProcess:
         }
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cloudcred", "run", "--standalone", *self.args],
+            [sys.executable, "-m", "cloudcred", "run",
+             *(["--standalone"] if self.standalone else []), *self.args],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         log.close()
@@ -61,6 +64,10 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
 
     @property
     def alive(self) -> bool:

@@ -48,7 +48,8 @@ CREDENTIAL_CONDITIONS = {bindings.IN_USE, bindings.DELETION_BLOCKED, rollout.ROL
 BATCH_WINDOW = 0.2
 NAMESPACE_LABELS_TTL = 60.0  # a fallback: the namespace watch invalidates on change
 RELIST_INTERVAL = 300.0
-BINDINGS_FIRST = 2.0
+RELIST_DEBOUNCE = 2.0
+BINDINGS_FIRST = 30.0  # at most: a long burst of changes must not starve deploys
 
 logger = logging.getLogger("cloudcred.binder")
 
@@ -80,6 +81,8 @@ class Binder:
         self._namespace_labels: dict[str, tuple[float, dict[str, str] | None]] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set when a pass left nothing to do
+        self._relist_handle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._writes = asyncio.Semaphore(write_concurrency)
 
     # -- index updates, from watch events ---------------------------------------------
@@ -314,7 +317,8 @@ class Binder:
                 try:
                     await self.kube.annotate(CLUSTER_PLURAL, *key,
                                              {REDEPLOY_ANNOTATION: redeploy.mark})  # fmt: skip
-                except NotFound:
+                except NotFound:  # deleted while a watch was down: no DELETED event came
+                    self.cluster_gone(*key)
                     return
             # Counted as marked from now on, before the watch brings the change back:
             # the concurrency limit must not let a second pass mark more.
@@ -324,7 +328,8 @@ class Binder:
             async with self._writes:
                 try:
                     await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *key, desired, MANAGER)
-                except NotFound:
+                except NotFound:  # deleted while a watch was down: no DELETED event came
+                    self.cluster_gone(*key)
                     return
         if redeploy and redeploy.pending and not cluster.external:
             self.deployer.request(key)
@@ -447,15 +452,35 @@ class Binder:
                 if await self.kube.set_secret_labels(*key, labels):
                     self.secret_labels[key] = wanted
 
+    def relist_soon(self) -> None:
+        """kopf listed a kind again (start, or after a 410 Gone): objects deleted while
+        the watch was down got no DELETED event, so check the index against a fresh
+        LIST shortly (debounced: a listing delivers every object)."""
+        if self._relist_handle is None:
+            loop = asyncio.get_running_loop()
+            self._relist_handle = loop.call_later(RELIST_DEBOUNCE, self._start_relist)
+
+    def _start_relist(self) -> None:
+        self._relist_handle = None
+        task = asyncio.create_task(self.relist(), name="cloudcred-relist")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def relist(self) -> None:
-        """Rebuild the cluster index from a fresh LIST (drops entries whose DELETED
-        event was missed while a watch was down)."""
-        fresh = {ClusterInfo.from_body(body).key: body
-                 for body in await self.kube.list_all(CLUSTER_PLURAL)}  # fmt: skip
+        """Drop index entries whose DELETED event was missed while a watch was down, and
+        refresh the others, from a fresh LIST. Only clusters already in the index:
+        the LIST covers every namespace, the operator may watch only some."""
+        try:
+            listed = await self.kube.list_all(CLUSTER_PLURAL)
+        except (ApiException, HTTPError, RuntimeError) as error:
+            logger.warning("re-listing clusters failed (%s)", _describe(error))
+            return
+        fresh = {ClusterInfo.from_body(body).key: body for body in listed}
         for key in [k for k in self.clusters if k not in fresh]:
             self.cluster_gone(*key)
-        for body in fresh.values():
-            self.cluster_seen(body)
+        for key, body in fresh.items():
+            if key in self.clusters:
+                self.cluster_seen(body)
 
     async def blocking_clusters(self, credential_body: dict[str, Any]) -> list[Key]:
         """Clusters that hold a credential's deletion, from a fresh LIST of the API, not

@@ -19,6 +19,7 @@ import ctypes
 import datetime
 import fcntl
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from cryptography import x509
@@ -162,6 +164,20 @@ class _Pki:
             )
         )
 
+    def client(self, user: str, groups: tuple[str, ...]) -> None:
+        """A client certificate ``<user>.crt``/``<user>.key`` signed by the CA (CN is
+        the user name, O the groups), for tests that tell clients apart in the audit log."""
+        ca_key = serialization.load_pem_private_key((self.folder / "ca.key").read_bytes(), None)
+        assert isinstance(ca_key, rsa.RSAPrivateKey)
+        ca_cert = x509.load_pem_x509_certificate((self.folder / "ca.crt").read_bytes())
+        key = self._key(f"{user}.key")
+        subject = x509.Name([
+            x509.NameAttribute(NameOID.COMMON_NAME, user),
+            *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in groups),
+        ])  # fmt: skip
+        cert = self._sign(subject, key.public_key(), ca_cert.subject, ca_key)
+        self._write_cert(f"{user}.crt", cert)
+
     def _key(self, filename: str) -> rsa.RSAPrivateKey:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         (self.folder / filename).write_bytes(
@@ -217,6 +233,7 @@ class ControlPlane:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     port: int = 0
     etcd_port: int = 0
+    etcd_peer_port: int = 0
 
     @property
     def kubeconfig(self) -> Path:
@@ -230,15 +247,23 @@ class ControlPlane:
     def audit_log(self) -> Path:
         return self.workdir / "audit.log"
 
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_port}"
+
     def start(self) -> ControlPlane:
         binaries = ensure_binaries()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        pki = self.workdir / "pki"
+        pki = self.pki
         pki.mkdir(exist_ok=True)
         _Pki(pki).write()
-        self.etcd_port, peer_port, self.port = free_port(), free_port(), free_port()
+        self.etcd_port, self.etcd_peer_port, self.port = free_port(), free_port(), free_port()
         try:
-            self._start_etcd(binaries["etcd"], peer_port)
+            self._start_etcd(binaries["etcd"], self.etcd_peer_port)
             self._start_apiserver(binaries["kube-apiserver"], pki)
             self._write_kubeconfig(pki)
             self._wait_ready(pki)
@@ -246,6 +271,88 @@ class ControlPlane:
             self.stop()
             raise
         return self
+
+    # -- faults: tests stop and start the parts of a running control plane ----------
+
+    def stop_process(self, name: str) -> None:
+        """Stop one process (``kube-apiserver``, ``etcd`` or an extra API server):
+        SIGTERM, SIGKILL after 10 s."""
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def resume(self) -> None:
+        """Start etcd and kube-apiserver again, whichever is stopped, on the same ports,
+        with the same certificates and etcd data: the kubeconfig stays valid and the
+        data survives. Waits for ``/readyz``."""
+        if not self.port:
+            raise ControlPlaneError("resume() needs a control plane that was started")
+        binaries = ensure_binaries()
+        if not self._running("etcd"):
+            self._start_etcd(binaries["etcd"], self.etcd_peer_port)
+        if not self._running("kube-apiserver"):
+            self._start_apiserver(binaries["kube-apiserver"], self.pki)
+        self._wait_ready(self.pki)
+
+    def restart(self, downtime: float = 0.0, etcd: bool = True) -> None:
+        """Stop kube-apiserver (and etcd, unless ``etcd=False``), wait ``downtime``
+        seconds, and start them again on the same ports (see ``resume``)."""
+        self.stop_process("kube-apiserver")
+        if etcd:
+            self.stop_process("etcd")
+        time.sleep(downtime)
+        self.resume()
+
+    def add_apiserver(self, name: str) -> Path:
+        """Start another kube-apiserver on a free port against the same etcd (as in
+        a highly available control plane); return its admin kubeconfig. Stop it with
+        ``stop_process(name)``."""
+        port = free_port()
+        self._start_apiserver(ensure_binaries()["kube-apiserver"], self.pki, port=port,
+                              name=name)  # fmt: skip
+        kubeconfig = self.workdir / f"kubeconfig-{name}"
+        self._write_kubeconfig(self.pki, path=kubeconfig, url=f"https://127.0.0.1:{port}")
+        self._wait_ready(self.pki, url=f"https://127.0.0.1:{port}")
+        return kubeconfig
+
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ("system:masters",)) -> Path:
+        """A kubeconfig with a client certificate of its own (user ``user``, in
+        ``groups``): the audit log tells its requests apart from the admin's."""
+        _Pki(self.pki).client(user, groups)
+        path = self.workdir / f"kubeconfig-{user}"
+        self._write_kubeconfig(self.pki, path=path, cert=f"{user}.crt", key=f"{user}.key")
+        return path
+
+    def etcd_revision(self) -> int:
+        """etcd's current revision (the header of a range request on its JSON gateway)."""
+        answer = self._etcd("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})
+        return int(answer["header"]["revision"])
+
+    def compact_etcd(self, revision: int | None = None) -> int:
+        """Compact etcd's history up to ``revision`` (default: the current one), as the
+        API server does every 5 minutes; watches from older resourceVersions then get
+        410 Gone. Returns the revision compacted to."""
+        revision = revision or self.etcd_revision()
+        self._etcd("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        return revision
+
+    def _etcd(self, path: str, body: dict[str, object]) -> dict[str, Any]:
+        request = urllib.request.Request(  # noqa: S310 - a loopback URL we built
+            self.etcd_url + path, data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            return dict(json.loads(answer.read()))
+
+    def _running(self, name: str) -> bool:
+        process = self.processes.get(name)
+        return process is not None and process.poll() is None
 
     def _spawn(self, name: str, command: list[str]) -> None:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -275,13 +382,15 @@ class ControlPlane:
             "--log-level=warn",
         ])  # fmt: skip
 
-    def _start_apiserver(self, apiserver: Path, pki: Path) -> None:
+    def _start_apiserver(
+        self, apiserver: Path, pki: Path, port: int | None = None, name: str = "kube-apiserver"
+    ) -> None:
         command = [
             str(apiserver),
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
-            f"--secure-port={self.port}",
+            f"--secure-port={port or self.port}",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'server.crt'}",
             f"--tls-private-key-file={pki / 'server.key'}",
@@ -303,9 +412,16 @@ class ControlPlane:
                 "--audit-log-format=json",
                 "--audit-log-mode=blocking",
             ]
-        self._spawn("kube-apiserver", command)
+        self._spawn(name, command)
 
-    def _write_kubeconfig(self, pki: Path) -> None:
+    def _write_kubeconfig(
+        self,
+        pki: Path,
+        path: Path | None = None,
+        url: str | None = None,
+        cert: str = "admin.crt",
+        key: str = "admin.key",
+    ) -> None:
         def data(name: str) -> str:
             return base64.b64encode((pki / name).read_bytes()).decode()
 
@@ -314,22 +430,24 @@ class ControlPlane:
             "kind": "Config",
             "clusters": [{
                 "name": "envtest",
-                "cluster": {"server": self.url, "certificate-authority-data": data("ca.crt")},
+                "cluster": {"server": url or self.url,
+                            "certificate-authority-data": data("ca.crt")},
             }],
             "users": [{
                 "name": "admin",
                 "user": {
-                    "client-certificate-data": data("admin.crt"),
-                    "client-key-data": data("admin.key"),
+                    "client-certificate-data": data(cert),
+                    "client-key-data": data(key),
                 },
             }],
             "contexts": [{"name": "envtest", "context": {"cluster": "envtest", "user": "admin"}}],
             "current-context": "envtest",
         }  # fmt: skip
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        self.kubeconfig.chmod(0o600)
+        path = path or self.kubeconfig
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
 
-    def _wait_ready(self, pki: Path) -> None:
+    def _wait_ready(self, pki: Path, url: str | None = None) -> None:
         context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
         deadline = time.monotonic() + self.startup_timeout
@@ -341,7 +459,7 @@ class ControlPlane:
                         f"{name} exited with {process.returncode}:\n{self.log_tail(name)}"
                     )
             try:
-                readyz = f"{self.url}/readyz"  # an https URL we built ourselves
+                readyz = f"{url or self.url}/readyz"  # an https URL we built ourselves
                 with urllib.request.urlopen(readyz, context=context, timeout=5):  # noqa: S310
                     return
             except (urllib.error.URLError, OSError) as error:
@@ -359,17 +477,9 @@ class ControlPlane:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        """Stop kube-apiserver, then etcd; SIGKILL whatever does not stop in 10 s."""
-        for name in ("kube-apiserver", "etcd"):
-            process = self.processes.pop(name, None)
-            if process is None or process.poll() is not None:
-                continue
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        """Stop the API server(s), then etcd; SIGKILL whatever does not stop in 10 s."""
+        for name in [n for n in self.processes if n != "etcd"] + ["etcd"]:
+            self.stop_process(name)
 
     def pids(self) -> dict[str, int]:
         return {name: process.pid for name, process in self.processes.items()}

@@ -15,11 +15,13 @@ DELETION_RECHECK_SECONDS = 10.0
 
 
 @kopf.on.event(CLUSTER_RESOURCE)
-def cluster_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def cluster_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
         memo.binder.cluster_gone(body["metadata"]["namespace"], body["metadata"]["name"])
-    else:
-        memo.binder.cluster_seen(dict(body))
+        return
+    memo.binder.cluster_seen(dict(body))
+    if type is None:  # kopf is listing (start, or a 410 Gone): deletions may be missed
+        memo.binder.relist_soon()
 
 
 @kopf.on.event(CREDENTIAL_RESOURCE)

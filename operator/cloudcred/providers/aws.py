@@ -151,9 +151,7 @@ def check_region(
     def check() -> None:
         caller = _caller(aws, secrets, context, config, region)
         _client("sts", region, caller, config).get_caller_identity()
-        _client("autoscaling", region, caller, config).describe_auto_scaling_groups(
-            MaxRecords=1
-        )
+        _client("autoscaling", region, caller, config).describe_auto_scaling_groups(MaxRecords=1)
 
     _calling(aws, context, check)
 
