@@ -14,8 +14,10 @@ from cloudcred.constants import CLUSTER_RESOURCE, CREDENTIAL_RESOURCE, FORCE_DEL
 DELETION_RECHECK_SECONDS = 10.0
 
 
+# async: they run on the event loop, where the binder's index lives (kopf runs plain
+# functions in worker threads).
 @kopf.on.event(CLUSTER_RESOURCE)
-def cluster_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def cluster_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
         memo.binder.cluster_gone(body["metadata"]["namespace"], body["metadata"]["name"])
         return
@@ -25,7 +27,7 @@ def cluster_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) 
 
 
 @kopf.on.event(CREDENTIAL_RESOURCE)
-def credential_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def credential_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
         memo.binder.credential_gone(body["metadata"]["namespace"], body["metadata"]["name"])
     else:
