@@ -63,6 +63,7 @@ from cloudcred.rollout import RolloutPlan, redeploy_state
 from cloudcred.verification import ask_provider, read_secrets, retry_delay
 
 MANAGER = "cloudcred-deployer"
+DEPLOY_CONCURRENCY = 16  # deploys under way at once (the API calls queue in Kube anyway)
 CHECK_TTL = 600.0  # how long a successful region check counts for the same revision
 FAILED_CHECK_TTL = 5.0  # clusters asking at the same moment share one failed answer
 SUPERSEDED_RECHECK = 5.0  # the Secret changed under a revision: look again after this
@@ -119,6 +120,8 @@ class Deployer:
         self._in_flight: set[Key] = set()
         self._again: set[Key] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # A fan-out to thousands of clusters keeps only a few deploys' data in memory.
+        self._slots = asyncio.Semaphore(DEPLOY_CONCURRENCY)
         self._checks: dict[CheckKey, asyncio.Future[None]] = {}
         self._checked_until: dict[CheckKey, float] = {}
         self._failed: dict[CheckKey, tuple[float, VerificationError]] = {}
@@ -156,9 +159,10 @@ class Deployer:
     async def _deploy(self, key: Key) -> None:
         try:
             await self.wait_turn()
-            target = self.target(key)
-            if target is not None:
-                await self._deploy_target(target)
+            async with self._slots:
+                target = self.target(key)
+                if target is not None:
+                    await self._deploy_target(target)
         except Superseded:
             logger.debug("deploy of %s/%s waits: the credential changed under it", *key)
             asyncio.get_running_loop().call_later(SUPERSEDED_RECHECK, self.changed, key)

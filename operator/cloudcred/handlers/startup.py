@@ -47,7 +47,7 @@ async def configure(
     # Kubernetes calls, provider checks and deliveries all run in worker threads: the
     # default pool (CPUs + 4) would make them queue behind each other.
     asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=32, thread_name_prefix="cloudcred")
+        ThreadPoolExecutor(max_workers=16, thread_name_prefix="cloudcred")
     )
     memo.kube = Kube(await asyncio.to_thread(load_client_configuration))
     memo.verification_slots = asyncio.Semaphore(config.verification_concurrency)
