@@ -25,6 +25,9 @@ from cloudcred.constants import API_VERSION, GROUP, VERSION
 logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)
 
 APPLY = "application/apply-patch+yaml"
+# (connect, read) seconds: no call may hang forever and hold one of the few slots (a
+# stuck binder pass would stop every binding and deployment).
+REQUEST_TIMEOUT = (10, 60)
 
 
 class NotFound(Exception):
@@ -57,14 +60,18 @@ class Kube:
         objects (which costs more CPU than the request itself for large objects)."""
 
         def call() -> None:
-            function(*args, _preload_content=False, **kwargs).data  # noqa: B018 - drains
+            response = function(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT,
+                                **kwargs)  # fmt: skip
+            response.data  # noqa: B018 - drains the answer, so the connection is reused
 
         async with self._slots:
             await asyncio.to_thread(call)
 
     async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         async with self._slots:
-            return await asyncio.to_thread(function, *args, **kwargs)
+            return await asyncio.to_thread(
+                function, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs
+            )
 
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str]:
         """The Secret's base64 data. Raises NotFound. Errors never carry the body."""

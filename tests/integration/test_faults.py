@@ -295,8 +295,14 @@ def test_repeated_sigkills_during_a_fan_out_converge(
         worst = max(worst, in_flight(clusters, revision))
         return converged(kube, ns, revision)
 
-    wait_for(paced_convergence, timeout=180, interval=0.25,
-             what=f"convergence after {kills} SIGKILLs (seed {run_seed})")  # fmt: skip
+    try:
+        wait_for(paced_convergence, timeout=180, interval=0.25,
+                 what=f"convergence after {kills} SIGKILLs (seed {run_seed})")  # fmt: skip
+    except AssertionError as error:
+        still = lagging(kube, ns, revision)
+        raise AssertionError(
+            f"{error}; still: {still}; operator log tail:\n{operator.log()[-3000:]}"
+        ) from None
     print(f"{kills} SIGKILLs over {edits} edit(s); converged {time.monotonic() - started:.1f}s "
           f"after the first edit; most clusters in flight: {worst} (limit {limit})")  # fmt: skip
     assert worst <= limit
