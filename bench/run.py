@@ -42,7 +42,8 @@ from tests.aws import Moto, start_moto
 from tests.envtest.controlplane import ControlPlane
 from tests.integration.conftest import operator_env
 from tests.kube import api_client, install_admission_policies, install_crds
-from tests.operator import OperatorProcess
+from tests.operator import OperatorProcess, wait_for
+from tests.resources import condition
 
 from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, VERSION
 
@@ -134,17 +135,12 @@ def items(bench: Bench, namespace: str, plural: str) -> list[dict[str, Any]]:
     return list(listed["items"])
 
 
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    found = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_]
-    return found[0] if found else {}
+def condition_status(obj: dict[str, Any], type_: str) -> str | None:
+    return (condition(obj, type_) or {}).get("status")
 
 
-def wait(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+def wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> None:
+    wait_for(predicate, timeout=timeout, interval=interval, what=what)
 
 
 def create_credentials(bench: Bench, namespace: str, count: int, **spec: Any) -> list[str]:
@@ -154,7 +150,7 @@ def create_credentials(bench: Bench, namespace: str, count: int, **spec: Any) ->
         bench.custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, CREDENTIAL_PLURAL, credential_body(name, role, **spec)
         )
-    wait(lambda: all(condition(c, "Verified").get("status") == "True"
+    wait(lambda: all(condition_status(c, "Verified") == "True"
                      for c in items(bench, namespace, CREDENTIAL_PLURAL)) and
          len(items(bench, namespace, CREDENTIAL_PLURAL)) == count,
          60, "the credentials to verify")  # fmt: skip
@@ -208,14 +204,14 @@ def bind_phase(bench: Bench, count: int, idle_seconds: float) -> dict[str, Any]:
             if sum((c.get("status") or {}).get("clusterCount", 0) for c in listed) != count:
                 return False
             clusters = items(bench, namespace, CLUSTER_PLURAL)
-            bound = [condition(c, "CredentialBound").get("status") == "True" for c in clusters]
+            bound = [condition_status(c, "CredentialBound") == "True" for c in clusters]
             return len(clusters) == count and all(bound)
 
         started = time.monotonic()
         asyncio.run(gather_limited(create_calls(bench, namespace, count, credentials)))
         wait(bound, 300, "every cluster bound and listed", interval=0.25)
         seconds = time.monotonic() - started
-        wait(lambda: all(condition(c, "Ready").get("status") == "True"
+        wait(lambda: all(condition_status(c, "Ready") == "True"
                          for c in items(bench, namespace, CLUSTER_PLURAL)),
              300, "every cluster deployed", interval=2)  # fmt: skip
         time.sleep(5)  # the last writes of the convergence
@@ -387,7 +383,7 @@ def large_phase(bench: Bench, count: int) -> dict[str, Any]:
 
         wait(lambda: (listed().get("status") or {}).get("clusterCount") == count, 600,
              f"{count} clusters listed")  # fmt: skip
-        wait(lambda: all(condition(c, "Ready").get("status") == "True"
+        wait(lambda: all(condition_status(c, "Ready") == "True"
                          for c in items(bench, namespace, CLUSTER_PLURAL)),
              600, "every cluster deployed", interval=2)  # fmt: skip
         time.sleep(3)

@@ -32,7 +32,6 @@ from cloudcred import bindings, conditions, rollout
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
 from cloudcred.config import Settings
 from cloudcred.constants import (
-    API_VERSION,
     CLUSTER_PLURAL,
     CREDENTIAL_PLURAL,
     IN_USE_LABEL,
@@ -394,8 +393,7 @@ class Binder:
 
     def _reference(self, key: Key) -> dict[str, Any]:
         uid = self.credential_bodies[key]["metadata"].get("uid")
-        metadata = {"namespace": key[0], "name": key[1], "uid": uid}
-        return {"apiVersion": API_VERSION, "kind": "CloudCredential", "metadata": metadata}
+        return bindings.object_reference("CloudCredential", key, uid)
 
     async def announce_force_delete(
         self, body: dict[str, Any], clusters: list[Key], reason: str
@@ -410,8 +408,7 @@ class Binder:
                                    f"by cloudcred.io/force-delete: {reason}")  # fmt: skip
         for key in clusters:
             uid = self.clusters[key].uid if key in self.clusters else None
-            reference = {"apiVersion": API_VERSION, "kind": "Cluster",
-                         "metadata": {"namespace": key[0], "name": key[1], "uid": uid}}  # fmt: skip
+            reference = bindings.object_reference("Cluster", key, uid)
             await self.kube.post_event(reference, "Warning", "CredentialForceDeleted",
                                        f"CloudCredential {ref} was force-deleted while this "
                                        f"cluster used it: {reason}")  # fmt: skip

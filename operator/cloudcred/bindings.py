@@ -93,6 +93,12 @@ class CredentialInfo:
         )
 
 
+def object_reference(kind: str, key: Key, uid: str | None) -> dict[str, Any]:
+    """Enough of one of our objects to post an Event about it."""
+    metadata = {"namespace": key[0], "name": key[1], "uid": uid}
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata}
+
+
 def _verification_problem(items: list[dict[str, Any]] | None) -> str | None:
     """Why the credential's current revision may not be rolled out: its check failed,
     or has not run. None when it verified, or cannot or need not be checked
@@ -133,9 +139,7 @@ class ClusterInfo:
 
     @property
     def reference(self) -> dict[str, Any]:
-        """Enough of the object to post an Event about it."""
-        metadata = {"namespace": self.namespace, "name": self.name, "uid": self.uid}
-        return {"apiVersion": API_VERSION, "kind": "Cluster", "metadata": metadata}
+        return object_reference("Cluster", self.key, self.uid)
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> ClusterInfo:

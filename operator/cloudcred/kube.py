@@ -73,17 +73,23 @@ class Kube:
                 function, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs
             )
 
-    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str]:
-        """The Secret's base64 data. Raises NotFound. Errors never carry the body."""
+    async def _read_secret(self, namespace: str, name: str) -> client.V1Secret:
+        """The Secret. Raises NotFound. Errors never carry the body."""
         try:
-            secret = await self._call(self.core.read_namespaced_secret, name, namespace)
+            secret: client.V1Secret = await self._call(
+                self.core.read_namespaced_secret, name, namespace
+            )
         except ApiException as error:
             if error.status == 404:
                 raise NotFound(f"Secret {namespace}/{name}") from None
             raise RuntimeError(
                 f"reading Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
             ) from None
-        return dict(secret.data or {})
+        return secret
+
+    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        """The Secret's base64 data. Raises NotFound."""
+        return dict((await self._read_secret(namespace, name)).data or {})
 
     async def apply_status(
         self, plural: str, kind: str, namespace: str, name: str, status: dict[str, Any],
@@ -196,14 +202,9 @@ class Kube:
         """A Secret's metadata (labels, annotations), None when it does not exist. The
         data comes along in the response and is dropped here."""
         try:
-            secret = await self._call(self.core.read_namespaced_secret, name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise RuntimeError(
-                f"reading Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
-            ) from None
-        metadata: client.V1ObjectMeta = secret.metadata
+            metadata: client.V1ObjectMeta = (await self._read_secret(namespace, name)).metadata
+        except NotFound:
+            return None
         return metadata
 
     async def apply_secret(
