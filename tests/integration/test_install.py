@@ -48,7 +48,9 @@ DEPLOY = ROOT / "deploy"
 SYSTEM_NAMESPACE = "cloudcred-system"
 # What the API server says when a request is refused for lack of permission, and what
 # kopf logs when it cannot list or watch something.
-FORBIDDEN = re.compile(r"Forbidden|\b403\b|[Nn]ot enough permissions")
+# (A bare "403" would also match a log timestamp's milliseconds, ",403"; every refusal
+# says "Forbidden" or "HTTP 403".)
+FORBIDDEN = re.compile(r"Forbidden|HTTP 403|\(403\)|status=403|[Nn]ot enough permissions")
 
 
 def kubectl_path() -> str:
