@@ -164,11 +164,16 @@ def peak_rss_mb(process: OperatorProcess) -> float:
     return int(line.split()[1]) / 1024
 
 
-def cpu_seconds(process: OperatorProcess) -> float:
-    """User + system CPU time the operator process has used so far."""
-    assert process.process is not None
-    fields = Path(f"/proc/{process.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(process: OperatorProcess | int) -> float:
+    """User + system CPU time the operator process (or a pid) has used so far."""
+    pid = process if isinstance(process, int) else process.process.pid  # type: ignore[union-attr]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def plane_cpu_seconds(bench: Bench) -> float:
+    """CPU time kube-apiserver and etcd have used so far."""
+    return sum(cpu_seconds(p.pid) for p in bench.plane.processes.values())
 
 
 def audit_entries(bench: Bench, since: int) -> list[dict[str, Any]]:
@@ -185,6 +190,30 @@ def operator_requests(bench: Bench, since: int, namespace: str) -> list[dict[str
         if entry.get("userAgent", "").startswith(OPERATOR_AGENTS)
         and (entry.get("objectRef") or {}).get("namespace") in (namespace, None)
     ]  # fmt: skip
+
+
+def print_timeline(requests: list[dict[str, Any]], step: float = 1.0) -> None:
+    """The operator's writes per ``step`` seconds, by kind of write (a diagnostic)."""
+    from datetime import datetime
+
+    def when(entry: dict[str, Any]) -> float:
+        return datetime.fromisoformat(entry["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+
+    writes = [e for e in requests if e["verb"] in WRITE_VERBS]
+    if not writes:
+        return
+    start = min(when(e) for e in writes)
+    buckets: dict[int, dict[str, int]] = {}
+    for entry in writes:
+        ref = entry.get("objectRef") or {}
+        kind = f"{ref.get('resource')}/{ref.get('subresource', '')}".rstrip("/")
+        manager = entry["requestURI"].partition("fieldManager=")[2].partition("&")[0]
+        label = f"{entry['verb']} {kind} {manager}".strip()
+        bucket = buckets.setdefault(int((when(entry) - start) / step), {})
+        bucket[label] = bucket.get(label, 0) + 1
+    for index in sorted(buckets):
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(buckets[index].items()))
+        print(f"{index * step:6.1f}s {counts}")
 
 
 # -- phases ------------------------------------------------------------------------------
@@ -304,14 +333,17 @@ def fanout_phase(bench: Bench, count: int) -> dict[str, Any]:
         wait(lambda: all_on(first, annotated=False), 300, "the first deployment")
         time.sleep(3)
         cpu_before = cpu_seconds(operator)
+        plane_before = plane_cpu_seconds(bench)
         if os.environ.get("BENCH_PROFILE"):  # py-spy over the fan-out, for the curious
             import subprocess
 
             subprocess.Popen([os.environ["BENCH_PROFILE"], "record", "-p",
                               str(operator.process.pid), "-o", "/tmp/fanout-profile.txt",
-                              "-f", "raw", "-d", "6", "-r", "100"],
+                              "-f", "raw", "-r", "100", "--gil",
+                              "-d", os.environ.get("BENCH_PROFILE_SECONDS", "6")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
             time.sleep(0.5)
+        audit_from = bench.plane.audit_log.stat().st_size
         started = time.monotonic()
         bench.custom.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, CREDENTIAL_PLURAL, credential,
@@ -321,6 +353,19 @@ def fanout_phase(bench: Bench, count: int) -> dict[str, Any]:
         wait(lambda: all_on(second, annotated=True), 300, "the fan-out", interval=0.25)
         seconds = time.monotonic() - started
         cpu = cpu_seconds(operator) - cpu_before
+        plane_cpu = plane_cpu_seconds(bench) - plane_before
+        if os.environ.get("BENCH_TIMELINE"):
+            print_timeline(operator_requests(bench, audit_from, namespace))
+            totals: dict[str, int] = {}
+            for entry in audit_entries(bench, audit_from):
+                ref = entry.get("objectRef") or {}
+                label = (f"{entry.get('userAgent', '').split('/')[0]} {entry['verb']} "
+                         f"{ref.get('resource')}/{ref.get('subresource', '')}")  # fmt: skip
+                totals[label] = totals.get(label, 0) + 1
+            for label, number in sorted(totals.items(), key=lambda item: -item[1]):
+                print(f"{number:6d} {label}")
+            sample = items(bench, namespace, CLUSTER_PLURAL)[0]
+            print(json.dumps(sample, indent=1))
     finally:
         operator.stop()
 
@@ -328,11 +373,26 @@ def fanout_phase(bench: Bench, count: int) -> dict[str, Any]:
     asyncio.run(gather_limited(create_calls(bench, baseline_ns, count, ["base"])))
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
+    def deployed_status(revision: str) -> dict[str, Any]:
+        ready = {"type": "Ready", "status": "True", "reason": "Ready",
+                 "message": f"deployed with credential revision {revision}",
+                 "lastTransitionTime": now, "observedGeneration": 1}  # fmt: skip
+        return {"status": {
+            "credential": {"namespace": baseline_ns, "name": "base"},
+            "deployedRevision": revision, "lastDeployedTime": now,
+            "conditions": [{**ready, "type": "CredentialBound", "reason": "Bound"},
+                           {**ready, "type": "RedeployPending", "status": "False",
+                            "reason": "UpToDate"}, ready]}}  # fmt: skip
+
+    # Untimed: the same starting point as the operator's clusters, deployed once.
+    asyncio.run(gather_limited(
+        lambda i=i: bench.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, baseline_ns, CLUSTER_PLURAL, f"c{i:05d}", deployed_status("v1-old"))
+        for i in range(count)
+    ))  # fmt: skip
+
     def redeploy(i: int) -> list[Any]:
         name = f"c{i:05d}"
-        ready = {"type": "Ready", "status": "True", "reason": "Ready", "message": "deployed",
-                 "lastTransitionTime": now}  # fmt: skip
-        pending = {**ready, "type": "RedeployPending", "status": "False", "reason": "UpToDate"}
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(name=f"{name}.{uuid.uuid4().hex[:16]}"),
             involved_object=client.V1ObjectReference(
@@ -345,9 +405,7 @@ def fanout_phase(bench: Bench, count: int) -> dict[str, Any]:
                 GROUP, VERSION, baseline_ns, CLUSTER_PLURAL, name,
                 {"metadata": {"annotations": {"cloudcred.io/redeploy-revision": "v1-new"}}}),
             lambda: bench.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, baseline_ns, CLUSTER_PLURAL, name,
-                {"status": {"deployedRevision": "v1-new", "lastDeployedTime": now,
-                            "conditions": [pending, ready]}}),
+                GROUP, VERSION, baseline_ns, CLUSTER_PLURAL, name, deployed_status("v1-new")),
             lambda: bench.core.create_namespaced_event(baseline_ns, event),
         ]  # fmt: skip
 
@@ -361,8 +419,12 @@ def fanout_phase(bench: Bench, count: int) -> dict[str, Any]:
 
         await asyncio.gather(*(one_cluster(i) for i in range(count)))
 
+    plane_before = plane_cpu_seconds(bench)
     baseline_seconds = timed(baseline)
+    baseline_plane_cpu = plane_cpu_seconds(bench) - plane_before
     return {
+        "fanout_plane_cpu_seconds": round(plane_cpu, 2),
+        "fanout_baseline_plane_cpu_seconds": round(baseline_plane_cpu, 2),
         "fanout_seconds": round(seconds, 2),
         "fanout_baseline_seconds": round(baseline_seconds, 2),
         "fanout_ratio": round(seconds / baseline_seconds, 2),

@@ -69,6 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser  # fmt: skip
 
 
+class _WatchHandlerSuccesses(logging.Filter):
+    """Drops kopf's "Handler 'cluster_event' succeeded." lines: kopf logs one per watch
+    event, that is one per write to any Cluster or CloudCredential (thousands during a
+    rollout), and they say nothing; failures still reach the log."""
+
+    QUIET = frozenset(
+        f"Handler '{name}' succeeded." for name in ("cluster_event", "credential_event")
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.QUIET
+
+
 def _configure_logging(settings: Settings) -> None:
     import kopf
 
@@ -81,6 +94,7 @@ def _configure_logging(settings: Settings) -> None:
     logging.getLogger().setLevel(settings.log_level)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("kopf.objects").addFilter(_WatchHandlerSuccesses())
 
 
 def run(args: argparse.Namespace, settings: Settings) -> None:

@@ -311,25 +311,22 @@ class Binder:
         desired = bindings.cluster_status(cluster, binding, credential, redeploy)
         # The credential's list and rollout follow this cluster (they may have changed).
         self._mark_credential(cluster.credential)
-        if redeploy and redeploy.mark and cluster.marked != redeploy.mark:
-            async with self._writes:
-                try:
+        # One write slot for both writes: a cluster's mark and status go out back to
+        # back, so their watch events arrive together and are handled as one.
+        async with self._writes:
+            try:
+                if redeploy and redeploy.mark and cluster.marked != redeploy.mark:
                     await self.kube.annotate(CLUSTER_PLURAL, *key,
                                              {REDEPLOY_ANNOTATION: redeploy.mark})  # fmt: skip
-                except NotFound:  # deleted while a watch was down: no DELETED event came
-                    self.cluster_gone(*key)
-                    return
-            # Counted as marked from now on, before the watch brings the change back:
-            # the concurrency limit must not let a second pass mark more.
-            cluster = dataclasses.replace(cluster, marked=redeploy.mark)
-            self.clusters[key] = cluster
-        if not _unchanged(cluster.status, desired, CLUSTER_CONDITIONS, ("credential",)):
-            async with self._writes:
-                try:
+                    # Counted as marked from now on, before the watch brings the change
+                    # back: the concurrency limit must not let a second pass mark more.
+                    cluster = dataclasses.replace(cluster, marked=redeploy.mark)
+                    self.clusters[key] = cluster
+                if not _unchanged(cluster.status, desired, CLUSTER_CONDITIONS, ("credential",)):
                     await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *key, desired, MANAGER)
-                except NotFound:  # deleted while a watch was down: no DELETED event came
-                    self.cluster_gone(*key)
-                    return
+            except NotFound:  # deleted while a watch was down: no DELETED event came
+                self.cluster_gone(*key)
+                return
         if redeploy and redeploy.pending and not cluster.external:
             self.deployer.request(key)
         elif redeploy and not redeploy.pending and cluster.credentials_secret \

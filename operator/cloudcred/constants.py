@@ -4,6 +4,7 @@ GROUP = "cloudcred.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
+CREDENTIAL_KIND = "CloudCredential"
 CREDENTIAL_PLURAL = "cloudcredentials"
 CLUSTER_PLURAL = "clusters"
 # Cluster API also has a "clusters" resource: always use the full name.

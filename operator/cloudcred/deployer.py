@@ -158,7 +158,11 @@ class Deployer:
 
     async def _deploy(self, key: Key) -> None:
         try:
-            await self.wait_turn()
+            known = self.lookup(key)
+            if known is None or not known.cluster.deployed_revision:
+                # A first deployment waits for the binder to catch up; a redeploy (the
+                # cluster is marked, its binding long settled) goes ahead at once.
+                await self.wait_turn()
             async with self._slots:
                 target = self.target(key)
                 if target is not None:
