@@ -48,6 +48,7 @@ BATCH_WINDOW = 0.2
 NAMESPACE_LABELS_TTL = 60.0  # a fallback: the namespace watch invalidates on change
 RELIST_INTERVAL = 300.0
 RELIST_DEBOUNCE = 2.0
+PASS_CHUNK = 200  # clusters written before the credentials are written again
 BINDINGS_FIRST = 30.0  # at most: a long burst of changes must not starve deploys
 
 logger = logging.getLogger("cloudcred.binder")
@@ -78,6 +79,7 @@ class Binder:
                                  self.cluster_changed, self.bound_target,
                                  self.bindings_first)  # fmt: skip
         self._namespace_labels: dict[str, tuple[float, dict[str, str] | None]] = {}
+        self._seen_at: dict[Key, float] = {}  # when each cluster's last event was taken in
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set when a pass left nothing to do
         self._relist_handle: asyncio.TimerHandle | None = None
@@ -108,6 +110,7 @@ class Binder:
 
     def cluster_seen(self, body: dict[str, Any]) -> None:
         info = ClusterInfo.from_body(body)
+        self._seen_at[info.key] = time.monotonic()
         old = self.clusters.get(info.key)
         if old and old.credential != info.credential:
             self._forget_reference(old)
@@ -119,6 +122,7 @@ class Binder:
 
     def cluster_gone(self, namespace: str, name: str) -> None:
         old = self.clusters.pop((namespace, name), None)
+        self._seen_at.pop((namespace, name), None)
         self.deployer.forget((namespace, name))
         if old:
             self._forget_reference(old)
@@ -234,23 +238,34 @@ class Binder:
                 plan.revision, plan.blocked, plan.paused
             ):  # fmt: skip
                 clusters |= plan.behind
-        credentials: set[Key] = set()
         released: set[Key] = set()
+        ordered = sorted(clusters)
         try:
-            await asyncio.gather(*(self._write_cluster(key) for key in clusters))
-            credentials, self.dirty_credentials = self.dirty_credentials, set()
-            await asyncio.gather(*(self._write_credential(key) for key in credentials))
+            for start in range(0, max(len(ordered), 1), PASS_CHUNK):
+                chunk = ordered[start : start + PASS_CHUNK]
+                await asyncio.gather(*(self._write_cluster(key) for key in chunk))
+                # The credentials' lists and rollout progress follow each chunk: a pass
+                # over a thousand clusters shows its progress as it goes.
+                await self._write_credentials()
             released, self.released_secrets = self.released_secrets, set()
             await asyncio.gather(*(self._release_secret(key) for key in released))
         except BaseException:
             # Nothing of this pass is lost: it is all looked at again (writes are
             # idempotent and skipped when nothing would change).
             self.dirty_clusters |= clusters
-            self.dirty_credentials |= credentials
             self.released_secrets |= released
             raise
-        logger.debug("binding pass: %d cluster(s), %d credential(s) in %.3fs",
-                     len(clusters), len(credentials), time.monotonic() - started)  # fmt: skip
+        logger.debug("binding pass: %d cluster(s) in %.3fs", len(clusters),
+                     time.monotonic() - started)  # fmt: skip
+
+    async def _write_credentials(self) -> None:
+        """Write every dirty credential's list, rollout and conditions."""
+        credentials, self.dirty_credentials = self.dirty_credentials, set()
+        try:
+            await asyncio.gather(*(self._write_credential(key) for key in credentials))
+        except BaseException:
+            self.dirty_credentials |= credentials
+            raise
 
     def _status(self, key: Key) -> dict[str, Any]:
         return dict(self.credential_bodies.get(key, {}).get("status") or {})
@@ -320,8 +335,12 @@ class Binder:
                                              {REDEPLOY_ANNOTATION: redeploy.mark})  # fmt: skip
                     # Counted as marked from now on, before the watch brings the change
                     # back: the concurrency limit must not let a second pass mark more.
+                    # (On the index's latest entry: an event may have come meanwhile.)
                     cluster = dataclasses.replace(cluster, marked=redeploy.mark)
-                    self.clusters[key] = cluster
+                    if key in self.clusters:
+                        self.clusters[key] = dataclasses.replace(
+                            self.clusters[key], marked=redeploy.mark
+                        )
                 if not _unchanged(cluster.status, desired, CLUSTER_CONDITIONS, ("credential",)):
                     await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *key, desired, MANAGER)
             except NotFound:  # deleted while a watch was down: no DELETED event came
@@ -463,18 +482,21 @@ class Binder:
     async def relist(self) -> None:
         """Drop index entries whose DELETED event was missed while a watch was down, and
         refresh the others, from a fresh LIST. Only clusters already in the index:
-        the LIST covers every namespace, the operator may watch only some."""
+        the LIST covers every namespace, the operator may watch only some. A cluster
+        whose event arrived while the LIST was under way is left to the watch: the
+        LIST may be older than that event."""
+        asked = time.monotonic()
         try:
             listed = await self.kube.list_all(CLUSTER_PLURAL)
         except (ApiException, HTTPError, RuntimeError) as error:
             logger.warning("re-listing clusters failed (%s)", _describe(error))
             return
         fresh = {ClusterInfo.from_body(body).key: body for body in listed}
-        for key in [k for k in self.clusters if k not in fresh]:
-            self.cluster_gone(*key)
-        for key, body in fresh.items():
-            if key in self.clusters:
-                self.cluster_seen(body)
+        for key in [k for k in self.clusters if self._seen_at.get(k, 0.0) < asked]:
+            if key not in fresh:
+                self.cluster_gone(*key)
+            else:
+                self.cluster_seen(fresh[key])
 
     async def blocking_clusters(self, credential_body: dict[str, Any]) -> list[Key]:
         """Clusters that hold a credential's deletion, from a fresh LIST of the API, not
