@@ -4,19 +4,24 @@ Everything runs on this machine: the local control plane (real kube-apiserver an
 etcd), moto's server as AWS, and the real operator as a process. Each measured phase
 has a baseline measured in the same run: a plain async client (the official client in
 worker threads, at most 8 requests at a time -- the operator's own limit) issuing only
-the writes the same end state needs.
+the writes the same end state needs; each baseline is the best of two runs.
 
 - bind: create BENCH_CLUSTERS clusters over 10 credentials; done when every credential
   lists all of its clusters and every cluster is bound. Baseline: the same creations,
   one status write per cluster and one per credential.
 - fan-out: change one credential with BENCH_CLUSTERS bound clusters; done when every
   cluster is marked with the new revision and redeployed (status.deployedRevision).
-  Baseline: per cluster the annotation, the status (deployedRevision, lastDeployedTime,
-  RedeployPending, Ready) and the Deployed event the operator also posts.
+  Baseline: clusters brought untimed to the same deployed state, then per cluster the
+  marking as the operator's contract defines it (the annotation and a
+  RedeployPending=True status), the deployment's status and the Deployed event. The
+  ratio against a baseline that skips the pending state is reported beside it.
 - cost: the operator's peak RSS at BENCH_CLUSTERS and at BENCH_LARGE clusters, its API
   requests per cluster event (from the audit log), its writes in 60 idle seconds after
   convergence, and the size of the largest credential object at BENCH_LARGE clusters on
   one credential.
+
+Diagnostics: BENCH_TIMELINE=1 prints the operator's writes per second during the
+fan-out; BENCH_PROFILE=<py-spy> records the operator's CPU (BENCH_PROFILE_SECONDS).
 
 Prints a table and writes bench/results.json.
 
@@ -253,43 +258,48 @@ def bind_phase(bench: Bench, count: int, idle_seconds: float) -> dict[str, Any]:
     finally:
         operator.stop()
 
-    baseline_ns = bench.namespace("base-bind")
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    def bind_baseline() -> float:
+        """One baseline run in a namespace of its own; returns its seconds."""
+        baseline_ns = bench.namespace("base-bind")
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
-    def status_calls() -> list[Any]:
-        def bound_status(i: int) -> dict[str, Any]:
-            cond = {"type": "CredentialBound", "status": "True", "reason": "Bound",
-                    "message": "bound", "lastTransitionTime": now}  # fmt: skip
-            return {"status": {"credential": {"namespace": baseline_ns,
-                                              "name": credentials[i % CREDENTIALS]},
-                               "conditions": [cond, {**cond, "type": "Ready"}]}}  # fmt: skip
+        def status_calls() -> list[Any]:
+            def bound_status(i: int) -> dict[str, Any]:
+                cond = {"type": "CredentialBound", "status": "True", "reason": "Bound",
+                        "message": "bound", "lastTransitionTime": now}  # fmt: skip
+                return {"status": {"credential": {"namespace": baseline_ns,
+                                                  "name": credentials[i % CREDENTIALS]},
+                                   "conditions": [cond, {**cond, "type": "Ready"}]}}  # fmt: skip
 
-        calls: list[Any] = [
-            lambda i=i: bench.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, baseline_ns, CLUSTER_PLURAL, f"c{i:05d}", bound_status(i))
-            for i in range(count)
-        ]  # fmt: skip
-        return calls
+            calls: list[Any] = [
+                lambda i=i: bench.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, baseline_ns, CLUSTER_PLURAL, f"c{i:05d}", bound_status(i))
+                for i in range(count)
+            ]  # fmt: skip
+            return calls
 
-    for name in credentials:
-        bench.custom.create_namespaced_custom_object(
-            GROUP, VERSION, baseline_ns, CREDENTIAL_PLURAL,
-            credential_body(name, "arn:aws:iam::123456789012:role/baseline"))  # fmt: skip
+        for name in credentials:
+            bench.custom.create_namespaced_custom_object(
+                GROUP, VERSION, baseline_ns, CREDENTIAL_PLURAL,
+                credential_body(name, "arn:aws:iam::123456789012:role/baseline"))  # fmt: skip
 
-    async def baseline() -> None:
-        await gather_limited(create_calls(bench, baseline_ns, count, credentials))
-        await gather_limited(status_calls())
-        lists = {name: [{"namespace": baseline_ns, "name": f"c{i:05d}"}
-                        for i in range(count) if i % CREDENTIALS == k]
-                 for k, name in enumerate(credentials)}  # fmt: skip
-        await gather_limited(
-            lambda name=name: bench.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, baseline_ns, CREDENTIAL_PLURAL, name,
-                {"status": {"clusters": lists[name], "clusterCount": len(lists[name])}})
-            for name in credentials
-        )  # fmt: skip
+        async def baseline() -> None:
+            await gather_limited(create_calls(bench, baseline_ns, count, credentials))
+            await gather_limited(status_calls())
+            lists = {name: [{"namespace": baseline_ns, "name": f"c{i:05d}"}
+                            for i in range(count) if i % CREDENTIALS == k]
+                     for k, name in enumerate(credentials)}  # fmt: skip
+            await gather_limited(
+                lambda name=name: bench.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, baseline_ns, CREDENTIAL_PLURAL, name,
+                    {"status": {"clusters": lists[name], "clusterCount": len(lists[name])}})
+                for name in credentials
+            )  # fmt: skip
 
-    baseline_seconds = timed(baseline)
+        return timed(baseline)
+
+    # The best of two runs: the baseline is the best a plain client does here.
+    baseline_seconds = min(bind_baseline(), bind_baseline())
     return {
         "bind_seconds": round(seconds, 2),
         "bind_baseline_seconds": round(baseline_seconds, 2),
@@ -438,14 +448,18 @@ def fanout_phase(bench: Bench, count: int) -> dict[str, Any]:
 
         return run
 
-    first_deployment()
-    # Without the pending state: what a client that never shows RedeployPending=True
-    # needs (for comparison; the target is against the marking the contract defines).
-    direct_seconds = timed(baseline("v1-direct", mark=False))
-    first_deployment()
-    plane_before = plane_cpu_seconds(bench)
-    baseline_seconds = timed(baseline("v1-new", mark=True))
-    baseline_plane_cpu = plane_cpu_seconds(bench) - plane_before
+    # Marking as the contract defines it (the annotation and RedeployPending=True), and
+    # for comparison without the pending state; each the best of two alternating runs.
+    marked_runs, direct_runs, plane_runs = [], [], []
+    for attempt in range(2):
+        first_deployment()
+        plane_before = plane_cpu_seconds(bench)
+        marked_runs.append(timed(baseline(f"v2-marked-{attempt}", mark=True)))
+        plane_runs.append(plane_cpu_seconds(bench) - plane_before)
+        first_deployment()
+        direct_runs.append(timed(baseline(f"v2-direct-{attempt}", mark=False)))
+    baseline_seconds, direct_seconds = min(marked_runs), min(direct_runs)
+    baseline_plane_cpu = plane_runs[marked_runs.index(baseline_seconds)]
     return {
         "fanout_plane_cpu_seconds": round(plane_cpu, 2),
         "fanout_baseline_plane_cpu_seconds": round(baseline_plane_cpu, 2),
