@@ -80,6 +80,7 @@ class Binder:
                                  self.bindings_first)  # fmt: skip
         self._namespace_labels: dict[str, tuple[float, dict[str, str] | None]] = {}
         self._seen_at: dict[Key, float] = {}  # when each cluster's last event was taken in
+        self.paused = False  # by kopf's peering: another replica acts
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set when a pass left nothing to do
         self._relist_handle: asyncio.TimerHandle | None = None
@@ -127,6 +128,21 @@ class Binder:
         if old:
             self._forget_reference(old)
             self._mark_credential(old.credential)
+
+    def pause(self) -> None:
+        """kopf's peering paused this replica (another one acts): write nothing and
+        deploy nothing until kopf resumes it; kopf then lists every object again."""
+        if not self.paused:
+            logger.info("pausing: another replica acts (kopf peering)")
+        self.paused = True
+        self.deployer.pause()
+
+    def resume(self) -> None:
+        if self.paused:
+            logger.info("resuming after the pause")
+        self.paused = False
+        self.deployer.resume()
+        self._wake.set()
 
     def namespace_changed(self, namespace: str) -> None:
         """A namespace's labels changed: decide its clusters' bindings again."""
@@ -192,6 +208,9 @@ class Binder:
         while True:
             with contextlib.suppress(TimeoutError):  # wake up now and then to re-list
                 await asyncio.wait_for(self._wake.wait(), timeout=RELIST_INTERVAL / 10)
+            if self.paused:  # what is dirty stays dirty; resume() wakes the loop
+                self._wake.clear()
+                continue
             if time.monotonic() >= next_relist:
                 await self.relist()
                 next_relist = time.monotonic() + RELIST_INTERVAL
@@ -475,6 +494,8 @@ class Binder:
 
     def _start_relist(self) -> None:
         self._relist_handle = None
+        if self.paused:
+            return
         task = asyncio.create_task(self.relist(), name="cloudcred-relist")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -130,9 +130,24 @@ class Deployer:
         self._delivered: dict[Key, tuple[str, dict[str, Any]]] = {}
         self._renewals: dict[Key, asyncio.TimerHandle] = {}
         self._expiry_known: set[Key] = set()
+        self.paused = False  # see pause()
+
+    def pause(self) -> None:
+        """Another replica acts: no deploys and no renewals until ``resume()``; the
+        binder then hands every cluster over again (and renewals are scheduled anew)."""
+        self.paused = True
+        for handle in self._renewals.values():
+            handle.cancel()
+        self._renewals.clear()
+        self._expiry_known.clear()
+
+    def resume(self) -> None:
+        self.paused = False
 
     def request(self, key: Key) -> None:
         """Deploy this cluster soon, unless a deploy runs already or a retry waits."""
+        if self.paused:
+            return
         if key in self._in_flight:
             self._again.add(key)
             return
@@ -272,6 +287,8 @@ class Deployer:
 
     def _start_renewal(self, key: Key) -> None:
         self._renewals.pop(key, None)
+        if self.paused:
+            return
         task = asyncio.create_task(self._renew(key), name=f"renew {key[0]}/{key[1]}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -307,7 +324,7 @@ class Deployer:
     def keep_fresh(self, key: Key) -> None:
         """For a deployed cluster with a credentials Secret: after a restart, learn when
         its session credentials expire (from the Secret) and schedule their renewal."""
-        if key in self._expiry_known or key in self._renewals:
+        if self.paused or key in self._expiry_known or key in self._renewals:
             return
         self._expiry_known.add(key)
         task = asyncio.create_task(self._read_expiry(key), name=f"expiry {key[0]}/{key[1]}")

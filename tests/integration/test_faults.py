@@ -58,6 +58,7 @@ from tests.resources import (
     new_revision,
     patch_credential,
     secret,
+    static_key_credential,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -500,8 +501,40 @@ def test_two_replicas_with_peering_only_the_higher_priority_acts(
     assert writes.get("replica-low"), "the standby did not act"
     assert "replica-high" not in writes
     assert "Resuming operations" in low.log()
+
+    # A higher priority comes back: the acting replica pauses and stops acting, also on
+    # what it follows outside kopf (a referenced Secret's data changes).
+    user = moto.create_user(f"fault-{uuid.uuid4().hex[:6]}")
+    secret(kube, ns, "keyed", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, ns, "keyed", user.access_key_id, "keyed")
+    wait_for(lambda: (condition(get_credential(kube, ns, "keyed"), "Verified") or {})
+             .get("status") == "True", timeout=60, what="the static key verified")  # fmt: skip
+    wait_for(
+        lambda: (
+            (kube.core.read_namespaced_secret("keyed", ns).metadata.labels or {}).get(
+                "cloudcred.io/credential-secret"
+            )
+            == "true"
+        ),
+        what="the Secret labelled",
+    )
+    high_again = replica("replica-high-again", 200)
+    wait_for(lambda: "pausing: another replica acts" in low.log(), timeout=60,
+             what="the acting replica to pause for the higher priority")  # fmt: skip
+    wait_for(lambda: "Handler 'credential_changed' succeeded" in high_again.log(),
+             timeout=30, what="the new replica to act")  # fmt: skip
+    time.sleep(3)  # the new replica's first writes
+    offset = plane.audit_log.stat().st_size
+    kube.core.patch_namespaced_secret("keyed", ns, {"stringData": {"secretAccessKey": "wrong"}})
+    wait_for(lambda: (condition(get_credential(kube, ns, "keyed"), "Verified") or {})
+             .get("reason") == "InvalidCredentials", timeout=60,
+             what="the changed Secret checked again")  # fmt: skip
+    time.sleep(3)
+    writes = audit_writes(plane, ns, offset)
+    assert writes.get("replica-high-again"), "the higher priority did not act"
+    assert "replica-low" not in writes, writes.get("replica-low")
     assert low.alive
-    for process in (high, low):
+    for process in (high, low, high_again):
         assert "Traceback" not in process.log()
 
 

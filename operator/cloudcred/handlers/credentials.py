@@ -56,7 +56,10 @@ async def verify_and_record(body: Mapping[str, Any], memo: kopf.Memo) -> CheckRe
 
 def secret_changed(namespace: str, name: str, memo: kopf.Memo) -> None:
     """A referenced Secret's data changed: check its credentials again now (which
-    gives them a new revision), without waiting for the periodic check."""
+    gives them a new revision), without waiting for the periodic check. Not while
+    kopf's peering has paused this replica: the active one does it."""
+    if memo.binder.paused:
+        return
     for body in memo.binder.credentials_using_secret(namespace, name):
         task = asyncio.create_task(verify_and_record(body, memo))
         memo.background_tasks.add(task)
@@ -82,6 +85,9 @@ async def periodic_verification(
     """Re-check every spec.verification.interval, ±10 %, counted from the last check.
     ``spec`` is kopf's live view: an edited interval applies from the next wake-up."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    # kopf runs daemons only while this replica is the active one (peering): their
+    # start and their stop with OPERATOR_PAUSING tell the binder when to act.
+    memo.binder.resume()
     try:
         while not stopped:
             interval = parse_interval(verification_settings(dict(spec)).interval)
@@ -97,6 +103,8 @@ async def periodic_verification(
             if time.monotonic() - memo.last_checks.get(key, 0.0) >= interval * 0.9:
                 await verify_and_record(body, memo)
     finally:
+        if stopped.reason and kopf.DaemonStoppingReason.OPERATOR_PAUSING in stopped.reason:
+            memo.binder.pause()
         if not memo.credential_locks.get(key, asyncio.Lock()).locked():
             for state in (memo.credential_locks, memo.verified_conditions, memo.last_checks):
                 state.pop(key, None)
