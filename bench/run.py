@@ -163,15 +163,18 @@ def create_credentials(bench: Bench, namespace: str, count: int, **spec: Any) ->
 
 
 def peak_rss_mb(process: OperatorProcess) -> float:
-    assert process.process is not None
-    status = Path(f"/proc/{process.process.pid}/status").read_text()
+    status = Path(f"/proc/{operator_pid(process)}/status").read_text()
     line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
 
 
-def cpu_seconds(process: OperatorProcess | int) -> float:
-    """User + system CPU time the operator process (or a pid) has used so far."""
-    pid = process if isinstance(process, int) else process.process.pid  # type: ignore[union-attr]
+def operator_pid(process: OperatorProcess) -> int:
+    assert process.process is not None
+    return process.process.pid
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -342,13 +345,13 @@ def fanout_phase(bench: Bench, count: int) -> dict[str, Any]:
         first = revision()
         wait(lambda: all_on(first, annotated=False), 300, "the first deployment")
         time.sleep(3)
-        cpu_before = cpu_seconds(operator)
+        cpu_before = cpu_seconds(operator_pid(operator))
         plane_before = plane_cpu_seconds(bench)
         if os.environ.get("BENCH_PROFILE"):  # py-spy over the fan-out, for the curious
             import subprocess
 
             subprocess.Popen([os.environ["BENCH_PROFILE"], "record", "-p",
-                              str(operator.process.pid), "-o", "/tmp/fanout-profile.txt",
+                              str(operator_pid(operator)), "-o", "/tmp/fanout-profile.txt",
                               "-f", "raw", "-r", "100", "--gil",
                               "-d", os.environ.get("BENCH_PROFILE_SECONDS", "6")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -362,20 +365,10 @@ def fanout_phase(bench: Bench, count: int) -> dict[str, Any]:
         second = revision()
         wait(lambda: all_on(second, annotated=True), 300, "the fan-out", interval=0.25)
         seconds = time.monotonic() - started
-        cpu = cpu_seconds(operator) - cpu_before
+        cpu = cpu_seconds(operator_pid(operator)) - cpu_before
         plane_cpu = plane_cpu_seconds(bench) - plane_before
         if os.environ.get("BENCH_TIMELINE"):
             print_timeline(operator_requests(bench, audit_from, namespace))
-            totals: dict[str, int] = {}
-            for entry in audit_entries(bench, audit_from):
-                ref = entry.get("objectRef") or {}
-                label = (f"{entry.get('userAgent', '').split('/')[0]} {entry['verb']} "
-                         f"{ref.get('resource')}/{ref.get('subresource', '')}")  # fmt: skip
-                totals[label] = totals.get(label, 0) + 1
-            for label, number in sorted(totals.items(), key=lambda item: -item[1]):
-                print(f"{number:6d} {label}")
-            sample = items(bench, namespace, CLUSTER_PLURAL)[0]
-            print(json.dumps(sample, indent=1))
     finally:
         operator.stop()
 
