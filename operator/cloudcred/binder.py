@@ -260,13 +260,13 @@ class Binder:
         released: set[Key] = set()
         ordered = sorted(clusters)
         try:
-            for start in range(0, len(ordered), PASS_CHUNK):
+            # One chunk at least: a pass without clusters still writes the credentials.
+            for start in range(0, max(len(ordered), 1), PASS_CHUNK):
                 chunk = ordered[start : start + PASS_CHUNK]
                 await asyncio.gather(*(self._write_cluster(key) for key in chunk))
                 # The credentials' lists and rollout progress follow each chunk: a pass
                 # over a thousand clusters shows its progress as it goes.
                 await self._write_credentials()
-            await self._write_credentials()  # those dirty without a cluster of this pass
             released, self.released_secrets = self.released_secrets, set()
             await asyncio.gather(*(self._release_secret(key) for key in released))
         except BaseException:
