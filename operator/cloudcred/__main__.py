@@ -115,6 +115,8 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
         liveness_endpoint=args.liveness or settings.liveness_endpoint,
         priority=args.priority,
         peering_name=args.peering,
+        # The controllers list the watched namespaces themselves too (cache repair).
+        memo=kopf.Memo(namespaces=namespaces),
     )
 
 

@@ -10,7 +10,7 @@ is not admitted cannot pin another team's credential.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cloudcred import conditions
@@ -57,10 +57,26 @@ class CredentialInfo:
     paused: bool = False  # cloudcred.io/rollout-paused: "true"
     max_concurrent: int | str = DEFAULT_MAX_CONCURRENT
     force_delete: str | None = None  # cloudcred.io/force-delete: the reason
+    # Carried along, not compared: what changes in them that matters is in the fields above.
+    uid: str | None = field(default=None, compare=False)
+    created: str = field(default="", compare=False)
+    spec: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    status: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key(self) -> Key:
         return (self.namespace, self.name)
+
+    @property
+    def reference(self) -> dict[str, Any]:
+        return object_reference("CloudCredential", self.key, self.uid)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The object as far as the operator keeps it (no kopf bookkeeping)."""
+        metadata = {"namespace": self.namespace, "name": self.name, "uid": self.uid,
+                    "generation": self.generation, "creationTimestamp": self.created}  # fmt: skip
+        return {**self.reference, "metadata": metadata, "spec": self.spec, "status": self.status}
 
     @property
     def spec_changed(self) -> bool:
@@ -90,6 +106,10 @@ class CredentialInfo:
             paused=annotations.get(ROLLOUT_PAUSED_ANNOTATION, "").lower() == "true",
             max_concurrent=(spec.get("rollout") or {}).get("maxConcurrent", DEFAULT_MAX_CONCURRENT),
             force_delete=annotations.get(FORCE_DELETE_ANNOTATION) or None,
+            uid=body["metadata"].get("uid"),
+            created=body["metadata"].get("creationTimestamp", ""),
+            spec=dict(spec),
+            status=dict(status),
         )
 
 

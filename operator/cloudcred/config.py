@@ -47,6 +47,20 @@ class Settings(BaseModel):
         description="Objects kopf handles at the same time (one worker per object, kept "
         "for a second after its last event).",
     )
+    watch_timeout: int = Field(
+        default=120,
+        ge=5,
+        le=1800,
+        description="Seconds after which the API server ends each watch (it is then "
+        "resumed); a watch silent for longer is given up, and /healthz fails when a watch "
+        "or a work queue made no progress for twice this plus 30 seconds.",
+    )
+    relist_interval: float = Field(
+        default=300.0,
+        ge=10,
+        description="Seconds between full LISTs of CloudCredentials and Clusters (repairs "
+        "deletions a watch missed) and between looks at every referenced Secret's labels.",
+    )
     verification_timeout: float = Field(
         default=10.0, gt=0, description="Seconds one provider check may take."
     )

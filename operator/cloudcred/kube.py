@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,7 +32,25 @@ REQUEST_TIMEOUT = (10, 60)
 
 
 class NotFound(Exception):
-    """The object does not exist."""
+    """The object does not exist (or, with a UID, this object no longer does)."""
+
+
+def describe_error(error: BaseException) -> str:
+    """An API failure in a few words, never a response body (it may hold data)."""
+    if isinstance(error, ApiException):
+        return f"HTTP {error.status} {error.reason}"
+    if isinstance(error, (NotFound, RuntimeError)):  # this module's messages hold no data
+        return str(error)
+    return type(error).__name__
+
+
+def _metadata(namespace: str, name: str, uid: str | None) -> dict[str, Any]:
+    """An object's identity in a write; with its UID, the API server refuses the write
+    (409 Conflict) when the object was deleted and re-created under the same name."""
+    metadata = {"name": name, "namespace": namespace}
+    if uid:
+        metadata["uid"] = uid
+    return metadata
 
 
 def load_client_configuration() -> client.ApiClient:
@@ -93,13 +112,14 @@ class Kube:
 
     async def apply_status(
         self, plural: str, kind: str, namespace: str, name: str, status: dict[str, Any],
-        manager: str,
+        manager: str, uid: str | None = None,
     ) -> None:  # fmt: skip
-        """Server-side apply of this manager's part of the status."""
+        """Server-side apply of this manager's part of the status (of the object with
+        this UID, when given). Raises NotFound when it is gone."""
         body = {
             "apiVersion": API_VERSION,
             "kind": kind,
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": _metadata(namespace, name, uid),
             "status": status,
         }
         try:
@@ -109,14 +129,25 @@ class Kube:
                 field_manager=manager, force=True, _content_type=APPLY,
             )  # fmt: skip
         except ApiException as error:
-            if error.status == 404:
-                raise NotFound(f"{kind} {namespace}/{name}") from None
+            _raise_gone(error, f"{kind} {namespace}/{name}", uid)
             raise
 
-    async def list_all(self, plural: str) -> list[dict[str, Any]]:
-        """Every object of a kind in every namespace, fresh from the API server."""
-        result = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, plural)
-        return list(result.get("items") or [])
+    async def list_pages(
+        self, plural: str, field_selector: str | None = None, page_size: int = 500
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every object of one of our kinds in every namespace, fresh from the API
+        server, a page at a time (a fleet of ten thousand is never one answer)."""
+        token = None
+        selection = {"field_selector": field_selector} if field_selector else {}
+        while True:
+            page = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION,
+                                    plural, limit=page_size, _continue=token,
+                                    **selection)  # fmt: skip
+            for item in page.get("items") or []:
+                yield item
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
 
     async def namespace_labels(self, namespace: str) -> dict[str, str] | None:
         """The namespace's labels; None when it does not exist."""
@@ -145,18 +176,19 @@ class Kube:
         return True
 
     async def annotate(
-        self, plural: str, namespace: str, name: str, annotations: dict[str, str | None]
-    ) -> None:
-        """Merge-patch annotations on one of our objects (None removes one)."""
-        patch = {"metadata": {"annotations": annotations}}
+        self, plural: str, namespace: str, name: str, annotations: dict[str, str | None],
+        uid: str | None = None,
+    ) -> None:  # fmt: skip
+        """Merge-patch annotations on one of our objects (None removes one), the one
+        with this UID when given."""
+        patch = {"metadata": {**_metadata(namespace, name, uid), "annotations": annotations}}
         try:
             await self._write(
                 self.custom.patch_namespaced_custom_object,
                 GROUP, VERSION, namespace, plural, name, patch,
             )  # fmt: skip
         except ApiException as error:
-            if error.status == 404:
-                raise NotFound(f"{plural} {namespace}/{name}") from None
+            _raise_gone(error, f"{plural} {namespace}/{name}", uid)
             raise
 
     async def post_event(
@@ -229,3 +261,9 @@ class Kube:
             raise RuntimeError(
                 f"writing Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
             ) from None
+
+
+def _raise_gone(error: ApiException, what: str, uid: str | None) -> None:
+    """404, or 409 for a UID that is not the current object's: the object is gone."""
+    if error.status == 404 or (uid and error.status == 409 and "UID" in str(error.body)):
+        raise NotFound(what) from None

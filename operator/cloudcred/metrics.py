@@ -3,9 +3,9 @@
 Two kinds:
 
 - *state* (credentials by provider and verification state, bound clusters, pending
-  redeploys, key age, rollout completion) is computed at scrape time by
-  :class:`StateCollector` from the binder's in-memory index, so it can never drift from
-  what the operator knows and costs nothing between scrapes;
+  redeploys, key age, rollout completion, work queue depths) is computed at scrape
+  time by :class:`StateCollector` from the operator's caches and queues, so it can
+  never drift from what the operator knows and costs nothing between scrapes;
 - *events* (how long checks take, why they fail) are observed by
   :func:`observe_verification` after every provider check.
 
@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import kopf
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cloudcred import conditions
@@ -30,6 +30,10 @@ from cloudcred.api.common import Provider
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
 from cloudcred.providers.base import Reason
 from cloudcred.rollout import ROLLOUT_COMPLETE
+
+if TYPE_CHECKING:  # the caches and queues import this module for their own metrics
+    from cloudcred.cache import Caches
+    from cloudcred.workqueue import WorkQueue
 
 logger = logging.getLogger("cloudcred.metrics")
 
@@ -74,12 +78,14 @@ def observe_verification(provider: object, seconds: float, verified: Mapping[str
         ).inc()
 
 
-class BinderView(Protocol):
-    """The parts of :class:`cloudcred.binder.Binder` the collector reads."""
+class StateSource(Protocol):
+    """What the collector reads: :class:`cloudcred.controllers.runner.Controllers`."""
 
-    credentials: dict[Key, CredentialInfo]
-    credential_bodies: dict[Key, dict[str, Any]]
-    clusters: dict[Key, ClusterInfo]
+    @property
+    def caches(self) -> Caches: ...
+
+    @property
+    def queues(self) -> tuple[WorkQueue[Key], ...]: ...
 
 
 def verified_label(credential_status: Mapping[str, Any]) -> str:
@@ -106,22 +112,22 @@ def _age_seconds(value: object, now: datetime) -> float | None:
 
 
 class StateCollector(Collector):
-    """Computes the state metrics from the binder's index at each scrape.
+    """Computes the state metrics from the caches at each scrape.
 
-    Scrapes run in the HTTP server's thread while the event loop updates the index:
+    Scrapes run in the HTTP server's thread while the event loop updates the caches:
     the collector only reads, and copies each dict first (a single C-level operation
     under the GIL) so that it never iterates a dict that is changing size.
     """
 
-    def __init__(self, binder: BinderView) -> None:
-        self.binder = binder
+    def __init__(self, source: StateSource) -> None:
+        self.source = source
 
     def describe(self) -> Iterator[Metric]:
         # Families without samples: lets the registry check names when registering
         # without computing anything.
         yield from self._families()
 
-    def _families(self) -> tuple[GaugeMetricFamily, ...]:
+    def _families(self) -> tuple[Any, ...]:
         per_credential = ["namespace", "credential"]
         return (
             GaugeMetricFamily(
@@ -153,12 +159,32 @@ class StateCollector(Collector):
                 "True), 0 while a rollout is in progress or blocked.",
                 labels=per_credential,
             ),
+            GaugeMetricFamily(
+                "cloudcred_workqueue_depth",
+                "Keys waiting in a work queue (clusters, credentials, secrets, deploy).",
+                labels=["queue"],
+            ),
+            CounterMetricFamily(
+                "cloudcred_workqueue_adds",
+                "Keys queued (a key already waiting is not counted again).",
+                labels=["queue"],
+            ),
+            CounterMetricFamily(
+                "cloudcred_workqueue_retries",
+                "Keys queued again after a failed reconcile, with a backoff.",
+                labels=["queue"],
+            ),
         )
 
     def collect(self) -> Iterator[Metric]:
         families = self._families()
-        credentials_family, bound_family, pending_family, age_family, rollout_family = families
-        credentials, bodies, clusters = self._snapshot()
+        credentials_family, bound_family, pending_family, age_family, rollout_family = families[:5]
+        depth_family, adds_family, retries_family = families[5:]
+        for queue in self.source.queues:
+            depth_family.add_metric([queue.name], len(queue))
+            adds_family.add_metric([queue.name], queue.adds)
+            retries_family.add_metric([queue.name], queue.retries)
+        credentials, clusters = self._snapshot()
         now = datetime.now(UTC)
 
         bound: dict[Key, list[ClusterInfo]] = {key: [] for key in credentials}
@@ -169,7 +195,7 @@ class StateCollector(Collector):
 
         by_state: dict[tuple[str, str], int] = {}
         for key, credential in sorted(credentials.items()):
-            status = (bodies.get(key) or {}).get("status") or {}
+            status = credential.status
             state = (provider_label(credential.provider), verified_label(status))
             by_state[state] = by_state.get(state, 0) + 1
             labels = [key[0], key[1]]
@@ -190,22 +216,17 @@ class StateCollector(Collector):
             credentials_family.add_metric([provider, verified], count)
         yield from families
 
-    def _snapshot(
-        self,
-    ) -> tuple[dict[Key, CredentialInfo], dict[Key, dict[str, Any]], dict[Key, ClusterInfo]]:
+    def _snapshot(self) -> tuple[dict[Key, CredentialInfo], dict[Key, ClusterInfo]]:
+        caches = self.source.caches
         for _ in range(5):
             try:
-                return (
-                    self.binder.credentials.copy(),
-                    self.binder.credential_bodies.copy(),
-                    self.binder.clusters.copy(),
-                )
+                return caches.credentials.objects.copy(), caches.clusters.objects.copy()
             except RuntimeError:  # changed during the copy: try again
                 continue
-        return {}, {}, {}
+        return {}, {}
 
 
-def serve(port: int, binder: BinderView, registry: CollectorRegistry = REGISTRY) -> None:
+def serve(port: int, source: StateSource, registry: CollectorRegistry = REGISTRY) -> None:
     """Serve ``/metrics`` on ``port`` (all interfaces) in a daemon thread. A port that
     cannot be bound stops the operator (kopf does not retry a PermanentError at start):
     a Service or ServiceMonitor pointing at it would otherwise find nothing, silently."""
@@ -215,5 +236,5 @@ def serve(port: int, binder: BinderView, registry: CollectorRegistry = REGISTRY)
         raise kopf.PermanentError(
             f"cannot serve metrics on port {port} (CLOUDCRED_METRICS_PORT): {error.strerror}"
         ) from None
-    registry.register(StateCollector(binder))
+    registry.register(StateCollector(source))
     logger.info("serving Prometheus metrics on port %d at /metrics", port)

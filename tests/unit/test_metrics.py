@@ -1,4 +1,4 @@
-"""The metrics: state computed from the binder's index at scrape time, check events."""
+"""The metrics: state computed from the caches at scrape time, check events."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from cloudcred import metrics
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
+from cloudcred.cache import Caches
+from cloudcred.workqueue import WorkQueue
 
 REVISION, OLD = "v1-943c1aa8cd74", "v1-0123456789ab"
 KEY_ID, ROLE_ARN = "AKIAIOSFODNN7EXAMPLE", "arn:aws:iam::123456789012:role/cloudcred"
@@ -53,27 +55,25 @@ def cluster(
 
 @dataclass
 class FakeBinder:
-    """The three attributes of the real Binder the collector reads, filled the way the
-    watch handlers fill them."""
+    """The operator's real caches, filled the way the watch handlers fill them, and
+    no queues."""
 
-    credentials: dict[Key, CredentialInfo] = field(default_factory=dict)
-    credential_bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    clusters: dict[Key, ClusterInfo] = field(default_factory=dict)
+    caches: Caches = field(default_factory=Caches)
+    queues: tuple[WorkQueue[Key], ...] = ()
 
     def credential_seen(self, body: dict[str, Any]) -> None:
         info = CredentialInfo.from_body(body)
-        self.credentials[info.key] = info
-        self.credential_bodies[info.key] = body
+        self.caches.credentials.apply(info.key, info)
 
     def cluster_seen(self, body: dict[str, Any]) -> None:
         info = ClusterInfo.from_body(body)
-        self.clusters[info.key] = info
+        self.caches.clusters.apply(info.key, info)
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(binder: metrics.BinderView) -> tuple[str, Samples]:
+def scrape(binder: metrics.StateSource) -> tuple[str, Samples]:
     registry = CollectorRegistry()
     registry.register(metrics.StateCollector(binder))
     text = generate_latest(registry).decode()
@@ -192,17 +192,24 @@ def test_an_empty_index_scrapes_cleanly() -> None:
     assert samples == {}
 
 
-def test_the_real_binder_fits_the_collector() -> None:
-    """The collector reads the real Binder's index as it is (an empty one here)."""
+def test_the_real_controllers_fit_the_collector() -> None:
+    """The collector reads the real controllers' caches and queues as they are."""
     import asyncio
 
-    from cloudcred.binder import Binder
     from cloudcred.config import Settings
+    from cloudcred.controllers.runner import Controllers
 
-    real = Binder(None, Settings(), asyncio.Semaphore(1))  # type: ignore[arg-type]
-    real.credential_seen(credential("acme", "aws-prod"))
-    _, samples = scrape(real)
-    assert value(samples, "cloudcred_credentials", provider="AWS", verified="Pending") == 1
+    async def scenario() -> None:
+        real = Controllers(None, Settings(), asyncio.Semaphore(1), [], lambda _: None)  # type: ignore[arg-type]
+        real.credential_event("ADDED", credential("acme", "aws-prod"))
+        _, samples = scrape(real)
+        assert value(samples, "cloudcred_credentials", provider="AWS", verified="Pending") == 1
+        # The credential event queued the credential; nothing else waits.
+        assert value(samples, "cloudcred_workqueue_depth", queue="credentials") == 1
+        assert value(samples, "cloudcred_workqueue_depth", queue="clusters") == 0
+        assert value(samples, "cloudcred_workqueue_adds_total", queue="credentials") == 1
+
+    asyncio.run(scenario())
 
 
 def test_verification_events(monkeypatch: pytest.MonkeyPatch) -> None:

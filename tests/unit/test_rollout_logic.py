@@ -14,7 +14,7 @@ from cloudcred.rollout import (
     redeploy_state,
     rollout_status,
 )
-from cloudcred.watchers import data_digest
+from cloudcred.cache.informers import data_digest
 
 
 def cluster(name: str, deployed: str | None = None, *, external: bool = False,

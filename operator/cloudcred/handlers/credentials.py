@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from cloudcred import metrics
+from cloudcred.bindings import CredentialInfo
 from cloudcred.constants import CREDENTIAL_PLURAL, CREDENTIAL_RESOURCE
 from cloudcred.kube import NotFound
 from cloudcred.verification import (
@@ -54,14 +55,12 @@ async def verify_and_record(body: Mapping[str, Any], memo: kopf.Memo) -> CheckRe
         return result
 
 
-def secret_changed(namespace: str, name: str, memo: kopf.Memo) -> None:
-    """A referenced Secret's data changed: check its credentials again now (which
-    gives them a new revision), without waiting for the periodic check. Not while
-    kopf's peering has paused this replica: the active one does it."""
-    if memo.binder.paused:
-        return
-    for body in memo.binder.credentials_using_secret(namespace, name):
-        task = asyncio.create_task(verify_and_record(body, memo))
+def secret_changed(credentials: list[CredentialInfo], memo: kopf.Memo) -> None:
+    """A referenced Secret's data changed, or its labels were dropped by a full update:
+    check its credentials again now (which gives them a new revision), without waiting
+    for the periodic check."""
+    for credential in credentials:
+        task = asyncio.create_task(verify_and_record(credential.body, memo))
         memo.background_tasks.add(task)
         task.add_done_callback(memo.background_tasks.discard)
 
@@ -86,8 +85,8 @@ async def periodic_verification(
     ``spec`` is kopf's live view: an edited interval applies from the next wake-up."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     # kopf runs daemons only while this replica is the active one (peering): their
-    # start and their stop with OPERATOR_PAUSING tell the binder when to act.
-    memo.binder.resume()
+    # start and their stop with OPERATOR_PAUSING tell the controllers when to act.
+    memo.controllers.resume()
     try:
         while not stopped:
             interval = parse_interval(verification_settings(dict(spec)).interval)
@@ -104,7 +103,7 @@ async def periodic_verification(
                 await verify_and_record(body, memo)
     finally:
         if stopped.reason and kopf.DaemonStoppingReason.OPERATOR_PAUSING in stopped.reason:
-            memo.binder.pause()
+            memo.controllers.pause()
         if not memo.credential_locks.get(key, asyncio.Lock()).locked():
             for state in (memo.credential_locks, memo.verified_conditions, memo.last_checks):
                 state.pop(key, None)

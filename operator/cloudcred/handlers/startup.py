@@ -11,13 +11,12 @@ from typing import Any, cast
 
 import kopf
 
-from cloudcred.binder import Binder
 from cloudcred.config import Settings
 from cloudcred.constants import CREDENTIAL_KIND, FINALIZER, KOPF_STORAGE_PREFIX
+from cloudcred.controllers.runner import Controllers
 from cloudcred.handlers.credentials import secret_changed
 from cloudcred.kube import Kube, load_client_configuration
 from cloudcred.metrics import serve as start_metrics
-from cloudcred.watchers import namespace_watcher, secret_watcher
 
 
 class CredentialDiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -57,13 +56,14 @@ async def configure(
         prefix=KOPF_STORAGE_PREFIX, key="last-handled-configuration"
     )
     settings.posting.reporting_component = "cloudcred"
-    settings.batching.worker_limit = config.worker_limit
+    settings.queueing.worker_limit = config.worker_limit
     # kopf keeps one worker per object until it has been idle this long; with the
     # default 5 s, a burst of events over more objects than worker_limit stalls.
-    settings.batching.idle_timeout = 1.0
-    # Reconnect watches regularly, so a silently dropped connection is noticed.
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
+    settings.queueing.idle_timeout = 1.0
+    # Every watch ends after watch_timeout seconds on the server's side and is given
+    # up after a little more on ours: a silently dropped connection is noticed.
+    settings.watching.server_timeout = config.watch_timeout
+    settings.watching.client_timeout = config.watch_timeout + 15
     settings.watching.connect_timeout = 10
 
     memo.settings = config
@@ -77,23 +77,28 @@ async def configure(
     memo.credential_locks = {}
     memo.verified_conditions = {}
     memo.last_checks = {}
-    memo.binder = Binder(memo.kube, config, memo.verification_slots)
-    if config.metrics_port:  # before any task starts: a taken port stops the operator here
-        start_metrics(config.metrics_port, memo.binder)
-    memo.binder_task = asyncio.create_task(memo.binder.run(), name="cloudcred-binder")
     memo.background_tasks = set()
-    loop = asyncio.get_running_loop()
-    memo.watchers = [
-        secret_watcher(memo.kube.api, loop, partial(secret_changed, memo=memo)),
-        namespace_watcher(memo.kube.api, loop, lambda _, name: memo.binder.namespace_changed(name)),
-    ]
-    for watcher in memo.watchers:
-        watcher.start()
+    memo.deletion_announced = {}
+    memo.controllers = Controllers(
+        memo.kube, config, memo.verification_slots, list(memo.get("namespaces") or []),
+        partial(secret_changed, memo=memo),
+    )  # fmt: skip
+    if config.metrics_port:  # before any task starts: a taken port stops the operator here
+        start_metrics(config.metrics_port, memo.controllers)
+    memo.controllers.start()
     logger.info("cloudcred settings: %s", config.model_dump_json())
+
+
+@kopf.on.probe(id="progress")
+async def progress(memo: kopf.Memo, **_: Any) -> str:
+    """``/healthz`` fails (HTTP 500) while a watch or a work queue makes no progress:
+    Kubernetes then restarts the operator."""
+    problems = memo.controllers.problems()
+    if problems:
+        raise kopf.PermanentError("; ".join(problems))
+    return "ok"
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    for watcher in memo.watchers:
-        watcher.stop()
-    memo.binder_task.cancel()
+    memo.controllers.stop()

@@ -13,7 +13,8 @@ Cluster, annotated with the revision) before it records the deployment, so the S
 changes exactly at the cluster's deployments. AWS role credentials are delivered as
 session credentials, renewed ``refresh_before`` seconds before they expire.
 
-The binder asks for a deploy whenever a cluster it looks at is behind its credential.
+The cluster reconciler queues a cluster here whenever it is behind its credential;
+the deploy reads what to do from the caches, like the reconcilers.
 Clusters in the same region with the same credential revision share one provider
 check (single flight, remembered for ``CHECK_TTL``), so a fan-out to a thousand
 clusters costs a handful of provider calls, not a thousand. A failed deploy is
@@ -25,10 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -47,6 +49,7 @@ from cloudcred.bindings import (
     Key,
     redeploy_conditions,
 )
+from cloudcred.cache import Caches
 from cloudcred.config import Settings
 from cloudcred.constants import (
     API_VERSION,
@@ -55,15 +58,17 @@ from cloudcred.constants import (
     EXPIRES_ANNOTATION,
     MANAGED_BY_LABEL,
 )
-from cloudcred.kube import Kube, NotFound
+from cloudcred.kube import Kube, NotFound, describe_error
 from cloudcred.providers import provider_module
 from cloudcred.providers.base import Reason, VerificationError, VerifyContext
 from cloudcred.revision import compute_revision
 from cloudcred.rollout import RolloutPlan, redeploy_state
 from cloudcred.verification import ask_provider, read_secrets, retry_delay
+from cloudcred.workqueue import WorkQueue
 
 MANAGER = "cloudcred-deployer"
-DEPLOY_CONCURRENCY = 16  # deploys under way at once (the API calls queue in Kube anyway)
+DEPLOY_CONCURRENCY = 16  # deploy workers (the API calls queue in Kube anyway)
+BINDINGS_FIRST = 30.0  # at most: a long burst of changes must not starve first deploys
 CHECK_TTL = 600.0  # how long a successful region check counts for the same revision
 FAILED_CHECK_TTL = 5.0  # clusters asking at the same moment share one failed answer
 SUPERSEDED_RECHECK = 5.0  # the Secret changed under a revision: look again after this
@@ -92,36 +97,27 @@ class DeployError(Exception):
 CheckKey = tuple[Key, str, str]  # (credential, revision, region)
 
 
-class Deployer:
+class DeployController:
     def __init__(
         self,
         kube: Kube,
         settings: Settings,
+        caches: Caches,
         provider_slots: asyncio.Semaphore,
-        target: Callable[[Key], DeployTarget | None],
-        changed: Callable[[Key], None],
-        lookup: Callable[[Key], DeployTarget | None],
-        wait_turn: Callable[[], Awaitable[None]],
+        clusters: WorkQueue[Key],
     ) -> None:
-        """``target(key)`` says what a cluster needs deploying now (None: nothing);
-        ``changed(key)`` asks the binder to look at a cluster again; ``lookup(key)`` is
-        a bound cluster with its credential, whatever it needs; ``wait_turn()`` returns
-        when the binder has caught up."""
+        """``clusters`` is the cluster reconciler's queue: the deploy step's news (a
+        failure to show, a retry) goes there."""
         self.kube = kube
         self.settings = settings
+        self.caches = caches
         self.provider_slots = provider_slots
-        self.target = target
-        self.changed = changed
-        self.lookup = lookup
-        self.wait_turn = wait_turn
+        self.clusters = clusters
+        self.queue: WorkQueue[Key] = WorkQueue("deploy")
         self.failures: dict[Key, str] = {}  # why the last deploy of a cluster failed
         self._attempts: dict[Key, int] = {}
         self._retry_at: dict[Key, float] = {}
-        self._in_flight: set[Key] = set()
-        self._again: set[Key] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        # A fan-out to thousands of clusters keeps only a few deploys' data in memory.
-        self._slots = asyncio.Semaphore(DEPLOY_CONCURRENCY)
         self._checks: dict[CheckKey, asyncio.Future[None]] = {}
         self._checked_until: dict[CheckKey, float] = {}
         self._failed: dict[CheckKey, tuple[float, VerificationError]] = {}
@@ -133,8 +129,8 @@ class Deployer:
         self.paused = False  # see pause()
 
     def pause(self) -> None:
-        """Another replica acts: no deploys and no renewals until ``resume()``; the
-        binder then hands every cluster over again (and renewals are scheduled anew)."""
+        """Another replica acts: no renewals until ``resume()`` (the workers stop taking
+        keys); renewals are scheduled anew when the clusters are reconciled again."""
         self.paused = True
         for handle in self._renewals.values():
             handle.cancel()
@@ -144,23 +140,10 @@ class Deployer:
     def resume(self) -> None:
         self.paused = False
 
-    def request(self, key: Key) -> None:
-        """Deploy this cluster soon, unless a deploy runs already or a retry waits."""
-        if self.paused:
-            return
-        if key in self._in_flight:
-            self._again.add(key)
-            return
-        if time.monotonic() < self._retry_at.get(key, 0.0):
-            return
-        self._in_flight.add(key)
-        task = asyncio.create_task(self._deploy(key), name=f"deploy {key[0]}/{key[1]}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def forget(self, key: Key) -> None:
-        """The cluster is gone: drop what is kept about it."""
+        """The cluster is gone (or re-created: another object): drop what is kept."""
         self.succeeded(key)
+        self.queue.discard(key)
         self._delivered.pop(key, None)
         self._expiry_known.discard(key)
         renewal = self._renewals.pop(key, None)
@@ -171,27 +154,62 @@ class Deployer:
         for state in (self.failures, self._attempts, self._retry_at):
             state.pop(key, None)
 
-    async def _deploy(self, key: Key) -> None:
+    def target(self, key: Key) -> DeployTarget | None:
+        """What to deploy for this cluster now, if anything: only a bound cluster deployed
+        by the operator, never deployed or marked with the revision of a credential that
+        verified and is up to date with its spec."""
+        cluster = self.caches.clusters.get(key)
+        if cluster is None or cluster.external or not cluster.was_bound_to:
+            return None
+        credential = self.caches.credentials.get(cluster.credential)
+        if credential is None or cluster.was_bound_to != credential.key:
+            return None
+        if not credential.revision or credential.spec_changed or credential.deleting:
+            return None
+        if credential.verification_problem:
+            return None
+        if cluster.deployed_revision == credential.revision:
+            return None
+        if cluster.deployed_revision and cluster.marked != credential.revision:
+            return None  # its turn has not come
+        return DeployTarget(cluster, credential, credential.spec)
+
+    def bound_target(self, key: Key) -> DeployTarget | None:
+        """A cluster deployed by the operator and bound, with its credential."""
+        cluster = self.caches.clusters.get(key)
+        if cluster is None or cluster.external or not cluster.was_bound_to:
+            return None
+        credential = self.caches.credentials.get(cluster.was_bound_to)
+        if credential is None:
+            return None
+        return DeployTarget(cluster, credential, credential.spec)
+
+    async def reconcile(self, key: Key) -> None:
+        """Deploy this cluster if it needs it. Failures are the deploy step's own
+        business: shown on the cluster (DeployFailed) and retried with a backoff."""
+        if time.monotonic() < self._retry_at.get(key, 0.0):
+            return  # a retry is timed already
+        known = self.bound_target(key)
+        if known is None or not known.cluster.deployed_revision:
+            # A first deployment waits for the bindings to settle (they hold deletion
+            # safety); a redeploy (the cluster is marked, its binding settled) goes at once.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.clusters.idle(), BINDINGS_FIRST)
+        target = self.target(key)
+        if target is None:
+            return
         try:
-            known = self.lookup(key)
-            if known is None or not known.cluster.deployed_revision:
-                # A first deployment waits for the binder to catch up; a redeploy (the
-                # cluster is marked, its binding long settled) goes ahead at once.
-                await self.wait_turn()
-            async with self._slots:
-                target = self.target(key)
-                if target is not None:
-                    await self._deploy_target(target)
+            await self._deploy_target(target)
         except Superseded:
             logger.debug("deploy of %s/%s waits: the credential changed under it", *key)
-            asyncio.get_running_loop().call_later(SUPERSEDED_RECHECK, self.changed, key)
+            self.queue.add_after(key, SUPERSEDED_RECHECK)
         except VerificationError as error:
             logger.debug("deploy of %s/%s failed: %s", *key, error.message)
-            await self._failed_deploy(key, error.message)
+            await self._failed_deploy(target, error.message)
         except DeployError as error:
-            await self._failed_deploy(key, str(error))
+            await self._failed_deploy(target, str(error))
         except NotFound:
-            pass  # the cluster is gone
+            self.forget(key)  # the cluster is gone, or was re-created: another object
         except (ApiException, HTTPError, RuntimeError) as error:  # the API is away: retry
             if isinstance(error, ApiException):
                 reason = f"Kubernetes API error (HTTP {error.status})"
@@ -199,15 +217,10 @@ class Deployer:
                 reason = str(error)
             else:
                 reason = f"Kubernetes API unreachable ({type(error).__name__})"
-            await self._failed_deploy(key, reason)
+            await self._failed_deploy(target, reason)
         except Exception as error:  # a bug: retry, keep the operator up
             logger.exception("deploying cluster %s/%s failed", *key)
-            await self._failed_deploy(key, f"internal error ({type(error).__name__})")
-        finally:
-            self._in_flight.discard(key)
-            if key in self._again:
-                self._again.discard(key)
-                self.request(key)
+            await self._failed_deploy(target, f"internal error ({type(error).__name__})")
 
     async def _deploy_target(self, target: DeployTarget) -> None:
         cluster, credential = target.cluster, target.credential
@@ -228,7 +241,8 @@ class Deployer:
                 deployed, bound, redeploy_state(deployed, RolloutPlan(revision))
             ),
         }
-        await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *cluster.key, status, MANAGER)
+        await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *cluster.key, status, MANAGER,
+                                     uid=cluster.uid)  # fmt: skip
         self.succeeded(cluster.key)
         await self.kube.post_event(
             cluster.reference, "Normal", "Deployed",
@@ -287,17 +301,26 @@ class Deployer:
 
     def _start_renewal(self, key: Key) -> None:
         self._renewals.pop(key, None)
-        if self.paused:
-            return
-        task = asyncio.create_task(self._renew(key), name=f"renew {key[0]}/{key[1]}")
+        if not self.paused:
+            self._start(self._renew(key), f"renew {key[0]}/{key[1]}")
+
+    def _start(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        """A short task of its own (a renewal, an expiry read); failures are logged."""
+        task = asyncio.create_task(coroutine, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            logger.warning("%s failed: %s", task.get_name(), describe_error(error))
 
     async def _renew(self, key: Key) -> None:
         """Deliver again the revision the cluster is deployed with: the current spec when
         the cluster is up to date, else the spec it was delivered from (a cluster
         waiting in a paced or blocked rollout keeps working)."""
-        target = self.lookup(key)
+        target = self.bound_target(key)
         if target is None or not target.cluster.credentials_secret:
             return
         deployed = target.cluster.deployed_revision
@@ -327,12 +350,10 @@ class Deployer:
         if self.paused or key in self._expiry_known or key in self._renewals:
             return
         self._expiry_known.add(key)
-        task = asyncio.create_task(self._read_expiry(key), name=f"expiry {key[0]}/{key[1]}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start(self._read_expiry(key), f"expiry {key[0]}/{key[1]}")
 
     async def _read_expiry(self, key: Key) -> None:
-        target = self.lookup(key)
+        target = self.bound_target(key)
         if target is None or not target.cluster.credentials_secret:
             return
         metadata = await self.kube.secret_metadata(key[0], target.cluster.credentials_secret)
@@ -340,17 +361,17 @@ class Deployer:
         if expires:
             self._renew_at(key, datetime.fromisoformat(expires.replace("Z", "+00:00")))
 
-    async def _failed_deploy(self, key: Key, message: str) -> None:
+    async def _failed_deploy(self, target: DeployTarget, message: str) -> None:
+        key = target.cluster.key
         new = self.failures.get(key) != message
         self.failures[key] = message
         attempt = self._attempts.get(key, 0)
         self._attempts[key] = attempt + 1
         delay = retry_delay(attempt, self.settings)
         self._retry_at[key] = time.monotonic() + delay
-        asyncio.get_running_loop().call_later(delay, self.changed, key)
-        self.changed(key)  # shows DeployFailed in the cluster's status
-        target = self.target(key)
-        if new and target is not None:
+        self.queue.add_after(key, delay)
+        self.clusters.add(key)  # shows DeployFailed in the cluster's status
+        if new:
             await self.kube.post_event(target.cluster.reference, "Warning", "DeployFailed",
                                        f"{message}; retrying in {delay:g}s")  # fmt: skip
 

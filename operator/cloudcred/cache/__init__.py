@@ -1,0 +1,88 @@
+"""What the operator knows: one store per kind it depends on, and the questions the
+reconcilers ask of them.
+
+- ``credentials`` and ``clusters`` are fed by kopf's watches (``handlers/events.py``)
+  and repaired by the operator's own paginated LISTs (``informers.CustomResourceLister``);
+- ``secrets`` (only those labelled ``cloudcred.io/credential-secret``; labels and a
+  digest of the data, never the data) and ``namespaces`` (labels) are fed by the
+  operator's own LIST+WATCH threads (``informers.Informer``).
+
+``synced`` is True only when every store has taken in a full LIST since the start or
+since its last watch gap: the workers take no key before (``controllers/runner.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cloudcred import bindings
+from cloudcred.bindings import ClusterInfo, CredentialInfo
+from cloudcred.cache.store import Change, Key, Store
+
+__all__ = ["Caches", "Change", "Key", "SecretInfo", "Store"]
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """A labelled Secret as the operator keeps it: its two labels and a digest of its
+    data (to notice a change), never the data."""
+
+    referenced: bool  # cloudcred.io/credential-secret
+    in_use: bool  # cloudcred.io/in-use
+    digest: str
+
+
+class Caches:
+    def __init__(self) -> None:
+        self.credentials: Store[CredentialInfo] = Store(
+            "CloudCredential",
+            {"secret": lambda c: [(c.namespace, name) for name in c.secret_names]},
+        )
+        self.clusters: Store[ClusterInfo] = Store(
+            "Cluster",
+            {"credential": lambda c: [c.credential], "namespace": lambda c: [c.namespace]},
+        )
+        self.secrets: Store[SecretInfo] = Store("Secret")
+        self.namespaces: Store[dict[str, str]] = Store("Namespace")
+
+    @property
+    def stores(self) -> tuple[Store[object], ...]:
+        return (self.credentials, self.clusters, self.secrets, self.namespaces)  # type: ignore[return-value]
+
+    @property
+    def synced(self) -> bool:
+        return all(store.synced for store in self.stores)
+
+    def unsynced_kinds(self) -> list[str]:
+        return [store.kind for store in self.stores if not store.synced]
+
+    # -- questions the reconcilers ask --------------------------------------------------
+
+    def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        """A namespace's labels; None when it does not exist."""
+        return self.namespaces.get(("", namespace))
+
+    def decide(self, cluster: ClusterInfo) -> bindings.Binding:
+        credential = self.credentials.get(cluster.credential)
+        labels = None
+        if credential is not None and credential.namespace != cluster.namespace:
+            labels = self.namespace_labels(cluster.namespace)
+        return bindings.decide(cluster, credential, labels)
+
+    def referencing(self, credential: Key) -> list[ClusterInfo]:
+        """The clusters whose spec names this credential, bound or not."""
+        found = (self.clusters.get(key) for key in self.clusters.by("credential", credential))
+        return [cluster for cluster in found if cluster is not None]
+
+    def bound_clusters(self, credential: Key) -> list[ClusterInfo]:
+        """The clusters bound to this credential, in key order."""
+        bound = [c for c in self.referencing(credential) if self.decide(c).bound]
+        return sorted(bound, key=lambda cluster: cluster.key)
+
+    def in_use(self, credential: Key) -> bool:
+        """At least one cluster is bound to this credential."""
+        return any(self.decide(cluster).bound for cluster in self.referencing(credential))
+
+    def credentials_using_secret(self, secret: Key) -> list[CredentialInfo]:
+        found = (self.credentials.get(key) for key in self.credentials.by("secret", secret))
+        return [credential for credential in found if credential is not None]

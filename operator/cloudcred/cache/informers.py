@@ -1,0 +1,276 @@
+"""How the stores are filled.
+
+``Informer``: the operator's own LIST+WATCH of one core kind, in a background thread
+with the official client (kopf watches whole kinds and would stream every Secret's
+data; in namespaced mode it cannot watch Namespaces):
+
+- Secrets, selected by the label ``cloudcred.io/credential-secret`` that the operator
+  puts on every referenced Secret, so unrelated Secrets never reach the operator;
+- Namespaces, for their labels (``allowedNamespaces``).
+
+Each start, and each restart after a failure or a 410 Gone, is a paginated LIST
+taken in whole by ``Store.replace`` (the store is not synced in between), then a
+WATCH from the LIST's resourceVersion. Every request has a timeout: the server ends
+each watch after ``watch_timeout`` seconds, and a connection silent for longer than
+that is given up. ``last_progress`` tells ``/healthz`` when the informer last heard
+from the API server.
+
+``CustomResourceLister``: kopf feeds the CloudCredential and Cluster stores from its
+watches, but a kopf listing (start, 410 Gone) sends no deletion for objects that went
+away in the gap, and nothing says when it is complete. So the operator LISTs both
+kinds itself (paginated) at start, shortly after every kopf listing (the store is
+not synced until then), and every ``relist_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+from cloudcred.cache import SecretInfo
+from cloudcred.cache.store import Change, Key, Store
+from cloudcred.constants import IN_USE_LABEL, REFERENCED_LABEL
+from cloudcred.kube import Kube, describe_error
+
+T = TypeVar("T")
+PAGE_SIZE = 500
+MAX_BACKOFF = 30.0
+RELIST_DEBOUNCE = 2.0  # after kopf's last listing event: a listing sends every object
+
+logger = logging.getLogger("cloudcred.cache")
+
+Sink = Callable[[list[Change[Any]]], None]
+
+
+def namespace_matcher(patterns: list[str]) -> Callable[[str], bool]:
+    """kopf's namespace patterns: globs, comma-separated, ``!`` to exclude; none: all."""
+    items = [item.strip() for pattern in patterns for item in pattern.split(",") if item.strip()]
+    include = [item for item in items if not item.startswith("!")]
+    exclude = [item[1:] for item in items if item.startswith("!")]
+
+    def watched(namespace: str) -> bool:
+        if include and not any(fnmatch.fnmatchcase(namespace, p) for p in include):
+            return False
+        return not any(fnmatch.fnmatchcase(namespace, p) for p in exclude)
+
+    return watched
+
+
+class Informer(Generic[T]):
+    """LIST+WATCH of one core kind in a thread; the store is updated on the event loop,
+    then ``sink`` gets what changed."""
+
+    def __init__(
+        self,
+        store: Store[T],
+        list_function: Callable[..., Any],
+        convert: Callable[[Any], T],
+        sink: Sink,
+        loop: asyncio.AbstractEventLoop,
+        watch_timeout: int,
+        label_selector: str | None = None,
+    ) -> None:
+        self.store = store
+        self.list_function = list_function
+        self.convert = convert
+        self.sink = sink
+        self.loop = loop
+        self.watch_timeout = watch_timeout
+        self.label_selector = label_selector
+        self.last_progress = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"cloudcred-{store.kind.lower()}", daemon=True
+        )
+
+    @property
+    def name(self) -> str:
+        return self.store.kind
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _selection(self) -> dict[str, Any]:
+        # (connect, read): the server ends each watch after watch_timeout seconds, so a
+        # longer silence means the connection is dead.
+        selection: dict[str, Any] = {"_request_timeout": (10, self.watch_timeout + 15)}
+        if self.label_selector:
+            selection["label_selector"] = self.label_selector
+        return selection
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                version = self._list()
+                backoff = 1.0
+                while not self._stop.is_set():
+                    version = self._watch(version)
+            except Exception as error:  # 410 Gone, network trouble: list again
+                self._post(self._unsync)
+                if not (isinstance(error, ApiException) and error.status == 410):
+                    logger.warning("watching %ss failed (%s); listing again in %.0fs",
+                                   self.name, describe_error(error), backoff)  # fmt: skip
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _list(self) -> str:
+        """A full, paginated LIST, taken in whole; return its resourceVersion."""
+        asked_at = time.monotonic()
+        listed: dict[Key, T] = {}
+        token = None
+        while True:
+            page = self.list_function(limit=PAGE_SIZE, _continue=token, **self._selection())
+            for item in page.items:
+                listed[_key(item)] = self.convert(item)
+            token = page.metadata._continue
+            self.last_progress = time.monotonic()
+            if not token:
+                break
+        self._post(self._replace, listed, asked_at)
+        return str(page.metadata.resource_version)
+
+    def _watch(self, version: str) -> str:
+        """Follow changes from ``version`` until the server ends the watch; return the
+        last resourceVersion seen."""
+        stream = watch.Watch()
+        for event in stream.stream(
+            self.list_function,
+            resource_version=version,
+            timeout_seconds=self.watch_timeout,
+            allow_watch_bookmarks=True,
+            **self._selection(),
+        ):
+            self.last_progress = time.monotonic()
+            if self._stop.is_set():
+                break
+            if event["type"] == "BOOKMARK":
+                continue
+            item = event["object"]
+            if event["type"] == "DELETED":
+                self._post(self._apply, _key(item), None)
+            else:
+                self._post(self._apply, _key(item), self.convert(item))
+        self.last_progress = time.monotonic()
+        return str(stream.resource_version or version)
+
+    def _post(self, function: Callable[..., None], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(function, *args)
+
+    def _unsync(self) -> None:
+        self.store.unsync()
+        self.sink([])
+
+    def _replace(self, listed: dict[Key, T], asked_at: float) -> None:
+        self.sink(self.store.replace(listed, asked_at))
+
+    def _apply(self, key: Key, value: T | None) -> None:
+        change = self.store.delete(key) if value is None else self.store.apply(key, value)
+        if change.old != change.new:
+            self.sink([change])
+
+
+def _key(item: Any) -> Key:
+    return (item.metadata.namespace or "", item.metadata.name)
+
+
+class CustomResourceLister(Generic[T]):
+    """Full LISTs of one of our kinds into a store that kopf's watch feeds."""
+
+    def __init__(
+        self,
+        store: Store[T],
+        kube: Kube,
+        plural: str,
+        convert: Callable[[dict[str, Any]], T],
+        sink: Sink,
+        watched: Callable[[str], bool],
+    ) -> None:
+        self.store = store
+        self.kube = kube
+        self.plural = plural
+        self.convert = convert
+        self.sink = sink
+        self.watched = watched
+        self.last_progress = time.monotonic()
+        self._soon: asyncio.TimerHandle | None = None
+        self._wanted = asyncio.Event()
+        self._wanted.set()  # the first LIST, at start
+
+    @property
+    def name(self) -> str:
+        return self.store.kind
+
+    def listing_seen(self) -> None:
+        """kopf is listing the kind (start, or after a 410 Gone): deletions in the gap
+        are missed, so the store is not synced until a LIST taken after kopf's last
+        listing event is in."""
+        self.store.unsync()
+        self.sink([])
+        if self._soon is not None:
+            self._soon.cancel()
+        self._soon = asyncio.get_running_loop().call_later(RELIST_DEBOUNCE, self._wanted.set)
+
+    async def run(self, interval: float) -> None:
+        """LIST when asked to, and every ``interval`` seconds; retry failures with a
+        backoff (the store stays unsynced meanwhile if it was)."""
+        backoff = 1.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wanted.wait(), timeout=interval)
+            self._wanted.clear()
+            try:
+                await self.relist()
+                backoff = 1.0
+            except Exception as error:  # the API is away: try again
+                logger.warning("listing %ss failed (%s); again in %.0fs", self.name,
+                               describe_error(error), backoff)  # fmt: skip
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                self._wanted.set()
+
+    async def relist(self) -> None:
+        asked_at = time.monotonic()
+        listed: dict[Key, T] = {}
+        async for body in self.kube.list_pages(self.plural):
+            metadata = body["metadata"]
+            if self.watched(metadata["namespace"]):
+                listed[(metadata["namespace"], metadata["name"])] = self.convert(body)
+            self.last_progress = time.monotonic()
+        changes = self.store.replace(listed, asked_at)
+        self.last_progress = time.monotonic()
+        logger.debug("listed %d %s(s): %d change(s)", len(listed), self.name, len(changes))
+        self.sink(changes)  # also when nothing changed: the store is synced again
+
+
+def data_digest(data: dict[str, str] | None) -> str:
+    """A digest of a Secret's data, to notice a change; the data itself is not kept."""
+    canonical = json.dumps(data or {}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def secret_info(item: client.V1Secret) -> SecretInfo:
+    labels = item.metadata.labels or {}
+    return SecretInfo(
+        referenced=labels.get(REFERENCED_LABEL) == "true",
+        in_use=labels.get(IN_USE_LABEL) == "true",
+        digest=data_digest(item.data),
+    )
+
+
+def namespace_labels(item: client.V1Namespace) -> dict[str, str]:
+    return dict(item.metadata.labels or {})

@@ -1,0 +1,367 @@
+"""Runs the reconcilers: caches in, keys through the queues, workers out.
+
+1. Every change a store takes in (a watch event, a LIST) is mapped to the keys it
+   concerns -- the cluster, its old and new credential, a credential's clusters
+   through the store's index, a Secret's credentials, a namespace's clusters -- and
+   those keys are queued (``_cluster_changed`` and the others below). Keys, never
+   objects: a reconciler reads the caches when its turn comes.
+2. Workers take keys only while every cache is synced and this replica is active
+   (kopf's peering may pause it). A key is held by one worker at a time.
+3. A reconcile that fails is queued again after a per-key backoff, counted in
+   ``cloudcred_reconcile_errors_total``, logged and shown on its object as one
+   Warning Event (``ReconcileFailed``) per distinct error. Other keys go on.
+4. ``problems()`` says what ``/healthz`` should fail on: a watch or a queue that made
+   no progress for too long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kubernetes.client.rest import ApiException
+from prometheus_client import Counter
+
+from cloudcred import metrics, rollout
+from cloudcred.bindings import ClusterInfo, CredentialInfo, Key, object_reference
+from cloudcred.cache import Caches, Change, SecretInfo
+from cloudcred.cache.informers import (
+    CustomResourceLister,
+    Informer,
+    namespace_labels,
+    namespace_matcher,
+    secret_info,
+)
+from cloudcred.config import Settings
+from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, REFERENCED_LABEL
+from cloudcred.controllers.clusters import ClusterReconciler
+from cloudcred.controllers.credentials import CredentialReconciler
+from cloudcred.controllers.deploy import DEPLOY_CONCURRENCY, DeployController
+from cloudcred.controllers.expectations import MarkExpectations
+from cloudcred.controllers.secrets import SecretReconciler
+from cloudcred.kube import Kube, describe_error
+from cloudcred.tasks import spawn
+from cloudcred.workqueue import WorkQueue
+
+logger = logging.getLogger("cloudcred.controllers")
+
+CLUSTER_WORKERS = 16
+CREDENTIAL_WORKERS = 2
+SECRET_WORKERS = 2
+# A credential's list and rollout follow its clusters' events at most this often: a
+# fan-out over thousands of clusters writes its progress once a second, not per event.
+CREDENTIAL_DEBOUNCE = 1.0
+
+RECONCILE_ERRORS = Counter(
+    "cloudcred_reconcile_errors",
+    "Reconciles that failed (and were queued again after a backoff), by controller.",
+    ["controller"],
+    registry=metrics.REGISTRY,
+)
+
+
+class Controllers:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        provider_slots: asyncio.Semaphore,
+        watched_namespaces: list[str],
+        secret_changed: Callable[[list[CredentialInfo]], None],
+    ) -> None:
+        """``secret_changed(credentials)``: a referenced Secret's data changed (or its
+        labels were dropped): check these credentials again."""
+        self.kube = kube
+        self.settings = settings
+        self.caches = Caches()
+        self.secret_changed = secret_changed
+        base, cap = 0.25, settings.retry_max_delay
+        self.clusters: WorkQueue[Key] = WorkQueue("clusters", base, cap)
+        self.credentials: WorkQueue[Key] = WorkQueue("credentials", base, cap)
+        self.secrets: WorkQueue[Key] = WorkQueue("secrets", base, cap)
+        self.plans: dict[Key, rollout.RolloutPlan] = {}
+        self.marks = MarkExpectations()
+        self.deploy = DeployController(kube, settings, self.caches, provider_slots, self.clusters)
+        self.cluster_reconciler = ClusterReconciler(
+            kube, self.caches, self.plans, self.marks, self.credentials, self.deploy
+        )
+        self.credential_reconciler = CredentialReconciler(
+            kube, self.caches, self.plans, self.marks, self.clusters, self.secrets, self.deploy
+        )
+        self.secret_reconciler = SecretReconciler(kube, self.caches)
+        watched = namespace_matcher(watched_namespaces)
+        self.listers: list[CustomResourceLister[Any]] = [
+            CustomResourceLister(self.caches.credentials, kube, CREDENTIAL_PLURAL,
+                                 CredentialInfo.from_body, self._credentials_changed, watched),
+            CustomResourceLister(self.caches.clusters, kube, CLUSTER_PLURAL,
+                                 ClusterInfo.from_body, self._clusters_changed, watched),
+        ]  # fmt: skip
+        self.informers: list[Informer[Any]] = []
+        self.paused = False  # by kopf's peering: another replica acts
+        self._active = asyncio.Event()  # synced and not paused: workers may take keys
+        self._errors: dict[tuple[str, Key], str] = {}  # the last error shown on each object
+        self._unsynced_since: float | None = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def queues(self) -> tuple[WorkQueue[Key], ...]:
+        return (self.clusters, self.credentials, self.secrets, self.deploy.queue)
+
+    # -- starting and stopping ------------------------------------------------------------
+
+    def start(self) -> None:
+        from kubernetes import client
+
+        loop = asyncio.get_running_loop()
+        core = client.CoreV1Api(self.kube.api)
+        timeout = self.settings.watch_timeout
+        self.informers = [
+            Informer(self.caches.secrets, core.list_secret_for_all_namespaces, secret_info,
+                     self._secrets_changed, loop, timeout, label_selector=REFERENCED_LABEL),
+            Informer(self.caches.namespaces, core.list_namespace, namespace_labels,
+                     self._namespaces_changed, loop, timeout),
+        ]  # fmt: skip
+        for informer in self.informers:
+            informer.start()
+        interval = self.settings.relist_interval
+        for lister in self.listers:
+            self._tasks.append(spawn(lister.run(interval), f"list {lister.name}s"))
+        pools: list[tuple[WorkQueue[Key], Callable[[Key], Awaitable[None]], int]] = [
+            (self.clusters, self.cluster_reconciler.reconcile, CLUSTER_WORKERS),
+            (self.credentials, self.credential_reconciler.reconcile, CREDENTIAL_WORKERS),
+            (self.secrets, self.secret_reconciler.reconcile, SECRET_WORKERS),
+            (self.deploy.queue, self.deploy.reconcile, DEPLOY_CONCURRENCY),
+        ]
+        for queue, reconcile, workers in pools:
+            for number in range(workers):
+                name = f"{queue.name} worker {number}"
+                self._tasks.append(spawn(self._work(queue, reconcile), name))
+        self._tasks.append(spawn(self._resync(interval), "resync"))
+
+    def stop(self) -> None:
+        for informer in self.informers:
+            informer.stop()
+        for task in self._tasks:
+            task.cancel()
+
+    def pause(self) -> None:
+        """kopf's peering paused this replica (another one acts): take no key, write
+        nothing, deploy nothing until ``resume()``; the caches keep following."""
+        if not self.paused:
+            logger.info("pausing: another replica acts (kopf peering)")
+        self.paused = True
+        self.deploy.pause()
+        self._refresh()
+
+    def resume(self) -> None:
+        if self.paused:
+            logger.info("resuming after the pause")
+            self.paused = False
+            self.deploy.resume()
+            self._queue_everything()  # the renewals were dropped; a fresh look at all
+        self._refresh()
+
+    # -- kopf's watch events (handlers/events.py) ------------------------------------------
+
+    def cluster_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        metadata = body["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        if kind == "DELETED":
+            change = self.caches.clusters.delete(key)
+        else:
+            change = self.caches.clusters.apply(key, ClusterInfo.from_body(body))
+        self._clusters_changed([change])
+        if kind is None:  # kopf is listing: deletions in a gap are not sent
+            self.listers[1].listing_seen()
+
+    def credential_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        metadata = body["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        if kind == "DELETED":
+            change = self.caches.credentials.delete(key)
+        else:
+            change = self.caches.credentials.apply(key, CredentialInfo.from_body(body))
+        self._credentials_changed([change])
+        if kind is None:
+            self.listers[0].listing_seen()
+
+    # -- what each change concerns ------------------------------------------------------
+
+    def _clusters_changed(self, changes: list[Change[ClusterInfo]]) -> None:
+        self._refresh()
+        for change in changes:
+            old, new = change.old, change.new
+            if new is not None:
+                self.clusters.add(change.key)
+                self.marks.observe(new)
+            if old is not None and (new is None or new.uid != old.uid):
+                self.marks.forget(change.key)  # gone, or another object under its name
+                self.deploy.forget(change.key)
+                if new is None:
+                    self.clusters.discard(change.key)
+            for cluster in (old, new):
+                if cluster is not None:
+                    self.credentials.add_after(cluster.credential, CREDENTIAL_DEBOUNCE)
+
+    def _credentials_changed(self, changes: list[Change[CredentialInfo]]) -> None:
+        self._refresh()
+        for change in changes:
+            old, new = change.old, change.new
+            if old == new:  # only its status lists or rollout moved: ours, debounced
+                self.credentials.add_after(change.key, CREDENTIAL_DEBOUNCE)
+                continue
+            self.credentials.add(change.key)
+            # Provider, deletion, admitted namespaces or revision: every cluster that
+            # names it decides again.
+            for cluster in self.caches.clusters.by("credential", change.key):
+                self.clusters.add(cluster)
+            for credential in (old, new):
+                for secret in credential.secret_names if credential else ():
+                    self.secrets.add((change.key[0], secret))
+
+    def _secrets_changed(self, changes: list[Change[SecretInfo]]) -> None:
+        self._refresh()
+        for change in changes:
+            self.secrets.add(change.key)
+            old, new = change.old, change.new
+            # The data changed, or the Secret left the label selection (a full update
+            # dropped the labels: its data may have changed too). Not at the first LIST.
+            if old is not None and (new is None or new.digest != old.digest):
+                users = self.caches.credentials_using_secret(change.key)
+                if users and not self.paused:
+                    self.secret_changed(users)
+
+    def _namespaces_changed(self, changes: list[Change[dict[str, str]]]) -> None:
+        self._refresh()
+        for change in changes:
+            for cluster in self.caches.clusters.by("namespace", change.key[1]):
+                self.clusters.add(cluster)
+
+    def _queue_everything(self) -> None:
+        for key in self.caches.clusters:
+            self.clusters.add(key)
+        for key in self.caches.credentials:
+            self.credentials.add(key)
+        self._queue_secrets()
+
+    def _queue_secrets(self) -> None:
+        for key in self.caches.secrets:
+            self.secrets.add(key)
+        for credential in self.caches.credentials.objects.values():
+            for secret in credential.secret_names:
+                self.secrets.add((credential.namespace, secret))
+
+    async def _resync(self, interval: float) -> None:
+        """Every ``interval``: look at every credential and every Secret label again
+        (a label removed by hand is put back even if no event said so)."""
+        while True:
+            await asyncio.sleep(interval)
+            for key in self.caches.credentials:
+                self.credentials.add(key)
+            self._queue_secrets()
+
+    # -- the workers -------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        """Open or close the workers' gate after a sync or pause change."""
+        synced = self.caches.synced
+        if synced:
+            if self._unsynced_since is not None:
+                logger.info("caches synced: %s", ", ".join(
+                    f"{len(store)} {store.kind}(s)" for store in self.caches.stores))  # fmt: skip
+            self._unsynced_since = None
+        elif self._unsynced_since is None:
+            self._unsynced_since = time.monotonic()
+        if synced and not self.paused:
+            self._active.set()
+        else:
+            self._active.clear()
+
+    async def _work(
+        self, queue: WorkQueue[Key], reconcile: Callable[[Key], Awaitable[None]]
+    ) -> None:
+        while True:
+            key = await queue.get()
+            try:
+                # Held, not put back, while the caches sync or the replica is paused:
+                # nothing is decided on the word of a cache that is not complete.
+                await self._active.wait()
+                await reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                delay = queue.add_rate_limited(key)
+                RECONCILE_ERRORS.labels(controller=queue.name).inc()
+                await self._show_error(queue.name, key, error, delay)
+            else:
+                queue.forget(key)
+                self._errors.pop((queue.name, key), None)
+            finally:
+                queue.done(key)
+
+    async def _show_error(self, controller: str, key: Key, error: Exception, delay: float) -> None:
+        """Log the failure; post it on the object as a Warning Event once per distinct
+        error (never a response body: only the API server's own message)."""
+        what = describe_error(error)
+        if isinstance(error, ApiException):
+            what += f": {_api_message(error)}"
+        elif not isinstance(error, RuntimeError):
+            logger.exception("reconciling %s %s/%s failed", controller, *key)
+        logger.warning("reconciling %s %s/%s failed (%s); retrying in %gs", controller, *key,
+                       what, delay)  # fmt: skip
+        if self._errors.get((controller, key)) == what:
+            return
+        self._errors[(controller, key)] = what
+        reference = self._reference(controller, key)
+        if reference is not None:
+            await self.kube.post_event(reference, "Warning", "ReconcileFailed",
+                                       f"cloudcred could not update this object: {what}; "
+                                       "retrying with a growing delay")  # fmt: skip
+
+    def _reference(self, controller: str, key: Key) -> dict[str, Any] | None:
+        if controller in ("clusters", "deploy"):
+            cluster = self.caches.clusters.get(key)
+            return cluster.reference if cluster else None
+        if controller == "credentials":
+            credential = self.caches.credentials.get(key)
+            return credential.reference if credential else None
+        reference = object_reference("Secret", key, None)
+        reference["apiVersion"] = "v1"
+        return reference
+
+    # -- health ------------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Why this replica is not making progress, if it is not: a watch silent for
+        longer than its timeout allows, caches unsynced as long, or a queue whose
+        workers finished nothing while keys waited."""
+        limit = 2 * self.settings.watch_timeout + 30
+        now = time.monotonic()
+        found = [
+            f"the {informer.name} watch has not answered for {now - informer.last_progress:.0f}s"
+            for informer in self.informers
+            if now - informer.last_progress > limit
+        ]
+        if self._unsynced_since is not None and now - self._unsynced_since > limit:
+            found.append(f"caches not synced for {now - self._unsynced_since:.0f}s: "
+                         f"{', '.join(self.caches.unsynced_kinds())}")  # fmt: skip
+        if self._active.is_set():
+            found += [
+                f"the {queue.name} queue has made no progress for {now - queue.last_done:.0f}s"
+                for queue in self.queues
+                if queue.busy and now - queue.last_done > limit
+            ]
+        return found
+
+
+def _api_message(error: ApiException) -> str:
+    """The ``message`` of the API server's Status answer, shortened."""
+    try:
+        message = str(json.loads(error.body or "{}").get("message", ""))
+    except (ValueError, AttributeError):
+        message = ""
+    return message[:300] or "no message"

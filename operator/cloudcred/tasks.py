@@ -1,0 +1,41 @@
+"""Background tasks that must not die quietly.
+
+A task the operator starts for its whole life (a worker pool, a lister) that ends with
+an exception is a bug the operator cannot recover from by itself: the task's work
+would silently stop while ``/healthz`` stayed green. So the process ends, and
+Kubernetes starts a fresh one, which lists everything again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import traceback
+from collections.abc import Coroutine
+from typing import Any
+
+logger = logging.getLogger("cloudcred")
+
+EXIT_CODE = 70  # EX_SOFTWARE: an internal error
+
+
+def spawn(coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """Start a supervised task: if it ever raises, the process exits."""
+    task = asyncio.get_running_loop().create_task(coroutine, name=name)
+    task.add_done_callback(_end_process_if_failed)
+    return task
+
+
+def _end_process_if_failed(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is None:
+        return
+    # Where it failed, without the exception's text (which could quote data).
+    where = "".join(traceback.format_tb(error.__traceback__))
+    logger.critical("background task %r died (%s): exiting so that the operator restarts\n%s",
+                    task.get_name(), type(error).__name__, where)  # fmt: skip
+    logging.shutdown()
+    os._exit(EXIT_CODE)

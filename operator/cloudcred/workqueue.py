@@ -1,0 +1,153 @@
+"""A work queue of keys: what is left to do, one key at a time, with per-key retries.
+
+The shape of client-go's ``workqueue`` (``Typed`` plus the rate-limiting and delaying
+wrappers), for asyncio:
+
+- a key is queued at most once: adding a key already waiting does nothing, so a burst
+  of events about one object collapses into one reconcile;
+- a key is handed to one worker at a time: adding a key that a worker holds only marks
+  it dirty, and ``done`` queues it again, so no two workers ever reconcile one object
+  at the same time and no change is lost while one does;
+- ``add_rate_limited`` queues a key again after a per-key delay that doubles with every
+  failure (``base`` up to ``cap``), and ``forget`` resets it after a success: one
+  object that keeps failing waits longer and longer and never delays another;
+- ``add_after`` queues a key later (a timer: a re-check, a debounced credential).
+
+Keys are plain hashable values; the queue never holds objects or events (the
+reconcilers read the caches: see ``cloudcred.cache``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class WorkQueue(Generic[K]):
+    def __init__(self, name: str, base_delay: float = 0.25, max_delay: float = 300.0) -> None:
+        self.name = name
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._order: deque[K] = deque()  # waiting keys, in the order they came
+        self._dirty: set[K] = set()  # waiting, or to run again after their worker is done
+        self._processing: set[K] = set()
+        self._failures: dict[K, int] = {}
+        self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._waiters: deque[asyncio.Future[None]] = deque()  # workers waiting for a key
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.adds = 0  # keys queued, counted for the metrics
+        self.retries = 0  # rate-limited re-queues, counted for the metrics
+        self.last_done = time.monotonic()  # when a worker last finished a key
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def add(self, key: K) -> None:
+        """Queue this key now (unless it waits already)."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if key in self._dirty:
+            return
+        self._dirty.add(key)
+        self.adds += 1
+        self._idle.clear()
+        if key in self._processing:
+            return  # queued again by done()
+        self._order.append(key)
+        self._wake()
+
+    def add_after(self, key: K, delay: float) -> None:
+        """Queue this key in ``delay`` seconds; an earlier timer or a waiting key wins."""
+        if delay <= 0:
+            self.add(key)
+            return
+        if key in self._dirty:
+            return
+        when = asyncio.get_running_loop().time() + delay
+        timer = self._timers.get(key)
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._idle.clear()
+        self._timers[key] = asyncio.get_running_loop().call_at(when, self._fire, key)
+
+    def add_rate_limited(self, key: K) -> float:
+        """Queue this key again after its next backoff delay; return the delay."""
+        failures = self._failures.get(key, 0)
+        self._failures[key] = failures + 1
+        self.retries += 1
+        delay: float = min(self.base_delay * 2.0**failures, self.max_delay)
+        self.add_after(key, delay)
+        return delay
+
+    def forget(self, key: K) -> None:
+        """The key succeeded: its next failure starts from the base delay again."""
+        self._failures.pop(key, None)
+
+    def failures(self, key: K) -> int:
+        return self._failures.get(key, 0)
+
+    def discard(self, key: K) -> None:
+        """The object is gone: drop its timer and its failure count (a worker holding it
+        finishes normally)."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._failures.pop(key, None)
+        self._settle()
+
+    async def get(self) -> K:
+        """The next key to reconcile; the caller must call ``done(key)`` afterwards."""
+        while not self._order:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # hand the wake-up on to another worker
+                raise
+        key = self._order.popleft()
+        self._dirty.discard(key)
+        self._processing.add(key)
+        return key
+
+    def done(self, key: K) -> None:
+        self._processing.discard(key)
+        self.last_done = time.monotonic()
+        if key in self._dirty:  # added while it was being reconciled
+            self._order.append(key)
+            self._wake()
+        self._settle()
+
+    @property
+    def busy(self) -> bool:
+        """Keys are waiting or being reconciled (timers not counted)."""
+        return bool(self._order or self._processing)
+
+    async def idle(self) -> None:
+        """Return once nothing is waiting, running or timed."""
+        await self._idle.wait()
+
+    def _fire(self, key: K) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def _settle(self) -> None:
+        if not self._order and not self._processing and not self._timers:
+            self._idle.set()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return

@@ -1,0 +1,943 @@
+"""Bindings that hold in the real world (issue 13), against the real API server.
+
+Each test is one of the issue's promises, shown the way a user would meet it:
+
+1. a restart at scale (``CLOUDCRED_HOLD_CLUSTERS`` clusters, 2000 by default) never lets
+   the credential's count drop, its Secret lose ``cloudcred.io/in-use``, or a delete of
+   either through admission, polled every 200 ms from the SIGKILL until 30 s after the
+   new start; the restarted operator reaches the API server through a proxy that holds
+   its first LIST of one kind, so the kinds arrive in a known order;
+2. ``kubectl replace`` of a referenced Secret (its labels dropped) is a new revision and
+   the Secret is labelled and protected again;
+3. one Cluster that a policy refuses to update holds up no other cluster, shows its
+   problem in a Warning Event, and is retried with backoff (writes counted in the audit
+   log);
+4. after a credential switched to a new Secret and the rollout completed, the old Secret
+   is released (it can be deleted) and the new one is protected;
+5. a credential deleted while the operator's watch was down (a 410 Gone, then a re-list)
+   leaves its clusters CredentialNotFound (fault suite: its own control plane);
+6. a watch that stops answering (a loopback proxy turned into a black hole) makes
+   ``/healthz`` fail, and the operator catches up once the network is back;
+7. a Cluster deleted and re-created under the same name while its deploy is under way
+   gets a deployment of its own (the provider calls of the deploy are held by a proxy).
+
+The operators here are the tests' own (killed, restarted, pointed at a proxy), each
+watching namespaces the shared operator does not watch, except in 2 and 4.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from cloudcred.constants import (
+    CLUSTER_PLURAL,
+    CREDENTIAL_PLURAL,
+    FORCE_DELETE_ANNOTATION,
+    GROUP,
+    IN_USE_LABEL,
+    REDEPLOY_ANNOTATION,
+    REFERENCED_LABEL,
+    VERSION,
+)
+from tests.aws import Moto
+from tests.conftest import Kube
+from tests.envtest.controlplane import ControlPlane
+from tests.integration import test_faults
+from tests.integration.conftest import operator_env
+from tests.integration.test_faults import plane_kube
+from tests.kube import api_client
+from tests.operator import OperatorProcess, wait_for
+from tests.proxy import LoopbackProxy, Tls, kubeconfig_via
+from tests.resources import (
+    condition,
+    create_cluster,
+    create_credential,
+    deployed,
+    events_for,
+    get_cluster,
+    get_credential,
+    list_clusters,
+    marked,
+    new_revision,
+    patch_cluster_status,
+    patch_credential,
+    refusal,
+    secret,
+    static_key_credential,
+)
+
+pytestmark = pytest.mark.integration
+
+HOLD_CLUSTERS = int(os.environ.get("CLOUDCRED_HOLD_CLUSTERS", "2000"))
+POLL_INTERVAL = 0.2
+AFTER_START = 30.0  # seconds polled after the restarted operator starts
+RESTART_GAP = 1.0  # seconds between the SIGKILL and the new start
+LIST_HOLD = 6.0  # seconds the restarted operator's first LIST of one kind is held
+TEAMS = 4  # namespaces the cross-namespace fleet is spread over
+QUIET = {"CLOUDCRED_LOG_LEVEL": "INFO"}  # DEBUG logs every body: slow with many clusters
+ROLE = {"roleArn": "arn:aws:iam::123456789012:role/deployer"}  # moto's account; see moto
+NO_CHECK = {"enabled": False}  # bindings do not need the provider
+REFUSED_WINDOW = 30.0
+WATCH_TIMEOUT = 5  # CLOUDCRED_WATCH_TIMEOUT of the black-hole test
+DEPLOY_HOLD = 3.0  # seconds each regional AWS call of a deploy is held
+
+# The fault suite's control plane (no watch cache: a compacted watch gets a real 410
+# Gone), started for this module when its fault test runs.
+fault_plane = test_faults.plane
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def own_namespace(kube: Kube, prefix: str, labels: dict[str, str] | None = None) -> str:
+    """A fresh namespace; with a prefix other than ``t-`` the shared operator ignores it."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    kube.core.create_namespace(client.V1Namespace(
+        metadata=client.V1ObjectMeta(name=name, labels=labels)))  # fmt: skip
+    return name
+
+
+@pytest.fixture
+def operators() -> Iterator[list[OperatorProcess]]:
+    """Operators a test starts; stopped at its end whatever happens."""
+    started: list[OperatorProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+def start_operator(
+    operators: list[OperatorProcess], kubeconfig: Path, log_path: Path, env: dict[str, str],
+    namespaces: list[str],
+) -> OperatorProcess:  # fmt: skip
+    args = [arg for ns in namespaces for arg in ("--namespace", ns)]
+    process = OperatorProcess(kubeconfig=kubeconfig, log_path=log_path, env=env, args=args)
+    operators.append(process.start())
+    return process
+
+
+def is_bound(cluster: dict[str, Any] | None) -> bool:
+    return (condition(cluster, "CredentialBound") or {}).get("status") == "True"
+
+
+def bound_reason(cluster: dict[str, Any] | None) -> str:
+    found = condition(cluster, "CredentialBound") or {}
+    return f"{found.get('status')}/{found.get('reason')}"
+
+
+def credential_status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    return dict((get_credential(kube, namespace, name) or {}).get("status") or {})
+
+
+def secret_labels(kube: Kube, namespace: str, name: str) -> dict[str, str]:
+    return dict(kube.core.read_namespaced_secret(name, namespace).metadata.labels or {})
+
+
+def refused(action: Callable[[], Any]) -> bool:
+    """True if the API server refuses ``action()`` (a 4xx other than 404)."""
+    try:
+        action()
+    except ApiException as error:
+        if error.status == 404 or error.status >= 500 or error.status == 0:
+            raise
+        return True
+    return False
+
+
+def dry_run_delete_secret(kube: Kube, namespace: str, name: str) -> Callable[[], Any]:
+    return lambda: kube.core.delete_namespaced_secret(name, namespace, dry_run="All")
+
+
+def dry_run_delete_credential(kube: Kube, namespace: str, name: str) -> Callable[[], Any]:
+    return lambda: kube.custom.delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, CREDENTIAL_PLURAL, name, dry_run="All"
+    )
+
+
+def rollout_complete(kube: Kube, namespace: str, name: str, revision: str, total: int) -> bool:
+    credential = get_credential(kube, namespace, name) or {}
+    done = condition(credential, "RolloutComplete") or {}
+    rollout = (credential.get("status") or {}).get("rollout")
+    return done.get("status") == "True" and rollout == {
+        "revision": revision, "updated": total, "total": total,
+    }  # fmt: skip
+
+
+def report_deployed(kube: Kube, namespace: str, names: list[str], revision: str) -> None:
+    """What an external deployer does once it has deployed ``revision``."""
+    for name in names:
+        patch_cluster_status(kube, namespace, name, {"deployedRevision": revision})
+
+
+def deadline_left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.1)
+
+
+def healthz(port: int) -> int | None:
+    """The HTTP status of the operator's liveness endpoint; None if it does not answer."""
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def operator_writes(
+    audit_log: Path, offset: int, namespace: str, name: str, since: datetime, until: datetime
+) -> list[dict[str, Any]]:
+    """Write requests by the operator (user agent ``cloudcred/`` or ``kopf/``) to the
+    Cluster ``namespace/name`` (status included), received in [since, until), refused
+    ones included, read from byte ``offset`` of the audit log."""
+    found = []
+    with audit_log.open() as log:
+        log.seek(offset)
+        for line in log:
+            entry = json.loads(line)
+            ref = entry.get("objectRef") or {}
+            if (ref.get("resource"), ref.get("namespace"), ref.get("name")) != (
+                CLUSTER_PLURAL, namespace, name
+            ):  # fmt: skip
+                continue
+            if not entry.get("userAgent", "").startswith(("cloudcred/", "kopf/")):
+                continue
+            received = datetime.fromisoformat(entry["requestReceivedTimestamp"])
+            if since <= received < until:
+                found.append(entry)
+    return found
+
+
+# -- 1. restart at scale ---------------------------------------------------------------------
+
+
+@dataclass
+class Fleet:
+    """One static-key credential ``fleet`` in ``home`` and ``count`` External clusters
+    spread over ``namespaces``."""
+
+    home: str
+    namespaces: list[str]
+    count: int
+    credential: str = "fleet"
+    secret: str = "fleet-keys"
+
+    def where(self, index: int) -> tuple[str, str]:
+        return self.namespaces[index % len(self.namespaces)], f"c{index:05d}"
+
+    def samples(self) -> list[tuple[str, str]]:
+        return [self.where(i) for i in sorted({0, self.count // 2, self.count - 1})]
+
+    def create_clusters(self, kube: Kube) -> float:
+        """Create the clusters, 8 at a time; return the seconds it took."""
+        started = time.monotonic()
+
+        def one(index: int) -> None:
+            namespace, name = self.where(index)
+            ref = {"name": self.credential}
+            if namespace != self.home:
+                ref["namespace"] = self.home
+            create_cluster(kube, namespace, name, provider="AWS", region="eu-west-3",
+                           credentialRef=ref, deploy="External")  # fmt: skip
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, range(self.count)))
+        return time.monotonic() - started
+
+    def create_credential(self, kube: Kube, moto: Moto) -> None:
+        user = moto.create_user(f"hold-{uuid.uuid4().hex[:8]}")
+        secret(kube, self.home, self.secret, {"secretAccessKey": user.secret_access_key})
+        extra: dict[str, Any] = {}
+        if self.namespaces != [self.home]:
+            extra["allowedNamespaces"] = {"matchLabels": {"cloudcred-test/fleet": self.home}}
+        static_key_credential(kube, self.home, self.credential, user.access_key_id,
+                              self.secret, **extra)  # fmt: skip
+
+    def problems(self, kube: Kube, lowest: list[int]) -> list[str]:
+        """What breaks the promise right now ([] while it holds); the lowest clusterCount
+        seen goes into ``lowest``."""
+        found = []
+        status = credential_status(kube, self.home, self.credential)
+        count = int(status.get("clusterCount") or 0)
+        lowest[0] = min(lowest[0], count)
+        if count < self.count:
+            found.append(f"clusterCount {count} < {self.count}")
+        if secret_labels(kube, self.home, self.secret).get(IN_USE_LABEL) != "true":
+            found.append(f"Secret without {IN_USE_LABEL}")
+        if not refused(dry_run_delete_secret(kube, self.home, self.secret)):
+            found.append("dry-run delete of the Secret admitted")
+        if not refused(dry_run_delete_credential(kube, self.home, self.credential)):
+            found.append("dry-run delete of the credential admitted")
+        for namespace, name in self.samples():
+            cluster = get_cluster(kube, namespace, name)
+            if not is_bound(cluster):
+                found.append(f"cluster {namespace}/{name} CredentialBound "
+                             f"{bound_reason(cluster)}")  # fmt: skip
+        return found
+
+
+@dataclass
+class Poller:
+    """Runs ``check()`` every ``interval`` seconds in a thread, keeping what it said."""
+
+    check: Callable[[], list[str]]
+    interval: float = POLL_INTERVAL
+    results: list[tuple[float, list[str]]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Poller:
+        self._thread = threading.Thread(target=self._run, name="poller", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.results.append((started, self.check()))
+            except Exception as error:  # the API server answered badly: not a verdict
+                self.errors.append(f"{type(error).__name__}: {str(error)[:200]}")
+            next_at = max(next_at + self.interval, time.monotonic())
+            self._stop.wait(next_at - time.monotonic())
+
+    def longest_gap(self) -> float:
+        times = [at for at, _ in self.results]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+LIST_PATHS = {
+    CLUSTER_PLURAL: re.compile(rf"^/apis/{re.escape(GROUP)}/[^/]+/(namespaces/[^/]+/)?clusters$"),
+    CREDENTIAL_PLURAL: re.compile(
+        rf"^/apis/{re.escape(GROUP)}/[^/]+/(namespaces/[^/]+/)?cloudcredentials$"
+    ),
+    "namespaces": re.compile(r"^/api/v1/namespaces$"),
+}
+
+
+def hold_first_lists(kind: str, seconds: float, held: list[str]) -> Callable[[str], float]:
+    """A ``hold`` for the proxy: the first LIST (not a watch, not a next page) of each
+    collection path of ``kind`` waits ``seconds``; every other request passes at once."""
+
+    def hold(head: str) -> float:
+        method, target, _ = head.split(" ", 2)
+        path, _, query = target.partition("?")
+        params = parse_qs(query)
+        watching = params.get("watch", [""])[0].lower() in ("true", "1")
+        if method != "GET" or watching or "continue" in params:
+            return 0.0
+        if not LIST_PATHS[kind].match(path) or path in held:
+            return 0.0
+        held.append(path)
+        return seconds
+
+    return hold
+
+
+# variant: (clusters created before the credential, cross-namespace, kind listed last)
+VARIANTS = {
+    "credential-first": (False, False, CLUSTER_PLURAL),
+    "clusters-first": (True, False, CREDENTIAL_PLURAL),
+    "cross-namespace": (False, True, "namespaces"),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
+    kube: Kube, moto: Moto, tmp_path: Path, operators: list[OperatorProcess], variant: str
+) -> None:
+    """``HOLD_CLUSTERS`` clusters bound to one static-key credential; the operator is
+    SIGKILLed and started again. From the kill until 30 s after the new start, polled
+    every 200 ms: the credential's clusterCount never drops, its Secret keeps
+    ``cloudcred.io/in-use``, a server-side dry-run delete of the Secret and of the
+    credential is refused, and sampled clusters stay Bound.
+
+    Variants: the credential created before its clusters, the clusters before the
+    credential, and clusters in other namespaces admitted by ``allowedNamespaces``. The
+    restarted operator reaches the API server through a TLS-ending proxy that holds its
+    first LIST of one kind for ``LIST_HOLD`` s: Clusters (credentials listed first),
+    CloudCredentials (clusters listed first), Namespaces (cross-namespace)."""
+    clusters_first, cross_namespace, held_kind = VARIANTS[variant]
+    home = own_namespace(kube, "hh")
+    namespaces = [home]
+    if cross_namespace:
+        labels = {"cloudcred-test/fleet": home}
+        namespaces = [own_namespace(kube, f"{home}-{i}", labels) for i in range(TEAMS)]
+    fleet = Fleet(home=home, namespaces=namespaces, count=HOLD_CLUSTERS)
+    watched = sorted({home, *namespaces})
+    env = {**operator_env(moto), **QUIET}
+    first = start_operator(operators, kube.kubeconfig, tmp_path / "operator-1.log", env, watched)
+    print(f"\n{variant}: {HOLD_CLUSTERS} clusters in {len(namespaces)} namespace(s)")
+
+    started = time.monotonic()
+    if clusters_first:
+        took = fleet.create_clusters(kube)
+        fleet.create_credential(kube, moto)
+    else:
+        fleet.create_credential(kube, moto)
+        took = fleet.create_clusters(kube)
+    print(f"created the clusters in {took:.1f}s ({HOLD_CLUSTERS / took:.0f}/s)")
+    lowest = [HOLD_CLUSTERS]
+    last: list[list[str]] = [[]]
+
+    def steady() -> bool:
+        last[0] = fleet.problems(kube, [HOLD_CLUSTERS])
+        return not last[0]
+
+    try:
+        wait_for(steady, timeout=300, interval=2, what="every cluster bound and the Secret held")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; still: {last[0]}") from None
+    print(f"bound and held {time.monotonic() - started:.1f}s after the first create")
+    for namespace in namespaces:
+        loose = [c["metadata"]["name"] for c in list_clusters(kube, namespace) if not is_bound(c)]
+        assert not loose, f"not Bound before the kill in {namespace}: {loose[:10]}"
+    time.sleep(2)  # the binder's last writes land
+
+    held: list[str] = []
+    proxy = None
+    kubeconfig = kube.kubeconfig
+    if kube.plane is not None:
+        proxy = LoopbackProxy("127.0.0.1", kube.plane.port, tls=Tls.of_control_plane(
+            kube.plane.pki), hold=hold_first_lists(held_kind, LIST_HOLD, held),
+            lifetime=600).start()  # fmt: skip
+        kubeconfig = kubeconfig_via(kube.kubeconfig, proxy.url, tmp_path / "kubeconfig-proxy")
+    poll_kube = Kube(kubeconfig=kube.kubeconfig, api=api_client(kube.kubeconfig), plane=None)
+    poller = Poller(lambda: fleet.problems(poll_kube, lowest))
+    try:
+        poller.start()
+        time.sleep(POLL_INTERVAL)
+        first.kill()
+        killed = time.monotonic()
+        time.sleep(RESTART_GAP)
+        second = start_operator(operators, kubeconfig, tmp_path / "operator-2.log", env, watched)
+        restarted = time.monotonic()
+        time.sleep(AFTER_START)
+        poller.stop()
+    finally:
+        poller.stop()
+        poll_kube.api.close()
+        if proxy:
+            proxy.stop()
+
+    results = [(at, found) for at, found in poller.results if at >= killed - POLL_INTERVAL]
+    broken = [(at, found) for at, found in results if found]
+    kinds = sorted({problem.split(" <")[0].split(" CredentialBound")[0]
+                    for _, found in broken for problem in found})  # fmt: skip
+    print(f"{len(results)} polls from the kill to {AFTER_START:.0f}s after the new start "
+          f"(longest gap {poller.longest_gap():.2f}s); lowest clusterCount {lowest[0]}; "
+          f"{len(broken)} poll(s) found a broken promise")  # fmt: skip
+    if proxy:
+        print(f"held {held_kind} LIST(s) {held or 'none: the kind was never listed'} for "
+              f"{LIST_HOLD:.0f}s; the restarted operator sent {len(proxy.requests)} "
+              "request(s) through the proxy")  # fmt: skip
+    try:
+        assert not poller.errors, f"polls failed: {poller.errors[:5]}"
+        assert len(results) >= (RESTART_GAP + AFTER_START) / 1.0, "too few polls"
+        if broken:
+            at, found = broken[0]
+            raise AssertionError(
+                f"{variant}: {len(broken)} of {len(results)} polls broke the promise, the "
+                f"first {at - killed:+.1f}s after the SIGKILL ({at - restarted:+.1f}s after the "
+                f"new start): {found}; lowest clusterCount {lowest[0]} of {HOLD_CLUSTERS}; "
+                f"problems seen: {kinds}"
+            )
+        assert second.alive, "the restarted operator exited"
+        assert "Traceback" not in second.log()
+    finally:
+        for process in operators:
+            process.stop()
+        for namespace in namespaces:  # less for the other tests' LISTs to carry
+            kube.custom.delete_collection_namespaced_custom_object(
+                GROUP, VERSION, namespace, CLUSTER_PLURAL
+            )
+
+
+# -- 2. kubectl replace of a referenced Secret ---------------------------------------------------
+
+
+def test_a_replaced_secret_is_a_new_revision_and_is_labelled_and_protected_again(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    """``kubectl replace`` of a referenced Secret: a full update that drops the operator's
+    labels. Within 30 s: a new revision, the bound clusters marked with it, the Secret
+    labelled ``credential-secret`` and ``in-use`` again, and its deletion refused."""
+    secret(kube, namespace, "keys", {"secretAccessKey": "a" * 40})
+    static_key_credential(kube, namespace, "prod", "AKIAIOSFODNN7EXAMPLE", "keys",
+                          verification=NO_CHECK, rollout={"maxConcurrent": "100%"})  # fmt: skip
+    names = ["a", "b"]
+    for name in names:
+        create_cluster(kube, namespace, name, provider="AWS", region="eu-west-3",
+                       credentialRef={"name": "prod"}, deploy="External")  # fmt: skip
+    first = new_revision(kube, namespace, "prod", None)
+    report_deployed(kube, namespace, names, first)
+    wait_for(lambda: rollout_complete(kube, namespace, "prod", first, 2), timeout=30,
+             what="the first rollout")  # fmt: skip
+    labelled = {REFERENCED_LABEL: "true", IN_USE_LABEL: "true"}
+    wait_for(lambda: secret_labels(kube, namespace, "keys") == labelled, timeout=30,
+             what="the Secret labelled")  # fmt: skip
+    assert refused(dry_run_delete_secret(kube, namespace, "keys"))
+
+    # `kubectl create secret generic keys --from-literal=... -o yaml --dry-run=client |
+    # kubectl replace -f -`: the whole object, without the labels.
+    current = kube.core.read_namespaced_secret("keys", namespace)
+    replacement = client.V1Secret(
+        metadata=client.V1ObjectMeta(name=current.metadata.name),
+        string_data={"secretAccessKey": "b" * 40},
+    )  # fmt: skip
+    kube.core.replace_namespaced_secret("keys", namespace, replacement)
+    replaced = time.monotonic()
+    assert secret_labels(kube, namespace, "keys") == {}, "the replace kept the labels"
+    deadline = replaced + 30
+
+    second = wait_for(
+        lambda: (r := credential_status(kube, namespace, "prod").get("revision")) != first and r,
+        timeout=deadline_left(deadline), what="a new revision after the replace",
+    )  # fmt: skip
+    print(f"\nnew revision {time.monotonic() - replaced:.1f}s after the replace")
+    wait_for(lambda: all(marked(c) == second for c in list_clusters(kube, namespace)),
+             timeout=deadline_left(deadline),
+             what=f"the clusters marked {REDEPLOY_ANNOTATION}={second}")  # fmt: skip
+    wait_for(lambda: secret_labels(kube, namespace, "keys") == labelled,
+             timeout=deadline_left(deadline), what="the Secret labelled again")  # fmt: skip
+    wait_for(lambda: refused(dry_run_delete_secret(kube, namespace, "keys")),
+             timeout=deadline_left(deadline), what="the Secret's deletion refused")  # fmt: skip
+    print(f"marked, labelled and protected {time.monotonic() - replaced:.1f}s after the replace")
+
+
+# -- 3. one refused Cluster -------------------------------------------------------------------
+
+
+def refusing_policy(name: str, namespace: str, cluster: str) -> tuple[dict[str, Any], ...]:
+    """A ValidatingAdmissionPolicy and its binding that refuse every update of one
+    Cluster, status included (a patch is an update for admission)."""
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [GROUP], "apiVersions": ["*"], "operations": ["UPDATE"],
+                "resources": [CLUSTER_PLURAL, f"{CLUSTER_PLURAL}/status"],
+            }]},
+            "matchConditions": [{
+                "name": "that-cluster",
+                "expression": f"object.metadata.namespace == '{namespace}' "
+                              f"&& object.metadata.name == '{cluster}'",
+            }],
+            "validations": [{"expression": "false", "reason": "Forbidden",
+                             "message": f"cluster {namespace}/{cluster} is frozen by a test"}],
+        },
+    }  # fmt: skip
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    }
+    return policy, binding
+
+
+@pytest.fixture
+def refused_cluster(kube: Kube) -> Iterator[Callable[[str, str], None]]:
+    """Installs a policy refusing every update of one Cluster (cluster-wide: removed at
+    the end) and waits until it refuses."""
+    admission = client.AdmissionregistrationV1Api(kube.api)
+    installed: list[str] = []
+
+    def install(namespace: str, cluster: str) -> None:
+        name = f"cloudcred-test-frozen-{namespace}"
+        policy, binding = refusing_policy(name, namespace, cluster)
+        admission.create_validating_admission_policy(policy)
+        installed.append(name)
+        admission.create_validating_admission_policy_binding(binding)
+
+        def probe() -> bool:  # policies load asynchronously
+            patch = {"metadata": {"annotations": {"cloudcred-test/probe": str(time.time())}}}
+            return refusal(lambda: kube.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, CLUSTER_PLURAL, cluster, patch)) is not None  # fmt: skip
+
+        wait_for(probe, timeout=30, interval=0.5, what="the policy to refuse updates")
+
+    yield install
+    for name in installed:
+        for delete in (admission.delete_validating_admission_policy_binding,
+                       admission.delete_validating_admission_policy):  # fmt: skip
+            try:
+                delete(name)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+
+
+def test_one_refused_cluster_holds_up_no_other_and_is_retried_with_backoff(
+    kube: Kube, tmp_path: Path, moto: Moto, operators: list[OperatorProcess],
+    refused_cluster: Callable[[str, str], None],
+) -> None:  # fmt: skip
+    """A Cluster whose every update a policy engine refuses (a ValidatingAdmissionPolicy
+    on that one object), then 100 clusters on another credential: within 30 s the 100
+    are bound and counted; the refused cluster's problem is a Warning Event
+    ``ReconcileFailed`` on it, not repeated; and the operator's writes to it, counted in
+    the audit log over those 30 s, back off instead of coming every second."""
+    if kube.plane is None:
+        pytest.skip("counts writes in the local control plane's audit log")
+    ns = own_namespace(kube, "hr")
+    for name in ("frozen", "fleet"):
+        create_credential(kube, ns, name, provider="AWS", aws=ROLE, verification=NO_CHECK)
+    create_cluster(kube, ns, "frozen", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": "frozen"}, deploy="External")  # fmt: skip
+    refused_cluster(ns, "frozen")
+    offset = kube.plane.audit_log.stat().st_size
+    since_start = datetime.now(UTC) - timedelta(seconds=1)
+    operator = start_operator(operators, kube.kubeconfig, tmp_path / "operator.log",
+                              operator_env(moto), [ns])  # fmt: skip
+    far = datetime.now(UTC) + timedelta(days=1)
+    wait_for(lambda: operator_writes(kube.plane.audit_log, offset, ns, "frozen", since_start,
+                                     far), timeout=60,
+             what="the operator's first (refused) write to the frozen cluster")  # fmt: skip
+
+    since = datetime.now(UTC)
+    created = time.monotonic()
+    names = [f"c{i:03d}" for i in range(100)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda name: create_cluster(
+            kube, ns, name, provider="AWS", region="eu-west-3", credentialRef={"name": "fleet"},
+            deploy="External"), names))  # fmt: skip
+    problems: list[str] = []
+
+    def all_bound() -> bool:
+        clusters = {c["metadata"]["name"]: c for c in list_clusters(kube, ns)}
+        count = credential_status(kube, ns, "fleet").get("clusterCount")
+        return all(is_bound(clusters.get(n)) for n in names) and count == len(names)
+
+    try:
+        wait_for(all_bound, timeout=REFUSED_WINDOW, interval=0.5, what="the 100 clusters bound")
+        print(f"\n100 clusters bound and counted {time.monotonic() - created:.1f}s after "
+              "their creation began")  # fmt: skip
+    except AssertionError:
+        clusters = list_clusters(kube, ns)
+        loose = sum(not is_bound(c) for c in clusters if c["metadata"]["name"] in names)
+        count = credential_status(kube, ns, "fleet").get("clusterCount")
+        problems.append(f"after {REFUSED_WINDOW:.0f}s, {loose} of the 100 clusters not Bound "
+                        f"and the credential's clusterCount is {count}")  # fmt: skip
+
+    def warnings() -> list[client.CoreV1Event]:
+        return [e for e in events_for(kube, ns, "frozen") if e.reason == "ReconcileFailed"
+                and e.type == "Warning" and e.involved_object.kind == "Cluster"]  # fmt: skip
+
+    try:
+        wait_for(warnings, timeout=deadline_left(created + REFUSED_WINDOW), interval=0.5,
+                 what="a ReconcileFailed Warning Event on the frozen cluster")  # fmt: skip
+    except AssertionError:
+        problems.append("no Warning Event ReconcileFailed on the frozen cluster")
+    time.sleep(deadline_left(created + REFUSED_WINDOW))
+    until = since + timedelta(seconds=REFUSED_WINDOW)
+    writes = operator_writes(kube.plane.audit_log, offset, ns, "frozen", since, until)
+    late = [w for w in writes if datetime.fromisoformat(w["requestReceivedTimestamp"])
+            >= since + timedelta(seconds=REFUSED_WINDOW / 2)]  # fmt: skip
+    codes = sorted({(w.get("responseStatus") or {}).get("code") for w in writes}, key=str)
+    found = warnings()
+    print(f"operator writes to the frozen cluster in {REFUSED_WINDOW:.0f}s: {len(writes)} "
+          f"({len(late)} in the last {REFUSED_WINDOW / 2:.0f}s), HTTP {codes}; "
+          f"{len(found)} ReconcileFailed event(s): "
+          f"{[(e.message, e.count) for e in found][:3]}")  # fmt: skip
+    if len(writes) >= REFUSED_WINDOW:
+        problems.append(f"{len(writes)} writes to the frozen cluster in {REFUSED_WINDOW:.0f}s")
+    if len(late) > 5:
+        problems.append(f"{len(late)} writes to the frozen cluster in the last "
+                        f"{REFUSED_WINDOW / 2:.0f}s: no backoff")  # fmt: skip
+    if len(found) > 3:
+        problems.append(f"{len(found)} ReconcileFailed events: repeated, not one per error")
+    if any(not (e.message or "").strip() for e in found):
+        problems.append("a ReconcileFailed event without a message")
+    assert not problems, "; ".join(problems)
+    assert operator.alive
+    assert "Traceback" not in operator.log()
+
+
+# -- 4. a credential switched to a new Secret ---------------------------------------------
+
+
+def test_after_a_switch_to_a_new_secret_the_old_one_is_released(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    """The README's rotation flow: the credential switches to a new key in a new Secret
+    and the rollout completes (an external deployer reports each cluster). The old
+    Secret loses both labels within 30 s and can be deleted; the new one cannot."""
+    user = moto.create_user(f"switch-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, "keys-1", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, namespace, "prod", user.access_key_id, "keys-1",
+                          rollout={"maxConcurrent": "100%"})  # fmt: skip
+    names = ["a", "b", "c"]
+    for name in names:
+        create_cluster(kube, namespace, name, provider="AWS", region="eu-west-3",
+                       credentialRef={"name": "prod"}, deploy="External")  # fmt: skip
+    first = new_revision(kube, namespace, "prod", None)
+    report_deployed(kube, namespace, names, first)
+    wait_for(lambda: rollout_complete(kube, namespace, "prod", first, 3), timeout=30,
+             what="the first rollout")  # fmt: skip
+    wait_for(lambda: secret_labels(kube, namespace, "keys-1").get(IN_USE_LABEL) == "true",
+             timeout=30, what="keys-1 labelled in use")  # fmt: skip
+
+    new_key = moto.client("iam").create_access_key(UserName=user.user)["AccessKey"]
+    secret(kube, namespace, "keys-2", {"secretAccessKey": new_key["SecretAccessKey"]})
+    patch_credential(kube, namespace, "prod", {"spec": {"aws": {
+        "accessKeyId": new_key["AccessKeyId"],
+        "secretAccessKeyRef": {"name": "keys-2", "key": "secretAccessKey"},
+    }}})  # fmt: skip
+    second = new_revision(kube, namespace, "prod", first)
+    wait_for(lambda: all(marked(c) == second for c in list_clusters(kube, namespace)),
+             timeout=30, what="every cluster marked with the new revision")  # fmt: skip
+    report_deployed(kube, namespace, names, second)
+    wait_for(lambda: rollout_complete(kube, namespace, "prod", second, 3), timeout=30,
+             what="RolloutComplete for the new revision")  # fmt: skip
+    done = time.monotonic()
+
+    released = wait_for(
+        lambda: not ({IN_USE_LABEL, REFERENCED_LABEL} & set(secret_labels(kube, namespace,
+                                                                          "keys-1"))),
+        timeout=30, what="keys-1 released (no in-use nor credential-secret label)",
+    )  # fmt: skip
+    assert released
+    print(f"\nkeys-1 released {time.monotonic() - done:.1f}s after RolloutComplete")
+    wait_for(lambda: refusal(lambda: kube.core.delete_namespaced_secret("keys-1", namespace))
+             is None, timeout=10, what="keys-1 deleted")  # fmt: skip
+    assert secret_labels(kube, namespace, "keys-2").get(IN_USE_LABEL) == "true"
+    assert refused(dry_run_delete_secret(kube, namespace, "keys-2"))
+
+
+# -- 5. a credential deleted while the watch is down ---------------------------------------
+
+
+@pytest.mark.faults
+def test_a_credential_deleted_while_the_watch_was_down_is_dropped_after_the_relist(
+    fault_plane: ControlPlane, moto: Moto, tmp_path: Path, operators: list[OperatorProcess]
+) -> None:
+    """While the operator's API server is away, a second API server on the same etcd
+    deletes a credential that two clusters use (its finalizer removed, break glass), and
+    etcd is compacted past it: the operator's watch gets 410 Gone and re-lists, and no
+    DELETED event ever comes. Within 30 s of the API server's return, both clusters
+    show CredentialNotFound; a cluster of another credential stays Bound."""
+    plane = fault_plane
+    kube = plane_kube(plane)
+    ns = own_namespace(kube, "hg")
+    operator = start_operator(operators, plane.kubeconfig, tmp_path / "operator.log",
+                              operator_env(moto), [ns])  # fmt: skip
+    for name in ("doomed", "kept"):
+        create_credential(kube, ns, name, provider="AWS", aws=ROLE, verification=NO_CHECK)
+    users = {"a": "doomed", "b": "doomed", "c": "kept"}
+    for name, credential in users.items():
+        create_cluster(kube, ns, name, provider="AWS", region="eu-west-3",
+                       credentialRef={"name": credential}, deploy="External")  # fmt: skip
+    wait_for(lambda: all(is_bound(get_cluster(kube, ns, n)) for n in users)
+             and credential_status(kube, ns, "doomed").get("clusterCount") == 2,
+             timeout=60, what="the clusters bound")  # fmt: skip
+    log_offset = len(operator.log())
+
+    other = plane_kube(plane, plane.add_apiserver("kube-apiserver-holding"))
+    try:
+        plane.stop_process("kube-apiserver")  # the operator's watches break
+        patch_credential(other, ns, "doomed", {"metadata": {
+            "finalizers": [], "annotations": {FORCE_DELETE_ANNOTATION: "test"}}})  # fmt: skip
+        other.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, CREDENTIAL_PLURAL,
+                                                     "doomed")  # fmt: skip
+        wait_for(lambda: get_credential(other, ns, "doomed") is None, timeout=10,
+                 what="the credential gone")  # fmt: skip
+        compacted = plane.compact_etcd()
+    finally:
+        other.api.close()
+        plane.stop_process("kube-apiserver-holding")
+    back = time.monotonic()
+    plane.resume()
+    print(f"\netcd compacted at revision {compacted}; API server back in "
+          f"{time.monotonic() - back:.1f}s")  # fmt: skip
+
+    def reasons() -> dict[str, str]:
+        return {n: bound_reason(get_cluster(kube, ns, n)) for n in users}
+
+    expected = {"a": "False/CredentialNotFound", "b": "False/CredentialNotFound",
+                "c": "True/Bound"}  # fmt: skip
+    try:
+        wait_for(lambda: reasons() == expected, timeout=30,
+                 what="the clusters of the deleted credential CredentialNotFound")  # fmt: skip
+    except AssertionError as error:
+        raise AssertionError(f"{error}; CredentialBound: {reasons()}") from None
+    print(f"CredentialNotFound {time.monotonic() - back:.1f}s after the API server came back")
+    restarts = operator.log()[log_offset:].count("Restarting the watch-stream")
+    assert restarts, "no watch got 410 Gone: the fault was not injected"
+    assert operator.alive
+    assert "Traceback" not in operator.log()
+
+
+# -- 6. a watch that stops answering ---------------------------------------------------------
+
+
+def test_a_watch_that_stops_answering_fails_healthz_and_the_operator_catches_up(
+    kube: Kube, moto: Moto, tmp_path: Path, operators: list[OperatorProcess]
+) -> None:
+    """The operator reaches the API server through a loopback proxy. The proxy turns into
+    a black hole: its connections stay open and carry nothing, new ones are accepted
+    and carry nothing. With ``CLOUDCRED_WATCH_TIMEOUT=5``, ``/healthz`` (200 before)
+    fails within 90 s; once the proxy forwards again (the dead connections stay dead),
+    a cluster created during the outage is bound within 60 s and ``/healthz`` is 200."""
+    if kube.plane is None:
+        pytest.skip("needs the local control plane (its certificate covers 127.0.0.1)")
+    ns = own_namespace(kube, "hw")
+    server = urlsplit(kube.plane.url)
+    proxy = LoopbackProxy(server.hostname or "127.0.0.1", server.port or 443,
+                          lifetime=600).start()  # fmt: skip
+    try:
+        via = kubeconfig_via(kube.kubeconfig, f"https://127.0.0.1:{proxy.port}",
+                             tmp_path / "kubeconfig-proxy")  # fmt: skip
+        env = {**operator_env(moto), "CLOUDCRED_WATCH_TIMEOUT": str(WATCH_TIMEOUT)}
+        operator = start_operator(operators, via, tmp_path / "operator.log", env, [ns])
+        create_credential(kube, ns, "cred", provider="AWS", aws=ROLE, verification=NO_CHECK)
+        create_cluster(kube, ns, "early", provider="AWS", region="eu-west-3",
+                       credentialRef={"name": "cred"}, deploy="External")  # fmt: skip
+        wait_for(lambda: is_bound(get_cluster(kube, ns, "early")), timeout=60,
+                 what="a cluster bound through the proxy")  # fmt: skip
+        wait_for(lambda: healthz(operator.liveness_port) == 200, timeout=30,
+                 what="/healthz 200 before the outage")  # fmt: skip
+
+        proxy.black_hole()
+        dark = time.monotonic()
+        create_cluster(kube, ns, "late", provider="AWS", region="eu-west-3",
+                       credentialRef={"name": "cred"}, deploy="External")  # fmt: skip
+        seen: list[int | None] = []
+
+        def failing() -> bool:
+            seen.append(healthz(operator.liveness_port))
+            return seen[-1] != 200
+
+        try:
+            wait_for(failing, timeout=90, interval=1, what="/healthz to fail in the black hole")
+        except AssertionError:
+            raise AssertionError(
+                f"/healthz answered 200 throughout 90 s of black hole ({len(seen)} probes)"
+            ) from None
+        print(f"\n/healthz {seen[-1]} {time.monotonic() - dark:.1f}s into the black hole")
+
+        proxy.forward()
+        light = time.monotonic()
+        wait_for(lambda: is_bound(get_cluster(kube, ns, "late")), timeout=60,
+                 what="the cluster created during the outage bound")  # fmt: skip
+        print(f"the late cluster bound {time.monotonic() - light:.1f}s after the network "
+              "came back")  # fmt: skip
+        wait_for(lambda: healthz(operator.liveness_port) == 200, timeout=60,
+                 what="/healthz 200 again")  # fmt: skip
+        print(f"/healthz 200 again {time.monotonic() - light:.1f}s after")
+        assert operator.alive, "the operator exited (Kubernetes would restart it)"
+    finally:
+        proxy.stop()
+
+
+# -- 7. a Cluster re-created during its deploy ---------------------------------------------
+
+
+def test_a_cluster_recreated_during_its_deploy_gets_its_own_deployment(
+    kube: Kube, moto: Moto, tmp_path: Path, operators: list[OperatorProcess]
+) -> None:
+    """The operator's own deploy step, with its regional AWS calls held 3 s each by a
+    proxy in front of moto. While the first deploy of a cluster is under way, the
+    cluster is deleted and created again under the same name. The new object (new
+    uid) gets a deployment of its own: ``deployedRevision`` and a ``Deployed`` Event
+    for its uid, ``lastDeployedTime`` not before its creation, and the old object's
+    deploy writes nothing and announces nothing."""
+    ns = own_namespace(kube, "hd")
+    endpoint = urlsplit(moto.endpoint)
+    deploying: list[float] = []
+
+    def hold(head: str) -> float:
+        # A deploy checks the cluster's region (STS and Auto Scaling in eu-west-3); the
+        # credential's own check uses the operator's region.
+        if "/eu-west-3/" not in head:
+            return 0.0
+        deploying.append(time.monotonic())
+        return DEPLOY_HOLD
+
+    proxy = LoopbackProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80, hold=hold,
+                          lifetime=600).start()  # fmt: skip
+    try:
+        env = {**operator_env(moto), "AWS_ENDPOINT_URL": proxy.url}
+        operator = start_operator(operators, kube.kubeconfig, tmp_path / "operator.log", env,
+                                  [ns])  # fmt: skip
+        create_credential(kube, ns, "deployer", provider="AWS", aws=ROLE)
+        revision = new_revision(kube, ns, "deployer", None)
+        wait_for(lambda: (condition(get_credential(kube, ns, "deployer"), "Verified") or {})
+                 .get("status") == "True", timeout=30, what="the role verified")  # fmt: skip
+        spec: dict[str, Any] = {"provider": "AWS", "region": "eu-west-3",
+                                "credentialRef": {"name": "deployer"}}  # fmt: skip
+        create_cluster(kube, ns, "c", **spec)
+        old_uid = get_cluster(kube, ns, "c")["metadata"]["uid"]
+        wait_for(lambda: deploying, timeout=30, interval=0.05,
+                 what="the deploy's first regional AWS call")  # fmt: skip
+        kube.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, CLUSTER_PLURAL, "c")
+        create_cluster(kube, ns, "c", **spec)
+        recreated = time.monotonic()
+        new = get_cluster(kube, ns, "c")
+        new_uid = new["metadata"]["uid"]
+        assert new_uid != old_uid
+        assert deployed(new) is None
+        print(f"\nre-created {recreated - deploying[0]:.2f}s into the first deploy")
+
+        def deployed_events(uid: str) -> list[client.CoreV1Event]:
+            return [e for e in events_for(kube, ns, "c")
+                    if e.reason == "Deployed" and e.involved_object.uid == uid]  # fmt: skip
+
+        def own_deployment() -> bool:
+            cluster = get_cluster(kube, ns, "c")
+            return deployed(cluster) == revision and bool(deployed_events(new_uid))
+
+        try:
+            wait_for(own_deployment, timeout=60, interval=0.5,
+                     what="the new object's own deployment")  # fmt: skip
+        except AssertionError as error:
+            now = get_cluster(kube, ns, "c")
+            uids = [(e.involved_object.uid, e.message) for e in events_for(kube, ns, "c")
+                    if e.reason == "Deployed"]  # fmt: skip
+            raise AssertionError(
+                f"{error}; deployedRevision {deployed(now)} (revision {revision}), Deployed "
+                f"events by uid {uids} (old {old_uid}, new {new_uid})"
+            ) from None
+        print(f"deployed {time.monotonic() - recreated:.1f}s after the re-creation")
+        cluster = get_cluster(kube, ns, "c")
+        assert cluster["metadata"]["uid"] == new_uid
+        when = datetime.fromisoformat(cluster["status"]["lastDeployedTime"])
+        assert when >= datetime.fromisoformat(cluster["metadata"]["creationTimestamp"])
+        stale = deployed_events(old_uid)
+        assert not stale, (
+            "the old object's deploy, under way when it was deleted, announced a deployment "
+            f"(its write went to the new object): {[e.message for e in stale]}"
+        )
+        assert operator.alive
+        assert "Traceback" not in operator.log()
+    finally:
+        proxy.stop()
