@@ -137,7 +137,7 @@ test-long: envtest ## The fault suite at full size (200 clusters, 10 kills, a 70
 	CLOUDCRED_FAULT_EXAMPLES=400 CLOUDCRED_FAULT_TAKEOVER=kill $(PY) -m pytest -m faults
 
 .PHONY: bench
-bench: envtest ## Benchmark against a plain-client baseline (BENCH_CLUSTERS=1000 BENCH_LARGE=5000); writes bench/results.json.
+bench: envtest ## Benchmark against a plain-client baseline (BENCH_CLUSTERS=1000 BENCH_LARGE=5000 BENCH_HUGE=10000, 0 skips); writes bench/results.json.
 	$(PY) -m bench.run
 
 .PHONY: bench-bind

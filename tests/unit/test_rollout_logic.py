@@ -7,6 +7,7 @@ from typing import Any
 import boto3
 
 from cloudcred.bindings import ClusterInfo, CredentialInfo
+from cloudcred.cache.informers import data_digest
 from cloudcred.rollout import (
     RolloutPlan,
     concurrency_limit,
@@ -14,7 +15,6 @@ from cloudcred.rollout import (
     redeploy_state,
     rollout_status,
 )
-from cloudcred.cache.informers import data_digest
 
 
 def cluster(name: str, deployed: str | None = None, *, external: bool = False,
