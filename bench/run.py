@@ -46,7 +46,8 @@ half of huge). Diagnostics: BENCH_TIMELINE=1 prints the operator's writes per se
 during each fan-out; BENCH_PROFILE=<py-spy> records the operator's CPU
 (BENCH_PROFILE_SECONDS).
 
-Prints a table and writes bench/results.json (only when every requested phase ran).
+Prints a table and writes bench/results.json (only when every requested phase ran; it
+also holds each phase's seconds with its baselines and the harness's own peak RSS).
 
     BENCH_CLUSTERS=1000 BENCH_LARGE=5000 BENCH_HUGE=10000 BENCH_IDLE_SECONDS=60 \\
         .venv/bin/python -m bench.run
@@ -672,13 +673,17 @@ def fanout_phase(bench: Bench, count: int) -> dict[str, Any]:
         RedeployPending=True status (marking as the operator's contract defines it),
         the deployment's status, the Deployed event."""
         name = f"c{i:05d}"
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(name=f"{name}.{uuid.uuid4().hex[:16]}"),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind="Cluster", name=name,
-                namespace=baseline_ns),
-            type="Normal", reason="Deployed", message=f"deployed with revision {revision}",
-            source=client.V1EventSource(component="baseline"))  # fmt: skip
+
+        def event() -> client.CoreV1Event:
+            # Built when sent, not when every cluster's writes are queued: one client
+            # model holds several Configuration objects, ~10 KB (100 MB at 10,000).
+            return client.CoreV1Event(
+                metadata=client.V1ObjectMeta(name=f"{name}.{uuid.uuid4().hex[:16]}"),
+                involved_object=client.V1ObjectReference(
+                    api_version=f"{GROUP}/{VERSION}", kind="Cluster", name=name,
+                    namespace=baseline_ns),
+                type="Normal", reason="Deployed", message=f"deployed with revision {revision}",
+                source=client.V1EventSource(component="baseline"))  # fmt: skip
 
         def status(pending: bool) -> Callable[[], Any]:
             return lambda: bench.custom.patch_namespaced_custom_object_status(
@@ -691,7 +696,7 @@ def fanout_phase(bench: Bench, count: int) -> dict[str, Any]:
                 {"metadata": {"annotations": {"cloudcred.io/redeploy-revision": revision}}}),
             *([status(pending=True)] if mark else []),
             status(pending=False),
-            lambda: bench.core.create_namespaced_event(baseline_ns, event),
+            lambda: bench.core.create_namespaced_event(baseline_ns, event()),
         ]  # fmt: skip
 
     def baseline(revision: str, mark: bool) -> Callable[[], Awaitable[None]]:
@@ -804,26 +809,27 @@ def main() -> None:
         results: dict[str, Any] = {"clusters": count}
         if {"huge-bind", "huge-fanout"} & set(phases):
             results["huge_clusters"] = huge
+        runs: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+            "bind": (f"bind, {count} clusters over {CREDENTIALS} credentials",
+                     lambda: bind_phase(bench, count, idle_seconds)),
+            "fanout": (f"fan-out, {count} clusters on one credential",
+                       lambda: fanout_phase(bench, count)),
+            "large": (f"cost, {large} clusters on one credential",
+                      lambda: large_phase(bench, large)),
+            "huge-bind": (f"bind, {huge} clusters over {CREDENTIALS} credentials, then the "
+                          f"deletion guard", lambda: huge_measures(
+                              bind_phase(bench, huge, 0, prefix=HUGE_CREDENTIALS, guard=True))),
+            "huge-fanout": (f"fan-out, {huge} clusters on one credential",
+                            lambda: huge_measures(fanout_phase(bench, huge))),
+        }  # fmt: skip
+        durations: dict[str, int] = {}
         try:
-            if "bind" in phases:
-                print(f"bench: bind, {count} clusters over {CREDENTIALS} credentials",
-                      flush=True)  # fmt: skip
-                results |= bind_phase(bench, count, idle_seconds)
-            if "fanout" in phases:
-                print(f"bench: fan-out, {count} clusters on one credential", flush=True)
-                results |= fanout_phase(bench, count)
-            if "large" in phases:
-                print(f"bench: cost, {large} clusters on one credential", flush=True)
-                results |= large_phase(bench, large)
-            if "huge-bind" in phases:
-                print(f"bench: bind, {huge} clusters over {CREDENTIALS} credentials, then "
-                      f"the deletion guard", flush=True)  # fmt: skip
-                results |= huge_measures(
-                    bind_phase(bench, huge, 0, prefix=HUGE_CREDENTIALS, guard=True)
-                )
-            if "huge-fanout" in phases:
-                print(f"bench: fan-out, {huge} clusters on one credential", flush=True)
-                results |= huge_measures(fanout_phase(bench, huge))
+            for phase in phases:
+                what, run = runs[phase]
+                print(f"bench: {what}", flush=True)
+                phase_started = time.monotonic()
+                results |= run()
+                durations[phase] = round(time.monotonic() - phase_started)
         finally:
             moto.stop()
             plane.stop()
@@ -833,6 +839,7 @@ def main() -> None:
         results["huge_rss_mb"] = max(peaks)
     results["harness_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     results["bench_seconds"] = round(time.monotonic() - started)
+    results["phase_seconds"] = durations  # each phase with its baselines
     report(results)
 
 

@@ -886,7 +886,9 @@ def test_a_cluster_recreated_during_its_deploy_gets_its_own_deployment(
     proxy = LoopbackProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80, hold=hold,
                           lifetime=600).start()  # fmt: skip
     try:
-        env = {**operator_env(moto), "AWS_ENDPOINT_URL": proxy.url}
+        # Provider calls may take longer than the held ones (the tests' default is 3 s).
+        env = {**operator_env(moto), "AWS_ENDPOINT_URL": proxy.url,
+               "CLOUDCRED_VERIFICATION_TIMEOUT": "30"}  # fmt: skip
         operator = start_operator(operators, kube.kubeconfig, tmp_path / "operator.log", env,
                                   [ns])  # fmt: skip
         create_credential(kube, ns, "deployer", provider="AWS", aws=ROLE)

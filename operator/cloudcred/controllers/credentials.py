@@ -13,6 +13,7 @@ credential is in use.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from cloudcred import bindings, conditions, rollout
@@ -49,13 +50,15 @@ class CredentialReconciler:
         self.deploy = deploy
         self.announced: dict[Key, str] = {}  # the revision of the last RolloutComplete Event
         self.blocked_announced: dict[Key, str] = {}  # the last RolloutBlocked Event's text
+        self.last_run: dict[Key, float] = {}  # when each credential was last reconciled
 
     async def reconcile(self, key: Key) -> None:
         credential = self.caches.credentials.get(key)
         if credential is None:
-            for state in (self.plans, self.announced, self.blocked_announced):
+            for state in (self.plans, self.announced, self.blocked_announced, self.last_run):
                 state.pop(key, None)
             return
+        self.last_run[key] = time.monotonic()
         for secret in credential.secret_names:
             self.secrets.add((credential.namespace, secret))
         bound = [self.marks.apply(cluster) for cluster in self.caches.bound_clusters(key)]

@@ -105,14 +105,16 @@ class DeployController:
         caches: Caches,
         provider_slots: asyncio.Semaphore,
         clusters: WorkQueue[Key],
+        credentials: WorkQueue[Key],
     ) -> None:
-        """``clusters`` is the cluster reconciler's queue: the deploy step's news (a
-        failure to show, a retry) goes there."""
+        """``clusters`` and ``credentials`` are the reconcilers' queues: the deploy
+        step's news (a failure to show on the cluster, a rollout to halt) goes there."""
         self.kube = kube
         self.settings = settings
         self.caches = caches
         self.provider_slots = provider_slots
         self.clusters = clusters
+        self.credentials = credentials
         self.queue: WorkQueue[Key] = WorkQueue("deploy")
         self.failures: dict[Key, str] = {}  # why the last deploy of a cluster failed
         self._attempts: dict[Key, int] = {}
@@ -187,8 +189,10 @@ class DeployController:
     async def reconcile(self, key: Key) -> None:
         """Deploy this cluster if it needs it. Failures are the deploy step's own
         business: shown on the cluster (DeployFailed) and retried with a backoff."""
-        if time.monotonic() < self._retry_at.get(key, 0.0):
-            return  # a retry is timed already
+        wait = self._retry_at.get(key, 0.0) - time.monotonic()
+        if wait > 0:  # a failed deploy's retry is not due yet: new events do not hurry it
+            self.queue.add_after(key, wait)
+            return
         known = self.bound_target(key)
         if known is None or not known.cluster.deployed_revision:
             # A first deployment waits for the bindings to settle (they hold deletion
@@ -371,6 +375,7 @@ class DeployController:
         self._retry_at[key] = time.monotonic() + delay
         self.queue.add_after(key, delay)
         self.clusters.add(key)  # shows DeployFailed in the cluster's status
+        self.credentials.add(target.credential.key)  # a failure halts the rollout
         if new:
             await self.kube.post_event(target.cluster.reference, "Warning", "DeployFailed",
                                        f"{message}; retrying in {delay:g}s")  # fmt: skip

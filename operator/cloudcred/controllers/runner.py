@@ -52,9 +52,10 @@ logger = logging.getLogger("cloudcred.controllers")
 CLUSTER_WORKERS = 16
 CREDENTIAL_WORKERS = 2
 SECRET_WORKERS = 2
-# A credential's list and rollout follow its clusters' events at most this often: a
-# fan-out over thousands of clusters writes its progress once a second, not per event.
-CREDENTIAL_DEBOUNCE = 1.0
+# A credential's list and rollout follow its clusters' events at once, but at most this
+# often: a fan-out over thousands of clusters writes its progress once a second, not
+# once per event.
+CREDENTIAL_INTERVAL = 1.0
 
 RECONCILE_ERRORS = Counter(
     "cloudcred_reconcile_errors",
@@ -85,7 +86,9 @@ class Controllers:
         self.secrets: WorkQueue[Key] = WorkQueue("secrets", base, cap)
         self.plans: dict[Key, rollout.RolloutPlan] = {}
         self.marks = MarkExpectations()
-        self.deploy = DeployController(kube, settings, self.caches, provider_slots, self.clusters)
+        self.deploy = DeployController(
+            kube, settings, self.caches, provider_slots, self.clusters, self.credentials
+        )
         self.cluster_reconciler = ClusterReconciler(
             kube, self.caches, self.plans, self.marks, self.credentials, self.deploy
         )
@@ -205,14 +208,14 @@ class Controllers:
                     self.clusters.discard(change.key)
             for cluster in (old, new):
                 if cluster is not None:
-                    self.credentials.add_after(cluster.credential, CREDENTIAL_DEBOUNCE)
+                    self._credential_soon(cluster.credential)
 
     def _credentials_changed(self, changes: list[Change[CredentialInfo]]) -> None:
         self._refresh()
         for change in changes:
             old, new = change.old, change.new
-            if old == new:  # only its status lists or rollout moved: ours, debounced
-                self.credentials.add_after(change.key, CREDENTIAL_DEBOUNCE)
+            if old == new:  # only its status lists or rollout moved: ours, paced
+                self._credential_soon(change.key)
                 continue
             self.credentials.add(change.key)
             # Provider, deletion, admitted namespaces or revision: every cluster that
@@ -222,6 +225,12 @@ class Controllers:
             for credential in (old, new):
                 for secret in credential.secret_names if credential else ():
                     self.secrets.add((change.key[0], secret))
+
+    def _credential_soon(self, key: Key) -> None:
+        """Queue a credential now, or CREDENTIAL_INTERVAL after its last reconcile."""
+        last = self.credential_reconciler.last_run.get(key)
+        wait = 0.0 if last is None else last + CREDENTIAL_INTERVAL - time.monotonic()
+        self.credentials.add_after(key, wait)
 
     def _secrets_changed(self, changes: list[Change[SecretInfo]]) -> None:
         self._refresh()
