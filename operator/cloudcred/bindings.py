@@ -11,7 +11,7 @@ is not admitted cannot pin another team's credential.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cloudcred import conditions
 from cloudcred.api.credential import MAX_LISTED_CLUSTERS
@@ -21,9 +21,6 @@ from cloudcred.constants import (
     REDEPLOY_ANNOTATION,
     ROLLOUT_PAUSED_ANNOTATION,
 )
-
-if TYPE_CHECKING:
-    from cloudcred.rollout import RedeployState
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -245,53 +242,6 @@ def decide(
                            "for this cluster: point the cluster at another credential")  # fmt: skip
         return Binding(False, DELETING, f"CloudCredential {ref} is being deleted")
     return Binding(True, BOUND, f"bound to CloudCredential {ref}")
-
-
-def cluster_status(
-    cluster: ClusterInfo,
-    binding: Binding,
-    credential: CredentialInfo | None,
-    redeploy: RedeployState | None,
-) -> dict[str, Any]:
-    """The part of a Cluster's status the binder owns: CredentialBound, RedeployPending
-    and the Ready summary."""
-    status: dict[str, Any] = {"observedGeneration": cluster.generation}
-    if binding.bound and credential is not None:
-        status["credential"] = {"namespace": credential.namespace, "name": credential.name}
-        if credential.revision:
-            status["credential"]["revision"] = credential.revision
-    state = conditions.TRUE if binding.bound else conditions.FALSE
-    status["conditions"] = [
-        conditions.condition(cluster.status.get("conditions"), CREDENTIAL_BOUND, state,
-                             binding.reason, binding.message, cluster.generation),
-        *redeploy_conditions(cluster, binding, redeploy),
-    ]  # fmt: skip
-    return {k: v for k, v in status.items() if v is not None}
-
-
-def redeploy_conditions(
-    cluster: ClusterInfo, binding: Binding, redeploy: RedeployState | None
-) -> list[dict[str, Any]]:
-    """RedeployPending and Ready. Always both: the deploy step writes them too (with
-    the deployment, saving a write), and an entry it co-owns would otherwise outlive
-    the binding."""
-    previous = cluster.status.get("conditions")
-    if not binding.bound:
-        pending = (conditions.FALSE, binding.reason, "not bound: nothing to redeploy")
-        ready = (conditions.FALSE, binding.reason, binding.message)
-    elif redeploy is None:
-        message = "the credential has no revision yet: see its Verified condition"
-        pending = (conditions.UNKNOWN, NO_REVISION, message)
-        ready = (conditions.FALSE, NO_REVISION, message)
-    else:
-        pending = (conditions.TRUE if redeploy.pending else conditions.FALSE, redeploy.reason,
-                   redeploy.message)  # fmt: skip
-        ready = (conditions.FALSE, redeploy.reason, redeploy.message) if redeploy.pending \
-            else (conditions.TRUE, "Ready", redeploy.message)  # fmt: skip
-    return [
-        conditions.condition(previous, "RedeployPending", *pending, cluster.generation),
-        conditions.condition(previous, "Ready", *ready, cluster.generation),
-    ]
 
 
 def describe_clusters(clusters: list[Key], home_namespace: str) -> str:

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudcred import conditions
-from cloudcred.bindings import ClusterInfo, CredentialInfo, Key, describe_clusters
+from cloudcred.bindings import (
+    CREDENTIAL_BOUND,
+    NO_REVISION,
+    Binding,
+    ClusterInfo,
+    CredentialInfo,
+    Key,
+    describe_clusters,
+)
 
 REDEPLOY_PENDING, ROLLOUT_COMPLETE = "RedeployPending", "RolloutComplete"
 # RedeployPending reasons.
@@ -173,3 +181,50 @@ def rollout_status(
         conditions.condition(previous, ROLLOUT_COMPLETE, state, reason, message, None)
     ]
     return status
+
+
+def cluster_status(
+    cluster: ClusterInfo,
+    binding: Binding,
+    credential: CredentialInfo | None,
+    redeploy: RedeployState | None,
+) -> dict[str, Any]:
+    """The part of a Cluster's status the cluster reconciler owns: CredentialBound, RedeployPending
+    and the Ready summary."""
+    status: dict[str, Any] = {"observedGeneration": cluster.generation}
+    if binding.bound and credential is not None:
+        status["credential"] = {"namespace": credential.namespace, "name": credential.name}
+        if credential.revision:
+            status["credential"]["revision"] = credential.revision
+    state = conditions.TRUE if binding.bound else conditions.FALSE
+    status["conditions"] = [
+        conditions.condition(cluster.status.get("conditions"), CREDENTIAL_BOUND, state,
+                             binding.reason, binding.message, cluster.generation),
+        *redeploy_conditions(cluster, binding, redeploy),
+    ]  # fmt: skip
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def redeploy_conditions(
+    cluster: ClusterInfo, binding: Binding, redeploy: RedeployState | None
+) -> list[dict[str, Any]]:
+    """RedeployPending and Ready. Always both: the deploy step writes them too (with
+    the deployment, saving a write), and an entry it co-owns would otherwise outlive
+    the binding."""
+    previous = cluster.status.get("conditions")
+    if not binding.bound:
+        pending = (conditions.FALSE, binding.reason, "not bound: nothing to redeploy")
+        ready = (conditions.FALSE, binding.reason, binding.message)
+    elif redeploy is None:
+        message = "the credential has no revision yet: see its Verified condition"
+        pending = (conditions.UNKNOWN, NO_REVISION, message)
+        ready = (conditions.FALSE, NO_REVISION, message)
+    else:
+        pending = (conditions.TRUE if redeploy.pending else conditions.FALSE, redeploy.reason,
+                   redeploy.message)  # fmt: skip
+        ready = (conditions.FALSE, redeploy.reason, redeploy.message) if redeploy.pending \
+            else (conditions.TRUE, "Ready", redeploy.message)  # fmt: skip
+    return [
+        conditions.condition(previous, "RedeployPending", *pending, cluster.generation),
+        conditions.condition(previous, "Ready", *ready, cluster.generation),
+    ]

@@ -57,7 +57,7 @@ class ClusterReconciler:
                 self.credentials.add(credential.key)
                 return
             redeploy = rollout.redeploy_state(cluster, plan, self.deploy.failures.get(key))
-        desired = bindings.cluster_status(cluster, binding, credential, redeploy)
+        desired = rollout.cluster_status(cluster, binding, credential, redeploy)
         try:
             if redeploy and redeploy.mark and cluster.marked != redeploy.mark:
                 await self.kube.annotate(CLUSTER_PLURAL, *key, {REDEPLOY_ANNOTATION: redeploy.mark},

@@ -47,7 +47,6 @@ from cloudcred.bindings import (
     ClusterInfo,
     CredentialInfo,
     Key,
-    redeploy_conditions,
 )
 from cloudcred.cache import Caches
 from cloudcred.config import Settings
@@ -62,7 +61,7 @@ from cloudcred.kube import Kube, NotFound, describe_error
 from cloudcred.providers import provider_module
 from cloudcred.providers.base import Reason, VerificationError, VerifyContext
 from cloudcred.revision import compute_revision
-from cloudcred.rollout import RolloutPlan, redeploy_state
+from cloudcred.rollout import RolloutPlan, redeploy_conditions, redeploy_state
 from cloudcred.verification import ask_provider, read_secrets, retry_delay
 from cloudcred.workqueue import WorkQueue
 
