@@ -76,7 +76,6 @@ class WorkQueue(Generic[K]):
             if timer.when() <= when:
                 return
             timer.cancel()
-        self._idle.clear()
         self._timers[key] = asyncio.get_running_loop().call_at(when, self._fire, key)
 
     def add_rate_limited(self, key: K) -> float:
@@ -134,7 +133,9 @@ class WorkQueue(Generic[K]):
         return bool(self._order or self._processing)
 
     async def idle(self) -> None:
-        """Return once nothing is waiting, running or timed."""
+        """Return once nothing is waiting or running. Timers (a retry after a failure, a
+        paced credential) do not count: one object that keeps failing must not keep
+        the queue busy for those waiting for it to settle."""
         await self._idle.wait()
 
     def _fire(self, key: K) -> None:
@@ -142,7 +143,7 @@ class WorkQueue(Generic[K]):
         self.add(key)
 
     def _settle(self) -> None:
-        if not self._order and not self._processing and not self._timers:
+        if not self._order and not self._processing:
             self._idle.set()
 
     def _wake(self) -> None:

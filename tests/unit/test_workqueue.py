@@ -99,20 +99,22 @@ def test_add_after_keeps_the_earliest_timer_and_add_now_wins() -> None:
     run(scenario)
 
 
-def test_idle_waits_for_running_and_timed_keys() -> None:
+def test_idle_waits_for_waiting_and_running_keys_not_for_retries() -> None:
     async def scenario() -> None:
         queue: WorkQueue[str] = WorkQueue("q")
         queue.add("a")
+        queue.add("b")
         key = await queue.get()
         idle = asyncio.create_task(queue.idle())
         await asyncio.sleep(0.01)
-        assert not idle.done(), "idle while a key is being reconciled"
-        queue.add_after("t", 0.02)
+        assert not idle.done(), "idle while a key waits"
         queue.done(key)
-        await asyncio.sleep(0)
-        assert not idle.done(), "idle while a timer waits"
-        assert await queue.get() == "t"
-        queue.done("t")
-        await asyncio.wait_for(idle, 1.0)
+        key = await queue.get()
+        await asyncio.sleep(0.01)
+        assert not idle.done(), "idle while a key is being reconciled"
+        queue.add_rate_limited(key)  # it failed: a retry is timed
+        queue.done(key)
+        await asyncio.wait_for(idle, 1.0)  # a failing object does not hold others up
+        assert await queue.get() == "b"
 
     run(scenario)
