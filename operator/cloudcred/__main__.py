@@ -116,7 +116,7 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
         priority=args.priority,
         peering_name=args.peering,
         # The controllers list the watched namespaces themselves too (cache repair).
-        memo=kopf.Memo(namespaces=namespaces),
+        memo=kopf.Memo(namespaces=namespaces, standalone=args.standalone),
     )
 
 

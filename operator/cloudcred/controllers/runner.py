@@ -73,9 +73,11 @@ class Controllers:
         provider_slots: asyncio.Semaphore,
         watched_namespaces: list[str],
         secret_changed: Callable[[list[CredentialInfo]], None],
+        peering: bool = False,
     ) -> None:
         """``secret_changed(credentials)``: a referenced Secret's data changed (or its
-        labels were dropped): check these credentials again."""
+        labels were dropped): check these credentials again. With ``peering``, the
+        replica starts paused: see ``pause()``."""
         self.kube = kube
         self.settings = settings
         self.caches = Caches()
@@ -104,7 +106,11 @@ class Controllers:
                                  ClusterInfo.from_body, self._clusters_changed, watched),
         ]  # fmt: skip
         self.informers: list[Informer[Any]] = []
-        self.paused = False  # by kopf's peering: another replica acts
+        # kopf's peering: another replica acts. The caches fill from the operator's own
+        # LISTs even then, so a replica acts only once kopf shows that it is active:
+        # its first watch event or credential daemon, and then each daemon start.
+        self.paused = peering
+        self._awaiting_first_sign = peering
         self._active = asyncio.Event()  # synced and not paused: workers may take keys
         self._errors: dict[tuple[str, Key], str] = {}  # the last error shown on each object
         self._unsynced_since: float | None = time.monotonic()
@@ -154,6 +160,7 @@ class Controllers:
     def pause(self) -> None:
         """kopf's peering paused this replica (another one acts): take no key, write
         nothing, deploy nothing until ``resume()``; the caches keep following."""
+        self._awaiting_first_sign = False
         if not self.paused:
             logger.info("pausing: another replica acts (kopf peering)")
         self.paused = True
@@ -171,6 +178,7 @@ class Controllers:
     # -- kopf's watch events (handlers/events.py) ------------------------------------------
 
     def cluster_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        self._kopf_is_active()
         metadata = body["metadata"]
         key = (metadata["namespace"], metadata["name"])
         if kind == "DELETED":
@@ -182,6 +190,7 @@ class Controllers:
             self.listers[1].listing_seen()
 
     def credential_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        self._kopf_is_active()
         metadata = body["metadata"]
         key = (metadata["namespace"], metadata["name"])
         if kind == "DELETED":
@@ -191,6 +200,14 @@ class Controllers:
         self._credentials_changed([change])
         if kind is None:
             self.listers[0].listing_seen()
+
+    def _kopf_is_active(self) -> None:
+        """kopf delivers watch events only while this replica is active: the first one
+        ends the wait of a replica started with peering (later pauses and resumes come
+        from the credential daemons' stops and starts)."""
+        if self._awaiting_first_sign:
+            self._awaiting_first_sign = False
+            self.resume()
 
     # -- what each change concerns ------------------------------------------------------
 

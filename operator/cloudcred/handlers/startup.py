@@ -81,7 +81,7 @@ async def configure(
     memo.deletion_announced = {}
     memo.controllers = Controllers(
         memo.kube, config, memo.verification_slots, list(memo.get("namespaces") or []),
-        partial(secret_changed, memo=memo),
+        partial(secret_changed, memo=memo), peering=not memo.get("standalone", True),
     )  # fmt: skip
     if config.metrics_port:  # before any task starts: a taken port stops the operator here
         start_metrics(config.metrics_port, memo.controllers)
