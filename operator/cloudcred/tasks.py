@@ -33,9 +33,13 @@ def _end_process_if_failed(task: asyncio.Task[None]) -> None:
     error = task.exception()
     if error is None:
         return
-    # Where it failed, without the exception's text (which could quote data).
-    where = "".join(traceback.format_tb(error.__traceback__))
     logger.critical("background task %r died (%s): exiting so that the operator restarts\n%s",
-                    task.get_name(), type(error).__name__, where)  # fmt: skip
+                    task.get_name(), type(error).__name__, where(error))  # fmt: skip
     logging.shutdown()
     os._exit(EXIT_CODE)
+
+
+def where(error: BaseException) -> str:
+    """Where an unexpected error was raised: the traceback's frames without the
+    exception's text, which could quote data (a request body, a secret value)."""
+    return "".join(traceback.format_tb(error.__traceback__))

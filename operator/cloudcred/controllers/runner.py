@@ -25,6 +25,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 from prometheus_client import Counter
+from urllib3.exceptions import HTTPError
 
 from cloudcred import metrics, rollout
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key, object_reference
@@ -44,7 +45,7 @@ from cloudcred.controllers.deploy import DEPLOY_CONCURRENCY, DeployController
 from cloudcred.controllers.expectations import MarkExpectations
 from cloudcred.controllers.secrets import SecretReconciler
 from cloudcred.kube import Kube, describe_error
-from cloudcred.tasks import spawn
+from cloudcred.tasks import spawn, where
 from cloudcred.workqueue import WorkQueue
 
 logger = logging.getLogger("cloudcred.controllers")
@@ -335,8 +336,9 @@ class Controllers:
         what = describe_error(error)
         if isinstance(error, ApiException):
             what += f": {_api_message(error)}"
-        elif not isinstance(error, RuntimeError):
-            logger.exception("reconciling %s %s/%s failed", controller, *key)
+        elif not isinstance(error, (RuntimeError, HTTPError)):  # a bug, not the API
+            logger.error("reconciling %s %s/%s raised %s\n%s", controller, *key,
+                         type(error).__name__, where(error))  # fmt: skip
         logger.warning("reconciling %s %s/%s failed (%s); retrying in %gs", controller, *key,
                        what, delay)  # fmt: skip
         if self._errors.get((controller, key)) == what:
