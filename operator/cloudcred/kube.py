@@ -35,6 +35,11 @@ class NotFound(Exception):
     """The object does not exist (or, with a UID, this object no longer does)."""
 
 
+class PreconditionFailed(Exception):
+    """A guarded write found the object other than expected (another UID, a list
+    reordered): nothing was written."""
+
+
 def describe_error(error: BaseException) -> str:
     """An API failure in a few words, never a response body (it may hold data)."""
     if isinstance(error, ApiException):
@@ -45,8 +50,9 @@ def describe_error(error: BaseException) -> str:
 
 
 def _metadata(namespace: str, name: str, uid: str | None) -> dict[str, Any]:
-    """An object's identity in a write; with its UID, the API server refuses the write
-    (409 Conflict) when the object was deleted and re-created under the same name."""
+    """An object's identity in a write to its main resource; with its UID, the API
+    server refuses the write (422, "metadata.uid ... immutable") when the object was
+    deleted and re-created under the same name."""
     metadata = {"name": name, "namespace": namespace}
     if uid:
         metadata["uid"] = uid
@@ -112,14 +118,15 @@ class Kube:
 
     async def apply_status(
         self, plural: str, kind: str, namespace: str, name: str, status: dict[str, Any],
-        manager: str, uid: str | None = None,
+        manager: str,
     ) -> None:  # fmt: skip
-        """Server-side apply of this manager's part of the status (of the object with
-        this UID, when given). Raises NotFound when it is gone."""
+        """Server-side apply of this manager's part of the status. Raises NotFound when
+        it is gone. (The status subresource ignores ``uid``: ``patch_status_guarded``
+        is the write that only lands on one object.)"""
         body = {
             "apiVersion": API_VERSION,
             "kind": kind,
-            "metadata": _metadata(namespace, name, uid),
+            "metadata": {"name": name, "namespace": namespace},
             "status": status,
         }
         try:
@@ -129,7 +136,32 @@ class Kube:
                 field_manager=manager, force=True, _content_type=APPLY,
             )  # fmt: skip
         except ApiException as error:
-            _raise_gone(error, f"{kind} {namespace}/{name}", uid)
+            if error.status == 404:
+                raise NotFound(f"{kind} {namespace}/{name}") from None
+            raise
+
+    async def patch_status_guarded(
+        self, plural: str, namespace: str, name: str, uid: str, operations: list[dict[str, Any]],
+        manager: str,
+    ) -> None:  # fmt: skip
+        """A JSON patch of the status of the object with this UID, and only that one.
+
+        The status subresource ignores metadata in server-side apply and merge patches,
+        so a UID there guards nothing; a JSON patch's ``test`` operation is checked
+        against the whole object. Raises NotFound (no object by that name) or
+        PreconditionFailed (a ``test`` failed: another UID, or the list moved)."""
+        patch = [{"op": "test", "path": "/metadata/uid", "value": uid}, *operations]
+        try:
+            await self._write(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP, VERSION, namespace, plural, name, patch,
+                field_manager=manager, _content_type="application/json-patch+json",
+            )  # fmt: skip
+        except ApiException as error:
+            if error.status == 404:
+                raise NotFound(f"{plural} {namespace}/{name}") from None
+            if error.status == 422:
+                raise PreconditionFailed(f"{plural} {namespace}/{name}") from None
             raise
 
     async def list_pages(
@@ -264,6 +296,7 @@ class Kube:
 
 
 def _raise_gone(error: ApiException, what: str, uid: str | None) -> None:
-    """404, or 409 for a UID that is not the current object's: the object is gone."""
-    if error.status == 404 or (uid and error.status == 409 and "UID" in str(error.body)):
+    """404, or a refused UID (the object was re-created under its name): it is gone."""
+    refused_uid = error.status in (409, 422) and "metadata.uid" in str(error.body)
+    if error.status == 404 or (uid and refused_uid):
         raise NotFound(what) from None

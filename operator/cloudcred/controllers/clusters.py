@@ -64,8 +64,7 @@ class ClusterReconciler:
                                          uid=cluster.uid)  # fmt: skip
                 self.marks.expect(key, redeploy.mark)
             if not unchanged(cluster.status, desired, OWNED_CONDITIONS, ("credential",)):
-                await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *key, desired, MANAGER,
-                                             uid=cluster.uid)  # fmt: skip
+                await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *key, desired, MANAGER)
         except NotFound:
             return  # deleted, or re-created: the store hears of it and queues it again
         if redeploy is None or cluster.external:

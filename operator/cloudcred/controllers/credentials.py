@@ -76,7 +76,7 @@ class CredentialReconciler:
             return
         try:
             await self.kube.apply_status(CREDENTIAL_PLURAL, "CloudCredential", *key, desired,
-                                         MANAGER, uid=credential.uid)  # fmt: skip
+                                         MANAGER)  # fmt: skip
         except NotFound:
             return
         await self._announce_rollout(credential, desired)

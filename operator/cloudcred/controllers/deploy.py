@@ -57,7 +57,7 @@ from cloudcred.constants import (
     EXPIRES_ANNOTATION,
     MANAGED_BY_LABEL,
 )
-from cloudcred.kube import Kube, NotFound, describe_error
+from cloudcred.kube import Kube, NotFound, PreconditionFailed, describe_error
 from cloudcred.providers import provider_module
 from cloudcred.providers.base import Reason, VerificationError, VerifyContext
 from cloudcred.revision import compute_revision
@@ -212,7 +212,14 @@ class DeployController:
         except DeployError as error:
             await self._failed_deploy(target, str(error))
         except NotFound:
-            self.forget(key)  # the cluster is gone, or was re-created: another object
+            self.forget(key)  # the cluster is gone
+        except PreconditionFailed:
+            now = self.caches.clusters.get(key)
+            if now is not None and now.uid != target.cluster.uid:
+                self.forget(key)  # re-created: another object, deployed on its own
+                self.clusters.add(key)
+            else:  # its conditions moved under the write: look again
+                self.queue.add_after(key, 1.0)
         except (ApiException, HTTPError, RuntimeError) as error:  # the API is away: retry
             if isinstance(error, ApiException):
                 reason = f"Kubernetes API error (HTTP {error.status})"
@@ -232,26 +239,41 @@ class DeployController:
         await self._check(credential, target.spec, revision, cluster.region)
         if cluster.credentials_secret:
             await self._deliver(target, revision, check_revision=True)
-        # With the deployment, the conditions the binder would write next (it then finds
-        # nothing to change): one write per deployed cluster instead of two.
-        deployed = dataclasses.replace(cluster, status={**cluster.status,
-                                                        "deployedRevision": revision})  # fmt: skip
-        bound = Binding(True, BOUND, "")
-        status = {
-            "deployedRevision": revision,
-            "lastDeployedTime": conditions.timestamp(conditions.now()),
-            "conditions": redeploy_conditions(
-                deployed, bound, redeploy_state(deployed, RolloutPlan(revision))
-            ),
-        }
-        await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *cluster.key, status, MANAGER,
-                                     uid=cluster.uid)  # fmt: skip
+        await self._record_deployment(cluster, revision)
         self.succeeded(cluster.key)
         await self.kube.post_event(
             cluster.reference, "Normal", "Deployed",
             f"deployed with revision {revision} of CloudCredential "
             f"{credential.namespace}/{credential.name}",
         )  # fmt: skip
+
+    async def _record_deployment(self, cluster: ClusterInfo, revision: str) -> None:
+        """Write ``deployedRevision`` on this cluster object and no other: a Cluster
+        deleted and re-created under its name during the deploy is another cluster and
+        gets its own deployment. With it, the conditions the cluster reconciler would
+        write next (it then finds nothing to change): one write per deployment."""
+        assert cluster.uid is not None
+        deployed = dataclasses.replace(cluster, status={**cluster.status,
+                                                        "deployedRevision": revision})  # fmt: skip
+        bound = Binding(True, BOUND, "")
+        wanted = redeploy_conditions(
+            deployed, bound, redeploy_state(deployed, RolloutPlan(revision))
+        )
+        moment = conditions.timestamp(conditions.now())
+        operations: list[dict[str, Any]] = [
+            {"op": "add", "path": "/status/deployedRevision", "value": revision},
+            {"op": "add", "path": "/status/lastDeployedTime", "value": moment},
+        ]
+        current = [c.get("type") for c in cluster.status.get("conditions") or []]
+        for condition in wanted:
+            if condition["type"] not in current:
+                operations.append({"op": "add", "path": "/status/conditions/-", "value": condition})
+                continue
+            at = f"/status/conditions/{current.index(condition['type'])}"
+            operations += [{"op": "test", "path": f"{at}/type", "value": condition["type"]},
+                           {"op": "replace", "path": at, "value": condition}]  # fmt: skip
+        await self.kube.patch_status_guarded(CLUSTER_PLURAL, *cluster.key, cluster.uid,
+                                             operations, MANAGER)  # fmt: skip
 
     async def _deliver(self, target: DeployTarget, revision: str, check_revision: bool) -> None:
         """Write the cluster's credentials Secret with the credential of ``revision``."""
