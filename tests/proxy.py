@@ -184,7 +184,7 @@ class LoopbackProxy:
                 await self._pipe(reader, None, connection)
                 return
             try:
-                upstream_reader, connection.upstream = await asyncio.wait_for(
+                upstream_reader, upstream = await asyncio.wait_for(
                     asyncio.open_connection(
                         self.upstream_host, self.upstream_port,
                         ssl=self.tls.client_context() if self.tls else None,
@@ -194,9 +194,11 @@ class LoopbackProxy:
                 )  # fmt: skip
             except (OSError, TimeoutError):
                 return
-            to_server = (self._requests if self.hold else self._pipe)(
-                reader, connection.upstream, connection
-            )
+            connection.upstream = upstream
+            if self.hold:
+                to_server = self._requests(reader, upstream, connection)
+            else:
+                to_server = self._pipe(reader, upstream, connection)
             to_client = self._pipe(upstream_reader, writer, connection)
             await asyncio.gather(to_server, to_client, return_exceptions=True)
         finally:

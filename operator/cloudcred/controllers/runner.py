@@ -216,14 +216,16 @@ class Controllers:
         self._refresh()
         for change in changes:
             old, new = change.old, change.new
-            if new is not None:
-                self.clusters.add(change.key)
-                self.marks.observe(new)
-            if old is not None and (new is None or new.uid != old.uid):
+            if new == old:  # a listing repeated what is known: nothing to do
+                continue
+            if new is None or (old is not None and new.uid != old.uid):
                 self.marks.forget(change.key)  # gone, or another object under its name
                 self.deploy.forget(change.key)
-                if new is None:
-                    self.clusters.discard(change.key)
+            if new is None:
+                self.clusters.discard(change.key)
+            else:
+                self.clusters.add(change.key)
+                self.marks.observe(new)
             for cluster in (old, new):
                 if cluster is not None:
                     self._credential_soon(cluster.credential)
