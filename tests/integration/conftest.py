@@ -53,3 +53,12 @@ def operator(
     ).start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def operators() -> Iterator[list[OperatorProcess]]:
+    """Operators a test starts; stopped at its end whatever happens."""
+    started: list[OperatorProcess] = []
+    yield started
+    for process in started:
+        process.stop()

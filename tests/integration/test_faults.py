@@ -221,15 +221,6 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         plane.stop()
 
 
-@pytest.fixture
-def operators() -> Iterator[list[OperatorProcess]]:
-    """Operators a test starts; stopped at its end whatever happens."""
-    started: list[OperatorProcess] = []
-    yield started
-    for process in started:
-        process.stop()
-
-
 # -- 1. SIGKILL during a fan-out -----------------------------------------------------------
 
 

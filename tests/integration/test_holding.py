@@ -116,15 +116,6 @@ def own_namespace(kube: Kube, prefix: str, labels: dict[str, str] | None = None)
     return name
 
 
-@pytest.fixture
-def operators() -> Iterator[list[OperatorProcess]]:
-    """Operators a test starts; stopped at its end whatever happens."""
-    started: list[OperatorProcess] = []
-    yield started
-    for process in started:
-        process.stop()
-
-
 def start_operator(
     operators: list[OperatorProcess], kubeconfig: Path, log_path: Path, env: dict[str, str],
     namespaces: list[str],
