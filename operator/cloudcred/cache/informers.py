@@ -10,10 +10,10 @@ data; in namespaced mode it cannot watch Namespaces):
 
 Each start, and each restart after a failure or a 410 Gone, is a paginated LIST
 taken in whole by ``Store.replace`` (the store is not synced in between), then a
-WATCH from the LIST's resourceVersion. Every request has a timeout: the server ends
-each watch after ``watch_timeout`` seconds, and a connection silent for longer than
-that is given up. ``last_progress`` tells ``/healthz`` when the informer last heard
-from the API server.
+WATCH from the LIST's resourceVersion; the LIST is repeated every
+``relist_interval``. Every request has a timeout: the server ends each watch after
+``watch_timeout`` seconds, and a connection silent for longer than that is given up.
+``last_progress`` tells ``/healthz`` when the informer last heard from the API server.
 
 ``CustomResourceLister``: kopf feeds the CloudCredential and Cluster stores from its
 watches, but a kopf listing (start, 410 Gone) sends no deletion for objects that went
@@ -79,6 +79,7 @@ class Informer(Generic[T]):
         sink: Sink,
         loop: asyncio.AbstractEventLoop,
         watch_timeout: int,
+        relist_interval: float,
         label_selector: str | None = None,
     ) -> None:
         self.store = store
@@ -87,6 +88,7 @@ class Informer(Generic[T]):
         self.sink = sink
         self.loop = loop
         self.watch_timeout = watch_timeout
+        self.relist_interval = relist_interval
         self.label_selector = label_selector
         self.last_progress = time.monotonic()
         self._stop = threading.Event()
@@ -118,7 +120,10 @@ class Informer(Generic[T]):
             try:
                 version = self._list()
                 backoff = 1.0
-                while not self._stop.is_set():
+                # A fresh LIST every relist_interval repairs what a watch might have
+                # missed without a gap it noticed (the store stays synced meanwhile).
+                relist_at = time.monotonic() + self.relist_interval
+                while not self._stop.is_set() and time.monotonic() < relist_at:
                     version = self._watch(version)
             except Exception as error:  # 410 Gone, network trouble: list again
                 self._post(self._unsync)

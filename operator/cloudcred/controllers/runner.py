@@ -128,12 +128,12 @@ class Controllers:
 
         loop = asyncio.get_running_loop()
         core = client.CoreV1Api(self.kube.api)
-        timeout = self.settings.watch_timeout
+        timing = (self.settings.watch_timeout, self.settings.relist_interval)
         self.informers = [
             Informer(self.caches.secrets, core.list_secret_for_all_namespaces, secret_info,
-                     self._secrets_changed, loop, timeout, label_selector=REFERENCED_LABEL),
+                     self._secrets_changed, loop, *timing, label_selector=REFERENCED_LABEL),
             Informer(self.caches.namespaces, core.list_namespace, namespace_labels,
-                     self._namespaces_changed, loop, timeout),
+                     self._namespaces_changed, loop, *timing),
         ]  # fmt: skip
         for informer in self.informers:
             informer.start()
