@@ -58,8 +58,9 @@ class Settings(BaseModel):
     relist_interval: float = Field(
         default=300.0,
         ge=10,
-        description="Seconds between full LISTs of CloudCredentials and Clusters (repairs "
-        "deletions a watch missed) and between looks at every referenced Secret's labels.",
+        description="Seconds between full LISTs of CloudCredentials, Clusters, labelled "
+        "Secrets and Namespaces (they repair what a watch missed) and between looks at "
+        "every referenced Secret's labels.",
     )
     verification_timeout: float = Field(
         default=10.0, gt=0, description="Seconds one provider check may take."
