@@ -44,12 +44,16 @@ class WorkQueue(Generic[K]):
         self.adds = 0  # keys queued, counted for the metrics
         self.retries = 0  # rate-limited re-queues, counted for the metrics
         self.last_done = time.monotonic()  # when a worker last finished a key
+        self.last_arrival = 0.0  # when a new key (a new object) was last queued
 
     def __len__(self) -> int:
         return len(self._order)
 
-    def add(self, key: K) -> None:
-        """Queue this key now (unless it waits already)."""
+    def add(self, key: K, arrival: bool = False) -> None:
+        """Queue this key now (unless it waits already); ``arrival``: the key is a new
+        object (see ``settled``)."""
+        if arrival:
+            self.last_arrival = time.monotonic()
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -137,6 +141,16 @@ class WorkQueue(Generic[K]):
         paced credential) do not count: one object that keeps failing must not keep
         the queue busy for those waiting for it to settle."""
         await self._idle.wait()
+
+    async def settled(self, quiet: float) -> None:
+        """Return once the queue is idle and no new key has arrived for ``quiet``
+        seconds: a stream of new objects has ended, not merely paused between two."""
+        while True:
+            await self.idle()
+            wait = self.last_arrival + quiet - time.monotonic()
+            if wait <= 0 and not self.busy:
+                return
+            await asyncio.sleep(max(wait, 0.01))
 
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)

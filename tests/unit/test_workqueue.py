@@ -118,3 +118,21 @@ def test_idle_waits_for_waiting_and_running_keys_not_for_retries() -> None:
         assert await queue.get() == "b"
 
     run(scenario)
+
+
+def test_settled_waits_for_a_quiet_spell_not_a_gap_between_two_keys() -> None:
+    async def scenario() -> None:
+        queue: WorkQueue[int] = WorkQueue("q")
+        settled = asyncio.create_task(queue.settled(0.2))
+        for key in range(5):  # a stream of new objects, each handled at once
+            queue.add(key, arrival=True)
+            queue.done(await queue.get())
+            await asyncio.sleep(0.05)
+            assert not settled.done(), "settled between two changes of a stream"
+        queue.add(99)  # a change of a known object (a write's echo) is no arrival
+        queue.done(await queue.get())
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(settled, 1.0)
+        assert asyncio.get_running_loop().time() - started >= 0.1
+
+    run(scenario)

@@ -68,6 +68,7 @@ from cloudcred.workqueue import WorkQueue
 MANAGER = "cloudcred-deployer"
 DEPLOY_CONCURRENCY = 16  # deploy workers (the API calls queue in Kube anyway)
 BINDINGS_FIRST = 30.0  # at most: a long burst of changes must not starve first deploys
+BINDINGS_QUIET = 1.0  # no cluster change for this long: a burst of new clusters has ended
 CHECK_TTL = 600.0  # how long a successful region check counts for the same revision
 FAILED_CHECK_TTL = 5.0  # clusters asking at the same moment share one failed answer
 SUPERSEDED_RECHECK = 5.0  # the Secret changed under a revision: look again after this
@@ -197,7 +198,7 @@ class DeployController:
             # A first deployment waits for the bindings to settle (they hold deletion
             # safety); a redeploy (the cluster is marked, its binding settled) goes at once.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.clusters.idle(), BINDINGS_FIRST)
+                await asyncio.wait_for(self.clusters.settled(BINDINGS_QUIET), BINDINGS_FIRST)
         target = self.target(key)
         if target is None:
             return

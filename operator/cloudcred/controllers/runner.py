@@ -224,7 +224,7 @@ class Controllers:
             if new is None:
                 self.clusters.discard(change.key)
             else:
-                self.clusters.add(change.key)
+                self.clusters.add(change.key, arrival=old is None)
                 self.marks.observe(new)
             for cluster in (old, new):
                 if cluster is not None:
