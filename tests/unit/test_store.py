@@ -24,6 +24,7 @@ def test_indexes_follow_apply_and_delete() -> None:
     things.apply(("ns", "a"), "x")
     things.apply(("ns", "b"), "x")
     assert things.by("value", "x") == {("ns", "a"), ("ns", "b")}
+    assert things.count("value", "x") == 2
     change = things.apply(("ns", "a"), "y")
     assert (change.old, change.new) == ("x", "y")
     assert things.by("value", "x") == {("ns", "b")}

@@ -64,6 +64,10 @@ class Store(Generic[T]):
         """The keys whose ``index`` values include ``value`` (a copy)."""
         return set(self._indexes[index].get(value, ()))
 
+    def count(self, index: str, value: Hashable) -> int:
+        """How many keys ``by(index, value)`` would give, without copying them."""
+        return len(self._indexes[index].get(value, ()))
+
     def apply(self, key: Key, value: T) -> Change[T]:
         """A watch event: the object as it is now."""
         now = time.monotonic()

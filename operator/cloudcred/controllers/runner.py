@@ -53,10 +53,11 @@ logger = logging.getLogger("cloudcred.controllers")
 CLUSTER_WORKERS = 16
 CREDENTIAL_WORKERS = 2
 SECRET_WORKERS = 2
-# A credential's list and rollout follow its clusters' events at once, but at most this
-# often: a fan-out over thousands of clusters writes its progress once a second, not
-# once per event.
-CREDENTIAL_INTERVAL = 1.0
+# A credential's list and rollout follow its clusters' events at once, but at most once a
+# second, and less often for a long list (one second per 500 clusters, up to 5 s): each
+# write of a credential with thousands of clusters costs the API server as much as
+# dozens of cluster writes, and a fan-out's progress needs no finer steps.
+CREDENTIAL_INTERVAL, CREDENTIAL_INTERVAL_MAX, CLUSTERS_PER_SECOND_OF_PACING = 1.0, 5.0, 500
 
 RECONCILE_ERRORS = Counter(
     "cloudcred_reconcile_errors",
@@ -247,9 +248,12 @@ class Controllers:
                     self.secrets.add((change.key[0], secret))
 
     def _credential_soon(self, key: Key) -> None:
-        """Queue a credential now, or CREDENTIAL_INTERVAL after its last reconcile."""
+        """Queue a credential now, or its pacing interval after its last reconcile."""
         last = self.credential_reconciler.last_run.get(key)
-        wait = 0.0 if last is None else last + CREDENTIAL_INTERVAL - time.monotonic()
+        clusters = self.caches.clusters.count("credential", key)
+        interval = min(max(CREDENTIAL_INTERVAL, clusters / CLUSTERS_PER_SECOND_OF_PACING),
+                       CREDENTIAL_INTERVAL_MAX)  # fmt: skip
+        wait = 0.0 if last is None else last + interval - time.monotonic()
         self.credentials.add_after(key, wait)
 
     def _secrets_changed(self, changes: list[Change[SecretInfo]]) -> None:
