@@ -95,3 +95,14 @@ def test_caches_are_synced_only_when_every_store_is() -> None:
     assert caches.unsynced_kinds() == ["Namespace"]
     caches.namespaces.replace({}, time.monotonic())
     assert caches.synced
+
+
+def test_namespace_patterns_follow_kopf() -> None:
+    from cloudcred.cache.informers import namespace_matcher
+
+    everything = namespace_matcher([])
+    assert everything("acme") and everything("")
+    teams = namespace_matcher(["t-*", "acme,!t-secret*"])
+    assert teams("t-1") and teams("acme")
+    assert not teams("other"), "a namespace no pattern names is not watched"
+    assert not teams("t-secret-x"), "an exclusion wins"

@@ -81,7 +81,10 @@ class Informer(Generic[T]):
         watch_timeout: int,
         relist_interval: float,
         label_selector: str | None = None,
+        watched: Callable[[str], bool] = lambda _: True,
     ) -> None:
+        """``watched(namespace)``: objects in other namespaces are left out (another
+        operator may own them)."""
         self.store = store
         self.list_function = list_function
         self.convert = convert
@@ -90,6 +93,7 @@ class Informer(Generic[T]):
         self.watch_timeout = watch_timeout
         self.relist_interval = relist_interval
         self.label_selector = label_selector
+        self.watched = watched
         self.last_progress = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -141,7 +145,8 @@ class Informer(Generic[T]):
         while True:
             page = self.list_function(limit=PAGE_SIZE, _continue=token, **self._selection())
             for item in page.items:
-                listed[_key(item)] = self.convert(item)
+                if self.watched(item.metadata.namespace or ""):
+                    listed[_key(item)] = self.convert(item)
             token = page.metadata._continue
             self.last_progress = time.monotonic()
             if not token:
@@ -166,6 +171,8 @@ class Informer(Generic[T]):
             if event["type"] == "BOOKMARK":
                 continue
             item = event["object"]
+            if not self.watched(item.metadata.namespace or ""):
+                continue
             if event["type"] == "DELETED":
                 self._post(self._apply, _key(item), None)
             else:

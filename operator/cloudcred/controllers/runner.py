@@ -100,7 +100,7 @@ class Controllers:
             kube, self.caches, self.plans, self.marks, self.clusters, self.secrets, self.deploy
         )
         self.secret_reconciler = SecretReconciler(kube, self.caches)
-        watched = namespace_matcher(watched_namespaces)
+        self.watched = watched = namespace_matcher(watched_namespaces)
         self.listers: list[CustomResourceLister[Any]] = [
             CustomResourceLister(self.caches.credentials, kube, CREDENTIAL_PLURAL,
                                  CredentialInfo.from_body, self._credentials_changed, watched),
@@ -131,8 +131,10 @@ class Controllers:
         core = client.CoreV1Api(self.kube.api)
         timing = (self.settings.watch_timeout, self.settings.relist_interval)
         self.informers = [
+            # Only the watched namespaces' Secrets: another operator may own the others.
             Informer(self.caches.secrets, core.list_secret_for_all_namespaces, secret_info,
-                     self._secrets_changed, loop, *timing, label_selector=REFERENCED_LABEL),
+                     self._secrets_changed, loop, *timing, label_selector=REFERENCED_LABEL,
+                     watched=self.watched),
             Informer(self.caches.namespaces, core.list_namespace, namespace_labels,
                      self._namespaces_changed, loop, *timing),
         ]  # fmt: skip
