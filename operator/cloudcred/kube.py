@@ -26,9 +26,10 @@ from cloudcred.constants import API_VERSION, GROUP, VERSION
 logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)
 
 APPLY = "application/apply-patch+yaml"
-# (connect, read) seconds: no call may hang forever and hold one of the few slots (a
-# stuck binder pass would stop every binding and deployment).
-REQUEST_TIMEOUT = (10, 60)
+# (connect, read) seconds: no call may hang forever and hold one of the few slots. 30 s:
+# after a network partition, a write sent on a dead pooled connection is given up
+# within that (an answer normally takes well under a second).
+REQUEST_TIMEOUT = (10, 30)
 
 
 class NotFound(Exception):
