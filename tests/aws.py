@@ -3,6 +3,7 @@ own endpoint setting (AWS_ENDPOINT_URL): the operator has no test-only code path
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import boto3
 
@@ -70,11 +72,17 @@ class Moto:
         self.process.wait(timeout=10)
 
 
-def start_moto(log_path: Path) -> Moto:
+def start_moto(log_path: Path, recording: Path | None = None) -> Moto:
+    """With ``recording``, moto writes every request it receives to that file, one JSON
+    object a line (moto's own recorder): tests read what the operator sent."""
     port = free_port()
     # Three actions without authentication create the admin user, its policy and its
     # key; from then on moto checks every signature and IAM policy.
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", "MOTO_PORT": str(port)}
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", "MOTO_PORT": str(port),
+           # Where moto's request recorder writes, when a test turns it on.
+           "MOTO_RECORDER_FILEPATH": str(log_path.with_name("recording.jsonl"))}  # fmt: skip
+    if recording is not None:
+        env.update(MOTO_ENABLE_RECORDING="true", MOTO_RECORDER_FILEPATH=str(recording))
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -98,6 +106,23 @@ def start_moto(log_path: Path) -> Moto:
     bootstrap.put_user_policy(UserName="admin", PolicyName="all", PolicyDocument=ALLOW_ALL)
     key = bootstrap.create_access_key(UserName="admin")["AccessKey"]
     return Moto(endpoint, process, AwsKey("admin", key["AccessKeyId"], key["SecretAccessKey"]))
+
+
+def recorded_calls(recording: Path, action: str) -> list[dict[str, list[str]]]:
+    """The form parameters of every recorded request for a query-API ``action``
+    (STS, IAM), oldest first."""
+    calls = []
+    if not recording.exists():
+        return calls
+    for line in recording.read_text().splitlines():
+        entry = json.loads(line)
+        body = entry.get("body") or ""
+        if entry.get("body_encoded"):
+            body = base64.b64decode(body).decode("utf-8", "replace")
+        form = parse_qs(body)
+        if form.get("Action") == [action]:
+            calls.append(form)
+    return calls
 
 
 def blackhole() -> tuple[socket.socket, str]:

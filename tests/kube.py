@@ -57,8 +57,11 @@ ADMISSION_DIR = ROOT / "deploy" / "admission"
 def install_admission_policies(api: client.ApiClient) -> None:
     """Create or update the ValidatingAdmissionPolicies and bindings in deploy/admission."""
     admission = client.AdmissionregistrationV1Api(api)
-    for path in sorted(ADMISSION_DIR.glob("*-in-use.yaml")):
+    for path in sorted(ADMISSION_DIR.glob("*.yaml")):
         for doc in load_yaml_documents(path):
+            if doc.get("kind") not in ("ValidatingAdmissionPolicy",
+                                       "ValidatingAdmissionPolicyBinding"):  # fmt: skip
+                continue  # kustomization.yaml, the break-glass ClusterRole
             name = doc["metadata"]["name"]
             if doc["kind"] == "ValidatingAdmissionPolicy":
                 create, read, replace = (

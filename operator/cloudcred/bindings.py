@@ -54,6 +54,7 @@ class CredentialInfo:
     paused: bool = False  # cloudcred.io/rollout-paused: "true"
     max_concurrent: int | str = DEFAULT_MAX_CONCURRENT
     force_delete: str | None = None  # cloudcred.io/force-delete: the reason
+    delivery: dict[str, Any] | None = None  # spec.delivery: who may receive the values
     # Carried along, not compared: what changes in them that matters is in the fields above.
     uid: str | None = field(default=None, compare=False)
     created: str = field(default="", compare=False)
@@ -103,6 +104,7 @@ class CredentialInfo:
             paused=annotations.get(ROLLOUT_PAUSED_ANNOTATION, "").lower() == "true",
             max_concurrent=(spec.get("rollout") or {}).get("maxConcurrent", DEFAULT_MAX_CONCURRENT),
             force_delete=annotations.get(FORCE_DELETE_ANNOTATION) or None,
+            delivery=spec.get("delivery"),
             uid=body["metadata"].get("uid"),
             created=body["metadata"].get("creationTimestamp", ""),
             spec=dict(spec),

@@ -75,6 +75,24 @@ class Settings(BaseModel):
         default=90, ge=1, description="Static keys older than this get RotationRecommended."
     )
     aws_region: str = Field(default="us-east-1", description="Region for STS and IAM calls.")
+    operator_namespace: str | None = Field(
+        default=None,
+        description="Namespace of the installation Secret (cloudcred-installation); "
+        "default: the pod's namespace, or default outside a pod.",
+    )
+    aws_principal_arn: str | None = Field(
+        default=None,
+        description="The operator's own AWS principal as role trust policies name it "
+        "(status.operatorPrincipal, cloudcred trust-policy); default: derived from STS "
+        "GetCallerIdentity (an assumed role's ARN without its path).",
+        pattern=r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:(iam|sts)::[0-9]{12}:[A-Za-z0-9+=,.@_/-]+$",
+    )
+    delivery_enabled: bool = Field(
+        default=False,
+        description="Credential delivery (spec.credentialsSecret of Clusters) in this "
+        "installation: off by default; each credential must also opt in "
+        "(spec.delivery.enabled).",
+    )
     delivery_session_seconds: int = Field(
         default=3600,
         ge=900,
@@ -127,6 +145,7 @@ class Settings(BaseModel):
             azure_authority_host=self.azure_authority_host,
             scaleway_api_url=self.scaleway_api_url,
             session_seconds=self.delivery_session_seconds,
+            aws_principal_arn=self.aws_principal_arn,
         )
 
     @property

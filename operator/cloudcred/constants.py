@@ -7,6 +7,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 CREDENTIAL_KIND = "CloudCredential"
 CREDENTIAL_PLURAL = "cloudcredentials"
 CLUSTER_PLURAL = "clusters"
+BOUNDARY_KIND = "CredentialBoundary"
+BOUNDARY_PLURAL = "credentialboundaries"  # cluster-scoped
 # Cluster API also has a "clusters" resource: always use the full name.
 CREDENTIAL_RESOURCE = f"{CREDENTIAL_PLURAL}.{GROUP}"
 CLUSTER_RESOURCE = f"{CLUSTER_PLURAL}.{GROUP}"
@@ -18,6 +20,8 @@ KOPF_STORAGE_PREFIX = f"kopf.{GROUP}"
 REDEPLOY_ANNOTATION = f"{GROUP}/redeploy-revision"
 ROLLOUT_PAUSED_ANNOTATION = f"{GROUP}/rollout-paused"
 FORCE_DELETE_ANNOTATION = f"{GROUP}/force-delete"
+# Who set force-delete: an admission policy makes it the requester's own user name.
+FORCE_DELETE_BY_ANNOTATION = f"{GROUP}/force-delete-by"
 # On Secrets referenced by an in-use credential; the admission policy refuses their deletion.
 IN_USE_LABEL = f"{GROUP}/in-use"
 # On every Secret a credential references: the operator watches exactly these Secrets

@@ -192,6 +192,25 @@ class Kube:
             raise
         return dict(found.metadata.labels or {})
 
+    async def namespace_uid(self, namespace: str) -> str | None:
+        """The namespace's UID; None when it does not exist."""
+        try:
+            found = await self._call(self.core.read_namespace, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return str(found.metadata.uid)
+
+    async def create_secret(
+        self, namespace: str, name: str, string_data: dict[str, str], labels: dict[str, str]
+    ) -> None:
+        """Create a Secret; ApiException (409 when it exists) is the caller's."""
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "namespace": namespace, "labels": labels},
+                "stringData": string_data}  # fmt: skip
+        await self._write(self.core.create_namespaced_secret, namespace, body)
+
     async def set_secret_labels(
         self, namespace: str, name: str, labels: dict[str, str | None]
     ) -> bool:
@@ -272,27 +291,55 @@ class Kube:
             return None
         return metadata
 
-    async def apply_secret(
-        self, namespace: str, name: str, data: dict[str, str], metadata: dict[str, Any],
-        manager: str,
-    ) -> None:  # fmt: skip
-        """Server-side apply of a Secret the operator owns (``data`` base64-encoded).
-        Errors carry the HTTP status only, never the request body."""
-        body = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": name, "namespace": namespace, **metadata},
-            "type": "Opaque",
-            "data": data,
-        }
+    async def create_owned_secret(
+        self, namespace: str, name: str, data: dict[str, str], metadata: dict[str, Any]
+    ) -> None:
+        """Create a Secret the operator owns (``data`` base64-encoded): a create, never an
+        apply, so an existing Secret is never taken over. Errors carry the HTTP status
+        only, never the request body."""
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "namespace": namespace, **metadata},
+                "data": data}  # fmt: skip
         try:
-            await self._write(
-                self.core.patch_namespaced_secret, name, namespace, body,
-                field_manager=manager, force=True, _content_type=APPLY,
-            )  # fmt: skip
+            await self._write(self.core.create_namespaced_secret, namespace, body)
+        except ApiException as error:
+            raise RuntimeError(
+                f"creating Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
+            ) from None
+
+    async def replace_secret_data(
+        self, namespace: str, name: str, uid: str, resource_version: str,
+        data: dict[str, str], annotations: dict[str, str],
+    ) -> None:  # fmt: skip
+        """Replace the data and cloudcred.io annotations of a Secret the operator owns,
+        only if it is still the object read (UID) and unchanged since (resourceVersion):
+        a JSON patch whose first operations are tests."""
+        operations: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+            {"op": "add", "path": "/data", "value": data},
+        ]
+        for key, value in annotations.items():
+            path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+            operations.append({"op": "add", "path": path, "value": value})
+        try:
+            await self._write(self.core.patch_namespaced_secret, name, namespace, operations,
+                              _content_type="application/json-patch+json")  # fmt: skip
         except ApiException as error:
             raise RuntimeError(
                 f"writing Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
+            ) from None
+
+    async def delete_secret(self, namespace: str, name: str, uid: str) -> None:
+        """Delete this Secret object (a precondition on its UID); gone already is fine."""
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+        try:
+            await self._write(self.core.delete_namespaced_secret, name, namespace, body=options)
+        except ApiException as error:
+            if error.status in (404, 409):  # gone, or another object under the name now
+                return
+            raise RuntimeError(
+                f"deleting Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
             ) from None
 
 

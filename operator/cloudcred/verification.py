@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,12 +23,14 @@ from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
+from cloudcred import boundary as boundaries
 from cloudcred import conditions
 from cloudcred.api.common import Provider, SecretKeyRef
 from cloudcred.api.credential import CloudCredentialSpec, VerificationSpec
 from cloudcred.config import Settings
+from cloudcred.installation import Installation
 from cloudcred.kube import Kube, NotFound
-from cloudcred.providers import provider_module
+from cloudcred.providers import aws, provider_module
 from cloudcred.providers.base import (
     TRANSIENT_REASONS,
     Reason,
@@ -36,8 +40,11 @@ from cloudcred.providers.base import (
     VerifyContext,
 )
 from cloudcred.revision import compute_revision
+from cloudcred.tasks import where
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger("cloudcred.verification")
 
 # Condition types this check owns on a CloudCredential.
 VERIFIED, READY, ROTATION = "Verified", "Ready", "RotationRecommended"
@@ -65,6 +72,26 @@ def parse_interval(value: str) -> float:
 
 def verification_settings(spec: dict[str, Any]) -> VerificationSpec:
     return VerificationSpec.model_validate(spec.get("verification") or {})
+
+
+# The shortest periodic interval (the CRD refuses shorter ones; an object stored before
+# that rule still gets no more than one check a minute).
+MIN_INTERVAL_SECONDS = 60.0
+_clamped_logged: set[tuple[str, str, str]] = set()
+
+
+def periodic_interval(namespace: str, name: str, spec: dict[str, Any]) -> float:
+    """Seconds between periodic checks of this credential: 0 for none, never less than
+    ``MIN_INTERVAL_SECONDS`` (said once per credential and value in the log)."""
+    text = verification_settings(spec).interval
+    seconds = parse_interval(text)
+    if 0 < seconds < MIN_INTERVAL_SECONDS:
+        if (namespace, name, text) not in _clamped_logged:
+            _clamped_logged.add((namespace, name, text))
+            logger.warning("%s/%s: spec.verification.interval %s is under the 1m minimum: "
+                           "checking every 1m", namespace, name, text)  # fmt: skip
+        return MIN_INTERVAL_SECONDS
+    return seconds
 
 
 @dataclass
@@ -134,12 +161,65 @@ async def ask_provider(
             ) from None
 
 
+async def with_external_id(
+    kube: Kube, installation: Installation, context: VerifyContext, spec: CloudCredentialSpec
+) -> VerifyContext:
+    """The context with the ExternalId the operator determined for an AWS role (from
+    the credential's namespace UID and name); other credentials need none."""
+    if spec.aws is None or not spec.aws.role_arn:
+        return context
+    uid = await kube.namespace_uid(context.namespace)
+    if uid is None:
+        raise VerificationError(
+            Reason.SECRET_NOT_FOUND, f"namespace {context.namespace} does not exist"
+        )
+    return dataclasses.replace(context, external_id=installation.external_id(uid, context.name))
+
+
+async def trust_status(context: VerifyContext, spec: CloudCredentialSpec) -> dict[str, str]:
+    """What a role's trust policy must say, for ``status``: the ExternalId and the
+    operator's own principal (``cloudcred trust-policy`` builds the policy from them)."""
+    if not context.external_id:
+        return {}
+    fields = {"externalId": context.external_id}
+    principal = await asyncio.to_thread(aws.operator_principal, context)
+    if principal:
+        fields["operatorPrincipal"] = principal
+    return fields
+
+
+# Caches.boundary_violation for the credential's namespace: (spec, the account STS
+# reported for a static AWS key, the project_id of a GCP key) -> a message, or None.
+BoundaryCheck = Callable[[CloudCredentialSpec, str | None, str | None], str | None]
+
+
+def inside_boundary(
+    boundary: BoundaryCheck | None,
+    spec: CloudCredentialSpec,
+    reported_account: str | None = None,
+    gcp_project: str | None = None,
+) -> None:
+    """Raise ``OutsideBoundary`` when a CredentialBoundary of the namespace does not
+    allow the credential."""
+    message = boundary(spec, reported_account, gcp_project) if boundary else None
+    if message:
+        raise VerificationError(Reason.OUTSIDE_BOUNDARY, message)
+
+
+def _gcp_key_project(spec: CloudCredentialSpec, secrets: SecretValues) -> str | None:
+    if spec.gcp is None or spec.gcp.service_account_key_ref is None:
+        return None
+    return boundaries.gcp_key_project(next(iter(secrets.values()), None))
+
+
 async def check_credential(
     body: dict[str, Any],
     kube: Kube,
     settings: Settings,
     slots: asyncio.Semaphore,
     previous_conditions: list[dict[str, Any]] | None,
+    installation: Installation,
+    boundary: BoundaryCheck | None = None,
 ) -> CheckResult:
     metadata, old_status = body["metadata"], body.get("status") or {}
     namespace, name = metadata["namespace"], metadata["name"]
@@ -155,8 +235,13 @@ async def check_credential(
     public_id = module.public_id(spec)
     verification: Verification | None = None
     try:
+        context = await with_external_id(kube, installation, context, spec)
+        status.update(await trust_status(context, spec))
         secrets = await read_secrets(kube, namespace, module.secret_refs(spec))
-        status["revision"] = compute_revision(spec, secrets)
+        status["revision"] = compute_revision(spec, secrets, installation)
+        # Before the provider is asked: a role outside is never assumed, a GCP key of
+        # another project never sent.
+        inside_boundary(boundary, spec, gcp_project=_gcp_key_project(spec, secrets))
         if spec.verification is not None and not spec.verification.enabled:
             raise VerificationError(
                 Reason.VERIFICATION_DISABLED, "spec.verification.enabled is false"
@@ -166,12 +251,27 @@ async def check_credential(
             settings.verification_timeout, slots,
         )  # fmt: skip
         del secrets
+        if verification is not None and spec.aws is not None and not spec.aws.role_arn:
+            # A static key: its account as STS reported it. No success until allowed.
+            answer, verification = verification, None
+            inside_boundary(boundary, spec, reported_account=boundaries.arn_account(
+                answer.identity) or "")  # fmt: skip
+            verification = answer
         verified = (conditions.TRUE, Reason.VERIFIED.value,
                     f"{spec.provider} accepted the credential")  # fmt: skip
     except VerificationError as error:
         unknown = error.reason in (Reason.VERIFICATION_DISABLED, Reason.VERIFICATION_UNAVAILABLE)
         verified = (conditions.UNKNOWN if unknown else conditions.FALSE, error.reason.value,
                     error.message)  # fmt: skip
+    except Exception as error:  # a provider library's or our own surprise
+        # Never leave a stale True behind. Only the class name: the text (and the
+        # traceback's locals) could quote secret data; where() gives frames, no message.
+        kind = type(error).__name__
+        logger.error("checking %s/%s failed unexpectedly (%s)\n%s", namespace, name, kind,
+                     where(error))  # fmt: skip
+        verification = None
+        message = f"the check failed unexpectedly ({kind}): the operator's log says where"
+        verified = (conditions.UNKNOWN, Reason.VERIFICATION_FAILED.value, message)
 
     if verification is not None:
         status["identity"] = verification.identity

@@ -35,6 +35,8 @@ def operator_env(moto: Moto) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": identity.secret_access_key,
         "AWS_DEFAULT_REGION": REGION,
         "CLOUDCRED_VERIFICATION_TIMEOUT": "3",
+        # An installation that delivers credentials (each credential still opts in).
+        "CLOUDCRED_DELIVERY_ENABLED": "true",
         "CLOUDCRED_GCP_TOKEN_URI": f"http://{closed}/token",
         "CLOUDCRED_AZURE_AUTHORITY_HOST": f"https://{closed}",
         "CLOUDCRED_SCALEWAY_API_URL": f"http://{closed}",

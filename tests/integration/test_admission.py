@@ -115,8 +115,11 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
         "spec.aws.secretAccessKeyRef",
     ),
     (
-        "aws-external-id-with-static-keys",
-        credential(provider="AWS", aws={**KEYS, "externalId": "acme-7f3a"}),
+        "aws-external-id-is-chosen-by-the-operator",
+        credential(
+            provider="AWS",
+            aws={"roleArn": "arn:aws:iam::123456789012:role/r", "externalId": "acme-7f3a"},
+        ),
         "spec.aws.externalId",
     ),
     (

@@ -31,6 +31,7 @@ from tests.resources import (
 )
 
 pytestmark = pytest.mark.integration
+DELIVER = {"enabled": True}
 
 
 def delivered(kube: Kube, namespace: str, name: str) -> client.V1Secret | None:
@@ -62,7 +63,7 @@ def test_the_delivered_secret_changes_only_at_deployment(
 ) -> None:
     user = moto.create_user(f"deliver-{uuid.uuid4().hex[:8]}")
     secret(kube, namespace, "keys-1", {"secretAccessKey": user.secret_access_key})
-    static_key_credential(kube, namespace, "prod", user.access_key_id, "keys-1")
+    static_key_credential(kube, namespace, "prod", user.access_key_id, "keys-1", delivery=DELIVER)
     delivering_cluster(kube, namespace, "prod", "aws-creds")
     first = wait_for(lambda: credential_revision(kube, namespace, "prod"), what="a revision")
     wait_for(lambda: deployed_revision(kube, namespace, "eu") == first, what="the first deployment")
@@ -114,23 +115,128 @@ def test_the_delivered_secret_changes_only_at_deployment(
         assert value not in operator.log()
 
 
-def test_a_secret_the_operator_does_not_own_is_not_overwritten(
-    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+def deploy_failed(kube: Kube, namespace: str, cluster: str = "eu") -> str:
+    """The message of the cluster's DeployFailed condition, once it shows one."""
+
+    def failed() -> dict[str, Any] | None:
+        found = condition(get_cluster(kube, namespace, cluster), "RedeployPending")
+        return found if found and found["reason"] == "DeployFailed" else None
+
+    return str(wait_for(failed, what=f"DeployFailed on {cluster}")["message"])
+
+
+@pytest.mark.parametrize("labelled", [False, True], ids=["plain", "labelled-as-cloudcreds"])
+def test_a_secret_the_operator_did_not_create_is_not_overwritten(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess, labelled: bool
 ) -> None:
+    """A Secret of that name made by anyone else (even labelled managed-by cloudcred,
+    which anyone may write) never receives the credential."""
     user = moto.create_user(f"taken-{uuid.uuid4().hex[:8]}")
     secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
     secret(kube, namespace, "hand-made", {"token": "kept as it is"})
-    static_key_credential(kube, namespace, "prod", user.access_key_id, "keys")
+    if labelled:
+        kube.core.patch_namespaced_secret("hand-made", namespace, {"metadata": {"labels": {
+            "app.kubernetes.io/managed-by": "cloudcred"}}})  # fmt: skip
+    static_key_credential(kube, namespace, "prod", user.access_key_id, "keys", delivery=DELIVER)
     delivering_cluster(kube, namespace, "prod", "hand-made")
 
-    def failed() -> dict[str, Any] | None:
-        found = condition(get_cluster(kube, namespace, "eu"), "RedeployPending")
-        return found if found and found["reason"] == "DeployFailed" else None
-
-    assert "not managed by cloudcred" in wait_for(failed, what="DeployFailed")["message"]
+    assert "was not created by cloudcred" in deploy_failed(kube, namespace)
     kept = delivered(kube, namespace, "hand-made")
     assert kept is not None
     assert values(kept) == {"token": "kept as it is"}
+
+
+def test_one_cluster_cannot_take_over_another_clusters_secret(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    user = moto.create_user(f"twin-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, namespace, "prod", user.access_key_id, "keys", delivery=DELIVER)
+    delivering_cluster(kube, namespace, "prod", "shared-name")
+    revision = wait_for(lambda: credential_revision(kube, namespace, "prod"), what="a revision")
+    wait_for(lambda: deployed_revision(kube, namespace, "eu") == revision, what="a deployment")
+    create_cluster(kube, namespace, "other", provider="AWS", region="us-east-1",
+                   credentialRef={"name": "prod"},
+                   credentialsSecret={"name": "shared-name"})  # fmt: skip
+    assert "was not created by cloudcred for this Cluster" in deploy_failed(
+        kube, namespace, "other"
+    )
+    found = delivered(kube, namespace, "shared-name")
+    assert found is not None
+    assert values(found)["AWS_REGION"] == "eu-west-3"  # still the first cluster's
+
+
+def test_delivery_needs_the_credentials_own_opt_in(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    user = moto.create_user(f"optin-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, namespace, "prod", user.access_key_id, "keys")
+    delivering_cluster(kube, namespace, "prod", "aws-creds")
+    assert "does not allow delivery (spec.delivery.enabled)" in deploy_failed(kube, namespace)
+    assert delivered(kube, namespace, "aws-creds") is None
+
+    patch_credential(kube, namespace, "prod", {"spec": {"delivery": DELIVER}})
+    revision = wait_for(lambda: credential_revision(kube, namespace, "prod"), what="a revision")
+    wait_for(lambda: deployed_revision(kube, namespace, "eu") == revision, timeout=60,
+             what="the deployment once the credential allows delivery")  # fmt: skip
+    assert delivered(kube, namespace, "aws-creds") is not None
+
+
+def labelled_namespace(kube: Kube, labels: dict[str, str]) -> str:
+    name = f"tenant-{uuid.uuid4().hex[:10]}"
+    kube.core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+    )
+    return name
+
+
+def test_another_namespace_receives_only_what_delivery_allows_and_loses_it_on_revocation(
+    kube: Kube, moto: Moto, role_operator: tuple[str, OperatorProcess]
+) -> None:
+    """allowedNamespaces lets a namespace's clusters use a credential; only
+    delivery.allowedNamespaces lets them hold its values. Taking the namespace's label
+    away deletes the delivered Secret (timed), and a forged Cluster status that claims
+    the binding back gets no renewal."""
+    home, operator = role_operator
+    tenant = labelled_namespace(kube, {"team": "blue"})
+    operator.stop()  # watch the tenant's namespace too
+    operator.args = ["--namespace", home, "--namespace", tenant]
+    operator.start()
+    role = moto.create_role(f"shared-{uuid.uuid4().hex[:6]}")
+    create_credential(kube, home, "shared", provider="AWS", aws={"roleArn": role},
+                      allowedNamespaces={"matchLabels": {"team": "blue"}},
+                      delivery=DELIVER)  # fmt: skip
+    create_cluster(kube, tenant, "eu", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": "shared", "namespace": home},
+                   credentialsSecret={"name": "aws-session"})  # fmt: skip
+    assert "does not allow delivery to namespace" in deploy_failed(kube, tenant)
+    assert delivered(kube, tenant, "aws-session") is None
+
+    patch_credential(kube, home, "shared", {"spec": {"delivery": {
+        "enabled": True, "allowedNamespaces": {"matchLabels": {"team": "blue"}}}}})  # fmt: skip
+    revision = wait_for(lambda: credential_revision(kube, home, "shared"), what="a revision")
+    wait_for(lambda: deployed_revision(kube, tenant, "eu") == revision, timeout=60,
+             what="the tenant's deployment")  # fmt: skip
+    assert delivered(kube, tenant, "aws-session") is not None
+
+    started = time.monotonic()
+    kube.core.patch_namespace(tenant, {"metadata": {"labels": {"team": None}}})
+    wait_for(lambda: delivered(kube, tenant, "aws-session") is None, timeout=30, interval=0.2,
+             what="the delivered Secret deleted after the namespace lost its label")  # fmt: skip
+    print(f"delivered Secret deleted {time.monotonic() - started:.1f}s after revocation")
+    reasons = [event.reason for event in events_for(kube, tenant, "eu")]
+    assert "CredentialsRevoked" in reasons
+
+    # The tenant writes the binding back into its Cluster's status: the operator decides
+    # from its own view, so no renewal (due every ~10 s here) writes the Secret again.
+    cluster = get_cluster(kube, tenant, "eu")
+    forged = {**(cluster.get("status") or {}), "credential": {"namespace": home, "name": "shared"}}
+    kube.custom.patch_namespaced_custom_object_status(
+        "cloudcred.io", "v1alpha1", tenant, "clusters", "eu", {"status": forged}
+    )
+    time.sleep(25)
+    assert delivered(kube, tenant, "aws-session") is None
 
 
 @pytest.fixture
@@ -154,7 +260,8 @@ def test_a_role_is_delivered_as_session_credentials_renewed_before_expiry(
 ) -> None:
     namespace, operator = role_operator
     role = moto.create_role(f"delivered-{uuid.uuid4().hex[:6]}")
-    create_credential(kube, namespace, "role", provider="AWS", aws={"roleArn": role})
+    create_credential(kube, namespace, "role", provider="AWS", aws={"roleArn": role},
+                      delivery=DELIVER)  # fmt: skip
     delivering_cluster(kube, namespace, "role", "aws-session")
     first = wait_for(lambda: credential_revision(kube, namespace, "role"), what="a revision")
     wait_for(lambda: deployed_revision(kube, namespace, "eu") == first, what="the deployment")

@@ -85,9 +85,9 @@ def new_namespace(kube: Kube, prefix: str) -> str:
 
 
 def create_fleet(kube: Kube, namespace: str, count: int, role_arn: str, **spec: Any) -> None:
-    """A role credential ``fleet`` (externalId ``id-0``) and ``count`` AWS clusters."""
+    """A role credential ``fleet`` and ``count`` AWS clusters."""
     create_credential(kube, namespace, "fleet", provider="AWS",
-                      aws={"roleArn": role_arn, "externalId": "id-0"}, **spec)  # fmt: skip
+                      aws={"roleArn": role_arn}, **spec)  # fmt: skip
 
     def one(index: int) -> None:
         create_cluster(kube, namespace, f"c{index:03d}", provider="AWS", region="eu-west-3",
@@ -97,9 +97,11 @@ def create_fleet(kube: Kube, namespace: str, count: int, role_arn: str, **spec: 
         list(pool.map(one, range(count)))
 
 
-def new_external_id(kube: Kube, namespace: str, external_id: str, old: str) -> str:
-    """Change the fleet's externalId (an access change: a new revision); return it."""
-    patch_credential(kube, namespace, "fleet", {"spec": {"aws": {"externalId": external_id}}})
+def new_role(kube: Kube, namespace: str, suffix: str, old: str) -> str:
+    """Point the fleet at another role (an access change: a new revision); return the
+    new revision. moto lets any role ARN be assumed."""
+    role_arn = f"arn:aws:iam::123456789012:role/fleet-{suffix}"
+    patch_credential(kube, namespace, "fleet", {"spec": {"aws": {"roleArn": role_arn}}})
     return new_revision(kube, namespace, "fleet", old)
 
 
@@ -251,7 +253,7 @@ def test_repeated_sigkills_during_a_fan_out_converge(
         clusters = list_clusters(kube, ns)
         if all(deployed(c) == revision for c in clusters):  # nothing to interrupt: edit
             edits += 1
-            revision = new_external_id(kube, ns, f"id-{edits}", revision)
+            revision = new_role(kube, ns, f"id-{edits}", revision)
             progress = -1
         else:
             progress = sum(deployed(c) == revision for c in clusters)
@@ -324,7 +326,7 @@ def test_control_plane_restart_mid_rollout_converges_without_operator_restart(
                  rollout={"maxConcurrent": 2})  # fmt: skip
     first = new_revision(kube, ns, "fleet", None)
     wait_converged(kube, ns, first, "the first deployment")
-    second = new_external_id(kube, ns, "id-1", first)
+    second = new_role(kube, ns, "id-1", first)
     wait_for(lambda: in_flight(list_clusters(kube, ns), second), timeout=30, interval=0.05,
              what="the rollout to start")  # fmt: skip
 
@@ -347,7 +349,7 @@ def test_control_plane_restart_mid_rollout_converges_without_operator_restart(
     # The watches work again: a new cluster and another edit are followed.
     create_cluster(kube, ns, "late", provider="AWS", region="eu-west-3",
                    credentialRef={"name": "fleet"})  # fmt: skip
-    third = new_external_id(kube, ns, "id-2", second)
+    third = new_role(kube, ns, "id-2", second)
     took = wait_converged(kube, ns, third, "a rollout after the restart")
     print(f"a later edit rolled out to {PLANE_CLUSTERS + 1} clusters in {took:.1f}s")
     assert operator.alive, "the operator exited"
@@ -389,7 +391,12 @@ def test_watch_410_gone_relists_and_converges(
         create_cluster(other, ns, "late", provider="AWS", region="eu-west-3",
                        credentialRef={"name": "fleet"})  # fmt: skip
         other.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, CLUSTER_PLURAL, "c000")
-        patch_credential(other, ns, "fleet", {"spec": {"aws": {"externalId": "id-1"}}})
+        patch_credential(
+            other,
+            ns,
+            "fleet",
+            {"spec": {"aws": {"roleArn": "arn:aws:iam::123456789012:role/fleet-id-1"}}},
+        )
         for index in range(50):
             config_map = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"noise-{index}"),
                                             data={"n": str(index)})  # fmt: skip
@@ -464,7 +471,7 @@ def test_two_replicas_with_peering_only_the_higher_priority_acts(
     create_fleet(kube, ns, 5, moto.create_role(f"fault-{uuid.uuid4().hex[:6]}"))
     first = new_revision(kube, ns, "fleet", None)
     wait_converged(kube, ns, first, "the first deployment")
-    second = new_external_id(kube, ns, "id-1", first)
+    second = new_role(kube, ns, "id-1", first)
     wait_converged(kube, ns, second, "a rollout")
     time.sleep(2)  # anything late would land now
     writes = audit_writes(plane, ns, offset)
@@ -482,7 +489,12 @@ def test_two_replicas_with_peering_only_the_higher_priority_acts(
         high.kill()  # its keep-alive stays in the peering until its lifetime ends
     else:
         high.stop()  # SIGTERM: kopf removes its keep-alive on the way out
-    patch_credential(kube, ns, "fleet", {"spec": {"aws": {"externalId": "id-2"}}})
+    patch_credential(
+        kube,
+        ns,
+        "fleet",
+        {"spec": {"aws": {"roleArn": "arn:aws:iam::123456789012:role/fleet-id-2"}}},
+    )
     third = wait_for(lambda: (r := credential_revision(kube, ns, "fleet")) != second and r,
                      timeout=120, what="the standby to take over")  # fmt: skip
     wait_converged(kube, ns, third, "the standby's rollout")
@@ -574,9 +586,7 @@ def secret_refs() -> st.SearchStrategy[dict[str, Any]]:
 def provider_block(provider: str) -> st.SearchStrategy[dict[str, Any]]:
     """A valid block for ``provider`` (the API server accepts it)."""
     arns = st.from_regex(r"\Aarn:aws:iam::[0-9]{12}:role/[a-z]{1,8}\Z")
-    role = st.fixed_dictionaries(
-        {"roleArn": arns}, optional={"externalId": st.from_regex(r"\A[A-Za-z0-9-]{2,12}\Z")}
-    )
+    role = st.fixed_dictionaries({"roleArn": arns})
     keys = st.fixed_dictionaries({"accessKeyId": st.from_regex(r"\AAKIA[A-Z0-9]{16}\Z"),
                                   "secretAccessKeyRef": secret_refs()})  # fmt: skip
     email = "deployer@my-project.iam.gserviceaccount.com"

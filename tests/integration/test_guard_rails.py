@@ -14,6 +14,7 @@ from kubernetes import client
 from cloudcred.constants import (
     CREDENTIAL_PLURAL,
     FORCE_DELETE_ANNOTATION,
+    FORCE_DELETE_BY_ANNOTATION,
     GROUP,
     IN_USE_LABEL,
     ROLLOUT_PAUSED_ANNOTATION,
@@ -121,7 +122,7 @@ def test_max_concurrent_paces_the_marking(
     more than two are marked and not yet redeployed."""
     role = moto.create_role(f"paced-{uuid.uuid4().hex[:6]}")
     create_credential(kube, namespace, "paced", provider="AWS",
-                      aws={"roleArn": role, "externalId": "one"},
+                      aws={"roleArn": role},
                       rollout={"maxConcurrent": 2})  # fmt: skip
     names = [f"c{i}" for i in range(6)]
     clusters(kube, namespace, names, credentialRef={"name": "paced"}, deploy="External")
@@ -130,7 +131,7 @@ def test_max_concurrent_paces_the_marking(
         patch_cluster_status(kube, namespace, name, {"deployedRevision": first})
     wait_rollout(kube, namespace, "paced", first, 6)
 
-    patch_credential(kube, namespace, "paced", {"spec": {"aws": {"externalId": "two"}}})
+    patch_credential(kube, namespace, "paced", {"spec": {"aws": {"roleArn": f"{role}-two"}}})
     second = new_revision(kube, namespace, "paced", first)
     most = 0
     while True:
@@ -188,7 +189,7 @@ def test_pause_and_resume(
 ) -> None:
     role = moto.create_role(f"pause-{uuid.uuid4().hex[:6]}")
     create_credential(kube, namespace, "paused", provider="AWS",
-                      aws={"roleArn": role, "externalId": "one"},
+                      aws={"roleArn": role},
                       rollout={"maxConcurrent": "100%"})  # fmt: skip
     names = ["a", "b", "c"]
     clusters(kube, namespace, names, credentialRef={"name": "paused"}, deploy="External")
@@ -199,7 +200,7 @@ def test_pause_and_resume(
 
     pause = {"metadata": {"annotations": {ROLLOUT_PAUSED_ANNOTATION: "true"}}}
     patch_credential(kube, namespace, "paused", pause)
-    patch_credential(kube, namespace, "paused", {"spec": {"aws": {"externalId": "two"}}})
+    patch_credential(kube, namespace, "paused", {"spec": {"aws": {"roleArn": f"{role}-two"}}})
     second = new_revision(kube, namespace, "paused", first)
     wait_for(lambda: "paused" in (condition(get_credential(kube, namespace, "paused"),
                                             "RolloutComplete") or {}).get("message", ""),
@@ -262,8 +263,11 @@ def test_force_delete_with_bound_clusters(
 
     assert "force-delete" in (refusal(delete) or "")
     reason = "the key was published in a public repository"
-    patch_credential(kube, namespace, "leaked",
-                     {"metadata": {"annotations": {FORCE_DELETE_ANNOTATION: reason}}})  # fmt: skip
+    # The admission policy cloudcred-force-delete wants the requester's own user name.
+    review = client.AuthenticationV1Api(kube.api).create_self_subject_review({})
+    by = review.status.user_info.username
+    patch_credential(kube, namespace, "leaked", {"metadata": {"annotations": {
+        FORCE_DELETE_ANNOTATION: reason, FORCE_DELETE_BY_ANNOTATION: by}}})  # fmt: skip
     wait_for(lambda: refusal(delete) is None, timeout=20, what="the delete to be admitted")
     wait_for(lambda: get_credential(kube, namespace, "leaked") is None, timeout=30,
              what="the credential to be gone")  # fmt: skip

@@ -198,6 +198,14 @@ def test_chart_passes_server_side_dry_run(
         "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount",
         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding",
+        # break glass: its two policies and the ClusterRole cloudcred-break-glass
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding", "ClusterRole",
+        "NetworkPolicy",
+        # boundaries: the CredentialBoundary CRD, its policy and binding
+        "CustomResourceDefinition", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+        # the installation Secret: create in the operator's own namespace only
+        "Role", "RoleBinding",
     ])  # fmt: skip
     result = dry_run(kube, manifests)
     assert "server dry run" in result.stdout
@@ -222,7 +230,7 @@ def test_chart_switches(kube: Kube, helm: Path, server_version: str) -> None:
     bare = documents(helm_template(
         helm, server_version, "x", "crds.install=false", "admissionPolicy.enabled=false",
         "rbac.create=false", "metrics.service.enabled=false",
-        "serviceAccount.create=false",
+        "serviceAccount.create=false", "networkPolicy.enabled=false",
     ))  # fmt: skip
     assert sorted(doc["kind"] for doc in bare) == ["Deployment"]
     assert one(bare, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "default"
@@ -272,7 +280,7 @@ def test_kustomize_base_passes_server_side_dry_run(kube: Kube, system_namespace:
     assert {doc["kind"] for doc in docs} == {
         "Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole",
         "ClusterRoleBinding", "Deployment", "Service", "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding",
+        "ValidatingAdmissionPolicyBinding", "NetworkPolicy", "Role", "RoleBinding",
     }  # fmt: skip
     result = dry_run(kube, manifests)
     assert "deployment.apps/cloudcred created (server dry run)" in result.stdout
@@ -317,9 +325,14 @@ def test_chart_and_kustomize_grant_the_same_rules(
     assert granted(documents(helm_template(helm, server_version, "x"))) == base
     assert ("", "secrets", "create") not in base  # delivery is opt-in
     delivery = granted(documents(kustomize(kube, DEPLOY / "delivery")))
-    assert delivery == {("", "secrets", "create")}
+    assert delivery == {("", "secrets", "create"), ("", "secrets", "delete")}
     with_delivery = helm_template(helm, server_version, "x", "delivery.enabled=true")
     assert granted(documents(with_delivery)) == base | delivery
+    switch = {"name": "CLOUDCRED_DELIVERY_ENABLED", "value": "true"}
+    container = one(documents(with_delivery), "Deployment")["spec"]["template"]["spec"]
+    assert switch in container["containers"][0]["env"]
+    plain = one(documents(helm_template(helm, server_version, "x")), "Deployment")
+    assert switch not in plain["spec"]["template"]["spec"]["containers"][0]["env"]
 
 
 # --- the ClusterRole in practice ----------------------------------------------------------
@@ -338,7 +351,8 @@ def shipped_identity(kube: Kube) -> Iterator[tuple[str, str]]:
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     account = one(docs, "ServiceAccount")
     account["metadata"].update(name=name, namespace=namespace)
-    role = one(docs, "ClusterRole")
+    (role,) = [doc for doc in docs if doc["kind"] == "ClusterRole"
+               and doc["metadata"]["name"] == "cloudcred"]  # not cloudcred-break-glass  # fmt: skip
     role["metadata"]["name"] = name
     binding = one(docs, "ClusterRoleBinding")
     binding["metadata"]["name"] = name
@@ -355,6 +369,12 @@ def shipped_identity(kube: Kube) -> Iterator[tuple[str, str]]:
     for role_doc, binding_doc in ((role, binding), (delivery_role, delivery_binding)):
         rbac.create_cluster_role(role_doc)
         rbac.create_cluster_role_binding(binding_doc)
+    # The Role in the operator's own namespace (the installation Secret).
+    own_role, own_binding = one(docs, "Role"), one(docs, "RoleBinding")
+    own_role["metadata"]["namespace"] = own_binding["metadata"]["namespace"] = namespace
+    own_binding["subjects"] = binding["subjects"]
+    rbac.create_namespaced_role(namespace, own_role)
+    rbac.create_namespaced_role_binding(namespace, own_binding)
     try:
         yield namespace, name
     finally:
@@ -401,7 +421,8 @@ def test_operator_works_with_the_shipped_cluster_role_and_nothing_more(
     kubeconfig = token_kubeconfig(kube, account_namespace, account, tmp_path / "kubeconfig")
     watched = f"rbac-{uuid.uuid4().hex[:10]}"  # not t-*: the shared test operator stays out
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=watched)))
-    env = {**operator_env(moto), "CLOUDCRED_METRICS_PORT": str(free_port())}
+    env = {**operator_env(moto), "CLOUDCRED_METRICS_PORT": str(free_port()),
+           "CLOUDCRED_OPERATOR_NAMESPACE": account_namespace}  # fmt: skip
     operator = OperatorProcess(
         kubeconfig=kubeconfig, log_path=tmp_path / "operator.log", env=env,
         args=["--namespace", watched],
@@ -412,7 +433,7 @@ def test_operator_works_with_the_shipped_cluster_role_and_nothing_more(
         create_credential(kube, watched, "aws", provider="AWS", aws={
             "accessKeyId": key.access_key_id,
             "secretAccessKeyRef": {"name": "aws-keys", "key": "secretAccessKey"},
-        })  # fmt: skip
+        }, delivery={"enabled": True})  # fmt: skip
         create_cluster(kube, watched, "prod-eu", provider="AWS", region="eu-west-3",
                        credentialRef={"name": "aws"})  # fmt: skip
         create_cluster(kube, watched, "prod-us", provider="AWS", region="us-east-1",

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from cloudcred import metrics
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
 from cloudcred.cache import Caches
+from cloudcred.installation import Installation
 from cloudcred.workqueue import WorkQueue
 
 REVISION, OLD = "v1-943c1aa8cd74", "v1-0123456789ab"
@@ -200,7 +201,14 @@ def test_the_real_controllers_fit_the_collector() -> None:
     from cloudcred.controllers.runner import Controllers
 
     async def scenario() -> None:
-        real = Controllers(None, Settings(), asyncio.Semaphore(1), [], lambda _: None)  # type: ignore[arg-type]
+        real = Controllers(
+            None,  # type: ignore[arg-type]
+            Settings(),
+            asyncio.Semaphore(1),
+            [],
+            lambda _: None,
+            Installation(bytes(32)),
+        )
         real.credential_event("ADDED", credential("acme", "aws-prod"))
         _, samples = scrape(real)
         assert value(samples, "cloudcred_credentials", provider="AWS", verified="Pending") == 1

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import SecretStr
 
 from cloudcred import conditions
 from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.config import Settings, SettingsError
-from cloudcred.providers.aws import session_name
+from cloudcred.installation import Installation
+from cloudcred.providers.aws import principal_of, session_name
 from cloudcred.revision import compute_revision
 from cloudcred.verification import parse_interval
 
@@ -19,6 +22,7 @@ AWS_KEYS = {
         "secretAccessKeyRef": {"name": "aws-keys", "key": "secretAccessKey"},
     },
 }
+INSTALLATION = Installation(b"a fixed test key of 32 bytes....")
 SECRET = {"secretAccessKey": SecretStr("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")}
 
 
@@ -26,7 +30,16 @@ def test_revision_is_pinned() -> None:
     """Golden value: if this changes, every cluster would be marked for redeploy on
     upgrade. Change the revision's prefix instead."""
     spec = CloudCredentialSpec.model_validate(AWS_KEYS)
-    assert compute_revision(spec, SECRET) == "v1-943c1aa8cd74"
+    assert compute_revision(spec, SECRET, INSTALLATION) == "v2-10925a2a01eb"
+
+
+def test_revision_is_no_oracle_without_the_installation_key() -> None:
+    """Keyed: the same spec and secret give another revision under another key, and
+    neither is the unkeyed SHA-256 anyone could compute from a guessed secret."""
+    spec = CloudCredentialSpec.model_validate(AWS_KEYS)
+    ours = compute_revision(spec, SECRET, INSTALLATION)
+    assert ours != compute_revision(spec, SECRET, Installation(b"another key, 32 bytes long......"))
+    assert ours[3:] != "943c1aa8cd74"  # the old, unkeyed revision of the same data
 
 
 def test_revision_ignores_description_allowed_namespaces_and_verification() -> None:
@@ -37,7 +50,8 @@ def test_revision_ignores_description_allowed_namespaces_and_verification() -> N
         "allowedNamespaces": {"matchLabels": {"team": "platform"}},
         "verification": {"interval": "5m"},
     })  # fmt: skip
-    assert compute_revision(plain, SECRET) == compute_revision(decorated, SECRET)
+    revision = compute_revision(plain, SECRET, INSTALLATION)
+    assert revision == compute_revision(decorated, SECRET, INSTALLATION)
 
 
 def test_revision_changes_with_secret_and_provider_block_and_hides_the_value() -> None:
@@ -46,9 +60,9 @@ def test_revision_changes_with_secret_and_provider_block_and_hides_the_value() -
     other_key = CloudCredentialSpec.model_validate(
         {**AWS_KEYS, "aws": {**AWS_KEYS["aws"], "accessKeyId": "AKIAIOSFODNN7EXAMPLF"}}
     )
-    base = compute_revision(spec, SECRET)
-    assert compute_revision(spec, other_secret) != base
-    assert compute_revision(other_key, SECRET) != base
+    base = compute_revision(spec, SECRET, INSTALLATION)
+    assert compute_revision(spec, other_secret, INSTALLATION) != base
+    assert compute_revision(other_key, SECRET, INSTALLATION) != base
     assert SECRET["secretAccessKey"].get_secret_value() not in base
 
 
@@ -84,10 +98,41 @@ def test_bad_setting_names_the_variable() -> None:
 
 
 def test_session_name_fits_sts_limits() -> None:
-    assert session_name("acme", "aws-prod") == "cloudcred-acme-aws-prod"
+    assert session_name("acme", "aws-prod") == "cloudcred+acme+aws-prod"
     long = session_name("a" * 63, "b" * 200)
     assert len(long) == 64
+    assert re.fullmatch(r"[\w+=,.@-]{2,64}", long)
     assert long != session_name("a" * 63, "b" * 199)
+
+
+def test_session_names_of_different_tenants_never_meet() -> None:
+    """team/a-prod and team-a/prod joined with '-' were the same session name."""
+    assert session_name("team", "a-prod") != session_name("team-a", "prod")
+    # A cut name ends in '=' and a hash; no uncut name holds '=', so none meets it.
+    cut = session_name("n" * 40, "x" * 40)
+    assert "=" in cut
+    assert cut != session_name("n" * 40, "x" * 39)
+    assert session_name("acme", "prod", kind="cloudcred-cluster") != session_name("acme", "prod")
+
+
+def test_operator_principal_of_an_assumed_role_is_the_role() -> None:
+    assumed = "arn:aws:sts::123456789012:assumed-role/cloudcred-operator/botocore-session-1"
+    assert principal_of(assumed) == "arn:aws:iam::123456789012:role/cloudcred-operator"
+    user = "arn:aws:iam::123456789012:user/ci"
+    assert principal_of(user) == user
+
+
+def test_external_id_is_keyed_and_distinct_per_namespace_uid_and_name() -> None:
+    one, other = Installation(b"k" * 32), Installation(b"l" * 32)
+    uid = "0b8e3a52-6c0e-4f8e-9d61-3a8f0c1d2e4f"
+    first = one.external_id(uid, "prod")
+    assert re.fullmatch(r"cloudcred-[0-9a-f]{32}", first)
+    assert first == one.external_id(uid, "prod")
+    assert first != one.external_id(uid, "prod2")
+    assert first != one.external_id("1" + uid[1:], "prod")
+    assert first != other.external_id(uid, "prod")
+    # Parts are delimited: (uid, name) pairs that join to the same text differ.
+    assert one.digest("p", "ab", "c") != one.digest("p", "a", "bc")
 
 
 def test_condition_keeps_transition_time_while_status_holds() -> None:

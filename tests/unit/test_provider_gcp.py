@@ -218,7 +218,8 @@ def test_a_key_the_endpoint_does_not_know_is_invalid_credentials(
         ),
         (401, {"error": "invalid_client"}, Reason.INVALID_CREDENTIALS),
         (403, {"error": "access_denied"}, Reason.ACCESS_DENIED),
-        (404, {"error": "not_found"}, Reason.PROVIDER_UNREACHABLE),
+        (404, {"error": "not_found"}, Reason.PROVIDER_REFUSED),  # will refuse again
+        (429, {"error": "rate_limit"}, Reason.PROVIDER_UNREACHABLE),
         (200, {"token_type": "Bearer"}, Reason.PROVIDER_UNREACHABLE),
     ],
 )

@@ -417,6 +417,14 @@ def test_unexpected_status_is_unreachable(fake: FakeScaleway, status: int) -> No
     assert len(fake.requests) == 1  # a 302 is not followed (it would carry the token)
 
 
+@pytest.mark.parametrize("status", [400, 409, 422])
+def test_a_refused_request_is_provider_refused_not_retried(fake: FakeScaleway, status: int) -> None:
+    fake.status_override = status
+    error = _refused(fake.url)
+    assert error.reason == Reason.PROVIDER_REFUSED
+    assert error.message.endswith(f"the Scaleway API refused the request (HTTP {status})")
+
+
 @pytest.mark.parametrize("body", [b"<html>gateway</html>", b"[1, 2]", b'{"created_at": "x"}'])
 def test_unreadable_answer_is_unreachable(fake: FakeScaleway, body: bytes) -> None:
     fake.raw_body = body

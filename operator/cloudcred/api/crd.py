@@ -17,9 +17,17 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from cloudcred.api.boundary import CredentialBoundarySpec
 from cloudcred.api.cluster import ClusterSpec, ClusterStatus
 from cloudcred.api.credential import CloudCredentialSpec, CloudCredentialStatus
-from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, VERSION
+from cloudcred.constants import (
+    BOUNDARY_KIND,
+    BOUNDARY_PLURAL,
+    CLUSTER_PLURAL,
+    CREDENTIAL_PLURAL,
+    GROUP,
+    VERSION,
+)
 
 Schema = dict[str, Any]
 
@@ -95,50 +103,53 @@ def _crd(
     short_names: list[str],
     description: str,
     spec: type[BaseModel],
-    status: type[BaseModel],
+    status: type[BaseModel] | None,
     columns: list[Schema],
     selectable_fields: list[str],
+    scope: str = "Namespaced",
+    categories: tuple[str, ...] = ("cloud",),
 ) -> Schema:
-    spec_schema = structural_schema(spec)
-    status_schema = structural_schema(status)
+    properties: Schema = {
+        "apiVersion": {"type": "string", "description": "API version of the object."},
+        "kind": {"type": "string", "description": "Kind of the object."},
+        "metadata": {"type": "object"},
+        "spec": structural_schema(spec),
+    }
+    if status is not None:
+        properties["status"] = structural_schema(status)
     root = {
         "type": "object",
         "description": description,
         "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string", "description": "API version of the object."},
-            "kind": {"type": "string", "description": "Kind of the object."},
-            "metadata": {"type": "object"},
-            "spec": spec_schema,
-            "status": status_schema,
-        },
+        "properties": properties,
     }
+    version: Schema = {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "schema": {"openAPIV3Schema": root},
+    }
+    if status is not None:
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = columns
+    if selectable_fields:
+        version["selectableFields"] = [{"jsonPath": path} for path in selectable_fields]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {"name": f"{plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
-            "scope": "Namespaced",
+            "scope": scope,
             "names": {
                 "kind": kind,
                 "listKind": f"{kind}List",
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": short_names,
-                "categories": ["cloud"],
+                **({"categories": list(categories)} if categories else {}),
             },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": root},
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": columns,
-                    "selectableFields": [{"jsonPath": path} for path in selectable_fields],
-                }
-            ],
+            "versions": [version],
         },
     }
 
@@ -204,6 +215,26 @@ def cluster_crd() -> Schema:
     )
 
 
+def boundary_crd() -> Schema:
+    return _crd(
+        kind=BOUNDARY_KIND,
+        plural=BOUNDARY_PLURAL,
+        short_names=["ccb"],
+        description="Which cloud accounts and identities the CloudCredentials of the selected "
+        "namespaces may use; checked at admission and by the operator before every use. "
+        "Cluster-scoped: written by cluster admins.",
+        spec=CredentialBoundarySpec,
+        status=None,
+        columns=[
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        selectable_fields=[],
+        scope="Cluster",
+        # Not in "cloud": `kubectl get cloud` lists what tenants own.
+        categories=(),
+    )
+
+
 class _NoAliasDumper(yaml.SafeDumper):
     """Writes repeated lists in full instead of as YAML anchors and aliases."""
 
@@ -219,6 +250,7 @@ def render(crd: Schema) -> str:
 CRD_FILES = {
     f"{GROUP}_{CREDENTIAL_PLURAL}.yaml": credential_crd,
     f"{GROUP}_{CLUSTER_PLURAL}.yaml": cluster_crd,
+    f"{GROUP}_{BOUNDARY_PLURAL}.yaml": boundary_crd,
 }
 
 

@@ -23,9 +23,14 @@ from cloudcred.api.common import (
     SecretKeyRef,
 )
 
-AWS_ROLE_ARN = r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
+# AWS's rules: a path of "/" or "/segment/.../" (segments of [\w+=,.@-]), then a role
+# name of 1-64 of [\w+=,.@-]. "role//" and "role/a//b" are refused here, not retried
+# forever against STS.
+AWS_ROLE_ARN = (
+    r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::[0-9]{12}:role"
+    r"(/[A-Za-z0-9_+=,.@-]+)*/[A-Za-z0-9_+=,.@-]{1,64}$"
+)
 AWS_ACCESS_KEY_ID = r"^(AKIA|ASIA)[A-Z0-9]{16}$"
-AWS_EXTERNAL_ID = r"^[A-Za-z0-9+=,.@:/-]{2,}$"  # RE2 caps repeat counts at 1000
 GCP_SERVICE_ACCOUNT_EMAIL = r"^[a-z0-9-]{1,63}@[a-z0-9.-]{1,190}\.gserviceaccount\.com$"
 GCP_WORKLOAD_IDENTITY_PROVIDER = (
     r"^(//iam\.googleapis\.com/)?projects/[0-9]{1,20}/locations/global/"
@@ -63,11 +68,6 @@ class AwsSpec(Model):
                     "required with accessKeyId, and only with it",
                     ".secretAccessKeyRef",
                 ),
-                _rule(
-                    "!has(self.externalId) || has(self.roleArn)",
-                    "only allowed together with roleArn",
-                    ".externalId",
-                ),
             ]
         }
     )
@@ -76,15 +76,11 @@ class AwsSpec(Model):
         default=None,
         description="IAM role the operator assumes with STS AssumeRole, e.g. "
         "arn:aws:iam::123456789012:role/cloudcred. Preferred over static keys: nothing "
-        "long-lived to leak or rotate.",
+        "long-lived to leak or rotate. The role's trust policy must require the "
+        "ExternalId in status.externalId, which the operator determines (cloudcred "
+        "trust-policy prints the policy).",
         max_length=2048,
         pattern=AWS_ROLE_ARN,
-    )
-    external_id: str | None = Field(
-        default=None,
-        description="External ID the role's trust policy requires (only with roleArn).",
-        max_length=1224,
-        pattern=AWS_EXTERNAL_ID,
     )
     access_key_id: str | None = Field(
         default=None,
@@ -192,10 +188,39 @@ class VerificationSpec(Model):
     )
     interval: str = Field(
         default="1h",
-        description="How often to check again, as a duration (90s, 30m, 1h); 0 turns "
-        "periodic checks off (the credential is still checked when it changes).",
+        description="How often to check again, as a duration (90s, 30m, 1h), at least 1m; "
+        "0 turns periodic checks off (the credential is still checked when it changes).",
         max_length=32,
         pattern=DURATION,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                # CEL's duration() parses Go durations, like the operator does; a check
+                # more often than once a minute would only load the provider.
+                _rule(
+                    "self == '0' || duration(self) >= duration('1m')",
+                    "must be 0 or at least 1m",
+                )
+            ]
+        },
+    )
+
+
+class DeliverySpec(Model):
+    """Whether the operator may write this credential into Secrets that Clusters ask
+    for (``spec.credentialsSecret``), and for which namespaces."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Allow delivery: the operator writes the credential (an AWS role: "
+        "short-lived session credentials) into the Secret a bound Cluster names in "
+        "spec.credentialsSecret. Off by default; the operator's own switch "
+        "(CLOUDCRED_DELIVERY_ENABLED) must be on too.",
+    )
+    allowed_namespaces: LabelSelector | None = Field(
+        default=None,
+        description="Namespaces whose Clusters may receive the credential, as a label "
+        "selector on namespaces (within spec.allowedNamespaces). Absent: only this "
+        "credential's own namespace.",
     )
 
 
@@ -281,6 +306,12 @@ class CloudCredentialSpec(Model):
     verification: VerificationSpec | None = Field(
         default=None, description="How and how often the operator checks the credential."
     )
+    delivery: DeliverySpec | None = Field(
+        default=None,
+        description="Whether bound Clusters may receive the credential's secret values in a "
+        "Secret of their own (spec.credentialsSecret). Absent: never. Does not change the "
+        "credential's revision.",
+    )
     rollout: RolloutSpec | None = Field(
         default=None,
         description="How a new revision is rolled out to the bound clusters (pacing). "
@@ -318,6 +349,19 @@ class CloudCredentialStatus(Model):
         description="v1- and 12 hex digits of a hash over the provider block and the "
         "referenced secret values. Changes when access changes; reveals nothing.",
         max_length=64,
+    )
+    external_id: str | None = Field(
+        default=None,
+        description="AWS roles: the ExternalId the operator sends when it assumes the role, "
+        "derived from the namespace's UID and the credential's name with the installation's "
+        "key. The role's trust policy must require it (cloudcred trust-policy).",
+        max_length=64,
+    )
+    operator_principal: str | None = Field(
+        default=None,
+        description="AWS roles: the operator's own AWS principal, which the role's trust "
+        "policy must allow to call sts:AssumeRole and sts:TagSession.",
+        max_length=2048,
     )
     last_verified_time: datetime | None = Field(
         default=None, description="When the provider last confirmed the credential."

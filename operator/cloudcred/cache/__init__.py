@@ -5,7 +5,10 @@ reconcilers ask of them.
   and repaired by the operator's own paginated LISTs (``informers.CustomResourceLister``);
 - ``secrets`` (only those labelled ``cloudcred.io/credential-secret``; labels and a
   digest of the data, never the data) and ``namespaces`` (labels) are fed by the
-  operator's own LIST+WATCH threads (``informers.Informer``).
+  operator's own LIST+WATCH threads (``informers.Informer``);
+- ``boundaries`` (CredentialBoundaries, cluster-scoped) by another such thread
+  (``cache.boundaries.BoundaryInformer``), so they are followed whatever namespaces the
+  operator watches and while kopf's peering pauses it.
 
 ``synced`` is True only when every store has taken in a full LIST since the start or
 since its last watch gap: the workers take no key before (``controllers/runner.py``).
@@ -13,9 +16,11 @@ since its last watch gap: the workers take no key before (``controllers/runner.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from cloudcred import bindings
+from cloudcred import bindings, boundary
+from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.bindings import ClusterInfo, CredentialInfo
 from cloudcred.cache.store import Change, Key, Store
 
@@ -44,10 +49,18 @@ class Caches:
         )
         self.secrets: Store[SecretInfo] = Store("Secret")
         self.namespaces: Store[dict[str, str]] = Store("Namespace")
+        self.boundaries: Store[boundary.Boundary] = Store("CredentialBoundary")
 
     @property
     def stores(self) -> tuple[Store[object], ...]:
-        return (self.credentials, self.clusters, self.secrets, self.namespaces)  # type: ignore[return-value]
+        return (self.credentials, self.clusters, self.secrets, self.namespaces,
+                self.boundaries)  # type: ignore[return-value]  # fmt: skip
+
+    @property
+    def boundaries_synced(self) -> bool:
+        """Boundaries and namespace labels are fully listed: a boundary check may decide
+        (a credential is never checked, let alone used, on the word of a partial list)."""
+        return self.boundaries.synced and self.namespaces.synced
 
     @property
     def synced(self) -> bool:
@@ -61,6 +74,32 @@ class Caches:
     def namespace_labels(self, namespace: str) -> dict[str, str] | None:
         """A namespace's labels; None when it does not exist."""
         return self.namespaces.get(("", namespace))
+
+    def boundary_violation(
+        self,
+        namespace: str,
+        spec: CloudCredentialSpec,
+        reported_account: str | None = None,
+        gcp_project: str | None = None,
+    ) -> str | None:
+        """Why a credential of ``namespace`` is outside a CredentialBoundary that selects
+        it (a message for users), or None. Ask before every use of a credential, once
+        ``boundaries_synced``. ``reported_account``: the account STS reported for a static
+        AWS key; ``gcp_project``: ``boundary.gcp_key_project`` of a GCP key."""
+        labels = self.namespace_labels(namespace) or {}
+        return boundary.violation(spec, namespace, labels, self.boundaries.objects.values(),
+                                  reported_account, gcp_project)  # fmt: skip
+
+    def credentials_selected_by(
+        self, selects: Callable[[dict[str, str]], bool]
+    ) -> list[CredentialInfo]:
+        """The credentials whose namespace's labels ``selects`` (a boundary's selector)."""
+        found = []
+        for credential in self.credentials.objects.values():
+            labels = self.namespace_labels(credential.namespace)
+            if selects(labels or {}):
+                found.append(credential)
+        return found
 
     def decide(self, cluster: ClusterInfo) -> bindings.Binding:
         credential = self.credentials.get(cluster.credential)

@@ -5,7 +5,10 @@ with the official client (kopf watches whole kinds and would stream every Secret
 data; in namespaced mode it cannot watch Namespaces):
 
 - Secrets, selected by the label ``cloudcred.io/credential-secret`` that the operator
-  puts on every referenced Secret, so unrelated Secrets never reach the operator;
+  puts on every referenced Secret, so unrelated Secrets never reach the operator. When
+  the watched namespaces are plain names, one informer per namespace (as client-go's
+  multi-namespace cache does): other namespaces' Secrets are never even listed. LISTs
+  of Secrets take small pages: a page of 1 MiB Secrets is held whole while it is read;
 - Namespaces, for their labels (``allowedNamespaces``).
 
 Each start, and each restart after a failure or a 410 Gone, is a paginated LIST
@@ -45,6 +48,10 @@ from cloudcred.kube import Kube, describe_error
 
 T = TypeVar("T")
 PAGE_SIZE = 500
+# Secrets can be 1 MiB each, and the client holds a page about five times over while
+# it reads it (bytes, text, parsed JSON, its objects): measured with 300 such Secrets,
+# a page of 50 peaked at 448 MiB of the 512 MiB limit, a page of 20 at 285 MiB.
+SECRET_PAGE_SIZE = 20
 MAX_BACKOFF = 30.0
 RELIST_DEBOUNCE = 2.0  # after kopf's last listing event: a listing sends every object
 
@@ -67,6 +74,23 @@ def namespace_matcher(patterns: list[str]) -> Callable[[str], bool]:
     return watched
 
 
+def plain_namespaces(patterns: list[str]) -> list[str] | None:
+    """The watched namespaces when they are all plain names (no glob, no ``!``), sorted;
+    None when every namespace is watched or a pattern selects them."""
+    items = [item.strip() for pattern in patterns for item in pattern.split(",") if item.strip()]
+    if not items or any(item.startswith("!") or set(item) & set("*?[]") for item in items):
+        return None
+    return sorted(set(items))
+
+
+class SyncScopes:
+    """The namespaces whose own informers fill one store together: the store is synced
+    only while every one of them has taken in a LIST since its last watch gap."""
+
+    def __init__(self, namespaces: list[str]) -> None:
+        self.unsynced = set(namespaces)
+
+
 class Informer(Generic[T]):
     """LIST+WATCH of one core kind in a thread; the store is updated on the event loop,
     then ``sink`` gets what changed."""
@@ -82,9 +106,14 @@ class Informer(Generic[T]):
         relist_interval: float,
         label_selector: str | None = None,
         watched: Callable[[str], bool] = lambda _: True,
+        page_size: int = PAGE_SIZE,
+        namespace: str | None = None,
+        scopes: SyncScopes | None = None,
     ) -> None:
         """``watched(namespace)``: objects in other namespaces are left out (another
-        operator may own them)."""
+        operator may own them). ``namespace``: a namespaced ``list_function`` for this
+        one namespace, sharing the store with the other namespaces' informers of the
+        same ``scopes``."""
         self.store = store
         self.list_function = list_function
         self.convert = convert
@@ -94,15 +123,19 @@ class Informer(Generic[T]):
         self.relist_interval = relist_interval
         self.label_selector = label_selector
         self.watched = watched
+        self.page_size = page_size
+        self.namespace = namespace
+        self.scopes = scopes
         self.last_progress = time.monotonic()
         self._stop = threading.Event()
+        suffix = f"-{namespace}" if namespace else ""
         self._thread = threading.Thread(
-            target=self._run, name=f"cloudcred-{store.kind.lower()}", daemon=True
+            target=self._run, name=f"cloudcred-{store.kind.lower()}{suffix}", daemon=True
         )
 
     @property
     def name(self) -> str:
-        return self.store.kind
+        return f"{self.store.kind} ({self.namespace})" if self.namespace else self.store.kind
 
     def start(self) -> None:
         self._thread.start()
@@ -114,6 +147,8 @@ class Informer(Generic[T]):
         # (connect, read): the server ends each watch after watch_timeout seconds, so a
         # longer silence means the connection is dead.
         selection: dict[str, Any] = {"_request_timeout": (10, self.watch_timeout + 15)}
+        if self.namespace:
+            selection["namespace"] = self.namespace
         if self.label_selector:
             selection["label_selector"] = self.label_selector
         return selection
@@ -143,7 +178,7 @@ class Informer(Generic[T]):
         listed: dict[Key, T] = {}
         token = None
         while True:
-            page = self.list_function(limit=PAGE_SIZE, _continue=token, **self._selection())
+            page = self.list_function(limit=self.page_size, _continue=token, **self._selection())
             for item in page.items:
                 if self.watched(item.metadata.namespace or ""):
                     listed[_key(item)] = self.convert(item)
@@ -184,11 +219,18 @@ class Informer(Generic[T]):
         self.loop.call_soon_threadsafe(function, *args)
 
     def _unsync(self) -> None:
+        if self.scopes is not None and self.namespace:
+            self.scopes.unsynced.add(self.namespace)
         self.store.unsync()
         self.sink([])
 
     def _replace(self, listed: dict[Key, T], asked_at: float) -> None:
-        self.sink(self.store.replace(listed, asked_at))
+        changes = self.store.replace(listed, asked_at, namespace=self.namespace)
+        if self.scopes is not None and self.namespace:
+            self.scopes.unsynced.discard(self.namespace)
+            if self.scopes.unsynced:  # another namespace's LIST is still to come
+                self.store.unsync()
+        self.sink(changes)
 
     def _apply(self, key: Key, value: T | None) -> None:
         change = self.store.delete(key) if value is None else self.store.apply(key, value)

@@ -86,11 +86,16 @@ class Store(Generic[T]):
         full LIST is taken in."""
         self.synced = False
 
-    def replace(self, listed: dict[Key, T], asked_at: float) -> list[Change[T]]:
+    def replace(
+        self, listed: dict[Key, T], asked_at: float, namespace: str | None = None
+    ) -> list[Change[T]]:
         """Take in a full LIST asked for at ``asked_at`` (``time.monotonic()``); return
-        what changed. Marks the store synced."""
+        what changed. Marks the store synced. With ``namespace``, the LIST covers that
+        namespace only (one informer per namespace): other objects are left alone."""
         changes = []
         for key in list(self.objects):
+            if namespace is not None and key[0] != namespace:
+                continue
             if key not in listed and self._touched.get(key, 0.0) < asked_at:
                 changes.append(self._remove(key))
                 self._touched.pop(key, None)
@@ -101,7 +106,11 @@ class Store(Generic[T]):
                 continue  # deleted after the LIST was asked for
             if self.objects.get(key) != value:
                 changes.append(self._set(key, value))
-        self._deleted = {k: t for k, t in self._deleted.items() if t >= asked_at}
+        self._deleted = {
+            k: t
+            for k, t in self._deleted.items()
+            if t >= asked_at or (namespace is not None and k[0] != namespace)
+        }
         self.synced = True
         return changes
 

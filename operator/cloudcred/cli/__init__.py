@@ -1,4 +1,5 @@
-"""The command-line companion: ``cloudcred list | usage | rotate`` (also ``kubectl cloudcred``).
+"""The command-line companion: ``cloudcred list | usage | rotate | trust-policy`` (also
+``kubectl cloudcred``).
 
 ``add_commands`` puts the subcommands on the ``cloudcred`` parser; ``run_command`` runs
 one and turns every failure into one ``cloudcred: ...`` line on stderr and an exit code.
@@ -13,7 +14,7 @@ from typing import IO, Any
 
 from cloudcred.cli.errors import CliError
 
-COMMANDS = ("list", "usage", "rotate")
+COMMANDS = ("list", "usage", "rotate", "trust-policy")
 
 EXIT_CODES = """\
 exit codes:
@@ -90,6 +91,25 @@ examples:
 """
 )
 
+TRUST_POLICY_HELP = """\
+Prints the trust policy the IAM role of an AWS role credential must have, or a
+CloudFormation template that creates that role (-o cloudformation).
+
+The operator, not the credential's author, determines the ExternalId
+(status.externalId, from the namespace's UID and the credential's name); the policy
+lets the operator's principal (status.operatorPrincipal, or --principal) call
+sts:AssumeRole only with that ExternalId, and sts:TagSession only with the
+credential's namespace and name as session tags.
+
+examples:
+  cloudcred trust-policy aws-prod -n acme > trust.json
+  aws iam update-assume-role-policy --role-name cloudcred-acme --policy-document file://trust.json
+  cloudcred trust-policy aws-prod -n acme -o cloudformation > role.json
+  aws cloudformation deploy --template-file role.json --stack-name cloudcred-acme \\
+      --capabilities CAPABILITY_NAMED_IAM
+
+""" + EXIT_CODES.format(extra=", no status.externalId yet")
+
 
 def _kube_options(all_namespaces: bool) -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
@@ -114,7 +134,7 @@ def _kube_options(all_namespaces: bool) -> argparse.ArgumentParser:
 
 
 def add_commands(commands: Any) -> None:
-    """Adds list, usage and rotate to ``commands`` (an argparse subparsers action)."""
+    """Adds list, usage, rotate and trust-policy to ``commands`` (an argparse subparsers action)."""
     raw = argparse.RawDescriptionHelpFormatter
     commands.add_parser(
         "list",
@@ -152,6 +172,24 @@ def add_commands(commands: Any) -> None:
     )
     rotate.add_argument(
         "--no-wait", action="store_true", help="stop once the credential uses the new Secret"
+    )
+
+    trust = commands.add_parser(
+        "trust-policy",
+        help="print the trust policy (or a CloudFormation template) for an AWS role credential",
+        description=TRUST_POLICY_HELP,
+        formatter_class=raw,
+        parents=[_kube_options(all_namespaces=False)],
+    )
+    trust.add_argument("name", metavar="NAME", help="the CloudCredential")
+    trust.add_argument(
+        "-o", "--output", default="json", metavar="FORMAT",
+        help="json (the trust policy, default) or cloudformation (a template creating the role)",
+    )  # fmt: skip
+    trust.add_argument(
+        "--principal",
+        metavar="ARN",
+        help="the operator's AWS principal (default: status.operatorPrincipal)",
     )
 
 
@@ -196,8 +234,18 @@ def _rotate(args: argparse.Namespace, stdin: IO[str] | None) -> int:
     return rotate.rotate_command(kube, request, sys.stdin if stdin is None else stdin)
 
 
+def _trust_policy(args: argparse.Namespace, stdin: IO[str] | None) -> int:
+    from cloudcred.cli import api, trust
+
+    kube = api.connect(args.kubeconfig, args.context)
+    return trust.trust_policy_command(
+        kube, args.namespace or kube.namespace, args.name, args.output, args.principal
+    )
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, IO[str] | None], int]] = {
     "list": _list,
     "usage": _usage,
     "rotate": _rotate,
+    "trust-policy": _trust_policy,
 }

@@ -48,6 +48,13 @@ class ClusterReconciler:
         cluster = self.marks.apply(found)
         binding = self.caches.decide(cluster)
         credential = self.caches.credentials.get(cluster.credential)
+        if cluster.credentials_secret and not cluster.external:
+            if not binding.bound:
+                await self.deploy.revoke(key, f"the cluster is not bound: {binding.message}")
+            elif credential is not None:
+                refusal = self.deploy.delivery_refusal(cluster, credential)
+                if refusal:
+                    await self.deploy.revoke(key, refusal)
         redeploy = None
         if binding.bound and credential is not None and credential.revision:
             plan = self.plans.get(credential.key)

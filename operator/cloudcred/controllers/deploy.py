@@ -39,7 +39,7 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
-from cloudcred import conditions
+from cloudcred import boundary, conditions
 from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.bindings import (
     BOUND,
@@ -47,6 +47,7 @@ from cloudcred.bindings import (
     ClusterInfo,
     CredentialInfo,
     Key,
+    selector_matches,
 )
 from cloudcred.cache import Caches
 from cloudcred.config import Settings
@@ -57,12 +58,13 @@ from cloudcred.constants import (
     EXPIRES_ANNOTATION,
     MANAGED_BY_LABEL,
 )
+from cloudcred.installation import Installation
 from cloudcred.kube import Kube, NotFound, PreconditionFailed, describe_error
 from cloudcred.providers import provider_module
 from cloudcred.providers.base import Reason, VerificationError, VerifyContext
 from cloudcred.revision import compute_revision
 from cloudcred.rollout import RolloutPlan, redeploy_conditions, redeploy_state
-from cloudcred.verification import ask_provider, read_secrets, retry_delay
+from cloudcred.verification import ask_provider, read_secrets, retry_delay, with_external_id
 from cloudcred.workqueue import WorkQueue
 
 MANAGER = "cloudcred-deployer"
@@ -83,6 +85,15 @@ class DeployTarget:
     cluster: ClusterInfo
     credential: CredentialInfo
     spec: dict[str, Any]
+
+
+def owned_by(metadata: Any, cluster_uid: str | None) -> bool:
+    """The Secret is the one the operator created for this cluster: the cluster's UID
+    is its controller owner reference. A label says nothing (anyone may set one)."""
+    return cluster_uid is not None and any(
+        reference.uid == cluster_uid and reference.kind == "Cluster" and reference.controller
+        for reference in metadata.owner_references or []
+    )
 
 
 class Superseded(Exception):
@@ -106,6 +117,7 @@ class DeployController:
         provider_slots: asyncio.Semaphore,
         clusters: WorkQueue[Key],
         credentials: WorkQueue[Key],
+        installation: Installation,
     ) -> None:
         """``clusters`` and ``credentials`` are the reconcilers' queues: the deploy
         step's news (a failure to show on the cluster, a rollout to halt) goes there."""
@@ -115,6 +127,7 @@ class DeployController:
         self.provider_slots = provider_slots
         self.clusters = clusters
         self.credentials = credentials
+        self.installation = installation
         self.queue: WorkQueue[Key] = WorkQueue("deploy")
         self.failures: dict[Key, str] = {}  # why the last deploy of a cluster failed
         self._attempts: dict[Key, int] = {}
@@ -128,6 +141,7 @@ class DeployController:
         self._delivered: dict[Key, tuple[str, dict[str, Any]]] = {}
         self._renewals: dict[Key, asyncio.TimerHandle] = {}
         self._expiry_known: set[Key] = set()
+        self._revoked: set[Key] = set()  # clusters whose delivered Secret is gone
         self.paused = False  # see pause()
 
     def pause(self) -> None:
@@ -161,10 +175,10 @@ class DeployController:
         by the operator, never deployed or marked with the revision of a credential that
         verified and is up to date with its spec."""
         cluster = self.caches.clusters.get(key)
-        if cluster is None or cluster.external or not cluster.was_bound_to:
+        if cluster is None or cluster.external or not self.caches.decide(cluster).bound:
             return None
         credential = self.caches.credentials.get(cluster.credential)
-        if credential is None or cluster.was_bound_to != credential.key:
+        if credential is None:
             return None
         if not credential.revision or credential.spec_changed or credential.deleting:
             return None
@@ -177,14 +191,63 @@ class DeployController:
         return DeployTarget(cluster, credential, credential.spec)
 
     def bound_target(self, key: Key) -> DeployTarget | None:
-        """A cluster deployed by the operator and bound, with its credential."""
+        """A cluster deployed by the operator and bound, with its credential. Bound as
+        the operator decides it from its caches, never as the Cluster's status says
+        (anyone who may patch clusters/status could write that)."""
         cluster = self.caches.clusters.get(key)
-        if cluster is None or cluster.external or not cluster.was_bound_to:
+        if cluster is None or cluster.external or not self.caches.decide(cluster).bound:
             return None
-        credential = self.caches.credentials.get(cluster.was_bound_to)
+        credential = self.caches.credentials.get(cluster.credential)
         if credential is None:
             return None
         return DeployTarget(cluster, credential, credential.spec)
+
+    def delivery_refusal(self, cluster: ClusterInfo, credential: CredentialInfo) -> str | None:
+        """Why this cluster may not receive its credential's values now (a message for
+        its DeployFailed condition), or None. Both switches must allow it: the
+        installation's and the credential's own, for the cluster's namespace."""
+        if not self.settings.delivery_enabled:
+            return ("credential delivery is off in this installation "
+                    "(the operator's CLOUDCRED_DELIVERY_ENABLED)")  # fmt: skip
+        named = f"CloudCredential {credential.namespace}/{credential.name}"
+        delivery = credential.delivery or {}
+        if not delivery.get("enabled"):
+            return f"{named} does not allow delivery (spec.delivery.enabled)"
+        if cluster.namespace != credential.namespace:
+            selector = delivery.get("allowedNamespaces")
+            labels = self.caches.namespace_labels(cluster.namespace)
+            if selector is None or labels is None or not selector_matches(selector, labels):
+                return (f"{named} does not allow delivery to namespace {cluster.namespace} "
+                        "(spec.delivery.allowedNamespaces)")  # fmt: skip
+        return self.boundary_violation(credential)
+
+    def boundary_violation(self, credential: CredentialInfo) -> str | None:
+        """The credential is outside a CredentialBoundary of its namespace (checked before
+        every use, on top of verification): what admission can see in the spec, and the
+        account STS reported for a static AWS key (``status.identity``)."""
+        spec = CloudCredentialSpec.model_validate(credential.spec)
+        identity = credential.status.get("identity")
+        account = boundary.arn_account(identity) if spec.aws and identity else None
+        return self.caches.boundary_violation(credential.namespace, spec, account)
+
+    async def revoke(self, key: Key, why: str) -> None:
+        """Delete the Secret the operator delivered to this cluster, if there is one:
+        the cluster may not have its credential's values any more. Only a Secret this
+        cluster owns (its UID in the controller owner reference) is deleted, and only
+        that object (a precondition on its UID)."""
+        cluster = self.caches.clusters.get(key)
+        if cluster is None or not cluster.credentials_secret or key in self._revoked:
+            return
+        self.forget(key)
+        existing = await self.kube.secret_metadata(cluster.namespace, cluster.credentials_secret)
+        if existing is not None and owned_by(existing, cluster.uid):
+            await self.kube.delete_secret(cluster.namespace, cluster.credentials_secret,
+                                          existing.uid)  # fmt: skip
+            await self.kube.post_event(
+                cluster.reference, "Warning", "CredentialsRevoked",
+                f"deleted Secret {cluster.namespace}/{cluster.credentials_secret}: {why}",
+            )  # fmt: skip
+        self._revoked.add(key)
 
     async def reconcile(self, key: Key) -> None:
         """Deploy this cluster if it needs it. Failures are the deploy step's own
@@ -237,8 +300,14 @@ class DeployController:
         cluster, credential = target.cluster, target.credential
         revision = credential.revision
         assert revision is not None  # the binder hands over only credentials with one
+        violation = self.boundary_violation(credential)
+        if violation:
+            raise DeployError(violation)
         await self._check(credential, target.spec, revision, cluster.region)
         if cluster.credentials_secret:
+            refusal = self.delivery_refusal(cluster, credential)
+            if refusal:
+                raise DeployError(refusal)
             await self._deliver(target, revision, check_revision=True)
         await self._record_deployment(cluster, revision)
         self.succeeded(cluster.key)
@@ -282,17 +351,22 @@ class DeployController:
         name = cluster.credentials_secret
         assert name is not None
         existing = await self.kube.secret_metadata(cluster.namespace, name)
-        if existing is not None and (existing.labels or {}).get(MANAGED_BY_LABEL) != "cloudcred":
-            raise DeployError(f"Secret {cluster.namespace}/{name} exists and is not managed by "
-                              "cloudcred: choose another spec.credentialsSecret.name")  # fmt: skip
+        if existing is not None and not owned_by(existing, cluster.uid):
+            raise DeployError(f"Secret {cluster.namespace}/{name} exists and was not created by "
+                              "cloudcred for this Cluster: choose another "
+                              "spec.credentialsSecret.name")  # fmt: skip
         spec = CloudCredentialSpec.model_validate(target.spec)
         module = provider_module(spec.provider)
         secrets = await read_secrets(self.kube, credential.namespace, module.secret_refs(spec))
-        if check_revision and compute_revision(spec, secrets) != revision:
+        if check_revision and compute_revision(spec, secrets, self.installation) != revision:
             raise Superseded
-        # The cluster's name in STS session names and CloudTrail.
-        context = VerifyContext(cluster.namespace, cluster.name,
-                                self.settings.provider_settings())  # fmt: skip
+        # The cluster's name in STS session names, tags and CloudTrail.
+        context = await with_external_id(
+            self.kube, self.installation,
+            VerifyContext(credential.namespace, credential.name,
+                          self.settings.provider_settings(), cluster=cluster.key),
+            spec,
+        )  # fmt: skip
         delivery = await ask_provider(
             partial(module.delivery, spec, secrets, cluster.region, context),
             spec.provider, self.settings.verification_timeout, self.provider_slots,
@@ -301,15 +375,23 @@ class DeployController:
         annotations = {DELIVERED_REVISION_ANNOTATION: revision}
         if delivery.expires:
             annotations[EXPIRES_ANNOTATION] = conditions.timestamp(delivery.expires)
-        metadata = {
-            "labels": {MANAGED_BY_LABEL: "cloudcred"},
-            "annotations": annotations,
-            "ownerReferences": [{"apiVersion": API_VERSION, "kind": "Cluster",
-                                 "name": cluster.name, "uid": cluster.uid}],
-        }  # fmt: skip
         data = {key: base64.b64encode(value.get_secret_value().encode()).decode()
                 for key, value in delivery.data.items()}  # fmt: skip
-        await self.kube.apply_secret(cluster.namespace, name, data, metadata, MANAGER)
+        if existing is None:  # created here, so it is the operator's: never a take-over
+            metadata = {
+                "labels": {MANAGED_BY_LABEL: "cloudcred"},
+                "annotations": annotations,
+                "ownerReferences": [{"apiVersion": API_VERSION, "kind": "Cluster",
+                                     "name": cluster.name, "uid": cluster.uid,
+                                     "controller": True}],
+            }  # fmt: skip
+            await self.kube.create_owned_secret(cluster.namespace, name, data, metadata)
+        else:  # the same object, unchanged since it was read as ours
+            await self.kube.replace_secret_data(
+                cluster.namespace, name, existing.uid, existing.resource_version, data,
+                annotations,
+            )  # fmt: skip
+        self._revoked.discard(cluster.key)
         self._delivered[cluster.key] = (revision, target.spec)
         self._expiry_known.add(cluster.key)
         if delivery.expires:
@@ -348,6 +430,10 @@ class DeployController:
         waiting in a paced or blocked rollout keeps working)."""
         target = self.bound_target(key)
         if target is None or not target.cluster.credentials_secret:
+            return
+        refusal = self.delivery_refusal(target.cluster, target.credential)
+        if refusal:
+            await self.revoke(key, refusal)
             return
         deployed = target.cluster.deployed_revision
         if deployed is None:
@@ -431,10 +517,14 @@ class DeployController:
         module = provider_module(spec.provider)
         try:
             secrets = await read_secrets(self.kube, credential.namespace, module.secret_refs(spec))
-            if compute_revision(spec, secrets) != revision:
+            if compute_revision(spec, secrets, self.installation) != revision:
                 raise Superseded
-            context = VerifyContext(credential.namespace, credential.name,
-                                    self.settings.provider_settings())  # fmt: skip
+            context = await with_external_id(
+                self.kube, self.installation,
+                VerifyContext(credential.namespace, credential.name,
+                              self.settings.provider_settings()),
+                spec,
+            )  # fmt: skip
             region = key[2]
             await ask_provider(
                 partial(module.check_region, spec, secrets, region, context),

@@ -29,12 +29,17 @@ from urllib3.exceptions import HTTPError
 
 from cloudcred import metrics, rollout
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key, object_reference
+from cloudcred.boundary import Boundary
 from cloudcred.cache import Caches, Change, SecretInfo
+from cloudcred.cache.boundaries import BoundaryInformer
 from cloudcred.cache.informers import (
+    SECRET_PAGE_SIZE,
     CustomResourceLister,
     Informer,
+    SyncScopes,
     namespace_labels,
     namespace_matcher,
+    plain_namespaces,
     secret_info,
 )
 from cloudcred.config import Settings
@@ -44,6 +49,7 @@ from cloudcred.controllers.credentials import CredentialReconciler
 from cloudcred.controllers.deploy import DEPLOY_CONCURRENCY, DeployController
 from cloudcred.controllers.expectations import MarkExpectations
 from cloudcred.controllers.secrets import SecretReconciler
+from cloudcred.installation import Installation
 from cloudcred.kube import Kube, describe_error
 from cloudcred.tasks import spawn, where
 from cloudcred.workqueue import WorkQueue
@@ -75,6 +81,7 @@ class Controllers:
         provider_slots: asyncio.Semaphore,
         watched_namespaces: list[str],
         secret_changed: Callable[[list[CredentialInfo]], None],
+        installation: Installation,
         peering: bool = False,
     ) -> None:
         """``secret_changed(credentials)``: a referenced Secret's data changed (or its
@@ -91,8 +98,9 @@ class Controllers:
         self.plans: dict[Key, rollout.RolloutPlan] = {}
         self.marks = MarkExpectations()
         self.deploy = DeployController(
-            kube, settings, self.caches, provider_slots, self.clusters, self.credentials
-        )
+            kube, settings, self.caches, provider_slots, self.clusters, self.credentials,
+            installation,
+        )  # fmt: skip
         self.cluster_reconciler = ClusterReconciler(
             kube, self.caches, self.plans, self.marks, self.credentials, self.deploy
         )
@@ -101,13 +109,15 @@ class Controllers:
         )
         self.secret_reconciler = SecretReconciler(kube, self.caches)
         self.watched = watched = namespace_matcher(watched_namespaces)
+        self.secret_namespaces = plain_namespaces(watched_namespaces)
         self.listers: list[CustomResourceLister[Any]] = [
             CustomResourceLister(self.caches.credentials, kube, CREDENTIAL_PLURAL,
                                  CredentialInfo.from_body, self._credentials_changed, watched),
             CustomResourceLister(self.caches.clusters, kube, CLUSTER_PLURAL,
                                  ClusterInfo.from_body, self._clusters_changed, watched),
         ]  # fmt: skip
-        self.informers: list[Informer[Any]] = []
+        self.informers: list[Informer[Any] | BoundaryInformer] = []
+        self._boundaries_listed = False  # the first LIST of boundaries is in
         # kopf's peering: another replica acts. The caches fill from the operator's own
         # LISTs even then, so a replica acts only once kopf shows that it is active:
         # its first watch event or credential daemon, and then each daemon start.
@@ -130,14 +140,33 @@ class Controllers:
         loop = asyncio.get_running_loop()
         core = client.CoreV1Api(self.kube.api)
         timing = (self.settings.watch_timeout, self.settings.relist_interval)
-        self.informers = [
-            # Only the watched namespaces' Secrets: another operator may own the others.
-            Informer(self.caches.secrets, core.list_secret_for_all_namespaces, secret_info,
-                     self._secrets_changed, loop, *timing, label_selector=REFERENCED_LABEL,
-                     watched=self.watched),
+        # Only the watched namespaces' Secrets: another operator may own the others, and
+        # their data is not ours to read. Plain names: one namespaced LIST+WATCH each, so
+        # other namespaces' Secrets never reach the operator; patterns or all namespaces:
+        # one cluster-wide LIST+WATCH, filtered here.
+        selector, page = REFERENCED_LABEL, SECRET_PAGE_SIZE
+        if self.secret_namespaces is None:
+            self.informers = [
+                Informer(self.caches.secrets, core.list_secret_for_all_namespaces, secret_info,
+                         self._secrets_changed, loop, *timing, label_selector=selector,
+                         page_size=page, watched=self.watched)
+            ]  # fmt: skip
+        else:
+            scopes = SyncScopes(self.secret_namespaces)
+            self.informers = [
+                Informer(self.caches.secrets, core.list_namespaced_secret, secret_info,
+                         self._secrets_changed, loop, *timing, label_selector=selector,
+                         page_size=page, namespace=namespace, scopes=scopes)
+                for namespace in self.secret_namespaces
+            ]  # fmt: skip
+        self.informers.append(
             Informer(self.caches.namespaces, core.list_namespace, namespace_labels,
-                     self._namespaces_changed, loop, *timing),
-        ]  # fmt: skip
+                     self._namespaces_changed, loop, *timing)
+        )  # fmt: skip
+        self.informers.append(
+            BoundaryInformer(self.caches.boundaries, self.kube.api, self._boundaries_changed,
+                             loop, *timing)
+        )  # fmt: skip
         for informer in self.informers:
             informer.start()
         interval = self.settings.relist_interval
@@ -275,6 +304,36 @@ class Controllers:
         for change in changes:
             for cluster in self.caches.clusters.by("namespace", change.key[1]):
                 self.clusters.add(cluster)
+            old, new = change.old, change.new
+            boundaries = self.caches.boundaries.objects.values()
+            # New labels that a boundary selects differently: its credentials, again.
+            if (
+                old is not None
+                and new is not None
+                and not self.paused
+                and any(boundary.selects(old) != boundary.selects(new) for boundary in boundaries)
+            ):
+                credentials = self.caches.credentials.objects.values()
+                users = [c for c in credentials if c.namespace == change.key[1]]
+                if users:
+                    self.secret_changed(users)  # "check these credentials again"
+
+    def _boundaries_changed(self, changes: list[Change[Boundary]]) -> None:
+        """A CredentialBoundary appeared, changed or went away: check the credentials of
+        the namespaces it selects or selected again. Not at the first LIST: at start,
+        every credential is checked once that LIST is in."""
+        self._refresh()
+        if not self._boundaries_listed:
+            self._boundaries_listed = self.caches.boundaries.synced
+            return
+        selectors = [b.selects for c in changes for b in (c.old, c.new) if b is not None]
+        if not selectors or self.paused:
+            return
+        users = self.caches.credentials_selected_by(
+            lambda labels: any(s(labels) for s in selectors)
+        )
+        if users:
+            self.secret_changed(users)  # "check these credentials again"
 
     def _queue_everything(self) -> None:
         for key in self.caches.clusters:

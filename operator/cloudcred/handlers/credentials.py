@@ -7,20 +7,21 @@ import asyncio
 import random
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import kopf
 
 from cloudcred import metrics
 from cloudcred.bindings import CredentialInfo
+from cloudcred.cache import Caches
 from cloudcred.constants import CREDENTIAL_PLURAL, CREDENTIAL_RESOURCE
 from cloudcred.kube import NotFound
 from cloudcred.verification import (
     CheckResult,
     check_credential,
-    parse_interval,
+    periodic_interval,
     retry_delay,
-    verification_settings,
 )
 
 VERIFIER_MANAGER = "cloudcred-verifier"
@@ -31,13 +32,16 @@ async def verify_and_record(body: Mapping[str, Any], memo: kopf.Memo) -> CheckRe
     """Check one credential and write what this check owns; one check at a time per
     credential so that Events are posted once per change."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    caches: Caches = memo.controllers.caches
+    await boundaries_listed(caches)
     lock = memo.credential_locks.setdefault(key, asyncio.Lock())
     async with lock:
         previous = memo.verified_conditions.get(key) or (body.get("status") or {}).get("conditions")
         started = time.monotonic()
         result = await check_credential(
-            dict(body), memo.kube, memo.settings, memo.verification_slots, previous
-        )
+            dict(body), memo.kube, memo.settings, memo.verification_slots, previous,
+            memo.installation, boundary=partial(caches.boundary_violation, key[0]),
+        )  # fmt: skip
         metrics.observe_verification(
             body["spec"].get("provider"), time.monotonic() - started, result.verified
         )
@@ -55,10 +59,19 @@ async def verify_and_record(body: Mapping[str, Any], memo: kopf.Memo) -> CheckRe
         return result
 
 
+async def boundaries_listed(caches: Caches) -> None:
+    """Wait until CredentialBoundaries and namespace labels are fully listed (at start,
+    after a watch gap): a check on a partial list could assume a role that a boundary
+    forbids. A LIST takes well under a second; /healthz reports one that never ends."""
+    while not caches.boundaries_synced:
+        await asyncio.sleep(0.1)
+
+
 def secret_changed(credentials: list[CredentialInfo], memo: kopf.Memo) -> None:
-    """A referenced Secret's data changed, or its labels were dropped by a full update:
-    check its credentials again now (which gives them a new revision), without waiting
-    for the periodic check."""
+    """A referenced Secret's data changed, or its labels were dropped by a full update;
+    or a CredentialBoundary or a namespace's labels changed: check these credentials
+    again now (which gives them a new revision, or says OutsideBoundary), without
+    waiting for the periodic check."""
     for credential in credentials:
         task = asyncio.create_task(verify_and_record(credential.body, memo))
         memo.background_tasks.add(task)
@@ -89,7 +102,7 @@ async def periodic_verification(
     memo.controllers.resume()
     try:
         while not stopped:
-            interval = parse_interval(verification_settings(dict(spec)).interval)
+            interval = periodic_interval(key[0], key[1], dict(spec))
             if interval <= 0:
                 await stopped.wait(_IDLE_RECHECK_SECONDS)
                 continue

@@ -20,7 +20,12 @@ from prometheus_client import Counter
 from cloudcred import bindings, metrics
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
 from cloudcred.cache import Caches
-from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_RESOURCE, FORCE_DELETE_ANNOTATION
+from cloudcred.constants import (
+    CLUSTER_PLURAL,
+    CREDENTIAL_RESOURCE,
+    FORCE_DELETE_ANNOTATION,
+    FORCE_DELETE_BY_ANNOTATION,
+)
 from cloudcred.kube import Kube
 
 RECHECK_FIRST, RECHECK_MAX = 5.0, 30.0
@@ -70,9 +75,14 @@ async def credential_deleting(body: kopf.Body, memo: kopf.Memo, retry: int, **_:
     credential = CredentialInfo.from_body(dict(body))
     controllers = memo.controllers
     blocking = await blocking_clusters(memo.kube, controllers.caches, credential)
-    reason = (body["metadata"].get("annotations") or {}).get(FORCE_DELETE_ANNOTATION)
+    annotations = body["metadata"].get("annotations") or {}
+    reason = annotations.get(FORCE_DELETE_ANNOTATION)
     if blocking and reason:
-        await announce_force_delete(memo.kube, controllers.caches, credential, blocking, reason)
+        # The admission policy cloudcred-force-delete makes it the requester's user name;
+        # without the policy (or set before it was installed) it may be missing.
+        by = annotations.get(FORCE_DELETE_BY_ANNOTATION) or "an unnamed user"
+        await announce_force_delete(memo.kube, controllers.caches, credential, blocking,
+                                    reason, by)  # fmt: skip
         return  # break glass: the finalizer goes, the clusters show CredentialNotFound
     if not blocking:
         return
@@ -88,18 +98,23 @@ async def credential_deleting(body: kopf.Body, memo: kopf.Memo, retry: int, **_:
 
 
 async def announce_force_delete(
-    kube: Kube, caches: Caches, credential: CredentialInfo, clusters: list[Key], reason: str
+    kube: Kube,
+    caches: Caches,
+    credential: CredentialInfo,
+    clusters: list[Key],
+    reason: str,
+    by: str,
 ) -> None:
-    """Break glass: a Warning Event with the user's reason on the credential and on
+    """Break glass: a Warning Event naming who did it and why on the credential and on
     every cluster that loses it."""
     ref = f"{credential.namespace}/{credential.name}"
     names = bindings.describe_clusters(clusters, credential.namespace)
     await kube.post_event(credential.reference, "Warning", "ForceDeleted",
-                          f"deleted while {len(clusters)} cluster(s) use it ({names}), "
-                          f"by cloudcred.io/force-delete: {reason}")  # fmt: skip
+                          f"force-deleted by {by}: {reason} (while {len(clusters)} "
+                          f"cluster(s) used it: {names})")  # fmt: skip
     for key in clusters:
         cluster = caches.clusters.get(key)
         reference = bindings.object_reference("Cluster", key, cluster.uid if cluster else None)
         await kube.post_event(reference, "Warning", "CredentialForceDeleted",
-                              f"CloudCredential {ref} was force-deleted while this "
-                              f"cluster used it: {reason}")  # fmt: skip
+                              f"CloudCredential {ref} used by this cluster was "
+                              f"force-deleted by {by}: {reason}")  # fmt: skip

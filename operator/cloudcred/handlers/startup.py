@@ -15,6 +15,7 @@ from cloudcred.config import Settings
 from cloudcred.constants import CREDENTIAL_KIND, FINALIZER, KOPF_STORAGE_PREFIX
 from cloudcred.controllers.runner import Controllers
 from cloudcred.handlers.credentials import secret_changed
+from cloudcred.installation import load_installation, operator_namespace
 from cloudcred.kube import Kube, load_client_configuration
 from cloudcred.metrics import serve as start_metrics
 
@@ -79,9 +80,14 @@ async def configure(
     memo.last_checks = {}
     memo.background_tasks = set()
     memo.deletion_announced = {}
+    # The key behind revisions and ExternalIds: nothing is checked before it is known.
+    memo.installation = await load_installation(
+        memo.kube, operator_namespace(config.operator_namespace)
+    )
     memo.controllers = Controllers(
         memo.kube, config, memo.verification_slots, list(memo.get("namespaces") or []),
-        partial(secret_changed, memo=memo), peering=not memo.get("standalone", True),
+        partial(secret_changed, memo=memo), memo.installation,
+        peering=not memo.get("standalone", True),
     )  # fmt: skip
     if config.metrics_port:  # before any task starts: a taken port stops the operator here
         start_metrics(config.metrics_port, memo.controllers)

@@ -25,6 +25,7 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
     NoCredentialsError,
+    ParamValidationError,
     ReadTimeoutError,
 )
 from botocore.parsers import ResponseParserError
@@ -51,6 +52,25 @@ _INVALID_CREDENTIAL_CODES = {
     "ExpiredToken",
     "InvalidToken",
 }
+# Answers that clear by themselves: throttling and AWS's own trouble (with 5xx).
+_TRANSIENT_CODES = {
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "ProvisionedThroughputExceededException",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "InternalError",
+    "IDPCommunicationError",
+}
 _T = TypeVar("_T")
 _UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
                 ConnectionClosedError)  # fmt: skip
@@ -71,14 +91,60 @@ def secret_refs(spec: CloudCredentialSpec) -> dict[str, SecretKeyRef]:
     return {SECRET_ACCESS_KEY: aws.secret_access_key_ref} if aws.secret_access_key_ref else {}
 
 
-def session_name(namespace: str, name: str) -> str:
-    """An STS session name that says who asked: cloudcred-<namespace>-<name>, within
-    AWS's 64 characters of [\\w+=,.@-] (a hash keeps long names distinct)."""
-    full = re.sub(r"[^\w+=,.@-]", "-", f"cloudcred-{namespace}-{name}")
-    if len(full) <= 64:
+SESSION_NAME_LIMIT = 64  # STS: 2 to 64 characters of [\w+=,.@-]
+
+
+def session_name(namespace: str, name: str, kind: str = "cloudcred") -> str:
+    """An STS session name that says who asked and cannot be claimed by anyone else:
+    ``<kind>+<namespace>+<name>``. Kubernetes names never hold ``+`` or ``=``, so two
+    (namespace, name) pairs never join to the same text; a name over 64 characters is
+    cut and ends with ``=`` and 16 hex digits of a hash of the whole (no uncut name
+    holds ``=``)."""
+    full = f"{kind}+{namespace}+{name}"
+    if len(full) <= SESSION_NAME_LIMIT:
         return full
-    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
-    return f"{full[:55]}-{digest}"
+    digest = hashlib.sha256(full.encode()).hexdigest()[:16]
+    return f"{full[: SESSION_NAME_LIMIT - 17]}={digest}"
+
+
+def session_tags(context: VerifyContext) -> list[dict[str, str]]:
+    """Session tags that let trust and permission policies tell tenants apart
+    (``aws:PrincipalTag/cloudcred:namespace``); the trust policy must allow
+    ``sts:TagSession``."""
+    tags = [{"Key": "cloudcred:namespace", "Value": context.namespace},
+            {"Key": "cloudcred:name", "Value": context.name}]  # fmt: skip
+    if context.cluster:
+        tags.append({"Key": "cloudcred:cluster", "Value": "/".join(context.cluster)})
+    return tags
+
+
+_OPERATOR_PRINCIPAL: dict[str, str] = {}  # region -> the operator's own principal ARN
+
+
+def operator_principal(context: VerifyContext) -> str | None:
+    """The operator's own AWS principal, as a role's trust policy names it: an assumed
+    role's ARN becomes its role's ARN (without a path: set CLOUDCRED_AWS_PRINCIPAL_ARN
+    when the role has one). None when the operator has no AWS identity."""
+    region = context.settings.aws_region
+    if context.settings.aws_principal_arn:
+        return context.settings.aws_principal_arn
+    if region not in _OPERATOR_PRINCIPAL:
+        try:
+            sts = _client("sts", region, _Caller(), _config(context))
+            arn = str(sts.get_caller_identity()["Arn"])
+        except (ClientError, BotoCoreError):
+            return None
+        _OPERATOR_PRINCIPAL[region] = principal_of(arn)
+    return _OPERATOR_PRINCIPAL[region]
+
+
+def principal_of(caller_arn: str) -> str:
+    """arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION -> arn:aws:iam::ACCOUNT:role/ROLE."""
+    match = re.fullmatch(r"arn:([\w-]+):sts::([0-9]{12}):assumed-role/([^/]+)/.+", caller_arn)
+    if match:
+        partition, account, role = match.groups()
+        return f"arn:{partition}:iam::{account}:role/{role}"
+    return caller_arn
 
 
 def _config(context: VerifyContext) -> Config:
@@ -108,6 +174,11 @@ def _calling(aws: AwsSpec, context: VerifyContext, call: Callable[[], _T]) -> _T
         ) from None
     except ClientError as error:
         raise _client_error(error, aws) from None
+    except ParamValidationError:
+        # botocore refused the request before sending it (a length AWS would refuse too).
+        raise VerificationError(
+            Reason.PROVIDER_REFUSED, "the AWS request's parameters are not valid"
+        ) from None
     except (BotoCoreError, ResponseParserError) as error:
         # The class name says what failed; the text could quote request parameters.
         raise VerificationError(
@@ -171,7 +242,14 @@ def _client_error(error: ClientError, aws: AwsSpec) -> VerificationError:
                 "the role's trust policy and externalId",
             )
         return VerificationError(Reason.ACCESS_DENIED, f"AWS denied {operation} ({code})")
-    return VerificationError(Reason.PROVIDER_UNREACHABLE, f"AWS answered {code} to {operation}")
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in _TRANSIENT_CODES or not isinstance(status, int) or not 400 <= status < 500:
+        return VerificationError(Reason.PROVIDER_UNREACHABLE, f"AWS answered {code} to {operation}")
+    # ValidationError, MalformedPolicyDocument, InvalidParameterValue, RegionDisabled...:
+    # the same request gets the same answer, until the spec or the Secret changes.
+    return VerificationError(
+        Reason.PROVIDER_REFUSED, f"AWS refused {operation} ({code}, HTTP {status})"
+    )
 
 
 # One boto3 session for every client: it loads each service's model once (a session
@@ -206,13 +284,18 @@ def _assume_role(
     """The role's temporary credentials (STS AssumeRole's ``Credentials``), assumed
     with the operator's own identity (boto3's default chain). 900 s, the shortest,
     when the operator only looks."""
+    if context.cluster:  # a delivery: the session is named after the cluster
+        name = session_name(*context.cluster, kind="cloudcred-cluster")
+    else:
+        name = session_name(context.namespace, context.name)
     request: dict[str, Any] = {
         "RoleArn": aws.role_arn,
-        "RoleSessionName": session_name(context.namespace, context.name),
+        "RoleSessionName": name,
         "DurationSeconds": seconds,
+        "Tags": session_tags(context),
     }
-    if aws.external_id:
-        request["ExternalId"] = aws.external_id
+    if context.external_id:
+        request["ExternalId"] = context.external_id
     sts = _client("sts", region, _Caller(), config)
     credentials: dict[str, Any] = sts.assume_role(**request)["Credentials"]
     return credentials

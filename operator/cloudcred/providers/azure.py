@@ -349,6 +349,14 @@ def _classify(
         return VerificationError(
             Reason.INVALID_CREDENTIALS, f"Microsoft Entra ID refused {who}{suffix}"
         )
+    for e in chain:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+            # A refusal without an OAuth error: the same request is refused again.
+            return VerificationError(
+                Reason.PROVIDER_REFUSED,
+                f"Microsoft Entra ID at {authority} refused the request (HTTP {status})",
+            )
     # Anything else is unexpected: name only its type, and let the operator retry.
     root = error
     while root.__cause__ is not None:

@@ -38,8 +38,19 @@ class Reason(StrEnum):
     SECRET_KEY_MISSING = "SecretKeyMissing"
     INVALID_SECRET_DATA = "InvalidSecretData"
     PROVIDER_UNREACHABLE = "ProviderUnreachable"
+    # The provider answered and refused the request itself (a malformed parameter, a
+    # policy it will not take): asking again gives the same answer until the spec or
+    # the Secret changes, so it is not retried with backoff like ProviderUnreachable.
+    PROVIDER_REFUSED = "ProviderRefused"
+    # The check itself failed (an error the operator did not expect): Unknown, never a
+    # stale True. Only the error's class name is shown; its text could quote a secret.
+    VERIFICATION_FAILED = "VerificationFailed"
     VERIFICATION_UNAVAILABLE = "VerificationUnavailable"
     VERIFICATION_DISABLED = "VerificationDisabled"
+    # A CredentialBoundary of the namespace does not allow the credential's account or
+    # identity: the provider is not asked (a role outside is never assumed). Not
+    # transient: it changes when the spec or a boundary changes, which re-checks it.
+    OUTSIDE_BOUNDARY = "OutsideBoundary"
 
 
 # Reasons that may clear up by themselves (network, a Secret created later): the
@@ -89,15 +100,21 @@ class ProviderSettings:
     azure_authority_host: str | None = None
     scaleway_api_url: str | None = None
     session_seconds: int = 3600  # lifetime of delivered AWS session credentials
+    aws_principal_arn: str | None = None  # the operator's principal, when configured
 
 
 @dataclass(frozen=True)
 class VerifyContext:
-    """Who is being checked (for session names and messages) and with what settings."""
+    """Who is being checked (for session names, session tags and messages) and with
+    what settings. ``namespace`` and ``name`` are the credential's; ``cluster`` is the
+    (namespace, name) of the cluster a delivery is for; ``external_id`` the one the
+    operator determined for an AWS role (``installation.py``), never the tenant's."""
 
     namespace: str
     name: str
     settings: ProviderSettings = field(default_factory=ProviderSettings)
+    external_id: str | None = None
+    cluster: tuple[str, str] | None = None
 
 
 SecretValues = dict[str, SecretStr]

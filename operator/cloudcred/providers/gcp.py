@@ -123,7 +123,9 @@ def verify(
         raise VerificationError(
             Reason.SECRET_KEY_MISSING, "the service-account key was not read from its Secret"
         )
-    info = _parse_key(secrets[KEY_ROLE].get_secret_value())
+    ref = gcp.service_account_key_ref
+    source = f"key {ref.key!r} of Secret {context.namespace}/{ref.name}"
+    info = _parse_key(secrets[KEY_ROLE].get_secret_value(), source)
     settings = context.settings
     if not _same_endpoint(info["token_uri"], settings.gcp_token_uri):
         host = _safe_host(info["token_uri"])
@@ -198,18 +200,23 @@ def verify(
     return Verification(identity=info["client_email"], static_keys=True)
 
 
-def _parse_key(text: str) -> dict[str, Any]:
-    """The key file as a dict, after checking its shape. Messages name fields only."""
+def _parse_key(text: str, source: str = "the key") -> dict[str, Any]:
+    """The key file as a dict, after checking its shape. Messages name fields only;
+    ``source`` says where the key came from (the Secret and its key)."""
+
+    def not_a_key(why: str) -> VerificationError:
+        return VerificationError(
+            Reason.INVALID_SECRET_DATA, f"{source} is not a service-account JSON key ({why})"
+        )
+
     try:
         info = json.loads(text)
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
-        raise VerificationError(
-            Reason.INVALID_SECRET_DATA, "the service-account key is not valid JSON"
-        ) from None
+        raise not_a_key("not valid JSON") from None
+    except RecursionError:  # "[[[[...": a key file is two levels deep
+        raise not_a_key("nested too deeply") from None
     if not isinstance(info, dict):
-        raise VerificationError(
-            Reason.INVALID_SECRET_DATA, "the service-account key is not a JSON object"
-        )
+        raise not_a_key("not a JSON object")
     kind = info.get("type")
     if kind != "service_account":
         found = (
@@ -292,7 +299,12 @@ def _refresh_failure(exc: RefreshError, status: int | None, label: str) -> Verif
             Reason.PROVIDER_UNREACHABLE,
             f"the token endpoint {label} answered without an access token",
         )
-    # 5xx, 429, or anything a token endpoint should not answer: the endpoint's problem.
+    if status is not None and 400 <= status < 500 and status not in (408, 429):
+        # 404, 405, 413, ...: the endpoint refuses the request itself, and will again.
+        return VerificationError(
+            Reason.PROVIDER_REFUSED, f"the token endpoint {label} refused the request{answer}"
+        )
+    # 5xx, 408, 429, or anything a token endpoint should not answer: the endpoint's problem.
     return VerificationError(
         Reason.PROVIDER_UNREACHABLE, f"the token endpoint {label} failed{answer}"
     )

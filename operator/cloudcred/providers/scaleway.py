@@ -214,7 +214,10 @@ def _ask(
             reason, answer = Reason.INVALID_CREDENTIALS, "refused the secret key"
         elif status == 403:
             reason, answer = Reason.ACCESS_DENIED, "denied permission"
-        else:  # 3xx, 429, 5xx, ...: a proxy or an outage, worth trying again later
+        elif 400 <= status < 500 and status not in (408, 429):
+            # 400, 404, 409, 422, ...: the request itself is refused, and will be again.
+            reason, answer = Reason.PROVIDER_REFUSED, "refused the request"
+        else:  # 3xx, 408, 429, 5xx, ...: a proxy or an outage, worth trying again later
             reason, answer = Reason.PROVIDER_UNREACHABLE, "answered"
         raise VerificationError(
             reason, f"{what}: the Scaleway API {answer} (HTTP {status})"

@@ -1,0 +1,142 @@
+"""The CredentialBoundary kind: which cloud accounts and identities the credentials of
+some namespaces may use. Cluster-scoped: only cluster admins write them.
+
+In a namespace that a boundary selects, a provider whose block the boundary lacks is
+not allowed at all; a present block constrains only the lists it has (``aws: {}``
+allows any AWS account). A namespace selected by several boundaries must satisfy each.
+The ValidatingAdmissionPolicy ``cloudcred-credential-boundary`` checks what a spec
+shows; the operator checks again before every use (``cloudcred.boundary``).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from cloudcred.api.common import UUID, LabelSelector, Model
+
+AWS_ACCOUNT_ID = r"^[0-9]{12}$"
+# An exact role ARN, or a prefix of one ending in "*" (nothing else is a wildcard).
+AWS_ROLE_ARN_PATTERN = (
+    r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]*[*]?$"
+)
+GCP_PROJECT_ID = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"
+# Enough for any real boundary, and small enough for the API server's CEL cost limits.
+MAX_ITEMS = 256
+
+
+def _ids(description: str, item: str, pattern: str, max_length: int) -> list[str] | None:
+    return Field(
+        default=None,
+        description=description,
+        min_length=1,
+        max_length=MAX_ITEMS,
+        json_schema_extra={
+            "items": {
+                "type": "string",
+                "description": item,
+                "maxLength": max_length,
+                "pattern": pattern,
+            },
+            "x-kubernetes-list-type": "set",
+        },
+    )
+
+
+class AwsBoundary(Model):
+    """Which AWS accounts and roles are allowed. Empty ({}): any."""
+
+    account_ids: list[str] | None = _ids(
+        "AWS accounts (12 digits) credentials may use: the account of spec.aws.roleArn "
+        "(checked at admission), and of a static key as STS GetCallerIdentity reports it "
+        "(checked by the operator before the key is used).",
+        "An AWS account id.",
+        AWS_ACCOUNT_ID,
+        12,
+    )
+    role_arns: list[str] | None = _ids(
+        "Roles credentials may assume: each an exact role ARN, or a prefix ending in '*' "
+        "(arn:aws:iam::123456789012:role/team-a-* allows every role whose ARN starts with "
+        "arn:aws:iam::123456789012:role/team-a-). '*' is a wildcard only at the end. When "
+        "set, static keys are not allowed (a key is not a role).",
+        "A role ARN, or a prefix of one ending in '*'.",
+        AWS_ROLE_ARN_PATTERN,
+        2048,
+    )
+
+
+class GcpBoundary(Model):
+    """Which GCP projects are allowed. Empty ({}): any."""
+
+    projects: list[str] | None = _ids(
+        "Project ids: the project of spec.gcp.serviceAccountEmail "
+        "(name@PROJECT.iam.gserviceaccount.com, checked at admission) or the project_id "
+        "of a service-account key (checked by the operator before the key is used).",
+        "A GCP project id.",
+        GCP_PROJECT_ID,
+        30,
+    )
+
+
+class AzureBoundary(Model):
+    """Which Entra tenants and Azure subscriptions are allowed. Empty ({}): any."""
+
+    tenant_ids: list[str] | None = _ids(
+        "Tenant ids (UUIDs) allowed in spec.azure.tenantId.", "A tenant id.", UUID, 36
+    )
+    subscription_ids: list[str] | None = _ids(
+        "Subscription ids (UUIDs) allowed in spec.azure.subscriptionId.",
+        "A subscription id.",
+        UUID,
+        36,
+    )
+
+
+class ScalewayBoundary(Model):
+    """Which Scaleway organizations are allowed. Empty ({}): any."""
+
+    organization_ids: list[str] | None = _ids(
+        "Organization ids (UUIDs). When set, spec.scaleway.organizationId is required and "
+        "must be one of them (the operator checks that the project belongs to it).",
+        "An organization id.",
+        UUID,
+        36,
+    )
+
+
+class CredentialBoundarySpec(Model):
+    """The namespaces this boundary applies to and what their credentials may use."""
+
+    namespace_selector: LabelSelector = Field(
+        description="Namespaces this boundary applies to, as a label selector on namespaces "
+        "(matchLabels and matchExpressions with In, NotIn, Exists, DoesNotExist). {}: "
+        "every namespace."
+    )
+    aws: AwsBoundary | None = Field(
+        default=None,
+        description="AWS is allowed in the selected namespaces, within these lists. Absent: "
+        "no AWS credential is allowed there.",
+    )
+    gcp: GcpBoundary | None = Field(
+        default=None,
+        description="GCP is allowed in the selected namespaces, within these lists. Absent: "
+        "no GCP credential is allowed there.",
+    )
+    azure: AzureBoundary | None = Field(
+        default=None,
+        description="Azure is allowed in the selected namespaces, within these lists. "
+        "Absent: no Azure credential is allowed there.",
+    )
+    scaleway: ScalewayBoundary | None = Field(
+        default=None,
+        description="Scaleway is allowed in the selected namespaces, within these lists. "
+        "Absent: no Scaleway credential is allowed there.",
+    )
+
+
+class CredentialBoundary(Model):
+    """What the CloudCredentials of the selected namespaces may use (admins only)."""
+
+    api_version: str = Field(default="cloudcred.io/v1alpha1")
+    kind: str = Field(default="CredentialBoundary")
+    metadata: dict[str, object] = Field(default_factory=dict)
+    spec: CredentialBoundarySpec

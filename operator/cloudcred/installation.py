@@ -1,0 +1,110 @@
+"""The installation's own secret key, and what the operator derives from it.
+
+One random 32-byte key per installation, kept in the Secret ``cloudcred-installation``
+in the operator's namespace. The operator creates it on its first start and reads it
+on every later one (replicas and upgrades share it). It keys two things tenants must
+not be able to compute or choose:
+
+- the credential revision (an HMAC of the referenced secret values, so the revision
+  in status is no offline oracle for a weak secret: ``revision.py``);
+- the AWS ExternalId of a role credential, derived from the credential's namespace UID
+  and name: a tenant cannot pick another tenant's ExternalId, and a namespace deleted
+  and created again under the same name gets new ones (AWS's answer to the confused
+  deputy, where the third party, not the customer, determines the ExternalId).
+
+Deleting the Secret changes every revision (every bound cluster is redeployed once)
+and every ExternalId (every role's trust policy must be updated): back it up with the
+cluster's other Secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubernetes.client.rest import ApiException
+
+from cloudcred.kube import Kube, NotFound
+
+INSTALLATION_SECRET = "cloudcred-installation"
+KEY_FIELD = "key"
+KEY_BYTES = 32
+# Inside a pod, the namespace of its ServiceAccount.
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+EXTERNAL_ID_PREFIX = "cloudcred-"
+
+logger = logging.getLogger("cloudcred.installation")
+
+
+@dataclass(frozen=True)
+class Installation:
+    key: bytes = field(repr=False)
+
+    def digest(self, purpose: str, *parts: str) -> str:
+        """HMAC-SHA256 (hex) over ``purpose`` and ``parts``, each NUL-terminated, so no
+        two different inputs join to the same text."""
+        message = "".join(part + "\0" for part in (purpose, *parts)).encode()
+        return hmac.new(self.key, message, hashlib.sha256).hexdigest()
+
+    def external_id(self, namespace_uid: str, name: str) -> str:
+        """The ExternalId the operator sends when it assumes a credential's role."""
+        return EXTERNAL_ID_PREFIX + self.digest("aws-external-id", namespace_uid, name)[:32]
+
+
+def operator_namespace(configured: str | None) -> str:
+    """Where the installation Secret lives: the setting, else the pod's namespace,
+    else ``default`` (the operator run from a checkout)."""
+    if configured:
+        return configured
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+class InstallationError(RuntimeError):
+    """The key cannot be read or created; the message says what to fix."""
+
+
+async def load_installation(kube: Kube, namespace: str) -> Installation:
+    """Read the installation key, creating it on the first start. Two replicas starting
+    at once both try to create it; the one that loses reads the winner's."""
+    for _ in range(3):
+        try:
+            data = await kube.read_secret_data(namespace, INSTALLATION_SECRET)
+        except NotFound:
+            data = None
+        if data is not None:
+            return _from_data(namespace, data)
+        key = base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()
+        try:
+            await kube.create_secret(namespace, INSTALLATION_SECRET, {KEY_FIELD: key},
+                                     {"app.kubernetes.io/managed-by": "cloudcred"})  # fmt: skip
+        except ApiException as error:
+            if error.status == 409:  # another replica created it first: read that one
+                continue
+            raise InstallationError(
+                f"cannot create Secret {namespace}/{INSTALLATION_SECRET}: HTTP {error.status} "
+                f"{error.reason} (the operator needs create on secrets in its namespace)"
+            ) from None
+        logger.info("created the installation key in Secret %s/%s", namespace,
+                    INSTALLATION_SECRET)  # fmt: skip
+    raise InstallationError(f"Secret {namespace}/{INSTALLATION_SECRET} keeps changing")
+
+
+def _from_data(namespace: str, data: dict[str, str]) -> Installation:
+    try:
+        key = base64.b64decode(base64.b64decode(data[KEY_FIELD], validate=True), validate=True)
+    except (KeyError, ValueError):
+        key = b""
+    if len(key) < KEY_BYTES:
+        raise InstallationError(
+            f"Secret {namespace}/{INSTALLATION_SECRET} has no valid key {KEY_FIELD!r} "
+            f"(base64 of at least {KEY_BYTES} random bytes); delete it to start anew"
+        )
+    return Installation(key)

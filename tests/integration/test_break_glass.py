@@ -1,0 +1,381 @@
+"""Break glass needs a real permission: the admission policies of
+deploy/admission/force-delete-permission.yaml and secret-in-use-label.yaml, checked
+against the real API server (RBAC authorization) with impersonated users, the running
+operator naming who force-deleted, and putting back a removed in-use label at once.
+The operator itself releases labels with nothing but its shipped ClusterRole.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from cloudcred.constants import (
+    CREDENTIAL_PLURAL,
+    FORCE_DELETE_ANNOTATION,
+    FORCE_DELETE_BY_ANNOTATION,
+    GROUP,
+    IN_USE_LABEL,
+    REFERENCED_LABEL,
+    VERSION,
+)
+from tests.aws import Moto
+from tests.conftest import Kube
+from tests.envtest.controlplane import free_port
+from tests.integration.conftest import operator_env
+from tests.integration.test_install import (  # fixtures: helm, deploy/'s RBAC for real
+    documents,
+    dry_run,
+    helm,  # noqa: F401
+    helm_template,
+    kustomize,
+    refusals,
+    server_version,  # noqa: F401
+    shipped_identity,  # noqa: F401
+    system_namespace,  # noqa: F401
+    token_kubeconfig,
+)
+from tests.kube import ROOT, api_client, load_yaml_documents
+from tests.operator import OperatorProcess, wait_for
+from tests.resources import (
+    create_cluster,
+    events_for,
+    get_credential,
+    patch_credential,
+    refusal,
+    secret,
+    static_key_credential,
+)
+
+pytestmark = pytest.mark.integration
+
+BREAK_GLASS = "cloudcred-break-glass"
+EDITOR_RULES = [
+    {"apiGroups": [GROUP], "resources": [CREDENTIAL_PLURAL, "clusters"],
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["secrets"],
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def break_glass_role(kube: Kube) -> str:
+    """The shipped ClusterRole cloudcred-break-glass (deploy/admission/break-glass.yaml)."""
+    (role,) = load_yaml_documents(ROOT / "deploy" / "admission" / "break-glass.yaml")
+    try:
+        client.RbacAuthorizationV1Api(kube.api).create_cluster_role(role)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    return str(role["metadata"]["name"])
+
+
+@pytest.fixture
+def impersonate(kube: Kube) -> Iterator[Callable[[str], Kube]]:
+    """``impersonate("alice")``: the API as user alice (the admin may impersonate)."""
+    clients: list[client.ApiClient] = []
+
+    def as_user(user: str) -> Kube:
+        api = api_client(kube.kubeconfig)
+        api.set_default_header("Impersonate-User", user)
+        clients.append(api)
+        return Kube(kubeconfig=kube.kubeconfig, api=api, plane=None)
+
+    yield as_user
+    for api in clients:
+        api.close()
+
+
+def grant(kube: Kube, namespace: str, user: str, cluster_role: str) -> None:
+    """A RoleBinding of ``cluster_role`` to ``user`` in ``namespace``."""
+    binding = {
+        "metadata": {"name": f"{user}-{cluster_role}"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": cluster_role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }  # fmt: skip
+    client.RbacAuthorizationV1Api(kube.api).create_namespaced_role_binding(namespace, binding)
+
+
+def editors(kube: Kube, namespace: str, *users: str) -> None:
+    """Users who may create, patch and delete credentials, clusters and Secrets in
+    ``namespace`` -- everything but the two break-glass verbs."""
+    rbac = client.RbacAuthorizationV1Api(kube.api)
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "editor"}, "rules": EDITOR_RULES})
+    for user in users:
+        binding = {
+            "metadata": {"name": f"{user}-editor"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "editor"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }  # fmt: skip
+        rbac.create_namespaced_role_binding(namespace, binding)
+
+
+def annotate(
+    kube: Kube, namespace: str, name: str, annotations: dict[str, Any], dry_run: bool = False
+) -> None:
+    """A merge patch of the credential's annotations (None removes one). A dry run goes
+    through admission too: tests wait with dry runs until a policy or a grant takes
+    effect, so that no real change slips through before."""
+    kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, CREDENTIAL_PLURAL, name,
+        {"metadata": {"annotations": annotations}}, **({"dry_run": "All"} if dry_run else {}),
+    )  # fmt: skip
+
+
+def refused_with(action: Callable[[], object], text: str) -> str | None:
+    """The refusal's message if ``action()`` is refused with ``text`` in it."""
+    message = refusal(action)
+    return message if message and text in message else None
+
+
+def in_use_label(kube: Kube, namespace: str, name: str) -> str | None:
+    labels = kube.core.read_namespaced_secret(name, namespace).metadata.labels or {}
+    return labels.get(IN_USE_LABEL)
+
+
+def used_credential(kube: Kube, moto: Moto, namespace: str, name: str, secret_name: str) -> None:
+    """An AWS static-key credential with a bound cluster: its Secret is labelled in-use."""
+    key = moto.create_user(f"{name}-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, secret_name, {"secretAccessKey": key.secret_access_key})
+    static_key_credential(kube, namespace, name, key.access_key_id, secret_name)
+    create_cluster(kube, namespace, f"{name}-cluster", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": name})  # fmt: skip
+    wait_for(lambda: ((get_credential(kube, namespace, name) or {}).get("status") or {})
+             .get("clusterCount") == 1, what="bound")  # fmt: skip
+    wait_for(lambda: in_use_label(kube, namespace, secret_name) == "true", what="Secret in use")
+
+
+# --- cloudcred.io/force-delete ----------------------------------------------------------
+
+
+def test_force_delete_needs_the_permission_and_names_who(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess,
+    impersonate: Callable[[str], Kube], break_glass_role: str,
+) -> None:  # fmt: skip
+    used_credential(kube, moto, namespace, "leaked", "keys")
+    editors(kube, namespace, "alice", "bob")
+    alice, bob = impersonate("alice"), impersonate("bob")
+    reason = "key published in a public repository"
+
+    # patch on cloudcredentials is not enough, whatever force-delete-by says.
+    denied = wait_for(lambda: refused_with(lambda: annotate(alice, namespace, "leaked", {
+        FORCE_DELETE_ANNOTATION: reason, FORCE_DELETE_BY_ANNOTATION: "alice"}, dry_run=True),
+        "force-delete"), what="the policy to refuse")  # fmt: skip
+    assert denied == refusal(lambda: annotate(alice, namespace, "leaked", {
+        FORCE_DELETE_ANNOTATION: reason, FORCE_DELETE_BY_ANNOTATION: "alice"}))  # fmt: skip
+    print(f"alice without the permission: {denied}")
+    assert 'user "alice" may not set the cloudcred.io/force-delete annotation' in denied
+    assert 'verb "force-delete" on cloudcredentials.cloudcred.io' in denied
+    assert BREAK_GLASS in denied
+    assert refusal(lambda: annotate(alice, namespace, "leaked", {FORCE_DELETE_ANNOTATION: reason}))
+
+    grant(kube, namespace, "alice", break_glass_role)
+    # With the permission, the annotation must name alice herself: missing, then forged.
+    missing = wait_for(lambda: refused_with(lambda: annotate(
+        alice, namespace, "leaked", {FORCE_DELETE_ANNOTATION: reason}), "force-delete-by"),
+        what="the permission to take effect")  # fmt: skip
+    print(f"alice without force-delete-by: {missing}")
+    assert "force-delete-by" in missing
+    assert 'set the annotation cloudcred.io/force-delete-by: "alice"' in missing
+    assert "it was missing" in missing
+    forged = refusal(lambda: annotate(alice, namespace, "leaked", {
+        FORCE_DELETE_ANNOTATION: reason, FORCE_DELETE_BY_ANNOTATION: "carol"}))  # fmt: skip
+    assert forged
+    assert 'set the annotation cloudcred.io/force-delete-by: "alice"' in forged
+    assert 'it was "carol"' in forged
+    assert refusal(lambda: annotate(alice, namespace, "leaked", {
+        FORCE_DELETE_ANNOTATION: reason, FORCE_DELETE_BY_ANNOTATION: "alice"})) is None  # fmt: skip
+
+    # bob cannot take it over (claim it, or change the reason), but may withdraw it.
+    takeovers: list[dict[str, Any]] = [
+        {FORCE_DELETE_BY_ANNOTATION: "bob"},
+        {FORCE_DELETE_ANNOTATION: "other", FORCE_DELETE_BY_ANNOTATION: "alice"},
+    ]
+    for change in takeovers:
+        message = refusal(lambda c=change: annotate(bob, namespace, "leaked", c))
+        assert 'user "bob" may not set' in (message or "")
+    assert refusal(lambda: annotate(bob, namespace, "leaked", {
+        FORCE_DELETE_ANNOTATION: None, FORCE_DELETE_BY_ANNOTATION: None})) is None  # fmt: skip
+    annotations = (get_credential(kube, namespace, "leaked") or {})["metadata"].get("annotations")
+    assert FORCE_DELETE_ANNOTATION not in (annotations or {})
+
+    # alice again, then the delete: the operator's Warning Events name her.
+    annotate(alice, namespace, "leaked",
+             {FORCE_DELETE_ANNOTATION: reason, FORCE_DELETE_BY_ANNOTATION: "alice"})  # fmt: skip
+    wait_for(lambda: refusal(lambda: alice.custom.delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, CREDENTIAL_PLURAL, "leaked")) is None,
+        timeout=20, what="the delete to be admitted")  # fmt: skip
+    wait_for(lambda: get_credential(kube, namespace, "leaked") is None, timeout=30,
+             what="the credential to be gone")  # fmt: skip
+
+    def messages(name: str, event_reason: str) -> list[str]:
+        return [str(event.message) for event in events_for(kube, namespace, name)
+                if event.reason == event_reason and event.type == "Warning"]  # fmt: skip
+
+    forced = wait_for(lambda: messages("leaked", "ForceDeleted"), what="ForceDeleted")
+    assert f"force-deleted by alice: {reason}" in forced[0]
+    lost = wait_for(lambda: messages("leaked-cluster", "CredentialForceDeleted"),
+                    what="CredentialForceDeleted")  # fmt: skip
+    assert f"CloudCredential {namespace}/leaked" in lost[0]
+    assert f"force-deleted by alice: {reason}" in lost[0]
+
+
+def test_creating_a_credential_with_force_delete_is_checked_too(
+    kube: Kube, namespace: str, impersonate: Callable[[str], Kube],
+) -> None:  # fmt: skip
+    """CREATE is matched as well: a manifest cannot arrive pre-armed."""
+    editors(kube, namespace, "dave")
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "CloudCredential",
+        "metadata": {"name": "armed", "annotations": {
+            FORCE_DELETE_ANNOTATION: "why not", FORCE_DELETE_BY_ANNOTATION: "dave"}},
+        "spec": {"provider": "AWS", "aws": {"roleArn": "arn:aws:iam::123456789012:role/x"}},
+    }  # fmt: skip
+    dave = impersonate("dave")
+    denied = wait_for(lambda: refused_with(lambda: dave.custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, CREDENTIAL_PLURAL, body, dry_run="All"), "force-delete"),
+        what="the policy to refuse")  # fmt: skip
+    assert denied == refusal(lambda: dave.custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, CREDENTIAL_PLURAL, body))  # fmt: skip
+    assert 'user "dave" may not set the cloudcred.io/force-delete annotation' in denied
+    plain = {**body, "metadata": {"name": "armed"}}
+    dave.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, CREDENTIAL_PLURAL,
+                                                plain)  # fmt: skip
+
+
+# --- cloudcred.io/in-use on Secrets -----------------------------------------------------
+
+
+def test_removing_the_in_use_label_needs_the_permission(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess,
+    impersonate: Callable[[str], Kube], break_glass_role: str,
+) -> None:  # fmt: skip
+    used_credential(kube, moto, namespace, "aws", "keys")
+    editors(kube, namespace, "carol")
+    carol = impersonate("carol")
+
+    def unlabel(labels: dict[str, Any], dry_run: bool = False) -> None:
+        carol.core.patch_namespaced_secret("keys", namespace, {"metadata": {"labels": labels}},
+                                           **({"dry_run": "All"} if dry_run else {}))  # fmt: skip
+
+    def replace_without_labels() -> None:  # what `kubectl replace -f` of the old manifest does
+        current = carol.core.read_namespaced_secret("keys", namespace)
+        current.metadata.labels = None
+        carol.core.replace_namespaced_secret("keys", namespace, current)
+
+    denied = wait_for(lambda: refused_with(lambda: unlabel({IN_USE_LABEL: None}, dry_run=True),
+                                           "in-use"), what="the policy to refuse")  # fmt: skip
+    assert denied == refusal(lambda: unlabel({IN_USE_LABEL: None}))
+    print(f"carol without the permission: {denied}")
+    assert f"secret {namespace}/keys is labelled cloudcred.io/in-use=true" in denied
+    assert "keep it in the manifest" in denied
+    assert 'verb "unlabel-in-use" on secrets' in denied
+    assert refusal(lambda: unlabel({IN_USE_LABEL: "false"}))
+    assert "keep it in the manifest" in (refusal(replace_without_labels) or "")
+    # Everything else stays allowed, and so does keeping the label in a full update.
+    carol.core.patch_namespaced_secret("keys", namespace,
+                                       {"metadata": {"annotations": {"team": "red"}}})  # fmt: skip
+    current = carol.core.read_namespaced_secret("keys", namespace)
+    current.string_data = {"note": "kept"}
+    carol.core.replace_namespaced_secret("keys", namespace, current)
+    assert in_use_label(kube, namespace, "keys") == "true"
+
+    # With the permission the label comes off -- and the running operator puts it back
+    # at once (the watch's change, not its re-list every 300 s), since the credential is
+    # still in use: break glass for the label is meant for Secrets the operator forgot.
+    grant(kube, namespace, "carol", break_glass_role)
+    wait_for(lambda: refusal(lambda: unlabel({IN_USE_LABEL: None}, dry_run=True)) is None,
+             what="the permission to take effect")  # fmt: skip
+    unlabel({IN_USE_LABEL: None})
+    removed = time.monotonic()
+    wait_for(lambda: in_use_label(kube, namespace, "keys") == "true", timeout=10,
+             interval=0.05, what="the in-use label put back")  # fmt: skip
+    print(f"in-use label put back {time.monotonic() - removed:.2f}s after its removal")
+    # Both labels gone (the Secret leaves the watch's label selection): back as fast.
+    replace_without_labels()
+    removed = time.monotonic()
+    wait_for(lambda: in_use_label(kube, namespace, "keys") == "true", timeout=10,
+             interval=0.05, what="both labels put back")  # fmt: skip
+    print(f"both labels put back {time.monotonic() - removed:.2f}s after a replace without them")
+    labels = kube.core.read_namespaced_secret("keys", namespace).metadata.labels
+    assert labels[REFERENCED_LABEL] == "true"
+
+
+# --- the operator releases labels with its own ClusterRole --------------------------------
+
+
+def test_operator_releases_labels_with_its_own_cluster_role(
+    kube: Kube, moto: Moto, shipped_identity: tuple[str, str], tmp_path: Path,  # noqa: F811
+) -> None:  # fmt: skip
+    """The policy checks the operator too: its ClusterRole's `unlabel-in-use` lets it
+    release a Secret that its credential stopped referencing, and one whose credential
+    stopped being in use. Nothing it asks is refused."""
+    account_namespace, account = shipped_identity
+    kubeconfig = token_kubeconfig(kube, account_namespace, account, tmp_path / "kubeconfig")
+    watched = f"glass-{uuid.uuid4().hex[:10]}"  # not t-*: the shared operator stays out
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=watched)))
+    env = {**operator_env(moto), "CLOUDCRED_METRICS_PORT": str(free_port()),
+           "CLOUDCRED_OPERATOR_NAMESPACE": account_namespace}  # fmt: skip
+    operator = OperatorProcess(kubeconfig=kubeconfig, log_path=tmp_path / "operator.log",
+                               env=env, args=["--namespace", watched]).start()  # fmt: skip
+    try:
+        used_credential(kube, moto, watched, "aws", "old-keys")
+        key = moto.create_user(f"new-{uuid.uuid4().hex[:8]}")
+        secret(kube, watched, "new-keys", {"secretAccessKey": key.secret_access_key})
+        patch_credential(kube, watched, "aws", {"spec": {"aws": {
+            "accessKeyId": key.access_key_id,
+            "secretAccessKeyRef": {"name": "new-keys", "key": "secretAccessKey"}}}})  # fmt: skip
+
+        def labels(name: str) -> dict[str, str]:
+            return kube.core.read_namespaced_secret(name, watched).metadata.labels or {}
+
+        try:
+            wait_for(lambda: in_use_label(kube, watched, "new-keys") == "true", timeout=30,
+                     what="the new Secret in use")  # fmt: skip
+            wait_for(lambda: not labels("old-keys"), timeout=30, what="the old Secret released")
+            kube.custom.delete_namespaced_custom_object(GROUP, VERSION, watched, "clusters",
+                                                        "aws-cluster")  # fmt: skip
+            wait_for(lambda: IN_USE_LABEL not in labels("new-keys"), timeout=30,
+                     what="the new Secret released once unused")  # fmt: skip
+        except AssertionError as error:
+            raise AssertionError(f"{error}\nrefused:\n{refusals(operator.log())}") from None
+        assert labels("new-keys")[REFERENCED_LABEL] == "true"  # still referenced
+        kube.core.delete_namespaced_secret("old-keys", watched)  # no longer protected
+    finally:
+        operator.stop()
+    assert not refusals(operator.log()), refusals(operator.log())
+
+
+# --- the operator pod's NetworkPolicy ------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings", [[], ["networkPolicy.blockMetadataService=false"], [
+    "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=observability",
+    "networkPolicy.extraIngress[0].ports[0].port=health",
+    "networkPolicy.extraIngress[0].from[0].ipBlock.cidr=10.0.0.0/8",
+]], ids=["defaults", "metadata-service-allowed", "custom-peers"])  # fmt: skip
+def test_network_policy_passes_server_side_dry_run(
+    kube: Kube, helm: Path, server_version: str, system_namespace: str,  # noqa: F811
+    settings: list[str],
+) -> None:  # fmt: skip
+    """The real API server validates the chart's NetworkPolicy (values on and off) and
+    the kustomize base's: no CNI runs here, so what they do is in the unit tests."""
+    rendered = helm_template(helm, server_version, system_namespace, *settings)
+    policies = [doc for doc in documents(rendered) if doc["kind"] == "NetworkPolicy"]
+    assert len(policies) == 1
+    result = dry_run(kube, yaml.safe_dump_all(policies))
+    assert "networkpolicy.networking.k8s.io/cloudcred created (server dry run)" in result.stdout
+    blocked = "169.254.169.254/32" in rendered
+    assert blocked == ("networkPolicy.blockMetadataService=false" not in settings)
+    shipped = [doc for doc in documents(kustomize(kube)) if doc["kind"] == "NetworkPolicy"]
+    assert len(shipped) == 1
+    assert "created (server dry run)" in dry_run(kube, yaml.safe_dump_all(shipped)).stdout
