@@ -182,25 +182,16 @@ class Kube:
             if not token:
                 return
 
-    async def namespace_labels(self, namespace: str) -> dict[str, str] | None:
-        """The namespace's labels; None when it does not exist."""
+    async def read_namespace(self, namespace: str) -> client.V1ObjectMeta | None:
+        """The namespace's metadata (labels, UID); None when it does not exist."""
         try:
             found = await self._call(self.core.read_namespace, namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        return dict(found.metadata.labels or {})
-
-    async def namespace_uid(self, namespace: str) -> str | None:
-        """The namespace's UID; None when it does not exist."""
-        try:
-            found = await self._call(self.core.read_namespace, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return str(found.metadata.uid)
+        metadata: client.V1ObjectMeta = found.metadata
+        return metadata
 
     async def create_secret(
         self, namespace: str, name: str, string_data: dict[str, str], labels: dict[str, str]

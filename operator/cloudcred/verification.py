@@ -168,12 +168,14 @@ async def with_external_id(
     the credential's namespace UID and name); other credentials need none."""
     if spec.aws is None or not spec.aws.role_arn:
         return context
-    uid = await kube.namespace_uid(context.namespace)
-    if uid is None:
+    found = await kube.read_namespace(context.namespace)
+    if found is None:
         raise VerificationError(
             Reason.SECRET_NOT_FOUND, f"namespace {context.namespace} does not exist"
         )
-    return dataclasses.replace(context, external_id=installation.external_id(uid, context.name))
+    return dataclasses.replace(
+        context, external_id=installation.external_id(str(found.uid), context.name)
+    )
 
 
 async def trust_status(context: VerifyContext, spec: CloudCredentialSpec) -> dict[str, str]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 import pytest
 from cryptography import x509
@@ -257,7 +257,8 @@ class EntraHandler(BaseHTTPRequestHandler):
         state = self.server.state
         path = urlsplit(self.path).path
         state.requests.append(f"POST {path}")
-        form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode())
+        raw = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+        form = parse_qs(raw)
         if state.hang:
             state.release.wait(30)
             return
@@ -282,6 +283,8 @@ class EntraHandler(BaseHTTPRequestHandler):
             )
         elif posted != SECRET and state.echo_secret == "html":
             self._send(400, f"<html>Bad request from client secret '{posted}'</html>")
+        elif posted != SECRET and state.echo_secret == "raw-html":  # the form, URL-encoded
+            self._send(400, f"<html>Bad request: {raw}</html>")
         elif posted != SECRET:
             self._send(
                 401,
@@ -513,13 +516,15 @@ def test_token_endpoint_errors_map_to_reasons(
     assert shown in error.message
 
 
-@pytest.mark.parametrize("echo", ["json", "html"])
+@pytest.mark.parametrize("echo", ["json", "html", "raw-html"])
 @pytest.mark.parametrize(
     "secret",
     [
         "wrong-secret-that-the-server-echoes-back-0123456789",
         # A secret that looks like an error code must not be reported as one.
         "AADSTS424242-looks-like-a-code",
+        # Characters that a form encodes: the echoed body holds it URL-encoded.
+        "wrong+secret/with=chars~[424242]",
     ],
 )
 def test_the_secret_never_reaches_a_message_or_a_log_line(
@@ -542,8 +547,8 @@ def test_the_secret_never_reaches_a_message_or_a_log_line(
     assert caplog.records, "the libraries log at DEBUG; the check below must see them"
     for record in caplog.records:
         logged = logging.Formatter().format(record)
-        assert secret not in logged
-        assert "424242" not in logged
+        for form in (secret, quote(secret, safe=""), quote_plus(secret), "424242"):
+            assert form not in logged
 
 
 def test_tenant_metadata_server_error_is_unreachable(entra: EntraState) -> None:

@@ -7,7 +7,8 @@ reconcilers ask of them.
   digest of the data, never the data) and ``namespaces`` (labels) are fed by the
   operator's own LIST+WATCH threads (``informers.Informer``);
 - ``boundaries`` (CredentialBoundaries, cluster-scoped) by another such thread
-  (``cache.boundaries.BoundaryInformer``), so they are followed whatever namespaces the
+  (``informers.Informer`` over the custom objects API; ``cache.boundaries.boundary_info``
+  converts them), so they are followed whatever namespaces the
   operator watches and while kopf's peering pauses it.
 
 ``synced`` is True only when every store has taken in a full LIST since the start or

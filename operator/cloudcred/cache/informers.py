@@ -92,8 +92,9 @@ class SyncScopes:
 
 
 class Informer(Generic[T]):
-    """LIST+WATCH of one core kind in a thread; the store is updated on the event loop,
-    then ``sink`` gets what changed."""
+    """LIST+WATCH of one kind in a thread; the store is updated on the event loop, then
+    ``sink`` gets what changed. Core kinds arrive as the client's objects, custom ones
+    (``CustomObjectsApi``) as dicts: ``convert`` takes what the list function gives."""
 
     def __init__(
         self,
@@ -179,15 +180,16 @@ class Informer(Generic[T]):
         token = None
         while True:
             page = self.list_function(limit=self.page_size, _continue=token, **self._selection())
-            for item in page.items:
-                if self.watched(item.metadata.namespace or ""):
-                    listed[_key(item)] = self.convert(item)
-            token = page.metadata._continue
+            items, token, version = _page(page)
+            for item in items:
+                key = _key(item)
+                if self.watched(key[0]):
+                    listed[key] = self.convert(item)
             self.last_progress = time.monotonic()
             if not token:
                 break
         self._post(self._replace, listed, asked_at)
-        return str(page.metadata.resource_version)
+        return version
 
     def _watch(self, version: str) -> str:
         """Follow changes from ``version`` until the server ends the watch; return the
@@ -203,15 +205,18 @@ class Informer(Generic[T]):
             self.last_progress = time.monotonic()
             if self._stop.is_set():
                 break
+            item = event["object"]
+            if isinstance(item, dict):  # the client follows only its own objects' versions
+                version = str(item["metadata"].get("resourceVersion") or version)
             if event["type"] == "BOOKMARK":
                 continue
-            item = event["object"]
-            if not self.watched(item.metadata.namespace or ""):
+            key = _key(item)
+            if not self.watched(key[0]):
                 continue
             if event["type"] == "DELETED":
-                self._post(self._apply, _key(item), None)
+                self._post(self._apply, key, None)
             else:
-                self._post(self._apply, _key(item), self.convert(item))
+                self._post(self._apply, key, self.convert(item))
         self.last_progress = time.monotonic()
         return str(stream.resource_version or version)
 
@@ -239,7 +244,17 @@ class Informer(Generic[T]):
 
 
 def _key(item: Any) -> Key:
+    if isinstance(item, dict):
+        return (item["metadata"].get("namespace") or "", item["metadata"]["name"])
     return (item.metadata.namespace or "", item.metadata.name)
+
+
+def _page(page: Any) -> tuple[list[Any], str | None, str]:
+    """A LIST page's items, continue token and resourceVersion (object or dict)."""
+    if isinstance(page, dict):
+        metadata = page.get("metadata") or {}
+        return page.get("items") or [], metadata.get("continue"), str(metadata["resourceVersion"])
+    return page.items, page.metadata._continue, str(page.metadata.resource_version)
 
 
 class CustomResourceLister(Generic[T]):

@@ -21,8 +21,10 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 from prometheus_client import Counter
 from urllib3.exceptions import HTTPError
@@ -31,7 +33,7 @@ from cloudcred import metrics, rollout
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key, object_reference
 from cloudcred.boundary import Boundary
 from cloudcred.cache import Caches, Change, SecretInfo
-from cloudcred.cache.boundaries import BoundaryInformer
+from cloudcred.cache.boundaries import boundary_info
 from cloudcred.cache.informers import (
     SECRET_PAGE_SIZE,
     CustomResourceLister,
@@ -43,7 +45,14 @@ from cloudcred.cache.informers import (
     secret_info,
 )
 from cloudcred.config import Settings
-from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, REFERENCED_LABEL
+from cloudcred.constants import (
+    BOUNDARY_PLURAL,
+    CLUSTER_PLURAL,
+    CREDENTIAL_PLURAL,
+    GROUP,
+    REFERENCED_LABEL,
+    VERSION,
+)
 from cloudcred.controllers.clusters import ClusterReconciler
 from cloudcred.controllers.credentials import CredentialReconciler
 from cloudcred.controllers.deploy import DEPLOY_CONCURRENCY, DeployController
@@ -116,7 +125,7 @@ class Controllers:
             CustomResourceLister(self.caches.clusters, kube, CLUSTER_PLURAL,
                                  ClusterInfo.from_body, self._clusters_changed, watched),
         ]  # fmt: skip
-        self.informers: list[Informer[Any] | BoundaryInformer] = []
+        self.informers: list[Informer[Any]] = []
         self._boundaries_listed = False  # the first LIST of boundaries is in
         # kopf's peering: another replica acts. The caches fill from the operator's own
         # LISTs even then, so a replica acts only once kopf shows that it is active:
@@ -135,8 +144,6 @@ class Controllers:
     # -- starting and stopping ------------------------------------------------------------
 
     def start(self) -> None:
-        from kubernetes import client
-
         loop = asyncio.get_running_loop()
         core = client.CoreV1Api(self.kube.api)
         timing = (self.settings.watch_timeout, self.settings.relist_interval)
@@ -163,9 +170,11 @@ class Controllers:
             Informer(self.caches.namespaces, core.list_namespace, namespace_labels,
                      self._namespaces_changed, loop, *timing)
         )  # fmt: skip
+        boundaries = partial(client.CustomObjectsApi(self.kube.api).list_cluster_custom_object,
+                             GROUP, VERSION, BOUNDARY_PLURAL)  # fmt: skip
         self.informers.append(
-            BoundaryInformer(self.caches.boundaries, self.kube.api, self._boundaries_changed,
-                             loop, *timing)
+            Informer(self.caches.boundaries, boundaries, boundary_info,
+                     self._boundaries_changed, loop, *timing)
         )  # fmt: skip
         for informer in self.informers:
             informer.start()

@@ -58,7 +58,8 @@ async def blocking_clusters(kube: Kube, caches: Caches, credential: CredentialIn
         if cluster.namespace != credential.namespace:
             labels = caches.namespace_labels(cluster.namespace)
             if labels is None:  # not in the cache (yet): ask
-                labels = await kube.namespace_labels(cluster.namespace)
+                found = await kube.read_namespace(cluster.namespace)
+                labels = dict(found.labels or {}) if found else None
         if not bindings.namespace_admitted(credential, cluster.namespace, labels):
             continue
         bound = bindings.decide(cluster, credential, labels)

@@ -26,6 +26,7 @@ import ssl
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from pydantic import SecretStr
 
@@ -92,25 +93,38 @@ class _RedactErrorBodies(logging.Filter):
     azure-identity logs every failed ``get_token`` at WARNING with the exception's text
     (the token endpoint's ``error_description``), and MSAL logs a token response that is
     not JSON at ERROR, body included. Keep the lines but name exceptions by their type,
-    drop tracebacks (they hold the same text), and mask the secret in whatever is left."""
+    withhold every text argument (a body can echo the secret in any encoding: form-,
+    URL-, JSON-escaped), drop tracebacks (they hold the same text), and mask the secret
+    and its encodings in the message itself."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         secret = _VERIFYING.get()
         if isinstance(record.args, tuple):
-            record.args = tuple(_redact(arg, secret) for arg in record.args)
+            record.args = tuple(_withhold(arg) for arg in record.args)
         if isinstance(record.msg, str):
-            record.msg = _redact(record.msg, secret)
+            record.msg = _mask(record.msg, secret)
         record.exc_info = None
         record.exc_text = None
         return True
 
 
-def _redact(value: object, secret: str | None) -> object:
+def _withhold(value: object) -> object:
     if isinstance(value, BaseException):
         return type(value).__name__
-    if isinstance(value, str) and secret and secret in value:
-        return value.replace(secret, "***")
+    if isinstance(value, (str, bytes)):
+        return f"<{len(value)} characters withheld>"
     return value
+
+
+def _mask(text: str, secret: str | None) -> str:
+    """``text`` without the secret, raw or encoded as a form or URL or JSON would."""
+    if not secret:
+        return text
+    forms = {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}
+    forms |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), f) for f in set(forms)}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
 
 
 def _install_log_filters() -> None:
