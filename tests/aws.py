@@ -111,7 +111,7 @@ def start_moto(log_path: Path, recording: Path | None = None) -> Moto:
 def recorded_calls(recording: Path, action: str) -> list[dict[str, list[str]]]:
     """The form parameters of every recorded request for a query-API ``action``
     (STS, IAM), oldest first."""
-    calls = []
+    calls: list[dict[str, list[str]]] = []
     if not recording.exists():
         return calls
     for line in recording.read_text().splitlines():
