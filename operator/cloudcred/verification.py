@@ -151,13 +151,26 @@ async def ask_provider(
     call: Callable[[], _T], provider: str, timeout: float, slots: asyncio.Semaphore
 ) -> _T:
     """Run a blocking provider call in a worker thread, at most ``len(slots)`` at a time.
-    The libraries have their own timeouts; this one catches whatever they miss."""
+    The libraries have their own timeouts; this one catches whatever they miss. Any
+    error the provider module did not turn into a VerificationError (a library's or our
+    own surprise) becomes one, ``VerificationFailed``: never a stale ``True``, and only
+    the class name (the text, and a traceback's locals, could quote secret data;
+    ``where()`` logs the frames without a message)."""
     async with slots:
         try:
             return await asyncio.wait_for(asyncio.to_thread(call), timeout * 2 + 5)
         except TimeoutError:
             raise VerificationError(
                 Reason.PROVIDER_UNREACHABLE, f"{provider} did not answer within {timeout:g}s"
+            ) from None
+        except VerificationError:
+            raise
+        except Exception as error:
+            kind = type(error).__name__
+            logger.error("a %s call failed unexpectedly (%s)\n%s", provider, kind, where(error))
+            raise VerificationError(
+                Reason.VERIFICATION_FAILED,
+                f"the check failed unexpectedly ({kind}): the operator's log says where",
             ) from None
 
 
@@ -262,18 +275,11 @@ async def check_credential(
         verified = (conditions.TRUE, Reason.VERIFIED.value,
                     f"{spec.provider} accepted the credential")  # fmt: skip
     except VerificationError as error:
-        unknown = error.reason in (Reason.VERIFICATION_DISABLED, Reason.VERIFICATION_UNAVAILABLE)
+        # Kubernetes API errors are not caught: kopf retries the check, the status stays.
+        unknown = error.reason in (Reason.VERIFICATION_DISABLED, Reason.VERIFICATION_UNAVAILABLE,
+                                   Reason.VERIFICATION_FAILED)  # fmt: skip
         verified = (conditions.UNKNOWN if unknown else conditions.FALSE, error.reason.value,
                     error.message)  # fmt: skip
-    except Exception as error:  # a provider library's or our own surprise
-        # Never leave a stale True behind. Only the class name: the text (and the
-        # traceback's locals) could quote secret data; where() gives frames, no message.
-        kind = type(error).__name__
-        logger.error("checking %s/%s failed unexpectedly (%s)\n%s", namespace, name, kind,
-                     where(error))  # fmt: skip
-        verification = None
-        message = f"the check failed unexpectedly ({kind}): the operator's log says where"
-        verified = (conditions.UNKNOWN, Reason.VERIFICATION_FAILED.value, message)
 
     if verification is not None:
         status["identity"] = verification.identity

@@ -97,10 +97,10 @@ def create_fleet(kube: Kube, namespace: str, count: int, role_arn: str, **spec: 
         list(pool.map(one, range(count)))
 
 
-def new_role(kube: Kube, namespace: str, suffix: str, old: str) -> str:
+def new_role(kube: Kube, moto: Moto, namespace: str, old: str) -> str:
     """Point the fleet at another role (an access change: a new revision); return the
-    new revision. moto lets any role ARN be assumed."""
-    role_arn = f"arn:aws:iam::123456789012:role/fleet-{suffix}"
+    new revision."""
+    role_arn = moto.create_role(f"fleet-{uuid.uuid4().hex[:8]}")
     patch_credential(kube, namespace, "fleet", {"spec": {"aws": {"roleArn": role_arn}}})
     return new_revision(kube, namespace, "fleet", old)
 
@@ -253,7 +253,7 @@ def test_repeated_sigkills_during_a_fan_out_converge(
         clusters = list_clusters(kube, ns)
         if all(deployed(c) == revision for c in clusters):  # nothing to interrupt: edit
             edits += 1
-            revision = new_role(kube, ns, f"id-{edits}", revision)
+            revision = new_role(kube, moto, ns, revision)
             progress = -1
         else:
             progress = sum(deployed(c) == revision for c in clusters)
@@ -326,7 +326,7 @@ def test_control_plane_restart_mid_rollout_converges_without_operator_restart(
                  rollout={"maxConcurrent": 2})  # fmt: skip
     first = new_revision(kube, ns, "fleet", None)
     wait_converged(kube, ns, first, "the first deployment")
-    second = new_role(kube, ns, "id-1", first)
+    second = new_role(kube, moto, ns, first)
     wait_for(lambda: in_flight(list_clusters(kube, ns), second), timeout=30, interval=0.05,
              what="the rollout to start")  # fmt: skip
 
@@ -349,7 +349,7 @@ def test_control_plane_restart_mid_rollout_converges_without_operator_restart(
     # The watches work again: a new cluster and another edit are followed.
     create_cluster(kube, ns, "late", provider="AWS", region="eu-west-3",
                    credentialRef={"name": "fleet"})  # fmt: skip
-    third = new_role(kube, ns, "id-2", second)
+    third = new_role(kube, moto, ns, second)
     took = wait_converged(kube, ns, third, "a rollout after the restart")
     print(f"a later edit rolled out to {PLANE_CLUSTERS + 1} clusters in {took:.1f}s")
     assert operator.alive, "the operator exited"
@@ -395,7 +395,7 @@ def test_watch_410_gone_relists_and_converges(
             other,
             ns,
             "fleet",
-            {"spec": {"aws": {"roleArn": "arn:aws:iam::123456789012:role/fleet-id-1"}}},
+            {"spec": {"aws": {"roleArn": moto.create_role(f"fleet-{uuid.uuid4().hex[:8]}")}}},
         )
         for index in range(50):
             config_map = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"noise-{index}"),
@@ -471,7 +471,7 @@ def test_two_replicas_with_peering_only_the_higher_priority_acts(
     create_fleet(kube, ns, 5, moto.create_role(f"fault-{uuid.uuid4().hex[:6]}"))
     first = new_revision(kube, ns, "fleet", None)
     wait_converged(kube, ns, first, "the first deployment")
-    second = new_role(kube, ns, "id-1", first)
+    second = new_role(kube, moto, ns, first)
     wait_converged(kube, ns, second, "a rollout")
     time.sleep(2)  # anything late would land now
     writes = audit_writes(plane, ns, offset)
@@ -493,7 +493,7 @@ def test_two_replicas_with_peering_only_the_higher_priority_acts(
         kube,
         ns,
         "fleet",
-        {"spec": {"aws": {"roleArn": "arn:aws:iam::123456789012:role/fleet-id-2"}}},
+        {"spec": {"aws": {"roleArn": moto.create_role(f"fleet-{uuid.uuid4().hex[:8]}")}}},
     )
     third = wait_for(lambda: (r := credential_revision(kube, ns, "fleet")) != second and r,
                      timeout=120, what="the standby to take over")  # fmt: skip

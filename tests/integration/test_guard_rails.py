@@ -131,7 +131,12 @@ def test_max_concurrent_paces_the_marking(
         patch_cluster_status(kube, namespace, name, {"deployedRevision": first})
     wait_rollout(kube, namespace, "paced", first, 6)
 
-    patch_credential(kube, namespace, "paced", {"spec": {"aws": {"roleArn": f"{role}-two"}}})
+    patch_credential(
+        kube,
+        namespace,
+        "paced",
+        {"spec": {"aws": {"roleArn": moto.create_role(f"two-{uuid.uuid4().hex[:6]}")}}},
+    )
     second = new_revision(kube, namespace, "paced", first)
     most = 0
     while True:
@@ -200,7 +205,12 @@ def test_pause_and_resume(
 
     pause = {"metadata": {"annotations": {ROLLOUT_PAUSED_ANNOTATION: "true"}}}
     patch_credential(kube, namespace, "paused", pause)
-    patch_credential(kube, namespace, "paused", {"spec": {"aws": {"roleArn": f"{role}-two"}}})
+    patch_credential(
+        kube,
+        namespace,
+        "paused",
+        {"spec": {"aws": {"roleArn": moto.create_role(f"two-{uuid.uuid4().hex[:6]}")}}},
+    )
     second = new_revision(kube, namespace, "paused", first)
     wait_for(lambda: "paused" in (condition(get_credential(kube, namespace, "paused"),
                                             "RolloutComplete") or {}).get("message", ""),

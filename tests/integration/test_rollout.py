@@ -280,7 +280,12 @@ def test_a_fan_out_killed_midway_finishes_after_restart_then_stays_idle(
              interval=1, what="first deployment of the fleet")  # fmt: skip
     print(f"{FAN_OUT} clusters created and deployed in {time.monotonic() - started:.1f}s")
 
-    patch_credential(kube, ns, "fleet", {"spec": {"aws": {"roleArn": f"{role_arn}-two"}}})
+    patch_credential(
+        kube,
+        ns,
+        "fleet",
+        {"spec": {"aws": {"roleArn": moto.create_role(f"two-{uuid.uuid4().hex[:6]}")}}},
+    )
     second = wait_for(lambda: next((marked(c) for c in list_clusters(kube, ns)
                                     if marked(c)), None),
                       timeout=30, interval=0.02, what="the first cluster marked")  # fmt: skip
