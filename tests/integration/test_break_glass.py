@@ -152,6 +152,9 @@ def used_credential(kube: Kube, moto: Moto, namespace: str, name: str, secret_na
     wait_for(lambda: ((get_credential(kube, namespace, name) or {}).get("status") or {})
              .get("clusterCount") == 1, what="bound")  # fmt: skip
     wait_for(lambda: in_use_label(kube, namespace, secret_name) == "true", what="Secret in use")
+    # kopf's finalizer too: a delete before it is in place is not the operator's to see.
+    wait_for(lambda: (get_credential(kube, namespace, name) or {}).get("metadata", {})
+             .get("finalizers"), what="the finalizer")  # fmt: skip
 
 
 # --- cloudcred.io/force-delete ----------------------------------------------------------
