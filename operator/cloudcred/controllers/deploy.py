@@ -264,6 +264,15 @@ class DeployController:
                 await asyncio.wait_for(self.clusters.settled(BINDINGS_QUIET), BINDINGS_FIRST)
         target = self.target(key)
         if target is None:
+            if key in self.failures:
+                # Nothing to deploy any more (deployed by an attempt whose answer was lost,
+                # or no longer wanted): no failure either. A failure left behind would
+                # halt its credential's rollout for good.
+                self.succeeded(key)
+                self.clusters.add(key)
+                found = self.caches.clusters.get(key)
+                if found is not None:
+                    self.credentials.add(found.credential)
             return
         try:
             await self._deploy_target(target)
