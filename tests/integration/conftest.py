@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -27,7 +28,8 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
 def operator_env(moto: Moto) -> dict[str, str]:
     """The operator's environment in tests: AWS is moto, every other provider endpoint
     a closed loopback port, so nothing ever leaves this machine."""
-    identity = moto.create_user(f"cloudcred-operator-{free_port()}")
+    # A name of its own: a port number (free_port) can come back, a user name may not.
+    identity = moto.create_user(f"cloudcred-operator-{uuid.uuid4().hex[:10]}")
     closed = f"127.0.0.1:{free_port()}"
     return {
         "AWS_ENDPOINT_URL": moto.endpoint,
