@@ -27,9 +27,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubernetes.client.rest import ApiException
-
-from cloudcred.kube import Kube, NotFound
+from cloudcred.kube import AlreadyExists, Kube, NotFound
 
 INSTALLATION_SECRET = "cloudcred-installation"
 KEY_FIELD = "key"
@@ -81,16 +79,17 @@ async def load_installation(kube: Kube, namespace: str) -> Installation:
             data = None
         if data is not None:
             return _from_data(namespace, data)
-        key = base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()
+        # The value is the key in base64 (text), stored as Secret data (base64 again).
+        key = base64.b64encode(base64.b64encode(secrets.token_bytes(KEY_BYTES))).decode()
         try:
+            labels = {"app.kubernetes.io/managed-by": "cloudcred"}
             await kube.create_secret(namespace, INSTALLATION_SECRET, {KEY_FIELD: key},
-                                     {"app.kubernetes.io/managed-by": "cloudcred"})  # fmt: skip
-        except ApiException as error:
-            if error.status == 409:  # another replica created it first: read that one
-                continue
+                                     {"labels": labels})  # fmt: skip
+        except AlreadyExists:  # another replica created it first: read that one
+            continue
+        except RuntimeError as error:  # kube.py's message: the HTTP status, no data
             raise InstallationError(
-                f"cannot create Secret {namespace}/{INSTALLATION_SECRET}: HTTP {error.status} "
-                f"{error.reason} (the operator needs create on secrets in its namespace)"
+                f"{error} (the operator needs create on secrets in its namespace)"
             ) from None
         logger.info("created the installation key in Secret %s/%s", namespace,
                     INSTALLATION_SECRET)  # fmt: skip

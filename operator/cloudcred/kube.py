@@ -36,6 +36,10 @@ class NotFound(Exception):
     """The object does not exist (or, with a UID, this object no longer does)."""
 
 
+class AlreadyExists(RuntimeError):
+    """A create found an object of that name."""
+
+
 class PreconditionFailed(Exception):
     """A guarded write found the object other than expected (another UID, a list
     reordered): nothing was written."""
@@ -193,15 +197,6 @@ class Kube:
         metadata: client.V1ObjectMeta = found.metadata
         return metadata
 
-    async def create_secret(
-        self, namespace: str, name: str, string_data: dict[str, str], labels: dict[str, str]
-    ) -> None:
-        """Create a Secret; ApiException (409 when it exists) is the caller's."""
-        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": name, "namespace": namespace, "labels": labels},
-                "stringData": string_data}  # fmt: skip
-        await self._write(self.core.create_namespaced_secret, namespace, body)
-
     async def set_secret_labels(
         self, namespace: str, name: str, labels: dict[str, str | None]
     ) -> bool:
@@ -282,18 +277,20 @@ class Kube:
             return None
         return metadata
 
-    async def create_owned_secret(
+    async def create_secret(
         self, namespace: str, name: str, data: dict[str, str], metadata: dict[str, Any]
     ) -> None:
         """Create a Secret the operator owns (``data`` base64-encoded): a create, never an
-        apply, so an existing Secret is never taken over. Errors carry the HTTP status
-        only, never the request body."""
+        apply, so an existing Secret is never taken over (AlreadyExists). Errors carry
+        the HTTP status only, never the request body."""
         body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                 "metadata": {"name": name, "namespace": namespace, **metadata},
                 "data": data}  # fmt: skip
         try:
             await self._write(self.core.create_namespaced_secret, namespace, body)
         except ApiException as error:
+            if error.status == 409:
+                raise AlreadyExists(f"Secret {namespace}/{name} already exists") from None
             raise RuntimeError(
                 f"creating Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
             ) from None

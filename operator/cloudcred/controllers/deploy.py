@@ -394,7 +394,7 @@ class DeployController:
                                      "name": cluster.name, "uid": cluster.uid,
                                      "controller": True}],
             }  # fmt: skip
-            await self.kube.create_owned_secret(cluster.namespace, name, data, metadata)
+            await self.kube.create_secret(cluster.namespace, name, data, metadata)
         else:  # the same object, unchanged since it was read as ours
             await self.kube.replace_secret_data(
                 cluster.namespace, name, existing.uid, existing.resource_version, data,
