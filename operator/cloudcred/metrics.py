@@ -1,30 +1,51 @@
 """Prometheus metrics, served on ``CLOUDCRED_METRICS_PORT`` from a registry of our own.
 
-Two kinds:
+Three kinds:
 
-- *state* (credentials by provider and verification state, bound clusters, pending
-  redeploys, key age, rollout completion, work queue depths) is computed at scrape
-  time by :class:`StateCollector` from the operator's caches and queues, so it can
-  never drift from what the operator knows and costs nothing between scrapes;
+- *state* (credentials by provider, every condition of every CloudCredential,
+  Clusters counted by condition, bound clusters, pending redeploys, key creation
+  time, rollout completion, work queue depths) is computed at scrape time by
+  :class:`StateCollector` from the operator's caches and queues, so it can never
+  drift from what the operator knows, a condition that changed leaves no stale series
+  behind, and it costs nothing between scrapes;
 - *events* (how long checks take, why they fail) are observed by
-  :func:`observe_verification` after every provider check.
+  :func:`observe_verification` after every provider check;
+- *the process*: ``process_*`` (prometheus_client's process collector) and
+  ``cloudcred_build_info``.
 
-Label values are only namespaces, names, providers and condition reasons (each from a
-fixed set): never a secret, a key id, an ARN or an e-mail address.
+Times are Unix timestamps in seconds (``..._timestamp_seconds``), the Prometheus
+convention: ``time() - x`` is the age, and the value does not change between scrapes.
+
+Label values are only namespaces, names, providers, versions and condition types,
+statuses and reasons (each a CamelCase word, or from a fixed set): never a secret, a
+key id, an ARN or an e-mail address.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import platform
+import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import TYPE_CHECKING, Any, Protocol
 
 import kopf
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+import cloudcred
 from cloudcred import conditions
 from cloudcred.api.common import Provider
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
@@ -37,12 +58,42 @@ if TYPE_CHECKING:  # the caches and queues import this module for their own metr
 
 logger = logging.getLogger("cloudcred.metrics")
 
+# Counters and histograms without their `_created` series: in the text format each
+# would be one more gauge series per label set, which nothing here reads.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 REGISTRY = CollectorRegistry()
+# process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+ProcessCollector(registry=REGISTRY)
 
 _PROVIDERS = {provider.value for provider in Provider}
 _REASONS = {reason.value for reason in Reason}
+_STATUSES = {conditions.TRUE, conditions.FALSE, conditions.UNKNOWN}
+# Condition types and reasons are CamelCase words (the CRDs' pattern allows more, such
+# as "," and ":"); anything else becomes OTHER, so that a hand-edited status cannot put
+# a key id or an ARN in a label. Acronym runs are not words either (AKIA... is a key id).
+_WORD = re.compile(r"(?:[A-Z][a-z0-9]+){1,12}")
 OTHER = "Other"  # a label value outside the known set (never the raw value)
-PENDING = "Pending"  # `verified` of a credential not checked yet
+
+
+def _version(distribution: str, fallback: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        return fallback
+
+
+BUILD_INFO = Gauge(
+    "cloudcred_build_info",
+    "Always 1; the labels say which cloudcred, Python and kopf the operator runs.",
+    ["version", "python_version", "kopf_version"],
+    registry=REGISTRY,
+)
+BUILD_INFO.labels(
+    version=_version("cloudcred", cloudcred.__version__),
+    python_version=platform.python_version(),
+    kopf_version=_version("kopf", "unknown"),
+).set(1)
 
 VERIFICATION_DURATION = Histogram(
     "cloudcred_verification_duration_seconds",
@@ -68,6 +119,22 @@ def reason_label(value: object) -> str:
     return str(value) if str(value) in _REASONS else OTHER
 
 
+def status_label(value: object) -> str:
+    return str(value) if str(value) in _STATUSES else OTHER
+
+
+def word_label(value: object) -> str:
+    """A condition type or reason as a label value: the word itself, or ``Other``."""
+    if value is None or value == "":
+        return ""
+    return _word(value) if isinstance(value, str) else OTHER
+
+
+@functools.lru_cache(maxsize=4096)  # a few dozen words, seen at every scrape
+def _word(value: str) -> str:
+    return value if len(value) <= 64 and _WORD.fullmatch(value) else OTHER
+
+
 def observe_verification(provider: object, seconds: float, verified: Mapping[str, Any]) -> None:
     """Record one check; ``verified`` is the resulting Verified condition."""
     label = provider_label(provider)
@@ -88,18 +155,8 @@ class StateSource(Protocol):
     def queues(self) -> tuple[WorkQueue[Key], ...]: ...
 
 
-def verified_label(credential_status: Mapping[str, Any]) -> str:
-    """``True`` when verified, otherwise the Verified condition's reason (a fixed set),
-    ``Pending`` before the first check."""
-    verified = conditions.find(credential_status.get("conditions"), "Verified")
-    if verified is None:
-        return PENDING
-    if verified.get("status") == conditions.TRUE:
-        return conditions.TRUE
-    return reason_label(verified.get("reason"))
-
-
-def _age_seconds(value: object, now: datetime) -> float | None:
+def _timestamp(value: object) -> float | None:
+    """An RFC 3339 time from a status as Unix seconds, or None."""
     if not isinstance(value, str) or not value:
         return None
     try:
@@ -108,7 +165,22 @@ def _age_seconds(value: object, now: datetime) -> float | None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return max((now - moment).total_seconds(), 0.0)
+    return moment.timestamp()
+
+
+def _conditions(found: object) -> Iterator[tuple[str, str, str]]:
+    """(type, status, reason) label values of each condition, one per type: a list
+    with a type twice (which the operator never writes) gives the first, as
+    :func:`conditions.find` does, so no two series share their labels."""
+    seen: set[str] = set()
+    for item in found if isinstance(found, list) else []:
+        if not isinstance(item, Mapping):
+            continue
+        type_ = word_label(item.get("type"))
+        if not type_ or type_ in seen:
+            continue
+        seen.add(type_)
+        yield type_, status_label(item.get("status")), word_label(item.get("reason"))
 
 
 class StateCollector(Collector):
@@ -125,16 +197,30 @@ class StateCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         # Families without samples: lets the registry check names when registering
         # without computing anything.
-        yield from self._families()
+        yield from self.families().values()
 
-    def _families(self) -> tuple[Any, ...]:
+    @staticmethod
+    def families() -> dict[str, Any]:
+        """The families this collector fills, by name, without samples."""
         per_credential = ["namespace", "credential"]
-        return (
+        condition = ["condition", "status", "reason"]
+        families = (
             GaugeMetricFamily(
                 "cloudcred_credentials",
-                "CloudCredentials by provider and verification state (True, or the "
-                "Verified condition's reason; Pending before the first check).",
-                labels=["provider", "verified"],
+                "CloudCredentials by provider.",
+                labels=["provider"],
+            ),
+            GaugeMetricFamily(
+                "cloudcred_credential_condition",
+                "Always 1: one series per condition of each CloudCredential, with its type, "
+                "status and reason.",
+                labels=[*per_credential, *condition],
+            ),
+            GaugeMetricFamily(
+                "cloudcred_cluster_conditions",
+                "Clusters per namespace by condition type, status and reason (each Cluster "
+                "counts once for each condition it has).",
+                labels=["namespace", *condition],
             ),
             GaugeMetricFamily(
                 "cloudcred_credential_bound_clusters",
@@ -149,8 +235,15 @@ class StateCollector(Collector):
                 labels=per_credential,
             ),
             GaugeMetricFamily(
-                "cloudcred_credential_key_age_seconds",
-                "Age of the credential's static key (status.keyCreatedTime), where known.",
+                "cloudcred_credential_key_created_timestamp_seconds",
+                "When the credential's static key was created (status.keyCreatedTime), in "
+                "Unix seconds, where known.",
+                labels=per_credential,
+            ),
+            GaugeMetricFamily(
+                "cloudcred_credential_last_verified_timestamp_seconds",
+                "When the provider last accepted the credential (status.lastVerifiedTime), "
+                "in Unix seconds.",
                 labels=per_credential,
             ),
             GaugeMetricFamily(
@@ -175,46 +268,59 @@ class StateCollector(Collector):
                 labels=["queue"],
             ),
         )
+        return {family.name: family for family in families}
 
     def collect(self) -> Iterator[Metric]:
-        families = self._families()
-        credentials_family, bound_family, pending_family, age_family, rollout_family = families[:5]
-        depth_family, adds_family, retries_family = families[5:]
+        families = self.families()
         for queue in self.source.queues:
-            depth_family.add_metric([queue.name], len(queue))
-            adds_family.add_metric([queue.name], queue.adds)
-            retries_family.add_metric([queue.name], queue.retries)
+            families["cloudcred_workqueue_depth"].add_metric([queue.name], len(queue))
+            families["cloudcred_workqueue_adds"].add_metric([queue.name], queue.adds)
+            families["cloudcred_workqueue_retries"].add_metric([queue.name], queue.retries)
         credentials, clusters = self._snapshot()
-        now = datetime.now(UTC)
 
         bound: dict[Key, list[ClusterInfo]] = {key: [] for key in credentials}
+        # Clusters are counted, not one series each: at 10 000 clusters, a series per
+        # condition of each would be 50 000 series and a second of CPU per scrape.
+        cluster_counts: dict[tuple[str, str, str, str], int] = {}
         for cluster in clusters.values():
             target = cluster.was_bound_to
             if target in bound:
                 bound[target].append(cluster)
+            for condition in _conditions(cluster.status.get("conditions")):
+                counted = (cluster.namespace, *condition)
+                cluster_counts[counted] = cluster_counts.get(counted, 0) + 1
+        for counted, count in sorted(cluster_counts.items()):
+            families["cloudcred_cluster_conditions"].add_metric(list(counted), count)
 
-        by_state: dict[tuple[str, str], int] = {}
+        by_provider: dict[str, int] = {}
+        times = (
+            ("keyCreatedTime", families["cloudcred_credential_key_created_timestamp_seconds"]),
+            ("lastVerifiedTime", families["cloudcred_credential_last_verified_timestamp_seconds"]),
+        )
         for key, credential in sorted(credentials.items()):
             status = credential.status
-            state = (provider_label(credential.provider), verified_label(status))
-            by_state[state] = by_state.get(state, 0) + 1
+            provider = provider_label(credential.provider)
+            by_provider[provider] = by_provider.get(provider, 0) + 1
             labels = [key[0], key[1]]
+            for condition in _conditions(status.get("conditions")):
+                families["cloudcred_credential_condition"].add_metric([*labels, *condition], 1.0)
             bound_clusters = bound[key]
-            bound_family.add_metric(labels, len(bound_clusters))
+            families["cloudcred_credential_bound_clusters"].add_metric(labels, len(bound_clusters))
             if credential.revision:
                 behind = [c for c in bound_clusters if c.deployed_revision != credential.revision]
-                pending_family.add_metric(labels, len(behind))
-            age = _age_seconds(status.get("keyCreatedTime"), now)
-            if age is not None:
-                age_family.add_metric(labels, age)
+                families["cloudcred_redeploys_pending"].add_metric(labels, len(behind))
+            for field, family in times:
+                moment = _timestamp(status.get(field))
+                if moment is not None:
+                    family.add_metric(labels, moment)
             complete = conditions.find(status.get("conditions"), ROLLOUT_COMPLETE)
             if complete is not None:
-                rollout_family.add_metric(
+                families["cloudcred_credential_rollout_complete"].add_metric(
                     labels, 1.0 if complete.get("status") == conditions.TRUE else 0.0
                 )
-        for (provider, verified), count in sorted(by_state.items()):
-            credentials_family.add_metric([provider, verified], count)
-        yield from families
+        for provider, count in sorted(by_provider.items()):
+            families["cloudcred_credentials"].add_metric([provider], count)
+        yield from families.values()
 
     def _snapshot(self) -> tuple[dict[Key, CredentialInfo], dict[Key, ClusterInfo]]:
         caches = self.source.caches

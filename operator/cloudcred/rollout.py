@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudcred import conditions
+from cloudcred import conditions, health
 from cloudcred.bindings import (
     CREDENTIAL_BOUND,
     NO_REVISION,
@@ -40,6 +40,7 @@ REVISION_CHANGED, NOT_DEPLOYED, UP_TO_DATE, DEPLOY_FAILED = (
 # RolloutComplete reasons (BLOCKED is also the RedeployPending reason of a cluster
 # that keeps its last good deployment).
 COMPLETE, IN_PROGRESS, BLOCKED = "RolloutComplete", "RolloutInProgress", "RolloutBlocked"
+NO_REVISION_MESSAGE = "the credential has no revision yet: see its Verified condition"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class RedeployState:
     reason: str
     message: str
     mark: str | None  # the revision the cluster must be marked with, if any
+    # Waits for a person: the credential's revision may not roll out (see its Verified).
+    stalled: bool = False
 
     def condition(
         self, previous: list[dict[str, Any]] | None, generation: int | None
@@ -125,7 +128,8 @@ def redeploy_state(
         return RedeployState(True, DEPLOY_FAILED, failed, revision if deployed else None)
     if not deployed:
         if plan.blocked and plan.blocked.startswith(f"revision {revision} "):
-            return RedeployState(True, NOT_DEPLOYED, f"not deployed: {plan.blocked}", None)
+            return RedeployState(True, NOT_DEPLOYED, f"not deployed: {plan.blocked}", None,
+                                 stalled=True)  # fmt: skip
         return RedeployState(True, NOT_DEPLOYED, f"waiting for {who} to deploy credential "
                              f"revision {revision} for the first time", None)  # fmt: skip
     if cluster.key in plan.allowed:
@@ -208,23 +212,25 @@ def cluster_status(
 def redeploy_conditions(
     cluster: ClusterInfo, binding: Binding, redeploy: RedeployState | None
 ) -> list[dict[str, Any]]:
-    """RedeployPending and Ready. Always both: the deploy step writes them too (with
-    the deployment, saving a write), and an entry it co-owns would otherwise outlive
-    the binding."""
+    """RedeployPending and the summary (Ready, Reconciling, Stalled). Always all: the
+    deploy step writes them too (with the deployment, saving a write), and an entry it
+    co-owns would otherwise outlive the binding."""
     previous = cluster.status.get("conditions")
     if not binding.bound:
         pending = (conditions.FALSE, binding.reason, "not bound: nothing to redeploy")
-        ready = (conditions.FALSE, binding.reason, binding.message)
     elif redeploy is None:
-        message = "the credential has no revision yet: see its Verified condition"
-        pending = (conditions.UNKNOWN, NO_REVISION, message)
-        ready = (conditions.FALSE, NO_REVISION, message)
+        pending = (conditions.UNKNOWN, NO_REVISION, NO_REVISION_MESSAGE)
     else:
         pending = (conditions.TRUE if redeploy.pending else conditions.FALSE, redeploy.reason,
                    redeploy.message)  # fmt: skip
-        ready = (conditions.FALSE, redeploy.reason, redeploy.message) if redeploy.pending \
-            else (conditions.TRUE, "Ready", redeploy.message)  # fmt: skip
+    verdict = health.cluster_verdict(
+        (binding.bound, binding.reason, binding.message),
+        None if redeploy is None else (redeploy.pending, redeploy.reason, redeploy.message),
+        external=cluster.external,
+        no_revision=NO_REVISION_MESSAGE,
+        stalled_by_credential=redeploy is not None and redeploy.stalled,
+    )
     return [
-        conditions.condition(previous, "RedeployPending", *pending, cluster.generation),
-        conditions.condition(previous, "Ready", *ready, cluster.generation),
+        conditions.condition(previous, REDEPLOY_PENDING, *pending, cluster.generation),
+        *verdict.conditions(previous, cluster.generation),
     ]

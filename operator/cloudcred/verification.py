@@ -47,7 +47,7 @@ _T = TypeVar("_T")
 logger = logging.getLogger("cloudcred.verification")
 
 # Condition types this check owns on a CloudCredential.
-VERIFIED, READY, ROTATION = "Verified", "Ready", "RotationRecommended"
+VERIFIED, ROTATION = "Verified", "RotationRecommended"
 
 # What a long-lived key should become instead, where the provider has a better way.
 _BETTER_THAN_STATIC_KEYS = {
@@ -295,7 +295,7 @@ async def check_credential(
                                     generation)  # fmt: skip
 
     verified_condition = make(VERIFIED, *verified)
-    owned = [verified_condition, _ready(make, verified_condition)]
+    owned = [verified_condition]
     rotation = _rotation(spec, verification, settings, make)
     if rotation:
         owned.append(rotation)
@@ -305,15 +305,6 @@ async def check_credential(
         verified=verified_condition,
         events=_events(previous_conditions, verified_condition, rotation),
     )
-
-
-def _ready(make: Any, verified: dict[str, Any]) -> dict[str, Any]:
-    """The summary for kstatus, Flux and Argo CD: ready when verified, or when the user
-    turned verification off; otherwise it carries the failing reason."""
-    if verified["status"] == conditions.TRUE or verified["reason"] == Reason.VERIFICATION_DISABLED:
-        return dict(make(READY, conditions.TRUE, "Ready", verified["message"]))
-    state = conditions.UNKNOWN if verified["status"] == conditions.UNKNOWN else conditions.FALSE
-    return dict(make(READY, state, verified["reason"], verified["message"]))
 
 
 def _rotation(

@@ -146,9 +146,13 @@ class ClusterStatus(Model):
     )
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Ready; CredentialBound (Bound, CredentialNotFound, ProviderMismatch, "
-        "NamespaceNotAllowed, CredentialDeleting); RedeployPending (RevisionChanged, "
-        "NotDeployed, DeployFailed, UpToDate).",
+        description="The summary in the kstatus convention, exactly one True: Ready (Ready, "
+        "ExternalDeployPending), Reconciling (work under way: CredentialNotReady, "
+        "RevisionChanged, NotDeployed), Stalled (needs a person: CredentialNotFound, "
+        "ProviderMismatch, NamespaceNotAllowed, CredentialDeleting, DeployFailed, "
+        "CredentialNotVerified). The details: CredentialBound (Bound, CredentialNotFound, "
+        "ProviderMismatch, NamespaceNotAllowed, CredentialDeleting); RedeployPending "
+        "(RevisionChanged, NotDeployed, DeployFailed, UpToDate, RolloutBlocked).",
         max_length=16,
         json_schema_extra={
             "x-kubernetes-list-type": "map",

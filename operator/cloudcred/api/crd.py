@@ -86,6 +86,13 @@ def _flatten(schema: Schema, defs: dict[str, Schema]) -> Schema:
     return schema
 
 
+def _reason_column(condition: str, priority: int = 0) -> Schema:
+    """The reason of a condition, for ``-o wide``: why it is (not) Ready."""
+    column = _condition_column("Reason", condition, priority)
+    column["jsonPath"] = f'.status.conditions[?(@.type=="{condition}")].reason'
+    return column
+
+
 def _condition_column(name: str, condition: str, priority: int = 0) -> Schema:
     column: Schema = {
         "name": name,
@@ -168,7 +175,8 @@ def credential_crd() -> Schema:
             {"name": "Key-or-Role", "type": "string", "jsonPath": ".status.publicId"},
             {"name": "Clusters", "type": "integer", "jsonPath": ".status.clusterCount"},
             _condition_column("Verified", "Verified"),
-            _condition_column("Ready", "Ready", priority=1),
+            _condition_column("Ready", "Ready"),
+            _reason_column("Ready", priority=1),
             {"name": "Revision", "type": "string", "jsonPath": ".status.revision", "priority": 1},
             {
                 "name": "Updated",
@@ -198,7 +206,8 @@ def cluster_crd() -> Schema:
             {"name": "Credential", "type": "string", "jsonPath": ".spec.credentialRef.name"},
             _condition_column("Bound", "CredentialBound"),
             _condition_column("Pending", "RedeployPending"),
-            _condition_column("Ready", "Ready", priority=1),
+            _condition_column("Ready", "Ready"),
+            _reason_column("Ready", priority=1),
             {
                 "name": "Deployed",
                 "type": "string",

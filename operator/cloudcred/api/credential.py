@@ -391,7 +391,11 @@ class CloudCredentialStatus(Model):
     )
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Ready, Verified, InUse, RotationRecommended, DeletionBlocked, "
+        description="The summary in the kstatus convention, exactly one True: Ready (Ready, "
+        "ExternalDeployPending), Reconciling (work under way: NotChecked, SecretNotFound, "
+        "ProviderUnreachable, VerificationFailed, RolloutInProgress, RolloutPaused, Deleting), "
+        "Stalled (needs a person: a Verified reason such as InvalidCredentials, or "
+        "RolloutBlocked). The details: Verified, InUse, RotationRecommended, DeletionBlocked, "
         "RolloutComplete.",
         max_length=16,
         json_schema_extra={

@@ -11,7 +11,7 @@ cluster's UID: a Cluster re-created under the same name is another cluster.
 
 from __future__ import annotations
 
-from cloudcred import bindings, rollout
+from cloudcred import bindings, health, rollout
 from cloudcred.bindings import Key
 from cloudcred.cache import Caches
 from cloudcred.constants import CLUSTER_PLURAL, REDEPLOY_ANNOTATION
@@ -21,7 +21,7 @@ from cloudcred.kube import Kube, NotFound
 from cloudcred.workqueue import WorkQueue
 
 MANAGER = "cloudcred-binder"
-OWNED_CONDITIONS = {bindings.CREDENTIAL_BOUND, rollout.REDEPLOY_PENDING, "Ready"}
+OWNED_CONDITIONS = {bindings.CREDENTIAL_BOUND, rollout.REDEPLOY_PENDING, *health.SUMMARY_CONDITIONS}
 
 
 class ClusterReconciler:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cloudcred import bindings, conditions, rollout
+from cloudcred import bindings, conditions, health, rollout
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
 from cloudcred.cache import Caches
 from cloudcred.constants import CREDENTIAL_PLURAL
@@ -26,7 +26,12 @@ from cloudcred.controllers.expectations import MarkExpectations
 from cloudcred.kube import Kube, NotFound
 from cloudcred.workqueue import WorkQueue
 
-OWNED_CONDITIONS = {bindings.IN_USE, bindings.DELETION_BLOCKED, rollout.ROLLOUT_COMPLETE}
+OWNED_CONDITIONS = {
+    bindings.IN_USE,
+    bindings.DELETION_BLOCKED,
+    rollout.ROLLOUT_COMPLETE,
+    *health.SUMMARY_CONDITIONS,
+}
 OWNED_FIELDS = ("clusters", "clusterCount", "clustersTruncated", "unusedSince", "rollout")
 
 
@@ -72,6 +77,9 @@ class CredentialReconciler:
         if progress:
             desired["rollout"] = progress["rollout"]
             desired["conditions"] += progress["conditions"]
+        desired["conditions"] += self._verdict(credential, bound, plan, desired).conditions(
+            credential.status.get("conditions"), credential.generation
+        )
         if unchanged(credential.status, desired, OWNED_CONDITIONS, OWNED_FIELDS):
             return
         try:
@@ -81,6 +89,29 @@ class CredentialReconciler:
             return
         await self._announce_rollout(credential, desired)
         await self._announce_blocked(credential, desired)
+
+    @staticmethod
+    def _verdict(
+        credential: CredentialInfo,
+        bound: list[ClusterInfo],
+        plan: rollout.RolloutPlan | None,
+        desired: dict[str, Any],
+    ) -> health.Verdict:
+        """The summary from the Verified condition (the check's) and the rollout's."""
+        deleting = None
+        if credential.deleting:
+            blocked = conditions.find(desired["conditions"], bindings.DELETION_BLOCKED)
+            deleting = blocked["message"] if blocked else "the credential is being deleted"
+        behind = [c for c in bound if plan is not None and c.deployed_revision != plan.revision]
+        return health.credential_verdict(
+            conditions.find(credential.status.get("conditions"), "Verified"),
+            conditions.find(desired["conditions"], rollout.ROLLOUT_COMPLETE),
+            deleting=deleting,
+            paused=credential.paused,
+            only_external_behind=bool(behind)
+            and all(c.external for c in behind)
+            and not (plan is not None and plan.failed),
+        )
 
     def _plan(
         self, credential: CredentialInfo, bound: list[ClusterInfo]

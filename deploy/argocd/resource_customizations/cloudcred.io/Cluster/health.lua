@@ -1,5 +1,10 @@
 -- Argo CD health check for cloudcred.io/Cluster (Lua 5.1, Argo CD's sandbox).
 -- Argo CD sets the global `obj` to the object and expects {status = ..., message = ...}.
+--
+-- The operator writes one verdict in three conditions (the kstatus convention): Stalled
+-- (only a person can fix it), Reconciling (work under way), Ready (done). This script
+-- reads those and nothing else, so Argo CD, kstatus (Flux, kpt) and
+-- `kubectl wait --for=condition=Ready` say the same thing.
 local hs = {}
 
 local function condition(conditions, type_)
@@ -22,6 +27,13 @@ local function describe(c)
   return text
 end
 
+-- Argo CD itself says this before running a health script; kept for other runners.
+if obj.metadata.deletionTimestamp ~= nil then
+  hs.status = "Progressing"
+  hs.message = "Pending deletion"
+  return hs
+end
+
 local status = obj.status
 if status == nil or status.conditions == nil then
   hs.status = "Progressing"
@@ -32,52 +44,43 @@ end
 local generation = obj.metadata.generation
 if generation ~= nil and (status.observedGeneration == nil or status.observedGeneration < generation) then
   hs.status = "Progressing"
-  hs.message = "Waiting for the operator to process generation " .. tostring(generation)
+  hs.message = "Waiting for the operator to observe generation " .. tostring(generation)
   return hs
 end
 
-local bound = condition(status.conditions, "CredentialBound")
-if bound == nil then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the operator to bind the cluster to its credential"
-  return hs
-end
-if bound.status ~= "True" then
-  -- CredentialNotFound, ProviderMismatch, NamespaceNotAllowed, CredentialDeleting.
+local stalled = condition(status.conditions, "Stalled")
+if stalled ~= nil and stalled.status == "True" then
   hs.status = "Degraded"
-  hs.message = describe(bound)
+  hs.message = describe(stalled)
   return hs
 end
 
-local pending = condition(status.conditions, "RedeployPending")
-local ready = condition(status.conditions, "Ready")
-if pending ~= nil and pending.status == "True" then
-  if pending.reason == "DeployFailed" then
-    hs.status = "Degraded"
-    hs.message = describe(pending)
-  elseif obj.spec ~= nil and obj.spec.deploy == "External" then
-    -- Healthy, not Progressing: the external deployer may be the next sync wave, or
-    -- another tool altogether; waiting here would block the sync.
-    hs.status = "Healthy"
-    hs.message = "Waiting for the external deployer: " .. tostring(pending.message)
+local reconciling = condition(status.conditions, "Reconciling")
+if reconciling ~= nil and reconciling.status == "True" then
+  if reconciling.reason == "RolloutPaused" then
+    hs.status = "Suspended"
   else
     hs.status = "Progressing"
-    hs.message = describe(pending)
+  end
+  hs.message = describe(reconciling)
+  return hs
+end
+
+local ready = condition(status.conditions, "Ready")
+if ready ~= nil and ready.status == "True" then
+  hs.status = "Healthy"
+  hs.message = tostring(ready.message)
+  if ready.reason ~= nil and ready.reason ~= "" and ready.reason ~= "Ready" then
+    -- Ready with a remark, e.g. ExternalDeployPending: say it first.
+    hs.message = ready.reason .. ": " .. hs.message
   end
   return hs
 end
 
-if ready ~= nil and ready.status == "True" then
-  hs.status = "Healthy"
-  hs.message = tostring(ready.message)
-  return hs
-end
-
--- Bound, but the credential has no revision yet (see its Verified condition).
 hs.status = "Progressing"
 if ready ~= nil then
   hs.message = describe(ready)
 else
-  hs.message = "Waiting for the operator to compute the cluster's redeploy state"
+  hs.message = "Waiting for the operator to bind the cluster to its credential"
 end
 return hs

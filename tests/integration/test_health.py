@@ -1,0 +1,271 @@
+"""One health verdict everywhere: for each state the operator puts an object in, kstatus
+(the library Flux and kpt use, built from its Go module), the shipped Argo CD scripts in
+Argo CD's own Lua runtime (gopher-lua) and ``kubectl wait --for=condition=Ready`` give the
+verdict the README's health table promises, on objects the real operator produced.
+
+``CLOUDCRED_HEALTH_TESTDATA=1`` also writes those objects (trimmed) into the Argo CD
+scripts' ``testdata/`` with a ``health_test.yaml`` in Argo CD's format.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cloudcred.constants import ROLLOUT_PAUSED_ANNOTATION
+from tests import health
+from tests.aws import Moto
+from tests.conftest import Kube
+from tests.integration.test_guard_rails import READ_ONLY_STS
+from tests.integration.test_install import kubectl_path
+from tests.operator import OperatorProcess, wait_for
+from tests.resources import (
+    condition,
+    create_cluster,
+    create_credential,
+    get_cluster,
+    get_credential,
+    new_revision,
+    patch_cluster_status,
+    patch_credential,
+    secret,
+    static_key_credential,
+)
+
+pytestmark = pytest.mark.integration
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+def promised() -> dict[str, dict[str, str]]:
+    """The README's health table: state -> column -> value."""
+    text = README.read_text()
+    table = text.split("<!-- health-table -->")[1].split("<!-- /health-table -->")[0]
+    rows = [
+        [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+        for line in table.strip().splitlines()
+        if line.startswith("|")
+    ]
+    header, body = rows[0], rows[2:]
+    return {row[0]: dict(zip(header, row, strict=True)) for row in body}
+
+
+def summary(obj: dict[str, Any]) -> str:
+    """Which of Ready, Reconciling, Stalled is True, with its reason: 'Stalled (X)'."""
+    true = [
+        c
+        for c in (obj.get("status") or {}).get("conditions") or []
+        if c["type"] in ("Ready", "Reconciling", "Stalled") and c["status"] == "True"
+    ]
+    assert len(true) <= 1, f"more than one summary condition is True: {true}"
+    return f"{true[0]['type']} ({true[0]['reason']})" if true else "none"
+
+
+def kubectl_wait(kube: Kube, obj: dict[str, Any]) -> str:
+    """'met' when ``kubectl wait --for=condition=Ready`` succeeds at once, else 'not met'."""
+    kind = {"CloudCredential": "cloudcredentials", "Cluster": "clusters"}[obj["kind"]]
+    result = subprocess.run(
+        [kubectl_path(), "--kubeconfig", str(kube.kubeconfig), "wait", "--timeout=0s",
+         "--for=condition=Ready", "-n", obj["metadata"]["namespace"],
+         f"{kind}.cloudcred.io/{obj['metadata']['name']}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return "met" if result.returncode == 0 else "not met"
+
+
+def settled(read: Any, expected: str, what: str) -> dict[str, Any]:
+    """The object once its summary says ``expected`` (the operator is asynchronous)."""
+    wait_for(lambda: summary(read()) == expected, timeout=30, what=f"{what}: {expected}")
+    time.sleep(0.5)  # a moment for anything else the operator would still write
+    obj: dict[str, Any] = read()
+    assert summary(obj) == expected
+    return obj
+
+
+def produce_states(kube: Kube, namespace: str, moto: Moto) -> dict[str, dict[str, Any]]:
+    """Each state of the README's table, made by the real operator: state -> object."""
+    states: dict[str, dict[str, Any]] = {}
+
+    def cred(name: str) -> Any:
+        return lambda: get_credential(kube, namespace, name)
+
+    def clus(name: str) -> Any:
+        return lambda: get_cluster(kube, namespace, name)
+
+    def aws_cluster(name: str, credential: str, **spec: Any) -> None:
+        create_cluster(kube, namespace, name, provider="AWS", region="eu-west-3",
+                       credentialRef={"name": credential}, **spec)  # fmt: skip
+
+    # Verified, every cluster deployed (by the operator's deploy step).
+    good = moto.create_user(f"health-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, "good", {"secretAccessKey": good.secret_access_key})
+    static_key_credential(kube, namespace, "good", good.access_key_id, "good")
+    aws_cluster("deployed", "good")
+    states["credential verified, rolled out"] = settled(cred("good"), "Ready (Ready)", "good")
+    states["cluster deployed"] = settled(clus("deployed"), "Ready (Ready)", "deployed")
+
+    # The Secret is not there (yet): retried with backoff.
+    static_key_credential(kube, namespace, "no-secret", good.access_key_id, "absent")
+    aws_cluster("waiting-revision", "no-secret")
+    states["credential check retrying"] = settled(
+        cred("no-secret"), "Reconciling (SecretNotFound)", "no-secret")  # fmt: skip
+    states["cluster waiting for its credential"] = settled(
+        clus("waiting-revision"), "Reconciling (CredentialNotReady)", "waiting-revision"
+    )
+
+    # The provider refuses the key: only a person can fix it.
+    secret(kube, namespace, "wrong", {"secretAccessKey": "not-the-secret-key"})
+    static_key_credential(kube, namespace, "refused", good.access_key_id, "wrong")
+    aws_cluster("never-deployed", "refused")
+    states["credential refused by the provider"] = settled(
+        cred("refused"), "Stalled (InvalidCredentials)", "refused")  # fmt: skip
+    states["cluster whose credential failed verification"] = settled(
+        clus("never-deployed"), "Stalled (CredentialNotVerified)", "never-deployed")  # fmt: skip
+
+    # A Cluster naming a credential that does not exist.
+    aws_cluster("dangling", "nowhere")
+    states["cluster naming a missing credential"] = settled(
+        clus("dangling"), "Stalled (CredentialNotFound)", "dangling")  # fmt: skip
+
+    # Waiting for an external deployer: the operator's part is done.
+    role = moto.create_role(f"health-{uuid.uuid4().hex[:6]}")
+    create_credential(kube, namespace, "external", provider="AWS", aws={"roleArn": role})
+    aws_cluster("external", "external", deploy="External")
+    states["credential waiting for external deployers"] = settled(
+        cred("external"), "Ready (ExternalDeployPending)", "external")  # fmt: skip
+    states["cluster waiting for its external deployer"] = settled(
+        clus("external"), "Ready (ExternalDeployPending)", "external cluster")  # fmt: skip
+
+    # A paused rollout: clusters behind, none marked until someone resumes it.
+    create_credential(kube, namespace, "paused", provider="AWS", aws={"roleArn": role})
+    aws_cluster("paused", "paused", deploy="External")
+    first = new_revision(kube, namespace, "paused", None)
+    patch_cluster_status(kube, namespace, "paused", {"deployedRevision": first})
+    settled(cred("paused"), "Ready (Ready)", "paused before the edit")
+    patch_credential(
+        kube,
+        namespace,
+        "paused",
+        {"metadata": {"annotations": {ROLLOUT_PAUSED_ANNOTATION: "true"}}},
+    )
+    other = moto.create_role(f"health-{uuid.uuid4().hex[:6]}")
+    patch_credential(kube, namespace, "paused", {"spec": {"aws": {"roleArn": other}}})
+    new_revision(kube, namespace, "paused", first)
+    states["credential with a paused rollout"] = settled(
+        cred("paused"), "Reconciling (RolloutPaused)", "paused")  # fmt: skip
+
+    # A new key that verifies but cannot deploy: the rollout stops at the first failure.
+    limited = moto.create_user(f"limited-{uuid.uuid4().hex[:8]}", policy=READ_ONLY_STS)
+    secret(kube, namespace, "limited", {"secretAccessKey": limited.secret_access_key})
+    static_key_credential(kube, namespace, "halting", good.access_key_id, "good",
+                          rollout={"maxConcurrent": 1})  # fmt: skip
+    aws_cluster("first", "halting")
+    aws_cluster("second", "halting")
+    settled(cred("halting"), "Ready (Ready)", "halting before the new key")
+    patch_credential(
+        kube,
+        namespace,
+        "halting",
+        {
+            "spec": {
+                "aws": {
+                    "accessKeyId": limited.access_key_id,
+                    "secretAccessKeyRef": {"name": "limited"},
+                }
+            }
+        },
+    )
+    states["credential with a blocked rollout"] = settled(
+        cred("halting"), "Stalled (RolloutBlocked)", "halting")  # fmt: skip
+    failed = next(n for n in ("first", "second")
+                  if (condition(get_cluster(kube, namespace, n), "RedeployPending") or {})
+                  .get("reason") == "DeployFailed")  # fmt: skip
+    kept = "second" if failed == "first" else "first"
+    states["cluster whose deploy failed"] = settled(clus(failed), "Stalled (DeployFailed)", failed)
+    states["cluster kept on its last revision by a blocked rollout"] = settled(
+        clus(kept), "Ready (Ready)", kept)  # fmt: skip
+
+    # Being deleted: held by another controller's finalizer (as Argo CD's own is).
+    create_credential(kube, namespace, "leaving", provider="AWS", aws={"roleArn": role})
+    settled(cred("leaving"), "Ready (Ready)", "leaving before the delete")
+    hold = {"metadata": {"finalizers": ["example.com/hold"]}}
+    patch_credential(kube, namespace, "leaving", hold)
+    kube.custom.delete_namespaced_custom_object(
+        "cloudcred.io", "v1alpha1", namespace, "cloudcredentials", "leaving"
+    )
+    states["credential being deleted"] = settled(cred("leaving"), "Reconciling (Deleting)",
+                                                 "leaving")  # fmt: skip
+    return states
+
+
+def test_every_tool_gives_the_verdict_the_readme_promises(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    table = promised()
+    states = produce_states(kube, namespace, moto)
+    try:
+        assert sorted(states) == sorted(table), "the README's table and the states made differ"
+        objects = list(states.values())
+        by_kstatus = health.kstatus(objects)
+        for (state, obj), kstatus in zip(states.items(), by_kstatus, strict=True):
+            row = table[state]
+            argocd = health.argocd(obj["kind"], [obj])[0]
+            found = {
+                "Kind": obj["kind"],
+                "Conditions": summary(obj),
+                "kstatus": kstatus["status"],
+                "Argo CD": argocd["status"],
+                "kubectl wait": kubectl_wait(kube, obj),
+            }
+            assert found == {column: row[column] for column in found}, (state, obj["status"])
+            # Each tool says why, in the operator's words.
+            if found["Conditions"] != "Ready (Ready)":
+                reason = re.search(r"\((\w+)\)", found["Conditions"]).group(1)  # type: ignore[union-attr]
+                assert reason in argocd["message"] or argocd["message"] == "Pending deletion"
+        if os.environ.get("CLOUDCRED_HEALTH_TESTDATA"):
+            write_testdata(states, table)
+    finally:
+        patch_credential(kube, namespace, "leaving", {"metadata": {"finalizers": None}})
+
+
+def test_the_argocd_scripts_pass_their_own_tests_in_gopher_lua() -> None:
+    """health_test.yaml, as Argo CD runs resource_customizations tests, in gopher-lua with
+    only the libraries Argo CD opens."""
+    for kind in health.SCRIPTS:
+        result = health.argocd_tests(kind)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.count("ok ") >= 4, result.stdout
+
+
+def trimmed(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object as testdata: what the scripts read, no server bookkeeping."""
+    metadata = {k: v for k, v in obj["metadata"].items()
+                if k in ("name", "namespace", "generation", "deletionTimestamp", "annotations",
+                         "finalizers")}  # fmt: skip
+    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": metadata,
+            "spec": obj["spec"], "status": obj["status"]}  # fmt: skip
+
+
+def write_testdata(states: dict[str, dict[str, Any]], table: dict[str, dict[str, str]]) -> None:
+    for kind, folder in health.SCRIPTS.items():
+        cases = []
+        for state, obj in states.items():
+            if obj["kind"] != kind or "deletionTimestamp" in obj["metadata"]:
+                continue  # Argo CD decides deletions itself, before any script
+            name = re.sub(r"[^a-z0-9]+", "-", state.lower()).strip("-") + ".yaml"
+            (folder / "testdata").mkdir(exist_ok=True)
+            # The test's namespace is random: the testdata says team-a, in messages too.
+            text = yaml.safe_dump(trimmed(obj), sort_keys=False)
+            text = text.replace(obj["metadata"]["namespace"], "team-a")
+            (folder / "testdata" / name).write_text(text)
+            verdict = health.argocd(kind, [yaml.safe_load(text)])[0]
+            assert verdict["status"] == table[state]["Argo CD"]
+            cases.append({"healthStatus": verdict, "inputPath": f"testdata/{name}"})
+        (folder / "health_test.yaml").write_text(yaml.safe_dump({"tests": cases},
+                                                                 sort_keys=False))  # fmt: skip
