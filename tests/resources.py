@@ -69,6 +69,18 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
     return None
 
 
+def credential_ready(kube: Kube, namespace: str, name: str, status: str) -> dict[str, Any]:
+    """The credential's Ready condition once it has this status. Ready is the summary the
+    binder writes from Verified and the rollout, a moment after Verified."""
+
+    def check() -> dict[str, Any] | None:
+        found = condition(get_credential(kube, namespace, name), "Ready")
+        return found if found and found["status"] == status else None
+
+    ready: dict[str, Any] = wait_for(check, timeout=30, what=f"{namespace}/{name} Ready={status}")
+    return ready
+
+
 def events_for(kube: Kube, namespace: str, name: str) -> list[client.CoreV1Event]:
     events = kube.core.list_namespaced_event(namespace).items
     return [event for event in events if event.involved_object.name == name]

@@ -3,11 +3,12 @@ rotate are its command-line companion (also installed as the kubectl plugin
 ``kubectl cloudcred``).
 
 cloudcred run [--standalone] [-A | -n NAMESPACE ...] [--liveness URL]
-              [--priority N] [--peering NAME]
+              [--priority N|auto] [--peering NAME]
 cloudcred crds                  print the CustomResourceDefinitions (kubectl apply -f -)
 cloudcred list [-A | -n NS]     CloudCredentials: key or role, clusters, verified, rollout
 cloudcred usage NAME [-n NS]    the clusters that use a credential, and their revision
 cloudcred rotate NAME [-n NS]   replace its key (read from stdin), follow the rollout
+cloudcred completion SHELL      a bash, zsh or fish completion script
 
 `cloudcred COMMAND --help` describes each command, its input and its exit codes.
 """
@@ -19,7 +20,7 @@ import logging
 import os
 import sys
 
-from cloudcred import __version__, cli
+from cloudcred import __version__, cli, peering
 from cloudcred.config import Settings, SettingsError
 
 # Loggers that would print request details (and, at DEBUG, secrets) if left alone.
@@ -62,7 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="liveness endpoint URL (default CLOUDCRED_LIVENESS_ENDPOINT)",
     )
-    run.add_argument("--priority", type=int, default=0, help="peering priority")
+    run.add_argument(
+        "--priority",
+        type=peering.priority,
+        default=0,
+        help="peering priority: an integer, or auto (the earliest started replica acts)",
+    )
     run.add_argument("--peering", default=None, help="peering object name")
     commands.add_parser("crds", help="print the CustomResourceDefinitions as YAML")
     cli.add_commands(commands)
@@ -122,6 +128,9 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["__complete"]:  # the shell completion scripts' call, not a command
+        return cli.complete(parser, words[1:])
     args, extra = parser.parse_known_args(argv)
     if extra and args.command in cli.COMMANDS:
         # Not echoed: a key typed on the command line must not be printed back.

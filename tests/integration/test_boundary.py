@@ -24,6 +24,7 @@ from tests.operator import OperatorProcess, wait_for
 from tests.resources import (
     condition,
     create_credential,
+    credential_ready,
     events_for,
     get_credential,
     patch_credential,
@@ -310,8 +311,7 @@ def test_role_outside_a_new_boundary_is_never_assumed(
     assert found["status"] == "False"
     assert f"spec.aws.roleArn: {arn} is not allowed" in found["message"]
     assert "allowed roles: arn:aws:iam::123456789012:role/team-a-*" in found["message"]
-    ready = condition(get_credential(kube, namespace, "role"), "Ready")
-    assert ready is not None
+    ready = credential_ready(kube, namespace, "role", "False")
     assert ready["reason"] == "OutsideBoundary"
     warnings = [e for e in events_for(kube, namespace, "role") if e.reason == "OutsideBoundary"]
     assert [e.type for e in warnings] == ["Warning"]

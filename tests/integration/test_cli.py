@@ -6,19 +6,31 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from kubernetes import client
 
 from cloudcred.constants import CLUSTER_PLURAL, GROUP, VERSION
 from tests.aws import AwsKey, Moto
 from tests.conftest import Kube
+from tests.envtest.controlplane import cache_dir, ensure_binaries
 from tests.kube import ROOT
 from tests.operator import OperatorProcess, wait_for
-from tests.resources import condition, create_cluster, create_credential, get_credential, secret
+from tests.resources import (
+    condition,
+    create_cluster,
+    create_credential,
+    get_credential,
+    patch_credential,
+    secret,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -269,3 +281,312 @@ def test_errors_are_one_line_without_traceback(kube: Kube, namespace: str) -> No
     empty = cloudcred(kube, "list", "-n", "t-does-not-exist")
     assert (empty.returncode, empty.stdout) == (0, "")
     assert "No CloudCredentials in namespace t-does-not-exist" in empty.stderr
+
+
+# --- scripting: -o, namespace-only rights, --as, --gitops, completion ----------------------
+
+
+def kubectl() -> str:
+    """The kubectl built with the local control plane; against an existing cluster
+    (CLOUDCRED_TEST_KUBECONFIG) a kubectl on PATH will do."""
+    cached = cache_dir() / "kubectl"
+    if cached.exists():
+        return str(cached)
+    if os.environ.get("CLOUDCRED_TEST_KUBECONFIG") and shutil.which("kubectl"):
+        return str(shutil.which("kubectl"))
+    return str(ensure_binaries()["kubectl"])
+
+
+def other_namespace(kube: Kube, labels: dict[str, str]) -> str:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    kube.core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+    )
+    return name
+
+
+def tenant_role(kube: Kube, namespace: str, name: str, subject: dict[str, str]) -> None:
+    """Read rights on CloudCredentials and Clusters in ``namespace`` only."""
+    rbac = client.RbacAuthorizationV1Api(kube.api)
+    rbac.create_namespaced_role(namespace, {
+        "metadata": {"name": name},
+        "rules": [{"apiGroups": [GROUP], "resources": ["cloudcredentials", "clusters"],
+                   "verbs": ["get", "list", "watch"]}],
+    })  # fmt: skip
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", **subject}
+                     if subject["kind"] != "ServiceAccount" else subject],
+    })  # fmt: skip
+
+
+def token_kubeconfig(kube: Kube, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig holding only a ServiceAccount token, as a tenant gets one."""
+    kube.core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
+    )
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+    )
+    token = kube.core.create_namespaced_service_account_token(account, namespace, request)
+    config = yaml.safe_load(Path(kube.kubeconfig).read_text())
+    config["users"] = [{"name": account, "user": {"token": token.status.token}}]
+    for context in config["contexts"]:
+        context["context"] = {**context["context"], "user": account, "namespace": namespace}
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def cli_as(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    return subprocess.run(
+        [sys.executable, "-m", "cloudcred", *args], cwd=ROOT, env=env,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_output_formats_for_scripts(
+    kube: Kube, namespace: str, deployer: AwsKey, operator: OperatorProcess
+) -> None:
+    static_key_credential(kube, namespace, "aws-prod", deployer)
+    aws_cluster(kube, namespace, "prod-eu", "aws-prod")
+    aws_cluster(kube, namespace, "prod-us", "aws-prod")
+    revision = verified_and_listing(kube, namespace, "aws-prod", 2)["status"]["revision"]
+    all_deployed(kube, namespace, ["prod-eu", "prod-us"], revision)
+
+    as_json = cloudcred(kube, "list", "-n", namespace, "-o", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    listing = json.loads(as_json.stdout)
+    assert (listing["apiVersion"], listing["kind"]) == ("v1", "List")
+    [item] = listing["items"]
+    assert (item["apiVersion"], item["kind"]) == ("cloudcred.io/v1alpha1", "CloudCredential")
+    assert item["metadata"]["name"] == "aws-prod"
+    assert item["status"]["revision"] == revision
+    assert item["spec"]["aws"]["accessKeyId"] == deployer.access_key_id
+
+    as_yaml = cloudcred(kube, "list", "-n", namespace, "-o", "yaml")
+    assert as_yaml.returncode == 0, as_yaml.stderr
+    assert yaml.safe_load(as_yaml.stdout)["items"][0]["metadata"]["uid"] == item["metadata"]["uid"]
+    named = cloudcred(kube, "list", "-n", namespace, "-o", "name")
+    assert named.stdout == "cloudcredential.cloudcred.io/aws-prod\n"
+
+    wide = cloudcred(kube, "list", "-n", namespace, "-o", "wide")
+    assert wide.returncode == 0, wide.stderr
+    header, row = wide.stdout.splitlines()
+    assert header.split()[-4:] == ["READY", "REVISION", "SECRET", "IDENTITY"]
+    assert row.split()[-3:] == [
+        revision,
+        "aws-prod-keys",
+        f"arn:aws:iam::123456789012:user/{deployer.user}",
+    ]
+    # The default table is unchanged by all this.
+    assert cloudcred(kube, "list", "-n", namespace).stdout.splitlines()[0].split()[-1] == "ROLLOUT"
+
+    empty = cloudcred(kube, "list", "-n", "t-does-not-exist", "-o", "json")
+    assert (empty.returncode, json.loads(empty.stdout)["items"]) == (0, [])
+
+    usage = cloudcred(kube, "usage", "aws-prod", "-n", namespace, "-o", "json")
+    assert usage.returncode == 0, usage.stderr
+    clusters = json.loads(usage.stdout)["items"]
+    assert [(c["kind"], c["metadata"]["name"]) for c in clusters] == [
+        ("Cluster", "prod-eu"), ("Cluster", "prod-us")]  # fmt: skip
+    assert {c["status"]["deployedRevision"] for c in clusters} == {revision}
+
+    def settled(name: str) -> bool:
+        cluster = get_cluster(kube, namespace, name)
+        ready = (condition(cluster, "Ready") or {}).get("status") == "True"
+        return ready and (condition(cluster, "RedeployPending") or {}).get("reason") == "UpToDate"
+
+    wait_for(lambda: settled("prod-eu") and settled("prod-us"), timeout=30, what="Ready")
+    wide_usage = cloudcred(kube, "usage", "aws-prod", "-n", namespace, "-o", "wide")
+    assert wide_usage.stdout.splitlines()[1].split()[-5:] == ["DATE", "READY", "REDEPLOY",
+                                                              "LAST", "DEPLOYED"]  # fmt: skip
+    assert wide_usage.stdout.splitlines()[2].split()[5:8] == ["yes", "True", "UpToDate"]
+
+
+def test_usage_with_namespace_only_rights(
+    kube: Kube, namespace: str, deployer: AwsKey, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """A tenant with read rights in its namespace only: usage shows its clusters, names
+    the namespace it cannot read, and -A fails with a clear message."""
+    team = other_namespace(kube, {"cloudcred-test-team": namespace})
+    static_key_credential(kube, namespace, "aws-prod", deployer)
+    patch_credential(kube, namespace, "aws-prod", {"spec": {"allowedNamespaces": {
+        "matchLabels": {"cloudcred-test-team": namespace}}}})  # fmt: skip
+    aws_cluster(kube, namespace, "prod-eu", "aws-prod")
+    create_cluster(kube, team, "team-eu", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": "aws-prod", "namespace": namespace})  # fmt: skip
+    verified_and_listing(kube, namespace, "aws-prod", 2)
+    tenant_role(kube, namespace, "reader",
+                {"kind": "ServiceAccount", "name": "tenant", "namespace": namespace})  # fmt: skip
+    tenant = token_kubeconfig(kube, namespace, "tenant", tmp_path / "tenant")
+
+    result = cli_as(tenant, "usage", "aws-prod")  # the context's namespace
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith(f"(1 not shown: no access to Clusters in {team})")
+    assert [line.split()[:2] for line in lines[2:]] == [[namespace, "prod-eu"]]
+    assert f"cloudcred: warning: listing Clusters that reference aws-prod in {team}: HTTP 403" in (
+        result.stderr)  # fmt: skip
+
+    everywhere = cli_as(tenant, "usage", "aws-prod", "-A")
+    assert everywhere.returncode == 1
+    assert everywhere.stdout == ""
+    [line] = everywhere.stderr.splitlines()
+    assert line.startswith("cloudcred: listing Clusters that reference aws-prod in every "
+                           "namespace: HTTP 403 Forbidden")  # fmt: skip
+    assert "-A needs the right to list clusters.cloudcred.io in every namespace" in line
+
+    # With rights in both namespaces (a group, through --as), the whole picture.
+    tenant_role(kube, team, "reader", {"kind": "Group", "name": "team-readers"})
+    tenant_role(kube, namespace, "group-reader", {"kind": "Group", "name": "team-readers"})
+    both = cli_as(kube.kubeconfig, "usage", "aws-prod", "-n", namespace, "--as", "carol",
+                  "--as-group", "other", "--as-group", "team-readers")  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    assert both.stderr == ""
+    assert "of 2 clusters on the current revision" in both.stdout.splitlines()[0]
+    assert "not shown" not in both.stdout
+    assert [line.split()[:2] for line in both.stdout.splitlines()[2:]] == sorted(
+        [[namespace, "prod-eu"], [team, "team-eu"]])  # fmt: skip
+    nobody = cli_as(kube.kubeconfig, "list", "-n", namespace, "--as", "nobody")
+    assert nobody.returncode == 1
+    assert nobody.stderr.startswith(f"cloudcred: listing CloudCredentials in {namespace}: "
+                                    "HTTP 403 Forbidden")  # fmt: skip
+
+
+def test_rotate_gitops_prints_the_change_instead_of_patching(
+    kube: Kube, namespace: str, moto: Moto, deployer: AwsKey, operator: OperatorProcess
+) -> None:
+    static_key_credential(kube, namespace, "aws-prod", deployer)
+    aws_cluster(kube, namespace, "prod-eu", "aws-prod")
+    before = verified_and_listing(kube, namespace, "aws-prod", 1)
+    new = new_access_key(moto, deployer)["AccessKey"]
+
+    result = cloudcred(kube, "rotate", "aws-prod", "-n", namespace, "--gitops",
+                       stdin=json.dumps({"AccessKey": new}))  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert_no_leak(result, new["SecretAccessKey"], deployer.secret_access_key)
+    manifest = yaml.safe_load(result.stdout)
+    new_secret = manifest["spec"]["aws"]["secretAccessKeyRef"]["name"]
+    assert new_secret.startswith("aws-prod-")
+    assert manifest["spec"]["aws"] == {
+        "accessKeyId": new["AccessKeyId"],
+        "secretAccessKeyRef": {"name": new_secret, "key": "secretAccessKey"},
+    }
+    assert manifest["metadata"] == {"name": "aws-prod", "namespace": namespace}
+    assert "status" not in manifest
+    assert (f"spec.aws.accessKeyId: {deployer.access_key_id} -> {new['AccessKeyId']}"
+            in result.stderr)  # fmt: skip
+    # The server's credential is untouched; the Secret is there, owned by it.
+    unchanged = get_credential(kube, namespace, "aws-prod")
+    assert unchanged is not None
+    assert unchanged["spec"] == before["spec"]
+    assert unchanged["metadata"]["generation"] == before["metadata"]["generation"]
+    stored = kube.core.read_namespaced_secret(new_secret, namespace)
+    assert [owner.uid for owner in stored.metadata.owner_references] == [before["metadata"]["uid"]]
+
+    # What the GitOps tool does with the pull request: apply the manifest.
+    applied = subprocess.run(
+        [kubectl(), "--kubeconfig", str(kube.kubeconfig), "apply", "-f", "-"],
+        input=result.stdout, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stderr
+    after = get_credential(kube, namespace, "aws-prod")
+    assert after is not None
+    # The spec a plain rotate's merge patch gives.
+    assert after["spec"] == {**before["spec"], "aws": manifest["spec"]["aws"]}
+
+    def rolled_out() -> str | None:
+        obj = get_credential(kube, namespace, "aws-prod") or {}
+        status = obj.get("status") or {}
+        fresh = status.get("observedGeneration") == obj["metadata"]["generation"]
+        verified = (condition(obj, "Verified") or {}).get("status") == "True"
+        return status.get("revision") if fresh and verified else None
+
+    revision = wait_for(rolled_out, timeout=45, what="the applied key verified")
+    assert revision != before["status"]["revision"]
+    all_deployed(kube, namespace, ["prod-eu"], revision)
+
+
+@pytest.fixture
+def shell_env(kube: Kube) -> dict[str, str]:
+    """PATH with the installed cloudcred command first, KUBECONFIG the test cluster's."""
+    bindir = Path(sys.executable).parent
+    if not (bindir / "cloudcred").exists():
+        pytest.skip(f"the cloudcred command is not installed next to {sys.executable}")
+    path = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "KUBECONFIG": str(kube.kubeconfig)}
+
+
+def run_shell(shell: str, script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    found = shutil.which(shell)
+    if not found:
+        pytest.skip(f"{shell} is not installed")
+    return subprocess.run([found, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+
+
+def test_completion_scripts_load_and_complete_names(
+    kube: Kube, namespace: str, shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    for name in ("prod-role", "staging-role"):
+        create_credential(kube, namespace, name, provider="AWS",
+                          aws={"roleArn": f"arn:aws:iam::123456789012:role/{name}"})  # fmt: skip
+    bash = run_shell("bash", f"""
+        source <(cloudcred completion bash) && complete -p cloudcred || exit 1
+        complete_line() {{
+            COMP_LINE=$1; COMP_POINT=${{#1}}; _cloudcred; echo "${{COMPREPLY[*]}}"
+        }}
+        complete_line 'cloudcred us'
+        complete_line 'cloudcred list -o '
+        complete_line 'cloudcred usage -n {namespace} p'
+        complete_line 'cloudcred rotate --namespace={namespace} '
+        complete_line 'cloudcred list --namespace={namespace[:4]}'
+    """, shell_env)  # fmt: skip
+    assert bash.returncode == 0, bash.stderr
+    assert bash.stdout.splitlines() == [
+        "complete -F _cloudcred cloudcred",
+        "usage",
+        "json yaml wide name",
+        "prod-role",
+        "prod-role staging-role",
+        bash.stdout.splitlines()[-1],
+    ]
+    assert namespace in bash.stdout.splitlines()[-1].split()
+
+    fish = run_shell("fish", f"""
+        cloudcred completion fish | source
+        complete -C 'cloudcred us'
+        complete -C 'cloudcred trust-policy -n {namespace} '
+    """, shell_env)  # fmt: skip
+    assert fish.returncode == 0, fish.stderr
+    assert fish.stdout.split() == ["usage", "prod-role", "staging-role"]
+
+    # zsh completes only inside its line editor: compadd stands in for it here.
+    zsh = run_shell("zsh", f"""
+        compdef() {{ print -r -- "compdef $*"; }}
+        compadd() {{ print -r -- "${{(@P)${{@[-1]}}}}"; }}
+        source <(cloudcred completion zsh)
+        words=(cloudcred usage -n {namespace} ''); CURRENT=5; _cloudcred
+    """, shell_env)  # fmt: skip
+    assert zsh.returncode == 0, zsh.stderr
+    assert zsh.stdout.splitlines() == [
+        "compdef _cloudcred cloudcred kubectl-cloudcred", "prod-role staging-role"]  # fmt: skip
+
+    # kubectl's own completion asks kubectl_complete-cloudcred (the package's entry point;
+    # here the same function behind a script of the test's own).
+    helper = tmp_path / "kubectl_complete-cloudcred"
+    helper.write_text(f"#!{sys.executable}\nimport sys\n"
+                      "from cloudcred.cli.completion import kubectl_plugin\n"
+                      "sys.exit(kubectl_plugin())\n")  # fmt: skip
+    helper.chmod(0o755)
+    env = {**shell_env, "PATH": f"{tmp_path}{os.pathsep}{shell_env['PATH']}"}
+    plugin = subprocess.run(
+        [kubectl(), "__complete", "cloudcred", "usage", "-n", namespace, "p"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert plugin.returncode == 0, plugin.stderr
+    assert plugin.stdout.splitlines() == ["prod-role", ":4"]

@@ -561,6 +561,9 @@ OTHER_REASONS = {
     "Ready", "InUse", "Unused", "KeyAge", "StaticKeys", "RolloutComplete",
     "RolloutInProgress", "RolloutBlocked", "RevisionChanged", "UpToDate", "NotDeployed",
     "DeployFailed",
+    # The summary's own (cloudcred.health): Ready, Reconciling and Stalled carry these too.
+    "NotChecked", "Deleting", "RolloutPaused", "ExternalDeployPending", "CredentialNotReady",
+    "CredentialNotVerified",
 }  # fmt: skip
 FIELD = re.compile(r"\b(spec|metadata)\.[A-Za-z]")
 PROVIDERS = ["AWS", "GCP", "AZURE", "SCALEWAY"]

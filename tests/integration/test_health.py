@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 
 from cloudcred.constants import ROLLOUT_PAUSED_ANNOTATION
 from tests import health
@@ -43,6 +44,8 @@ from tests.resources import (
 pytestmark = pytest.mark.integration
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+
+
 def promised() -> dict[str, dict[str, str]]:
     """The README's health table: state -> column -> value."""
     text = README.read_text()
@@ -88,8 +91,11 @@ def settled(read: Any, expected: str, what: str) -> dict[str, Any]:
     return obj
 
 
-def produce_states(kube: Kube, namespace: str, moto: Moto) -> dict[str, dict[str, Any]]:
-    """Each state of the README's table, made by the real operator: state -> object."""
+def produce_states(
+    kube: Kube, namespace: str, moto: Moto, unwatched: str
+) -> dict[str, dict[str, Any]]:
+    """Each state of the README's table, made by the real operator (or, in the namespace
+    ``unwatched``, not yet by it): state -> object."""
     states: dict[str, dict[str, Any]] = {}
 
     def cred(name: str) -> Any:
@@ -101,6 +107,16 @@ def produce_states(kube: Kube, namespace: str, moto: Moto) -> dict[str, dict[str
     def aws_cluster(name: str, credential: str, **spec: Any) -> None:
         create_cluster(kube, namespace, name, provider="AWS", region="eu-west-3",
                        credentialRef={"name": credential}, **spec)  # fmt: skip
+
+    # Not looked at yet (a namespace the operator does not watch): the CRDs default
+    # status.observedGeneration to 0, so kstatus does not take the object for Current.
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=unwatched)))
+    create_credential(kube, unwatched, "unseen", provider="AWS",
+                      aws={"roleArn": "arn:aws:iam::123456789012:role/unseen"})  # fmt: skip
+    create_cluster(kube, unwatched, "unseen", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": "unseen"})  # fmt: skip
+    states["credential not looked at yet"] = get_credential(kube, unwatched, "unseen") or {}
+    states["cluster not looked at yet"] = get_cluster(kube, unwatched, "unseen")
 
     # Verified, every cluster deployed (by the operator's deploy step).
     good = moto.create_user(f"health-{uuid.uuid4().hex[:8]}")
@@ -208,8 +224,9 @@ def test_every_tool_gives_the_verdict_the_readme_promises(
     kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
 ) -> None:
     table = promised()
-    states = produce_states(kube, namespace, moto)
+    unwatched = f"health-unwatched-{uuid.uuid4().hex[:6]}"
     try:
+        states = produce_states(kube, namespace, moto, unwatched)
         assert sorted(states) == sorted(table), "the README's table and the states made differ"
         objects = list(states.values())
         by_kstatus = health.kstatus(objects)
@@ -225,13 +242,15 @@ def test_every_tool_gives_the_verdict_the_readme_promises(
             }
             assert found == {column: row[column] for column in found}, (state, obj["status"])
             # Each tool says why, in the operator's words.
-            if found["Conditions"] != "Ready (Ready)":
+            if found["Conditions"] not in ("Ready (Ready)", "none"):
                 reason = re.search(r"\((\w+)\)", found["Conditions"]).group(1)  # type: ignore[union-attr]
                 assert reason in argocd["message"] or argocd["message"] == "Pending deletion"
         if os.environ.get("CLOUDCRED_HEALTH_TESTDATA"):
             write_testdata(states, table)
     finally:
-        patch_credential(kube, namespace, "leaving", {"metadata": {"finalizers": None}})
+        if get_credential(kube, namespace, "leaving"):
+            patch_credential(kube, namespace, "leaving", {"metadata": {"finalizers": None}})
+        kube.core.delete_namespace(unwatched)
 
 
 def test_the_argocd_scripts_pass_their_own_tests_in_gopher_lua() -> None:

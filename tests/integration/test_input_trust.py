@@ -25,7 +25,14 @@ from tests.integration.conftest import operator_env
 from tests.integration.test_admission import create, credential, names_field, rejection
 from tests.kube import ROOT
 from tests.operator import OperatorProcess, wait_for
-from tests.resources import condition, create_credential, events_for, get_credential, secret
+from tests.resources import (
+    condition,
+    create_credential,
+    credential_ready,
+    events_for,
+    get_credential,
+    secret,
+)
 from tests.sts import start_refusing_sts
 
 pytestmark = pytest.mark.integration
@@ -137,7 +144,7 @@ def test_a_nested_json_key_ends_a_verified_credential_in_invalid_secret_data(
             f"key 'sa.json' of Secret {ns}/gcp-key is not a service-account JSON key "
             "(nested too deeply)"
         )
-        assert condition(get_credential(kube, ns, "gcp"), "Ready")["status"] == "False"
+        credential_ready(kube, ns, "gcp", "False")
         log = operator.log()
         assert "RecursionError" not in log
         assert "[[[[" not in log

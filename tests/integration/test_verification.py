@@ -18,6 +18,7 @@ from tests.operator import OperatorProcess, wait_for
 from tests.resources import (
     condition,
     create_credential,
+    credential_ready,
     events_for,
     get_credential,
     patch_credential,
@@ -56,7 +57,7 @@ def test_valid_static_keys_are_verified(
     obj = verified(kube, namespace, "good", "Verified")
     status = obj["status"]
     assert condition(obj, "Verified")["status"] == "True"
-    assert condition(obj, "Ready")["status"] == "True"
+    credential_ready(kube, namespace, "good", "True")
     assert status["publicId"] == user.access_key_id
     assert status["identity"] == f"arn:aws:iam::123456789012:user/{user.user}"
     assert re.fullmatch(r"v2-[0-9a-f]{12}", status["revision"])
@@ -80,9 +81,10 @@ def test_wrong_secret_is_invalid_credentials(
 
     obj = verified(kube, namespace, "wrong", "InvalidCredentials")
     assert condition(obj, "Verified")["status"] == "False"
-    ready = condition(obj, "Ready")
-    assert ready["status"] == "False"
+    ready = credential_ready(kube, namespace, "wrong", "False")
     assert ready["reason"] == "InvalidCredentials"
+    stalled = condition(get_credential(kube, namespace, "wrong"), "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "InvalidCredentials")
     warnings = [e for e in events_for(kube, namespace, "wrong") if e.type == "Warning"]
     assert any(e.reason == "InvalidCredentials" for e in warnings)
 
@@ -132,7 +134,7 @@ def test_verification_disabled_is_unknown(
                       verification={"enabled": False})  # fmt: skip
     obj = verified(kube, namespace, "off", "VerificationDisabled")
     assert condition(obj, "Verified")["status"] == "Unknown"
-    assert condition(obj, "Ready")["status"] == "True"
+    credential_ready(kube, namespace, "off", "True")
     assert obj["status"]["revision"].startswith("v2-")
 
 

@@ -4,17 +4,21 @@ the command line itself, and the pure parts of list, usage and rotate."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import re
+import tomllib
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import yaml
 
 from cloudcred.__main__ import _parser, main
-from cloudcred.cli import keys, rotate, views
+from cloudcred.cli import api, completion, keys, output, rotate, views
 from cloudcred.cli.errors import CliError, TimedOutError, UsageError
+from tests.kube import ROOT
 
 # A secret value that must never appear in any output or message.
 SENTINEL = "SENTINELsecretDoNotPrint0123456789abcdef"
@@ -251,7 +255,8 @@ def test_rotate_takes_no_secret_on_the_command_line() -> None:
     """The key is read from stdin or a file: no option or argument could carry it."""
     options = {opt for action in subparser("rotate")._actions for opt in action.option_strings}
     assert options == {"-h", "--help", "--kubeconfig", "--context", "-n", "--namespace",
-                       "--from-file", "--timeout", "--no-wait"}  # fmt: skip
+                       "--as", "--as-group", "--from-file", "--timeout", "--no-wait",
+                       "--gitops", "-o", "--output"}  # fmt: skip
     positionals = [a.dest for a in subparser("rotate")._actions if not a.option_strings]
     assert positionals == ["name"]
 
@@ -263,7 +268,9 @@ def test_rotate_takes_no_secret_on_the_command_line() -> None:
         ["rotate", "cred", "--secret", SENTINEL],
         ["rotate"],
         ["list", "extra"],
+        ["list", "-o", "table"],
         ["usage"],
+        ["completion", "tcsh"],
         ["bogus"],
         [],
     ],
@@ -278,6 +285,23 @@ def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) 
         assert "never from the command line" in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["rotate", "cred", "-o", "yaml"], "cloudcred: -o: only with --gitops"),
+        (["rotate", "cred", "--gitops", "-o", SENTINEL], "cloudcred: -o: choose yaml or json"),
+        (["list", "--as-group", "team"], "cloudcred: --as-group needs --as"),
+    ],
+)
+def test_flag_combinations_exit_2_without_echo(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message)
+    assert SENTINEL not in err
+
+
 def test_bad_timeout_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rotate", "cred", "--timeout", "10 minutes"]) == 2
     assert capsys.readouterr().err.startswith("cloudcred: --timeout: not a duration")
@@ -288,7 +312,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert raised.value.code == 0
     out = capsys.readouterr().out
-    for command in ("run", "crds", "list", "usage", "rotate"):
+    for command in ("run", "crds", "list", "usage", "rotate", "completion"):
         assert re.search(rf"^\s+{command}\s", out, re.MULTILINE), command
 
 
@@ -296,7 +320,9 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     ("command", "expected"),
     [
         ("list", ["KEY OR ROLE", "UNUSED SINCE", "-A, --all-namespaces", "exit codes"]),
-        ("usage", ["UP TO DATE", "exit codes"]),
+        ("list", ["-o wide adds", "jq -r", "--as USER", "--as-group GROUP"]),
+        ("usage", ["UP TO DATE", "exit codes", "-A, --all-namespaces", "cluster-wide"]),
+        ("completion", ["source <(cloudcred completion bash)", "exit codes"]),
         ("rotate", ["aws iam create-access-key", "SCW_SECRET_KEY", "az ad app credential reset",
                     '"type": "service_account"', "3  timed out", "never from the command line"]),
     ],
@@ -620,3 +646,150 @@ def test_tables_have_no_trailing_blanks(capsys: pytest.CaptureFixture[str]) -> N
     views.print_table(["NAME", "KEY OR ROLE"], [["a[b]", "x" * 300], ["long-name", "y"]])
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["NAME        KEY OR ROLE", f"a[b]        {'x' * 300}", "long-name   y"]
+
+
+def test_wide_adds_columns_after_the_default_ones() -> None:
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    cred = {
+        "metadata": {"namespace": "acme", "name": "aws-prod"},
+        "spec": AWS_SPEC,
+        "status": {"revision": "v2-abc", "identity": "arn:aws:iam::123456789012:user/d",
+                   "conditions": [{"type": "Ready", "status": "False", "reason": "Stalled"}]},
+    }  # fmt: skip
+    headers, rows = views.list_rows([cred], now, with_namespace=False, wide=True)
+    assert headers[-5:] == ["ROLLOUT", "READY", "REVISION", "SECRET", "IDENTITY"]
+    assert rows[0][-4:] == ["False (Stalled)", "v2-abc", "aws-keys",
+                            "arn:aws:iam::123456789012:user/d"]  # fmt: skip
+    role = {"metadata": {"namespace": "a", "name": "r"},
+            "spec": {"provider": "AWS", "aws": {"roleArn": "arn:aws:iam::1:role/r"}}}  # fmt: skip
+    assert views.list_rows([role], now, False, wide=True)[1][0][-2:] == ["-", "-"]
+
+
+def test_json_and_yaml_are_a_kubectl_list() -> None:
+    item = {"metadata": {"namespace": "acme", "name": "a"}, "spec": {"provider": "GCP"}}
+    managed = {**item, "metadata": {**item["metadata"], "managedFields": [{"manager": "k"}]}}
+    document = output.as_list([managed], "CloudCredential")
+    assert document == {
+        "apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""},
+        "items": [{"apiVersion": "cloudcred.io/v1alpha1", "kind": "CloudCredential", **item}],
+    }  # fmt: skip
+    assert json.loads(output.render(document, "json")) == document
+    assert output.render(document, "json").startswith('{\n    "apiVersion": "v1",')
+    assert yaml.safe_load(output.render(document, "yaml")) == document
+    assert output.names([item], "CloudCredential") == "cloudcredential.cloudcred.io/a\n"
+
+
+def test_usage_names_namespaces_it_could_not_read() -> None:
+    listed = [{"namespace": "team", "name": "b"}, {"namespace": "acme", "name": "a"}]
+    cred = {"metadata": {"namespace": "acme", "name": "p"},
+            "status": {"revision": "v1", "clusterCount": 2, "clusters": listed}}  # fmt: skip
+    assert views.usage_namespaces(cred) == ["acme", "team"]
+    seen = {"metadata": {"namespace": "acme", "name": "a"}, "spec": {}, "status": {}}
+    view = views.usage_view(cred, [seen], hidden=["team"])
+    assert view.header.endswith("0 of 2 clusters on the current revision "
+                                "(1 not shown: no access to Clusters in team)")  # fmt: skip
+
+
+def test_field_selector_fallback_filters_by_reference() -> None:
+    def cluster(name: str, ref: str | None) -> dict[str, Any]:
+        spec = {"credentialRef": {"name": ref}} if ref else {}
+        return {"metadata": {"name": name}, "spec": spec}
+
+    found = api.referencing_clusters(
+        [cluster("a", "p"), cluster("b", "q"), cluster("c", None)], "p"
+    )
+    assert [c["metadata"]["name"] for c in found] == ["a"]
+
+
+# --- rotate --gitops --------------------------------------------------------------------------
+
+
+def test_gitops_manifest_is_the_patched_spec_without_server_fields() -> None:
+    credential = {
+        "apiVersion": "cloudcred.io/v1alpha1", "kind": "CloudCredential",
+        "metadata": {
+            "name": "cred", "namespace": "acme", "uid": "u-1", "resourceVersion": "7",
+            "generation": 3, "finalizers": ["cloudcred.io/finalizer"],
+            "labels": {"team": "a"},
+            "annotations": {"kopf.cloudcred.io/last-handled-configuration": "{}",
+                            "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                            "cloudcred.io/rollout-paused": "true"},
+            "managedFields": [{}],
+        },
+        "spec": {**AWS_SPEC, "verification": {"enabled": True}},
+        "status": {"revision": "v2-a"},
+    }  # fmt: skip
+    target = keys.rotation_target("acme", "cred", credential["spec"])
+    manifest = rotate.gitops_manifest(credential, target, "cred-20261122000000", aws_key())
+    assert manifest == {
+        "apiVersion": "cloudcred.io/v1alpha1", "kind": "CloudCredential",
+        "metadata": {"name": "cred", "namespace": "acme", "labels": {"team": "a"},
+                     "annotations": {"cloudcred.io/rollout-paused": "true"}},
+        "spec": {"provider": "AWS", "verification": {"enabled": True}, "aws": {
+            "accessKeyId": "AKIANEWNEWNEWNEWNEW1",
+            "secretAccessKeyRef": {"name": "cred-20261122000000", "key": "secretAccessKey"}}},
+    }  # fmt: skip
+    assert credential["spec"]["aws"]["accessKeyId"] == "AKIAOLDOLDOLDOLDOLD1"  # not mutated
+    assert rotate.changed_fields(target, "cred-20261122000000", aws_key()) == [
+        "spec.aws.secretAccessKeyRef.name: aws-keys -> cred-20261122000000",
+        "spec.aws.accessKeyId: AKIAOLDOLDOLDOLDOLD1 -> AKIANEWNEWNEWNEWNEW1",
+    ]
+
+
+def test_merge_patch_follows_rfc_7386() -> None:
+    assert rotate.merge_patch({"a": {"b": 1, "c": 2}, "d": [1]}, {"a": {"b": None, "e": 3},
+                              "d": [2]}) == {"a": {"c": 2, "e": 3}, "d": [2]}  # fmt: skip
+    assert rotate.merge_patch({"a": 1}, {"a": {"b": 2}}) == {"a": {"b": 2}}
+
+
+# --- completion -------------------------------------------------------------------------------
+
+
+def completed(*words: str) -> list[str]:
+    return completion.complete(_parser(), list(words)).splitlines()
+
+
+def test_completion_offers_commands_flags_and_values() -> None:
+    assert completed("") == ["words", "run", "crds", "list", "usage", "rotate", "trust-policy",
+                             "completion"]  # fmt: skip
+    assert completed("u") == ["words", "usage"]
+    assert completed("list", "--a") == ["words", "--all-namespaces", "--as", "--as-group"]
+    assert completed("list", "-o", "") == ["words", "json", "yaml", "wide", "name"]
+    assert completed("list", "--output=y") == ["words", "yaml"]
+    assert completed("rotate", "x", "-o", "") == ["words", "yaml", "json"]
+    assert completed("trust-policy", "x", "--output", "c") == ["words", "cloudformation"]
+    assert completed("completion", "") == ["words", "bash", "zsh", "fish"]
+    assert completed("rotate", "x", "--from-file", "") == ["files"]
+    assert completed("list", "--kubeconfig=") == ["files"]
+    assert completed("usage", "name", "") == ["words"]  # NAME given: nothing more
+
+
+def test_completion_looks_up_contexts_and_stays_quiet_without_a_cluster(tmp_path: Any) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "one",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": n, "context": {"cluster": "c", "user": "u"}} for n in ("one", "two")],
+    }))  # fmt: skip
+    assert completed("list", "--kubeconfig", str(kubeconfig), "--context", "") == [
+        "words", "one", "two"]  # fmt: skip
+    # Port 1 refuses: no candidates, no error.
+    assert completed("usage", "--kubeconfig", str(kubeconfig), "") == ["words"]
+
+
+def test_scripts_name_both_commands() -> None:
+    for shell in completion.SHELLS:
+        text = completion.script(shell)
+        assert "__complete" in text
+        assert "kubectl-cloudcred" in text
+
+
+def test_kubectl_plugin_completion_speaks_cobra(capsys: pytest.CaptureFixture[str]) -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, function = scripts["kubectl_complete-cloudcred"].partition(":")
+    assert getattr(importlib.import_module(module), function) is completion.kubectl_plugin
+    assert completion.kubectl_plugin(["list", "-o", "w"]) == 0
+    assert capsys.readouterr().out == "wide\n:4\n"  # 4: no file names
+    completion.kubectl_plugin(["rotate", "x", "--from-file", ""])
+    assert capsys.readouterr().out == ":0\n"  # 0: the shell's file names

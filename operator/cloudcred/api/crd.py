@@ -124,6 +124,9 @@ def _crd(
     }
     if status is not None:
         properties["status"] = structural_schema(status)
+        # An object the operator has not looked at yet reads as not observed (generation
+        # 0): kstatus then says InProgress, not Current, and Flux waits for the operator.
+        properties["status"]["default"] = {"observedGeneration": 0}
     root = {
         "type": "object",
         "description": description,

@@ -1,5 +1,5 @@
-"""The command-line companion: ``cloudcred list | usage | rotate | trust-policy`` (also
-``kubectl cloudcred``).
+"""The command-line companion: ``cloudcred list | usage | rotate | trust-policy |
+completion`` (also ``kubectl cloudcred``).
 
 ``add_commands`` puts the subcommands on the ``cloudcred`` parser; ``run_command`` runs
 one and turns every failure into one ``cloudcred: ...`` line on stderr and an exit code.
@@ -10,11 +10,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from cloudcred.cli.completion import SHELLS
 from cloudcred.cli.errors import CliError
+from cloudcred.cli.output import LISTING_FORMATS
 
-COMMANDS = ("list", "usage", "rotate", "trust-policy")
+if TYPE_CHECKING:  # the API client is imported only by commands that use it
+    from cloudcred.cli import api
+
+COMMANDS = ("list", "usage", "rotate", "trust-policy", "completion")
 
 EXIT_CODES = """\
 exit codes:
@@ -35,14 +40,37 @@ Lists CloudCredentials with what matters day to day:
   UNUSED SINCE  when the last bound cluster went away
   ROLLOUT       clusters on the current revision / bound clusters
 
+-o wide adds READY, REVISION, SECRET (the Secret holding the key) and IDENTITY;
+-o json and -o yaml print the CloudCredentials as a List, as kubectl get does;
+-o name prints cloudcredential.cloudcred.io/NAME lines.
+
+examples:
+  cloudcred list -A -o json | jq -r '.items[] | select(.status.clusterCount == 0)
+      | "\\(.metadata.namespace)/\\(.metadata.name)"'
+  cloudcred list -n acme -o wide
+
 """ + EXIT_CODES.format(extra="")
 
 USAGE_HELP = """\
-Shows the clusters bound to a CloudCredential, in every namespace, and whether each
-one is deployed with the credential's current revision:
+Shows the clusters bound to a CloudCredential and whether each one is deployed with
+the credential's current revision:
 
   UP TO DATE    yes: deployed with the current revision; pending: marked for
                 redeploy (or waiting for its first deployment); no: neither
+
+-n names the credential's namespace. Clusters are looked up in that namespace and in
+those the credential's status.clusters names, so rights in those namespaces are
+enough; a namespace you cannot list is reported on stderr and left out. -A looks in
+every namespace with one request, and needs the right to list clusters.cloudcred.io
+cluster-wide.
+
+-o wide adds READY, REDEPLOY (the RedeployPending reason) and LAST DEPLOYED;
+-o json and -o yaml print the bound Clusters as a List; -o name prints
+cluster.cloudcred.io/NAME lines.
+
+examples:
+  cloudcred usage aws-prod -n acme -o json | jq -r '.items[]
+      | "\\(.metadata.namespace)/\\(.metadata.name) \\(.status.deployedRevision)"'
 
 """ + EXIT_CODES.format(extra="")
 
@@ -77,12 +105,18 @@ What it does, in order:
      (N/M clusters on revision R) until every bound cluster uses it, and prints the
      command that deletes the old key at the provider. --no-wait stops after step 2.
 
+With --gitops, step 2 is left to Git: rotate creates the Secret, leaves the
+credential untouched (a GitOps tool with self-heal would revert a patch) and prints
+the CloudCredential with the new fields on stdout (-o yaml, the default, or -o json)
+for a pull request; the changed fields are listed on stderr.
+
 A credential without a key (AWS roleArn, GCP workload identity) has nothing to rotate.
 
 examples:
   aws iam create-access-key --user-name deployer | cloudcred rotate aws-prod -n acme
   cloudcred rotate gcp-staging -n acme --from-file key.json --timeout 30m
   az ad app credential reset --id $APP_ID | kubectl cloudcred rotate azure-prod
+  cloudcred rotate aws-prod -n acme --from-file key.json --gitops > clusters/acme/aws-prod.yaml
 
 """
     + EXIT_CODES.format(extra=",\n     the new key was refused by the provider")
@@ -111,9 +145,25 @@ examples:
 """ + EXIT_CODES.format(extra=", no status.externalId yet")
 
 
-def _kube_options(all_namespaces: bool) -> argparse.ArgumentParser:
+COMPLETION_HELP = """\
+Prints a shell completion script: commands, flags, their values, and the names of
+CloudCredentials, contexts and namespaces looked up as you type (with the
+--kubeconfig, --context, -n and --as given on the line).
+
+  bash  source <(cloudcred completion bash)           # in ~/.bashrc
+  zsh   source <(cloudcred completion zsh)            # in ~/.zshrc, after compinit
+  fish  cloudcred completion fish > ~/.config/fish/completions/cloudcred.fish
+
+The scripts complete both cloudcred and kubectl-cloudcred.
+
+""" + EXIT_CODES.format(extra="")
+
+
+def _kube_options(all_namespaces: bool | str) -> argparse.ArgumentParser:
+    """kubectl's flags, with kubectl's meaning; ``all_namespaces`` is the -A help (True:
+    the default one), or False for commands about one object."""
     parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("cluster access")
+    group = parent.add_argument_group("cluster access (as in kubectl)")
     group.add_argument(
         "--kubeconfig",
         metavar="PATH",
@@ -128,27 +178,60 @@ def _kube_options(all_namespaces: bool) -> argparse.ArgumentParser:
     )
     if all_namespaces:
         group.add_argument(
-            "-A", "--all-namespaces", action="store_true", help="every namespace (wins over -n)"
+            "-A",
+            "--all-namespaces",
+            action="store_true",
+            help="every namespace (wins over -n)" if all_namespaces is True else all_namespaces,
         )
+    group.add_argument(
+        "--as", dest="as_user", metavar="USER", help="impersonate this user (as kubectl --as)"
+    )
+    group.add_argument(
+        "--as-group",
+        dest="as_groups",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="impersonate this group too; repeatable; needs --as",
+    )
+    return parent
+
+
+def _output(default_help: str) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "-o",
+        "--output",
+        choices=LISTING_FORMATS,
+        metavar="FORMAT",
+        help=f"json, yaml, wide or name (default: {default_help})",
+    )
     return parent
 
 
 def add_commands(commands: Any) -> None:
-    """Adds list, usage, rotate and trust-policy to ``commands`` (an argparse subparsers action)."""
+    """Adds list, usage, rotate, trust-policy and completion to ``commands`` (an argparse
+    subparsers action)."""
     raw = argparse.RawDescriptionHelpFormatter
     commands.add_parser(
         "list",
         help="list CloudCredentials: key, clusters, verified, rollout",
         description=LIST_HELP,
         formatter_class=raw,
-        parents=[_kube_options(all_namespaces=True)],
+        parents=[_kube_options(all_namespaces=True), _output("a table")],
     )
     usage = commands.add_parser(
         "usage",
         help="show the clusters that use a CloudCredential",
         description=USAGE_HELP,
         formatter_class=raw,
-        parents=[_kube_options(all_namespaces=False)],
+        parents=[
+            _kube_options(
+                all_namespaces="look for clusters in every namespace (one cluster-wide list); "
+                "-n still names the credential's namespace"
+            ),
+            _output("a table"),
+        ],
     )
     usage.add_argument("name", metavar="NAME", help="the CloudCredential")
     rotate = commands.add_parser(
@@ -173,6 +256,16 @@ def add_commands(commands: Any) -> None:
     rotate.add_argument(
         "--no-wait", action="store_true", help="stop once the credential uses the new Secret"
     )
+    rotate.add_argument(
+        "--gitops",
+        action="store_true",
+        help="create the Secret, leave the credential alone and print it with the new fields "
+        "for a pull request",
+    )
+    rotate.add_argument(
+        "-o", "--output", metavar="FORMAT",
+        help="with --gitops: yaml (default) or json",
+    )  # fmt: skip
 
     trust = commands.add_parser(
         "trust-policy",
@@ -191,6 +284,19 @@ def add_commands(commands: Any) -> None:
         metavar="ARN",
         help="the operator's AWS principal (default: status.operatorPrincipal)",
     )
+    completion = commands.add_parser(
+        "completion",
+        help="print a bash, zsh or fish completion script",
+        description=COMPLETION_HELP,
+        formatter_class=raw,
+    )
+    completion.add_argument("shell", choices=SHELLS, metavar="SHELL", help="bash, zsh or fish")
+
+
+def _access(args: argparse.Namespace) -> api.Access:
+    from cloudcred.cli import api
+
+    return api.Access(args.kubeconfig, args.context, args.as_user, tuple(args.as_groups))
 
 
 def run_command(args: argparse.Namespace, stdin: IO[str] | None = None) -> int:
@@ -208,15 +314,19 @@ def run_command(args: argparse.Namespace, stdin: IO[str] | None = None) -> int:
 def _list(args: argparse.Namespace, stdin: IO[str] | None) -> int:
     from cloudcred.cli import api, views
 
-    kube = api.connect(args.kubeconfig, args.context)
-    return views.list_command(kube, args.namespace or kube.namespace, args.all_namespaces)
+    kube = api.connect(_access(args))
+    return views.list_command(
+        kube, args.namespace or kube.namespace, args.all_namespaces, args.output
+    )
 
 
 def _usage(args: argparse.Namespace, stdin: IO[str] | None) -> int:
     from cloudcred.cli import api, views
 
-    kube = api.connect(args.kubeconfig, args.context)
-    return views.usage_command(kube, args.namespace or kube.namespace, args.name)
+    kube = api.connect(_access(args))
+    return views.usage_command(
+        kube, args.namespace or kube.namespace, args.name, args.all_namespaces, args.output
+    )
 
 
 def _rotate(args: argparse.Namespace, stdin: IO[str] | None) -> int:
@@ -227,9 +337,20 @@ def _rotate(args: argparse.Namespace, stdin: IO[str] | None) -> int:
         timeout = rotate.parse_timeout(args.timeout)
     except argparse.ArgumentTypeError as error:
         raise UsageError(f"--timeout: {error}") from None
-    kube = api.connect(args.kubeconfig, args.context)
+    # Checked here, not by argparse choices: a refused value is never echoed (it could
+    # be a key typed in the wrong place).
+    if args.output is not None and not args.gitops:
+        raise UsageError("-o: only with --gitops (without it, rotate changes the credential)")
+    if args.output is not None and args.output not in rotate.GITOPS_FORMATS:
+        raise UsageError("-o: choose yaml or json")
+    kube = api.connect(_access(args))
     request = rotate.Request(
-        args.namespace or kube.namespace, args.name, args.from_file, timeout, wait=not args.no_wait
+        args.namespace or kube.namespace,
+        args.name,
+        args.from_file,
+        timeout,
+        wait=not args.no_wait,
+        gitops=(args.output or "yaml") if args.gitops else None,
     )
     return rotate.rotate_command(kube, request, sys.stdin if stdin is None else stdin)
 
@@ -237,10 +358,17 @@ def _rotate(args: argparse.Namespace, stdin: IO[str] | None) -> int:
 def _trust_policy(args: argparse.Namespace, stdin: IO[str] | None) -> int:
     from cloudcred.cli import api, trust
 
-    kube = api.connect(args.kubeconfig, args.context)
+    kube = api.connect(_access(args))
     return trust.trust_policy_command(
         kube, args.namespace or kube.namespace, args.name, args.output, args.principal
     )
+
+
+def _completion(args: argparse.Namespace, stdin: IO[str] | None) -> int:
+    from cloudcred.cli import completion
+
+    sys.stdout.write(completion.script(args.shell))
+    return 0
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, IO[str] | None], int]] = {
@@ -248,4 +376,13 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, IO[str] | None], int]] = {
     "usage": _usage,
     "rotate": _rotate,
     "trust-policy": _trust_policy,
+    "completion": _completion,
 }
+
+
+def complete(parser: argparse.ArgumentParser, words: list[str]) -> int:
+    """``cloudcred __complete WORD...``: what the completion scripts call."""
+    from cloudcred.cli import completion
+
+    sys.stdout.write(completion.complete(parser, words))
+    return 0

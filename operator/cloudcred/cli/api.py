@@ -15,7 +15,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from cloudcred.cli.errors import ApiError, CliError, NotFoundError
+from cloudcred.cli.errors import ApiError, CliError, NotFoundError, UsageError
 from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, VERSION
 
 REQUEST_TIMEOUT = 30.0
@@ -40,10 +40,42 @@ def kubeconfig_path(flag: str | None) -> str:
     return flag or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
 
 
-def connect(kubeconfig: str | None, context: str | None) -> Kube:
-    """A client for ``context`` (default: the current one) of the kubeconfig named by the
-    flag, $KUBECONFIG (paths joined with ':' are merged) or ~/.kube/config."""
+@dataclass(frozen=True)
+class Access:
+    """Which cluster, as whom: the kubectl flags every command takes."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    as_user: str | None = None  # --as: impersonate this user
+    as_groups: tuple[str, ...] = ()  # --as-group, repeatable
+
+
+class _Impersonating(client.ApiClient):  # type: ignore[misc]
+    """Adds the Impersonate-User and Impersonate-Group headers to every request, as
+    kubectl --as/--as-group do. One header per group: a plain dict holds one value per
+    name, urllib3's HTTPHeaderDict sends each value as a header of its own."""
+
+    def __init__(self, configuration: client.Configuration, user: str, groups: tuple[str, ...]):
+        super().__init__(configuration=configuration)
+        self.impersonation = [("Impersonate-User", user)]
+        self.impersonation += [("Impersonate-Group", group) for group in groups]
+
+    def request(self, method: str, url: str, query_params: Any = None, headers: Any = None,
+                *args: Any, **kwargs: Any) -> Any:  # fmt: skip
+        merged = urllib3.HTTPHeaderDict(headers or {})
+        for name, value in self.impersonation:
+            merged.add(name, value)
+        return super().request(method, url, query_params, merged, *args, **kwargs)
+
+
+def connect(access: Access) -> Kube:
+    """A client for ``access.context`` (default: the current one) of the kubeconfig named
+    by the flag, $KUBECONFIG (paths joined with ':' are merged) or ~/.kube/config,
+    impersonating ``access.as_user`` when set."""
+    kubeconfig = access.kubeconfig
     path = kubeconfig_path(kubeconfig)
+    if access.as_groups and not access.as_user:
+        raise UsageError("--as-group needs --as: impersonating groups needs a user, as in kubectl")
     if kubeconfig and not os.path.exists(kubeconfig):
         raise CliError(f"kubeconfig {kubeconfig} does not exist")
     try:
@@ -52,13 +84,32 @@ def connect(kubeconfig: str | None, context: str | None) -> Kube:
         raise CliError(
             f"no usable kubeconfig at {path} ({error}): set $KUBECONFIG or pass --kubeconfig"
         ) from None
-    chosen = _context(contexts or [], current, context, path)
+    chosen = _context(contexts or [], current, access.context, path)
+    configuration = client.Configuration()
     try:
-        api = config.new_client_from_config(config_file=path, context=chosen["name"])
+        config.load_kube_config(
+            config_file=path,
+            context=chosen["name"],
+            client_configuration=configuration,
+            persist_config=False,
+        )
     except ConfigException as error:
         raise CliError(f"cannot use context {chosen['name']} of {path}: {error}") from None
+    if access.as_user:
+        api: client.ApiClient = _Impersonating(configuration, access.as_user, access.as_groups)
+    else:
+        api = client.ApiClient(configuration=configuration)
     namespace = (chosen.get("context") or {}).get("namespace") or "default"
     return Kube(api=api, namespace=str(namespace))
+
+
+def contexts(kubeconfig: str | None) -> list[str]:
+    """The context names of the kubeconfig (for shell completion); none when unreadable."""
+    try:
+        found, _ = config.list_kube_config_contexts(config_file=kubeconfig_path(kubeconfig))
+    except (ConfigException, OSError):
+        return []
+    return [str(item.get("name")) for item in found or [] if item.get("name")]
 
 
 def _context(
@@ -81,7 +132,7 @@ def call(what: str, request: Callable[..., _T], *args: Any, **kwargs: Any) -> _T
     try:
         return request(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
     except ApiException as error:
-        raise ApiError(f"{what}: {describe_api_error(error)}") from None
+        raise ApiError(f"{what}: {describe_api_error(error)}", status=error.status) from None
     except urllib3.exceptions.HTTPError as error:
         raise ApiError(f"{what}: cannot reach the API server: {_reason(error)}") from None
 
@@ -117,7 +168,8 @@ def get_credential(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
         if error.status == 404:
             raise NotFoundError(f"CloudCredential {namespace}/{name} not found") from None
         raise ApiError(
-            f"reading CloudCredential {namespace}/{name}: {describe_api_error(error)}"
+            f"reading CloudCredential {namespace}/{name}: {describe_api_error(error)}",
+            status=error.status,
         ) from None
     except urllib3.exceptions.HTTPError as error:
         raise ApiError(f"reading CloudCredential {namespace}/{name}: cannot reach the API "
@@ -137,15 +189,34 @@ def list_credentials(kube: Kube, namespace: str | None) -> list[dict[str, Any]]:
     return list(listing.get("items") or [])
 
 
-def clusters_using(kube: Kube, name: str) -> list[dict[str, Any]]:
-    """Clusters of every namespace whose spec.credentialRef.name is ``name`` (a field
-    selector the Cluster CRD declares)."""
-    listing = call(
-        f"listing Clusters that reference {name}",
-        kube.custom.list_cluster_custom_object,
-        GROUP,
-        VERSION,
-        CLUSTER_PLURAL,
-        field_selector=f"spec.credentialRef.name={name}",
-    )
-    return list(listing.get("items") or [])
+def clusters_using(kube: Kube, name: str, namespace: str | None) -> list[dict[str, Any]]:
+    """Clusters of ``namespace`` (of every namespace when None) whose
+    spec.credentialRef.name is ``name``: a field selector the Cluster CRD declares
+    (selectable fields, Kubernetes 1.31+); an API server that does not know it gets a
+    plain list, filtered here."""
+    where = f" in {namespace}" if namespace else " in every namespace"
+    what = f"listing Clusters that reference {name}{where}"
+    custom = kube.custom
+
+    def listing(**selector: str) -> list[dict[str, Any]]:
+        if namespace is None:
+            found = call(what, custom.list_cluster_custom_object, GROUP, VERSION, CLUSTER_PLURAL,
+                         **selector)  # fmt: skip
+        else:
+            found = call(what, custom.list_namespaced_custom_object, GROUP, VERSION, namespace,
+                         CLUSTER_PLURAL, **selector)  # fmt: skip
+        return list(found.get("items") or [])
+
+    try:
+        return listing(field_selector=f"spec.credentialRef.name={name}")
+    except ApiError as error:
+        if error.status != 400 or "field label not supported" not in error.message:
+            raise
+    return referencing_clusters(listing(), name)
+
+
+def referencing_clusters(items: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """What the field selector spec.credentialRef.name=``name`` selects."""
+    return [
+        c for c in items if ((c.get("spec") or {}).get("credentialRef") or {}).get("name") == name
+    ]

@@ -30,7 +30,12 @@ class NotFoundError(CliError):
 
 
 class ApiError(CliError):
-    """The API server refused a request or could not be reached: exit 1."""
+    """The API server refused a request or could not be reached: exit 1. ``status`` is
+    the HTTP status of a refusal (None when the server could not be reached)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TimedOutError(CliError):

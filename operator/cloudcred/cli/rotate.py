@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import copy
 import json
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from kubernetes.client.rest import ApiException
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from cloudcred.cli import api
+from cloudcred.cli import api, output
 from cloudcred.cli.errors import ApiError, CliError, TimedOutError, UsageError
 from cloudcred.cli.keys import (
     NewKey,
@@ -41,6 +43,11 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "cloudcred-cli"}
 TRANSIENT_REASONS = {"ProviderUnreachable", "SecretNotFound"}
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+GITOPS_FORMATS = ("yaml", "json")
+# Metadata that is the server's or the operator's, not the author's: left out of the
+# manifest --gitops prints.
+_SERVER_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+_OPERATOR_ANNOTATION_PREFIX = "kopf.cloudcred.io/"
 _AWS_USER = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:user/(?:.*/)?([^/]+)$")
 
 
@@ -396,6 +403,18 @@ def done_message(target: Target, rollout: Rollout, old: OldKey, others: list[str
     return "\n".join(lines)
 
 
+def gitops_message(target: Target, secret_name: str, key: NewKey, old: OldKey) -> str:
+    changes = "".join(f"\n  {line}" for line in changed_fields(target, secret_name, key))
+    return (
+        f"Created Secret {target.namespace}/{secret_name} (owned by the credential). "
+        f"CloudCredential {target.namespace}/{target.name} is unchanged on the server: "
+        f"commit the manifest printed on stdout, which changes:{changes}\n"
+        f"Once it is synced, follow the rollout with `cloudcred usage {target.name} -n "
+        f"{target.namespace}` and delete the old key {old.description} only when every "
+        "cluster is on the new revision."
+    )
+
+
 def referencing(items: list[dict[str, Any]], target: Target) -> list[str]:
     """Other credentials of the namespace that reference the old Secret."""
     names = []
@@ -410,6 +429,55 @@ def referencing(items: list[dict[str, Any]], target: Target) -> list[str]:
     return names
 
 
+def merge_patch(document: Any, patch: Any) -> Any:
+    """``document`` with the JSON merge patch ``patch`` applied (RFC 7386), as the API
+    server applies it."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    merged = copy.deepcopy(document) if isinstance(document, dict) else {}
+    for field, value in patch.items():
+        if value is None:
+            merged.pop(field, None)
+        else:
+            merged[field] = merge_patch(merged.get(field), value)
+    return merged
+
+
+def gitops_manifest(
+    credential: dict[str, Any], target: Target, secret_name: str, key: NewKey
+) -> dict[str, Any]:
+    """The CloudCredential as its author would commit it after the rotation: the spec the
+    switch patch would give, the author's labels and annotations, nothing the server or
+    the operator wrote (status, uid, resourceVersion, finalizers, bookkeeping)."""
+    metadata = credential["metadata"]
+    kept: dict[str, Any] = {"name": metadata["name"], "namespace": metadata["namespace"]}
+    if metadata.get("labels"):
+        kept["labels"] = dict(metadata["labels"])
+    annotations = {
+        name: value
+        for name, value in (metadata.get("annotations") or {}).items()
+        if name not in _SERVER_ANNOTATIONS and not name.startswith(_OPERATOR_ANNOTATION_PREFIX)
+    }
+    if annotations:
+        kept["annotations"] = annotations
+    patch = switch_patch(target, secret_name, key, "")
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "CloudCredential",
+        "metadata": kept,
+        "spec": merge_patch(credential.get("spec") or {}, patch["spec"]),
+    }
+
+
+def changed_fields(target: Target, secret_name: str, key: NewKey) -> list[str]:
+    """``spec.aws.accessKeyId: OLD -> NEW`` lines: what the manifest changes."""
+    prefix = f"spec.{target.block}"
+    lines = [f"{prefix}.{target.ref_field}.name: {target.secret_name} -> {secret_name}"]
+    if target.public_field and key.public_id:
+        lines.append(f"{prefix}.{target.public_field}: {target.public_id} -> {key.public_id}")
+    return lines
+
+
 @dataclass(frozen=True)
 class Request:
     namespace: str
@@ -417,6 +485,7 @@ class Request:
     from_file: str | None
     timeout: float
     wait: bool
+    gitops: str | None = None  # print the manifest in this format instead of patching
 
 
 def rotate_command(kube: api.Kube, request: Request, stdin: IO[str] | None) -> int:
@@ -440,6 +509,11 @@ def _rotate(
     check_new(target, key, old)
     secret_name = new_secret_name(target.name, datetime.now(UTC))
     create_secret(kube, secret_body(target, credential["metadata"]["uid"], secret_name, key))
+    if request.gitops:
+        manifest = gitops_manifest(credential, target, secret_name, key)
+        sys.stdout.write(output.render(manifest, request.gitops))
+        print(gitops_message(target, secret_name, key, old), file=sys.stderr)
+        return 0
     try:
         patched = switch(kube, target, credential, secret_name, key)
     except CliError:

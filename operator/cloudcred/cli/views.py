@@ -11,7 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cloudcred.cli import api
+from cloudcred.cli import api, output
+from cloudcred.cli.errors import ApiError
 
 # Wide enough never to wrap: long lines are the terminal's business, as with kubectl.
 _WIDTH = 10_000
@@ -26,6 +27,12 @@ LIST_HEADERS = [
     "ROLLOUT",
 ]
 USAGE_HEADERS = ["NAMESPACE", "NAME", "REGION", "DEPLOY", "DEPLOYED REVISION", "UP TO DATE"]
+# -o wide: what `kubectl get -o wide` would add, the columns after the default ones.
+LIST_WIDE_HEADERS = ["READY", "REVISION", "SECRET", "IDENTITY"]
+USAGE_WIDE_HEADERS = ["READY", "REDEPLOY", "LAST DEPLOYED"]
+# Past this many namespaces (or when status.clusters is capped), usage tries one
+# cluster-wide list before one list per namespace.
+PER_NAMESPACE_LISTS = 10
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -35,13 +42,27 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return None
 
 
-def verified_cell(obj: dict[str, Any]) -> str:
+def condition_cell(obj: dict[str, Any], type_: str) -> str:
     """``True``, or the status with its reason: ``False (InvalidCredentials)``."""
-    found = condition(obj, "Verified")
+    found = condition(obj, type_)
     if not found:
         return "-"
     status = str(found.get("status", "Unknown"))
     return status if status == "True" else f"{status} ({found.get('reason', '')})"
+
+
+def verified_cell(obj: dict[str, Any]) -> str:
+    return condition_cell(obj, "Verified")
+
+
+def secret_cell(spec: dict[str, Any]) -> str:
+    """The Secret the credential's key is read from (``-`` for a role)."""
+    for block, field in (("aws", "secretAccessKeyRef"), ("gcp", "serviceAccountKeyRef"),
+                         ("azure", "clientSecretRef"), ("scaleway", "secretKeyRef")):  # fmt: skip
+        ref = (spec.get(block) or {}).get(field)
+        if isinstance(ref, dict) and ref.get("name"):
+            return str(ref["name"])
+    return "-"
 
 
 def key_age_cell(status: dict[str, Any], now: datetime) -> str:
@@ -66,7 +87,9 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def credential_row(obj: dict[str, Any], now: datetime, with_namespace: bool) -> list[str]:
+def credential_row(
+    obj: dict[str, Any], now: datetime, with_namespace: bool, wide: bool = False
+) -> list[str]:
     metadata, status = obj.get("metadata") or {}, obj.get("status") or {}
     count = status.get("clusterCount")
     row = [
@@ -79,15 +102,26 @@ def credential_row(obj: dict[str, Any], now: datetime, with_namespace: bool) -> 
         str(status.get("unusedSince") or "-"),
         rollout_cell(status),
     ]
+    if wide:
+        row += [
+            condition_cell(obj, "Ready"),
+            str(status.get("revision") or "-"),
+            secret_cell(obj.get("spec") or {}),
+            str(status.get("identity") or "-"),
+        ]
     return [str(metadata.get("namespace", "")), *row] if with_namespace else row
 
 
+def by_name(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(items, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
+
+
 def list_rows(
-    items: list[dict[str, Any]], now: datetime, with_namespace: bool
+    items: list[dict[str, Any]], now: datetime, with_namespace: bool, wide: bool = False
 ) -> tuple[list[str], list[list[str]]]:
-    headers = ["NAMESPACE", *LIST_HEADERS] if with_namespace else LIST_HEADERS
-    ordered = sorted(items, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
-    return headers, [credential_row(obj, now, with_namespace) for obj in ordered]
+    headers = [*LIST_HEADERS, *(LIST_WIDE_HEADERS if wide else [])]
+    headers = ["NAMESPACE", *headers] if with_namespace else headers
+    return headers, [credential_row(obj, now, with_namespace, wide) for obj in by_name(items)]
 
 
 @dataclass(frozen=True)
@@ -125,30 +159,47 @@ def up_to_date_cell(cluster: dict[str, Any], revision: str | None) -> str:
     return "pending" if pending and pending.get("status") == "True" else "no"
 
 
-def usage_view(credential: dict[str, Any], clusters: list[dict[str, Any]]) -> Usage:
+def usage_view(
+    credential: dict[str, Any],
+    clusters: list[dict[str, Any]],
+    wide: bool = False,
+    hidden: Sequence[str] = (),
+) -> Usage:
+    """``hidden``: namespaces whose Clusters could not be listed (no access)."""
     metadata, status = credential["metadata"], credential.get("status") or {}
     revision = status.get("revision")
     rows = []
     for cluster in clusters:
         spec, cluster_status = cluster.get("spec") or {}, cluster.get("status") or {}
-        rows.append(
-            [
-                cluster["metadata"]["namespace"],
-                cluster["metadata"]["name"],
-                str(spec.get("region", "-")),
-                str(spec.get("deploy") or "Operator"),
-                str(cluster_status.get("deployedRevision") or "-"),
-                up_to_date_cell(cluster, revision),
+        row = [
+            cluster["metadata"]["namespace"],
+            cluster["metadata"]["name"],
+            str(spec.get("region", "-")),
+            str(spec.get("deploy") or "Operator"),
+            str(cluster_status.get("deployedRevision") or "-"),
+            up_to_date_cell(cluster, revision),
+        ]
+        if wide:
+            pending = condition(cluster, "RedeployPending") or {}
+            row += [
+                condition_cell(cluster, "Ready"),
+                str(pending.get("reason") or "-"),
+                str(cluster_status.get("lastDeployedTime") or "-"),
             ]
-        )
-    updated = sum(1 for row in rows if row[-1] == "yes")
+        rows.append(row)
+    updated = sum(1 for row in rows if row[5] == "yes")
     total = max(len(rows), int(status.get("clusterCount") or 0))
     header = (
         f"CloudCredential {metadata['namespace']}/{metadata['name']}, revision "
         f"{revision or '-'}: {updated} of {total} clusters on the current revision"
     )
     if len(rows) < total:
-        header += f" ({total - len(rows)} not shown: see status.clustersTruncated)"
+        why = (
+            f"no access to Clusters in {', '.join(hidden)}"
+            if hidden
+            else "see status.clustersTruncated"
+        )
+        header += f" ({total - len(rows)} not shown: {why})"
     return Usage(header, rows)
 
 
@@ -165,21 +216,87 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     sys.stdout.write("".join(line.rstrip() + "\n" for line in capture.get().splitlines()))
 
 
-def list_command(kube: api.Kube, namespace: str, all_namespaces: bool) -> int:
+def list_command(kube: api.Kube, namespace: str, all_namespaces: bool, out: str | None) -> int:
     items = api.list_credentials(kube, None if all_namespaces else namespace)
+    if out in ("json", "yaml"):
+        sys.stdout.write(output.render(output.as_list(by_name(items), "CloudCredential"), out))
+        return 0
+    if out == "name":
+        sys.stdout.write(output.names(by_name(items), "CloudCredential"))
+        return 0
     if not items:
         where = "any namespace" if all_namespaces else f"namespace {namespace}"
         print(f"No CloudCredentials in {where}.", file=sys.stderr)
         return 0
-    headers, rows = list_rows(items, datetime.now(UTC), all_namespaces)
+    headers, rows = list_rows(items, datetime.now(UTC), all_namespaces, wide=out == "wide")
     print_table(headers, rows)
     return 0
 
 
-def usage_command(kube: api.Kube, namespace: str, name: str) -> int:
+def usage_namespaces(credential: dict[str, Any]) -> list[str]:
+    """Where the bound clusters are: the credential's namespace, then the namespaces
+    status.clusters names."""
+    own = str(credential["metadata"]["namespace"])
+    listed = {
+        str(c.get("namespace")) for c in (credential.get("status") or {}).get("clusters") or []
+    }
+    return [own, *sorted(listed - {own, "None"})]
+
+
+def find_clusters(
+    kube: api.Kube, credential: dict[str, Any], all_namespaces: bool
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The Clusters that reference the credential, and the namespaces that could not be
+    listed. With ``all_namespaces``, one cluster-wide list (a refusal is the command's
+    error); otherwise one list per namespace where bound clusters are, so that a tenant
+    with rights in those namespaces only sees what it may see."""
+    name = str(credential["metadata"]["name"])
+    if all_namespaces:
+        try:
+            return api.clusters_using(kube, name, None), []
+        except ApiError as error:
+            if error.status == 403:
+                error.message += (
+                    "; -A needs the right to list clusters.cloudcred.io in every namespace: "
+                    "without -A, usage lists the credential's namespace and those its "
+                    "status.clusters names"
+                )
+            raise
+    namespaces = usage_namespaces(credential)
+    truncated = bool((credential.get("status") or {}).get("clustersTruncated"))
+    if truncated or len(namespaces) > PER_NAMESPACE_LISTS:
+        try:
+            return api.clusters_using(kube, name, None), []
+        except ApiError as error:
+            if error.status != 403:
+                raise
+    found, hidden = [], []
+    for namespace in namespaces:
+        try:
+            found += api.clusters_using(kube, name, namespace)
+        except ApiError as error:
+            if error.status != 403:
+                raise
+            print(f"cloudcred: warning: {error.message}", file=sys.stderr)
+            hidden.append(namespace)
+    return found, hidden
+
+
+def usage_command(
+    kube: api.Kube, namespace: str, name: str, all_namespaces: bool, out: str | None
+) -> int:
     credential = api.get_credential(kube, namespace, name)
-    view = usage_view(credential, bound_clusters(credential, api.clusters_using(kube, name)))
+    candidates, hidden = find_clusters(kube, credential, all_namespaces)
+    clusters = bound_clusters(credential, candidates)
+    if out in ("json", "yaml"):
+        sys.stdout.write(output.render(output.as_list(clusters, "Cluster"), out))
+        return 0
+    if out == "name":
+        sys.stdout.write(output.names(clusters, "Cluster"))
+        return 0
+    wide = out == "wide"
+    view = usage_view(credential, clusters, wide=wide, hidden=hidden)
     print(view.header)
     if view.rows:
-        print_table(USAGE_HEADERS, view.rows)
+        print_table([*USAGE_HEADERS, *(USAGE_WIDE_HEADERS if wide else [])], view.rows)
     return 0
