@@ -10,6 +10,7 @@ LOCAL := .local
 HELM_VERSION ?= v4.3.1
 HELM := $(LOCAL)/bin/helm
 KIND_VERSION ?= v0.33.0
+ACTIONLINT_VERSION ?= v1.7.12
 IMAGE_REPO ?= ghcr.io/cloudcred/cloudcred
 IMAGE_TAG ?= 0.1.0
 IMAGE ?= $(IMAGE_REPO):$(IMAGE_TAG)
@@ -50,6 +51,14 @@ kind: ## Build kind (KIND_VERSION) from Go modules into .local/bin, if absent (f
 	@if [ "$$(kind version -q 2>/dev/null)" != "$(KIND_VERSION)" ]; then \
 	  GOBIN=$(CURDIR)/$(LOCAL)/bin CGO_ENABLED=0 go install sigs.k8s.io/kind@$(KIND_VERSION); fi
 
+.PHONY: actionlint
+actionlint: ## Build actionlint (ACTIONLINT_VERSION) from Go modules into .local/bin, if absent.
+	@if [ "$$($(LOCAL)/bin/actionlint -version 2>/dev/null | head -1)" != "$(ACTIONLINT_VERSION)" ]; then \
+	  echo "building actionlint $(ACTIONLINT_VERSION) into $(LOCAL)/bin"; \
+	  GOBIN=$(CURDIR)/$(LOCAL)/bin CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
+	    github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION); \
+	fi
+
 .PHONY: cluster-up
 cluster-up: envtest ## Start the local control plane in the background, install the CRDs.
 	$(PY) -m tests.envtest up $(LOCAL)
@@ -59,11 +68,39 @@ cluster-down: ## Stop the local control plane started by cluster-up.
 	$(PY) -m tests.envtest down $(LOCAL)
 
 .PHONY: crds
-crds: install ## Regenerate crds/ from the pydantic models in operator/cloudcred/api.
+crds: install ## Regenerate crds/ from the pydantic models in operator/cloudcred/api (and the chart's copies).
 	$(PY) -m cloudcred.api.crd crds
+	$(PY) -m cloudcred.api.docs crds docs/api.md
+	$(MAKE) --no-print-directory chart-files
+
+# The chart carries real copies (Flux packages a chart from Git without following
+# symbolic links); tests/unit/test_chart_files.py keeps them identical.
+CHART_DIR := charts/cloudcred
+.PHONY: chart-files
+chart-files: ## Copy crds/, deploy/admission/ and kopf's peering CRDs into the chart.
+	@for pair in crds:files/crds deploy/admission:files/admission; do \
+	  rm -rf "$(CHART_DIR)/$${pair#*:}" && cp -R "$${pair%%:*}" "$(CHART_DIR)/$${pair#*:}"; done
+	@mkdir -p $(CHART_DIR)/crds && cp deploy/peering/crds.yaml $(CHART_DIR)/crds/kopf-peering.yaml
+
+.PHONY: docs
+docs: install ## Regenerate docs/api.md (the API reference) from crds/.
+	$(PY) -m cloudcred.api.docs crds docs/api.md
+
+# The image installs exactly these pins (pip --require-hashes); pins stay until
+# `make lock LOCK_ARGS=--upgrade` (or --upgrade-package NAME) moves them.
+LOCK_ARGS ?=
+.PHONY: lock
+lock: install ## Pin the image's Python dependencies with hashes into requirements/ (pip-compile).
+	@mkdir -p requirements
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url \
+	  --no-emit-find-links --extra gcp --extra azure --extra scaleway $(LOCK_ARGS) \
+	  --output-file requirements/image.txt pyproject.toml
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url \
+	  --no-emit-find-links --allow-unsafe --only-build-deps --all-build-deps $(LOCK_ARGS) \
+	  --output-file requirements/image-build.txt pyproject.toml
 
 .PHONY: test
-test: envtest helm ## Run the test suite (starts its own control plane, or uses CLOUDCRED_TEST_KUBECONFIG).
+test: envtest helm actionlint ## Run the test suite (starts its own control plane, or uses CLOUDCRED_TEST_KUBECONFIG).
 	$(PY) -m pytest
 
 .PHONY: lint

@@ -38,3 +38,22 @@ app.kubernetes.io/part-of: cloudcred
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/* The operator image: repository@digest when image.digest is set, else repository:tag. */}}
+{{- define "cloudcred.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the replicas elect an active one through kopf's peering (replicaCount > 1). */}}
+{{- define "cloudcred.peering" -}}
+{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- end }}
+
+{{/* The kopf peering object's name. */}}
+{{- define "cloudcred.peeringName" -}}
+{{- default (include "cloudcred.fullname" .) .Values.peering.name }}
+{{- end }}
