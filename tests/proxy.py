@@ -6,8 +6,10 @@ a server (the API server, moto) on 127.0.0.1 and can stop answering.
   dropped: nothing reaches either end, not even a close); new connections are accepted
   and forward nothing. ``forward()``: new connections forward again.
 - ``hold``: with it, the proxy reads the client's requests as HTTP/1.1 and asks
-  ``hold(head)`` (the request line and headers) how many seconds to keep each one
-  before passing it on (a slow LIST, a slow provider call). Answers pass unchanged.
+  ``hold(head)`` (the request line and headers; with ``hold_bodies``, the body after them)
+  how many seconds to keep each one before passing it on (a slow LIST, a slow provider
+  call); a negative answer drops the request and closes the connection (a request that
+  never arrived). Answers pass unchanged.
 - ``tls``: the proxy ends TLS itself (with a certificate the client trusts) and opens
   its own TLS connection to the server (with a client certificate), so ``hold`` can
   read requests to the API server. Without it, TLS passes through untouched.
@@ -81,6 +83,7 @@ class LoopbackProxy:
     upstream_port: int
     tls: Tls | None = None
     hold: Callable[[str], float] | None = None
+    hold_bodies: bool = False
     lifetime: float = 900.0
     port: int = 0
     # Request lines seen (with hold), and connections accepted: (monotonic time, text).
@@ -247,7 +250,9 @@ class LoopbackProxy:
                 length = int(headers.get("content-length") or 0)
                 body = await source.readexactly(length) if length else b""
                 self.requests.append((time.monotonic(), text.split("\r\n", 1)[0]))
-                delay = self.hold(text)
+                delay = self.hold(text + body.decode("latin-1") if self.hold_bodies else text)
+                if delay < 0:
+                    break  # dropped: the connection closes below
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if connection.dead:

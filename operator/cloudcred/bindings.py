@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudcred import conditions
+from cloudcred import conditions, rotation
 from cloudcred.api.credential import MAX_LISTED_CLUSTERS
 from cloudcred.constants import (
     API_VERSION,
@@ -83,7 +83,9 @@ class CredentialInfo:
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> CredentialInfo:
-        spec, status = body.get("spec") or {}, body.get("status") or {}
+        status = body.get("status") or {}
+        # The key in effect: a rotated key (status.rotation) in place of the spec's own.
+        spec = rotation.effective_spec(body.get("spec") or {}, status)
         block = spec.get(str(spec.get("provider", "")).lower()) or {}
         secrets = sorted({
             ref["name"] for field, ref in block.items()

@@ -74,6 +74,12 @@ class Settings(BaseModel):
     key_age_limit_days: int = Field(
         default=90, ge=1, description="Static keys older than this get RotationRecommended."
     )
+    key_expiry_warning_days: int = Field(
+        default=30,
+        ge=1,
+        description="A static key the provider stops accepting within this many days gets "
+        "RotationRecommended with reason ExpiringSoon.",
+    )
     aws_region: str = Field(default="us-east-1", description="Region for STS and IAM calls.")
     operator_namespace: str | None = Field(
         default=None,
@@ -110,8 +116,18 @@ class Settings(BaseModel):
         default="https://oauth2.googleapis.com/token",
         description="The only OAuth token endpoint GCP keys may use.",
     )
+    gcp_iam_url: str = Field(
+        default="https://iam.googleapis.com",
+        description="The GCP IAM API that rotates service-account keys.",
+    )
     azure_authority_host: str | None = Field(
         default=None, description="Microsoft Entra authority host; default: the library's."
+    )
+    azure_graph_url: str = Field(
+        default="https://graph.microsoft.com",
+        description="Microsoft Graph URL for rotating Azure client secrets (its token "
+        "scope is this URL's /.default).",
+        pattern=r"^https://[^/?#\s]+/?$",
     )
     scaleway_api_url: str | None = Field(
         default=None, description="Scaleway API URL; default: the library's."
@@ -142,7 +158,9 @@ class Settings(BaseModel):
             timeout_seconds=self.verification_timeout,
             aws_region=self.aws_region,
             gcp_token_uri=self.gcp_token_uri,
+            gcp_iam_url=self.gcp_iam_url,
             azure_authority_host=self.azure_authority_host,
+            azure_graph_url=self.azure_graph_url,
             scaleway_api_url=self.scaleway_api_url,
             session_seconds=self.delivery_session_seconds,
             aws_principal_arn=self.aws_principal_arn,

@@ -20,7 +20,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from cloudcred import __version__
-from cloudcred.constants import API_VERSION, GROUP, VERSION
+from cloudcred.constants import API_VERSION, CREDENTIAL_PLURAL, GROUP, VERSION
 
 # The client logs whole response bodies at DEBUG, Secret data included.
 logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)
@@ -267,6 +267,19 @@ class Kube:
                 "could not post event %s on %s/%s: %s", reason, metadata["namespace"],
                 metadata["name"], detail,
             )  # fmt: skip
+
+    async def read_credential(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The CloudCredential as the API server has it now; None when it is gone."""
+        try:
+            found: dict[str, Any] = await self._call(
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
+                CREDENTIAL_PLURAL, name,
+            )  # fmt: skip
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
 
     async def secret_metadata(self, namespace: str, name: str) -> client.V1ObjectMeta | None:
         """A Secret's metadata (labels, annotations), None when it does not exist. The

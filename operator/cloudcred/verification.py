@@ -33,6 +33,7 @@ from cloudcred.kube import Kube, NotFound
 from cloudcred.providers import aws, provider_module
 from cloudcred.providers.base import (
     TRANSIENT_REASONS,
+    KeyFacts,
     Reason,
     SecretValues,
     Verification,
@@ -40,6 +41,7 @@ from cloudcred.providers.base import (
     VerifyContext,
 )
 from cloudcred.revision import compute_revision
+from cloudcred.rotation import effective_spec
 from cloudcred.tasks import where
 
 _T = TypeVar("_T")
@@ -239,16 +241,18 @@ async def check_credential(
     metadata, old_status = body["metadata"], body.get("status") or {}
     namespace, name = metadata["namespace"], metadata["name"]
     generation = metadata.get("generation")
-    spec = CloudCredentialSpec.model_validate(body["spec"])
+    # The key in effect: a key the operator rotated in (status.rotation) replaces the spec's.
+    spec = CloudCredentialSpec.model_validate(effective_spec(body["spec"], old_status))
     module = provider_module(spec.provider)
     context = VerifyContext(namespace, name, settings.provider_settings())
 
     status: dict[str, Any] = {"observedGeneration": generation}
-    for kept in ("revision", "identity", "lastVerifiedTime", "keyCreatedTime"):
+    for kept in ("revision", "identity", "lastVerifiedTime", "keyCreatedTime", "key"):
         if old_status.get(kept):
             status[kept] = old_status[kept]
     public_id = module.public_id(spec)
     verification: Verification | None = None
+    facts: KeyFacts | None = None
     try:
         context = await with_external_id(kube, installation, context, spec)
         status.update(await trust_status(context, spec))
@@ -265,6 +269,7 @@ async def check_credential(
             partial(module.verify, spec, secrets, context), spec.provider,
             settings.verification_timeout, slots,
         )  # fmt: skip
+        facts = await _key_facts(module, spec, secrets, context, settings, slots, verification)
         del secrets
         if verification is not None and spec.aws is not None and not spec.aws.role_arn:
             # A static key: its account as STS reported it. No success until allowed.
@@ -281,11 +286,14 @@ async def check_credential(
         verified = (conditions.UNKNOWN if unknown else conditions.FALSE, error.reason.value,
                     error.message)  # fmt: skip
 
+    if facts is not None:
+        status["key"] = key_status(facts, conditions.now())
     if verification is not None:
         status["identity"] = verification.identity
         status["lastVerifiedTime"] = conditions.timestamp(conditions.now())
-        if verification.key_created_time:
-            status["keyCreatedTime"] = conditions.timestamp(verification.key_created_time)
+        created = verification.key_created_time or (facts.created if facts else None)
+        if created:
+            status["keyCreatedTime"] = conditions.timestamp(created)
         public_id = public_id or verification.identity
     if public_id:
         status["publicId"] = public_id
@@ -296,7 +304,7 @@ async def check_credential(
 
     verified_condition = make(VERIFIED, *verified)
     owned = [verified_condition]
-    rotation = _rotation(spec, verification, settings, make)
+    rotation = _rotation(spec, verification, settings, make, facts)
     if rotation:
         owned.append(rotation)
     status["conditions"] = owned
@@ -307,18 +315,63 @@ async def check_credential(
     )
 
 
+async def _key_facts(
+    module: Any,
+    spec: CloudCredentialSpec,
+    secrets: SecretValues,
+    context: VerifyContext,
+    settings: Settings,
+    slots: asyncio.Semaphore,
+    verification: Verification | None,
+) -> KeyFacts | None:
+    """What the provider says about the static key in use; None for roles and workload
+    identity, where the provider has no such facts, or may not be asked."""
+    if verification is None or not verification.static_keys or not hasattr(module, "key_facts"):
+        return None
+    try:
+        facts: KeyFacts | None = await ask_provider(
+            partial(module.key_facts, spec, secrets, context), spec.provider,
+            settings.verification_timeout, slots,
+        )  # fmt: skip
+    except VerificationError:
+        return None  # the facts are extra: their absence is not a failed check
+    return facts
+
+
+def key_status(facts: KeyFacts, now: datetime) -> dict[str, Any]:
+    """``status.key`` from the provider's facts."""
+    status: dict[str, Any] = {"id": facts.key_id}
+    for name, moment in (("createdTime", facts.created), ("lastUsedTime", facts.last_used),
+                         ("expiryTime", facts.expires)):  # fmt: skip
+        if moment is not None:
+            status[name] = conditions.timestamp(moment)
+    if facts.last_used is None and facts.created is not None:
+        status["neverUsedDays"] = max((now - facts.created).days, 0)
+    return status
+
+
 def _rotation(
     spec: CloudCredentialSpec,
     verification: Verification | None,
     settings: Settings,
     make: Any,
+    facts: KeyFacts | None = None,
 ) -> dict[str, Any] | None:
     if verification is None or not verification.static_keys:
         return None
+    now = conditions.now()
+    expires = facts.expires if facts else None
+    if expires is not None and expires - now < timedelta(days=settings.key_expiry_warning_days):
+        left = max((expires - now).days, 0)
+        when = conditions.timestamp(expires)
+        return dict(make(ROTATION, conditions.TRUE, "ExpiringSoon",
+                         f"{spec.provider} stops accepting the key on {when} (in {left} "
+                         "days): rotate it"))  # fmt: skip
+    automatic = spec.rotation is not None and spec.rotation.policy == "Automatic"
     limit = timedelta(days=settings.key_age_limit_days)
-    created: datetime | None = verification.key_created_time
-    if created is not None and conditions.now() - created > limit:
-        age = (conditions.now() - created).days
+    created: datetime | None = verification.key_created_time or (facts.created if facts else None)
+    if not automatic and created is not None and now - created > limit:
+        age = (now - created).days
         return dict(make(ROTATION, conditions.TRUE, "KeyAge",
                          f"the key is {age} days old, over the {limit.days}-day limit: create a "
                          "new key, update the Secret, then delete the old key"))  # fmt: skip

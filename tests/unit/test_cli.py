@@ -256,7 +256,7 @@ def test_rotate_takes_no_secret_on_the_command_line() -> None:
     options = {opt for action in subparser("rotate")._actions for opt in action.option_strings}
     assert options == {"-h", "--help", "--kubeconfig", "--context", "-n", "--namespace",
                        "--as", "--as-group", "--from-file", "--timeout", "--no-wait",
-                       "--gitops", "-o", "--output"}  # fmt: skip
+                       "--now", "--gitops", "-o", "--output"}  # fmt: skip
     positionals = [a.dest for a in subparser("rotate")._actions if not a.option_strings]
     assert positionals == ["name"]
 

@@ -8,7 +8,7 @@ the provider block is complete and consistent before the object is stored.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, JsonValue, WithJsonSchema
 from pydantic.config import JsonDict
@@ -39,6 +39,10 @@ GCP_WORKLOAD_IDENTITY_PROVIDER = (
 SCALEWAY_ACCESS_KEY = r"^SCW[A-Z0-9]{17}$"
 # A Go-style duration ("90s", "30m", "1h30m") or "0" for "never".
 DURATION = r"^(0|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)$"
+# Rotation ages in days ("90d"), at least one; grace periods in days, hours, minutes and
+# seconds ("24h", "7d", "1d12h", "0s").
+MAX_AGE = r"^[1-9][0-9]{0,3}d$"
+GRACE_PERIOD = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 
 # How many clusters status.clusters lists; clusterCount stays exact beyond it.
 MAX_LISTED_CLUSTERS = 2000
@@ -248,6 +252,53 @@ class RolloutSpec(Model):
     )
 
 
+class RotationSpec(Model):
+    """Who rotates the credential's static key: a person (Manual) or the operator."""
+
+    policy: Literal["Manual", "Automatic"] = Field(
+        default="Manual",
+        description="Manual: people rotate the key (cloudcred rotate); the operator says "
+        "when it is old (RotationRecommended). Automatic: the operator creates a new key "
+        "with the credential's own identity when the key is maxAge old (or on `cloudcred "
+        "rotate --now`), rolls it out, deactivates the old key once every cluster uses "
+        "the new one, and deletes it after gracePeriod. Static keys only.",
+    )
+    max_age: str | None = Field(
+        default=None,
+        description="With Automatic (required there): the key's age at which the operator "
+        "rotates it, in days, at least 1d (for example 90d).",
+        max_length=5,
+        pattern=MAX_AGE,
+    )
+    grace_period: str = Field(
+        default="24h",
+        description="How long the old key is kept (AWS: inactive) after every cluster uses "
+        "the new one, before it is deleted: days, hours, minutes, seconds (24h, 7d, 0s).",
+        max_length=32,
+        pattern=GRACE_PERIOD,
+        json_schema_extra={
+            "x-kubernetes-validations": [_rule("self != ''", "must not be empty (0s: none)")]
+        },
+    )
+
+
+def _rotation_rules() -> list[JsonValue]:
+    """Automatic rotation needs an age, and a static key to rotate."""
+    static_key = (
+        "(self.provider == 'AWS' && has(self.aws) && has(self.aws.secretAccessKeyRef)) || "
+        "(self.provider == 'GCP' && has(self.gcp) && has(self.gcp.serviceAccountKeyRef)) || "
+        "self.provider == 'AZURE' || self.provider == 'SCALEWAY'"
+    )
+    automatic = "has(self.rotation) && self.rotation.policy == 'Automatic'"
+    return [
+        _rule(f"!({automatic}) || has(self.rotation.maxAge)",
+              "is required when spec.rotation.policy is Automatic", ".rotation.maxAge"),
+        _rule(f"!({automatic}) || {static_key}",
+              "Automatic rotates static keys only: an AWS role, GCP workload identity or "
+              "another identity without a key needs no rotation", ".rotation.policy"),
+    ]  # fmt: skip
+
+
 def _provider_block_rules() -> list[JsonValue]:
     """One rule per provider: its block is present exactly when it is the provider."""
     rules: list[JsonValue] = []
@@ -271,7 +322,9 @@ class CloudCredentialSpec(Model):
     """The desired credential: which provider, how to authenticate, who may use it."""
 
     model_config = ConfigDict(
-        json_schema_extra={"x-kubernetes-validations": _provider_block_rules()}
+        json_schema_extra={
+            "x-kubernetes-validations": [*_provider_block_rules(), *_rotation_rules()]
+        }
     )
 
     provider: Provider = Field(
@@ -317,6 +370,11 @@ class CloudCredentialSpec(Model):
         description="How a new revision is rolled out to the bound clusters (pacing). "
         "Does not change the credential's revision.",
     )
+    rotation: RotationSpec | None = Field(
+        default=None,
+        description="Who rotates the static key (absent: Manual). Does not change the "
+        "credential's revision; a rotation does.",
+    )
 
 
 class RolloutStatus(Model):
@@ -325,6 +383,106 @@ class RolloutStatus(Model):
     revision: str = Field(description="The revision being rolled out.", max_length=64)
     updated: int = Field(description="Bound clusters deployed with this revision.", ge=0)
     total: int = Field(description="Bound clusters in all.", ge=0)
+
+
+class KeyStatus(Model):
+    """What the provider says about the static key in use (manual or automatic)."""
+
+    id: str | None = Field(default=None, description="The key's public id.", max_length=256)
+    created_time: datetime | None = Field(
+        default=None, description="When the provider created the key."
+    )
+    last_used_time: datetime | None = Field(
+        default=None,
+        description="When the provider last saw the key used (AWS; absent where the "
+        "provider does not say, or it was never used).",
+    )
+    expiry_time: datetime | None = Field(
+        default=None,
+        description="When the provider stops accepting the key (GCP key validity, Azure "
+        "secret end date, Scaleway expiry); absent: no expiry.",
+    )
+    never_used_days: int | None = Field(
+        default=None,
+        description="Days since the key was created without the provider seeing it used "
+        "(AWS); absent once used.",
+        ge=0,
+    )
+
+
+class RotationStatus(Model):
+    """Where an automatic rotation stands. The phase is written before each provider
+    call, so that an operator stopped between two steps resumes without making a second
+    key, losing the new one or retiring a key still in use."""
+
+    phase: Literal["Idle", "Creating", "RollingOut", "Retiring", "Deleting", "Failed"] = Field(
+        default="Idle",
+        description="Idle; Creating (a new key is being made); RollingOut (the new key is "
+        "in use, waiting for every cluster); Retiring (every cluster uses it: the old key "
+        "is deactivated where the provider can, then kept gracePeriod); Deleting (the old "
+        "key is being deleted); Failed (a step failed: see message; retried).",
+    )
+    key_id: str | None = Field(
+        default=None,
+        description="The key the operator made and the credential now uses, held in "
+        "secretName (the spec's key is used until the first rotation).",
+        max_length=256,
+    )
+    secret_name: str | None = Field(
+        default=None,
+        description="The Secret the operator owns that holds keyId.",
+        max_length=253,
+    )
+    pending_key_id: str | None = Field(
+        default=None,
+        description="A key made and saved, not yet in use (Creating).",
+        max_length=256,
+    )
+    previous_key_id: str | None = Field(
+        default=None, description="The key being retired.", max_length=256
+    )
+    replaces: str | None = Field(
+        default=None,
+        description="The spec's own key (public id|Secret name) that keyId replaces: when "
+        "the spec names another key (rotated by hand), the spec's key is used again.",
+        max_length=512,
+    )
+    from_revision: str | None = Field(
+        default=None,
+        description="The credential's revision before the switch to the new key.",
+        max_length=64,
+    )
+    known_key_ids: list[Annotated[str, Field(max_length=256, description="A key id.")]] | None = (
+        Field(
+            default=None,
+            description="The identity's keys before the current create: a key not among them "
+            "and not recorded was made by a step that did not finish, and is deleted.",
+            max_length=16,
+        )
+    )
+    reason: str | None = Field(default=None, description="Why the last step failed.", max_length=64)
+    message: str | None = Field(default=None, description="Where the rotation stands, in words.",
+                                max_length=1024)  # fmt: skip
+    started_time: datetime | None = Field(default=None, description="When this rotation began.")
+    rolled_out_time: datetime | None = Field(
+        default=None, description="When every cluster used the new key (Retiring began)."
+    )
+    deactivated_time: datetime | None = Field(
+        default=None,
+        description="When the old key was deactivated (or, where the provider cannot, "
+        "found unused): the grace period runs from rolledOutTime.",
+    )
+    last_rotation_time: datetime | None = Field(
+        default=None, description="When the last rotation finished (the old key deleted)."
+    )
+    next_rotation_time: datetime | None = Field(
+        default=None, description="When the key will be maxAge old (Automatic)."
+    )
+    requested: str | None = Field(
+        default=None,
+        description="The last cloudcred.io/rotate-now value acted on.",
+        max_length=64,
+    )
 
 
 class CloudCredentialStatus(Model):
@@ -365,6 +523,12 @@ class CloudCredentialStatus(Model):
     )
     last_verified_time: datetime | None = Field(
         default=None, description="When the provider last confirmed the credential."
+    )
+    key: KeyStatus | None = Field(
+        default=None, description="What the provider says about the static key in use."
+    )
+    rotation: RotationStatus | None = Field(
+        default=None, description="Automatic rotation (spec.rotation.policy: Automatic)."
     )
     key_created_time: datetime | None = Field(
         default=None, description="When the static key was created (AWS, when readable)."

@@ -257,6 +257,12 @@ def add_commands(commands: Any) -> None:
         "--no-wait", action="store_true", help="stop once the credential uses the new Secret"
     )
     rotate.add_argument(
+        "--now",
+        action="store_true",
+        help="with spec.rotation.policy Automatic: ask the operator to make a new key now, "
+        "and follow the rotation (no key on stdin)",
+    )
+    rotate.add_argument(
         "--gitops",
         action="store_true",
         help="create the Secret, leave the credential alone and print it with the new fields "
@@ -343,7 +349,14 @@ def _rotate(args: argparse.Namespace, stdin: IO[str] | None) -> int:
         raise UsageError("-o: only with --gitops (without it, rotate changes the credential)")
     if args.output is not None and args.output not in rotate.GITOPS_FORMATS:
         raise UsageError("-o: choose yaml or json")
+    if args.now and (args.gitops or args.from_file):
+        raise UsageError("--now: the operator makes the key; --from-file and --gitops give one")
     kube = api.connect(_access(args))
+    if args.now:
+        return rotate.rotate_now(kube, rotate.Request(
+            args.namespace or kube.namespace, args.name, None, timeout, wait=not args.no_wait,
+            gitops=None,
+        ))  # fmt: skip
     request = rotate.Request(
         args.namespace or kube.namespace,
         args.name,

@@ -561,3 +561,80 @@ def _still_referencing(kube: api.Kube, target: Target) -> list[str]:
         return referencing(api.list_credentials(kube, target.namespace), target)
     except CliError:
         return []
+
+
+# -- rotate --now: ask the operator for an automatic rotation and follow it ---------------
+
+ROTATE_NOW_ANNOTATION = "cloudcred.io/rotate-now"
+
+
+def rotation_state(obj: dict[str, Any]) -> dict[str, Any]:
+    return dict((obj.get("status") or {}).get("rotation") or {})
+
+
+def rotate_now(kube: api.Kube, request: Request) -> int:
+    """Annotate the credential so that the operator rotates its key now (Automatic only),
+    then follow: the new key, its rollout, the old key's retirement."""
+    credential = api.get_credential(kube, request.namespace, request.name)
+    policy = ((credential.get("spec") or {}).get("rotation") or {}).get("policy", "Manual")
+    if policy != "Automatic":
+        raise UsageError(
+            f"CloudCredential {request.namespace}/{request.name} has spec.rotation.policy "
+            f"{policy}: --now asks the operator to rotate, which it does only under "
+            "Automatic. Give the new key on stdin instead (cloudcred rotate --help)"
+        )
+    asked = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    patch = {"metadata": {"annotations": {ROTATE_NOW_ANNOTATION: asked}}}
+    api.call(
+        f"annotating CloudCredential {request.namespace}/{request.name}",
+        kube.custom.patch_namespaced_custom_object,
+        GROUP, VERSION, request.namespace, CREDENTIAL_PLURAL, request.name, patch,
+    )  # fmt: skip
+    print(f"Asked the operator to rotate the key of {request.namespace}/{request.name} now.",
+          flush=True)  # fmt: skip
+    if not request.wait:
+        print(f"Not waiting: follow it with `kubectl describe ccred {request.name} -n "
+              f"{request.namespace}` (status.rotation).")  # fmt: skip
+        return 0
+    with _progress() as progress:
+        task = progress.add_task("waiting for the operator to start the rotation", total=None)
+
+        def show(description: str, completed: int | None, total: int | None) -> None:
+            progress.update(task, description=description, completed=completed, total=total)
+
+        waiter = Waiter(lambda: api.get_credential(kube, request.namespace, request.name),
+                        request.timeout, show)  # fmt: skip
+        state = follow_rotation(waiter, asked)
+    grace = ((credential.get("spec") or {}).get("rotation") or {}).get("gracePeriod", "24h")
+    print(f"Rotated: the credential uses key {state.get('keyId')}, on every cluster. The old "
+          f"key {state.get('previousKeyId') or ''} is retired: inactive where the provider "
+          f"allows, deleted by the operator after the grace period ({grace}).")  # fmt: skip
+    return 0
+
+
+def follow_rotation(waiter: Waiter, asked: str) -> dict[str, Any]:
+    """Poll until the rotation asked at ``asked`` has rolled out (Retiring or done); a
+    failed step is an error (the operator keeps retrying it)."""
+    while True:
+        obj = waiter.fetch()
+        state = rotation_state(obj)
+        phase = state.get("phase", "Idle")
+        mine = state.get("requested") == asked
+        if mine and state.get("reason"):
+            raise CliError(f"the rotation is stuck: {state['reason']}: {state.get('message')} "
+                           "(the operator retries it)")  # fmt: skip
+        if mine and phase in ("Retiring", "Deleting"):
+            return state
+        if mine and phase == "Idle" and state.get("lastRotationTime"):
+            return state
+        if mine and phase == "RollingOut":
+            revision = str((obj.get("status") or {}).get("revision") or "")
+            if revision and revision != state.get("fromRevision"):
+                rollout = rollout_of(obj, revision)
+                waiter.show(f"new key {state.get('keyId')}: {rollout.describe()}",
+                            rollout.updated, max(rollout.total, 1))  # fmt: skip
+            else:
+                waiter.show(f"new key {state.get('keyId')}: waiting for its revision", 0, None)
+        elif mine:
+            waiter.show(str(state.get("message") or phase), None, None)
+        waiter._tick(str(state.get("message") or f"the rotation is at {phase}"))

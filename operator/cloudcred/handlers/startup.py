@@ -14,10 +14,11 @@ import kopf
 from cloudcred.config import Settings
 from cloudcred.constants import CREDENTIAL_KIND, FINALIZER, KOPF_STORAGE_PREFIX
 from cloudcred.controllers.runner import Controllers
-from cloudcred.handlers.credentials import secret_changed
+from cloudcred.handlers.credentials import secret_changed, verify_and_record
 from cloudcred.installation import load_installation, operator_namespace
 from cloudcred.kube import Kube, load_client_configuration
 from cloudcred.metrics import serve as start_metrics
+from cloudcred.rotator import Rotator
 
 
 class CredentialDiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -89,6 +90,9 @@ async def configure(
         partial(secret_changed, memo=memo), memo.installation,
         peering=not memo.get("standalone", True),
     )  # fmt: skip
+    memo.rotator = Rotator(memo.kube, config, memo.verification_slots,
+                           partial(verify_and_record, memo=memo))  # fmt: skip
+    memo.rotation_wakeups = {}
     if config.metrics_port:  # before any task starts: a taken port stops the operator here
         start_metrics(config.metrics_port, memo.controllers)
     memo.controllers.start()

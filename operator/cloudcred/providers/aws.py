@@ -35,7 +35,11 @@ from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import AwsSpec, CloudCredentialSpec
 from cloudcred.providers.base import (
     Delivery,
+    KeyFacts,
+    NewKey,
     Reason,
+    RotationError,
+    RotationReason,
     SecretValues,
     Verification,
     VerificationError,
@@ -360,3 +364,131 @@ def delivery(
         shared += f"aws_session_token = {token}\n"
     values["credentials"] = shared
     return Delivery({k: SecretStr(v) for k, v in values.items()}, expires)
+
+
+# -- self-rotation (spec.rotation): the static key's own IAM user manages its keys ---------
+
+
+def _rotating(aws: AwsSpec, context: VerifyContext, call: Callable[[], _T]) -> _T:
+    """Run rotation calls; failures become RotationErrors carrying error codes only."""
+    try:
+        return _calling(aws, context, call)
+    except VerificationError as error:
+        if "LimitExceeded" in error.message:
+            raise RotationError(
+                RotationReason.KEY_LIMIT_REACHED,
+                "the IAM user already has two access keys (AWS's limit): delete the one "
+                "no cluster uses, and the rotation continues",
+            ) from None
+        reason = {
+            Reason.PROVIDER_UNREACHABLE: RotationReason.PROVIDER_UNREACHABLE,
+            Reason.PROVIDER_REFUSED: RotationReason.PROVIDER_REFUSED,
+        }.get(error.reason, RotationReason.ACCESS_DENIED)
+        raise RotationError(reason, error.message) from None
+
+
+def _iam(aws: AwsSpec, secrets: SecretValues, context: VerifyContext) -> Any:
+    if aws.role_arn or not aws.access_key_id:
+        raise RotationError(RotationReason.NOT_SUPPORTED, "only a static access key rotates")
+    config = _config(context)
+    region = context.settings.aws_region
+    return _client("iam", region, _caller(aws, secrets, context, config, region), config)
+
+
+def _facts(key: dict[str, Any]) -> KeyFacts:
+    created = key.get("CreateDate")
+    return KeyFacts(
+        key_id=str(key["AccessKeyId"]),
+        created=created if isinstance(created, datetime) else None,
+        active=key.get("Status", "Active") == "Active",
+    )
+
+
+def list_keys(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> list[KeyFacts]:
+    """The access keys of the key's own IAM user (iam:ListAccessKeys on itself)."""
+    aws = _aws(spec)
+    return _rotating(aws, context, lambda: [
+        _facts(key) for key in _iam(aws, secrets, context).list_access_keys()["AccessKeyMetadata"]
+    ])  # fmt: skip
+
+
+def create_key(spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext) -> NewKey:
+    """A new access key for the key's own IAM user (iam:CreateAccessKey)."""
+    aws = _aws(spec)
+
+    def create() -> NewKey:
+        made = _iam(aws, secrets, context).create_access_key()["AccessKey"]
+        return NewKey(_facts(made), {SECRET_ACCESS_KEY: SecretStr(made["SecretAccessKey"])})
+
+    return _rotating(aws, context, create)
+
+
+def deactivate_key(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext, key_id: str
+) -> bool:
+    """Make ``key_id`` Inactive (iam:UpdateAccessKey): AWS refuses it from then on, and it
+    can still be made Active again by hand during the grace period."""
+    aws = _aws(spec)
+
+    def deactivate() -> bool:
+        iam = _iam(aws, secrets, context)
+        try:
+            iam.update_access_key(AccessKeyId=key_id, Status="Inactive")
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "NoSuchEntity":
+                raise
+        return True
+
+    return _rotating(aws, context, deactivate)
+
+
+def delete_key(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext, key_id: str
+) -> None:
+    """Delete ``key_id`` (iam:DeleteAccessKey); a key already gone is fine."""
+    aws = _aws(spec)
+
+    def delete() -> None:
+        iam = _iam(aws, secrets, context)
+        try:
+            iam.delete_access_key(AccessKeyId=key_id)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "NoSuchEntity":
+                raise
+
+    _rotating(aws, context, delete)
+
+
+def key_facts(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> KeyFacts | None:
+    """The key in use: created (iam:ListAccessKeys) and last used
+    (iam:GetAccessKeyLastUsed); None when the key may not read them."""
+    aws = _aws(spec)
+    if aws.role_arn or not aws.access_key_id:
+        return None
+
+    def read() -> KeyFacts | None:
+        iam = _iam(aws, secrets, context)
+        try:
+            keys = iam.list_access_keys()["AccessKeyMetadata"]
+        except ClientError:
+            return None  # not allowed: the facts stay unknown, which is not an error
+        found = next((k for k in keys if k.get("AccessKeyId") == aws.access_key_id), None)
+        if found is None:
+            return None
+        facts = _facts(found)
+        try:
+            used = iam.get_access_key_last_used(AccessKeyId=aws.access_key_id)
+            last = (used.get("AccessKeyLastUsed") or {}).get("LastUsedDate")
+        except ClientError:
+            last = None
+        return KeyFacts(facts.key_id, facts.created, last if isinstance(last, datetime) else None,
+                        None, facts.active)  # fmt: skip
+
+    try:
+        return _rotating(aws, context, read)
+    except RotationError:
+        return None

@@ -13,6 +13,12 @@ library's transport (requests): the system store, or ``REQUESTS_CA_BUNDLE``.
 The client secret is POSTed to the token endpoint, and an error body could in principle
 echo it, so messages are built from Entra's ``AADSTS`` error codes, OAuth error names and
 public fields (client id, tenant id, authority host), never from an exception's text.
+
+Rotation (``spec.rotation``) manages the application's client secrets through Microsoft
+Graph (``addPassword``, ``removePassword``, the application's ``passwordCredentials``),
+with a token the credential's own secret gets, sent through azure-core's pipeline. Graph
+is at ``ProviderSettings.azure_graph_url``; its token scope is that URL's ``/.default``
+(so sovereign clouds work). Messages carry Graph's error codes and public ids only.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import re
 import ssl
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote, quote_plus
 
 from pydantic import SecretStr
@@ -34,12 +41,21 @@ from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import AzureSpec, CloudCredentialSpec
 from cloudcred.providers.base import (
     Delivery,
+    KeyFacts,
+    NewKey,
+    ProviderSettings,
     Reason,
+    RotationError,
+    RotationReason,
     SecretValues,
     Verification,
     VerificationError,
     VerifyContext,
 )
+
+if TYPE_CHECKING:
+    from azure.core import PipelineClient
+    from azure.core.rest import HttpRequest, HttpResponse
 
 CLIENT_SECRET = "clientSecret"  # the role of the Secret key in secret_refs, not a value
 # The token asked for: Azure Resource Manager, the API the clusters are managed through.
@@ -176,25 +192,7 @@ def verify(
     if not secret:  # the library would raise ValueError, taken below for a bad authority
         raise VerificationError(Reason.INVALID_SECRET_DATA, "the client secret is empty")
     settings = context.settings
-    options: dict[str, Any] = {
-        # azure-core transport settings, per HTTP request. Entra ID takes two requests
-        # (tenant metadata, then the token), and the operator bounds the whole call too.
-        "connection_timeout": settings.timeout_seconds,
-        "read_timeout": settings.timeout_seconds,
-        # No retries here: the operator retries ProviderUnreachable with its own backoff,
-        # and azure-core's default (10 tries with backoff) would outlast the timeout.
-        "retry_total": 0,
-    }
-    if settings.azure_authority_host:
-        options["authority"] = settings.azure_authority_host
-        # MSAL validates an authority host it does not know by asking the public cloud
-        # (login.microsoftonline.com/common/discovery/instance) whether Microsoft knows it.
-        # Azure Stack, private clouds and test endpoints are never known there, and
-        # air-gapped sites cannot ask. The host comes only from the operator's own
-        # configuration (never from a credential), so the admin who set it has already
-        # made the trust decision. Well-known hosts (sovereign clouds) skip the lookup
-        # anyway; without a custom host the library's default behaviour is kept.
-        options["disable_instance_discovery"] = True
+    options = _credential_options(settings)
     authority = settings.azure_authority_host or "the default Entra ID authority"
 
     try:
@@ -216,6 +214,30 @@ def verify(
         _VERIFYING.reset(verifying)
 
     return Verification(identity=_identity(token, azure), static_keys=True)
+
+
+def _credential_options(settings: ProviderSettings) -> dict[str, Any]:
+    """``ClientSecretCredential`` options from the operator's settings."""
+    options: dict[str, Any] = {
+        # azure-core transport settings, per HTTP request. Entra ID takes two requests
+        # (tenant metadata, then the token), and the operator bounds the whole call too.
+        "connection_timeout": settings.timeout_seconds,
+        "read_timeout": settings.timeout_seconds,
+        # No retries here: the operator retries ProviderUnreachable with its own backoff,
+        # and azure-core's default (10 tries with backoff) would outlast the timeout.
+        "retry_total": 0,
+    }
+    if settings.azure_authority_host:
+        options["authority"] = settings.azure_authority_host
+        # MSAL validates an authority host it does not know by asking the public cloud
+        # (login.microsoftonline.com/common/discovery/instance) whether Microsoft knows it.
+        # Azure Stack, private clouds and test endpoints are never known there, and
+        # air-gapped sites cannot ask. The host comes only from the operator's own
+        # configuration (never from a credential), so the admin who set it has already
+        # made the trust decision. Well-known hosts (sovereign clouds) skip the lookup
+        # anyway; without a custom host the library's default behaviour is kept.
+        options["disable_instance_discovery"] = True
+    return options
 
 
 def _identity(token: str, azure: AzureSpec) -> str:
@@ -402,3 +424,311 @@ def delivery(
             for name, value in values.items()}  # fmt: skip
     data["AZURE_LOCATION"] = SecretStr(region)
     return Delivery(data)
+
+
+# --- rotation: the application's client secrets, through Microsoft Graph -----------------
+
+# Graph's own default lifetime for a secret it adds ("startDateTime + 2 years"), written
+# out so that the expiry is the operator's choice and shows in the request.
+SECRET_VALIDITY = timedelta(days=730)
+SECRET_DISPLAY_NAME = "cloudcred"
+# Graph error codes (``{"error": {"code": ...}}``) are copied into messages only when they
+# look like codes; the rest of an error body (``message``) could echo the request.
+_GRAPH_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
+# Codes that name a quota or a limit (Directory_QuotaExceeded, ...); not throttling (429).
+_LIMIT_CODE = re.compile(r"quota|limit|toomany(?!requests)", re.IGNORECASE)
+_KEY_ID = re.compile(
+    r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+)
+# Graph shows the first three characters of each secret as its hint.
+_HINT_LENGTH = 3
+_PERMISSION = (
+    "the application needs the Microsoft Graph application permission "
+    "Application.ReadWrite.OwnedBy and must be an owner of itself"
+)
+
+
+class _Graph:
+    """Graph requests for one application, authenticated with a token that the
+    credential's own secret gets from Entra ID (``BearerTokenCredentialPolicy``), with
+    the operator's timeouts and no retries (the operator retries with its own backoff)."""
+
+    def __init__(self, spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext):
+        self.azure = _azure(spec)
+        self.settings = context.settings
+        try:
+            # Lazy: azure-identity (with azure-core) is an optional extra (cloudcred[azure]).
+            from azure.core import PipelineClient
+            from azure.core.pipeline.policies import BearerTokenCredentialPolicy
+            from azure.identity import ClientSecretCredential
+        except ImportError:
+            raise RotationError(
+                RotationReason.NOT_SUPPORTED,
+                "the Azure library is not installed: install cloudcred[azure]",
+            ) from None
+        self.secret = secrets[CLIENT_SECRET].get_secret_value()
+        if not self.secret:
+            raise RotationError(RotationReason.ACCESS_DENIED, "the client secret is empty")
+        self.base = self.settings.azure_graph_url.rstrip("/")
+        if not self.base.lower().startswith("https://"):
+            # Graph takes a bearer token, which azure-core sends over TLS only.
+            raise RotationError(
+                RotationReason.NOT_SUPPORTED,
+                f"the operator's Microsoft Graph URL setting is not an https URL: {self.base}",
+            )
+        self.authority = self.settings.azure_authority_host or "the default Entra ID authority"
+        self.app_url = f"{self.base}/v1.0/applications(appId='{quote(self.azure.client_id)}')"
+        try:
+            self.credential = ClientSecretCredential(
+                self.azure.tenant_id,
+                self.azure.client_id,
+                self.secret,
+                **_credential_options(self.settings),
+            )
+        except ValueError:
+            raise RotationError(
+                RotationReason.NOT_SUPPORTED,
+                "the operator's Azure authority host setting is not an https URL: "
+                f"{self.authority}",
+            ) from None
+        # The token is for Graph at the configured URL (graph.microsoft.us, ... in
+        # sovereign clouds): the scope is that URL's ``/.default``.
+        policy = BearerTokenCredentialPolicy(self.credential, f"{self.base}/.default")
+        self.client: PipelineClient[HttpRequest, HttpResponse] = PipelineClient(
+            self.base, policies=[policy]
+        )
+
+    def __enter__(self) -> _Graph:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.client.close()
+        self.credential.close()
+
+    def request(self, method: str, path: str, what: str, body: Any = None) -> HttpResponse:
+        """Send one request; a 2xx answer is returned, anything else raises."""
+        from azure.core.exceptions import (
+            ClientAuthenticationError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
+        from azure.core.rest import HttpRequest
+
+        timeout = self.settings.timeout_seconds
+        request = HttpRequest(method, self.app_url + path, json=body)
+        verifying = _VERIFYING.set(self.secret)  # the token request's log lines are masked
+        try:
+            response = self.client.send_request(
+                request, connection_timeout=timeout, read_timeout=timeout
+            )
+        except ClientAuthenticationError as error:
+            # Only the credential raises this here: Entra ID refused the token.
+            found = _classify(error, self.azure, self.secret, self.authority, timeout)
+            raise RotationError(
+                _ROTATION_REASONS.get(found.reason, _REFUSED), found.message
+            ) from None
+        except (ServiceRequestError, ServiceResponseError) as error:
+            raise self._unreachable(_transport_problem(error, timeout)) from None
+        except Exception as error:  # name only the type: the text could quote a body
+            raise self._unreachable(f"unexpected {type(error).__name__}") from None
+        finally:
+            _VERIFYING.reset(verifying)
+        if 200 <= response.status_code < 300:
+            return response
+        self._refused(response, what)
+
+    def json(self, response: HttpResponse, what: str) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except Exception:  # not JSON, or not text
+            body = None
+        if not isinstance(body, dict):
+            raise self._unreachable(f"asked to {what}, it answered no JSON (not Graph?)")
+        return body
+
+    def password_credentials(self) -> list[dict[str, Any]]:
+        what = "read its client secrets"
+        answer = self.json(self.request("GET", "?$select=passwordCredentials", what), what)
+        items = answer.get("passwordCredentials")
+        if not isinstance(items, list):
+            raise self._unreachable(f"asked to {what}, it answered no passwordCredentials")
+        return [item for item in items if isinstance(item, dict)]
+
+    def _unreachable(self, problem: str) -> RotationError:
+        return RotationError(
+            RotationReason.PROVIDER_UNREACHABLE, f"Microsoft Graph at {self.base}: {problem}"
+        )
+
+    def _refused(self, response: HttpResponse, what: str) -> NoReturn:
+        status = response.status_code
+        code = self._error_code(response)
+        detail = f"HTTP {status}, {code}" if code else f"HTTP {status}"
+        app = f"application {self.azure.client_id}"
+        if status == 429 or status >= 500:
+            raise self._unreachable(f"answered {detail} to: {what}")
+        if status in (401, 403):
+            raise RotationError(
+                RotationReason.ACCESS_DENIED,
+                f"Microsoft Graph refused to let {app} {what} ({detail}): {_PERMISSION}",
+            )
+        if code and _LIMIT_CODE.search(code):
+            raise RotationError(
+                RotationReason.KEY_LIMIT_REACHED,
+                f"Microsoft Graph refused to let {app} {what} ({detail}): a limit is "
+                "reached; remove a client secret it no longer uses",
+            )
+        if status == 404:
+            raise RotationError(
+                RotationReason.PROVIDER_REFUSED,
+                f"Microsoft Graph does not show {app} to itself ({detail}): {_PERMISSION}",
+            )
+        raise RotationError(
+            RotationReason.PROVIDER_REFUSED,
+            f"Microsoft Graph refused to let {app} {what} ({detail})",
+        )
+
+    def _error_code(self, response: HttpResponse) -> str | None:
+        try:
+            error = response.json().get("error")
+            code = error.get("code") if isinstance(error, dict) else None
+        except Exception:  # not JSON, or not an object
+            return None
+        if not isinstance(code, str) or not _GRAPH_CODE.match(code):
+            return None
+        # A body that echoes the request must not pass the secret off as a code.
+        return code if code not in self.secret and self.secret not in code else None
+
+
+_REFUSED = RotationReason.PROVIDER_REFUSED
+# A refused token means the identity cannot act at all.
+_ROTATION_REASONS = {
+    Reason.INVALID_CREDENTIALS: RotationReason.ACCESS_DENIED,
+    Reason.ACCESS_DENIED: RotationReason.ACCESS_DENIED,
+    Reason.INVALID_SECRET_DATA: RotationReason.ACCESS_DENIED,
+    Reason.PROVIDER_UNREACHABLE: RotationReason.PROVIDER_UNREACHABLE,
+    Reason.VERIFICATION_UNAVAILABLE: RotationReason.NOT_SUPPORTED,
+}
+
+
+def _transport_problem(error: BaseException, timeout: float) -> str:
+    from azure.core.exceptions import ServiceRequestTimeoutError, ServiceResponseTimeoutError
+
+    chain = list(_chain(error))
+    if any(isinstance(e, ssl.SSLError) for e in chain):
+        return "the TLS handshake failed (is its CA trusted?)"
+    timeouts = ServiceRequestTimeoutError | ServiceResponseTimeoutError | TimeoutError
+    if any(isinstance(e, timeouts) for e in chain):
+        return f"no answer within {timeout:g}s"
+    return "the connection failed"
+
+
+def _timestamp(value: object) -> datetime | None:
+    """Graph's DateTimeOffset (``2026-05-26T13:03:31.1234567Z``) as an aware datetime."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _key_facts(item: dict[str, Any], now: datetime) -> KeyFacts | None:
+    """A passwordCredential as KeyFacts (None without a key id). Graph keeps no last use
+    of a client secret; a secret past its end date no longer works."""
+    key_id = item.get("keyId")
+    if not isinstance(key_id, str) or not _KEY_ID.match(key_id):
+        return None
+    expires = _timestamp(item.get("endDateTime"))
+    return KeyFacts(
+        key_id=key_id,
+        created=_timestamp(item.get("startDateTime")),
+        expires=expires,
+        active=expires is None or expires > now,
+    )
+
+
+def list_keys(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> list[KeyFacts]:
+    """Every client secret of the application (blocking)."""
+    now = datetime.now(UTC)
+    with _Graph(spec, secrets, context) as graph:
+        items = graph.password_credentials()
+    return [facts for item in items if (facts := _key_facts(item, now)) is not None]
+
+
+def key_facts(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> KeyFacts | None:
+    """The facts of the client secret in use (blocking).
+
+    The spec names no key id, and Graph never returns a secret's value, only its first
+    three characters (``hint``): the secret in use is the one whose hint matches. When
+    several secrets share that hint (or none has it), which one is in use cannot be told,
+    and None is returned rather than another secret's facts.
+    """
+    secret = secrets[CLIENT_SECRET].get_secret_value()
+    with _Graph(spec, secrets, context) as graph:
+        items = graph.password_credentials()
+    if len(secret) < _HINT_LENGTH:
+        return None
+    matching = [item for item in items if item.get("hint") == secret[:_HINT_LENGTH]]
+    return _key_facts(matching[0], datetime.now(UTC)) if len(matching) == 1 else None
+
+
+def create_key(spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext) -> NewKey:
+    """Add a client secret to the application, valid for ``SECRET_VALIDITY`` (blocking).
+
+    A new secret can take a little while to be accepted by every Entra ID endpoint: the
+    caller verifies it (with retries) before anything uses it.
+    """
+    now = datetime.now(UTC)
+    end = (now + SECRET_VALIDITY).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = {"passwordCredential": {"displayName": SECRET_DISPLAY_NAME, "endDateTime": end}}
+    what = "add a client secret"
+    with _Graph(spec, secrets, context) as graph:
+        answer = graph.json(graph.request("POST", "/addPassword", what, body), what)
+    facts = _key_facts(answer, now)
+    value = answer.get("secretText")
+    if facts is None or not isinstance(value, str) or not value:
+        raise RotationError(
+            RotationReason.PROVIDER_REFUSED,
+            f"Microsoft Graph answered the request to {what} to application "
+            f"{_azure(spec).client_id} without a key id or a secret; a secret named "
+            f"{SECRET_DISPLAY_NAME} may have been added",
+        )
+    return NewKey(facts=facts, secret_data={CLIENT_SECRET: SecretStr(value)})
+
+
+def deactivate_key(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext, key_id: str
+) -> bool:
+    """Entra ID client secrets cannot be disabled, only removed: False, nothing asked."""
+    return False
+
+
+def delete_key(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext, key_id: str
+) -> None:
+    """Remove the application's client secret ``key_id`` (blocking); one already gone
+    is fine (Graph refuses to remove it, and the list shows it is not there)."""
+    if not _KEY_ID.match(key_id):
+        raise RotationError(
+            RotationReason.PROVIDER_REFUSED, "the key id is not a client secret's key id (a GUID)"
+        )
+    with _Graph(spec, secrets, context) as graph:
+        try:
+            graph.request("POST", "/removePassword", "remove a client secret", {"keyId": key_id})
+            return
+        except RotationError as error:
+            if error.reason is not RotationReason.PROVIDER_REFUSED:
+                raise
+            refused = error
+        # Graph answers 400 or 404 for a secret the application no longer has.
+        try:
+            items = graph.password_credentials()
+        except RotationError:
+            raise refused from None  # the refusal is the answer to what was asked
+        if key_id.lower() in {str(item.get("keyId", "")).lower() for item in items}:
+            raise refused

@@ -14,6 +14,21 @@ A provider module exposes five plain functions:
   provider's standard form for a cluster's deployer (``spec.credentialsSecret``);
   blocking (an AWS role is assumed for short-lived session credentials).
 
+Providers whose static keys the operator can rotate (``spec.rotation``) also expose, all
+blocking and all acting with the credential's own identity (``secrets``):
+
+- ``list_keys(spec, secrets, context) -> list[KeyFacts]``: every key of that identity
+  (the AWS IAM user, the GCP service account, the Azure application, the Scaleway
+  API key's bearer), with what the provider says of each;
+- ``create_key(spec, secrets, context) -> NewKey``: a new key for that identity;
+- ``deactivate_key(spec, secrets, context, key_id) -> bool``: make a key unusable but
+  keep it (AWS: Inactive); False where the provider has no such state;
+- ``delete_key(spec, secrets, context, key_id) -> None``: delete a key; a key already
+  gone is not an error;
+- ``key_facts(spec, secrets, context) -> KeyFacts | None``: the facts of the key in use.
+
+They raise ``RotationError`` with a reason from ``RotationReason``.
+
 Secret values arrive as ``SecretStr`` and must never reach a log line, an exception
 message or a return value. Endpoints come only from ``ProviderSettings`` (operator
 configuration) or the library's own standard settings, never from a credential.
@@ -97,7 +112,9 @@ class ProviderSettings:
     timeout_seconds: float = 10.0
     aws_region: str = "us-east-1"
     gcp_token_uri: str = "https://oauth2.googleapis.com/token"
+    gcp_iam_url: str = "https://iam.googleapis.com"  # service-account keys (rotation)
     azure_authority_host: str | None = None
+    azure_graph_url: str = "https://graph.microsoft.com"  # Azure secret rotation
     scaleway_api_url: str | None = None
     session_seconds: int = 3600  # lifetime of delivered AWS session credentials
     aws_principal_arn: str | None = None  # the operator's principal, when configured
@@ -118,3 +135,45 @@ class VerifyContext:
 
 
 SecretValues = dict[str, SecretStr]
+
+
+@dataclass(frozen=True)
+class KeyFacts:
+    """What the provider says about one key: its public id, when it was made, last used
+    and expires (None where the provider does not say), and whether it still works."""
+
+    key_id: str
+    created: datetime | None = None
+    last_used: datetime | None = None
+    expires: datetime | None = None
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key the provider has just made. ``secret_data`` holds it under the same roles as
+    ``secret_refs`` (e.g. ``{"secretAccessKey": ...}``): the operator writes each value
+    under the Secret key the spec's reference names."""
+
+    facts: KeyFacts
+    secret_data: dict[str, SecretStr]
+
+
+class RotationReason(StrEnum):
+    """Why a rotation step failed (the ``RotationFailed`` Event and ``status.rotation``)."""
+
+    KEY_LIMIT_REACHED = "KeyLimitReached"  # e.g. AWS's two access keys per user
+    ACCESS_DENIED = "AccessDenied"  # the identity may not manage its own keys
+    PROVIDER_REFUSED = "ProviderRefused"
+    PROVIDER_UNREACHABLE = "ProviderUnreachable"
+    NOT_SUPPORTED = "RotationNotSupported"
+
+
+class RotationError(Exception):
+    """A rotation step failed. ``message`` is shown to users: error codes and public
+    fields only, never a secret value."""
+
+    def __init__(self, reason: RotationReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message

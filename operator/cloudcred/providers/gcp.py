@@ -18,11 +18,15 @@ inside ``verify``, so this module imports without them.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
+import logging
 import re
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pydantic import SecretStr
 
@@ -30,7 +34,12 @@ from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import CloudCredentialSpec, GcpSpec
 from cloudcred.providers.base import (
     Delivery,
+    KeyFacts,
+    NewKey,
+    ProviderSettings,
     Reason,
+    RotationError,
+    RotationReason,
     SecretValues,
     Verification,
     VerificationError,
@@ -83,6 +92,29 @@ _DESCRIPTION_HINTS = (
 _REQUIRED_FIELDS = ("client_email", "private_key", "token_uri")
 
 
+class _RedactAssertions(logging.Filter):
+    """google-auth logs each request's body at DEBUG once its "google" logger is set up;
+    the token request's body is the signed JWT assertion, which buys access tokens
+    until it expires. The record keeps everything else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request = getattr(record, "httpRequest", None)
+        body = request.get("body") if isinstance(request, dict) else None
+        if isinstance(request, dict) and isinstance(body, dict) and "assertion" in body:
+            record.httpRequest = {**request, "body": {**body, "assertion": "***"}}
+        return True
+
+
+def _install_log_filter() -> None:
+    # A filter applies to records of its own logger only: the transport's.
+    logger = logging.getLogger("google.auth.transport.requests")
+    if not any(isinstance(f, _RedactAssertions) for f in logger.filters):
+        logger.addFilter(_RedactAssertions())
+
+
+_install_log_filter()
+
+
 def _gcp(spec: CloudCredentialSpec) -> GcpSpec:
     if spec.gcp is None:
         raise ValueError("not a GCP credential: spec.gcp is not set")
@@ -112,6 +144,51 @@ def verify(
     Raises ``VerificationError`` when the key is malformed, refused, or the endpoint
     cannot be reached. Messages never contain any part of the key but its public fields.
     """
+    info, credentials = _load_key(spec, secrets, context)
+    import requests
+
+    with requests.Session() as session:
+        _refresh(credentials, session, context.settings, time.monotonic())
+
+    return Verification(identity=info["client_email"], static_keys=True)
+
+
+def _refresh(credentials: Any, session: Any, settings: ProviderSettings, started: float) -> None:
+    """Exchange the key for an access token at the configured endpoint, within what is
+    left of ``settings.timeout_seconds`` since ``started``."""
+    from google.auth import exceptions as google_exceptions
+    from google.auth.transport.requests import Request
+
+    label = _endpoint_label(settings.gcp_token_uri)
+    remaining = settings.timeout_seconds - (time.monotonic() - started)
+    request = _DeadlineRequest(Request(session), remaining)
+    try:
+        credentials.refresh(request)
+    except google_exceptions.RefreshError as exc:
+        raise _refresh_failure(exc, request.last_status, label) from None
+    except google_exceptions.TransportError as exc:
+        raise _transport_failure(
+            exc, request.last_status, label, settings.timeout_seconds
+        ) from None
+    except OSError:
+        # requests lets some set-up errors through unwrapped (a missing CA bundle).
+        raise VerificationError(
+            Reason.PROVIDER_UNREACHABLE,
+            f"could not set up a connection to the token endpoint {label}",
+        ) from None
+    except (KeyError, TypeError, ValueError):
+        # A 200 answer that is not a token response (not JSON, a bad expires_in).
+        raise VerificationError(
+            Reason.PROVIDER_UNREACHABLE,
+            f"the token endpoint {label} gave an answer that is not a token response",
+        ) from None
+
+
+def _load_key(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> tuple[dict[str, Any], Any]:
+    """The key file's fields and google-auth credentials for it, bound to the configured
+    token endpoint; ``VerificationError`` when there is no usable key."""
     gcp = _gcp(spec)
     if gcp.service_account_key_ref is None:
         raise VerificationError(
@@ -137,9 +214,7 @@ def verify(
         )
 
     try:
-        import requests
-        from google.auth import exceptions as google_exceptions
-        from google.auth.transport.requests import Request
+        import google.auth.transport.requests  # noqa: F401 - the transport (and requests)
         from google.oauth2 import service_account
     except ImportError:
         raise VerificationError(
@@ -173,31 +248,7 @@ def verify(
             "the service-account key's private_key is not a usable RSA private key in PEM format",
         ) from None
 
-    label = _endpoint_label(settings.gcp_token_uri)
-    with requests.Session() as session:
-        request = _DeadlineRequest(Request(session), settings.timeout_seconds)
-        try:
-            credentials.refresh(request)
-        except google_exceptions.RefreshError as exc:
-            raise _refresh_failure(exc, request.last_status, label) from None
-        except google_exceptions.TransportError as exc:
-            raise _transport_failure(
-                exc, request.last_status, label, settings.timeout_seconds
-            ) from None
-        except OSError:
-            # requests lets some set-up errors through unwrapped (a missing CA bundle).
-            raise VerificationError(
-                Reason.PROVIDER_UNREACHABLE,
-                f"could not set up a connection to the token endpoint {label}",
-            ) from None
-        except (KeyError, TypeError, ValueError):
-            # A 200 answer that is not a token response (not JSON, a bad expires_in).
-            raise VerificationError(
-                Reason.PROVIDER_UNREACHABLE,
-                f"the token endpoint {label} gave an answer that is not a token response",
-            ) from None
-
-    return Verification(identity=info["client_email"], static_keys=True)
+    return info, credentials
 
 
 def _parse_key(text: str, source: str = "the key") -> dict[str, Any]:
@@ -392,3 +443,340 @@ def delivery(
         "credentials.json": secrets[KEY_ROLE],
         "CLOUDSDK_COMPUTE_REGION": SecretStr(region),
     })  # fmt: skip
+
+
+# --- rotation: the service account's own keys, through the IAM API ----------------------
+#
+# Every call acts as the key in the Secret: it exchanges that key for an access token at
+# the configured token endpoint (as ``verify`` does) and calls the IAM API v1 at
+# ``ProviderSettings.gcp_iam_url`` through google-auth's AuthorizedSession, all within one
+# ``timeout_seconds``. The service account needs the four iam.serviceAccountKeys
+# permissions below on itself.
+
+_PERMISSIONS = {
+    "list": "iam.serviceAccountKeys.list",
+    "create": "iam.serviceAccountKeys.create",
+    "get": "iam.serviceAccountKeys.get",
+    "delete": "iam.serviceAccountKeys.delete",
+}
+# GCP key ids are 40 hex digits; anything that could change the URL path is refused.
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_RPC_STATUS = re.compile(r"[A-Z][A-Z_]{0,63}")
+_CONSTRAINT = re.compile(r"constraints/[A-Za-z0-9_.]{1,128}")
+_TIMESTAMP = re.compile(
+    r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)", re.ASCII
+)
+# GCP's "no expiry" is validBeforeTime 9999-12-31T23:59:59Z.
+_NO_EXPIRY_YEAR = 9999
+
+
+def list_keys(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> list[KeyFacts]:
+    """The service account's user-managed keys (Google's own system-managed keys, which
+    nobody can hold or delete, are left out)."""
+    with _IamSession(spec, secrets, context) as iam:
+        body = iam.call("GET", "", "list", params={"keyTypes": "USER_MANAGED"})
+    keys = body.get("keys", [])
+    if not isinstance(keys, list):
+        raise iam.malformed("list")
+    return [facts for facts in map(_key_facts_of, keys) if facts is not None]
+
+
+def create_key(spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext) -> NewKey:
+    """A new JSON key for the service account; its file goes under ``serviceAccountKey``."""
+    with _IamSession(spec, secrets, context) as iam:
+        body = iam.call(
+            "POST",
+            "",
+            "create",
+            json_body={
+                "privateKeyType": "TYPE_GOOGLE_CREDENTIALS_FILE",
+                "keyAlgorithm": "KEY_ALG_RSA_2048",
+            },
+        )
+        facts = _key_facts_of(body)
+        if facts is None:
+            raise iam.malformed("create")
+        text = _key_file(body.get("privateKeyData"), facts.key_id, iam.email)
+        if text is None:
+            # A key nobody can use: remove it rather than leave it for the clean-up.
+            with contextlib.suppress(RotationError):
+                iam.call("DELETE", f"/{facts.key_id}", "delete", missing_ok=True)
+            raise RotationError(
+                RotationReason.PROVIDER_UNREACHABLE,
+                f"the IAM API {iam.label} made key {facts.key_id} for {iam.email} but its "
+                "answer did not hold a service-account key file for it",
+            )
+    return NewKey(facts=facts, secret_data={KEY_ROLE: SecretStr(text)})
+
+
+def deactivate_key(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext, key_id: str
+) -> bool:
+    """GCP keys are deleted after the grace period, not disabled first: False."""
+    return False
+
+
+def delete_key(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext, key_id: str
+) -> None:
+    """Delete one of the service account's keys; a key already gone is fine."""
+    path = _key_path(key_id)
+    with _IamSession(spec, secrets, context) as iam:
+        iam.call("DELETE", path, "delete", missing_ok=True)
+
+
+def key_facts(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> KeyFacts | None:
+    """The facts of the key in the Secret (its ``private_key_id``); None when the file
+    names no key id or the IAM API does not know it. GCP keeps no last-use time."""
+    with _IamSession(spec, secrets, context) as iam:
+        key_id = iam.key_id
+        if key_id is None or not _KEY_ID.fullmatch(key_id):
+            return None
+        body = iam.call("GET", f"/{key_id}", "get", missing_ok=True)
+    if not body:
+        return None
+    facts = _key_facts_of(body)
+    if facts is None:
+        raise iam.malformed("get")
+    return facts
+
+
+class _IamSession:
+    """One rotation call: the key's token, the IAM API's URL for the service account's
+    keys, and a single deadline for both."""
+
+    def __init__(
+        self, spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+    ) -> None:
+        if _gcp(spec).service_account_key_ref is None:
+            raise RotationError(
+                RotationReason.NOT_SUPPORTED,
+                "workload identity federation uses no key: there is nothing to rotate",
+            )
+        self.started = time.monotonic()
+        self.settings = context.settings
+        try:
+            info, self._credentials = _load_key(spec, secrets, context)
+        except VerificationError as error:
+            raise _as_rotation_error(error) from None
+        self.email: str = info["client_email"]
+        key_id = info.get("private_key_id")
+        self.key_id: str | None = key_id if isinstance(key_id, str) else None
+        self.label = _endpoint_label(self.settings.gcp_iam_url)
+        base = self.settings.gcp_iam_url.rstrip("/")
+        self.url = f"{base}/v1/projects/-/serviceAccounts/{quote(self.email, safe='@')}/keys"
+
+    def __enter__(self) -> _IamSession:
+        import requests
+        from google.auth.transport.requests import AuthorizedSession, Request
+
+        self._token_session = requests.Session()
+        try:
+            _refresh(self._credentials, self._token_session, self.settings, self.started)
+        except VerificationError as error:
+            self._token_session.close()
+            raise _as_rotation_error(error) from None
+        # The token is fresh: no refresh (and no retry on 401) inside the API call.
+        self._session: Any = AuthorizedSession(  # type: ignore[no-untyped-call]
+            self._credentials,
+            refresh_status_codes=(),
+            auth_request=Request(self._token_session),
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._session.close()
+        self._token_session.close()
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        action: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: dict[str, str] | None = None,
+        missing_ok: bool = False,
+    ) -> dict[str, Any]:
+        """The JSON answer of one IAM API call; ``{}`` for a 404 when ``missing_ok``."""
+        import requests
+
+        remaining = self.settings.timeout_seconds - (time.monotonic() - self.started)
+        key = path.lstrip("/")
+        what = {
+            "list": f"list the keys of {self.email}",
+            "create": f"create a key for {self.email}",
+        }.get(action, f"{'read' if action == 'get' else action} key {key} of {self.email}")
+        if remaining <= 0:
+            raise self._no_answer()
+        try:
+            response = self._session.request(
+                method,
+                self.url + path,
+                params=params,
+                json=json_body,
+                timeout=remaining,
+                allow_redirects=False,
+            )
+        except requests.Timeout:
+            raise self._no_answer() from None
+        except requests.ConnectionError:
+            raise RotationError(
+                RotationReason.PROVIDER_UNREACHABLE,
+                f"could not connect to the IAM API {self.label}",
+            ) from None
+        except (requests.RequestException, OSError):
+            raise RotationError(
+                RotationReason.PROVIDER_UNREACHABLE,
+                f"could not talk to the IAM API {self.label}",
+            ) from None
+        status = response.status_code
+        if status == 404 and missing_ok:
+            return {}
+        if 200 <= status < 300:
+            try:
+                body = response.json() if response.content else {}
+            except ValueError:
+                raise self.malformed(action) from None
+            if not isinstance(body, dict):
+                raise self.malformed(action)
+            return body
+        raise _api_failure(response, action, what, self.label)
+
+    def malformed(self, action: str) -> RotationError:
+        return RotationError(
+            RotationReason.PROVIDER_UNREACHABLE,
+            f"the IAM API {self.label} gave an answer to {action} that is not a key resource",
+        )
+
+    def _no_answer(self) -> RotationError:
+        return RotationError(
+            RotationReason.PROVIDER_UNREACHABLE,
+            f"no answer from the IAM API {self.label} within {self.settings.timeout_seconds:g}s",
+        )
+
+
+def _as_rotation_error(error: VerificationError) -> RotationError:
+    """A failure to act as the key (read, parse, or exchange it for a token)."""
+    reason = {
+        Reason.PROVIDER_UNREACHABLE: RotationReason.PROVIDER_UNREACHABLE,
+        Reason.PROVIDER_REFUSED: RotationReason.PROVIDER_REFUSED,
+        Reason.VERIFICATION_UNAVAILABLE: RotationReason.NOT_SUPPORTED,
+    }.get(error.reason, RotationReason.ACCESS_DENIED)
+    # Without a working key the operator cannot act as the service account at all.
+    return RotationError(reason, f"cannot act as the service account: {error.message}")
+
+
+def _api_failure(response: Any, action: str, what: str, label: str) -> RotationError:
+    """The IAM API's refusal as a reason; only its HTTP status, its RPC status code and
+    an organization-policy constraint's name are taken from the answer."""
+    status = int(response.status_code)
+    code, constraint = _error_details(response)
+    answer = f"HTTP {status}" + (f", {code}" if code else "")
+    text = f"the IAM API {label} refused to {what} ({answer})"
+    if status in (408, 429) or status >= 500:
+        return RotationError(
+            RotationReason.PROVIDER_UNREACHABLE, f"the IAM API {label} failed ({answer})"
+        )
+    if status in (401, 403):
+        return RotationError(
+            RotationReason.ACCESS_DENIED,
+            f"{text}: the service account needs {_PERMISSIONS[action]} on itself",
+        )
+    if constraint:
+        return RotationError(
+            RotationReason.PROVIDER_REFUSED,
+            f"{text}: the organization policy {constraint} forbids it",
+        )
+    if action == "create" and code in ("FAILED_PRECONDITION", "RESOURCE_EXHAUSTED"):
+        # What GCP answers once a service account has its 10 user-managed keys.
+        return RotationError(
+            RotationReason.KEY_LIMIT_REACHED,
+            f"{text}: a service account has at most 10 keys; delete unused ones",
+        )
+    if 400 <= status < 500:
+        return RotationError(RotationReason.PROVIDER_REFUSED, text)
+    return RotationError(
+        RotationReason.PROVIDER_UNREACHABLE,
+        f"the IAM API {label} gave an unexpected answer ({answer})",
+    )
+
+
+def _error_details(response: Any) -> tuple[str | None, str | None]:
+    """The google.rpc status code ("PERMISSION_DENIED") and the name of a violated
+    organization-policy constraint, when the error body carries them in their shape."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return None, None
+    if not isinstance(error, dict):
+        return None, None
+    raw = error.get("status")
+    code = raw if isinstance(raw, str) and _RPC_STATUS.fullmatch(raw) else None
+    constraint = None
+    details = error.get("details")
+    for detail in details if isinstance(details, list) else []:
+        violations = detail.get("violations") if isinstance(detail, dict) else None
+        for violation in violations if isinstance(violations, list) else []:
+            kind = violation.get("type") if isinstance(violation, dict) else None
+            if isinstance(kind, str) and _CONSTRAINT.fullmatch(kind):
+                constraint = kind
+    return code, constraint
+
+
+def _key_path(key_id: str) -> str:
+    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+        raise RotationError(RotationReason.PROVIDER_REFUSED, "not a GCP service-account key id")
+    return f"/{key_id}"
+
+
+def _key_facts_of(resource: object) -> KeyFacts | None:
+    """A ServiceAccountKey resource as KeyFacts; None when it has no usable name."""
+    if not isinstance(resource, dict) or not isinstance(resource.get("name"), str):
+        return None
+    key_id = resource["name"].rsplit("/", 1)[-1]
+    if not _KEY_ID.fullmatch(key_id):
+        return None
+    expires = _timestamp(resource.get("validBeforeTime"))
+    if expires is not None and expires.year >= _NO_EXPIRY_YEAR:
+        expires = None
+    return KeyFacts(
+        key_id=key_id,
+        created=_timestamp(resource.get("validAfterTime")),
+        last_used=None,  # the IAM API keeps no per-key last use
+        expires=expires,
+        active=resource.get("disabled") is not True,
+    )
+
+
+def _timestamp(value: object) -> datetime | None:
+    """An RFC 3339 timestamp as the IAM API writes it (up to nanoseconds)."""
+    if not isinstance(value, str):
+        return None
+    found = _TIMESTAMP.fullmatch(value)
+    if not found:
+        return None
+    whole, fraction, zone = found.groups()
+    micro = f".{(fraction or '0')[:6].ljust(6, '0')}"
+    try:
+        return datetime.fromisoformat(whole + micro + ("+00:00" if zone == "Z" else zone))
+    except ValueError:
+        return None
+
+
+def _key_file(data: object, key_id: str, email: str) -> str | None:
+    """The JSON key file in ``privateKeyData``, if it is one for this key and account."""
+    if not isinstance(data, str):
+        return None
+    try:
+        text = base64.b64decode(data, validate=True).decode()
+        info = _parse_key(text)
+    except (ValueError, VerificationError):  # binascii.Error and UnicodeDecodeError too
+        return None
+    if info.get("private_key_id") != key_id or info["client_email"] != email:
+        return None
+    return text

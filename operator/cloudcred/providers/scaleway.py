@@ -27,24 +27,35 @@ check would put it in its error message), error messages are built from HTTP sta
 codes and public ids only (never from the response body, which a proxy or a test server
 may echo the token into), and exceptions are re-raised ``from None`` so that no SDK
 exception, whose text is the response body, is chained to a logged traceback.
+
+Rotation (``list_keys``, ``create_key``, ``delete_key``, ``key_facts``; see the section
+at the end) uses the same client, timeout and error handling with the IAM API-key
+endpoints, acting with the key in use on the keys of its bearer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import SecretStr
 
 from cloudcred.api.common import SecretKeyRef
-from cloudcred.api.credential import CloudCredentialSpec, ScalewaySpec
+from cloudcred.api.credential import SCALEWAY_ACCESS_KEY, CloudCredentialSpec, ScalewaySpec
 from cloudcred.providers.base import (
     Delivery,
+    KeyFacts,
+    NewKey,
     Reason,
+    RotationError,
+    RotationReason,
     SecretValues,
     Verification,
     VerificationError,
@@ -376,3 +387,393 @@ def delivery(
     if scaleway.organization_id:
         data["SCW_DEFAULT_ORGANIZATION_ID"] = SecretStr(scaleway.organization_id)
     return Delivery(data)
+
+
+# --- key rotation ------------------------------------------------------------------------
+#
+# The functions below act on the API keys of the bearer (IAM application or user) of the
+# key in use, with that key itself: list, create, delete. Managing API keys needs the
+# IAMManager permission set on the organization; Scaleway has nothing narrower. The same
+# client, timeout and error hygiene as ``verify`` apply. Scaleway says nothing of when a
+# key was last used, and a key cannot be disabled, only deleted (or left to expire).
+
+# Error ``type`` codes of Scaleway's error bodies that are read. Only these fixed strings
+# are compared with the body (and may appear in a message): nothing else of the body is.
+_QUOTAS_EXCEEDED = "quotas_exceeded"
+_KNOWN_ERROR_TYPES = frozenset(
+    {
+        _QUOTAS_EXCEEDED,
+        "permissions_denied",
+        "denied_authentication",
+        "not_found",
+        "invalid_arguments",
+        "precondition_failed",
+        "too_many_requests",
+    }
+)
+_ACCESS_KEY = re.compile(SCALEWAY_ACCESS_KEY)
+_PAGE_SIZE = 100  # the API's largest page
+_MAX_PAGES = 20  # 2,000 keys: far beyond any quota, a bound on a server paging forever
+NEW_KEY_DESCRIPTION = "cloudcred"
+
+
+@dataclass(frozen=True)
+class _Session:
+    """What one rotation step needs: the SDK, a client for the key in use, its limits."""
+
+    sdk: _Sdk
+    client: Any
+    access_key: str
+    api_url: str
+    timeout: float
+
+
+def _rotation_session(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> _Session:
+    """The client for the key in use (``spec``'s access key, ``secrets``' secret key),
+    built as ``verify`` builds it; failures become ``RotationError``."""
+    scaleway = _scaleway(spec)
+    try:
+        secret_key = _secret_key(secrets)
+    except VerificationError as error:  # its message never quotes the secret
+        raise RotationError(RotationReason.ACCESS_DENIED, error.message) from None
+    try:
+        sdk = _load_sdk()
+    except ImportError:
+        raise RotationError(
+            RotationReason.NOT_SUPPORTED,
+            "the Scaleway library is not installed: install cloudcred[scaleway]",
+        ) from None
+    settings = context.settings
+    client_options: dict[str, Any] = {}
+    if settings.scaleway_api_url:
+        client_options["api_url"] = settings.scaleway_api_url.rstrip("/")
+    try:
+        client = sdk.client(
+            access_key=scaleway.access_key,
+            secret_key=secret_key,
+            default_project_id=scaleway.project_id,
+            default_organization_id=scaleway.organization_id,
+            **client_options,
+        )
+        client.validate()
+    except ValueError:
+        raise RotationError(
+            RotationReason.NOT_SUPPORTED,
+            "the Scaleway client refused its settings: check the operator's Scaleway API URL",
+        ) from None
+    return _Session(
+        sdk=sdk,
+        client=client,
+        access_key=scaleway.access_key,
+        api_url=str(client.api_url),
+        timeout=settings.timeout_seconds,
+    )
+
+
+def _error_type(error: Exception) -> str | None:
+    """The error body's ``type`` when it is one of the known codes, else None. Reads the
+    body as JSON and keeps nothing of it but that fixed string."""
+    response = getattr(error, "response", None)
+    try:
+        body = response.json() if response is not None else None
+    except ValueError:  # not JSON: a proxy's page
+        return None
+    kind = body.get("type") if isinstance(body, dict) else None
+    return kind if isinstance(kind, str) and kind in _KNOWN_ERROR_TYPES else None
+
+
+def _act(
+    session: _Session,
+    call: Callable[[], _T],
+    *,
+    what: str,
+    on_status: Callable[[int, str | None], RotationError | None] = lambda status, kind: None,
+) -> _T:
+    """Runs one SDK call and turns its failures into ``RotationError``, as ``_ask`` does
+    for verification: from status codes and known error codes only, raised ``from None``.
+
+    ``on_status`` may return a step-specific error for an HTTP status and error code.
+    """
+    requests = session.sdk.requests
+    api_url = session.api_url
+    try:
+        return call()
+    except session.sdk.scaleway_exception as error:
+        status = int(getattr(getattr(error, "response", None), "status_code", 0) or 0)
+        kind = _error_type(error)
+        specific = on_status(status, kind)
+        if specific is not None:
+            raise specific from None
+        code = f"HTTP {status}" + (f" {kind}" if kind else "")
+        if kind == _QUOTAS_EXCEEDED and 400 <= status < 500:
+            reason, answer = RotationReason.KEY_LIMIT_REACHED, "reached a quota"
+        elif status == 401:
+            reason, answer = RotationReason.ACCESS_DENIED, "refused the secret key"
+        elif status == 403:
+            reason, answer = RotationReason.ACCESS_DENIED, "denied permission"
+        elif 400 <= status < 500 and status not in (408, 429):
+            reason, answer = RotationReason.PROVIDER_REFUSED, "refused the request"
+        else:  # 3xx, 408, 429, 5xx: a proxy, a rate limit or an outage; try again later
+            reason, answer = RotationReason.PROVIDER_UNREACHABLE, "answered"
+        raise RotationError(reason, f"{what}: the Scaleway API {answer} ({code})") from None
+    except requests.Timeout:
+        raise RotationError(
+            RotationReason.PROVIDER_UNREACHABLE,
+            f"{what}: no answer from {api_url} within {session.timeout:g}s",
+        ) from None
+    except requests.ConnectionError:
+        raise RotationError(
+            RotationReason.PROVIDER_UNREACHABLE, f"{what}: could not connect to {api_url}"
+        ) from None
+    except requests.RequestException as error:
+        raise RotationError(
+            RotationReason.PROVIDER_UNREACHABLE,
+            f"{what}: request to {api_url} failed ({type(error).__name__})",
+        ) from None
+    except (TypeError, ValueError, KeyError):
+        raise RotationError(
+            RotationReason.PROVIDER_UNREACHABLE,
+            f"{what}: {api_url} gave an answer that cannot be read",
+        ) from None
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A time from the API, in UTC (one sent without a zone is taken as UTC)."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _facts(api_key: Any) -> KeyFacts:
+    """KeyFacts of an SDK ``APIKey``: no last use at Scaleway; an expired key is inactive."""
+    expires = _utc(api_key.expires_at)
+    return KeyFacts(
+        key_id=str(api_key.access_key),
+        created=_utc(api_key.created_at),
+        last_used=None,
+        expires=expires,
+        active=expires is None or expires > datetime.now(UTC),
+    )
+
+
+def _own_key(session: _Session, iam: Any, *, what: str) -> Any:
+    """The key in use, as IAM describes it (its bearer, dates, default project)."""
+    access_key = session.access_key
+
+    def on_status(status: int, kind: str | None) -> RotationError | None:
+        if status == 403 and kind != _QUOTAS_EXCEEDED:
+            return RotationError(
+                RotationReason.ACCESS_DENIED,
+                f"{what}: access key {access_key} may not read its own API key (HTTP 403): "
+                "grant its bearer the IAMManager permission set",
+            )
+        if status == 404:
+            return RotationError(
+                RotationReason.PROVIDER_REFUSED,
+                f"{what}: access key {access_key} does not exist in the key's organization "
+                "(HTTP 404)",
+            )
+        return None
+
+    return _act(
+        session, lambda: iam.get_api_key(access_key=access_key), what=what, on_status=on_status
+    )
+
+
+class _Gone(Exception):
+    """The key asked about is not there (HTTP 404)."""
+
+
+def _unless_gone(
+    session: _Session,
+    call: Callable[[], _T],
+    *,
+    what: str,
+    on_status: Callable[[int, str | None], RotationError | None],
+) -> _T | None:
+    """``_act``, except that a 404 gives None."""
+
+    def gone_or(status: int, kind: str | None) -> RotationError | None:
+        if status == 404:
+            raise _Gone
+        return on_status(status, kind)
+
+    try:
+        return _act(session, call, what=what, on_status=gone_or)
+    except _Gone:
+        return None
+
+
+def _bearer(api_key: Any, access_key: str, what: str) -> dict[str, str]:
+    """The IAM filter naming the key's bearer: {"application_id": ...} or {"user_id": ...}."""
+    if api_key.application_id:
+        return {"application_id": str(api_key.application_id)}
+    if api_key.user_id:
+        return {"user_id": str(api_key.user_id)}
+    raise RotationError(
+        RotationReason.NOT_SUPPORTED,
+        f"{what}: access key {access_key} has no user or application as its bearer",
+    )
+
+
+def _denied(what: str, access_key: str) -> Callable[[int, str | None], RotationError | None]:
+    """A 403 on a key-management call, with the permission it needs."""
+
+    def on_status(status: int, kind: str | None) -> RotationError | None:
+        if status == 403 and kind != _QUOTAS_EXCEEDED:
+            return RotationError(
+                RotationReason.ACCESS_DENIED,
+                f"{what}: access key {access_key} may not manage its bearer's API keys "
+                "(HTTP 403): grant its bearer the IAMManager permission set",
+            )
+        return None
+
+    return on_status
+
+
+def _session_and_deadline(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> tuple[_Session, float]:
+    session = _rotation_session(spec, secrets, context)
+    return session, time.monotonic() + session.timeout
+
+
+def key_facts(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> KeyFacts | None:
+    """What IAM says of the key in use: created, expires (no last use at Scaleway).
+    None when IAM does not know the access key. Blocking, ``timeout_seconds`` at most."""
+    session, deadline = _session_and_deadline(spec, secrets, context)
+    access_key = session.access_key
+    what = f"reading access key {access_key}"
+
+    def on_status(status: int, kind: str | None) -> RotationError | None:
+        if status == 403:
+            return RotationError(
+                RotationReason.ACCESS_DENIED,
+                f"{what}: access key {access_key} may not read its own API key (HTTP 403): "
+                "grant its bearer the IAMReadOnly permission set",
+            )
+        return None
+
+    with session.sdk.requests.Session() as http:
+        iam = session.sdk.iam_api(session.client, http, deadline)
+        api_key = _unless_gone(
+            session,
+            lambda: iam.get_api_key(access_key=access_key),
+            what=what,
+            on_status=on_status,
+        )
+    return None if api_key is None else _facts(api_key)
+
+
+def list_keys(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> list[KeyFacts]:
+    """Every API key of the key in use's bearer (application or user), oldest first.
+    Blocking, ``timeout_seconds`` at most for all pages."""
+    session, deadline = _session_and_deadline(spec, secrets, context)
+    what = f"listing the API keys of access key {session.access_key}'s bearer"
+    with session.sdk.requests.Session() as http:
+        iam = session.sdk.iam_api(session.client, http, deadline)
+        bearer = _bearer(_own_key(session, iam, what=what), session.access_key, what)
+        keys: list[KeyFacts] = []
+        for page in range(1, _MAX_PAGES + 1):
+            answer = _act(
+                session,
+                functools.partial(
+                    iam.list_api_keys,
+                    page=page,
+                    page_size=_PAGE_SIZE,
+                    order_by="created_at_asc",
+                    **bearer,
+                ),
+                what=what,
+                on_status=_denied(what, session.access_key),
+            )
+            keys.extend(_facts(api_key) for api_key in answer.api_keys)
+            if len(answer.api_keys) < _PAGE_SIZE or len(keys) >= answer.total_count:
+                break
+    return keys
+
+
+def create_key(spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext) -> NewKey:
+    """A new API key for the key in use's bearer, with the same default project and, when
+    the key in use expires, the same lifetime from now. Blocking.
+
+    Raises ``RotationError``: KeyLimitReached when the organization's API key quota is
+    reached, AccessDenied without IAMManager.
+    """
+    session, deadline = _session_and_deadline(spec, secrets, context)
+    what = f"creating an API key for the bearer of access key {session.access_key}"
+    with session.sdk.requests.Session() as http:
+        iam = session.sdk.iam_api(session.client, http, deadline)
+        current = _own_key(session, iam, what=what)
+        bearer = _bearer(current, session.access_key, what)
+        expires_at: datetime | None = None
+        current_created, current_expires = _utc(current.created_at), _utc(current.expires_at)
+        if current_created is not None and current_expires is not None:
+            # An organization may require keys to expire: keep the lifetime the key had.
+            expires_at = datetime.now(UTC) + (current_expires - current_created)
+        created = _act(
+            session,
+            lambda: iam.create_api_key(
+                description=NEW_KEY_DESCRIPTION,
+                expires_at=expires_at,
+                default_project_id=current.default_project_id or _scaleway(spec).project_id,
+                **bearer,
+            ),
+            what=what,
+            on_status=_denied(what, session.access_key),
+        )
+        access_key = str(created.access_key or "")
+        secret_key = created.secret_key if isinstance(created.secret_key, str) else ""
+        if not _ACCESS_KEY.fullmatch(access_key):
+            raise RotationError(
+                RotationReason.PROVIDER_UNREACHABLE,
+                f"{what}: the answer holds no valid access key",
+            )
+        if not _SECRET_KEY.fullmatch(secret_key):
+            # A key nobody can use: remove it rather than leave it behind.
+            with contextlib.suppress(RotationError):  # resume finds keys not recorded
+                _act(session, lambda: iam.delete_api_key(access_key=access_key), what=what)
+            raise RotationError(
+                RotationReason.PROVIDER_UNREACHABLE,
+                f"{what}: the answer for new access key {access_key} holds no valid secret key",
+            )
+    return NewKey(facts=_facts(created), secret_data={SECRET_KEY_ROLE: SecretStr(secret_key)})
+
+
+def deactivate_key(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext, key_id: str
+) -> bool:
+    """Scaleway API keys have no disabled state: False, and nothing is asked."""
+    return False
+
+
+def delete_key(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext, key_id: str
+) -> None:
+    """Deletes the API key ``key_id`` (an access key); one already gone is fine. The key
+    in use, which the call itself authenticates with, is never deleted. Blocking."""
+    scaleway = _scaleway(spec)
+    what = f"deleting access key {key_id}"
+    if not _ACCESS_KEY.fullmatch(key_id):
+        # It goes into the URL path: only a well-formed access key is sent.
+        raise RotationError(RotationReason.PROVIDER_REFUSED, "not a Scaleway access key")
+    if key_id == scaleway.access_key:
+        raise RotationError(
+            RotationReason.PROVIDER_REFUSED,
+            f"{what}: it is the key in use, which the request would be made with",
+        )
+    session, deadline = _session_and_deadline(spec, secrets, context)
+    with session.sdk.requests.Session() as http:
+        iam = session.sdk.iam_api(session.client, http, deadline)
+        _unless_gone(
+            session,
+            lambda: iam.delete_api_key(access_key=key_id),
+            what=what,
+            on_status=_denied(what, session.access_key),
+        )

@@ -1,0 +1,147 @@
+"""Automatic rotation: the plain decisions (no I/O).
+
+With ``spec.rotation.policy: Automatic`` the operator makes a new key with the
+credential's own identity, keeps it in a Secret it owns (one per key:
+``<name>-key-<hash of the key id>``) and records it in ``status.rotation``; from then
+on the credential's *effective* spec names that key and that Secret
+(``effective_spec``), so its revision changes and the existing rollout takes the new
+key to every cluster, while the spec itself, which a GitOps tool may own,
+never changes. Once every cluster uses the new key, the old one is deactivated (where
+the provider can) and, after ``gracePeriod``, deleted.
+
+Phases (``status.rotation.phase``), each written *before* the provider call it guards:
+
+    Idle -> Creating -> RollingOut -> Retiring -> Deleting -> Idle
+
+A key made by a step that did not finish (the operator stopped between the create and
+recording it) is not in ``knownKeyIds`` and not recorded: the next step deletes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+ROTATE_NOW_ANNOTATION = "cloudcred.io/rotate-now"
+KEY_ID_ANNOTATION = "cloudcred.io/key-id"
+
+IDLE, CREATING, ROLLING_OUT, RETIRING, DELETING = (
+    "Idle", "Creating", "RollingOut", "Retiring", "Deleting",
+)  # fmt: skip
+
+# Per provider: (the spec field holding the key's public id, or None; the Secret reference).
+KEY_FIELDS: dict[str, tuple[str | None, str]] = {
+    "AWS": ("accessKeyId", "secretAccessKeyRef"),
+    "GCP": (None, "serviceAccountKeyRef"),
+    "AZURE": (None, "clientSecretRef"),
+    "SCALEWAY": ("accessKey", "secretKeyRef"),
+}
+
+_GRACE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def rotated_secret_name(credential: str, key_id: str) -> str:
+    """The Secret the operator owns for one key it made: one per key, so that writing a
+    new key never changes the Secret of the key in use."""
+    digest = hashlib.sha256(key_id.encode()).hexdigest()[:10]
+    return f"{credential[:200]}-key-{digest}"
+
+
+def max_age(value: str) -> timedelta:
+    """``spec.rotation.maxAge`` ("90d")."""
+    return timedelta(days=int(value.rstrip("d")))
+
+
+def grace_period(value: str) -> timedelta:
+    """``spec.rotation.gracePeriod`` ("24h", "7d", "1d12h", "0s")."""
+    found = _GRACE.match(value)
+    if not found or not value:
+        raise ValueError(f"not a grace period: {value!r}")
+    days, hours, minutes, seconds = (int(part or 0) for part in found.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+def next_rotation(created: datetime, age: timedelta) -> datetime:
+    """When a key made at ``created`` is due for rotation."""
+    return created + age
+
+
+def is_due(created: datetime | None, age: timedelta, now: datetime) -> bool:
+    """Whether a key made at ``created`` is due at ``now``; a key of unknown age is due
+    (the operator cannot tell how old it is: rotating it gives a key it knows)."""
+    return created is None or now >= next_rotation(created, age)
+
+
+def spec_key(spec: dict[str, Any]) -> str:
+    """The key the spec itself names, as ``<public id>|<Secret name>``: a rotated key
+    replaces exactly this one; when the spec names another (a person rotated by hand),
+    the spec wins again."""
+    provider = str(spec.get("provider", ""))
+    if provider not in KEY_FIELDS:
+        return ""
+    id_field, ref_field = KEY_FIELDS[provider]
+    block = spec.get(provider.lower()) or {}
+    public = str(block.get(id_field) or "") if id_field else ""
+    return f"{public}|{(block.get(ref_field) or {}).get('name', '')}"
+
+
+def in_effect(spec: dict[str, Any], rotation: dict[str, Any] | None) -> bool:
+    """Whether the operator's rotated key replaces the spec's key."""
+    rotation = rotation or {}
+    return bool(
+        rotation.get("keyId")
+        and rotation.get("secretName")
+        and rotation.get("replaces") == spec_key(spec)
+    )
+
+
+def effective_spec(spec: dict[str, Any], status: dict[str, Any] | None) -> dict[str, Any]:
+    """The spec the operator works with: ``spec``, with the rotated key (its public id and
+    the Secret that holds it) in place of the spec's own once a rotation switched to it."""
+    rotation = (status or {}).get("rotation")
+    if not in_effect(spec, rotation):
+        return spec
+    assert rotation is not None
+    provider = str(spec["provider"])
+    id_field, ref_field = KEY_FIELDS[provider]
+    block = dict(spec.get(provider.lower()) or {})
+    if id_field:
+        block[id_field] = rotation["keyId"]
+    block[ref_field] = {**(block.get(ref_field) or {}), "name": rotation["secretName"]}
+    return {**spec, provider.lower(): block}
+
+
+def strays(keys: list[str], known: list[str] | None, recorded: tuple[str | None, ...]) -> list[str]:
+    """Keys of the identity made by a create whose result was never recorded: neither
+    there before it (``known``) nor recorded since (``recorded``)."""
+    before = set(known or [])
+    return [key for key in keys if key not in before and key not in recorded]
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """What RollingOut waits for: the new key verified and deployed everywhere."""
+
+    done: bool
+    why: str
+    verified: bool = True  # False: the new key's revision exists and did not verify
+
+
+def rollout_state(status: dict[str, Any], from_revision: str | None) -> RolloutState:
+    """Whether the revision computed with the new key is verified and on every cluster."""
+    revision = status.get("revision")
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    verified, complete = conditions.get("Verified") or {}, conditions.get("RolloutComplete") or {}
+    if not revision or revision == from_revision:
+        return RolloutState(False, "waiting for the new key's revision to be computed")
+    if verified.get("status") != "True":
+        return RolloutState(False, f"the new key is not verified yet ({verified.get('reason')}: "
+                                   f"{verified.get('message')})", verified=False)  # fmt: skip
+    rollout = status.get("rollout") or {}
+    if complete.get("status") != "True" or rollout.get("revision") != revision:
+        return RolloutState(False, f"waiting for the rollout of revision {revision}: "
+                                   f"{complete.get('message', 'not computed yet')}")  # fmt: skip
+    return RolloutState(True, f"every cluster uses revision {revision}")

@@ -1,0 +1,282 @@
+"""Automatic rotation end to end: the operator makes the new AWS key with the key's own
+identity (moto's server, signatures checked), rolls it out with the existing rollout,
+and retires the old key only after every cluster uses the new one."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from botocore.exceptions import ClientError
+from kubernetes import client
+
+from tests.aws import AwsKey, Moto
+from tests.conftest import Kube
+from tests.integration.conftest import operator_env
+from tests.operator import OperatorProcess, wait_for
+from tests.proxy import LoopbackProxy
+from tests.resources import (
+    condition,
+    create_cluster,
+    credential_revision,
+    events_for,
+    get_credential,
+    new_revision,
+    patch_cluster_status,
+    secret,
+    static_key_credential,
+)
+
+pytestmark = pytest.mark.integration
+
+AUTOMATIC = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "3s"}
+
+
+def rotation_status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    return dict(((get_credential(kube, namespace, name) or {}).get("status") or {})
+                .get("rotation") or {})  # fmt: skip
+
+
+def keys_at_moto(moto: Moto, user: str) -> dict[str, str]:
+    """The user's access keys and their status, as AWS (moto) has them."""
+    listed = moto.client("iam").list_access_keys(UserName=user)["AccessKeyMetadata"]
+    return {key["AccessKeyId"]: key["Status"] for key in listed}
+
+
+def works(moto: Moto, key: AwsKey) -> bool:
+    """Whether a call signed with this key is accepted."""
+    try:
+        moto.client("sts", key).get_caller_identity()
+    except ClientError:
+        return False
+    return True
+
+
+def rotated_secret(kube: Kube, namespace: str, name: str) -> dict[str, str]:
+    """The data of the Secret that holds the key the credential uses now."""
+    secret_name = rotation_status(kube, namespace, name)["secretName"]
+    found = kube.core.read_namespaced_secret(secret_name, namespace)
+    return {k: base64.b64decode(v).decode() for k, v in (found.data or {}).items()}
+
+
+def test_rotate_now_rolls_out_and_retires_the_old_key_after_the_rollout(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    user = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, namespace, "auto", user.access_key_id, "keys",
+                          rotation=AUTOMATIC, rollout={"maxConcurrent": "100%"})  # fmt: skip
+    create_cluster(kube, namespace, "ops", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": "auto"})  # fmt: skip
+    create_cluster(kube, namespace, "ext", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": "auto"}, deploy="External")  # fmt: skip
+    first = new_revision(kube, namespace, "auto", None)
+    patch_cluster_status(kube, namespace, "ext", {"deployedRevision": first})
+    wait_for(lambda: (condition(get_credential(kube, namespace, "auto"), "RolloutComplete")
+                      or {}).get("status") == "True", what="first rollout")  # fmt: skip
+    generation = get_credential(kube, namespace, "auto")["metadata"]["generation"]  # type: ignore[index]
+
+    started = time.monotonic()
+    # The user's command: it asks, then follows until the old key is retired.
+    command = subprocess.Popen(
+        [sys.executable, "-m", "cloudcred", "rotate", "auto", "-n", namespace, "--kubeconfig",
+         str(kube.kubeconfig), "--now", "--timeout", "2m"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(lambda: rotation_status(kube, namespace, "auto").get("phase") == "RollingOut",
+             timeout=30, what="the new key in use")  # fmt: skip
+    state = rotation_status(kube, namespace, "auto")
+    new_id = state["keyId"]
+    assert new_id != user.access_key_id
+    assert state["previousKeyId"] == user.access_key_id
+    new = AwsKey(user.user, new_id, rotated_secret(kube, namespace, "auto")["secretAccessKey"])
+    assert works(moto, new)
+    # The spec is untouched (a GitOps tool sees no drift); the status shows the key.
+    credential = get_credential(kube, namespace, "auto") or {}
+    assert credential["metadata"]["generation"] == generation
+    assert credential["spec"]["aws"]["accessKeyId"] == user.access_key_id
+    second = new_revision(kube, namespace, "auto", first)
+    wait_for(lambda: (get_credential(kube, namespace, "auto") or {})["status"].get("publicId")
+             == new_id, what="status.publicId shows the new key")  # fmt: skip
+
+    # The external cluster has not redeployed: nothing is retired, and the credential says why.
+    time.sleep(4)
+    assert keys_at_moto(moto, user.user) == {user.access_key_id: "Active", new_id: "Active"}
+    state = rotation_status(kube, namespace, "auto")
+    assert state["phase"] == "RollingOut"
+    assert "waiting for the rollout" in state["message"]
+
+    patch_cluster_status(kube, namespace, "ext", {"deployedRevision": second})
+    wait_for(lambda: keys_at_moto(moto, user.user).get(user.access_key_id) == "Inactive",
+             timeout=30, what="the old key inactive after the rollout")  # fmt: skip
+    assert (condition(get_credential(kube, namespace, "auto"), "RolloutComplete") or {}).get(
+        "status") == "True"  # fmt: skip
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 0, err
+    assert f"uses key {new_id}, on every cluster" in out
+    assert user.secret_access_key not in out + err
+    assert new.secret_access_key not in out + err
+    wait_for(lambda: user.access_key_id not in keys_at_moto(moto, user.user), timeout=30,
+             what="the old key deleted after the grace period")  # fmt: skip
+    took = time.monotonic() - started
+    assert not works(moto, user)  # a call signed with the old key is refused
+    assert works(moto, new)
+    assert keys_at_moto(moto, user.user) == {new_id: "Active"}
+    wait_for(lambda: rotation_status(kube, namespace, "auto").get("phase") == "Idle",
+             what="the rotation done")  # fmt: skip
+    done = rotation_status(kube, namespace, "auto")
+    assert done["keyId"] == new_id
+    assert "previousKeyId" not in done
+    assert done["lastRotationTime"]
+    assert done["nextRotationTime"]
+    reasons = [e.reason for e in events_for(kube, namespace, "auto")]
+    for step in ("RotationStarted", "KeyCreated", "KeyInUse", "KeyDeactivated", "KeyDeleted",
+                 "RotationComplete"):  # fmt: skip
+        assert step in reasons, reasons
+    print(f"\nrotation with --now to the old key deleted: {took:.1f} s (grace 3 s)")
+
+
+def test_a_rollout_that_cannot_complete_retires_nothing(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    """A cluster whose deploy fails with the new key: the old key stays active."""
+    from tests.integration.test_guard_rails import READ_ONLY_STS
+
+    # The user may manage its keys but not read Auto Scaling: the deploy step fails.
+    user = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}", policy=READ_ONLY_STS.replace(
+        '"iam:ListAccessKeys"', '"iam:*AccessKey*"'))  # fmt: skip
+    secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, namespace, "stuck", user.access_key_id, "keys",
+                          rotation=AUTOMATIC)  # fmt: skip
+    create_cluster(kube, namespace, "ops", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": "stuck"})  # fmt: skip
+    first = new_revision(kube, namespace, "stuck", None)
+    wait_for(lambda: (condition(get_credential(kube, namespace, "stuck"), "Verified") or {})
+             .get("status") == "True", what="verified")  # fmt: skip
+    kube.custom.patch_namespaced_custom_object(
+        "cloudcred.io",
+        "v1alpha1",
+        namespace,
+        "cloudcredentials",
+        "stuck",
+        {"metadata": {"annotations": {"cloudcred.io/rotate-now": "test"}}},
+    )
+    wait_for(lambda: rotation_status(kube, namespace, "stuck").get("phase") == "RollingOut",
+             timeout=30, what="the new key in use")  # fmt: skip
+    new_revision(kube, namespace, "stuck", first)
+    time.sleep(8)
+    state = rotation_status(kube, namespace, "stuck")
+    assert state["phase"] == "RollingOut"
+    assert keys_at_moto(moto, user.user)[user.access_key_id] == "Active"
+    assert "waiting for the rollout" in state["message"], state
+    assert credential_revision(kube, namespace, "stuck") != first
+
+
+def test_sigkill_at_each_phase_leaves_one_new_key_and_retires_nothing_in_use(
+    kube: Kube, moto: Moto, operators: list[OperatorProcess],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:  # fmt: skip
+    """Four rotations of one credential, the operator SIGKILLed once in each: before the
+    create reaches AWS, after AWS made the key but before it was recorded, during the
+    rollout, and after the old key was deactivated. After each: exactly one new key, no
+    key in use retired, and the rotation completes."""
+    namespace = f"rot-kill-{uuid.uuid4().hex[:8]}"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    seen_create = threading.Event()
+    mode = {"create": "pass"}  # pass | drop (never reaches moto) | late (reaches it after the kill)
+
+    def hold(request: str) -> float:
+        if "Action=CreateAccessKey" not in request or mode["create"] == "pass":
+            return 0.0
+        seen_create.set()
+        return -1.0 if mode["create"] == "drop" else 3.0
+
+    endpoint = urlparse(moto.endpoint)
+    proxy = LoopbackProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80, hold=hold,
+                          hold_bodies=True).start()  # fmt: skip
+    env = {**operator_env(moto), "AWS_ENDPOINT_URL": proxy.url}
+    logs = tmp_path_factory.mktemp("rotation-kills")
+
+    def start() -> OperatorProcess:
+        process = OperatorProcess(kubeconfig=kube.kubeconfig, log_path=logs / "operator.log",
+                                  env=env, args=["--namespace", namespace]).start()  # fmt: skip
+        operators.append(process)
+        return process
+
+    user = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, namespace, "auto", user.access_key_id, "keys",
+                          rotation={**AUTOMATIC, "gracePeriod": "4s"},
+                          rollout={"maxConcurrent": "100%"})  # fmt: skip
+    create_cluster(kube, namespace, "ext", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": "auto"}, deploy="External")  # fmt: skip
+    operator = start()
+    revision = new_revision(kube, namespace, "auto", None)
+    patch_cluster_status(kube, namespace, "ext", {"deployedRevision": revision})
+    in_use = user.access_key_id
+
+    def phase() -> str:
+        return str(rotation_status(kube, namespace, "auto").get("phase"))
+
+    def ask(value: str) -> None:
+        kube.custom.patch_namespaced_custom_object(
+            "cloudcred.io",
+            "v1alpha1",
+            namespace,
+            "cloudcredentials",
+            "auto",
+            {"metadata": {"annotations": {"cloudcred.io/rotate-now": value}}},
+        )
+
+    try:
+        for kill_at in ("before the create", "after the create", "during the rollout",
+                        "after deactivation"):  # fmt: skip
+            wait_for(lambda: (condition(get_credential(kube, namespace, "auto"), "Verified")
+                              or {}).get("status") == "True", what="verified")  # fmt: skip
+            seen_create.clear()
+            mode["create"] = {"before the create": "drop", "after the create": "late"}.get(
+                kill_at, "pass")  # fmt: skip
+            ask(kill_at)
+            if kill_at in ("before the create", "after the create"):
+                assert seen_create.wait(30), "the operator never asked AWS for a key"
+                operator.kill()
+                mode["create"] = "pass"
+                if kill_at == "after the create":
+                    # The held request reaches AWS after the kill: a key nobody recorded.
+                    wait_for(lambda: len(keys_at_moto(moto, user.user)) == 2, timeout=10,
+                             what="the unrecorded key made")  # fmt: skip
+                assert phase() == "Creating"
+                operator = start()
+            wait_for(lambda: phase() == "RollingOut", timeout=60, what=f"{kill_at}: in use")
+            state = rotation_status(kube, namespace, "auto")
+            new_id = state["keyId"]
+            # Exactly one new key (an unrecorded one was deleted), the old still active.
+            assert keys_at_moto(moto, user.user) == {in_use: "Active", new_id: "Active"}, kill_at
+            assert state["previousKeyId"] == in_use
+            if kill_at == "during the rollout":
+                operator.kill()
+                operator = start()
+            new_revision_now = new_revision(kube, namespace, "auto", revision)
+            time.sleep(1)
+            assert keys_at_moto(moto, user.user)[in_use] == "Active", "retired while in use"
+            patch_cluster_status(kube, namespace, "ext", {"deployedRevision": new_revision_now})
+            wait_for(lambda old=in_use: keys_at_moto(moto, user.user).get(old) == "Inactive",
+                     timeout=60, what=f"{kill_at}: the old key inactive")  # fmt: skip
+            if kill_at == "after deactivation":
+                operator.kill()
+                operator = start()
+            wait_for(lambda new=new_id: keys_at_moto(moto, user.user) == {new: "Active"},
+                     timeout=60,
+                     what=f"{kill_at}: the old key deleted, one key left")  # fmt: skip
+            wait_for(lambda: phase() == "Idle", what=f"{kill_at}: the rotation done")
+            in_use, revision = new_id, new_revision_now
+        assert "Traceback" not in operator.log()
+    finally:
+        proxy.stop()
