@@ -241,6 +241,18 @@ class StateCollector(Collector):
                 labels=per_credential,
             ),
             GaugeMetricFamily(
+                "cloudcred_credential_key_expiry_timestamp_seconds",
+                "When the provider stops accepting the static key (status.key.expiryTime: "
+                "GCP key validity, Azure secret end date, Scaleway expiry), in Unix seconds.",
+                labels=per_credential,
+            ),
+            GaugeMetricFamily(
+                "cloudcred_credential_next_rotation_timestamp_seconds",
+                "When the operator rotates the key next (status.rotation.nextRotationTime, "
+                "spec.rotation.policy Automatic), in Unix seconds.",
+                labels=per_credential,
+            ),
+            GaugeMetricFamily(
                 "cloudcred_credential_last_verified_timestamp_seconds",
                 "When the provider last accepted the credential (status.lastVerifiedTime), "
                 "in Unix seconds.",
@@ -313,6 +325,14 @@ class StateCollector(Collector):
                 moment = _timestamp(status.get(field))
                 if moment is not None:
                     family.add_metric(labels, moment)
+            for moment, name in (
+                ((status.get("key") or {}).get("expiryTime"), "key_expiry"),
+                ((status.get("rotation") or {}).get("nextRotationTime"), "next_rotation"),
+            ):
+                if (seconds := _timestamp(moment)) is not None:
+                    families[f"cloudcred_credential_{name}_timestamp_seconds"].add_metric(
+                        labels, seconds
+                    )
             complete = conditions.find(status.get("conditions"), ROLLOUT_COMPLETE)
             if complete is not None:
                 families["cloudcred_credential_rollout_complete"].add_metric(

@@ -353,7 +353,10 @@ class Rotator:
         if found is not None and any(
             o.controller and o.uid == body["metadata"]["uid"] for o in found.owner_references or []
         ):
-            await self.kube.delete_secret(namespace, secret_name, found.uid)
+            try:
+                await self.kube.delete_secret(namespace, secret_name, found.uid)
+            except RuntimeError as error:  # its key is gone; the Secret goes with the credential
+                logger.warning("rotation of %s: %s", body["metadata"]["name"], error)
 
     async def _saved_key(self, namespace: str, secret_name: str) -> str | None:
         metadata = await self.kube.secret_metadata(namespace, secret_name)
@@ -382,6 +385,19 @@ class Rotator:
             return
         except AlreadyExists:
             pass
+        except RuntimeError as error:  # its text names the HTTP status only
+            # The key just made is not recorded: the next attempt deletes it.
+            denied = "HTTP 403" in str(error)
+            raise RotationError(
+                RotationReason.ACCESS_DENIED if denied else RotationReason.PROVIDER_UNREACHABLE,
+                f"{error}"
+                + (
+                    "; the operator may not create Secrets: install deploy/rotation "
+                    "(Helm: rotation.enabled=true)"
+                    if denied
+                    else ""
+                ),
+            ) from None
         found = await self.kube.secret_metadata(namespace, secret_name)
         owners = (found.owner_references or []) if found else []
         if found is None or not any(o.controller and o.uid == uid for o in owners):

@@ -229,6 +229,53 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
         credential(provider="AWS", aws=ROLE, rollout={"maxConcurrent": "150%"}),
         "spec.rollout.maxConcurrent",
     ),
+    (
+        "rotation-automatic-without-max-age",
+        credential(provider="AWS", aws=KEYS, rotation={"policy": "Automatic"}),
+        "spec.rotation.maxAge",
+    ),
+    (
+        "rotation-automatic-for-a-role",
+        credential(provider="AWS", aws=ROLE, rotation={"policy": "Automatic", "maxAge": "90d"}),
+        "spec.rotation.policy",
+    ),
+    (
+        "rotation-automatic-for-gcp-workload-identity",
+        credential(
+            provider="GCP",
+            gcp={
+                "serviceAccountEmail": "ci@proj.iam.gserviceaccount.com",
+                "workloadIdentityProvider": "projects/123/locations/global/workloadIdentityPools/"
+                "pool/providers/prov",
+            },
+            rotation={"policy": "Automatic", "maxAge": "90d"},
+        ),
+        "spec.rotation.policy",
+    ),
+    (
+        "rotation-max-age-under-a-day",
+        credential(provider="AWS", aws=KEYS, rotation={"policy": "Automatic", "maxAge": "12h"}),
+        "spec.rotation.maxAge",
+    ),
+    (
+        "rotation-max-age-zero",
+        credential(provider="AWS", aws=KEYS, rotation={"policy": "Automatic", "maxAge": "0d"}),
+        "spec.rotation.maxAge",
+    ),
+    (
+        "rotation-unknown-policy",
+        credential(provider="AWS", aws=KEYS, rotation={"policy": "Sometimes"}),
+        "spec.rotation.policy",
+    ),
+    (
+        "rotation-empty-grace-period",
+        credential(
+            provider="AWS",
+            aws=KEYS,
+            rotation={"policy": "Automatic", "maxAge": "90d", "gracePeriod": ""},
+        ),
+        "spec.rotation.gracePeriod",
+    ),
 ]
 
 

@@ -604,12 +604,12 @@ def test_list_rows() -> None:
     new = {"metadata": {"namespace": "beta", "name": "new"}, "spec": {"provider": "GCP"}}
     headers, rows = views.list_rows([good, new, bad], now, with_namespace=True)
     assert headers == ["NAMESPACE", "NAME", "PROVIDER", "KEY OR ROLE", "CLUSTERS", "VERIFIED",
-                       "KEY AGE", "UNUSED SINCE", "ROLLOUT"]  # fmt: skip
+                       "KEY AGE", "NEXT ROTATION", "UNUSED SINCE", "ROLLOUT"]  # fmt: skip
     assert rows == [
-        ["acme", "aws-old", "AWS", "-", "0", "False (InvalidCredentials)", "-",
+        ["acme", "aws-old", "AWS", "-", "0", "False (InvalidCredentials)", "-", "-",
          "2026-11-01T00:00:00Z", "-"],
-        ["acme", "aws-prod", "AWS", "AKIAOLDOLDOLDOLDOLD1", "2", "True", "11d", "-", "1/2"],
-        ["beta", "new", "GCP", "-", "-", "-", "-", "-", "-"],
+        ["acme", "aws-prod", "AWS", "AKIAOLDOLDOLDOLDOLD1", "2", "True", "11d", "-", "-", "1/2"],
+        ["beta", "new", "GCP", "-", "-", "-", "-", "-", "-", "-"],
     ]  # fmt: skip
     assert views.list_rows([good], now, with_namespace=False)[1][0][0] == "aws-prod"
 

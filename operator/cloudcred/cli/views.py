@@ -23,6 +23,7 @@ LIST_HEADERS = [
     "CLUSTERS",
     "VERIFIED",
     "KEY AGE",
+    "NEXT ROTATION",
     "UNUSED SINCE",
     "ROLLOUT",
 ]
@@ -70,6 +71,18 @@ def key_age_cell(status: dict[str, Any], now: datetime) -> str:
     return f"{max((now - created).days, 0)}d" if created else "-"
 
 
+def next_rotation_cell(status: dict[str, Any], now: datetime) -> str:
+    """Automatic rotation: the phase while one is under way, else how long until the next
+    ("in 89d", "due"); "-" without automatic rotation."""
+    rotation = status.get("rotation") or {}
+    if rotation.get("phase") not in (None, "Idle"):
+        return str(rotation["phase"])
+    due = parse_time(rotation.get("nextRotationTime"))
+    if due is None:
+        return "-"
+    return f"in {(due - now).days}d" if due > now else "due"
+
+
 def rollout_cell(status: dict[str, Any]) -> str:
     rollout = status.get("rollout")
     if not isinstance(rollout, dict):
@@ -99,6 +112,7 @@ def credential_row(
         "-" if count is None else str(count),
         verified_cell(obj),
         key_age_cell(status, now),
+        next_rotation_cell(status, now),
         str(status.get("unusedSince") or "-"),
         rollout_cell(status),
     ]
