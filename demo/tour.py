@@ -319,6 +319,52 @@ class Tour:
         if rotated.returncode != 0:
             raise DemoError(f"cloudcred rotate exited with {rotated.returncode}")
 
+    def rotate_automatically(self) -> None:
+        self.step(f"Let the operator rotate {KEY_CREDENTIAL} itself")
+        moto = self.moto.result() if self.moto else None
+        assert moto is not None
+        iam = moto.client("iam")
+        in_use = (self.objects("cloudcredentials")[KEY_CREDENTIAL].get("status") or {}).get(
+            "publicId")  # fmt: skip
+        for key in iam.list_access_keys(UserName=IAM_USER)["AccessKeyMetadata"]:
+            if key["AccessKeyId"] != in_use:  # step 4 of the rotation above
+                iam.delete_access_key(UserName=IAM_USER, AccessKeyId=key["AccessKeyId"])
+        self.say("The old key is deleted (step 4 above). Now spec.rotation.policy: "
+                 "Automatic (rotate at 90 days; keep the old key 5 s after the rollout, for "
+                 "the demo):")  # fmt: skip
+        patch = {"spec": {"rotation": {"policy": "Automatic", "maxAge": "90d",
+                                       "gracePeriod": "5s"}}}  # fmt: skip
+        self.run([self.kubectl, "patch", "ccred", KEY_CREDENTIAL, "-n", NAMESPACE, "--type",
+                  "merge", "-p", json.dumps(patch)],
+                 f"kubectl patch ccred {KEY_CREDENTIAL} -n {NAMESPACE} --type merge "
+                 f"-p '{json.dumps(patch)}'")  # fmt: skip
+        self.say("`--now` asks the operator to rotate at once (instead of at 90 days) and "
+                 "follows it: the operator makes the key with the key's own identity, rolls it "
+                 "out, and retires the old one after the rollout:")  # fmt: skip
+        rotated = self.run(
+            [sys.executable, "-m", "cloudcred", "rotate", KEY_CREDENTIAL, "-n", NAMESPACE,
+             "--now", "--timeout", "90s"],
+            f"cloudcred rotate {KEY_CREDENTIAL} -n {NAMESPACE} --now",
+        )  # fmt: skip
+        if rotated.returncode != 0:
+            raise DemoError(f"cloudcred rotate --now exited with {rotated.returncode}")
+
+        def one_key() -> list[dict[str, Any]] | None:
+            listed: list[dict[str, Any]] = iam.list_access_keys(UserName=IAM_USER)[
+                "AccessKeyMetadata"]  # fmt: skip
+            status = self.objects("cloudcredentials")[KEY_CREDENTIAL].get("status") or {}
+            done = (status.get("rotation") or {}).get("phase") == "Idle"
+            return listed if len(listed) == 1 and done else None
+
+        keys = self.wait("the old key deleted after the grace period", one_key)
+        self.say(f"{IAM_USER} now has one key, {keys[0]['AccessKeyId']} ({keys[0]['Status']}); "
+                 "the spec still names the first one: the new key is in a Secret the operator "
+                 "owns, named in status.rotation.")  # fmt: skip
+        self.run([self.kubectl, "get", "ccred", KEY_CREDENTIAL, "-n", NAMESPACE, "-o",
+                  "jsonpath={.status.rotation}{\"\\n\"}"],
+                 f"kubectl get ccred {KEY_CREDENTIAL} -n {NAMESPACE} -o "
+                 "jsonpath='{.status.rotation}'")  # fmt: skip
+
     def usage(self) -> None:
         self.step("Which clusters use the credential, and with which revision")
         shown = self.run(
@@ -371,6 +417,7 @@ def main() -> int:
         tour.show()
         tour.refuse_delete()
         tour.rotate()
+        tour.rotate_automatically()
         tour.usage()
     except KeyboardInterrupt:
         console.print("\n[yellow]Interrupted.[/]")

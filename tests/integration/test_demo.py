@@ -157,6 +157,10 @@ def test_the_tour_shows_verify_refuse_rotate_and_cleans_up(demo: Callable[[], De
     assert "All 2 clusters use the new key" in output
     old_key = staging[3]
     assert f"The old key {old_key} is no longer used by any cluster" in output
+    # The operator rotates the key itself (--now) and retires the old one after the rollout.
+    assert "Rotated: the credential uses key AKIA" in output
+    assert "deployer now has one key" in output
+    assert '"phase":"Idle"' in output  # status.rotation, printed with kubectl
     assert "2 of 2 clusters on the current revision" in output  # cloudcred usage
 
     assert "Tour complete" in output
