@@ -20,6 +20,7 @@ from kubernetes import client
 from tests.aws import AwsKey, Moto
 from tests.conftest import Kube
 from tests.integration.conftest import operator_env
+from tests.integration.test_metrics import scrape
 from tests.operator import OperatorProcess, wait_for
 from tests.proxy import LoopbackProxy
 from tests.resources import (
@@ -140,6 +141,22 @@ def test_rotate_now_rolls_out_and_retires_the_old_key_after_the_rollout(
     for step in ("RotationStarted", "KeyCreated", "KeyInUse", "KeyDeactivated", "KeyDeleted",
                  "RotationComplete"):  # fmt: skip
         assert step in reasons, reasons
+
+    # The provider's facts about the key in use, and the next rotation as a metric.
+    def key_facts() -> dict[str, Any] | None:
+        facts = ((get_credential(kube, namespace, "auto") or {})["status"].get("key")) or {}
+        return facts if facts.get("id") == new_id else None
+
+    key = wait_for(key_facts, what="status.key of the new key")
+    assert key["createdTime"]
+    _, samples = scrape(operator.metrics_port)
+    labels = frozenset({("namespace", namespace), ("credential", "auto")})
+    due = samples[("cloudcred_credential_next_rotation_timestamp_seconds", labels)]
+    assert abs(due - (time.time() + 90 * 86400)) < 600, due
+    # Neither key's secret reached the operator's log.
+    log = operator.log()
+    assert user.secret_access_key not in log
+    assert new.secret_access_key not in log
     print(f"\nrotation with --now to the old key deleted: {took:.1f} s (grace 3 s)")
 
 
@@ -280,3 +297,40 @@ def test_sigkill_at_each_phase_leaves_one_new_key_and_retires_nothing_in_use(
         assert "Traceback" not in operator.log()
     finally:
         proxy.stop()
+
+
+def test_the_two_key_limit_is_a_clear_condition_and_the_rotation_goes_on_after(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    """An IAM user that already holds two keys: AWS refuses a third. The credential says
+    so (KeyRotation, status.rotation, a Warning), --now exits 1 with it, and once someone
+    deletes the key no cluster uses, the rotation continues by itself."""
+    user = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}")
+    spare = moto.client("iam").create_access_key(UserName=user.user)["AccessKey"]
+    secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, namespace, "full", user.access_key_id, "keys",
+                          rotation=AUTOMATIC)  # fmt: skip
+    wait_for(lambda: (condition(get_credential(kube, namespace, "full"), "Verified") or {})
+             .get("status") == "True", what="verified")  # fmt: skip
+    asked = subprocess.run(
+        [sys.executable, "-m", "cloudcred", "rotate", "full", "-n", namespace, "--kubeconfig",
+         str(kube.kubeconfig), "--now", "--timeout", "60s"],
+        capture_output=True, text=True, check=False, timeout=90,
+    )  # fmt: skip
+    assert asked.returncode == 1, asked.stdout + asked.stderr
+    assert "KeyLimitReached" in asked.stderr
+    found = condition(get_credential(kube, namespace, "full"), "KeyRotation") or {}
+    assert (found.get("status"), found.get("reason")) == ("True", "KeyLimitReached")
+    assert "two access keys" in found["message"]
+    assert rotation_status(kube, namespace, "full")["phase"] == "Creating"
+    warnings = [e for e in events_for(kube, namespace, "full") if e.reason == "RotationFailed"]
+    assert [e.type for e in warnings] == ["Warning"]
+    assert sorted(keys_at_moto(moto, user.user)) == sorted([user.access_key_id,
+                                                            spare["AccessKeyId"]])  # fmt: skip
+
+    moto.client("iam").delete_access_key(UserName=user.user, AccessKeyId=spare["AccessKeyId"])
+    wait_for(lambda: rotation_status(kube, namespace, "full").get("phase") == "RollingOut",
+             timeout=60, what="the rotation going on once a key slot is free")  # fmt: skip
+    assert len(keys_at_moto(moto, user.user)) == 2
+    after = condition(get_credential(kube, namespace, "full"), "KeyRotation") or {}
+    assert after.get("reason") == "RollingOut"
