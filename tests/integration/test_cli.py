@@ -116,10 +116,12 @@ def test_list_shows_the_credential_and_its_clusters(
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()
     assert header.split() == ["NAME", "PROVIDER", "KEY", "OR", "ROLE", "CLUSTERS", "VERIFIED",
-                              "KEY", "AGE", "UNUSED", "SINCE", "ROLLOUT"]  # fmt: skip
+                              "KEY", "AGE", "NEXT", "ROTATION", "UNUSED", "SINCE",
+                              "ROLLOUT"]  # fmt: skip
     cells = row.split()
     assert cells[:5] == ["aws-prod", "AWS", deployer.access_key_id, "2", "True"]
     assert cells[5] == "0d"  # moto knows when the key was created
+    assert cells[6] == "-"  # Manual: no next rotation
 
     everywhere = cloudcred(kube, "list", "-A")
     assert everywhere.returncode == 0, everywhere.stderr

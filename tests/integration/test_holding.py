@@ -854,6 +854,10 @@ def test_a_watch_that_stops_answering_fails_healthz_and_the_operator_catches_up(
                        credentialRef={"name": "cred"}, deploy="External")  # fmt: skip
         wait_for(lambda: is_bound(get_cluster(kube, ns, "early")), timeout=60,
                  what="a cluster bound through the proxy")  # fmt: skip
+        # kopf's own watches are up too (its handler checked the credential): an outage
+        # before kopf found the resources would test its discovery, not the watches.
+        wait_for(lambda: condition(get_credential(kube, ns, "cred"), "Verified"), timeout=60,
+                 what="kopf's handler to have run")  # fmt: skip
         wait_for(lambda: healthz(operator.liveness_port) == 200, timeout=30,
                  what="/healthz 200 before the outage")  # fmt: skip
 
