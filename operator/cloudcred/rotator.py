@@ -304,7 +304,7 @@ class Rotator:
         provider = str(effective.get("provider"))
         id_field = rotation.KEY_FIELDS.get(provider, (None, ""))[0]
         block = effective.get(provider.lower()) or {}
-        found = block.get(id_field) if id_field else (status.get("key") or {}).get("id")
+        found = (block.get(id_field) if id_field else None) or (status.get("key") or {}).get("id")
         return str(found) if found else None
 
     async def _provider(self, body: dict[str, Any], call: Callable[..., _T]) -> _T:

@@ -294,7 +294,7 @@ async def check_credential(
         created = verification.key_created_time or (facts.created if facts else None)
         if created:
             status["keyCreatedTime"] = conditions.timestamp(created)
-        public_id = public_id or verification.identity
+        public_id = public_id or (facts.key_id if facts else None) or verification.identity
     if public_id:
         status["publicId"] = public_id
 

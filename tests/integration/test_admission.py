@@ -230,6 +230,11 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
         "spec.rollout.maxConcurrent",
     ),
     (
+        "aws-secret-without-key-id-under-manual-rotation",
+        credential(provider="AWS", aws={"secretAccessKeyRef": KEYS["secretAccessKeyRef"]}),
+        "spec.aws.accessKeyId",
+    ),
+    (
         "rotation-automatic-without-max-age",
         credential(provider="AWS", aws=KEYS, rotation={"policy": "Automatic"}),
         "spec.rotation.maxAge",

@@ -334,3 +334,39 @@ def test_the_two_key_limit_is_a_clear_condition_and_the_rotation_goes_on_after(
     assert len(keys_at_moto(moto, user.user)) == 2
     after = condition(get_credential(kube, namespace, "full"), "KeyRotation") or {}
     assert after.get("reason") == "RollingOut"
+
+
+def test_under_automatic_the_spec_may_leave_the_key_id_to_the_secret(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    """A spec that names no access key id never goes stale: the Secret holds the id
+    (as `aws iam create-access-key` gives it), status.publicId shows the key in use."""
+    user = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, "keys", {"accessKeyId": user.access_key_id,
+                                     "secretAccessKey": user.secret_access_key})  # fmt: skip
+    kube.custom.create_namespaced_custom_object("cloudcred.io", "v1alpha1", namespace,
+                                                "cloudcredentials", {
+        "apiVersion": "cloudcred.io/v1alpha1", "kind": "CloudCredential",
+        "metadata": {"name": "no-id"},
+        "spec": {"provider": "AWS", "rotation": AUTOMATIC, "aws": {
+            "secretAccessKeyRef": {"name": "keys", "key": "secretAccessKey"}}},
+    })  # fmt: skip
+    wait_for(lambda: (get_credential(kube, namespace, "no-id") or {}).get("status", {}).get(
+        "publicId") == user.access_key_id, what="the Secret's key id in use")  # fmt: skip
+    assert (condition(get_credential(kube, namespace, "no-id"), "Verified") or {}).get(
+        "status") == "True"  # fmt: skip
+    kube.custom.patch_namespaced_custom_object(
+        "cloudcred.io",
+        "v1alpha1",
+        namespace,
+        "cloudcredentials",
+        "no-id",
+        {"metadata": {"annotations": {"cloudcred.io/rotate-now": "now"}}},
+    )
+    wait_for(lambda: user.access_key_id not in keys_at_moto(moto, user.user), timeout=60,
+             what="the first key deleted")  # fmt: skip
+    state = rotation_status(kube, namespace, "no-id")
+    assert keys_at_moto(moto, user.user) == {state["keyId"]: "Active"}
+    wait_for(lambda: (get_credential(kube, namespace, "no-id") or {})["status"].get(
+        "publicId") == state["keyId"], what="status.publicId shows the new key")  # fmt: skip
+    assert "accessKeyId" not in (get_credential(kube, namespace, "no-id") or {})["spec"]["aws"]

@@ -63,13 +63,13 @@ class AwsSpec(Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _rule(
-                    "has(self.roleArn) != has(self.accessKeyId)",
+                    "has(self.roleArn) != (has(self.accessKeyId) || has(self.secretAccessKeyRef))",
                     "set either roleArn, or accessKeyId with secretAccessKeyRef "
                     "(not both, not neither)",
                 ),
                 _rule(
-                    "has(self.accessKeyId) == has(self.secretAccessKeyRef)",
-                    "required with accessKeyId, and only with it",
+                    "!has(self.accessKeyId) || has(self.secretAccessKeyRef)",
+                    "required with accessKeyId",
                     ".secretAccessKeyRef",
                 ),
             ]
@@ -89,7 +89,9 @@ class AwsSpec(Model):
     access_key_id: str | None = Field(
         default=None,
         description="Access key id of a static key (AKIA... or ASIA...). The public half "
-        "only; the secret half is read from secretAccessKeyRef.",
+        "only; the secret half is read from secretAccessKeyRef. Optional with "
+        "spec.rotation.policy Automatic: the same Secret then holds it under the key "
+        "accessKeyId (a spec that names no key id never goes stale as keys rotate).",
         max_length=20,
         pattern=AWS_ACCESS_KEY_ID,
     )
@@ -290,7 +292,14 @@ def _rotation_rules() -> list[JsonValue]:
         "self.provider == 'AZURE' || self.provider == 'SCALEWAY'"
     )
     automatic = "has(self.rotation) && self.rotation.policy == 'Automatic'"
+    key_id_in_spec = (
+        "self.provider != 'AWS' || !has(self.aws) || !has(self.aws.secretAccessKeyRef) || "
+        "has(self.aws.accessKeyId)"
+    )
     return [
+        _rule(f"({key_id_in_spec}) || ({automatic})",
+              "is required unless spec.rotation.policy is Automatic (then the Secret of "
+              "secretAccessKeyRef holds it under the key accessKeyId)", ".aws.accessKeyId"),
         _rule(f"!({automatic}) || has(self.rotation.maxAge)",
               "is required when spec.rotation.policy is Automatic", ".rotation.maxAge"),
         _rule(f"!({automatic}) || {static_key}",

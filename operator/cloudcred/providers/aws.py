@@ -32,7 +32,7 @@ from botocore.parsers import ResponseParserError
 from pydantic import SecretStr
 
 from cloudcred.api.common import SecretKeyRef
-from cloudcred.api.credential import AwsSpec, CloudCredentialSpec
+from cloudcred.api.credential import AWS_ACCESS_KEY_ID, AwsSpec, CloudCredentialSpec
 from cloudcred.providers.base import (
     Delivery,
     KeyFacts,
@@ -47,6 +47,7 @@ from cloudcred.providers.base import (
 )
 
 SECRET_ACCESS_KEY = "secretAccessKey"
+ACCESS_KEY_ID = "accessKeyId"  # the Secret's key for the id, when the spec names none
 
 _INVALID_CREDENTIAL_CODES = {
     "InvalidClientTokenId",
@@ -91,8 +92,31 @@ def public_id(spec: CloudCredentialSpec) -> str:
 
 
 def secret_refs(spec: CloudCredentialSpec) -> dict[str, SecretKeyRef]:
+    """The secret access key; and the access key id from the same Secret when the spec
+    names none (allowed under automatic rotation)."""
     aws = _aws(spec)
-    return {SECRET_ACCESS_KEY: aws.secret_access_key_ref} if aws.secret_access_key_ref else {}
+    if not aws.secret_access_key_ref:
+        return {}
+    refs = {SECRET_ACCESS_KEY: aws.secret_access_key_ref}
+    if not aws.access_key_id:
+        refs[ACCESS_KEY_ID] = SecretKeyRef(name=aws.secret_access_key_ref.name, key=ACCESS_KEY_ID)
+    return refs
+
+
+def _key_id(aws: AwsSpec, secrets: SecretValues) -> str:
+    """The static key's access key id: the spec's, else the Secret's."""
+    if aws.access_key_id:
+        return aws.access_key_id
+    found = secrets.get(ACCESS_KEY_ID)
+    value = found.get_secret_value().strip() if found else ""
+    if value and not re.fullmatch(AWS_ACCESS_KEY_ID, value):
+        ref = aws.secret_access_key_ref
+        raise VerificationError(
+            Reason.INVALID_SECRET_DATA,
+            f"key {ACCESS_KEY_ID!r} of Secret {ref.name if ref else '?'} is not an AWS access "
+            "key id (AKIA... or ASIA..., 20 characters)",
+        )
+    return value
 
 
 SESSION_NAME_LIMIT = 64  # STS: 2 to 64 characters of [\w+=,.@-]
@@ -204,7 +228,7 @@ def verify(
             return Verification(identity=str(identity["Arn"]))
         return Verification(
             identity=str(identity["Arn"]),
-            key_created_time=_key_created_time(caller, config, region, aws.access_key_id or ""),
+            key_created_time=_key_created_time(caller, config, region, _key_id(aws, secrets)),
             static_keys=True,
         )
 
@@ -313,7 +337,7 @@ def _caller(
         credentials = _assume_role(aws, context, config, region)
         return _Caller(credentials["AccessKeyId"], credentials["SecretAccessKey"],
                        credentials["SessionToken"])  # fmt: skip
-    return _Caller(aws.access_key_id, secrets[SECRET_ACCESS_KEY].get_secret_value())
+    return _Caller(_key_id(aws, secrets), secrets[SECRET_ACCESS_KEY].get_secret_value())
 
 
 def _key_created_time(
@@ -349,7 +373,7 @@ def delivery(
                                  credentials["SessionToken"])  # fmt: skip
         expires = credentials["Expiration"]
     else:
-        key_id, secret, token = (aws.access_key_id or "",
+        key_id, secret, token = (_key_id(aws, secrets),
                                  secrets[SECRET_ACCESS_KEY].get_secret_value(), None)  # fmt: skip
     shared = f"[default]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"
     values = {
@@ -388,7 +412,7 @@ def _rotating(aws: AwsSpec, context: VerifyContext, call: Callable[[], _T]) -> _
 
 
 def _iam(aws: AwsSpec, secrets: SecretValues, context: VerifyContext) -> Any:
-    if aws.role_arn or not aws.access_key_id:
+    if aws.role_arn or not _key_id(aws, secrets):
         raise RotationError(RotationReason.NOT_SUPPORTED, "only a static access key rotates")
     config = _config(context)
     region = context.settings.aws_region
@@ -467,7 +491,8 @@ def key_facts(
     """The key in use: created (iam:ListAccessKeys) and last used
     (iam:GetAccessKeyLastUsed); None when the key may not read them."""
     aws = _aws(spec)
-    if aws.role_arn or not aws.access_key_id:
+    key_id = _key_id(aws, secrets)
+    if aws.role_arn or not key_id:
         return None
 
     def read() -> KeyFacts | None:
@@ -476,12 +501,12 @@ def key_facts(
             keys = iam.list_access_keys()["AccessKeyMetadata"]
         except ClientError:
             return None  # not allowed: the facts stay unknown, which is not an error
-        found = next((k for k in keys if k.get("AccessKeyId") == aws.access_key_id), None)
+        found = next((k for k in keys if k.get("AccessKeyId") == key_id), None)
         if found is None:
             return None
         facts = _facts(found)
         try:
-            used = iam.get_access_key_last_used(AccessKeyId=aws.access_key_id)
+            used = iam.get_access_key_last_used(AccessKeyId=key_id)
             last = (used.get("AccessKeyLastUsed") or {}).get("LastUsedDate")
         except ClientError:
             last = None
