@@ -175,3 +175,30 @@ def test_cloudcred_list_shows_the_next_rotation() -> None:
                               NOW) == "due"  # fmt: skip
     assert next_rotation_cell({"rotation": {"phase": "RollingOut"}}, NOW) == "RollingOut"
     assert next_rotation_cell({}, NOW) == "-"
+
+
+def test_the_chart_grants_secret_create_and_delete_only_with_rotation_or_delivery() -> None:
+    import subprocess
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    helm = root / ".local" / "bin" / "helm"
+    if not helm.exists():
+        pytest.skip("helm is not built: run `make helm`")
+
+    def secret_verbs(*values: str) -> set[str]:
+        args = [str(helm), "template", "x", str(root / "charts" / "cloudcred"), "--skip-tests"]
+        for value in values:
+            args += ["--set", value]
+        rendered = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60)
+        wanted = ("ClusterRole", "x-cloudcred")
+        (role,) = [doc for doc in yaml.safe_load_all(rendered.stdout)
+                   if doc and (doc["kind"], doc["metadata"]["name"]) == wanted]  # fmt: skip
+        return {verb for rule in role["rules"] if "secrets" in rule.get("resources", [])
+                for verb in rule["verbs"]}  # fmt: skip
+
+    assert {"create", "delete"} & secret_verbs() == set()
+    assert {"create", "delete"} <= secret_verbs("rotation.enabled=true")
+    assert {"create", "delete"} <= secret_verbs("delivery.enabled=true")
