@@ -126,6 +126,15 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
     )
 
 
+def kubectl_complete(argv: list[str] | None = None) -> int:
+    """``kubectl_complete-cloudcred``: completes ``kubectl cloudcred ...`` for kubectl."""
+    from cloudcred.cli import completion
+
+    words = sys.argv[1:] if argv is None else argv
+    sys.stdout.write(completion.kubectl_plugin_answer(_parser(), words))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     words = sys.argv[1:] if argv is None else argv

@@ -582,8 +582,8 @@ def test_completion_scripts_load_and_complete_names(
     # here the same function behind a script of the test's own).
     helper = tmp_path / "kubectl_complete-cloudcred"
     helper.write_text(f"#!{sys.executable}\nimport sys\n"
-                      "from cloudcred.cli.completion import kubectl_plugin\n"
-                      "sys.exit(kubectl_plugin())\n")  # fmt: skip
+                      "from cloudcred.__main__ import kubectl_complete\n"
+                      "sys.exit(kubectl_complete())\n")  # fmt: skip
     helper.chmod(0o755)
     env = {**shell_env, "PATH": f"{tmp_path}{os.pathsep}{shell_env['PATH']}"}
     plugin = subprocess.run(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cloudcred.__main__ import _parser, main
+from cloudcred.__main__ import _parser, kubectl_complete, main
 from cloudcred.cli import api, completion, keys, output, rotate, views
 from cloudcred.cli.errors import CliError, TimedOutError, UsageError
 from tests.kube import ROOT
@@ -788,8 +788,8 @@ def test_scripts_name_both_commands() -> None:
 def test_kubectl_plugin_completion_speaks_cobra(capsys: pytest.CaptureFixture[str]) -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, function = scripts["kubectl_complete-cloudcred"].partition(":")
-    assert getattr(importlib.import_module(module), function) is completion.kubectl_plugin
-    assert completion.kubectl_plugin(["list", "-o", "w"]) == 0
+    assert getattr(importlib.import_module(module), function) is kubectl_complete
+    assert kubectl_complete(["list", "-o", "w"]) == 0
     assert capsys.readouterr().out == "wide\n:4\n"  # 4: no file names
-    completion.kubectl_plugin(["rotate", "x", "--from-file", ""])
+    kubectl_complete(["rotate", "x", "--from-file", ""])
     assert capsys.readouterr().out == ":0\n"  # 0: the shell's file names

@@ -242,16 +242,10 @@ _FORMATS = {
 }
 
 
-def kubectl_plugin(argv: list[str] | None = None) -> int:
-    """``kubectl_complete-cloudcred``: kubectl (1.26+) runs it with the words after
-    ``kubectl cloudcred`` to complete the plugin's line, and reads cobra's answer: one
-    candidate per line, then ``:4`` (no file names) or ``:0`` (file names)."""
-    import sys
-
-    from cloudcred.__main__ import _parser
-
-    words = sys.argv[1:] if argv is None else argv
-    directive, *candidates = complete(_parser(), words).splitlines()
-    sys.stdout.write("".join(f"{line}\n" for line in candidates))
-    sys.stdout.write(":0\n" if directive == "files" else ":4\n")
-    return 0
+def kubectl_plugin_answer(parser: argparse.ArgumentParser, words: list[str]) -> str:
+    """What ``kubectl_complete-cloudcred`` prints: kubectl (1.26+) runs it with the words
+    after ``kubectl cloudcred`` and reads cobra's answer: one candidate per line, then
+    ``:4`` (no file names) or ``:0`` (file names)."""
+    directive, *candidates = complete(parser, words).splitlines()
+    code = ":0" if directive == "files" else ":4"
+    return "".join(f"{line}\n" for line in candidates) + f"{code}\n"
