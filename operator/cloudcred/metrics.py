@@ -28,7 +28,6 @@ import logging
 import platform
 import re
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -157,15 +156,8 @@ class StateSource(Protocol):
 
 def _timestamp(value: object) -> float | None:
     """An RFC 3339 time from a status as Unix seconds, or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    moment = conditions.parse_time(value)
+    return moment.timestamp() if moment else None
 
 
 def _conditions(found: object) -> Iterator[tuple[str, str, str]]:

@@ -51,12 +51,6 @@ def _stamp(moment: datetime | None) -> str | None:
     return conditions.timestamp(moment) if moment else None
 
 
-def _parse(value: Any) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
 class Rotator:
     """One operator's rotations. ``verify(body)`` checks a credential again and writes
     the result (the verification handler's own function), used right after a switch."""
@@ -246,7 +240,7 @@ class Rotator:
             return None
         grace = rotation.grace_period((body["spec"].get("rotation") or {}).get("gracePeriod")
                                       or "24h")  # fmt: skip
-        since = _parse(state.get("rolledOutTime")) or conditions.now()
+        since = conditions.parse_time(state.get("rolledOutTime")) or conditions.now()
         left = (since + grace - conditions.now()).total_seconds()
         if left > 0:
             return min(left, IDLE_RECHECK)
@@ -284,9 +278,10 @@ class Rotator:
         status = body.get("status") or {}
         if rotation.in_effect(body["spec"], state) and state.get("nextRotationTime"):
             age = rotation.max_age(body["spec"]["rotation"]["maxAge"])
-            due = _parse(state["nextRotationTime"])
+            due = conditions.parse_time(state["nextRotationTime"])
             return due - age if due else None
-        return _parse((status.get("key") or {}).get("createdTime") or status.get("keyCreatedTime"))
+        created = (status.get("key") or {}).get("createdTime") or status.get("keyCreatedTime")
+        return conditions.parse_time(created)
 
     def _may_check_again(self, body: dict[str, Any]) -> bool:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])

@@ -32,6 +32,7 @@ from pydantic import SecretStr
 
 from cloudcred.__main__ import QUIET_LOGGERS
 from cloudcred.api.credential import CloudCredentialSpec
+from cloudcred.conditions import parse_time
 from cloudcred.providers import gcp
 from cloudcred.providers.base import (
     KeyFacts,
@@ -613,12 +614,12 @@ def test_no_secret_reaches_a_log_record(
 
 
 def test_timestamps_as_the_iam_api_writes_them() -> None:
-    assert gcp._timestamp("2026-01-02T03:04:05Z") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert gcp._timestamp("2026-01-02T03:04:05.5+02:00") == datetime(
+    assert parse_time("2026-01-02T03:04:05Z") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert parse_time("2026-01-02T03:04:05.5+02:00") == datetime(
         2026, 1, 2, 1, 4, 5, 500000, tzinfo=UTC
     )
-    assert gcp._timestamp("2026-01-02T03:04:05.123456789Z") == datetime(
+    assert parse_time("2026-01-02T03:04:05.123456789Z") == datetime(
         2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC
     )
-    assert gcp._timestamp("yesterday") is None
-    assert gcp._timestamp(None) is None
+    assert parse_time("yesterday") is None
+    assert parse_time(None) is None

@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cloudcred import conditions
 from cloudcred.cli import api, output
 from cloudcred.cli.errors import ApiError
 
@@ -67,7 +68,7 @@ def secret_cell(spec: dict[str, Any]) -> str:
 
 
 def key_age_cell(status: dict[str, Any], now: datetime) -> str:
-    created = parse_time(status.get("keyCreatedTime"))
+    created = conditions.parse_time(status.get("keyCreatedTime"))
     return f"{max((now - created).days, 0)}d" if created else "-"
 
 
@@ -77,7 +78,7 @@ def next_rotation_cell(status: dict[str, Any], now: datetime) -> str:
     rotation = status.get("rotation") or {}
     if rotation.get("phase") not in (None, "Idle"):
         return str(rotation["phase"])
-    due = parse_time(rotation.get("nextRotationTime"))
+    due = conditions.parse_time(rotation.get("nextRotationTime"))
     if due is None:
         return "-"
     return f"in {(due - now).days}d" if due > now else "due"
@@ -88,16 +89,6 @@ def rollout_cell(status: dict[str, Any]) -> str:
     if not isinstance(rollout, dict):
         return "-"
     return f"{rollout.get('updated', 0)}/{rollout.get('total', 0)}"
-
-
-def parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def credential_row(

@@ -37,6 +37,7 @@ from urllib.parse import quote, quote_plus
 
 from pydantic import SecretStr
 
+from cloudcred import conditions
 from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import AzureSpec, CloudCredentialSpec
 from cloudcred.providers.base import (
@@ -622,27 +623,16 @@ def _transport_problem(error: BaseException, timeout: float) -> str:
     return "the connection failed"
 
 
-def _timestamp(value: object) -> datetime | None:
-    """Graph's DateTimeOffset (``2026-05-26T13:03:31.1234567Z``) as an aware datetime."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _key_facts(item: dict[str, Any], now: datetime) -> KeyFacts | None:
     """A passwordCredential as KeyFacts (None without a key id). Graph keeps no last use
     of a client secret; a secret past its end date no longer works."""
     key_id = item.get("keyId")
     if not isinstance(key_id, str) or not _KEY_ID.match(key_id):
         return None
-    expires = _timestamp(item.get("endDateTime"))
+    expires = conditions.parse_time(item.get("endDateTime"))
     return KeyFacts(
         key_id=key_id,
-        created=_timestamp(item.get("startDateTime")),
+        created=conditions.parse_time(item.get("startDateTime")),
         expires=expires,
         active=expires is None or expires > now,
     )

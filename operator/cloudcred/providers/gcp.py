@@ -24,12 +24,12 @@ import json
 import logging
 import re
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from pydantic import SecretStr
 
+from cloudcred import conditions
 from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import CloudCredentialSpec, GcpSpec
 from cloudcred.providers.base import (
@@ -463,9 +463,6 @@ _PERMISSIONS = {
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _RPC_STATUS = re.compile(r"[A-Z][A-Z_]{0,63}")
 _CONSTRAINT = re.compile(r"constraints/[A-Za-z0-9_.]{1,128}")
-_TIMESTAMP = re.compile(
-    r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)", re.ASCII
-)
 # GCP's "no expiry" is validBeforeTime 9999-12-31T23:59:59Z.
 _NO_EXPIRY_YEAR = 9999
 
@@ -741,31 +738,16 @@ def _key_facts_of(resource: object) -> KeyFacts | None:
     key_id = resource["name"].rsplit("/", 1)[-1]
     if not _KEY_ID.fullmatch(key_id):
         return None
-    expires = _timestamp(resource.get("validBeforeTime"))
+    expires = conditions.parse_time(resource.get("validBeforeTime"))
     if expires is not None and expires.year >= _NO_EXPIRY_YEAR:
         expires = None
     return KeyFacts(
         key_id=key_id,
-        created=_timestamp(resource.get("validAfterTime")),
+        created=conditions.parse_time(resource.get("validAfterTime")),
         last_used=None,  # the IAM API keeps no per-key last use
         expires=expires,
         active=resource.get("disabled") is not True,
     )
-
-
-def _timestamp(value: object) -> datetime | None:
-    """An RFC 3339 timestamp as the IAM API writes it (up to nanoseconds)."""
-    if not isinstance(value, str):
-        return None
-    found = _TIMESTAMP.fullmatch(value)
-    if not found:
-        return None
-    whole, fraction, zone = found.groups()
-    micro = f".{(fraction or '0')[:6].ljust(6, '0')}"
-    try:
-        return datetime.fromisoformat(whole + micro + ("+00:00" if zone == "Z" else zone))
-    except ValueError:
-        return None
 
 
 def _key_file(data: object, key_id: str, email: str) -> str | None:

@@ -255,16 +255,11 @@ def _ask(
         ) from None
 
 
-def verify(
-    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
-) -> Verification:
-    """Checks the API key, the project and the organization with the Scaleway API.
-
-    Blocking: at most ``context.settings.timeout_seconds`` of network time in all.
-    Raises ``VerificationError`` when the answer is no.
-    """
-    scaleway = _scaleway(spec)
-    secret_key = _secret_key(secrets)
+def _sdk_client(
+    scaleway: ScalewaySpec, secret_key: str, context: VerifyContext
+) -> tuple[_Sdk, Any]:
+    """The SDK and a client signed with the key, at the configured API URL. Raises
+    VerificationError (VerificationUnavailable) when the library or the URL is missing."""
     try:
         sdk = _load_sdk()
     except ImportError:
@@ -272,12 +267,10 @@ def verify(
             Reason.VERIFICATION_UNAVAILABLE,
             "the Scaleway library is not installed: install cloudcred[scaleway]",
         ) from None
-
-    settings = context.settings
     client_options: dict[str, Any] = {}
-    if settings.scaleway_api_url:
+    if context.settings.scaleway_api_url:
         # The SDK refuses a trailing slash; an operator setting should not trip on it.
-        client_options["api_url"] = settings.scaleway_api_url.rstrip("/")
+        client_options["api_url"] = context.settings.scaleway_api_url.rstrip("/")
     try:
         client = sdk.client(
             access_key=scaleway.access_key,
@@ -294,6 +287,21 @@ def verify(
             Reason.VERIFICATION_UNAVAILABLE,
             "the Scaleway client refused its settings: check the operator's Scaleway API URL",
         ) from None
+    return sdk, client
+
+
+def verify(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
+) -> Verification:
+    """Checks the API key, the project and the organization with the Scaleway API.
+
+    Blocking: at most ``context.settings.timeout_seconds`` of network time in all.
+    Raises ``VerificationError`` when the answer is no.
+    """
+    scaleway = _scaleway(spec)
+    secret_key = _secret_key(secrets)
+    sdk, client = _sdk_client(scaleway, secret_key, context)
+    settings = context.settings
     api_url = str(client.api_url)
     access_key = scaleway.access_key
     project_id = scaleway.project_id
@@ -439,36 +447,15 @@ def _rotation_session(
     except VerificationError as error:  # its message never quotes the secret
         raise RotationError(RotationReason.ACCESS_DENIED, error.message) from None
     try:
-        sdk = _load_sdk()
-    except ImportError:
-        raise RotationError(
-            RotationReason.NOT_SUPPORTED,
-            "the Scaleway library is not installed: install cloudcred[scaleway]",
-        ) from None
-    settings = context.settings
-    client_options: dict[str, Any] = {}
-    if settings.scaleway_api_url:
-        client_options["api_url"] = settings.scaleway_api_url.rstrip("/")
-    try:
-        client = sdk.client(
-            access_key=scaleway.access_key,
-            secret_key=secret_key,
-            default_project_id=scaleway.project_id,
-            default_organization_id=scaleway.organization_id,
-            **client_options,
-        )
-        client.validate()
-    except ValueError:
-        raise RotationError(
-            RotationReason.NOT_SUPPORTED,
-            "the Scaleway client refused its settings: check the operator's Scaleway API URL",
-        ) from None
+        sdk, client = _sdk_client(scaleway, secret_key, context)
+    except VerificationError as error:  # no library, or an API URL the SDK refuses
+        raise RotationError(RotationReason.NOT_SUPPORTED, error.message) from None
     return _Session(
         sdk=sdk,
         client=client,
         access_key=scaleway.access_key,
         api_url=str(client.api_url),
-        timeout=settings.timeout_seconds,
+        timeout=context.settings.timeout_seconds,
     )
 
 
