@@ -157,9 +157,8 @@ async def ask_provider(
     The libraries have their own timeouts; this one catches whatever they miss. Any
     error the provider module did not turn into a VerificationError or, for a rotation
     step, a RotationError (a library's or our own surprise) becomes a VerificationError,
-    ``VerificationFailed``: never a stale ``True``, and only the class name (the text,
-    and a traceback's locals, could quote secret data; ``where()`` logs the frames
-    without a message)."""
+    ``VerificationFailed``: never a stale ``True``, and only the class name (the text, and a traceback's locals, could quote secret data;
+    ``where()`` logs the frames without a message)."""
     async with slots:
         try:
             return await asyncio.wait_for(asyncio.to_thread(call), timeout * 2 + 5)
