@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from functools import partial
 from typing import Any, TypeVar
 
 from kubernetes.client.rest import ApiException
@@ -29,13 +28,12 @@ from cloudcred.kube import AlreadyExists, Kube, NotFound
 from cloudcred.providers import provider_module
 from cloudcred.providers.base import (
     NewKey,
-    Reason,
     RotationError,
     RotationReason,
     VerificationError,
     VerifyContext,
 )
-from cloudcred.verification import ask_provider, read_secrets
+from cloudcred.verification import read_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -322,18 +320,26 @@ class Rotator:
         except VerificationError as error:
             raise RotationError(RotationReason.PROVIDER_REFUSED, error.message) from None
         context = VerifyContext(namespace, name, self.settings.provider_settings())
-        try:
-            # The checks' own runner: a worker thread, the shared slots, a deadline, and
-            # a surprise reported by its class name only.
-            return await ask_provider(partial(call, module, spec, secrets, context),
-                                      spec.provider, self.settings.verification_timeout,
-                                      self.slots)  # fmt: skip
-        except VerificationError as error:
-            unreachable = error.reason == Reason.PROVIDER_UNREACHABLE
-            raise RotationError(
-                RotationReason.PROVIDER_UNREACHABLE if unreachable
-                else RotationReason.PROVIDER_REFUSED, error.message,
-            ) from None  # fmt: skip
+        timeout = self.settings.verification_timeout
+        async with self.slots:
+            try:
+                return await asyncio.wait_for(
+                    asyncio.to_thread(call, module, spec, secrets, context), timeout * 2 + 5
+                )
+            except TimeoutError:
+                raise RotationError(
+                    RotationReason.PROVIDER_UNREACHABLE,
+                    f"{spec.provider} did not answer within {timeout:g}s",
+                ) from None
+            except RotationError:
+                raise
+            except Exception as error:  # the text could quote secret data: the class only
+                logger.error("a %s rotation call failed unexpectedly (%s)", spec.provider,
+                             type(error).__name__)  # fmt: skip
+                raise RotationError(
+                    RotationReason.PROVIDER_REFUSED,
+                    f"the call failed unexpectedly ({type(error).__name__})",
+                ) from None
 
     async def _delete_secret(self, body: dict[str, Any], secret_name: str) -> None:
         """Delete a Secret the operator made for a key of this credential, if there is one."""

@@ -35,7 +35,6 @@ from cloudcred.providers.base import (
     TRANSIENT_REASONS,
     KeyFacts,
     Reason,
-    RotationError,
     SecretValues,
     Verification,
     VerificationError,
@@ -155,9 +154,9 @@ async def ask_provider(
 ) -> _T:
     """Run a blocking provider call in a worker thread, at most ``len(slots)`` at a time.
     The libraries have their own timeouts; this one catches whatever they miss. Any
-    error the provider module did not turn into a VerificationError or, for a rotation
-    step, a RotationError (a library's or our own surprise) becomes a VerificationError,
-    ``VerificationFailed``: never a stale ``True``, and only the class name (the text, and a traceback's locals, could quote secret data;
+    error the provider module did not turn into a VerificationError (a library's or our
+    own surprise) becomes one, ``VerificationFailed``: never a stale ``True``, and only
+    the class name (the text, and a traceback's locals, could quote secret data;
     ``where()`` logs the frames without a message)."""
     async with slots:
         try:
@@ -166,7 +165,7 @@ async def ask_provider(
             raise VerificationError(
                 Reason.PROVIDER_UNREACHABLE, f"{provider} did not answer within {timeout:g}s"
             ) from None
-        except (VerificationError, RotationError):
+        except VerificationError:
             raise
         except Exception as error:
             kind = type(error).__name__
