@@ -60,6 +60,12 @@ class CredentialInfo:
     created: str = field(default="", compare=False)
     spec: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     status: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # What the credential reconciler published (status.rollout): what clusters read.
+    published: tuple[str | None, str | None] = (None, None)  # (revision, blocked)
+    # The clusters its status lists (the admission policy's view), and whether the list
+    # was cut short (then clusterCount > 0 is what holds a delete).
+    listed: frozenset[Key] = field(default=frozenset(), compare=False, repr=False)
+    listed_truncated: bool = field(default=False, compare=False)
 
     @property
     def key(self) -> Key:
@@ -68,6 +74,18 @@ class CredentialInfo:
     @property
     def reference(self) -> dict[str, Any]:
         return object_reference("CloudCredential", self.key, self.uid)
+
+    def lists(self, cluster: Key) -> bool:
+        """Its status lists this cluster: the admission policy already refuses to delete
+        the credential on the cluster's account."""
+        return cluster in self.listed or (self.listed_truncated and bool(self.listed))
+
+    @property
+    def cluster_facing(self) -> tuple[Any, ...]:
+        """What the clusters' own status depends on: a change here concerns every
+        cluster that names the credential; any other change concerns none of them."""
+        return (self.provider, self.deleting, self.allowed_namespaces, self.published,
+                self.paused, self.max_concurrent, self.uid)  # fmt: skip
 
     @property
     def body(self) -> dict[str, Any]:
@@ -111,7 +129,12 @@ class CredentialInfo:
             created=body["metadata"].get("creationTimestamp", ""),
             spec=dict(spec),
             status=dict(status),
-        )
+            published=((status.get("rollout") or {}).get("revision"),
+                       (status.get("rollout") or {}).get("blocked")),
+            listed=frozenset((c.get("namespace", ""), c.get("name", ""))
+                             for c in status.get("clusters") or []),
+            listed_truncated=bool(status.get("clustersTruncated")),
+        )  # fmt: skip
 
 
 def object_reference(kind: str, key: Key, uid: str | None) -> dict[str, Any]:
@@ -157,6 +180,14 @@ class ClusterInfo:
     @property
     def deployed_revision(self) -> str | None:
         return self.status.get("deployedRevision") or None
+
+    def deploy_failure(self, revision: str | None) -> str | None:
+        """Why the operator's deploy step last failed to deploy ``revision`` here (its
+        ``status.deployFailure``, kept across restarts), or None."""
+        failure = self.status.get("deployFailure") or {}
+        if revision and failure.get("revision") == revision:
+            return str(failure.get("message") or "the deployment failed")
+        return None
 
     @property
     def reference(self) -> dict[str, Any]:

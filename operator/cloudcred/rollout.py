@@ -64,6 +64,12 @@ def concurrency_limit(max_concurrent: int | str, total: int) -> int:
     return max(1, int(max_concurrent))
 
 
+def deploy_failures(revision: str | None, bound: list[ClusterInfo]) -> dict[Key, str]:
+    """The bound clusters whose deploy of ``revision`` failed (their own status says so)."""
+    found = {c.key: c.deploy_failure(revision) for c in bound}
+    return {key: message for key, message in found.items() if message}
+
+
 def plan_rollout(
     credential: CredentialInfo, bound: list[ClusterInfo], failures: dict[Key, str]
 ) -> RolloutPlan | None:
@@ -91,6 +97,19 @@ def plan_rollout(
         allowed += queue[: max(0, limit - len(in_flight))]
     return RolloutPlan(revision, frozenset(allowed), frozenset(c.key for c in behind), limit,
                        blocked, credential.paused, failed)  # fmt: skip
+
+
+def published_plan(credential: CredentialInfo, cluster: ClusterInfo) -> RolloutPlan | None:
+    """One cluster's view of its credential's rollout, from what the credential
+    reconciler published in ``status.rollout`` and the mark it wrote on the cluster;
+    None until the plan of the current revision is published."""
+    revision, blocked = credential.published
+    if not revision or revision != credential.revision:
+        return None
+    total = int((credential.status.get("rollout") or {}).get("total") or 0)
+    allowed = frozenset({cluster.key} if cluster.marked == revision else ())
+    return RolloutPlan(revision, allowed, limit=concurrency_limit(credential.max_concurrent, total),
+                       blocked=blocked, paused=credential.paused)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -160,6 +179,8 @@ def rollout_status(
     status: dict[str, Any] = {
         "rollout": {"revision": revision, "updated": total - len(waiting), "total": total}
     }
+    if plan.blocked:  # the clusters read it (published_plan)
+        status["rollout"]["blocked"] = plan.blocked
     progress = f"{total - len(waiting)} of {total} cluster(s) deployed with revision {revision}"
     if credential.spec_changed:
         state, reason = conditions.FALSE, IN_PROGRESS
@@ -212,9 +233,7 @@ def cluster_status(
 def redeploy_conditions(
     cluster: ClusterInfo, binding: Binding, redeploy: RedeployState | None
 ) -> list[dict[str, Any]]:
-    """RedeployPending and the summary (Ready, Reconciling, Stalled). Always all: the
-    deploy step writes them too (with the deployment, saving a write), and an entry it
-    co-owns would otherwise outlive the binding."""
+    """RedeployPending and the summary (Ready, Reconciling, Stalled)."""
     previous = cluster.status.get("conditions")
     if not binding.bound:
         pending = (conditions.FALSE, binding.reason, "not bound: nothing to redeploy")

@@ -161,8 +161,10 @@ def test_a_failing_deploy_is_shown_and_retried(
     assert deployed(get_cluster(kube, namespace, "eu")) is None
     wait_for(lambda: any(e.reason == "DeployFailed" for e in events_for(kube, namespace, "eu")),
              what="DeployFailed event")  # fmt: skip
-    rollout = condition(get_credential(kube, namespace, "limited"), "RolloutComplete")
-    assert "failed on eu" in rollout["message"]
+    # The credential follows its cluster's status within its pacing interval.
+    wait_for(lambda: "failed on eu" in condition(get_credential(kube, namespace, "limited"),
+                                                 "RolloutComplete")["message"],
+             timeout=10, what="the rollout halted on eu")  # fmt: skip
 
     # Granting the permission lets the retry through, without any edit.
     moto.client("iam").put_user_policy(UserName=user.user, PolicyName="access",

@@ -126,6 +126,15 @@ class BoundCredential(Model):
     )
 
 
+class DeployFailure(Model):
+    """The operator's deploy step could not deploy a revision (kept across restarts)."""
+
+    revision: str = Field(description="The credential revision that failed.", max_length=64)
+    message: str = Field(description="Why, in words.", max_length=2048)
+    attempts: int = Field(description="Failed attempts at this revision.", ge=1)
+    last_attempt_time: datetime = Field(description="When the last attempt failed.")
+
+
 class ClusterStatus(Model):
     """What the operator observed about the cluster's credential."""
 
@@ -143,6 +152,12 @@ class ClusterStatus(Model):
     )
     last_deployed_time: datetime | None = Field(
         default=None, description="When the cluster was last deployed."
+    )
+    deploy_failure: DeployFailure | None = Field(
+        default=None,
+        description="Set by the operator's deploy step (spec.deploy: Operator) while "
+        "deploying the current revision fails; retried with a growing delay from "
+        "lastAttemptTime, and removed by the next deployment.",
     )
     conditions: list[Condition] | None = Field(
         default=None,

@@ -392,6 +392,12 @@ class RolloutStatus(Model):
     revision: str = Field(description="The revision being rolled out.", max_length=64)
     updated: int = Field(description="Bound clusters deployed with this revision.", ge=0)
     total: int = Field(description="Bound clusters in all.", ge=0)
+    blocked: str | None = Field(
+        default=None,
+        description="Why no more clusters are marked for this revision (it failed "
+        "verification, or a deployment failed). Each bound cluster reads it.",
+        max_length=2048,
+    )
 
 
 class KeyStatus(Model):

@@ -1,85 +1,56 @@
-"""The cluster reconciler: one Cluster's binding, redeploy state, mark and status.
+"""The cluster reconciler: one Cluster's binding, redeploy state and summary.
 
 Reads the caches only. Decides the cluster's binding (``bindings.decide``) and, when
-bound, where it stands in its credential's rollout (``rollout.redeploy_state``
-against the plan the credential reconciler made); marks it with
-``cloudcred.io/redeploy-revision`` when its turn has come; writes its part of the
-status (server-side apply, manager ``cloudcred-binder``) when something changed;
-and hands it to the deploy step when it needs a deployment. Every write carries the
-cluster's UID: a Cluster re-created under the same name is another cluster.
+bound, where it stands in its credential's rollout: the plan the credential
+reconciler published in the credential's ``status.rollout`` and the redeploy mark it
+wrote on this cluster (``rollout.published_plan``), and the deploy step's
+``status.deployFailure``. Writes ``CredentialBound``, ``RedeployPending`` and the
+summary (server-side apply, manager ``cloudcred-binder``) when something changed. It
+marks nothing, deploys nothing and queues nothing: those are the credential
+reconciler's and the deploy step's, and their writes come back through the watches.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 from cloudcred import bindings, health, rollout
 from cloudcred.bindings import Key
 from cloudcred.cache import Caches
-from cloudcred.constants import CLUSTER_PLURAL, REDEPLOY_ANNOTATION
-from cloudcred.controllers.deploy import DeployController
-from cloudcred.controllers.expectations import MarkExpectations
+from cloudcred.constants import CLUSTER_PLURAL
+from cloudcred.controllers.controller import DONE, Result
 from cloudcred.kube import Kube, NotFound
-from cloudcred.workqueue import WorkQueue
 
 MANAGER = "cloudcred-binder"
 OWNED_CONDITIONS = {bindings.CREDENTIAL_BOUND, rollout.REDEPLOY_PENDING, *health.SUMMARY_CONDITIONS}
 
 
 class ClusterReconciler:
-    def __init__(
-        self,
-        kube: Kube,
-        caches: Caches,
-        plans: dict[Key, rollout.RolloutPlan],
-        marks: MarkExpectations,
-        credentials: WorkQueue[Key],
-        deploy: DeployController,
-    ) -> None:
+    def __init__(self, kube: Kube, caches: Caches) -> None:
         self.kube = kube
         self.caches = caches
-        self.plans = plans  # written by the credential reconciler
-        self.marks = marks
-        self.credentials = credentials
-        self.deploy = deploy
 
-    async def reconcile(self, key: Key) -> None:
-        found = self.caches.clusters.get(key)
-        if found is None:
-            return
-        cluster = self.marks.apply(found)
+    async def reconcile(self, key: Key) -> Result:
+        cluster = self.caches.clusters.get(key)
+        if cluster is None:
+            return DONE
         binding = self.caches.decide(cluster)
         credential = self.caches.credentials.get(cluster.credential)
-        if cluster.credentials_secret and not cluster.external:
-            if not binding.bound:
-                await self.deploy.revoke(key, f"the cluster is not bound: {binding.message}")
-            elif credential is not None:
-                refusal = self.deploy.delivery_refusal(cluster, credential)
-                if refusal:
-                    await self.deploy.revoke(key, refusal)
         redeploy = None
         if binding.bound and credential is not None and credential.revision:
-            plan = self.plans.get(credential.key)
-            if plan is None or plan.revision != credential.revision:
-                # The credential's plan for this revision comes first; its reconciler
-                # queues every bound cluster once it is made.
-                self.credentials.add(credential.key)
-                return
-            redeploy = rollout.redeploy_state(cluster, plan, self.deploy.failures.get(key))
+            plan = rollout.published_plan(credential, cluster)
+            if plan is None:
+                # The credential's plan for this revision comes first: publishing it
+                # concerns every cluster that names the credential (the wiring).
+                return DONE
+            redeploy = rollout.redeploy_state(cluster, plan, cluster.deploy_failure(plan.revision))
         desired = rollout.cluster_status(cluster, binding, credential, redeploy)
-        try:
-            if redeploy and redeploy.mark and cluster.marked != redeploy.mark:
-                await self.kube.annotate(CLUSTER_PLURAL, *key, {REDEPLOY_ANNOTATION: redeploy.mark},
-                                         uid=cluster.uid)  # fmt: skip
-                self.marks.expect(key, redeploy.mark)
-            if not unchanged(cluster.status, desired, OWNED_CONDITIONS, ("credential",)):
-                await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *key, desired, MANAGER)
-        except NotFound:
-            return  # deleted, or re-created: the store hears of it and queues it again
-        if redeploy is None or cluster.external:
-            return
-        if redeploy.pending:
-            self.deploy.queue.add(key)
-        elif cluster.credentials_secret:
-            self.deploy.keep_fresh(key)
+        if unchanged(cluster.status, desired, OWNED_CONDITIONS, ("credential",)):
+            return DONE
+        # NotFound: deleted, or re-created: the store hears of it and queues it again.
+        with contextlib.suppress(NotFound):
+            await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *key, desired, MANAGER)
+        return DONE
 
 
 def unchanged(

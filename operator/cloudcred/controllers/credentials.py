@@ -1,30 +1,28 @@
 """The credential reconciler: one CloudCredential's list of bound clusters, its
-rollout plan and progress, and the Events that go with them.
+rollout (the plan, the redeploy marks, the progress), and the Events that go with them.
 
 Reads the caches only. Computes the bound clusters from the cluster store's index of
 the clusters that name this credential (never by adding to or removing from the
-stored list, so a missed event cannot leave it wrong), plans which clusters behind
-the current revision may carry the redeploy mark (``rollout.plan_rollout``), queues
-the clusters whose state the plan changes, and writes its part of the status
-(server-side apply, manager ``cloudcred-binder``) when something changed. The
-Secrets the credential references are queued too: their labels follow whether the
-credential is in use.
+stored list, so a missed event cannot leave it wrong). Plans which clusters behind
+the current revision may carry the redeploy mark (``rollout.plan_rollout``) and marks
+them itself, as a Deployment scales its ReplicaSets: the marks and the published plan
+(``status.rollout``) are what the clusters read. Writes its part of the status
+(server-side apply, manager ``cloudcred-binder``) when something changed. It queues
+nothing: what its writes concern is declared in the wiring (``runner.py``).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from cloudcred import bindings, conditions, health, rollout
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
 from cloudcred.cache import Caches
-from cloudcred.constants import CREDENTIAL_PLURAL
+from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, REDEPLOY_ANNOTATION
 from cloudcred.controllers.clusters import MANAGER, unchanged
-from cloudcred.controllers.deploy import DeployController
+from cloudcred.controllers.controller import DONE, Result
 from cloudcred.controllers.expectations import MarkExpectations
 from cloudcred.kube import Kube, NotFound
-from cloudcred.workqueue import WorkQueue
 
 OWNED_CONDITIONS = {
     bindings.IN_USE,
@@ -36,38 +34,25 @@ OWNED_FIELDS = ("clusters", "clusterCount", "clustersTruncated", "unusedSince", 
 
 
 class CredentialReconciler:
-    def __init__(
-        self,
-        kube: Kube,
-        caches: Caches,
-        plans: dict[Key, rollout.RolloutPlan],
-        marks: MarkExpectations,
-        clusters: WorkQueue[Key],
-        secrets: WorkQueue[Key],
-        deploy: DeployController,
-    ) -> None:
+    def __init__(self, kube: Kube, caches: Caches) -> None:
         self.kube = kube
         self.caches = caches
-        self.plans = plans
-        self.marks = marks
-        self.clusters = clusters
-        self.secrets = secrets
-        self.deploy = deploy
+        self.marks = MarkExpectations()
         self.announced: dict[Key, str] = {}  # the revision of the last RolloutComplete Event
         self.blocked_announced: dict[Key, str] = {}  # the last RolloutBlocked Event's text
-        self.last_run: dict[Key, float] = {}  # when each credential was last reconciled
 
-    async def reconcile(self, key: Key) -> None:
+    async def reconcile(self, key: Key) -> Result:
         credential = self.caches.credentials.get(key)
         if credential is None:
-            for state in (self.plans, self.announced, self.blocked_announced, self.last_run):
+            for state in (self.announced, self.blocked_announced):
                 state.pop(key, None)
-            return
-        self.last_run[key] = time.monotonic()
-        for secret in credential.secret_names:
-            self.secrets.add((credential.namespace, secret))
+            return DONE
         bound = [self.marks.apply(cluster) for cluster in self.caches.bound_clusters(key)]
-        plan = self._plan(credential, bound)
+        plan = rollout.plan_rollout(
+            credential, bound, rollout.deploy_failures(credential.revision, bound)
+        )
+        if plan is not None:
+            await self._mark(plan, bound)
         desired = bindings.credential_bindings_status(
             credential, [cluster.key for cluster in bound], credential.status, credential.created
         )
@@ -81,14 +66,28 @@ class CredentialReconciler:
             credential.status.get("conditions"), credential.generation
         )
         if unchanged(credential.status, desired, OWNED_CONDITIONS, OWNED_FIELDS):
-            return
+            return DONE
         try:
             await self.kube.apply_status(CREDENTIAL_PLURAL, "CloudCredential", *key, desired,
                                          MANAGER)  # fmt: skip
         except NotFound:
-            return
+            return DONE
         await self._announce_rollout(credential, desired)
         await self._announce_blocked(credential, desired)
+        return DONE
+
+    async def _mark(self, plan: rollout.RolloutPlan, bound: list[ClusterInfo]) -> None:
+        """Mark the clusters whose turn has come (each write pinned to its UID)."""
+        for cluster in bound:
+            if cluster.key not in plan.allowed or cluster.marked == plan.revision:
+                continue
+            try:
+                await self.kube.annotate(CLUSTER_PLURAL, *cluster.key,
+                                         {REDEPLOY_ANNOTATION: plan.revision},
+                                         uid=cluster.uid)  # fmt: skip
+            except NotFound:
+                continue  # deleted, or re-created: the store hears of it
+            self.marks.expect(cluster, plan.revision)
 
     @staticmethod
     def _verdict(
@@ -112,29 +111,6 @@ class CredentialReconciler:
             and all(c.external for c in behind)
             and not (plan is not None and plan.failed),
         )
-
-    def _plan(
-        self, credential: CredentialInfo, bound: list[ClusterInfo]
-    ) -> rollout.RolloutPlan | None:
-        """Make the rollout plan and queue the clusters whose state it changes: every
-        bound cluster for a new revision (their status names it), every cluster behind
-        when the rollout is blocked, paused or resumed, and those whose turn has come."""
-        key = credential.key
-        plan = rollout.plan_rollout(credential, bound, self.deploy.failures)
-        previous = self.plans.pop(key, None)
-        if plan is None:
-            return None
-        self.plans[key] = plan
-        if previous is None or previous.revision != plan.revision:
-            wake = {cluster.key for cluster in bound}
-        elif (previous.blocked, previous.paused) != (plan.blocked, plan.paused):
-            wake = set(plan.behind)
-        else:
-            marked = {cluster.key for cluster in bound if cluster.marked == plan.revision}
-            wake = set(plan.allowed - marked)
-        for cluster in sorted(wake):
-            self.clusters.add(cluster)
-        return plan
 
     async def _announce_rollout(self, credential: CredentialInfo, desired: dict[str, Any]) -> None:
         """One Event per completed rollout over at least one cluster."""

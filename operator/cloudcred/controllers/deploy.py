@@ -13,24 +13,26 @@ Cluster, annotated with the revision) before it records the deployment, so the S
 changes exactly at the cluster's deployments. AWS role credentials are delivered as
 session credentials, renewed ``refresh_before`` seconds before they expire.
 
-The cluster reconciler queues a cluster here whenever it is behind its credential;
-the deploy reads what to do from the caches, like the reconcilers.
+A reconciler like the others: it reads what to do from the caches (the cluster, its
+credential, the mark the credential reconciler wrote) and writes only its own fields
+(``deployedRevision``, ``lastDeployedTime``, ``deployFailure``), each write pinned to
+the cluster's UID. A first deployment waits until the credential's status lists the
+cluster (then the admission policy holds the credential's deletion on its account).
 Clusters in the same region with the same credential revision share one provider
 check (single flight, remembered for ``CHECK_TTL``), so a fan-out to a thousand
 clusters costs a handful of provider calls, not a thousand. A failed deploy is
-retried with the same backoff as verification, and the failure is shown in the
-cluster's ``RedeployPending`` condition (``DeployFailed``).
+recorded in the cluster's ``status.deployFailure`` (revision, message, attempts,
+time), so the backoff and the halted rollout survive a restart; the cluster
+reconciler shows it as ``RedeployPending=DeployFailed``, and the credential reconciler
+halts the rollout on it. It is retried with the verification's backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import dataclasses
 import logging
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -41,14 +43,7 @@ from urllib3.exceptions import HTTPError
 
 from cloudcred import boundary, conditions
 from cloudcred.api.credential import CloudCredentialSpec
-from cloudcred.bindings import (
-    BOUND,
-    Binding,
-    ClusterInfo,
-    CredentialInfo,
-    Key,
-    selector_matches,
-)
+from cloudcred.bindings import ClusterInfo, CredentialInfo, Key, selector_matches
 from cloudcred.cache import Caches
 from cloudcred.config import Settings
 from cloudcred.constants import (
@@ -58,22 +53,20 @@ from cloudcred.constants import (
     EXPIRES_ANNOTATION,
     MANAGED_BY_LABEL,
 )
+from cloudcred.controllers.controller import DONE, Result
 from cloudcred.installation import Installation
-from cloudcred.kube import Kube, NotFound, PreconditionFailed, describe_error
+from cloudcred.kube import Kube, NotFound, PreconditionFailed
 from cloudcred.providers import provider_module
 from cloudcred.providers.base import Reason, VerificationError, VerifyContext
 from cloudcred.revision import compute_revision
-from cloudcred.rollout import RolloutPlan, redeploy_conditions, redeploy_state
 from cloudcred.verification import ask_provider, read_secrets, retry_delay, with_external_id
-from cloudcred.workqueue import WorkQueue
 
 MANAGER = "cloudcred-deployer"
 DEPLOY_CONCURRENCY = 16  # deploy workers (the API calls queue in Kube anyway)
-BINDINGS_FIRST = 30.0  # at most: a long burst of changes must not starve first deploys
-BINDINGS_QUIET = 1.0  # no cluster change for this long: a burst of new clusters has ended
 CHECK_TTL = 600.0  # how long a successful region check counts for the same revision
 FAILED_CHECK_TTL = 5.0  # clusters asking at the same moment share one failed answer
 SUPERSEDED_RECHECK = 5.0  # the Secret changed under a revision: look again after this
+RENEWAL_RETRY = 60.0  # a failed renewal of delivered session credentials: again after this
 
 logger = logging.getLogger("cloudcred.deployer")
 
@@ -108,78 +101,43 @@ class DeployError(Exception):
 CheckKey = tuple[Key, str, str]  # (credential, revision, region)
 
 
-class DeployController:
+class DeployReconciler:
     def __init__(
         self,
         kube: Kube,
         settings: Settings,
         caches: Caches,
         provider_slots: asyncio.Semaphore,
-        clusters: WorkQueue[Key],
-        credentials: WorkQueue[Key],
         installation: Installation,
     ) -> None:
-        """``clusters`` and ``credentials`` are the reconcilers' queues: the deploy
-        step's news (a failure to show on the cluster, a rollout to halt) goes there."""
         self.kube = kube
         self.settings = settings
         self.caches = caches
         self.provider_slots = provider_slots
-        self.clusters = clusters
-        self.credentials = credentials
         self.installation = installation
-        self.queue: WorkQueue[Key] = WorkQueue("deploy")
-        self.failures: dict[Key, str] = {}  # why the last deploy of a cluster failed
-        self._attempts: dict[Key, int] = {}
-        self._retry_at: dict[Key, float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # The single-flight provider checks, shared by the clusters of one region.
         self._checks: dict[CheckKey, asyncio.Future[None]] = {}
         self._checked_until: dict[CheckKey, float] = {}
         self._failed: dict[CheckKey, tuple[float, VerificationError]] = {}
-        # Credential delivery: the spec each cluster's Secret was last written from (to
-        # renew session credentials of a cluster waiting in a rollout) and the timers.
-        self._delivered: dict[Key, tuple[str, dict[str, Any]]] = {}
-        self._renewals: dict[Key, asyncio.TimerHandle] = {}
-        self._expiry_known: set[Key] = set()
-        self._revoked: set[Key] = set()  # clusters whose delivered Secret is gone
-        self.paused = False  # see pause()
+        # Credential delivery, per cluster object (key -> (uid, ...)): the revision and
+        # spec its Secret was last written from (to renew the session credentials of a
+        # cluster that waits in a rollout), when they expire, and a revocation done.
+        self._delivered: dict[Key, tuple[str | None, str, dict[str, Any]]] = {}
+        self._expires: dict[Key, tuple[str | None, datetime | None]] = {}
+        self._revoked: dict[Key, str | None] = {}
 
-    def pause(self) -> None:
-        """Another replica acts: no renewals until ``resume()`` (the workers stop taking
-        keys); renewals are scheduled anew when the clusters are reconciled again."""
-        self.paused = True
-        for handle in self._renewals.values():
-            handle.cancel()
-        self._renewals.clear()
-        self._expiry_known.clear()
+    def _forget(self, key: Key, uid: str | None = None) -> None:
+        """Drop what is kept about the cluster under ``key`` unless it is object ``uid``."""
+        for state in (self._delivered, self._expires):
+            if key in state and state[key][0] != uid:
+                del state[key]
+        if key in self._revoked and self._revoked[key] != uid:
+            del self._revoked[key]
 
-    def resume(self) -> None:
-        self.paused = False
-
-    def forget(self, key: Key) -> None:
-        """The cluster is gone (or re-created: another object): drop what is kept."""
-        self.succeeded(key)
-        self.queue.discard(key)
-        self._delivered.pop(key, None)
-        self._expiry_known.discard(key)
-        renewal = self._renewals.pop(key, None)
-        if renewal:
-            renewal.cancel()
-
-    def succeeded(self, key: Key) -> None:
-        for state in (self.failures, self._attempts, self._retry_at):
-            state.pop(key, None)
-
-    def target(self, key: Key) -> DeployTarget | None:
-        """What to deploy for this cluster now, if anything: only a bound cluster deployed
-        by the operator, never deployed or marked with the revision of a credential that
-        verified and is up to date with its spec."""
-        cluster = self.caches.clusters.get(key)
-        if cluster is None or cluster.external or not self.caches.decide(cluster).bound:
-            return None
-        credential = self.caches.credentials.get(cluster.credential)
-        if credential is None:
-            return None
+    def target(self, cluster: ClusterInfo, credential: CredentialInfo) -> DeployTarget | None:
+        """What to deploy for this bound cluster now, if anything: never deployed, or
+        marked with the revision of a credential that verified and is up to date with
+        its spec; a first deployment once the credential's status lists the cluster."""
         if not credential.revision or credential.spec_changed or credential.deleting:
             return None
         if credential.verification_problem:
@@ -188,18 +146,8 @@ class DeployController:
             return None
         if cluster.deployed_revision and cluster.marked != credential.revision:
             return None  # its turn has not come
-        return DeployTarget(cluster, credential, credential.spec)
-
-    def bound_target(self, key: Key) -> DeployTarget | None:
-        """A cluster deployed by the operator and bound, with its credential. Bound as
-        the operator decides it from its caches, never as the Cluster's status says
-        (anyone who may patch clusters/status could write that)."""
-        cluster = self.caches.clusters.get(key)
-        if cluster is None or cluster.external or not self.caches.decide(cluster).bound:
-            return None
-        credential = self.caches.credentials.get(cluster.credential)
-        if credential is None:
-            return None
+        if not cluster.deployed_revision and not credential.lists(cluster.key):
+            return None  # the binding is not recorded yet: its write brings this back
         return DeployTarget(cluster, credential, credential.spec)
 
     def delivery_refusal(self, cluster: ClusterInfo, credential: CredentialInfo) -> str | None:
@@ -230,15 +178,91 @@ class DeployController:
         account = boundary.arn_account(identity) if spec.aws and identity else None
         return self.caches.boundary_violation(credential.namespace, spec, account)
 
-    async def revoke(self, key: Key, why: str) -> None:
+    async def reconcile(self, key: Key) -> Result:
+        cluster = self.caches.clusters.get(key)
+        if cluster is None:
+            self._forget(key)
+            return DONE
+        self._forget(key, cluster.uid)
+        if cluster.external:
+            return DONE
+        binding = self.caches.decide(cluster)
+        credential = self.caches.credentials.get(cluster.credential)
+        if cluster.credentials_secret:
+            if not binding.bound:
+                await self._revoke(cluster, f"the cluster is not bound: {binding.message}")
+            elif credential is not None:
+                refusal = self.delivery_refusal(cluster, credential)
+                if refusal:
+                    await self._revoke(cluster, refusal)
+        if not binding.bound or credential is None:
+            return DONE
+        target = self.target(cluster, credential)
+        if target is None:
+            if cluster.status.get("deployFailure"):
+                # Nothing to deploy any more (deployed by an attempt whose answer was lost,
+                # or no longer wanted): no failure either. A failure left behind would
+                # halt its credential's rollout for good.
+                await self._write(cluster, [{"op": "remove", "path": "/status/deployFailure"}])
+                return DONE
+            return await self._keep_fresh(cluster, credential)
+        wait = self._retry_wait(cluster, credential.revision)
+        if wait > 0:  # a failed deploy's retry is not due yet: new events do not hurry it
+            return Result(requeue_after=wait)
+        try:
+            await self._deploy_target(target)
+        except Superseded:
+            logger.debug("deploy of %s/%s waits: the credential changed under it", *key)
+            return Result(requeue_after=SUPERSEDED_RECHECK)
+        except VerificationError as error:
+            logger.debug("deploy of %s/%s failed: %s", *key, error.message)
+            return await self._failed_deploy(target, error.message)
+        except DeployError as error:
+            return await self._failed_deploy(target, str(error))
+        except NotFound:
+            return DONE  # the cluster is gone: the store hears of it
+        except PreconditionFailed:
+            return Result(requeue_after=1.0)  # re-created, or its status moved: look again
+        except (ApiException, HTTPError, RuntimeError) as error:  # the API is away: retry
+            if isinstance(error, ApiException):
+                reason = f"Kubernetes API error (HTTP {error.status})"
+            elif isinstance(error, RuntimeError):  # kube.py's messages hold no data
+                reason = str(error)
+            else:
+                reason = f"Kubernetes API unreachable ({type(error).__name__})"
+            return await self._failed_deploy(target, reason)
+        except Exception as error:  # a bug: retry, keep the operator up
+            logger.exception("deploying cluster %s/%s failed", *key)
+            return await self._failed_deploy(target, f"internal error ({type(error).__name__})")
+        return await self._keep_fresh(cluster, credential)
+
+    def _retry_wait(self, cluster: ClusterInfo, revision: str | None) -> float:
+        """Seconds until the next attempt at ``revision`` is due after failed ones."""
+        failure = cluster.status.get("deployFailure") or {}
+        if failure.get("revision") != revision or not failure.get("lastAttemptTime"):
+            return 0.0
+        last = conditions.parse_time(failure["lastAttemptTime"])
+        if last is None:
+            return 0.0
+        delay = retry_delay(int(failure.get("attempts") or 1) - 1, self.settings)
+        return delay - (conditions.now() - last).total_seconds()
+
+    async def _write(self, cluster: ClusterInfo, operations: list[dict[str, Any]]) -> None:
+        """A JSON patch of this cluster object's status (its UID tested)."""
+        assert cluster.uid is not None
+        await self.kube.patch_status_guarded(CLUSTER_PLURAL, *cluster.key, cluster.uid,
+                                             operations, MANAGER)  # fmt: skip
+
+    async def _revoke(self, cluster: ClusterInfo, why: str) -> None:
         """Delete the Secret the operator delivered to this cluster, if there is one:
         the cluster may not have its credential's values any more. Only a Secret this
         cluster owns (its UID in the controller owner reference) is deleted, and only
         that object (a precondition on its UID)."""
-        cluster = self.caches.clusters.get(key)
-        if cluster is None or not cluster.credentials_secret or key in self._revoked:
+        key = cluster.key
+        if not cluster.credentials_secret or self._revoked.get(key, "") == cluster.uid:
             return
-        self.forget(key)
+        self._delivered.pop(key, None)
+        self._expires.pop(key, None)
         existing = await self.kube.secret_metadata(cluster.namespace, cluster.credentials_secret)
         if existing is not None and owned_by(existing, cluster.uid):
             await self.kube.delete_secret(cluster.namespace, cluster.credentials_secret,
@@ -247,68 +271,12 @@ class DeployController:
                 cluster.reference, "Warning", "CredentialsRevoked",
                 f"deleted Secret {cluster.namespace}/{cluster.credentials_secret}: {why}",
             )  # fmt: skip
-        self._revoked.add(key)
-
-    async def reconcile(self, key: Key) -> None:
-        """Deploy this cluster if it needs it. Failures are the deploy step's own
-        business: shown on the cluster (DeployFailed) and retried with a backoff."""
-        wait = self._retry_at.get(key, 0.0) - time.monotonic()
-        if wait > 0:  # a failed deploy's retry is not due yet: new events do not hurry it
-            self.queue.add_after(key, wait)
-            return
-        known = self.bound_target(key)
-        if known is None or not known.cluster.deployed_revision:
-            # A first deployment waits for the bindings to settle (they hold deletion
-            # safety); a redeploy (the cluster is marked, its binding settled) goes at once.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.clusters.settled(BINDINGS_QUIET), BINDINGS_FIRST)
-        target = self.target(key)
-        if target is None:
-            if key in self.failures:
-                # Nothing to deploy any more (deployed by an attempt whose answer was lost,
-                # or no longer wanted): no failure either. A failure left behind would
-                # halt its credential's rollout for good.
-                self.succeeded(key)
-                self.clusters.add(key)
-                found = self.caches.clusters.get(key)
-                if found is not None:
-                    self.credentials.add(found.credential)
-            return
-        try:
-            await self._deploy_target(target)
-        except Superseded:
-            logger.debug("deploy of %s/%s waits: the credential changed under it", *key)
-            self.queue.add_after(key, SUPERSEDED_RECHECK)
-        except VerificationError as error:
-            logger.debug("deploy of %s/%s failed: %s", *key, error.message)
-            await self._failed_deploy(target, error.message)
-        except DeployError as error:
-            await self._failed_deploy(target, str(error))
-        except NotFound:
-            self.forget(key)  # the cluster is gone
-        except PreconditionFailed:
-            now = self.caches.clusters.get(key)
-            if now is not None and now.uid != target.cluster.uid:
-                self.forget(key)  # re-created: another object, deployed on its own
-                self.clusters.add(key)
-            else:  # its conditions moved under the write: look again
-                self.queue.add_after(key, 1.0)
-        except (ApiException, HTTPError, RuntimeError) as error:  # the API is away: retry
-            if isinstance(error, ApiException):
-                reason = f"Kubernetes API error (HTTP {error.status})"
-            elif isinstance(error, RuntimeError):  # kube.py's messages hold no data
-                reason = str(error)
-            else:
-                reason = f"Kubernetes API unreachable ({type(error).__name__})"
-            await self._failed_deploy(target, reason)
-        except Exception as error:  # a bug: retry, keep the operator up
-            logger.exception("deploying cluster %s/%s failed", *key)
-            await self._failed_deploy(target, f"internal error ({type(error).__name__})")
+        self._revoked[key] = cluster.uid
 
     async def _deploy_target(self, target: DeployTarget) -> None:
         cluster, credential = target.cluster, target.credential
         revision = credential.revision
-        assert revision is not None  # the binder hands over only credentials with one
+        assert revision is not None  # target() hands over only credentials with one
         violation = self.boundary_violation(credential)
         if violation:
             raise DeployError(violation)
@@ -319,7 +287,6 @@ class DeployController:
                 raise DeployError(refusal)
             await self._deliver(target, revision, check_revision=True)
         await self._record_deployment(cluster, revision)
-        self.succeeded(cluster.key)
         await self.kube.post_event(
             cluster.reference, "Normal", "Deployed",
             f"deployed with revision {revision} of CloudCredential "
@@ -329,30 +296,35 @@ class DeployController:
     async def _record_deployment(self, cluster: ClusterInfo, revision: str) -> None:
         """Write ``deployedRevision`` on this cluster object and no other: a Cluster
         deleted and re-created under its name during the deploy is another cluster and
-        gets its own deployment. With it, the conditions the cluster reconciler would
-        write next (it then finds nothing to change): one write per deployment."""
-        assert cluster.uid is not None
-        deployed = dataclasses.replace(cluster, status={**cluster.status,
-                                                        "deployedRevision": revision})  # fmt: skip
-        bound = Binding(True, BOUND, "")
-        wanted = redeploy_conditions(
-            deployed, bound, redeploy_state(deployed, RolloutPlan(revision))
-        )
+        gets its own deployment."""
         moment = conditions.timestamp(conditions.now())
         operations: list[dict[str, Any]] = [
             {"op": "add", "path": "/status/deployedRevision", "value": revision},
             {"op": "add", "path": "/status/lastDeployedTime", "value": moment},
         ]
-        current = [c.get("type") for c in cluster.status.get("conditions") or []]
-        for condition in wanted:
-            if condition["type"] not in current:
-                operations.append({"op": "add", "path": "/status/conditions/-", "value": condition})
-                continue
-            at = f"/status/conditions/{current.index(condition['type'])}"
-            operations += [{"op": "test", "path": f"{at}/type", "value": condition["type"]},
-                           {"op": "replace", "path": at, "value": condition}]  # fmt: skip
-        await self.kube.patch_status_guarded(CLUSTER_PLURAL, *cluster.key, cluster.uid,
-                                             operations, MANAGER)  # fmt: skip
+        if cluster.status.get("deployFailure"):
+            operations.append({"op": "remove", "path": "/status/deployFailure"})
+        await self._write(cluster, operations)
+
+    async def _failed_deploy(self, target: DeployTarget, message: str) -> Result:
+        """Record the failure in the cluster's status and retry after the backoff."""
+        cluster, revision = target.cluster, target.credential.revision
+        assert revision is not None
+        previous = cluster.status.get("deployFailure") or {}
+        same = previous.get("revision") == revision
+        attempts = int(previous.get("attempts") or 0) + 1 if same else 1
+        delay = retry_delay(attempts - 1, self.settings)
+        failure = {"revision": revision, "message": message[:2048], "attempts": attempts,
+                   "lastAttemptTime": conditions.timestamp(conditions.now())}  # fmt: skip
+        try:
+            await self._write(cluster, [{"op": "add", "path": "/status/deployFailure",
+                                         "value": failure}])  # fmt: skip
+        except NotFound:
+            return DONE
+        if not same or previous.get("message") != message:
+            await self.kube.post_event(cluster.reference, "Warning", "DeployFailed",
+                                       f"{message}; retrying in {delay:g}s")  # fmt: skip
+        return Result(requeue_after=delay)
 
     async def _deliver(self, target: DeployTarget, revision: str, check_revision: bool) -> None:
         """Write the cluster's credentials Secret with the credential of ``revision``."""
@@ -400,102 +372,58 @@ class DeployController:
                 cluster.namespace, name, existing.uid, existing.resource_version, data,
                 annotations,
             )  # fmt: skip
-        self._revoked.discard(cluster.key)
-        self._delivered[cluster.key] = (revision, target.spec)
-        self._expiry_known.add(cluster.key)
-        if delivery.expires:
-            self._renew_at(cluster.key, delivery.expires)
+        self._revoked.pop(cluster.key, None)
+        self._delivered[cluster.key] = (cluster.uid, revision, target.spec)
+        self._expires[cluster.key] = (cluster.uid, delivery.expires)
 
-    def _renew_at(self, key: Key, expires: datetime) -> None:
-        """Renew delivered session credentials ``refresh_before`` seconds before expiry."""
-        old = self._renewals.pop(key, None)
-        if old:
-            old.cancel()
-        remaining = (expires - conditions.now()).total_seconds()
-        delay = max(remaining - self.settings.refresh_before, 1.0)
-        loop = asyncio.get_running_loop()
-        self._renewals[key] = loop.call_later(delay, self._start_renewal, key)
+    async def _keep_fresh(self, cluster: ClusterInfo, credential: CredentialInfo) -> Result:
+        """For a deployed cluster with a credentials Secret: renew its session
+        credentials ``refresh_before`` seconds before they expire (the expiry is read
+        from the Secret once after a restart), and look again then."""
+        if not cluster.credentials_secret or not cluster.deployed_revision:
+            return DONE
+        if self.delivery_refusal(cluster, credential):
+            return DONE  # revoked above
+        key = cluster.key
+        if key not in self._expires:
+            metadata = await self.kube.secret_metadata(key[0], cluster.credentials_secret)
+            stamp = ((metadata.annotations or {}) if metadata else {}).get(EXPIRES_ANNOTATION)
+            self._expires[key] = (cluster.uid, conditions.parse_time(stamp) if stamp else None)
+        expires = self._expires[key][1]
+        if expires is None:
+            return DONE  # static values: nothing expires
+        due = (expires - conditions.now()).total_seconds() - self.settings.refresh_before
+        if due > 0:
+            return Result(requeue_after=max(due, 1.0))
+        return await self._renew(cluster, credential)
 
-    def _start_renewal(self, key: Key) -> None:
-        self._renewals.pop(key, None)
-        if not self.paused:
-            self._start(self._renew(key), f"renew {key[0]}/{key[1]}")
-
-    def _start(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
-        """A short task of its own (a renewal, an expiry read); failures are logged."""
-        task = asyncio.create_task(coroutine, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
-            logger.warning("%s failed: %s", task.get_name(), describe_error(error))
-
-    async def _renew(self, key: Key) -> None:
+    async def _renew(self, cluster: ClusterInfo, credential: CredentialInfo) -> Result:
         """Deliver again the revision the cluster is deployed with: the current spec when
         the cluster is up to date, else the spec it was delivered from (a cluster
         waiting in a paced or blocked rollout keeps working)."""
-        target = self.bound_target(key)
-        if target is None or not target.cluster.credentials_secret:
-            return
-        refusal = self.delivery_refusal(target.cluster, target.credential)
-        if refusal:
-            await self.revoke(key, refusal)
-            return
-        deployed = target.cluster.deployed_revision
-        if deployed is None:
-            return
-        if deployed != target.credential.revision:
-            remembered = self._delivered.get(key)
-            if remembered is None or remembered[0] != deployed:
+        deployed = cluster.deployed_revision
+        assert deployed is not None
+        target = DeployTarget(cluster, credential, credential.spec)
+        if deployed != credential.revision:
+            remembered = self._delivered.get(cluster.key)
+            if remembered is None or remembered[1] != deployed:
                 logger.warning("cannot renew the session credentials of cluster %s/%s: the "
                                "spec of revision %s is not known any more; they are renewed "
-                               "at its next deployment", *key, deployed)  # fmt: skip
-                return
-            target = DeployTarget(target.cluster, target.credential, remembered[1])
+                               "at its next deployment", *cluster.key, deployed)  # fmt: skip
+                return DONE
+            target = DeployTarget(cluster, credential, remembered[2])
         try:
             await self._deliver(target, deployed, check_revision=False)
         except (VerificationError, DeployError, RuntimeError) as error:
             message = getattr(error, "message", None) or str(error)
             logger.warning("renewing the session credentials of cluster %s/%s failed: %s; "
-                           "retrying in 60s", *key, message)  # fmt: skip
-            self._renewals[key] = asyncio.get_running_loop().call_later(
-                60.0, self._start_renewal, key
-            )
-
-    def keep_fresh(self, key: Key) -> None:
-        """For a deployed cluster with a credentials Secret: after a restart, learn when
-        its session credentials expire (from the Secret) and schedule their renewal."""
-        if self.paused or key in self._expiry_known or key in self._renewals:
-            return
-        self._expiry_known.add(key)
-        self._start(self._read_expiry(key), f"expiry {key[0]}/{key[1]}")
-
-    async def _read_expiry(self, key: Key) -> None:
-        target = self.bound_target(key)
-        if target is None or not target.cluster.credentials_secret:
-            return
-        metadata = await self.kube.secret_metadata(key[0], target.cluster.credentials_secret)
-        expires = ((metadata.annotations or {}) if metadata else {}).get(EXPIRES_ANNOTATION)
-        if expires:
-            self._renew_at(key, datetime.fromisoformat(expires.replace("Z", "+00:00")))
-
-    async def _failed_deploy(self, target: DeployTarget, message: str) -> None:
-        key = target.cluster.key
-        new = self.failures.get(key) != message
-        self.failures[key] = message
-        attempt = self._attempts.get(key, 0)
-        self._attempts[key] = attempt + 1
-        delay = retry_delay(attempt, self.settings)
-        self._retry_at[key] = time.monotonic() + delay
-        self.queue.add_after(key, delay)
-        self.clusters.add(key)  # shows DeployFailed in the cluster's status
-        self.credentials.add(target.credential.key)  # a failure halts the rollout
-        if new:
-            await self.kube.post_event(target.cluster.reference, "Warning", "DeployFailed",
-                                       f"{message}; retrying in {delay:g}s")  # fmt: skip
+                           "retrying in %gs", *cluster.key, message, RENEWAL_RETRY)  # fmt: skip
+            return Result(requeue_after=RENEWAL_RETRY)
+        expires = self._expires[cluster.key][1]
+        if expires is None:
+            return DONE
+        due = (expires - conditions.now()).total_seconds() - self.settings.refresh_before
+        return Result(requeue_after=max(due, 1.0))  # never a busy loop on short lifetimes
 
     async def _check(
         self, credential: CredentialInfo, spec: dict[str, Any], revision: str, region: str

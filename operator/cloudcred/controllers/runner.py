@@ -1,17 +1,25 @@
-"""Runs the reconcilers: caches in, keys through the queues, workers out.
+"""Runs the controllers: caches in, keys through the queues, reconcilers out.
 
-1. Every change a store takes in (a watch event, a LIST) is mapped to the keys it
-   concerns -- the cluster, its old and new credential, a credential's clusters
-   through the store's index, a Secret's credentials, a namespace's clusters -- and
-   those keys are queued (``_cluster_changed`` and the others below). Keys, never
-   objects: a reconciler reads the caches when its turn comes.
-2. Workers take keys only while every cache is synced and this replica is active
-   (kopf's peering may pause it). A key is held by one worker at a time.
+Following one change: watch -> store -> map -> queue -> reconciler -> write.
+
+1. Every change a store takes in (a watch event, a LIST) goes through the wiring
+   table (``Controllers.wiring``): each entry names a store, a controller and a map
+   function from the change to the keys it concerns -- the cluster itself, its old
+   and new credential, a credential's clusters through the store's index, a Secret,
+   a namespace's clusters. Keys, never objects: a reconciler reads the caches when
+   its turn comes. Map functions compare only what the controller reads, so a
+   reconciler's own write, echoed by the watch, queues nothing.
+2. Each controller (``controller.py``) owns its queue and workers; workers take keys
+   only while every cache is synced and this replica is active (kopf's peering may
+   pause it).
 3. A reconcile that fails is queued again after a per-key backoff, counted in
    ``cloudcred_reconcile_errors_total``, logged and shown on its object as one
    Warning Event (``ReconcileFailed``) per distinct error. Other keys go on.
 4. ``problems()`` says what ``/healthz`` should fail on: a watch or a queue that made
    no progress for too long.
+
+The reconcilers never see a queue and never call one another: they talk through the
+objects they write, which come back here as changes.
 """
 
 from __future__ import annotations
@@ -20,16 +28,15 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from prometheus_client import Counter
 from urllib3.exceptions import HTTPError
 
-from cloudcred import metrics, rollout
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key, object_reference
 from cloudcred.boundary import Boundary
 from cloudcred.cache import Caches, Change, SecretInfo
@@ -54,9 +61,9 @@ from cloudcred.constants import (
     VERSION,
 )
 from cloudcred.controllers.clusters import ClusterReconciler
+from cloudcred.controllers.controller import Controller
 from cloudcred.controllers.credentials import CredentialReconciler
-from cloudcred.controllers.deploy import DEPLOY_CONCURRENCY, DeployController
-from cloudcred.controllers.expectations import MarkExpectations
+from cloudcred.controllers.deploy import DEPLOY_CONCURRENCY, DeployReconciler
 from cloudcred.controllers.secrets import SecretReconciler
 from cloudcred.installation import Installation
 from cloudcred.kube import Kube, describe_error
@@ -74,12 +81,63 @@ SECRET_WORKERS = 2
 # dozens of cluster writes, and a fan-out's progress needs no finer steps.
 CREDENTIAL_INTERVAL, CREDENTIAL_INTERVAL_MAX, CLUSTERS_PER_SECOND_OF_PACING = 1.0, 5.0, 500
 
-RECONCILE_ERRORS = Counter(
-    "cloudcred_reconcile_errors",
-    "Reconciles that failed (and were queued again after a backoff), by controller.",
-    ["controller"],
-    registry=metrics.REGISTRY,
-)
+
+@dataclass(frozen=True)
+class Watch:
+    """One line of the wiring: changes of ``source`` (a store's kind) concern the keys
+    ``map`` gives, for ``controller``; ``paced``: at most once per pacing interval."""
+
+    source: str
+    controller: Controller[Key]
+    map: Callable[[Change[Any]], Iterable[Key]]
+    paced: bool = False
+
+
+# -- map functions: what a change concerns ------------------------------------------------
+
+
+def cluster_inputs(cluster: ClusterInfo | None) -> tuple[Any, ...] | None:
+    """What the cluster, credential and deploy reconcilers read of a Cluster. Not the
+    conditions they write: their echo queues nothing."""
+    if cluster is None:
+        return None
+    status = cluster.status
+    return (cluster.uid, cluster.provider, cluster.credential, cluster.generation,
+            cluster.region, cluster.external, cluster.marked, cluster.credentials_secret,
+            cluster.deployed_revision, status.get("deployFailure"))  # fmt: skip
+
+
+def cluster_itself(change: Change[ClusterInfo]) -> Iterable[Key]:
+    """The cluster, when what its reconcilers read changed (or it went away)."""
+    if cluster_inputs(change.old) != cluster_inputs(change.new):
+        yield change.key
+
+
+def cluster_credentials(change: Change[ClusterInfo]) -> Iterable[Key]:
+    """The old and the new credential of a cluster that changed what they read."""
+    if cluster_inputs(change.old) != cluster_inputs(change.new):
+        yield from {c.credential for c in (change.old, change.new) if c is not None}
+
+
+def credential_itself(change: Change[CredentialInfo]) -> Iterable[Key]:
+    if change.old != change.new:
+        yield change.key
+
+
+def credential_status_moved(change: Change[CredentialInfo]) -> Iterable[Key]:
+    """Only its status lists or totals moved (its own write, mostly): paced."""
+    if change.new is not None and change.old == change.new:
+        yield change.key
+
+
+def credential_secrets(change: Change[CredentialInfo]) -> Iterable[Key]:
+    for credential in (change.old, change.new):
+        for secret in credential.secret_names if credential else ():
+            yield (change.key[0], secret)
+
+
+def secret_itself(change: Change[SecretInfo]) -> Iterable[Key]:
+    yield change.key
 
 
 class Controllers:
@@ -94,36 +152,37 @@ class Controllers:
         peering: bool = False,
     ) -> None:
         """``secret_changed(credentials)``: a referenced Secret's data changed (or its
-        labels were dropped): check these credentials again. With ``peering``, the
-        replica starts paused: see ``pause()``."""
+        labels were dropped), or a boundary or namespace label that selects them did:
+        check these credentials again. With ``peering``, the replica starts paused:
+        see ``pause()``."""
         self.kube = kube
         self.settings = settings
-        self.caches = Caches()
+        self.caches = caches = Caches()
         self.secret_changed = secret_changed
-        base, cap = 0.25, settings.retry_max_delay
-        self.clusters: WorkQueue[Key] = WorkQueue("clusters", base, cap)
-        self.credentials: WorkQueue[Key] = WorkQueue("credentials", base, cap)
-        self.secrets: WorkQueue[Key] = WorkQueue("secrets", base, cap)
-        self.plans: dict[Key, rollout.RolloutPlan] = {}
-        self.marks = MarkExpectations()
-        self.deploy = DeployController(
-            kube, settings, self.caches, provider_slots, self.clusters, self.credentials,
-            installation,
-        )  # fmt: skip
-        self.cluster_reconciler = ClusterReconciler(
-            kube, self.caches, self.plans, self.marks, self.credentials, self.deploy
+        controller = partial(Controller[Key], on_error=self._show_error,
+                             on_success=self._cleared,
+                             max_delay=settings.retry_max_delay)  # fmt: skip
+        self.clusters = controller(
+            "clusters", ClusterReconciler(kube, caches).reconcile, CLUSTER_WORKERS
         )
-        self.credential_reconciler = CredentialReconciler(
-            kube, self.caches, self.plans, self.marks, self.clusters, self.secrets, self.deploy
+        self.credential_reconciler = CredentialReconciler(kube, caches)
+        self.credentials = controller(
+            "credentials", self.credential_reconciler.reconcile, CREDENTIAL_WORKERS
         )
-        self.secret_reconciler = SecretReconciler(kube, self.caches)
+        self.secrets = controller(
+            "secrets", SecretReconciler(kube, caches).reconcile, SECRET_WORKERS
+        )
+        deploy = DeployReconciler(kube, settings, caches, provider_slots, installation)
+        self.deploy = controller("deploy", deploy.reconcile, DEPLOY_CONCURRENCY)
+        self.wiring = self._wiring()
         self.watched = watched = namespace_matcher(watched_namespaces)
         self.secret_namespaces = plain_namespaces(watched_namespaces)
         self.listers: list[CustomResourceLister[Any]] = [
-            CustomResourceLister(self.caches.credentials, kube, CREDENTIAL_PLURAL,
-                                 CredentialInfo.from_body, self._credentials_changed, watched),
-            CustomResourceLister(self.caches.clusters, kube, CLUSTER_PLURAL,
-                                 ClusterInfo.from_body, self._clusters_changed, watched),
+            CustomResourceLister(caches.credentials, kube, CREDENTIAL_PLURAL,
+                                 CredentialInfo.from_body,
+                                 partial(self._changed, "CloudCredential"), watched),
+            CustomResourceLister(caches.clusters, kube, CLUSTER_PLURAL,
+                                 ClusterInfo.from_body, partial(self._changed, "Cluster"), watched),
         ]  # fmt: skip
         self.informers: list[Informer[Any]] = []
         self._boundaries_listed = False  # the first LIST of boundaries is in
@@ -138,8 +197,104 @@ class Controllers:
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
+    def controllers(self) -> tuple[Controller[Key], ...]:
+        return (self.clusters, self.credentials, self.secrets, self.deploy)
+
+    @property
     def queues(self) -> tuple[WorkQueue[Key], ...]:
-        return (self.clusters, self.credentials, self.secrets, self.deploy.queue)
+        return tuple(controller.queue for controller in self.controllers)
+
+    def _wiring(self) -> list[Watch]:
+        """What each change concerns: the whole of it, in one table."""
+        caches = self.caches
+
+        def credential_clusters(change: Change[CredentialInfo]) -> Iterable[Key]:
+            """Every cluster naming a credential whose binding or published plan moved."""
+            old, new = change.old, change.new
+            if (old and old.cluster_facing) != (new and new.cluster_facing):
+                yield from caches.clusters.by("credential", change.key)
+
+        def credential_deploys(change: Change[CredentialInfo]) -> Iterable[Key]:
+            """Clusters to deploy: all of them when what the deploy reads moved, else
+            those the status has just listed (their first deployment may go)."""
+            old, new = change.old, change.new
+            if old is None or new is None or old != new or old.status.get("identity") != \
+                    new.status.get("identity"):  # fmt: skip
+                yield from caches.clusters.by("credential", change.key)
+            else:
+                yield from new.listed - old.listed
+
+        def cluster_secrets(change: Change[ClusterInfo]) -> Iterable[Key]:
+            """The Secrets of a credential that gained or lost a cluster: ``in-use``."""
+            old, new = change.old, change.new
+            if (old and (old.credential, old.provider, old.uid)) != \
+                    (new and (new.credential, new.provider, new.uid)):  # fmt: skip
+                for key in {c.credential for c in (old, new) if c is not None}:
+                    credential = caches.credentials.get(key)
+                    for secret in credential.secret_names if credential else ():
+                        yield (key[0], secret)
+
+        def namespace_clusters(change: Change[dict[str, str]]) -> Iterable[Key]:
+            return caches.clusters.by("namespace", change.key[1])
+
+        def namespace_credentials(change: Change[dict[str, str]]) -> Iterable[Key]:
+            """Credentials with clusters in a namespace whose labels changed: binding."""
+            for key in caches.clusters.by("namespace", change.key[1]):
+                cluster = caches.clusters.get(key)
+                if cluster is not None:
+                    yield cluster.credential
+
+        return [
+            Watch("Cluster", self.clusters, cluster_itself),
+            Watch("Cluster", self.credentials, cluster_credentials, paced=True),
+            Watch("Cluster", self.deploy, cluster_itself),
+            Watch("Cluster", self.secrets, cluster_secrets),
+            Watch("CloudCredential", self.credentials, credential_itself),
+            Watch("CloudCredential", self.credentials, credential_status_moved, paced=True),
+            Watch("CloudCredential", self.clusters, credential_clusters),
+            Watch("CloudCredential", self.deploy, credential_deploys),
+            Watch("CloudCredential", self.secrets, credential_secrets),
+            Watch("Secret", self.secrets, secret_itself),
+            Watch("Namespace", self.clusters, namespace_clusters),
+            Watch("Namespace", self.deploy, namespace_clusters),
+            Watch("Namespace", self.credentials, namespace_credentials),
+        ]
+
+    def _changed(self, kind: str, changes: list[Change[Any]]) -> None:
+        """A store took in these changes of ``kind``: queue what they concern."""
+        self._refresh()
+        for watch in self.wiring:
+            if watch.source != kind:
+                continue
+            for change in changes:
+                if change.new is None and watch.map in (
+                    cluster_itself,
+                    credential_itself,
+                    secret_itself,
+                ):
+                    watch.controller.queue.discard(change.key)  # its timer and backoff go
+                if change.old == change.new and kind != "CloudCredential":
+                    continue  # a listing repeated what is known
+                for key in watch.map(change):
+                    if watch.paced:
+                        watch.controller.queue.add_after(key, self._pacing_wait(key))
+                    else:
+                        watch.controller.queue.add(key)
+        # Credentials to check again (verification runs beside the controllers).
+        if kind == "Secret":
+            self._secrets_recheck(changes)
+        elif kind == "Namespace":
+            self._namespaces_recheck(changes)
+        elif kind == "CredentialBoundary":
+            self._boundaries_recheck(changes)
+
+    def _pacing_wait(self, key: Key) -> float:
+        """A credential waits its pacing interval after its last reconcile."""
+        last = self.credentials.last_run.get(key)
+        clusters = self.caches.clusters.count("credential", key)
+        interval = min(max(CREDENTIAL_INTERVAL, clusters / CLUSTERS_PER_SECOND_OF_PACING),
+                       CREDENTIAL_INTERVAL_MAX)  # fmt: skip
+        return 0.0 if last is None else last + interval - time.monotonic()
 
     # -- starting and stopping ------------------------------------------------------------
 
@@ -155,43 +310,40 @@ class Controllers:
         if self.secret_namespaces is None:
             self.informers = [
                 Informer(self.caches.secrets, core.list_secret_for_all_namespaces, secret_info,
-                         self._secrets_changed, loop, *timing, label_selector=selector,
+                         partial(self._changed, "Secret"), loop, *timing, label_selector=selector,
                          page_size=page, watched=self.watched)
             ]  # fmt: skip
         else:
             scopes = SyncScopes(self.secret_namespaces)
             self.informers = [
                 Informer(self.caches.secrets, core.list_namespaced_secret, secret_info,
-                         self._secrets_changed, loop, *timing, label_selector=selector,
+                         partial(self._changed, "Secret"), loop, *timing, label_selector=selector,
                          page_size=page, namespace=namespace, scopes=scopes)
                 for namespace in self.secret_namespaces
             ]  # fmt: skip
         self.informers.append(
             Informer(self.caches.namespaces, core.list_namespace, namespace_labels,
-                     self._namespaces_changed, loop, *timing)
+                     partial(self._changed, "Namespace"), loop, *timing)
         )  # fmt: skip
         boundaries = partial(client.CustomObjectsApi(self.kube.api).list_cluster_custom_object,
                              GROUP, VERSION, BOUNDARY_PLURAL)  # fmt: skip
         self.informers.append(
             Informer(self.caches.boundaries, boundaries, boundary_info,
-                     self._boundaries_changed, loop, *timing)
+                     partial(self._changed, "CredentialBoundary"), loop, *timing)
         )  # fmt: skip
         for informer in self.informers:
             informer.start()
         interval = self.settings.relist_interval
         for lister in self.listers:
             self._tasks.append(spawn(lister.run(interval), f"list {lister.name}s"))
-        pools: list[tuple[WorkQueue[Key], Callable[[Key], Awaitable[None]], int]] = [
-            (self.clusters, self.cluster_reconciler.reconcile, CLUSTER_WORKERS),
-            (self.credentials, self.credential_reconciler.reconcile, CREDENTIAL_WORKERS),
-            (self.secrets, self.secret_reconciler.reconcile, SECRET_WORKERS),
-            (self.deploy.queue, self.deploy.reconcile, DEPLOY_CONCURRENCY),
-        ]
-        for queue, reconcile, workers in pools:
-            for number in range(workers):
-                name = f"{queue.name} worker {number}"
-                self._tasks.append(spawn(self._work(queue, reconcile), name))
+        for controller in self.controllers:
+            controller.start(self._active, self._spawn)
         self._tasks.append(spawn(self._resync(interval), "resync"))
+
+    def _spawn(self, coroutine: Any, name: str) -> asyncio.Task[None]:
+        task = spawn(coroutine, name)
+        self._tasks.append(task)
+        return task
 
     def stop(self) -> None:
         for informer in self.informers:
@@ -206,15 +358,13 @@ class Controllers:
         if not self.paused:
             logger.info("pausing: another replica acts (kopf peering)")
         self.paused = True
-        self.deploy.pause()
         self._refresh()
 
     def resume(self) -> None:
         if self.paused:
             logger.info("resuming after the pause")
             self.paused = False
-            self.deploy.resume()
-            self._queue_everything()  # the renewals were dropped; a fresh look at all
+            self._queue_everything()  # a fresh look at all
         self._refresh()
 
     # -- kopf's watch events (handlers/events.py) ------------------------------------------
@@ -227,7 +377,7 @@ class Controllers:
             change = self.caches.clusters.delete(key)
         else:
             change = self.caches.clusters.apply(key, ClusterInfo.from_body(body))
-        self._clusters_changed([change])
+        self._changed("Cluster", [change])
         if kind is None:  # kopf is listing: deletions in a gap are not sent
             self.listers[1].listing_seen()
 
@@ -239,7 +389,7 @@ class Controllers:
             change = self.caches.credentials.delete(key)
         else:
             change = self.caches.credentials.apply(key, CredentialInfo.from_body(body))
-        self._credentials_changed([change])
+        self._changed("CloudCredential", [change])
         if kind is None:
             self.listers[0].listing_seen()
 
@@ -253,53 +403,8 @@ class Controllers:
 
     # -- what each change concerns ------------------------------------------------------
 
-    def _clusters_changed(self, changes: list[Change[ClusterInfo]]) -> None:
-        self._refresh()
+    def _secrets_recheck(self, changes: list[Change[SecretInfo]]) -> None:
         for change in changes:
-            old, new = change.old, change.new
-            if new == old:  # a listing repeated what is known: nothing to do
-                continue
-            if new is None or (old is not None and new.uid != old.uid):
-                self.marks.forget(change.key)  # gone, or another object under its name
-                self.deploy.forget(change.key)
-            if new is None:
-                self.clusters.discard(change.key)
-            else:
-                self.clusters.add(change.key, arrival=old is None)
-                self.marks.observe(new)
-            for cluster in (old, new):
-                if cluster is not None:
-                    self._credential_soon(cluster.credential)
-
-    def _credentials_changed(self, changes: list[Change[CredentialInfo]]) -> None:
-        self._refresh()
-        for change in changes:
-            old, new = change.old, change.new
-            if old == new:  # only its status lists or rollout moved: ours, paced
-                self._credential_soon(change.key)
-                continue
-            self.credentials.add(change.key)
-            # Provider, deletion, admitted namespaces or revision: every cluster that
-            # names it decides again.
-            for cluster in self.caches.clusters.by("credential", change.key):
-                self.clusters.add(cluster)
-            for credential in (old, new):
-                for secret in credential.secret_names if credential else ():
-                    self.secrets.add((change.key[0], secret))
-
-    def _credential_soon(self, key: Key) -> None:
-        """Queue a credential now, or its pacing interval after its last reconcile."""
-        last = self.credential_reconciler.last_run.get(key)
-        clusters = self.caches.clusters.count("credential", key)
-        interval = min(max(CREDENTIAL_INTERVAL, clusters / CLUSTERS_PER_SECOND_OF_PACING),
-                       CREDENTIAL_INTERVAL_MAX)  # fmt: skip
-        wait = 0.0 if last is None else last + interval - time.monotonic()
-        self.credentials.add_after(key, wait)
-
-    def _secrets_changed(self, changes: list[Change[SecretInfo]]) -> None:
-        self._refresh()
-        for change in changes:
-            self.secrets.add(change.key)
             old, new = change.old, change.new
             # The data changed, or the Secret left the label selection (a full update
             # dropped the labels: its data may have changed too). Not at the first LIST.
@@ -308,11 +413,8 @@ class Controllers:
                 if users and not self.paused:
                     self.secret_changed(users)
 
-    def _namespaces_changed(self, changes: list[Change[dict[str, str]]]) -> None:
-        self._refresh()
+    def _namespaces_recheck(self, changes: list[Change[dict[str, str]]]) -> None:
         for change in changes:
-            for cluster in self.caches.clusters.by("namespace", change.key[1]):
-                self.clusters.add(cluster)
             old, new = change.old, change.new
             boundaries = self.caches.boundaries.objects.values()
             # New labels that a boundary selects differently: its credentials, again.
@@ -327,11 +429,10 @@ class Controllers:
                 if users:
                     self.secret_changed(users)  # "check these credentials again"
 
-    def _boundaries_changed(self, changes: list[Change[Boundary]]) -> None:
+    def _boundaries_recheck(self, changes: list[Change[Boundary]]) -> None:
         """A CredentialBoundary appeared, changed or went away: check the credentials of
         the namespaces it selects or selected again. Not at the first LIST: at start,
         every credential is checked once that LIST is in."""
-        self._refresh()
         if not self._boundaries_listed:
             self._boundaries_listed = self.caches.boundaries.synced
             return
@@ -346,17 +447,18 @@ class Controllers:
 
     def _queue_everything(self) -> None:
         for key in self.caches.clusters:
-            self.clusters.add(key)
+            self.clusters.queue.add(key)
+            self.deploy.queue.add(key)
         for key in self.caches.credentials:
-            self.credentials.add(key)
+            self.credentials.queue.add(key)
         self._queue_secrets()
 
     def _queue_secrets(self) -> None:
         for key in self.caches.secrets:
-            self.secrets.add(key)
+            self.secrets.queue.add(key)
         for credential in self.caches.credentials.objects.values():
             for secret in credential.secret_names:
-                self.secrets.add((credential.namespace, secret))
+                self.secrets.queue.add((credential.namespace, secret))
 
     async def _resync(self, interval: float) -> None:
         """Every ``interval``: look at every credential and every Secret label again
@@ -364,7 +466,7 @@ class Controllers:
         while True:
             await asyncio.sleep(interval)
             for key in self.caches.credentials:
-                self.credentials.add(key)
+                self.credentials.queue.add(key)
             self._queue_secrets()
 
     # -- the workers -------------------------------------------------------------------
@@ -384,27 +486,9 @@ class Controllers:
         else:
             self._active.clear()
 
-    async def _work(
-        self, queue: WorkQueue[Key], reconcile: Callable[[Key], Awaitable[None]]
-    ) -> None:
-        while True:
-            key = await queue.get()
-            try:
-                # Held, not put back, while the caches sync or the replica is paused:
-                # nothing is decided on the word of a cache that is not complete.
-                await self._active.wait()
-                await reconcile(key)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                delay = queue.add_rate_limited(key)
-                RECONCILE_ERRORS.labels(controller=queue.name).inc()
-                await self._show_error(queue.name, key, error, delay)
-            else:
-                queue.forget(key)
-                self._errors.pop((queue.name, key), None)
-            finally:
-                queue.done(key)
+    def _cleared(self, controller: str, key: Key) -> None:
+        """A key succeeded: its next failure is shown again."""
+        self._errors.pop((controller, key), None)
 
     async def _show_error(self, controller: str, key: Key, error: Exception, delay: float) -> None:
         """Log the failure; post it on the object as a Warning Event once per distinct

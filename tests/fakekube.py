@@ -1,0 +1,375 @@
+"""A fake Kubernetes for reconciler tests: the operator's ``Kube`` interface over
+objects in memory, driving the real ``Controllers`` (wiring, queues, reconcilers).
+
+- Every write is recorded (``writes``) and applied to the object the way the API
+  server would for the parts the reconcilers rely on: server-side apply merges
+  ``conditions`` by type, JSON patches honour ``test`` (UID preconditions), merge
+  patches of annotations drop ``None``; each write bumps ``resourceVersion``.
+- Each write comes back as a watch event into the caches and through the wiring,
+  as kopf's and the informers' events do in the operator.
+- ``fail(method, error, times)`` makes the next calls of a method raise (a 404, a
+  409, a 422, a timeout), so a test can put a fault at any write.
+- ``Clock`` moves the wall clock the reconcilers read and fires the queues' timers
+  that fall due, so a test of backoff or a periodic check takes milliseconds.
+
+What only a real API server can show (CEL, admission, SSA field ownership, RBAC,
+watch semantics) stays in ``tests/integration``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+from cloudcred import conditions
+from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
+from cloudcred.cache import SecretInfo
+from cloudcred.cache.informers import data_digest
+from cloudcred.config import Settings
+from cloudcred.constants import IN_USE_LABEL, REFERENCED_LABEL
+from cloudcred.controllers.runner import Controllers
+from cloudcred.installation import Installation
+from cloudcred.kube import AlreadyExists, NotFound, PreconditionFailed
+
+KINDS = {"cloudcredentials": "CloudCredential", "clusters": "Cluster"}
+
+
+@dataclass
+class Write:
+    verb: str
+    kind: str
+    key: Key
+    detail: Any = None
+
+
+@dataclass
+class Recorded:
+    writes: list[Write] = field(default_factory=list)
+    events: list[tuple[str, Key, str, str, str]] = field(default_factory=list)
+
+    def of(self, verb: str, kind: str | None = None) -> list[Write]:
+        return [w for w in self.writes if w.verb == verb and kind in (None, w.kind)]
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, Key], dict[str, Any]] = {}  # (kind, key) -> body
+        self.secrets: dict[Key, dict[str, Any]] = {}
+        self.namespaces: dict[str, dict[str, str]] = {}
+        self.recorded = Recorded()
+        self.on_change: Callable[[str, Key, dict[str, Any] | None], None] = lambda *_: None
+        self._faults: dict[str, list[Exception]] = {}
+        self._versions = itertools.count(1)
+
+    # -- test controls ----------------------------------------------------------------
+
+    def fail(self, method: str, error: Exception, times: int = 1) -> None:
+        self._faults.setdefault(method, []).extend([error] * times)
+
+    def _fault(self, method: str) -> None:
+        pending = self._faults.get(method)
+        if pending:
+            raise pending.pop(0)
+
+    def put(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace an object as a user would (kubectl apply)."""
+        metadata = body["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        old = self.objects.get((kind, key))
+        metadata.setdefault("uid", old["metadata"]["uid"] if old else str(uuid.uuid4()))
+        generation = (old or {}).get("metadata", {}).get("generation", 0)
+        if old is None or old.get("spec") != body.get("spec"):
+            generation += 1
+        metadata["generation"] = generation
+        metadata.setdefault("creationTimestamp", "2026-12-01T00:00:00Z")
+        body.setdefault("status", copy.deepcopy((old or {}).get("status") or {}))
+        self._store(kind, key, body)
+        return body
+
+    def remove(self, kind: str, key: Key) -> None:
+        self.objects.pop((kind, key), None)
+        self.on_change(kind, key, None)
+
+    def put_secret(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        existing = self.secrets.get((namespace, name))
+        metadata = existing["metadata"] if existing else {
+            "name": name, "namespace": namespace, "uid": str(uuid.uuid4()), "labels": {},
+            "annotations": {}, "ownerReferences": []}  # fmt: skip
+        self.secrets[(namespace, name)] = {"metadata": metadata, "data": dict(data)}
+        self._secret_changed((namespace, name))
+
+    def _store(self, kind: str, key: Key, body: dict[str, Any]) -> None:
+        body["metadata"]["resourceVersion"] = str(next(self._versions))
+        self.objects[(kind, key)] = body
+        self.on_change(kind, key, copy.deepcopy(body))
+
+    def _secret_changed(self, key: Key) -> None:
+        secret = self.secrets.get(key)
+        self.secrets_version = next(self._versions)
+        self.on_change("Secret", key, secret)
+
+    def body(self, kind: str, key: Key) -> dict[str, Any]:
+        return self.objects[(kind, key)]
+
+    # -- the Kube interface -----------------------------------------------------------
+
+    def _object(self, plural: str, namespace: str, name: str) -> tuple[str, Key, dict[str, Any]]:
+        kind, key = KINDS[plural], (namespace, name)
+        found = self.objects.get((kind, key))
+        if found is None:
+            raise NotFound(f"{kind} {namespace}/{name}")
+        return kind, key, copy.deepcopy(found)
+
+    async def apply_status(
+        self, plural: str, kind: str, namespace: str, name: str, status: dict[str, Any],
+        manager: str,
+    ) -> None:  # fmt: skip
+        self._fault("apply_status")
+        kind, key, body = self._object(plural, namespace, name)
+        current = body.setdefault("status", {})
+        for field_name, value in status.items():
+            if field_name == "conditions":
+                by_type = {c["type"]: c for c in current.get("conditions") or []}
+                by_type.update({c["type"]: c for c in value})
+                current["conditions"] = list(by_type.values())
+            else:
+                current[field_name] = copy.deepcopy(value)
+        self.recorded.writes.append(Write("apply_status", kind, key, (manager, status)))
+        self._store(kind, key, body)
+
+    async def patch_status_guarded(
+        self, plural: str, namespace: str, name: str, uid: str, operations: list[dict[str, Any]],
+        manager: str,
+    ) -> None:  # fmt: skip
+        self._fault("patch_status_guarded")
+        kind, key, body = self._object(plural, namespace, name)
+        if body["metadata"]["uid"] != uid:
+            raise PreconditionFailed(f"{kind} {namespace}/{name}")
+        status = body.setdefault("status", {})
+        for operation in operations:
+            path = operation["path"].split("/")[1:]
+            assert path[0] == "status", operation
+            if operation["op"] == "test":
+                continue
+            if operation["op"] == "remove":
+                if path[1] not in status:
+                    raise PreconditionFailed(f"{kind} {namespace}/{name}: no {path[1]}")
+                del status[path[1]]
+            else:
+                status[path[1]] = copy.deepcopy(operation["value"])
+        self.recorded.writes.append(Write("patch_status", kind, key, operations))
+        self._store(kind, key, body)
+
+    async def annotate(
+        self, plural: str, namespace: str, name: str, annotations: dict[str, str | None],
+        uid: str | None = None,
+    ) -> None:  # fmt: skip
+        self._fault("annotate")
+        kind, key, body = self._object(plural, namespace, name)
+        if uid is not None and body["metadata"]["uid"] != uid:
+            raise NotFound(f"{kind} {namespace}/{name}")
+        current = body["metadata"].setdefault("annotations", {})
+        for name_, value in annotations.items():
+            if value is None:
+                current.pop(name_, None)
+            else:
+                current[name_] = value
+        self.recorded.writes.append(Write("annotate", kind, key, annotations))
+        self._store(kind, key, body)
+
+    async def post_event(
+        self, involved: dict[str, Any], type_: str, reason: str, message: str
+    ) -> None:
+        metadata = involved["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        self.recorded.events.append((involved["kind"], key, type_, reason, message))
+
+    async def set_secret_labels(
+        self, namespace: str, name: str, labels: dict[str, str | None]
+    ) -> bool:
+        self._fault("set_secret_labels")
+        secret = self.secrets.get((namespace, name))
+        if secret is None:
+            return False
+        current = secret["metadata"]["labels"]
+        for label, value in labels.items():
+            if value is None:
+                current.pop(label, None)
+            else:
+                current[label] = value
+        self.recorded.writes.append(Write("label", "Secret", (namespace, name), labels))
+        self._secret_changed((namespace, name))
+        return True
+
+    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        self._fault("read_secret_data")
+        secret = self.secrets.get((namespace, name))
+        if secret is None:
+            raise NotFound(f"Secret {namespace}/{name}")
+        return dict(secret["data"])
+
+    async def secret_metadata(self, namespace: str, name: str) -> Any:
+        secret = self.secrets.get((namespace, name))
+        if secret is None:
+            return None
+        metadata = secret["metadata"]
+        references = [SimpleNamespace(**r) for r in metadata["ownerReferences"]]
+        return SimpleNamespace(uid=metadata["uid"], labels=dict(metadata["labels"]),
+                               annotations=dict(metadata["annotations"]),
+                               owner_references=references,
+                               resource_version=str(self.secrets_version))  # fmt: skip
+
+    async def create_secret(
+        self, namespace: str, name: str, data: dict[str, str], metadata: dict[str, Any]
+    ) -> None:
+        self._fault("create_secret")
+        if (namespace, name) in self.secrets:
+            raise AlreadyExists(f"Secret {namespace}/{name} already exists")
+        self.secrets[(namespace, name)] = {"metadata": {
+            "name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
+            "labels": dict(metadata.get("labels") or {}),
+            "annotations": dict(metadata.get("annotations") or {}),
+            "ownerReferences": list(metadata.get("ownerReferences") or [])}, "data": data}  # fmt: skip
+        self.recorded.writes.append(Write("create", "Secret", (namespace, name)))
+        self._secret_changed((namespace, name))
+
+    async def replace_secret_data(
+        self, namespace: str, name: str, uid: str, resource_version: str,
+        data: dict[str, str], annotations: dict[str, str],
+    ) -> None:  # fmt: skip
+        self._fault("replace_secret_data")
+        secret = self.secrets[(namespace, name)]
+        if secret["metadata"]["uid"] != uid:
+            raise RuntimeError(f"writing Secret {namespace}/{name} failed: HTTP 422")
+        secret["data"] = data
+        secret["metadata"]["annotations"].update(annotations)
+        self.recorded.writes.append(Write("replace", "Secret", (namespace, name)))
+        self._secret_changed((namespace, name))
+
+    async def delete_secret(self, namespace: str, name: str, uid: str) -> None:
+        self._fault("delete_secret")
+        secret = self.secrets.get((namespace, name))
+        if secret is None or secret["metadata"]["uid"] != uid:
+            return
+        del self.secrets[(namespace, name)]
+        self.recorded.writes.append(Write("delete", "Secret", (namespace, name)))
+        self.on_change("Secret", (namespace, name), None)
+
+    async def read_namespace(self, namespace: str) -> Any:
+        labels = self.namespaces.get(namespace)
+        return None if labels is None else SimpleNamespace(labels=labels, uid=namespace)
+
+    async def list_pages(
+        self, plural: str, field_selector: str | None = None, page_size: int = 500
+    ) -> AsyncIterator[dict[str, Any]]:
+        for (kind, _), body in list(self.objects.items()):
+            if kind == KINDS[plural]:
+                yield copy.deepcopy(body)
+
+    async def read_credential(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.objects.get(("CloudCredential", (namespace, name)))
+        return copy.deepcopy(found) if found else None
+
+
+class Clock:
+    """The wall clock the reconcilers read (``conditions.now``) and the event loop's
+    clock the queues' timers run on, moved together by hand."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        self.moment = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+        self.offset = 0.0  # seconds moved so far
+        monkeypatch.setattr(conditions, "now", lambda: self.moment)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run this loop's timers on the fake clock."""
+        loop.time = lambda: time.monotonic() + self.offset  # type: ignore[method-assign]
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+        self.offset += seconds
+
+
+class Operator:
+    """The real ``Controllers`` over a ``FakeKube``: caches fed by its writes, keys
+    through the wiring, workers replaced by ``settle()`` (every queued key, one at a
+    time, until nothing is left)."""
+
+    def __init__(self, kube: FakeKube, clock: Clock, **settings: Any) -> None:
+        self.kube = kube
+        self.clock = clock
+        self.rechecked: list[Key] = []
+        self.installation = Installation(b"k" * 32)
+        self.controllers = Controllers(
+            kube,  # type: ignore[arg-type]
+            Settings(**settings),
+            asyncio.Semaphore(4),
+            [],
+            lambda credentials: self.rechecked.extend(c.key for c in credentials),
+            self.installation,
+        )
+        caches = self.controllers.caches
+        for store in caches.stores:
+            store.synced = True
+        kube.on_change = self._event
+        clock.attach(asyncio.get_running_loop())
+
+    def _event(self, kind: str, key: Key, body: dict[str, Any] | None) -> None:
+        caches = self.controllers.caches
+        if kind == "Secret":
+            store: Any = caches.secrets
+            labels = (body or {}).get("metadata", {}).get("labels") or {}
+            if body is None or REFERENCED_LABEL not in labels:
+                change = store.delete(key)
+            else:
+                info = SecretInfo(True, labels.get(IN_USE_LABEL) == "true",
+                                  data_digest(body["data"]))  # fmt: skip
+                change = store.apply(key, info)
+        else:
+            store = caches.credentials if kind == "CloudCredential" else caches.clusters
+            parse = CredentialInfo.from_body if kind == "CloudCredential" else ClusterInfo.from_body
+            change = store.delete(key) if body is None else store.apply(key, parse(body))
+        self.controllers._changed(kind, [change])
+
+    def label_namespace(self, name: str, labels: dict[str, str]) -> None:
+        self.kube.namespaces[name] = labels
+        change = self.controllers.caches.namespaces.apply(("", name), labels)
+        self.controllers._changed("Namespace", [change])
+
+    async def settle(self, limit: int = 10_000) -> int:
+        """Reconcile every queued key until none is left; return how many reconciles."""
+        done = 0
+        while True:
+            ready = [c for c in self.controllers.controllers if len(c.queue)]
+            if not ready:
+                return done
+            for controller in ready:
+                key = await controller.queue.get()
+                try:
+                    await controller.process(key)
+                finally:
+                    controller.queue.done(key)
+                done += 1
+                assert done < limit, "the controllers never settle: a hot loop"
+
+    def timers(self) -> dict[str, dict[Key, float]]:
+        """Each queue's timers: key -> seconds from the fake clock's now."""
+        loop = asyncio.get_running_loop()
+        return {
+            c.name: {k: h.when() - loop.time() for k, h in c.queue._timers.items()}
+            for c in self.controllers.controllers
+        }
+
+    async def advance(self, seconds: float) -> int:
+        """Move the clock; let the loop fire the timers that fall due; settle."""
+        self.clock.advance(seconds)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return await self.settle()

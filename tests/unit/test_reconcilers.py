@@ -1,0 +1,398 @@
+"""Every decision of the controllers, in milliseconds: the real wiring, queues and
+reconcilers over a fake Kubernetes (``tests/fakekube.py``) and a fake clock.
+
+The verifier is not part of the controllers: a test plays it by writing what it
+writes (``verified``), as an external deployer is played by writing
+``deployedRevision``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from cloudcred import conditions
+from cloudcred.api.credential import CloudCredentialSpec
+from cloudcred.constants import REDEPLOY_ANNOTATION, ROLLOUT_PAUSED_ANNOTATION
+from cloudcred.kube import NotFound
+from cloudcred.providers import provider_module
+from cloudcred.revision import compute_revision
+from cloudcred.verification import read_secrets
+from tests.fakekube import Clock, FakeKube, Operator
+
+NS = "acme"
+CRED = (NS, "prod")
+
+
+def run(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on a fresh event loop (the suite has no asyncio plugin)."""
+
+    @functools.wraps(test)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    return Clock(monkeypatch)
+
+
+def credential(kube: FakeKube, max_concurrent: int | str = "25%", **metadata: Any) -> None:
+    spec = {"provider": "GCP", "gcp": {"serviceAccountKeyRef": {"name": "sa", "key": "key.json"}},
+            "rollout": {"maxConcurrent": max_concurrent}}  # fmt: skip
+    kube.put("CloudCredential", {"metadata": {"namespace": NS, "name": "prod", **metadata},
+                                 "spec": spec})  # fmt: skip
+
+
+def verified(kube: FakeKube, revision: str, state: str = "True") -> None:
+    """What the verifier writes for the credential's current generation."""
+    body = kube.body("CloudCredential", CRED)
+    status = body["status"]
+    status["revision"] = revision
+    status["observedGeneration"] = body["metadata"]["generation"]
+    reason = "Verified" if state == "True" else "InvalidCredentials"
+    status["conditions"] = [c for c in status.get("conditions") or [] if c["type"] != "Verified"]
+    status["conditions"].append(conditions.condition(None, "Verified", state, reason, "ok", None))
+    kube.put("CloudCredential", body)
+
+
+async def real_revision(kube: FakeKube, operator: Operator) -> str:
+    """The revision the verifier computes for the credential as it is now."""
+    spec = CloudCredentialSpec.model_validate(kube.body("CloudCredential", CRED)["spec"])
+    refs = provider_module(spec.provider).secret_refs(spec)
+    secrets = await read_secrets(kube, NS, refs)  # type: ignore[arg-type]
+    return compute_revision(spec, secrets, operator.installation)
+
+
+def cluster(kube: FakeKube, name: str, *, deployed: str | None = None, external: bool = True,
+            credential_name: str = "prod", provider: str = "GCP",
+            secret: str | None = None) -> None:  # fmt: skip
+    spec: dict[str, Any] = {"provider": provider, "region": "europe-west1",
+                            "credentialRef": {"name": credential_name},
+                            "deploy": "External" if external else "Operator"}  # fmt: skip
+    if secret:
+        spec["credentialsSecret"] = {"name": secret}
+    status = {"deployedRevision": deployed} if deployed else {}
+    kube.put("Cluster", {"metadata": {"namespace": NS, "name": name}, "spec": spec,
+                         "status": status})  # fmt: skip
+
+
+def deploy(kube: FakeKube, name: str, revision: str) -> None:
+    """An external deployer records its deployment."""
+    body = kube.body("Cluster", (NS, name))
+    body["status"]["deployedRevision"] = revision
+    kube.put("Cluster", body)
+
+
+def find(kube: FakeKube, kind: str, name: str, type_: str) -> dict[str, Any]:
+    found = conditions.find(kube.body(kind, (NS, name))["status"].get("conditions"), type_)
+    assert found is not None, f"{kind} {name} has no {type_}"
+    return found
+
+
+def marked(kube: FakeKube) -> dict[str, str | None]:
+    return {key[1]: (body["metadata"].get("annotations") or {}).get(REDEPLOY_ANNOTATION)
+            for (kind, key), body in sorted(kube.objects.items()) if kind == "Cluster"}  # fmt: skip
+
+
+# -- binding ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("credential_name", "provider", "bound", "reason"),
+    [
+        ("prod", "GCP", "True", "Bound"),
+        ("missing", "GCP", "False", "CredentialNotFound"),
+        ("prod", "AWS", "False", "ProviderMismatch"),
+    ],
+)
+@run
+async def test_a_cluster_binds_or_says_why_not(
+    kube: FakeKube, clock: Clock, credential_name: str, provider: str, bound: str, reason: str
+) -> None:
+    operator = Operator(kube, clock)
+    credential(kube)
+    verified(kube, "v1")
+    cluster(kube, "eu", credential_name=credential_name, provider=provider)
+    await operator.settle()
+    condition = find(kube, "Cluster", "eu", "CredentialBound")
+    assert (condition["status"], condition["reason"]) == (bound, reason)
+    listed = kube.body("CloudCredential", CRED)["status"]["clusters"]
+    assert listed == ([{"namespace": NS, "name": "eu"}] if bound == "True" else [])
+
+
+@run
+async def test_a_cluster_in_another_namespace_binds_only_where_admitted(
+    kube: FakeKube, clock: Clock
+) -> None:
+    operator = Operator(kube, clock)
+    credential(kube)
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["allowedNamespaces"] = {"matchLabels": {"team": "platform"}}
+    kube.put("CloudCredential", body)
+    verified(kube, "v1")
+    operator.label_namespace("other", {"team": "web"})
+    kube.put("Cluster", {"metadata": {"namespace": "other", "name": "eu"},
+                         "spec": {"provider": "GCP", "region": "r", "deploy": "External",
+                                  "credentialRef": {"name": "prod", "namespace": NS}}})  # fmt: skip
+    await operator.settle()
+    bound = conditions.find(kube.body("Cluster", ("other", "eu"))["status"]["conditions"],
+                            "CredentialBound")  # fmt: skip
+    assert bound is not None
+    assert bound["reason"] == "NamespaceNotAllowed"
+    # The namespace's labels change: the cluster and the credential decide again.
+    operator.label_namespace("other", {"team": "platform"})
+    await operator.settle()
+    bound = conditions.find(kube.body("Cluster", ("other", "eu"))["status"]["conditions"],
+                            "CredentialBound")  # fmt: skip
+    assert bound is not None
+    assert bound["status"] == "True"
+    assert kube.body("CloudCredential", CRED)["status"]["clusterCount"] == 1
+
+
+# -- rollout: marks, pacing, pause, block ----------------------------------------------
+
+
+@run
+async def test_a_new_revision_reconciles_each_cluster_once_and_marks_within_the_limit(
+    kube: FakeKube, clock: Clock
+) -> None:
+    operator = Operator(kube, clock)
+    credential(kube, max_concurrent=2)
+    verified(kube, "v1")
+    for name in "abcde":
+        cluster(kube, name, deployed="v1")
+    await operator.settle()
+    assert find(kube, "CloudCredential", "prod", "RolloutComplete")["status"] == "True"
+    runs = dict(operator.controllers.clusters.runs)
+
+    verified(kube, "v2")
+    await operator.settle()
+    again = {
+        key: count - runs.get(key, 0) for key, count in operator.controllers.clusters.runs.items()
+    }
+    assert again == {(NS, name): 1 for name in "abcde"}
+    assert marked(kube) == {"a": "v2", "b": "v2", "c": None, "d": None, "e": None}
+    assert find(kube, "Cluster", "a", "RedeployPending")["message"].endswith(
+        "waiting for the external deployer to redeploy"
+    )
+    assert "queued: at most 2" in find(kube, "Cluster", "c", "RedeployPending")["message"]
+    rollout = kube.body("CloudCredential", CRED)["status"]["rollout"]
+    assert rollout == {"revision": "v2", "updated": 0, "total": 5}
+
+    # The deployer redeploys a: the next in line is marked; no more than 2 at a time.
+    # (The credential follows its clusters' changes at most once per pacing interval.)
+    deploy(kube, "a", "v2")
+    await operator.settle()
+    assert marked(kube)["c"] is None
+    assert operator.timers()["credentials"][CRED] > 0
+    await operator.advance(1)
+    assert marked(kube) == {"a": "v2", "b": "v2", "c": "v2", "d": None, "e": None}
+    for name in "bcde":
+        deploy(kube, name, "v2")
+        await operator.advance(1)
+    complete = find(kube, "CloudCredential", "prod", "RolloutComplete")
+    assert complete["status"] == "True"
+    assert "can be deleted at the provider" in complete["message"]
+
+
+@run
+async def test_a_paused_rollout_marks_nothing_until_resumed(kube: FakeKube, clock: Clock) -> None:
+    operator = Operator(kube, clock)
+    credential(kube, max_concurrent="100%")
+    verified(kube, "v1")
+    for name in "ab":
+        cluster(kube, name, deployed="v1")
+    await operator.settle()
+    body = kube.body("CloudCredential", CRED)
+    body["metadata"]["annotations"] = {ROLLOUT_PAUSED_ANNOTATION: "true"}
+    kube.put("CloudCredential", body)
+    verified(kube, "v2")
+    await operator.settle()
+    assert marked(kube) == {"a": None, "b": None}
+    assert "paused" in find(kube, "Cluster", "a", "RedeployPending")["message"]
+    assert find(kube, "CloudCredential", "prod", "Reconciling")["reason"] == "RolloutPaused"
+
+    body = kube.body("CloudCredential", CRED)
+    body["metadata"]["annotations"] = {}
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    assert marked(kube) == {"a": "v2", "b": "v2"}
+
+
+@run
+async def test_a_revision_that_failed_verification_is_not_rolled_out(
+    kube: FakeKube, clock: Clock
+) -> None:
+    operator = Operator(kube, clock)
+    credential(kube)
+    verified(kube, "v1")
+    cluster(kube, "a", deployed="v1")
+    await operator.settle()
+    verified(kube, "v2", state="False")
+    await operator.settle()
+    assert marked(kube) == {"a": None}
+    pending = find(kube, "Cluster", "a", "RedeployPending")
+    assert pending["reason"] == "RolloutBlocked"
+    assert "keeping the deployment of revision v1" in pending["message"]
+    blocked = kube.body("CloudCredential", CRED)["status"]["rollout"]["blocked"]
+    assert blocked.startswith("revision v2 is not rolled out")
+
+
+# -- the deploy step: failures kept in status, backoff, restart ------------------------
+
+
+@run
+async def test_a_failed_deploy_is_kept_in_status_and_retried_with_a_growing_delay(
+    kube: FakeKube, clock: Clock
+) -> None:
+    operator = Operator(kube, clock, retry_max_delay=300)
+    credential(kube)
+    kube.put_secret(NS, "sa", {"key.json": base64.b64encode(b"{not json").decode()})
+    revision = await real_revision(kube, operator)
+    verified(kube, revision)
+    cluster(kube, "eu", external=False)
+    await operator.settle()
+    failure = kube.body("Cluster", (NS, "eu"))["status"]["deployFailure"]
+    assert (failure["revision"], failure["attempts"]) == (revision, 1)
+    assert find(kube, "Cluster", "eu", "RedeployPending")["reason"] == "DeployFailed"
+    assert find(kube, "Cluster", "eu", "Stalled")["status"] == "True"
+    assert "failed on eu" in kube.body("CloudCredential", CRED)["status"]["rollout"]["blocked"]
+    assert operator.timers()["deploy"][(NS, "eu")] == pytest.approx(5, abs=0.5)
+    failed_events = [e for e in kube.recorded.events if e[3] == "DeployFailed"]
+    assert len(failed_events) == 1
+
+    # Not due yet: an event about the cluster does not hurry the retry.
+    await operator.advance(2)
+    assert kube.body("Cluster", (NS, "eu"))["status"]["deployFailure"]["attempts"] == 1
+    await operator.advance(3.1)
+    assert kube.body("Cluster", (NS, "eu"))["status"]["deployFailure"]["attempts"] == 2
+    # One Event per distinct failure, not per attempt.
+    assert len([e for e in kube.recorded.events if e[3] == "DeployFailed"]) == 1
+
+    # A restart keeps the failure and its backoff: the new operator waits the 10 s.
+    restarted = Operator(kube, clock, retry_max_delay=300)
+    for kind, key in list(kube.objects):
+        restarted._event(kind, key, kube.objects[(kind, key)])
+    await restarted.settle()
+    assert kube.body("Cluster", (NS, "eu"))["status"]["deployFailure"]["attempts"] == 2
+    assert restarted.timers()["deploy"][(NS, "eu")] == pytest.approx(10, abs=0.5)
+
+
+@run
+async def test_a_first_deployment_waits_until_the_credential_lists_the_cluster(
+    kube: FakeKube, clock: Clock
+) -> None:
+    operator = Operator(kube, clock)
+    credential(kube)
+    verified(kube, "v1")
+    cluster(kube, "eu", external=False)
+    # Only the deploy step runs: the credential has not listed the cluster yet.
+    key = await operator.controllers.deploy.queue.get()
+    await operator.controllers.deploy.process(key)
+    operator.controllers.deploy.queue.done(key)
+    assert not kube.recorded.of("patch_status", "Cluster")
+    assert operator.controllers.deploy.runs[(NS, "eu")] == 1
+
+
+# -- revocation --------------------------------------------------------------------------
+
+
+@run
+async def test_a_cluster_that_loses_its_binding_loses_its_delivered_secret(
+    kube: FakeKube, clock: Clock
+) -> None:
+    operator = Operator(kube, clock, delivery_enabled=True)
+    credential(kube)
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["delivery"] = {"enabled": True}
+    kube.put("CloudCredential", body)
+    verified(kube, "v1")
+    cluster(kube, "eu", external=False, secret="eu-creds", deployed="v1")
+    uid = kube.body("Cluster", (NS, "eu"))["metadata"]["uid"]
+    await kube.create_secret(NS, "eu-creds", {"k": "dg=="}, {"ownerReferences": [
+        {"apiVersion": "cloudcred.io/v1alpha1", "kind": "Cluster", "name": "eu", "uid": uid,
+         "controller": True}]})  # fmt: skip
+    await kube.create_secret(NS, "not-ours", {"k": "dg=="}, {})
+    await operator.settle()
+    assert (NS, "eu-creds") in kube.secrets  # bound and allowed: kept
+    body = kube.body("Cluster", (NS, "eu"))
+    body["spec"]["credentialRef"] = {"name": "missing"}
+    kube.put("Cluster", body)
+    await operator.settle()
+    assert (NS, "eu-creds") not in kube.secrets
+    assert (NS, "not-ours") in kube.secrets
+    revoked = [e for e in kube.recorded.events if e[3] == "CredentialsRevoked"]
+    assert len(revoked) == 1
+    assert "not bound" in revoked[0][4]
+
+
+# -- faults: the API refuses, the object goes away ---------------------------------------
+
+
+@run
+async def test_a_refused_write_is_retried_with_backoff_and_shown_once(
+    kube: FakeKube, clock: Clock
+) -> None:
+    operator = Operator(kube, clock)
+    credential(kube)
+    verified(kube, "v1")
+    await operator.settle()
+    kube.fail("apply_status", RuntimeError("HTTP 500"), times=3)
+    cluster(kube, "eu")
+    await operator.settle()
+    # The first write failed: the key waits its backoff (0.25 s, then 0.5 s, 1 s).
+    delays = []
+    for _ in range(8):
+        delays.append(operator.timers()["clusters"].get((NS, "eu")))
+        await operator.advance(1.1)
+    failed = [e for e in kube.recorded.events if e[3] == "ReconcileFailed"]
+    assert failed, "the failure is shown on the object"
+    assert len({(e[0], e[1]) for e in failed}) == len(failed), "one Event per object and error"
+    assert find(kube, "Cluster", "eu", "CredentialBound")["status"] == "True"
+    assert kube.body("CloudCredential", CRED)["status"]["clusterCount"] == 1
+    retried = [round(d, 2) for d in delays if d is not None]
+    assert retried[:2] == [0.25, 0.5], "the delay grows"
+    assert operator.controllers.clusters.queue.failures((NS, "eu")) == 0  # forgotten
+
+
+@run
+async def test_an_object_deleted_under_a_write_is_no_error(kube: FakeKube, clock: Clock) -> None:
+    operator = Operator(kube, clock)
+    credential(kube)
+    verified(kube, "v1")
+    cluster(kube, "eu")
+    kube.fail("apply_status", NotFound("Cluster acme/eu"))
+    await operator.settle()
+    assert not [e for e in kube.recorded.events if e[3] == "ReconcileFailed"]
+    assert all(not timers for timers in operator.timers().values())
+
+
+# -- quiet: nothing changes, nothing is written -------------------------------------------
+
+
+@run
+async def test_with_nothing_changing_nothing_is_written(kube: FakeKube, clock: Clock) -> None:
+    operator = Operator(kube, clock)
+    credential(kube)
+    verified(kube, "v1")
+    for name in "abc":
+        cluster(kube, name, deployed="v1")
+    await operator.settle()
+    writes = len(kube.recorded.writes)
+    operator.controllers._queue_everything()
+    reconciles = await operator.settle()
+    assert reconciles >= 7  # every cluster, its deploy key and the credential
+    assert len(kube.recorded.writes) == writes
