@@ -237,7 +237,8 @@ class FakeKube:
             "name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
             "labels": dict(metadata.get("labels") or {}),
             "annotations": dict(metadata.get("annotations") or {}),
-            "ownerReferences": list(metadata.get("ownerReferences") or [])}, "data": data}  # fmt: skip
+            "ownerReferences": list(metadata.get("ownerReferences") or []),
+        }, "data": data}  # fmt: skip
         self.recorded.writes.append(Write("create", "Secret", (namespace, name)))
         self._secret_changed((namespace, name))
 
