@@ -1,7 +1,7 @@
 """One health verdict everywhere: for each state the operator puts an object in, kstatus
 (the library Flux and kpt use, built from its Go module), the shipped Argo CD scripts in
 Argo CD's own Lua runtime (gopher-lua) and ``kubectl wait --for=condition=Ready`` give the
-verdict the README's health table promises, on objects the real operator produced.
+verdict the health table of docs/health.md promises, on objects the real operator produced.
 
 ``CLOUDCRED_HEALTH_TESTDATA=1`` also writes those objects (trimmed) into the Argo CD
 scripts' ``testdata/`` with a ``health_test.yaml`` in Argo CD's format.
@@ -43,12 +43,12 @@ from tests.resources import (
 
 pytestmark = pytest.mark.integration
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+HEALTH_DOC = Path(__file__).resolve().parents[2] / "docs" / "health.md"
 
 
 def promised() -> dict[str, dict[str, str]]:
-    """The README's health table: state -> column -> value."""
-    text = README.read_text()
+    """The health table of docs/health.md: state -> column -> value."""
+    text = HEALTH_DOC.read_text()
     table = text.split("<!-- health-table -->")[1].split("<!-- /health-table -->")[0]
     rows = [
         [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
@@ -94,7 +94,7 @@ def settled(read: Any, expected: str, what: str) -> dict[str, Any]:
 def produce_states(
     kube: Kube, namespace: str, moto: Moto, unwatched: str
 ) -> dict[str, dict[str, Any]]:
-    """Each state of the README's table, made by the real operator (or, in the namespace
+    """Each state of the documented table, made by the real operator (or, in the namespace
     ``unwatched``, not yet by it): state -> object."""
     states: dict[str, dict[str, Any]] = {}
 
@@ -220,14 +220,14 @@ def produce_states(
     return states
 
 
-def test_every_tool_gives_the_verdict_the_readme_promises(
+def test_every_tool_gives_the_verdict_the_docs_promise(
     kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
 ) -> None:
     table = promised()
     unwatched = f"health-unwatched-{uuid.uuid4().hex[:6]}"
     try:
         states = produce_states(kube, namespace, moto, unwatched)
-        assert sorted(states) == sorted(table), "the README's table and the states made differ"
+        assert sorted(states) == sorted(table), "docs/health.md's table and the states differ"
         objects = list(states.values())
         by_kstatus = health.kstatus(objects)
         for (state, obj), kstatus in zip(states.items(), by_kstatus, strict=True):

@@ -710,7 +710,7 @@ def test_one_refused_cluster_holds_up_no_other_and_is_retried_with_backoff(
 def test_after_a_switch_to_a_new_secret_the_old_one_is_released(
     kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
 ) -> None:
-    """The README's rotation flow: the credential switches to a new key in a new Secret
+    """The rotation flow of docs/rotation.md: the credential switches to a new key in a new Secret
     and the rollout completes (an external deployer reports each cluster). The old
     Secret loses both labels within 30 s and can be deleted; the new one cannot."""
     user = moto.create_user(f"switch-{uuid.uuid4().hex[:8]}")

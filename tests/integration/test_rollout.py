@@ -110,7 +110,7 @@ def test_a_spec_edit_redeploys_every_bound_cluster(
     ext = get_cluster(kube, namespace, "ext")
     pending = condition(ext, "RedeployPending")
     assert (pending["status"], pending["reason"]) == ("True", "RevisionChanged")
-    # Its deployer's turn: the operator's part is done (see README, Health).
+    # Its deployer's turn: the operator's part is done (see docs/health.md).
     assert (condition(ext, "Ready")["status"], condition(ext, "Ready")["reason"]) == (
         "True", "ExternalDeployPending")  # fmt: skip
     in_progress = condition(get_credential(kube, namespace, "prod"), "RolloutComplete")

@@ -147,6 +147,7 @@ def test_chart_needs_kubernetes_131() -> None:
     are beta, on by default, since 1.31."""
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["kubeVersion"] == ">=1.31.0-0"
-    readme = (ROOT / "README.md").read_text()
-    assert "Kubernetes 1.31 or later" in readme
-    assert "1.30 or later" not in readme
+    for doc in ("README.md", "docs/install.md"):
+        text = (ROOT / doc).read_text()
+        assert "Kubernetes 1.31 or later" in text, doc
+        assert "1.30 or later" not in text, doc

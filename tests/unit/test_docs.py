@@ -1,8 +1,11 @@
-"""docs/api.md is what the generator makes of the committed CRDs, and it shows them whole."""
+"""docs/api.md is what the generator makes of the committed CRDs, and it shows them whole;
+the hand-written docs link only to files and headings that exist, the README stays a front
+page, and the decisions log stays numbered and listed."""
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +118,73 @@ def test_conditions_with_reasons_become_a_table() -> None:
 
 def test_conditions_in_prose_are_kept_as_prose() -> None:
     assert parse_conditions("The summary: Ready (Ready), and more.") is None
+
+
+# The hand-written documentation: README.md, DESIGN.md, CHANGELOG.md and docs/.
+
+DOCS = [ROOT / "README.md", ROOT / "DESIGN.md", ROOT / "CHANGELOG.md",
+        *sorted((ROOT / "docs").rglob("*.md"))]  # fmt: skip
+DECISIONS = ROOT / "docs" / "decisions"
+
+
+def _outside_code(path: Path) -> list[tuple[int, str]]:
+    """The lines of a Markdown file outside fenced code blocks, with their numbers."""
+    lines, fenced = [], False
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            lines.append((number, line))
+    return lines
+
+
+def _anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file."""
+    found: set[str] = set()
+    for _, line in _outside_code(path):
+        heading = re.match(r"#{1,6} (.+)$", line)
+        if heading:
+            anchor = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            number = 1
+            unique = anchor
+            while unique in found:
+                unique = f"{anchor}-{number}"
+                number += 1
+            found.add(unique)
+    return found
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_link_of_the_docs_resolves(doc: Path) -> None:
+    broken = []
+    for number, line in _outside_code(doc):
+        for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"`[^`]*`", "", line)):
+            if re.match(r"[a-z]+:", target):
+                continue  # a URL
+            name, _, anchor = target.partition("#")
+            linked = (doc.parent / name).resolve() if name else doc
+            if not linked.exists():
+                broken.append(f"{number}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{number}: {target} (no such heading)")
+    assert broken == [], f"{doc.relative_to(ROOT)}: broken links"
+
+
+def test_the_readme_is_a_front_page_that_states_the_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300, "README.md is the front page: the manual is docs/"
+    assert re.search(r"^make test\b", readme, re.MULTILINE), "CI runs the README's `make test`"
+    assert "docs/README.md" in readme
+
+
+def test_every_decision_is_numbered_dated_and_listed() -> None:
+    files = sorted(DECISIONS.glob("[0-9][0-9][0-9][0-9]-*.md"))
+    index = (DECISIONS / "README.md").read_text()
+    assert files
+    for number, path in enumerate(files, 1):
+        assert re.fullmatch(rf"{number:04d}-[a-z0-9]+(-[a-z0-9]+)*\.md", path.name), path.name
+        text = path.read_text()
+        assert text.startswith(f"# {number:04d}. "), path.name
+        date = re.search(r"^Date: (\d{4}-\d{2}-\d{2})$", text, re.MULTILINE)
+        assert date, f"{path.name} has no date"
+        assert f"| [{number:04d}]({path.name}) | {date.group(1)} |" in index, path.name

@@ -1,5 +1,6 @@
 """The metrics: state computed from the caches at scrape time, check events, build and
-process series; and the shipped alerts (README, chart PrometheusRule) on those names."""
+process series; and the shipped alerts (docs/operations.md, chart PrometheusRule) on those
+names."""
 
 from __future__ import annotations
 
@@ -413,14 +414,15 @@ def test_serve_and_a_taken_port(binder: FakeBinder) -> None:
             metrics.serve(taken.getsockname()[1], binder, registry=CollectorRegistry())
 
 
-# The shipped alerts: the README's "Alerts" block and the chart's PrometheusRule.
+# The shipped alerts: the "Alerts" block of docs/operations.md and the chart's PrometheusRule.
 
 ROOT = Path(__file__).resolve().parents[2]
 HELM = ROOT / ".local" / "bin" / "helm"
+OPERATIONS = ROOT / "docs" / "operations.md"
 
 
-def readme_alerts() -> dict[str, Any]:
-    section = (ROOT / "README.md").read_text().split("\n### Alerts\n", 1)[1]
+def documented_alerts() -> dict[str, Any]:
+    section = OPERATIONS.read_text().split("\n### Alerts\n", 1)[1]
     block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     loaded: dict[str, Any] = yaml.safe_load(block)
     return loaded
@@ -443,10 +445,10 @@ def chart_alerts() -> dict[str, Any]:
     return spec
 
 
-def test_the_chart_ships_the_readme_alerts() -> None:
-    readme = readme_alerts()
-    assert readme == chart_alerts()
-    assert len(readme["groups"][0]["rules"]) >= 4
+def test_the_chart_ships_the_documented_alerts() -> None:
+    documented = documented_alerts()
+    assert documented == chart_alerts()
+    assert len(documented["groups"][0]["rules"]) >= 4
 
 
 def test_the_chart_renders_no_rule_unless_asked() -> None:
@@ -514,7 +516,7 @@ def test_alerts_name_only_series_and_labels_the_operator_exports() -> None:
     assert "cloudcred_credential_condition" in series
     assert "process_resident_memory_bytes" in series
     assert "cloudcred_reconcile_errors_total" in series
-    rules = readme_alerts()["groups"][0]["rules"]
+    rules = documented_alerts()["groups"][0]["rules"]
     for rule in rules:
         expr = promql_parser.parse(rule["expr"])  # a syntax or type error raises
         for selector in selectors(expr):
@@ -532,13 +534,13 @@ def test_alerts_name_only_series_and_labels_the_operator_exports() -> None:
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}
 
 
-def test_the_readme_table_lists_every_series() -> None:
-    section = (ROOT / "README.md").read_text().split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+def test_the_metrics_table_lists_every_series() -> None:
+    section = OPERATIONS.read_text().split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
     table = "\n".join(line for line in section.splitlines() if line.startswith("| `"))
     documented = set(re.findall(r"`([a-z_]+)`", table))
     for name in exported_series():
         base = re.sub(r"_(bucket|sum|count)$", "", name)
-        assert name in documented or base in documented, f"{name} is not in the README table"
+        assert name in documented or base in documented, f"{name} is not in {OPERATIONS.name}"
     # ...and nothing the operator no longer exports.
     names = {n for n in documented if n.startswith(("cloudcred_", "process_"))}
     histograms = {"cloudcred_verification_duration_seconds", "cloudcred_reconcile_duration_seconds"}
