@@ -59,10 +59,10 @@ wait (seconds; a tiny run sets it so a stuck phase fails in a minute, not in fiv
 Each phase prints its figures as it ends (``bench: PHASE done in N s: operator ..., baseline
 ..., ratio ...``); at the end a table, and bench/results.json (BENCH_RESULTS: another path)
 when every phase of a full run ran; it also holds each phase's seconds with its baselines
-and the harness's own peak RSS. Exit status: 0 when every requested phase ran and the
-targets are met, 1 when they ran but a target is not met (or not measured), 2 when a phase
-failed or timed out (the bench stops there; the failure and the end of the operator's log
-are printed).
+and the harness's own peak RSS. Exit status: 0 when every phase ran and the targets are
+met (or some phases only, BENCH_PHASES, ran: their figures are printed as JSON, with no
+verdict), 1 when a target is not met (or not measured), 2 when a phase failed or timed out
+(the bench stops there; the failure and the end of the operator's log are printed).
 
     BENCH_CLUSTERS=1000 BENCH_LARGE=5000 BENCH_HUGE=10000 BENCH_IDLE_SECONDS=60 \\
         .venv/bin/python -m bench.run
