@@ -6,7 +6,8 @@ Each test is one of the issue's promises, shown the way a user would meet it:
    the credential's count drop, its Secret lose ``cloudcred.io/in-use``, or a delete of
    either through admission, polled every 200 ms from the SIGKILL until 30 s after the
    new start; the restarted operator reaches the API server through a proxy that holds
-   its first LIST of one kind, so the kinds arrive in a known order;
+   its first LIST of one kind, so the kinds arrive in a known order; and it takes over:
+   a Cluster deleted and one created while no operator ran are reflected by it;
 2. ``kubectl replace`` of a referenced Secret (its labels dropped) is a new revision and
    the Secret is labelled and protected again;
 3. one Cluster that a policy refuses to update holds up no other cluster, shows its
@@ -91,7 +92,6 @@ pytestmark = pytest.mark.integration
 HOLD_CLUSTERS = int(os.environ.get("CLOUDCRED_HOLD_CLUSTERS", "2000"))
 POLL_INTERVAL = 0.2
 AFTER_START = 30.0  # seconds polled after the restarted operator starts
-RESTART_GAP = 1.0  # seconds between the SIGKILL and the new start
 LIST_HOLD = 6.0  # seconds the restarted operator's first LIST of one kind is held
 TEAMS = 4  # namespaces the cross-namespace fleet is spread over
 QUIET = {"CLOUDCRED_LOG_LEVEL": "INFO"}  # DEBUG logs every body: slow with many clusters
@@ -246,17 +246,18 @@ class Fleet:
         """Create the clusters, 8 at a time; return the seconds it took."""
         started = time.monotonic()
 
-        def one(index: int) -> None:
-            namespace, name = self.where(index)
-            ref = {"name": self.credential}
-            if namespace != self.home:
-                ref["namespace"] = self.home
-            create_cluster(kube, namespace, name, provider="AWS", region="eu-west-3",
-                           credentialRef=ref, deploy="External")  # fmt: skip
-
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(one, range(self.count)))
+            list(pool.map(lambda index: self.create_one(kube, *self.where(index)),
+                          range(self.count)))  # fmt: skip
         return time.monotonic() - started
+
+    def create_one(self, kube: Kube, namespace: str, name: str) -> None:
+        """One more cluster of the credential, outside the fleet's count."""
+        ref = {"name": self.credential}
+        if namespace != self.home:
+            ref["namespace"] = self.home
+        create_cluster(kube, namespace, name, provider="AWS", region="eu-west-3",
+                       credentialRef=ref, deploy="External")  # fmt: skip
 
     def create_credential(self, kube: Kube, moto: Moto) -> None:
         user = moto.create_user(f"hold-{uuid.uuid4().hex[:8]}")
@@ -393,7 +394,12 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
     credential, and clusters in other namespaces admitted by ``allowedNamespaces``. The
     restarted operator reaches the API server through a TLS-ending proxy that holds its
     first LIST of one kind for ``LIST_HOLD`` s: Clusters (credentials listed first),
-    CloudCredentials (clusters listed first), Namespaces (cross-namespace)."""
+    CloudCredentials (clusters listed first), Namespaces (cross-namespace).
+
+    The restarted operator must also have synced and written, not merely left things
+    alone: a Cluster of the credential deleted and one created while no operator ran
+    are, within the 30 s, dropped from and added to the credential's count and list,
+    and the new one is Bound."""
     clusters_first, cross_namespace, held_kind = VARIANTS[variant]
     home = own_namespace(kube, "hh")
     namespaces = [home]
@@ -441,7 +447,28 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
         except AssertionError as error:
             raise AssertionError(f"{error}; not Bound: {loose()[:10]}") from None
         print(f"every cluster Bound {time.monotonic() - started:.1f}s after the first create")
-        time.sleep(2)  # the binder's last writes land
+
+        # One cluster more, to be deleted while no operator runs; another is created then.
+        # Named to come first in status.clusters (key order), which lists 2000 at most.
+        extra_ns, doomed, late = namespaces[0], "a-doomed", "a-late"
+        total = HOLD_CLUSTERS + 1
+        fleet.create_one(kube, extra_ns, doomed)
+
+        def listing() -> tuple[int, list[str]]:
+            """The credential's clusterCount and the clusters of ``extra_ns`` it lists."""
+            status = credential_status(kube, home, fleet.credential)
+            listed = [c["name"] for c in status.get("clusters") or []
+                      if c.get("namespace") == extra_ns]  # fmt: skip
+            return int(status.get("clusterCount") or 0), listed
+
+        def counted(present: str, absent: str | None = None) -> bool:
+            count, listed = listing()
+            return count == total and present in listed and absent not in listed
+
+        # The binder's writes for the fleet are in: the last cluster is counted and listed.
+        wait_for(lambda: is_bound(get_cluster(kube, extra_ns, doomed)) and counted(doomed),
+                 timeout=60, interval=0.5,
+                 what=f"{doomed} bound, clusterCount {total}, {doomed} listed")  # fmt: skip
 
         held: list[str] = []
         proxy = None
@@ -454,17 +481,49 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
         poll_kube = Kube(kubeconfig=kube.kubeconfig, api=api_client(kube.kubeconfig), plane=None)
         pool = ThreadPoolExecutor(8)  # a poll's requests at once: polls keep their pace
         poller = Poller(lambda: fleet.problems(poll_kube, lowest, pool))
+        took_over: str | None = None
         try:
             poller.start()
-            time.sleep(POLL_INTERVAL)
+            wait_for(lambda: poller.results or poller.errors, timeout=10, interval=0.05,
+                     what="a first poll before the kill")  # fmt: skip
             first.kill()
             killed = time.monotonic()
-            time.sleep(RESTART_GAP)
+            # While no operator runs: only the restarted one can reflect these (no watch
+            # event will tell it of the deletion: its LIST must).
+            kube.custom.delete_namespaced_custom_object(GROUP, VERSION, extra_ns,
+                                                        CLUSTER_PLURAL, doomed)  # fmt: skip
+            fleet.create_one(kube, extra_ns, late)
+            wait_for(lambda: refusal(lambda: get_cluster(kube, extra_ns, doomed)) is not None,
+                     timeout=10, interval=0.1, what=f"{doomed} gone")  # fmt: skip
             second = start_operator(
                 operators, kubeconfig, tmp_path / "operator-2.log", env, watched
             )
             restarted = time.monotonic()
-            time.sleep(AFTER_START)
+            window_end = restarted + AFTER_START
+
+            def taken_over() -> bool:
+                return is_bound(get_cluster(kube, extra_ns, late)) and counted(late, doomed)
+
+            try:
+                wait_for(taken_over, timeout=deadline_left(window_end), interval=0.5,
+                         what="the restarted operator to bind the new cluster and drop the "
+                         "deleted one")  # fmt: skip
+                print(f"the restarted operator reflected the changes made while none ran "
+                      f"{time.monotonic() - restarted:.1f}s after its start")  # fmt: skip
+            except AssertionError as error:
+                count, listed = listing()
+                synced = "caches synced" in second.log()
+                took_over = (
+                    f"{error}; {late} CredentialBound "
+                    f"{bound_reason(get_cluster(kube, extra_ns, late))}, clusterCount {count} "
+                    f"(expected {total}), of {doomed} and {late} listed "
+                    f"{[n for n in listed if n in (doomed, late)]}; the restarted operator "
+                    f"{'logged' if synced else 'never logged'} 'caches synced'"
+                )
+            # The promise holds until AFTER_START after the new start: polled until then.
+            wait_for(lambda: poller.results and poller.results[-1][0] >= window_end,
+                     timeout=deadline_left(window_end) + 10, interval=POLL_INTERVAL,
+                     what="the polls until the end of the window")  # fmt: skip
             poller.stop()
         finally:
             poller.stop()
@@ -484,7 +543,7 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
                   f"{LIST_HOLD:.0f}s; the restarted operator sent {len(proxy.requests)} "
                   "request(s) through the proxy")  # fmt: skip
         assert not poller.errors, f"polls failed: {poller.errors[:5]}"
-        assert len(results) >= (RESTART_GAP + AFTER_START) / 1.0, "too few polls"
+        assert len(results) >= AFTER_START / 1.0, "too few polls"
         if broken:
             at, found = broken[0]
             raise AssertionError(
@@ -493,6 +552,7 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
                 f"new start): {found}; lowest clusterCount {lowest[0]} of {HOLD_CLUSTERS}; "
                 f"problems seen: {kinds}"
             )
+        assert took_over is None, f"{variant}: {took_over}"
         assert second.alive, "the restarted operator exited"
         assert "Traceback" not in second.log()
     finally:
