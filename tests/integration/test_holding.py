@@ -6,12 +6,13 @@ Each test is one of the issue's promises, shown the way a user would meet it:
    the credential's count drop, its Secret lose ``cloudcred.io/in-use``, or a delete of
    either through admission, polled every 200 ms from the SIGKILL until 30 s after the
    new start; the restarted operator reaches the API server through a proxy that holds
-   its first LIST of one kind, so the kinds arrive in a known order;
+   its first LIST of one kind, so the kinds arrive in a known order; and it takes over:
+   a Cluster deleted and one created while no operator ran are reflected by it;
 2. ``kubectl replace`` of a referenced Secret (its labels dropped) is a new revision and
    the Secret is labelled and protected again;
 3. one Cluster that a policy refuses to update holds up no other cluster, shows its
-   problem in a Warning Event, and is retried with backoff (writes counted in the audit
-   log);
+   problem in a Warning Event, is retried with backoff (refused writes read in the audit
+   log) and is Bound once the policy is lifted;
 4. after a credential switched to a new Secret and the rollout completed, the old Secret
    is released (it can be deleted) and the new one is protected;
 5. a credential deleted while the operator's watch was down (a 410 Gone, then a re-list)
@@ -64,6 +65,7 @@ from tests.envtest.controlplane import ControlPlane
 from tests.integration import test_faults
 from tests.integration.conftest import operator_env
 from tests.integration.test_faults import plane_kube
+from tests.integration.test_metrics import scrape
 from tests.kube import api_client
 from tests.operator import OperatorProcess, wait_for
 from tests.proxy import LoopbackProxy, Tls, kubeconfig_via
@@ -90,13 +92,14 @@ pytestmark = pytest.mark.integration
 HOLD_CLUSTERS = int(os.environ.get("CLOUDCRED_HOLD_CLUSTERS", "2000"))
 POLL_INTERVAL = 0.2
 AFTER_START = 30.0  # seconds polled after the restarted operator starts
-RESTART_GAP = 1.0  # seconds between the SIGKILL and the new start
 LIST_HOLD = 6.0  # seconds the restarted operator's first LIST of one kind is held
 TEAMS = 4  # namespaces the cross-namespace fleet is spread over
 QUIET = {"CLOUDCRED_LOG_LEVEL": "INFO"}  # DEBUG logs every body: slow with many clusters
 ROLE = {"roleArn": "arn:aws:iam::123456789012:role/deployer"}  # moto's account; see moto
 NO_CHECK = {"enabled": False}  # bindings do not need the provider
 REFUSED_WINDOW = 30.0
+RETRY_CAP = 8.0  # CLOUDCRED_RETRY_MAX_DELAY of the refused-cluster test
+BACKOFF_SHOWN = 3.5  # seconds between two retries that show the delay grows (0.25 s, 0.5 s...)
 WATCH_TIMEOUT = 5  # CLOUDCRED_WATCH_TIMEOUT of the black-hole test
 DEPLOY_HOLD = 3.0  # seconds each regional AWS call of a deploy is held
 
@@ -243,17 +246,18 @@ class Fleet:
         """Create the clusters, 8 at a time; return the seconds it took."""
         started = time.monotonic()
 
-        def one(index: int) -> None:
-            namespace, name = self.where(index)
-            ref = {"name": self.credential}
-            if namespace != self.home:
-                ref["namespace"] = self.home
-            create_cluster(kube, namespace, name, provider="AWS", region="eu-west-3",
-                           credentialRef=ref, deploy="External")  # fmt: skip
-
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(one, range(self.count)))
+            list(pool.map(lambda index: self.create_one(kube, *self.where(index)),
+                          range(self.count)))  # fmt: skip
         return time.monotonic() - started
+
+    def create_one(self, kube: Kube, namespace: str, name: str) -> None:
+        """One more cluster of the credential, outside the fleet's count."""
+        ref = {"name": self.credential}
+        if namespace != self.home:
+            ref["namespace"] = self.home
+        create_cluster(kube, namespace, name, provider="AWS", region="eu-west-3",
+                       credentialRef=ref, deploy="External")  # fmt: skip
 
     def create_credential(self, kube: Kube, moto: Moto) -> None:
         user = moto.create_user(f"hold-{uuid.uuid4().hex[:8]}")
@@ -390,7 +394,12 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
     credential, and clusters in other namespaces admitted by ``allowedNamespaces``. The
     restarted operator reaches the API server through a TLS-ending proxy that holds its
     first LIST of one kind for ``LIST_HOLD`` s: Clusters (credentials listed first),
-    CloudCredentials (clusters listed first), Namespaces (cross-namespace)."""
+    CloudCredentials (clusters listed first), Namespaces (cross-namespace).
+
+    The restarted operator must also have synced and written, not merely left things
+    alone: a Cluster of the credential deleted and one created while no operator ran
+    are, within the 30 s, dropped from and added to the credential's count and list,
+    and the new one is Bound."""
     clusters_first, cross_namespace, held_kind = VARIANTS[variant]
     home = own_namespace(kube, "hh")
     namespaces = [home]
@@ -438,7 +447,28 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
         except AssertionError as error:
             raise AssertionError(f"{error}; not Bound: {loose()[:10]}") from None
         print(f"every cluster Bound {time.monotonic() - started:.1f}s after the first create")
-        time.sleep(2)  # the binder's last writes land
+
+        # One cluster more, to be deleted while no operator runs; another is created then.
+        # Named to come first in status.clusters (key order), which lists 2000 at most.
+        extra_ns, doomed, late = namespaces[0], "a-doomed", "a-late"
+        total = HOLD_CLUSTERS + 1
+        fleet.create_one(kube, extra_ns, doomed)
+
+        def listing() -> tuple[int, list[str]]:
+            """The credential's clusterCount and the clusters of ``extra_ns`` it lists."""
+            status = credential_status(kube, home, fleet.credential)
+            listed = [c["name"] for c in status.get("clusters") or []
+                      if c.get("namespace") == extra_ns]  # fmt: skip
+            return int(status.get("clusterCount") or 0), listed
+
+        def counted(present: str, absent: str | None = None) -> bool:
+            count, listed = listing()
+            return count == total and present in listed and absent not in listed
+
+        # The binder's writes for the fleet are in: the last cluster is counted and listed.
+        wait_for(lambda: is_bound(get_cluster(kube, extra_ns, doomed)) and counted(doomed),
+                 timeout=60, interval=0.5,
+                 what=f"{doomed} bound, clusterCount {total}, {doomed} listed")  # fmt: skip
 
         held: list[str] = []
         proxy = None
@@ -451,17 +481,49 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
         poll_kube = Kube(kubeconfig=kube.kubeconfig, api=api_client(kube.kubeconfig), plane=None)
         pool = ThreadPoolExecutor(8)  # a poll's requests at once: polls keep their pace
         poller = Poller(lambda: fleet.problems(poll_kube, lowest, pool))
+        took_over: str | None = None
         try:
             poller.start()
-            time.sleep(POLL_INTERVAL)
+            wait_for(lambda: poller.results or poller.errors, timeout=10, interval=0.05,
+                     what="a first poll before the kill")  # fmt: skip
             first.kill()
             killed = time.monotonic()
-            time.sleep(RESTART_GAP)
+            # While no operator runs: only the restarted one can reflect these (no watch
+            # event will tell it of the deletion: its LIST must).
+            kube.custom.delete_namespaced_custom_object(GROUP, VERSION, extra_ns,
+                                                        CLUSTER_PLURAL, doomed)  # fmt: skip
+            fleet.create_one(kube, extra_ns, late)
+            wait_for(lambda: refusal(lambda: get_cluster(kube, extra_ns, doomed)) is not None,
+                     timeout=10, interval=0.1, what=f"{doomed} gone")  # fmt: skip
             second = start_operator(
                 operators, kubeconfig, tmp_path / "operator-2.log", env, watched
             )
             restarted = time.monotonic()
-            time.sleep(AFTER_START)
+            window_end = restarted + AFTER_START
+
+            def taken_over() -> bool:
+                return is_bound(get_cluster(kube, extra_ns, late)) and counted(late, doomed)
+
+            try:
+                wait_for(taken_over, timeout=deadline_left(window_end), interval=0.5,
+                         what="the restarted operator to bind the new cluster and drop the "
+                         "deleted one")  # fmt: skip
+                print(f"the restarted operator reflected the changes made while none ran "
+                      f"{time.monotonic() - restarted:.1f}s after its start")  # fmt: skip
+            except AssertionError as error:
+                count, listed = listing()
+                synced = "caches synced" in second.log()
+                took_over = (
+                    f"{error}; {late} CredentialBound "
+                    f"{bound_reason(get_cluster(kube, extra_ns, late))}, clusterCount {count} "
+                    f"(expected {total}), of {doomed} and {late} listed "
+                    f"{[n for n in listed if n in (doomed, late)]}; the restarted operator "
+                    f"{'logged' if synced else 'never logged'} 'caches synced'"
+                )
+            # The promise holds until AFTER_START after the new start: polled until then.
+            wait_for(lambda: poller.results and poller.results[-1][0] >= window_end,
+                     timeout=deadline_left(window_end) + 10, interval=POLL_INTERVAL,
+                     what="the polls until the end of the window")  # fmt: skip
             poller.stop()
         finally:
             poller.stop()
@@ -481,7 +543,7 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
                   f"{LIST_HOLD:.0f}s; the restarted operator sent {len(proxy.requests)} "
                   "request(s) through the proxy")  # fmt: skip
         assert not poller.errors, f"polls failed: {poller.errors[:5]}"
-        assert len(results) >= (RESTART_GAP + AFTER_START) / 1.0, "too few polls"
+        assert len(results) >= AFTER_START / 1.0, "too few polls"
         if broken:
             at, found = broken[0]
             raise AssertionError(
@@ -490,6 +552,7 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
                 f"new start): {found}; lowest clusterCount {lowest[0]} of {HOLD_CLUSTERS}; "
                 f"problems seen: {kinds}"
             )
+        assert took_over is None, f"{variant}: {took_over}"
         assert second.alive, "the restarted operator exited"
         assert "Traceback" not in second.log()
     finally:
@@ -587,29 +650,24 @@ def refusing_policy(name: str, namespace: str, cluster: str) -> tuple[dict[str, 
     return policy, binding
 
 
+def update_refused(kube: Kube, namespace: str, cluster: str) -> bool:
+    """Whether the API server refuses an update of the Cluster (server-side dry run:
+    admission runs, nothing is stored, the operator sees no event)."""
+    patch = {"metadata": {"annotations": {"cloudcred-test/probe": str(time.time())}}}
+    refused_by = refusal(lambda: kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, CLUSTER_PLURAL, cluster, patch, dry_run="All"))  # fmt: skip
+    return refused_by is not None
+
+
 @pytest.fixture
-def refused_cluster(kube: Kube) -> Iterator[Callable[[str, str], None]]:
+def refused_cluster(kube: Kube) -> Iterator[Callable[[str, str], Callable[[], None]]]:
     """Installs a policy refusing every update of one Cluster (cluster-wide: removed at
-    the end) and waits until it refuses."""
+    the end) and waits until it refuses; returns what lifts it (and waits until the
+    Cluster's updates are admitted again)."""
     admission = client.AdmissionregistrationV1Api(kube.api)
     installed: list[str] = []
 
-    def install(namespace: str, cluster: str) -> None:
-        name = f"cloudcred-test-frozen-{namespace}"
-        policy, binding = refusing_policy(name, namespace, cluster)
-        admission.create_validating_admission_policy(policy)
-        installed.append(name)
-        admission.create_validating_admission_policy_binding(binding)
-
-        def probe() -> bool:  # policies load asynchronously
-            patch = {"metadata": {"annotations": {"cloudcred-test/probe": str(time.time())}}}
-            return refusal(lambda: kube.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, CLUSTER_PLURAL, cluster, patch)) is not None  # fmt: skip
-
-        wait_for(probe, timeout=30, interval=0.5, what="the policy to refuse updates")
-
-    yield install
-    for name in installed:
+    def remove(name: str) -> None:
         for delete in (admission.delete_validating_admission_policy_binding,
                        admission.delete_validating_admission_policy):  # fmt: skip
             try:
@@ -618,34 +676,69 @@ def refused_cluster(kube: Kube) -> Iterator[Callable[[str, str], None]]:
                 if error.status != 404:
                     raise
 
+    def install(namespace: str, cluster: str) -> Callable[[], None]:
+        name = f"cloudcred-test-frozen-{namespace}"
+        policy, binding = refusing_policy(name, namespace, cluster)
+        admission.create_validating_admission_policy(policy)
+        installed.append(name)
+        admission.create_validating_admission_policy_binding(binding)
+        # Policies load asynchronously.
+        wait_for(lambda: update_refused(kube, namespace, cluster), timeout=30, interval=0.5,
+                 what="the policy to refuse updates")  # fmt: skip
+
+        def lift() -> None:
+            remove(name)
+            wait_for(lambda: not update_refused(kube, namespace, cluster), timeout=30,
+                     interval=0.2, what="the policy to admit updates again")  # fmt: skip
+
+        return lift
+
+    yield install
+    for name in installed:
+        remove(name)
+
 
 def test_one_refused_cluster_holds_up_no_other_and_is_retried_with_backoff(
     kube: Kube, tmp_path: Path, moto: Moto, operators: list[OperatorProcess],
-    refused_cluster: Callable[[str, str], None],
+    refused_cluster: Callable[[str, str], Callable[[], None]],
 ) -> None:  # fmt: skip
     """A Cluster whose every update a policy engine refuses (a ValidatingAdmissionPolicy
     on that one object), then 100 clusters on another credential: within 30 s the 100
     are bound and counted; the refused cluster's problem is a Warning Event
-    ``ReconcileFailed`` on it, not repeated; and the operator's writes to it, counted in
-    the audit log over those 30 s, back off instead of coming every second."""
+    ``ReconcileFailed`` on it, not repeated; the operator's writes to it, read in the
+    audit log, are retried with a growing delay (at least four refused attempts, fewer
+    than one a second, until two are ``BACKOFF_SHOWN`` s apart) and counted in
+    ``cloudcred_reconcile_errors_total``; and once the policy is lifted the cluster is
+    Bound within ``RETRY_CAP`` s and a bit (the operator's longest backoff is set to it)."""
     if kube.plane is None:
         pytest.skip("counts writes in the local control plane's audit log")
+    audit_log = kube.plane.audit_log
     ns = own_namespace(kube, "hr")
     for name in ("frozen", "fleet"):
         create_credential(kube, ns, name, provider="AWS", aws=ROLE, verification=NO_CHECK)
     create_cluster(kube, ns, "frozen", provider="AWS", region="eu-west-3",
                    credentialRef={"name": "frozen"}, deploy="External")  # fmt: skip
-    refused_cluster(ns, "frozen")
-    offset = kube.plane.audit_log.stat().st_size
+    lift = refused_cluster(ns, "frozen")
+    offset = audit_log.stat().st_size
     since_start = datetime.now(UTC) - timedelta(seconds=1)
-    operator = start_operator(operators, kube.kubeconfig, tmp_path / "operator.log",
-                              operator_env(moto), [ns])  # fmt: skip
+    env = {**operator_env(moto), "CLOUDCRED_RETRY_MAX_DELAY": str(RETRY_CAP)}
+    operator = start_operator(operators, kube.kubeconfig, tmp_path / "operator.log", env, [ns])
     far = datetime.now(UTC) + timedelta(days=1)
-    wait_for(lambda: operator_writes(kube.plane.audit_log, offset, ns, "frozen", since_start,
-                                     far), timeout=60,
-             what="the operator's first (refused) write to the frozen cluster")  # fmt: skip
 
-    since = datetime.now(UTC)
+    def attempts() -> list[datetime]:
+        """When the API server received each refused write of the operator to the
+        frozen cluster, in order."""
+        writes = operator_writes(audit_log, offset, ns, "frozen", since_start, far)
+        return sorted(datetime.fromisoformat(w["requestReceivedTimestamp"]) for w in writes
+                      if ((w.get("responseStatus") or {}).get("code") or 0) >= 400)  # fmt: skip
+
+    def gaps(times: list[datetime]) -> list[float]:
+        return [round((b - a).total_seconds(), 2) for a, b in itertools.pairwise(times)]
+
+    wait_for(attempts, timeout=60,
+             what="the operator's first (refused) write to the frozen cluster")  # fmt: skip
+    first = time.monotonic()
+
     created = time.monotonic()
     names = [f"c{i:03d}" for i in range(100)]
     with ThreadPoolExecutor(8) as pool:
@@ -679,27 +772,59 @@ def test_one_refused_cluster_holds_up_no_other_and_is_retried_with_backoff(
                  what="a ReconcileFailed Warning Event on the frozen cluster")  # fmt: skip
     except AssertionError:
         problems.append("no Warning Event ReconcileFailed on the frozen cluster")
-    time.sleep(deadline_left(created + REFUSED_WINDOW))
-    until = since + timedelta(seconds=REFUSED_WINDOW)
-    writes = operator_writes(kube.plane.audit_log, offset, ns, "frozen", since, until)
-    late = [w for w in writes if datetime.fromisoformat(w["requestReceivedTimestamp"])
-            >= since + timedelta(seconds=REFUSED_WINDOW / 2)]  # fmt: skip
-    codes = sorted({(w.get("responseStatus") or {}).get("code") for w in writes}, key=str)
+
+    # Retried, with a growing delay: a queue that drops the key after a failure makes
+    # one attempt; one that retries at a fixed pace never leaves BACKOFF_SHOWN between two.
+    def backed_off() -> bool:
+        times = attempts()
+        return len(times) >= 4 and max(gaps(times)) >= BACKOFF_SHOWN
+
+    try:
+        wait_for(backed_off, timeout=deadline_left(first + REFUSED_WINDOW), interval=0.5,
+                 what=f"four refused attempts and a pause of {BACKOFF_SHOWN:.1f}s between "
+                 "two")  # fmt: skip
+    except AssertionError:
+        problems.append(f"the frozen cluster was not retried with a growing delay within "
+                        f"{REFUSED_WINDOW:.0f}s of the first refused write: attempts "
+                        f"{len(attempts())}, seconds between them {gaps(attempts())}")  # fmt: skip
+    tried = attempts()
+    span = (tried[-1] - tried[0]).total_seconds()
     found = warnings()
-    print(f"operator writes to the frozen cluster in {REFUSED_WINDOW:.0f}s: {len(writes)} "
-          f"({len(late)} in the last {REFUSED_WINDOW / 2:.0f}s), HTTP {codes}; "
-          f"{len(found)} ReconcileFailed event(s): "
+    _, samples = scrape(operator.metrics_port)
+    errors = samples.get(("cloudcred_reconcile_errors_total",
+                          frozenset({("controller", "clusters")})), 0.0)  # fmt: skip
+    print(f"refused writes to the frozen cluster: {len(tried)} over {span:.1f}s, seconds "
+          f"between them {gaps(tried)}; cloudcred_reconcile_errors_total{{clusters}} "
+          f"{errors:g}; {len(found)} ReconcileFailed event(s): "
           f"{[(e.message[:160], e.count) for e in found][:3]}")  # fmt: skip
-    if len(writes) >= REFUSED_WINDOW:
-        problems.append(f"{len(writes)} writes to the frozen cluster in {REFUSED_WINDOW:.0f}s")
-    if len(late) > 5:
-        problems.append(f"{len(late)} writes to the frozen cluster in the last "
-                        f"{REFUSED_WINDOW / 2:.0f}s: no backoff")  # fmt: skip
+    if len(tried) >= 4 and len(tried) > span:
+        problems.append(f"{len(tried)} refused writes in {span:.1f}s: no backoff")
+    if errors < min(len(tried), 4):
+        problems.append(f"cloudcred_reconcile_errors_total{{controller=clusters}} is "
+                        f"{errors:g} after {len(tried)} refused writes")  # fmt: skip
     if len(found) > 3:
         problems.append(f"{len(found)} ReconcileFailed events: repeated, not one per error")
     if any(not (e.message or "").strip() for e in found):
         problems.append("a ReconcileFailed event without a message")
     assert not problems, "; ".join(problems)
+
+    # The refusal lifted: the next retry (at most RETRY_CAP s away) goes through.
+    lift()
+    lifted = time.monotonic()
+    try:
+        wait_for(lambda: is_bound(get_cluster(kube, ns, "frozen")), timeout=RETRY_CAP + 15,
+                 interval=0.25,
+                 what="the frozen cluster Bound once the refusal is lifted")  # fmt: skip
+    except AssertionError as error:
+        raise AssertionError(
+            f"{error}; CredentialBound {bound_reason(get_cluster(kube, ns, 'frozen'))}; "
+            f"refused writes {len(attempts())}, the last "
+            f"{(datetime.now(UTC) - attempts()[-1]).total_seconds():.1f}s ago"
+        ) from None
+    print(f"the frozen cluster Bound {time.monotonic() - lifted:.1f}s after the refusal was "
+          f"lifted ({time.monotonic() - first:.1f}s after the first refused write)")  # fmt: skip
+    wait_for(lambda: credential_status(kube, ns, "frozen").get("clusterCount") == 1,
+             timeout=10, what="the frozen cluster counted by its credential")  # fmt: skip
     assert operator.alive
     assert "Traceback" not in operator.log()
 

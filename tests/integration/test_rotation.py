@@ -5,6 +5,7 @@ and retires the old key only after every cluster uses the new one."""
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 import threading
@@ -27,7 +28,9 @@ from tests.resources import (
     condition,
     create_cluster,
     credential_revision,
+    deployed,
     events_for,
+    get_cluster,
     get_credential,
     new_revision,
     patch_cluster_status,
@@ -160,21 +163,37 @@ def test_rotate_now_rolls_out_and_retires_the_old_key_after_the_rollout(
     print(f"\nrotation with --now to the old key deleted: {took:.1f} s (grace 3 s)")
 
 
+def user_policy(*actions: str) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": list(actions), "Resource": "*"}]})  # fmt: skip
+
+
 def test_a_rollout_that_cannot_complete_retires_nothing(
     kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
 ) -> None:
-    """A cluster whose deploy fails with the new key: the old key stays active."""
-    from tests.integration.test_guard_rails import READ_ONLY_STS
-
-    # The user may manage its keys but not read Auto Scaling: the deploy step fails.
-    user = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}", policy=READ_ONLY_STS.replace(
-        '"iam:ListAccessKeys"', '"iam:*AccessKey*"'))  # fmt: skip
+    """A cluster the operator deployed with the old key (its deployedRevision is the
+    revision before the rotation); then its deploy of the new key fails (the user may no
+    longer read Auto Scaling), so the rollout is blocked. The rotation waits: the cluster
+    keeps the old revision, and the old key stays active at AWS and still works."""
+    # The user may manage its own keys and, at first, read Auto Scaling (the deploy's check).
+    keys_only = ("sts:GetCallerIdentity", "iam:ListAccessKeys", "iam:*AccessKey*")
+    deploy_check = "autoscaling:DescribeAutoScalingGroups"
+    user = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}",
+                            policy=user_policy(*keys_only, deploy_check))  # fmt: skip
     secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
     static_key_credential(kube, namespace, "stuck", user.access_key_id, "keys",
                           rotation=AUTOMATIC)  # fmt: skip
     create_cluster(kube, namespace, "ops", provider="AWS", region="eu-west-3",
                    credentialRef={"name": "stuck"})  # fmt: skip
     first = new_revision(kube, namespace, "stuck", None)
+    wait_for(lambda: deployed(get_cluster(kube, namespace, "ops")) == first, timeout=60,
+             what="the cluster deployed with the old key's revision")  # fmt: skip
+    wait_for(lambda: (condition(get_credential(kube, namespace, "stuck"), "RolloutComplete")
+                      or {}).get("status") == "True", what="the first rollout")  # fmt: skip
+
+    # From now on a deploy with any of the user's keys fails.
+    moto.client("iam").put_user_policy(UserName=user.user, PolicyName="access",
+                                       PolicyDocument=user_policy(*keys_only))  # fmt: skip
     wait_for(lambda: (condition(get_credential(kube, namespace, "stuck"), "Verified") or {})
              .get("status") == "True", what="verified")  # fmt: skip
     kube.custom.patch_namespaced_custom_object(
@@ -187,13 +206,33 @@ def test_a_rollout_that_cannot_complete_retires_nothing(
     )
     wait_for(lambda: rotation_status(kube, namespace, "stuck").get("phase") == "RollingOut",
              timeout=30, what="the new key in use")  # fmt: skip
-    new_revision(kube, namespace, "stuck", first)
-    time.sleep(8)
-    state = rotation_status(kube, namespace, "stuck")
-    assert state["phase"] == "RollingOut"
-    assert keys_at_moto(moto, user.user)[user.access_key_id] == "Active"
-    assert "waiting for the rollout" in state["message"], state
-    assert credential_revision(kube, namespace, "stuck") != first
+    new_id = rotation_status(kube, namespace, "stuck")["keyId"]
+    second = new_revision(kube, namespace, "stuck", first)
+
+    def rollout_blocked() -> bool:
+        """The deploy of the new key failed, the rollout is blocked, and the rotation has
+        looked at it since; the old key must be left alone all the while."""
+        keys = keys_at_moto(moto, user.user)
+        state = rotation_status(kube, namespace, "stuck")
+        retired = [e.reason for e in events_for(kube, namespace, "stuck")
+                   if e.reason in ("KeyDeactivated", "KeyDeleted")]  # fmt: skip
+        problem = (f"the old key was retired while the rollout could not complete: keys "
+                   f"at AWS {keys}, events {retired}, rotation {state}")  # fmt: skip
+        assert keys.get(user.access_key_id) == "Active", problem
+        assert not retired, problem
+        assert state.get("phase") == "RollingOut", f"the rotation went on: {state}"
+        done = condition(get_credential(kube, namespace, "stuck"), "RolloutComplete") or {}
+        pending = condition(get_cluster(kube, namespace, "ops"), "RedeployPending") or {}
+        message = str(state.get("message"))
+        return (done.get("reason") == "RolloutBlocked" and pending.get("reason") == "DeployFailed"
+                and "waiting for the rollout" in message and "failed" in message)  # fmt: skip
+
+    wait_for(rollout_blocked, timeout=60, interval=0.5,
+             what="the rollout of the new key blocked and the rotation waiting for it")  # fmt: skip
+    assert deployed(get_cluster(kube, namespace, "ops")) == first
+    assert keys_at_moto(moto, user.user) == {user.access_key_id: "Active", new_id: "Active"}
+    assert works(moto, user), "a call signed with the old key is refused"
+    assert credential_revision(kube, namespace, "stuck") == second
 
 
 def test_sigkill_at_each_phase_leaves_one_new_key_and_retires_nothing_in_use(
