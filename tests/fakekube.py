@@ -37,7 +37,7 @@ from cloudcred.config import Settings
 from cloudcred.constants import IN_USE_LABEL, REFERENCED_LABEL
 from cloudcred.controllers.runner import Controllers
 from cloudcred.installation import Installation
-from cloudcred.kube import AlreadyExists, NotFound, PreconditionFailed
+from cloudcred.kube import AlreadyExists, Conflict, NotFound, PreconditionFailed
 
 KINDS = {"cloudcredentials": "CloudCredential", "clusters": "Cluster"}
 
@@ -67,6 +67,9 @@ class FakeKube:
         self.recorded = Recorded()
         self.on_change: Callable[[str, Key, dict[str, Any] | None], None] = lambda *_: None
         self._faults: dict[str, list[Exception]] = {}
+        self._actions: dict[str, list[Callable[[], None]]] = {}
+        # Server-side apply: the status fields and condition types each manager applied.
+        self._owned: dict[tuple[str, Key, str], tuple[set[str], set[str]]] = {}
         self._versions = itertools.count(1)
 
     # -- test controls ----------------------------------------------------------------
@@ -74,7 +77,15 @@ class FakeKube:
     def fail(self, method: str, error: Exception, times: int = 1) -> None:
         self._faults.setdefault(method, []).extend([error] * times)
 
+    def before(self, method: str, action: Callable[[], None]) -> None:
+        """Run ``action`` once, just before the next call of ``method`` (a user's edit
+        that lands while a reconcile is under way)."""
+        self._actions.setdefault(method, []).append(action)
+
     def _fault(self, method: str) -> None:
+        actions = self._actions.get(method)
+        if actions:
+            actions.pop(0)()
         pending = self._faults.get(method)
         if pending:
             raise pending.pop(0)
@@ -117,7 +128,8 @@ class FakeKube:
         self.on_change("Secret", key, secret)
 
     def body(self, kind: str, key: Key) -> dict[str, Any]:
-        return self.objects[(kind, key)]
+        """A copy of the object as stored (edit it and ``put`` it back)."""
+        return copy.deepcopy(self.objects[(kind, key)])
 
     # -- the Kube interface -----------------------------------------------------------
 
@@ -130,18 +142,29 @@ class FakeKube:
 
     async def apply_status(
         self, plural: str, kind: str, namespace: str, name: str, status: dict[str, Any],
-        manager: str,
+        manager: str, resource_version: str | None = None,
     ) -> None:  # fmt: skip
         self._fault("apply_status")
         kind, key, body = self._object(plural, namespace, name)
+        if resource_version and body["metadata"]["resourceVersion"] != resource_version:
+            raise Conflict(f"{kind} {namespace}/{name}")
         current = body.setdefault("status", {})
+        # What this manager applied before and leaves out now is removed, as server-side
+        # apply removes the fields a manager stops applying.
+        fields, types = self._owned.get((kind, key, manager), (set(), set()))
+        applied_types = {c["type"] for c in status.get("conditions") or []}
+        for dropped in fields - set(status):
+            current.pop(dropped, None)
+        by_type = {c["type"]: c for c in current.get("conditions") or []}
+        for dropped in types - applied_types:
+            by_type.pop(dropped, None)
         for field_name, value in status.items():
             if field_name == "conditions":
-                by_type = {c["type"]: c for c in current.get("conditions") or []}
-                by_type.update({c["type"]: c for c in value})
-                current["conditions"] = list(by_type.values())
+                by_type.update({c["type"]: copy.deepcopy(c) for c in value})
             else:
                 current[field_name] = copy.deepcopy(value)
+        current["conditions"] = list(by_type.values())
+        self._owned[(kind, key, manager)] = (set(status) - {"conditions"}, applied_types)
         self.recorded.writes.append(Write("apply_status", kind, key, (manager, status)))
         self._store(kind, key, body)
 
@@ -265,6 +288,7 @@ class FakeKube:
         self.on_change("Secret", (namespace, name), None)
 
     async def read_namespace(self, namespace: str) -> Any:
+        self._fault("read_namespace")
         labels = self.namespaces.get(namespace)
         return None if labels is None else SimpleNamespace(labels=labels, uid=namespace)
 
@@ -276,6 +300,7 @@ class FakeKube:
                 yield copy.deepcopy(body)
 
     async def read_credential(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._fault("read_credential")
         found = self.objects.get(("CloudCredential", (namespace, name)))
         return copy.deepcopy(found) if found else None
 
@@ -306,14 +331,12 @@ class Operator:
     def __init__(self, kube: FakeKube, clock: Clock, **settings: Any) -> None:
         self.kube = kube
         self.clock = clock
-        self.rechecked: list[Key] = []
         self.installation = Installation(b"k" * 32)
         self.controllers = Controllers(
             kube,  # type: ignore[arg-type]
             Settings(**settings),
             asyncio.Semaphore(4),
             [],
-            lambda credentials: self.rechecked.extend(c.key for c in credentials),
             self.installation,
         )
         caches = self.controllers.caches
@@ -338,6 +361,13 @@ class Operator:
             parse = CredentialInfo.from_body if kind == "CloudCredential" else ClusterInfo.from_body
             change = store.delete(key) if body is None else store.apply(key, parse(body))
         self.controllers._changed(kind, [change])
+
+    def start_from(self, kube: FakeKube) -> None:
+        """A restart: the caches take in everything the API server holds."""
+        for (kind, key), body in list(kube.objects.items()):
+            self._event(kind, key, copy.deepcopy(body))
+        for key, secret in list(kube.secrets.items()):
+            self._event("Secret", key, secret)
 
     def label_namespace(self, name: str, labels: dict[str, str]) -> None:
         self.kube.namespaces[name] = labels

@@ -60,6 +60,8 @@ class CredentialInfo:
     created: str = field(default="", compare=False)
     spec: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     status: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    raw_spec: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    rotate_now: str | None = None  # cloudcred.io/rotate-now
     # What the credential reconciler published (status.rollout): what clusters read.
     published: tuple[str | None, str | None] = (None, None)  # (revision, blocked)
     # The clusters its status lists (the admission policy's view), and whether the list
@@ -93,6 +95,11 @@ class CredentialInfo:
         metadata = {"namespace": self.namespace, "name": self.name, "uid": self.uid,
                     "generation": self.generation, "creationTimestamp": self.created}  # fmt: skip
         return {**self.reference, "metadata": metadata, "spec": self.spec, "status": self.status}
+
+    @property
+    def stored_body(self) -> dict[str, Any]:
+        """As ``body``, with the spec as stored (not the key in effect after a rotation)."""
+        return {**self.body, "spec": self.raw_spec}
 
     @property
     def spec_changed(self) -> bool:
@@ -129,6 +136,8 @@ class CredentialInfo:
             created=body["metadata"].get("creationTimestamp", ""),
             spec=dict(spec),
             status=dict(status),
+            raw_spec=dict(body.get("spec") or {}),
+            rotate_now=annotations.get(rotation.ROTATE_NOW_ANNOTATION) or None,
             published=((status.get("rollout") or {}).get("revision"),
                        (status.get("rollout") or {}).get("blocked")),
             listed=frozenset((c.get("namespace", ""), c.get("name", ""))

@@ -40,6 +40,10 @@ class AlreadyExists(RuntimeError):
     """A create found an object of that name."""
 
 
+class Conflict(Exception):
+    """The object changed since the ``resourceVersion`` a write was computed from."""
+
+
 class PreconditionFailed(Exception):
     """A guarded write found the object other than expected (another UID, a list
     reordered): nothing was written."""
@@ -123,17 +127,17 @@ class Kube:
 
     async def apply_status(
         self, plural: str, kind: str, namespace: str, name: str, status: dict[str, Any],
-        manager: str,
+        manager: str, resource_version: str | None = None,
     ) -> None:  # fmt: skip
         """Server-side apply of this manager's part of the status. Raises NotFound when
-        it is gone. (The status subresource ignores ``uid``: ``patch_status_guarded``
-        is the write that only lands on one object.)"""
-        body = {
-            "apiVersion": API_VERSION,
-            "kind": kind,
-            "metadata": {"name": name, "namespace": namespace},
-            "status": status,
-        }
+        it is gone; with ``resource_version``, Conflict when the object changed since
+        (the API server checks it on the status subresource too). (The status
+        subresource ignores ``uid``: ``patch_status_guarded`` is the write that only
+        lands on one object.)"""
+        metadata = {"name": name, "namespace": namespace}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
+        body = {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "status": status}
         try:
             await self._write(
                 self.custom.patch_namespaced_custom_object_status,
@@ -143,6 +147,8 @@ class Kube:
         except ApiException as error:
             if error.status == 404:
                 raise NotFound(f"{kind} {namespace}/{name}") from None
+            if error.status == 409 and resource_version:
+                raise Conflict(f"{kind} {namespace}/{name}") from None
             raise
 
     async def patch_status_guarded(

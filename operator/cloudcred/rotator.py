@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -42,7 +41,6 @@ KEY_ROTATION = "KeyRotation"  # the condition: True while a rotation is under wa
 IDLE_RECHECK = 300.0  # seconds between looks when nothing is due
 ROLLOUT_RECHECK = 5.0
 FAILURE_RETRY = 30.0
-RECHECK_NEW_KEY = 30.0  # seconds between checks of a new key that did not verify yet
 
 _T = TypeVar("_T")
 
@@ -52,23 +50,19 @@ def _stamp(moment: datetime | None) -> str | None:
 
 
 class Rotator:
-    """One operator's rotations. ``verify(body)`` checks a credential again and writes
-    the result (the verification handler's own function), used right after a switch."""
+    """One operator's rotations (one at a time: see ``controllers/rotation.py``). The
+    key a switch puts in effect is checked by the verification controller, which sees
+    the credential's effective spec change."""
 
-    def __init__(
-        self,
-        kube: Kube,
-        settings: Settings,
-        slots: asyncio.Semaphore,
-        verify: Callable[[dict[str, Any]], Awaitable[Any]],
-    ) -> None:
+    def __init__(self, kube: Kube, settings: Settings, slots: asyncio.Semaphore) -> None:
         self.kube = kube
         self.settings = settings
         self.slots = slots
-        self.verify = verify
         self.reported: dict[tuple[str, str], str] = {}  # the last failure Event, per credential
         self.failure_shown = False  # the status read last shows a failed step
-        self.checked: dict[tuple[str, str], float] = {}  # when a new key was last re-checked
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self.reported.pop(key, None)
 
     async def step(self, namespace: str, name: str) -> float:
         """Advance the rotation of one credential; seconds until it should look again."""
@@ -195,17 +189,10 @@ class Rotator:
         })  # fmt: skip
         await self._event(body, "Normal", "KeyInUse",
                           f"the credential now uses key {pending}: rolling it out")  # fmt: skip
-        fresh = await self.kube.read_credential(namespace, name)
-        if fresh is not None:
-            await self.verify(fresh)  # a new revision at once, not at the next check
 
     async def _wait_for_rollout(self, body: dict[str, Any], state: dict[str, Any]) -> float | None:
         """RollingOut: nothing is retired until every cluster uses the new key."""
         progress = rotation.rollout_state(body.get("status") or {}, state.get("fromRevision"))
-        if not progress.verified and self._may_check_again(body):
-            # A new key can take a moment to work everywhere (Azure: seconds): check again
-            # now and then, rather than wait for the periodic check.
-            await self.verify(body)
         if not progress.done:
             logger.debug("rotation of %s: %s", body["metadata"]["name"], progress.why)
             message = f"keeping key {state.get('previousKeyId')}: {progress.why}"
@@ -282,14 +269,6 @@ class Rotator:
             return due - age if due else None
         created = (status.get("key") or {}).get("createdTime") or status.get("keyCreatedTime")
         return conditions.parse_time(created)
-
-    def _may_check_again(self, body: dict[str, Any]) -> bool:
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        now = time.monotonic()
-        if now - self.checked.get(key, 0.0) < RECHECK_NEW_KEY:
-            return False
-        self.checked[key] = now
-        return True
 
     @staticmethod
     def _current_key_id(body: dict[str, Any]) -> str | None:

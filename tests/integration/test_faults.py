@@ -528,7 +528,7 @@ def test_two_replicas_with_peering_only_the_higher_priority_acts(
     high_again = replica("replica-high-again", 200)
     wait_for(lambda: "pausing: another replica acts" in low.log(), timeout=60,
              what="the acting replica to pause for the higher priority")  # fmt: skip
-    wait_for(lambda: "Handler 'credential_changed' succeeded" in high_again.log(),
+    wait_for(lambda: f"checked {ns}/" in high_again.log(),
              timeout=30, what="the new replica to act")  # fmt: skip
     time.sleep(3)  # the new replica's first writes
     offset = plane.audit_log.stat().st_size

@@ -1,9 +1,10 @@
 """Every decision of the controllers, in milliseconds: the real wiring, queues and
 reconcilers over a fake Kubernetes (``tests/fakekube.py``) and a fake clock.
 
-The verifier is not part of the controllers: a test plays it by writing what it
-writes (``verified``), as an external deployer is played by writing
-``deployedRevision``.
+The credentials are GCP keys whose check is turned off (``spec.verification``), so
+the real verification controller computes their revision without asking Google; a
+new key in their Secret is a new revision. An external deployer is played by
+writing ``deployedRevision``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,8 @@ from typing import Any
 import pytest
 
 from cloudcred import conditions
-from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.constants import REDEPLOY_ANNOTATION, ROLLOUT_PAUSED_ANNOTATION
-from cloudcred.kube import NotFound
-from cloudcred.providers import provider_module
-from cloudcred.revision import compute_revision
-from cloudcred.verification import read_secrets
+from cloudcred.kube import Conflict, NotFound
 from tests.fakekube import Clock, FakeKube, Operator
 
 NS = "acme"
@@ -49,31 +46,28 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return Clock(monkeypatch)
 
 
-def credential(kube: FakeKube, max_concurrent: int | str = "25%", **metadata: Any) -> None:
+KEY = '{"type": "service_account", "client_email": "cc@p.iam.gserviceaccount.com"}'
+
+
+def credential(
+    kube: FakeKube, max_concurrent: int | str = "25%", key: str = KEY, check: bool = False
+) -> None:
     spec = {"provider": "GCP", "gcp": {"serviceAccountKeyRef": {"name": "sa", "key": "key.json"}},
-            "rollout": {"maxConcurrent": max_concurrent}}  # fmt: skip
-    kube.put("CloudCredential", {"metadata": {"namespace": NS, "name": "prod", **metadata},
-                                 "spec": spec})  # fmt: skip
+            "rollout": {"maxConcurrent": max_concurrent},
+            "verification": {"enabled": check}}  # fmt: skip
+    new_key(kube, key)
+    kube.put("CloudCredential", {"metadata": {"namespace": NS, "name": "prod"}, "spec": spec})
 
 
-def verified(kube: FakeKube, revision: str, state: str = "True") -> None:
-    """What the verifier writes for the credential's current generation."""
-    body = kube.body("CloudCredential", CRED)
-    status = body["status"]
-    status["revision"] = revision
-    status["observedGeneration"] = body["metadata"]["generation"]
-    reason = "Verified" if state == "True" else "InvalidCredentials"
-    status["conditions"] = [c for c in status.get("conditions") or [] if c["type"] != "Verified"]
-    status["conditions"].append(conditions.condition(None, "Verified", state, reason, "ok", None))
-    kube.put("CloudCredential", body)
+def new_key(kube: FakeKube, key: str) -> None:
+    """A new key in the credential's Secret: a new revision."""
+    kube.put_secret(NS, "sa", {"key.json": base64.b64encode(key.encode()).decode()})
 
 
-async def real_revision(kube: FakeKube, operator: Operator) -> str:
-    """The revision the verifier computes for the credential as it is now."""
-    spec = CloudCredentialSpec.model_validate(kube.body("CloudCredential", CRED)["spec"])
-    refs = provider_module(spec.provider).secret_refs(spec)
-    secrets = await read_secrets(kube, NS, refs)  # type: ignore[arg-type]
-    return compute_revision(spec, secrets, operator.installation)
+def revision(kube: FakeKube) -> str:
+    found = kube.body("CloudCredential", CRED)["status"].get("revision")
+    assert found, "the verification controller computed no revision"
+    return str(found)
 
 
 def cluster(kube: FakeKube, name: str, *, deployed: str | None = None, external: bool = True,
@@ -124,7 +118,6 @@ async def test_a_cluster_binds_or_says_why_not(
 ) -> None:
     operator = Operator(kube, clock)
     credential(kube)
-    verified(kube, "v1")
     cluster(kube, "eu", credential_name=credential_name, provider=provider)
     await operator.settle()
     condition = find(kube, "Cluster", "eu", "CredentialBound")
@@ -142,7 +135,6 @@ async def test_a_cluster_in_another_namespace_binds_only_where_admitted(
     body = kube.body("CloudCredential", CRED)
     body["spec"]["allowedNamespaces"] = {"matchLabels": {"team": "platform"}}
     kube.put("CloudCredential", body)
-    verified(kube, "v1")
     operator.label_namespace("other", {"team": "web"})
     kube.put("Cluster", {"metadata": {"namespace": "other", "name": "eu"},
                          "spec": {"provider": "GCP", "region": "r", "deploy": "External",
@@ -171,37 +163,40 @@ async def test_a_new_revision_reconciles_each_cluster_once_and_marks_within_the_
 ) -> None:
     operator = Operator(kube, clock)
     credential(kube, max_concurrent=2)
-    verified(kube, "v1")
+    await operator.settle()
+    v1 = revision(kube)
     for name in "abcde":
-        cluster(kube, name, deployed="v1")
+        cluster(kube, name, deployed=v1)
     await operator.settle()
     assert find(kube, "CloudCredential", "prod", "RolloutComplete")["status"] == "True"
     runs = dict(operator.controllers.clusters.runs)
 
-    verified(kube, "v2")
+    new_key(kube, KEY.replace("cc@", "cc2@"))
     await operator.settle()
+    v2 = revision(kube)
+    assert v2 != v1
     again = {
         key: count - runs.get(key, 0) for key, count in operator.controllers.clusters.runs.items()
     }
     assert again == {(NS, name): 1 for name in "abcde"}
-    assert marked(kube) == {"a": "v2", "b": "v2", "c": None, "d": None, "e": None}
+    assert marked(kube) == {"a": v2, "b": v2, "c": None, "d": None, "e": None}
     assert find(kube, "Cluster", "a", "RedeployPending")["message"].endswith(
         "waiting for the external deployer to redeploy"
     )
     assert "queued: at most 2" in find(kube, "Cluster", "c", "RedeployPending")["message"]
     rollout = kube.body("CloudCredential", CRED)["status"]["rollout"]
-    assert rollout == {"revision": "v2", "updated": 0, "total": 5}
+    assert rollout == {"revision": v2, "updated": 0, "total": 5}
 
     # The deployer redeploys a: the next in line is marked; no more than 2 at a time.
     # (The credential follows its clusters' changes at most once per pacing interval.)
-    deploy(kube, "a", "v2")
+    deploy(kube, "a", v2)
     await operator.settle()
     assert marked(kube)["c"] is None
     assert operator.timers()["credentials"][CRED] > 0
     await operator.advance(1)
-    assert marked(kube) == {"a": "v2", "b": "v2", "c": "v2", "d": None, "e": None}
+    assert marked(kube) == {"a": v2, "b": v2, "c": v2, "d": None, "e": None}
     for name in "bcde":
-        deploy(kube, name, "v2")
+        deploy(kube, name, v2)
         await operator.advance(1)
     complete = find(kube, "CloudCredential", "prod", "RolloutComplete")
     assert complete["status"] == "True"
@@ -212,14 +207,14 @@ async def test_a_new_revision_reconciles_each_cluster_once_and_marks_within_the_
 async def test_a_paused_rollout_marks_nothing_until_resumed(kube: FakeKube, clock: Clock) -> None:
     operator = Operator(kube, clock)
     credential(kube, max_concurrent="100%")
-    verified(kube, "v1")
+    await operator.settle()
     for name in "ab":
-        cluster(kube, name, deployed="v1")
+        cluster(kube, name, deployed=revision(kube))
     await operator.settle()
     body = kube.body("CloudCredential", CRED)
     body["metadata"]["annotations"] = {ROLLOUT_PAUSED_ANNOTATION: "true"}
     kube.put("CloudCredential", body)
-    verified(kube, "v2")
+    new_key(kube, KEY.replace("cc@", "cc2@"))
     await operator.settle()
     assert marked(kube) == {"a": None, "b": None}
     assert "paused" in find(kube, "Cluster", "a", "RedeployPending")["message"]
@@ -229,26 +224,105 @@ async def test_a_paused_rollout_marks_nothing_until_resumed(kube: FakeKube, cloc
     body["metadata"]["annotations"] = {}
     kube.put("CloudCredential", body)
     await operator.settle()
-    assert marked(kube) == {"a": "v2", "b": "v2"}
+    assert marked(kube) == {"a": revision(kube), "b": revision(kube)}
 
 
 @run
-async def test_a_revision_that_failed_verification_is_not_rolled_out(
+async def test_a_key_that_fails_its_check_is_not_rolled_out(kube: FakeKube, clock: Clock) -> None:
+    operator = Operator(kube, clock)
+    credential(kube)
+    await operator.settle()
+    v1 = revision(kube)
+    cluster(kube, "a", deployed=v1)
+    await operator.settle()
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["verification"] = {"enabled": True}
+    kube.put("CloudCredential", body)
+    new_key(kube, "{not a key file")
+    await operator.settle()
+    verified = find(kube, "CloudCredential", "prod", "Verified")
+    assert verified["status"] == "False"
+    v2 = revision(kube)
+    assert v2 != v1
+    assert marked(kube) == {"a": None}
+    pending = find(kube, "Cluster", "a", "RedeployPending")
+    assert pending["reason"] == "RolloutBlocked"
+    assert f"keeping the deployment of revision {v1}" in pending["message"]
+    blocked = kube.body("CloudCredential", CRED)["status"]["rollout"]["blocked"]
+    assert blocked.startswith(f"revision {v2} is not rolled out")
+
+
+# -- verification: when it checks, and writes that cannot go back in time ---------------
+
+
+@run
+async def test_a_check_overtaken_by_an_edit_is_not_written_and_the_edit_is_checked(
     kube: FakeKube, clock: Clock
 ) -> None:
     operator = Operator(kube, clock)
     credential(kube)
-    verified(kube, "v1")
-    cluster(kube, "a", deployed="v1")
     await operator.settle()
-    verified(kube, "v2", state="False")
+    assert kube.body("CloudCredential", CRED)["status"]["observedGeneration"] == 1
+
+    def edit() -> None:  # lands while the check of generation 2 is under way
+        body = kube.body("CloudCredential", CRED)
+        body["spec"]["description"] = "edited during the check"
+        kube.put("CloudCredential", body)
+
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["rollout"] = {"maxConcurrent": 1}
+    kube.put("CloudCredential", body)
+    kube.before("read_credential", edit)
+    writes = len(kube.recorded.of("apply_status", "CloudCredential"))
     await operator.settle()
-    assert marked(kube) == {"a": None}
-    pending = find(kube, "Cluster", "a", "RedeployPending")
-    assert pending["reason"] == "RolloutBlocked"
-    assert "keeping the deployment of revision v1" in pending["message"]
-    blocked = kube.body("CloudCredential", CRED)["status"]["rollout"]["blocked"]
-    assert blocked.startswith("revision v2 is not rolled out")
+    verifier = [w.detail[1] for w in kube.recorded.of("apply_status", "CloudCredential")[writes:]
+                if w.detail[0] == "cloudcred-verifier"]  # fmt: skip
+    assert [status["observedGeneration"] for status in verifier] == [3]
+    assert kube.body("CloudCredential", CRED)["status"]["observedGeneration"] == 3
+
+
+@run
+async def test_a_conflicting_write_is_read_again_not_checked_again(
+    kube: FakeKube, clock: Clock
+) -> None:
+    operator = Operator(kube, clock)
+    credential(kube)
+    kube.fail("apply_status", Conflict("CloudCredential acme/prod"))
+    reads = []
+    kube.before("read_secret_data", lambda: reads.append(1))
+    kube.before("read_secret_data", lambda: reads.append(2))
+    await operator.settle()
+    assert reads == [1], "one check: the conflict re-reads the object, not the provider"
+    assert revision(kube)
+
+
+@run
+async def test_checks_follow_the_interval_and_back_off_after_transient_failures(
+    kube: FakeKube, clock: Clock
+) -> None:
+    operator = Operator(kube, clock, retry_max_delay=300)
+    credential(kube)
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["verification"]["interval"] = "10m"
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    assert 540 <= operator.timers()["verification"][CRED] <= 660  # 10 min ± 10 %
+    # The Secret goes away: SecretNotFound, checked again after 5 s, then 10 s.
+    del kube.secrets[(NS, "sa")]
+    kube.on_change("Secret", (NS, "sa"), None)
+    await operator.settle()
+    assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "SecretNotFound"
+    assert operator.timers()["verification"][CRED] == pytest.approx(5, abs=0.1)
+    await operator.advance(2)
+    assert operator.timers()["verification"][CRED] == pytest.approx(3, abs=0.1), "not due yet"
+    await operator.advance(3.1)
+    assert operator.timers()["verification"][CRED] == pytest.approx(10, abs=0.1)
+    # It comes back (unlabelled, so no watch sees it): found at the next retry, and the
+    # checks go back to the interval.
+    new_key(kube, KEY)
+    await operator.advance(10.1)
+    assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "VerificationDisabled"
+    assert 540 <= operator.timers()["verification"][CRED] <= 660
 
 
 # -- the deploy step: failures kept in status, backoff, restart ------------------------
@@ -259,14 +333,11 @@ async def test_a_failed_deploy_is_kept_in_status_and_retried_with_a_growing_dela
     kube: FakeKube, clock: Clock
 ) -> None:
     operator = Operator(kube, clock, retry_max_delay=300)
-    credential(kube)
-    kube.put_secret(NS, "sa", {"key.json": base64.b64encode(b"{not json").decode()})
-    revision = await real_revision(kube, operator)
-    verified(kube, revision)
+    credential(kube, key="{not a key file")  # the check is off: the deploy step finds out
     cluster(kube, "eu", external=False)
     await operator.settle()
     failure = kube.body("Cluster", (NS, "eu"))["status"]["deployFailure"]
-    assert (failure["revision"], failure["attempts"]) == (revision, 1)
+    assert (failure["revision"], failure["attempts"]) == (revision(kube), 1)
     assert find(kube, "Cluster", "eu", "RedeployPending")["reason"] == "DeployFailed"
     assert find(kube, "Cluster", "eu", "Stalled")["status"] == "True"
     assert "failed on eu" in kube.body("CloudCredential", CRED)["status"]["rollout"]["blocked"]
@@ -284,8 +355,7 @@ async def test_a_failed_deploy_is_kept_in_status_and_retried_with_a_growing_dela
 
     # A restart keeps the failure and its backoff: the new operator waits the 10 s.
     restarted = Operator(kube, clock, retry_max_delay=300)
-    for kind, key in list(kube.objects):
-        restarted._event(kind, key, kube.objects[(kind, key)])
+    restarted.start_from(kube)
     await restarted.settle()
     assert kube.body("Cluster", (NS, "eu"))["status"]["deployFailure"]["attempts"] == 2
     assert restarted.timers()["deploy"][(NS, "eu")] == pytest.approx(10, abs=0.5)
@@ -297,7 +367,7 @@ async def test_a_first_deployment_waits_until_the_credential_lists_the_cluster(
 ) -> None:
     operator = Operator(kube, clock)
     credential(kube)
-    verified(kube, "v1")
+    await operator.settle()
     cluster(kube, "eu", external=False)
     # Only the deploy step runs: the credential has not listed the cluster yet.
     key = await operator.controllers.deploy.queue.get()
@@ -319,8 +389,8 @@ async def test_a_cluster_that_loses_its_binding_loses_its_delivered_secret(
     body = kube.body("CloudCredential", CRED)
     body["spec"]["delivery"] = {"enabled": True}
     kube.put("CloudCredential", body)
-    verified(kube, "v1")
-    cluster(kube, "eu", external=False, secret="eu-creds", deployed="v1")
+    await operator.settle()
+    cluster(kube, "eu", external=False, secret="eu-creds", deployed=revision(kube))
     uid = kube.body("Cluster", (NS, "eu"))["metadata"]["uid"]
     await kube.create_secret(NS, "eu-creds", {"k": "dg=="}, {"ownerReferences": [
         {"apiVersion": "cloudcred.io/v1alpha1", "kind": "Cluster", "name": "eu", "uid": uid,
@@ -348,7 +418,6 @@ async def test_a_refused_write_is_retried_with_backoff_and_shown_once(
 ) -> None:
     operator = Operator(kube, clock)
     credential(kube)
-    verified(kube, "v1")
     await operator.settle()
     kube.fail("apply_status", RuntimeError("HTTP 500"), times=3)
     cluster(kube, "eu")
@@ -372,12 +441,14 @@ async def test_a_refused_write_is_retried_with_backoff_and_shown_once(
 async def test_an_object_deleted_under_a_write_is_no_error(kube: FakeKube, clock: Clock) -> None:
     operator = Operator(kube, clock)
     credential(kube)
-    verified(kube, "v1")
+    await operator.settle()
     cluster(kube, "eu")
     kube.fail("apply_status", NotFound("Cluster acme/eu"))
     await operator.settle()
     assert not [e for e in kube.recorded.events if e[3] == "ReconcileFailed"]
-    assert all(not timers for timers in operator.timers().values())
+    timers = operator.timers()
+    assert not timers["clusters"], "no retry: the object is gone, which is no failure"
+    assert set(timers["verification"]) == {CRED}, "the credential's next periodic check"
 
 
 # -- quiet: nothing changes, nothing is written -------------------------------------------
@@ -387,12 +458,12 @@ async def test_an_object_deleted_under_a_write_is_no_error(kube: FakeKube, clock
 async def test_with_nothing_changing_nothing_is_written(kube: FakeKube, clock: Clock) -> None:
     operator = Operator(kube, clock)
     credential(kube)
-    verified(kube, "v1")
-    for name in "abc":
-        cluster(kube, name, deployed="v1")
     await operator.settle()
+    for name in "abc":
+        cluster(kube, name, deployed=revision(kube))
+    await operator.advance(5)  # the credential's paced look at its clusters included
     writes = len(kube.recorded.writes)
     operator.controllers._queue_everything()
     reconciles = await operator.settle()
     assert reconciles >= 7  # every cluster, its deploy key and the credential
-    assert len(kube.recorded.writes) == writes
+    assert kube.recorded.writes[writes:] == []

@@ -64,9 +64,12 @@ from cloudcred.controllers.clusters import ClusterReconciler
 from cloudcred.controllers.controller import Controller
 from cloudcred.controllers.credentials import CredentialReconciler
 from cloudcred.controllers.deploy import DEPLOY_CONCURRENCY, DeployReconciler
+from cloudcred.controllers.rotation import ROTATION_WORKERS, RotationReconciler
 from cloudcred.controllers.secrets import SecretReconciler
+from cloudcred.controllers.verification import VerificationReconciler
 from cloudcred.installation import Installation
 from cloudcred.kube import Kube, describe_error
+from cloudcred.rotator import Rotator
 from cloudcred.tasks import spawn, where
 from cloudcred.workqueue import WorkQueue
 
@@ -124,6 +127,10 @@ def credential_itself(change: Change[CredentialInfo]) -> Iterable[Key]:
         yield change.key
 
 
+def credential_any(change: Change[CredentialInfo]) -> Iterable[Key]:
+    yield change.key
+
+
 def credential_status_moved(change: Change[CredentialInfo]) -> Iterable[Key]:
     """Only its status lists or totals moved (its own write, mostly): paced."""
     if change.new is not None and change.old == change.new:
@@ -147,18 +154,13 @@ class Controllers:
         settings: Settings,
         provider_slots: asyncio.Semaphore,
         watched_namespaces: list[str],
-        secret_changed: Callable[[list[CredentialInfo]], None],
         installation: Installation,
         peering: bool = False,
     ) -> None:
-        """``secret_changed(credentials)``: a referenced Secret's data changed (or its
-        labels were dropped), or a boundary or namespace label that selects them did:
-        check these credentials again. With ``peering``, the replica starts paused:
-        see ``pause()``."""
+        """With ``peering``, the replica starts paused: see ``pause()``."""
         self.kube = kube
         self.settings = settings
         self.caches = caches = Caches()
-        self.secret_changed = secret_changed
         controller = partial(Controller[Key], on_error=self._show_error,
                              on_success=self._cleared,
                              max_delay=settings.retry_max_delay)  # fmt: skip
@@ -174,6 +176,13 @@ class Controllers:
         )
         deploy = DeployReconciler(kube, settings, caches, provider_slots, installation)
         self.deploy = controller("deploy", deploy.reconcile, DEPLOY_CONCURRENCY)
+        verification = VerificationReconciler(kube, settings, caches, provider_slots,
+                                              installation)  # fmt: skip
+        self.verification = controller("verification", verification.reconcile,
+                                       settings.verification_concurrency)  # fmt: skip
+        rotator = Rotator(kube, settings, provider_slots)
+        self.rotation = controller("rotation", RotationReconciler(rotator, caches).reconcile,
+                                   ROTATION_WORKERS)  # fmt: skip
         self.wiring = self._wiring()
         self.watched = watched = namespace_matcher(watched_namespaces)
         self.secret_namespaces = plain_namespaces(watched_namespaces)
@@ -185,7 +194,6 @@ class Controllers:
                                  ClusterInfo.from_body, partial(self._changed, "Cluster"), watched),
         ]  # fmt: skip
         self.informers: list[Informer[Any]] = []
-        self._boundaries_listed = False  # the first LIST of boundaries is in
         # kopf's peering: another replica acts. The caches fill from the operator's own
         # LISTs even then, so a replica acts only once kopf shows that it is active:
         # its first watch event or credential daemon, and then each daemon start.
@@ -198,7 +206,8 @@ class Controllers:
 
     @property
     def controllers(self) -> tuple[Controller[Key], ...]:
-        return (self.clusters, self.credentials, self.secrets, self.deploy)
+        return (self.clusters, self.credentials, self.secrets, self.deploy, self.verification,
+                self.rotation)  # fmt: skip
 
     @property
     def queues(self) -> tuple[WorkQueue[Key], ...]:
@@ -234,6 +243,39 @@ class Controllers:
                     for secret in credential.secret_names if credential else ():
                         yield (key[0], secret)
 
+        def secret_credentials(change: Change[SecretInfo]) -> Iterable[Key]:
+            """Credentials whose Secret's data changed, or that left the selection (a
+            full update dropped the labels: the data may have changed too)."""
+            old, new = change.old, change.new
+            if old is None or new is None or old.digest != new.digest:
+                yield from (c.key for c in caches.credentials_using_secret(change.key))
+
+        def namespace_credentials_checked(change: Change[dict[str, str]]) -> Iterable[Key]:
+            """Credentials of a namespace whose labels changed (a boundary may select it)."""
+            yield from (key for key in caches.credentials if key[0] == change.key[1])
+
+        def boundary_credentials(change: Change[Boundary]) -> Iterable[Key]:
+            """Credentials of the namespaces a boundary selects or selected."""
+            selectors = [b.selects for b in (change.old, change.new) if b is not None]
+            selected = caches.credentials_selected_by(
+                lambda labels: any(selects(labels) for selects in selectors)
+            )
+            yield from (c.key for c in selected)
+
+        def rotation_moved(change: Change[CredentialInfo]) -> Iterable[Key]:
+            """What a rotation step reads: its policy, rotate-now, its state, the check
+            and the rollout it waits for."""
+
+            def reads(c: CredentialInfo | None) -> tuple[Any, ...] | None:
+                if c is None:
+                    return None
+                return (c.uid, c.raw_spec.get("rotation"), c.rotate_now, c.revision,
+                        c.status.get("rotation"), c.verification_problem, c.published,
+                        c.status.get("rollout"))  # fmt: skip
+
+            if reads(change.old) != reads(change.new):
+                yield change.key
+
         def namespace_clusters(change: Change[dict[str, str]]) -> Iterable[Key]:
             return caches.clusters.by("namespace", change.key[1])
 
@@ -258,6 +300,13 @@ class Controllers:
             Watch("Namespace", self.clusters, namespace_clusters),
             Watch("Namespace", self.deploy, namespace_clusters),
             Watch("Namespace", self.credentials, namespace_credentials),
+            # Verification: any change of the credential (the reconciler compares what a
+            # check reads), its Secrets' data, its namespace's labels, boundaries.
+            Watch("CloudCredential", self.verification, credential_any),
+            Watch("Secret", self.verification, secret_credentials),
+            Watch("Namespace", self.verification, namespace_credentials_checked),
+            Watch("CredentialBoundary", self.verification, boundary_credentials),
+            Watch("CloudCredential", self.rotation, rotation_moved),
         ]
 
     def _changed(self, kind: str, changes: list[Change[Any]]) -> None:
@@ -274,19 +323,13 @@ class Controllers:
                 ):
                     watch.controller.queue.discard(change.key)  # its timer and backoff go
                 if change.old == change.new and kind != "CloudCredential":
-                    continue  # a listing repeated what is known
+                    continue  # a listing repeated what is known (a credential's
+                    # comparison leaves out its spec and status: its maps look at them)
                 for key in watch.map(change):
                     if watch.paced:
                         watch.controller.queue.add_after(key, self._pacing_wait(key))
                     else:
                         watch.controller.queue.add(key)
-        # Credentials to check again (verification runs beside the controllers).
-        if kind == "Secret":
-            self._secrets_recheck(changes)
-        elif kind == "Namespace":
-            self._namespaces_recheck(changes)
-        elif kind == "CredentialBoundary":
-            self._boundaries_recheck(changes)
 
     def _pacing_wait(self, key: Key) -> float:
         """A credential waits its pacing interval after its last reconcile."""
@@ -403,54 +446,13 @@ class Controllers:
 
     # -- what each change concerns ------------------------------------------------------
 
-    def _secrets_recheck(self, changes: list[Change[SecretInfo]]) -> None:
-        for change in changes:
-            old, new = change.old, change.new
-            # The data changed, or the Secret left the label selection (a full update
-            # dropped the labels: its data may have changed too). Not at the first LIST.
-            if old is not None and (new is None or new.digest != old.digest):
-                users = self.caches.credentials_using_secret(change.key)
-                if users and not self.paused:
-                    self.secret_changed(users)
-
-    def _namespaces_recheck(self, changes: list[Change[dict[str, str]]]) -> None:
-        for change in changes:
-            old, new = change.old, change.new
-            boundaries = self.caches.boundaries.objects.values()
-            # New labels that a boundary selects differently: its credentials, again.
-            if (
-                old is not None
-                and new is not None
-                and not self.paused
-                and any(boundary.selects(old) != boundary.selects(new) for boundary in boundaries)
-            ):
-                credentials = self.caches.credentials.objects.values()
-                users = [c for c in credentials if c.namespace == change.key[1]]
-                if users:
-                    self.secret_changed(users)  # "check these credentials again"
-
-    def _boundaries_recheck(self, changes: list[Change[Boundary]]) -> None:
-        """A CredentialBoundary appeared, changed or went away: check the credentials of
-        the namespaces it selects or selected again. Not at the first LIST: at start,
-        every credential is checked once that LIST is in."""
-        if not self._boundaries_listed:
-            self._boundaries_listed = self.caches.boundaries.synced
-            return
-        selectors = [b.selects for c in changes for b in (c.old, c.new) if b is not None]
-        if not selectors or self.paused:
-            return
-        users = self.caches.credentials_selected_by(
-            lambda labels: any(s(labels) for s in selectors)
-        )
-        if users:
-            self.secret_changed(users)  # "check these credentials again"
-
     def _queue_everything(self) -> None:
         for key in self.caches.clusters:
             self.clusters.queue.add(key)
             self.deploy.queue.add(key)
         for key in self.caches.credentials:
-            self.credentials.queue.add(key)
+            for controller in (self.credentials, self.verification, self.rotation):
+                controller.queue.add(key)
         self._queue_secrets()
 
     def _queue_secrets(self) -> None:
@@ -514,7 +516,7 @@ class Controllers:
         if controller in ("clusters", "deploy"):
             cluster = self.caches.clusters.get(key)
             return cluster.reference if cluster else None
-        if controller == "credentials":
+        if controller in ("credentials", "verification", "rotation"):
             credential = self.caches.credentials.get(key)
             return credential.reference if credential else None
         reference = object_reference("Secret", key, None)

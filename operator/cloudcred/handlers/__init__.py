@@ -3,6 +3,6 @@
 Importing this package registers every handler with kopf's default registry.
 """
 
-from cloudcred.handlers import credentials, deletion, events, rotation, startup
+from cloudcred.handlers import credentials, deletion, events, startup
 
-__all__ = ["credentials", "deletion", "events", "rotation", "startup"]
+__all__ = ["credentials", "deletion", "events", "startup"]

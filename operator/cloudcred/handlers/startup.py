@@ -6,7 +6,6 @@ import asyncio
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any, cast
 
 import kopf
@@ -14,11 +13,9 @@ import kopf
 from cloudcred.config import Settings
 from cloudcred.constants import CREDENTIAL_KIND, FINALIZER, KOPF_STORAGE_PREFIX
 from cloudcred.controllers.runner import Controllers
-from cloudcred.handlers.credentials import secret_changed, verify_and_record
 from cloudcred.installation import load_installation, operator_namespace
 from cloudcred.kube import Kube, load_client_configuration
 from cloudcred.metrics import serve as start_metrics
-from cloudcred.rotator import Rotator
 
 
 class CredentialDiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -76,10 +73,6 @@ async def configure(
     )
     memo.kube = Kube(await asyncio.to_thread(load_client_configuration))
     memo.verification_slots = asyncio.Semaphore(config.verification_concurrency)
-    memo.credential_locks = {}
-    memo.verified_conditions = {}
-    memo.last_checks = {}
-    memo.background_tasks = set()
     memo.deletion_announced = {}
     # The key behind revisions and ExternalIds: nothing is checked before it is known.
     memo.installation = await load_installation(
@@ -87,12 +80,8 @@ async def configure(
     )
     memo.controllers = Controllers(
         memo.kube, config, memo.verification_slots, list(memo.get("namespaces") or []),
-        partial(secret_changed, memo=memo), memo.installation,
-        peering=not memo.get("standalone", True),
+        memo.installation, peering=not memo.get("standalone", True),
     )  # fmt: skip
-    memo.rotator = Rotator(memo.kube, config, memo.verification_slots,
-                           partial(verify_and_record, memo=memo))  # fmt: skip
-    memo.rotation_wakeups = {}
     if config.metrics_port:  # before any task starts: a taken port stops the operator here
         start_metrics(config.metrics_port, memo.controllers)
     memo.controllers.start()

@@ -1,0 +1,155 @@
+"""The verification reconciler: one CloudCredential's check with its provider.
+
+Owns ``Verified``, ``RotationRecommended``, ``status.revision``, ``identity``,
+``publicId``, ``key`` and the other fields ``verification.check_credential`` returns
+(server-side apply, manager ``cloudcred-verifier``).
+
+When it checks: at the first look after a start, whenever what the check reads
+changed (the spec's generation, the key in effect after a rotation, the data of a
+referenced Secret, the namespace's labels or the CredentialBoundaries that select
+them), after a transient failure once its backoff is due, and every
+``spec.verification.interval`` (jittered ±10 %). Otherwise it answers
+``requeue_after`` the time left. One check of a credential at a time (the queue
+holds a key for one worker), and the write cannot go back in time: it is applied only
+to the object of the UID, generation and key in effect that were checked, and carries
+that object's ``resourceVersion`` (a 409 means something moved meanwhile: read again
+and retry, without asking the provider again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from cloudcred import conditions, metrics, rotation
+from cloudcred.bindings import CredentialInfo, Key
+from cloudcred.cache import Caches
+from cloudcred.config import Settings
+from cloudcred.constants import CREDENTIAL_PLURAL
+from cloudcred.controllers.controller import DONE, Result
+from cloudcred.installation import Installation
+from cloudcred.kube import Conflict, Kube, NotFound
+from cloudcred.rotation import effective_spec
+from cloudcred.verification import check_credential, periodic_interval, retry_delay
+
+MANAGER = "cloudcred-verifier"
+IDLE_RECHECK = 300.0  # periodic checks off: look again this often (the interval may change)
+# A key a rotation just put in effect can take a moment to work everywhere (Azure:
+# seconds): while it has not verified, check it this often, not at the interval.
+RECHECK_NEW_KEY = 30.0
+WRITE_ATTEMPTS = 5
+
+logger = logging.getLogger("cloudcred.verification")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The last check of a credential: what it read, and when the next one is due."""
+
+    inputs: tuple[Any, ...]
+    due: float  # on the event loop's clock (the clock the queues' timers run on)
+    failures: int = 0  # transient failures in a row
+
+
+class VerificationReconciler:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        caches: Caches,
+        provider_slots: asyncio.Semaphore,
+        installation: Installation,
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.caches = caches
+        self.provider_slots = provider_slots
+        self.installation = installation
+        self.checked: dict[Key, Checked] = {}
+
+    def inputs(self, credential: CredentialInfo) -> tuple[Any, ...]:
+        """Everything a check reads that may change: a different answer means check now."""
+        secrets = tuple(
+            (name, info.digest if (info := self.caches.secrets.get((credential.namespace, name)))
+             else None)
+            for name in credential.secret_names
+        )  # fmt: skip
+        labels = self.caches.namespace_labels(credential.namespace) or {}
+        boundaries = tuple(sorted(repr(b) for b in self.caches.boundaries.objects.values()
+                                  if b.selects(labels)))  # fmt: skip
+        return (credential.uid, credential.generation, repr(credential.spec), secrets,
+                tuple(sorted(labels.items())), boundaries)  # fmt: skip
+
+    async def reconcile(self, key: Key) -> Result:
+        credential = self.caches.credentials.get(key)
+        if credential is None or credential.deleting:
+            self.checked.pop(key, None)
+            return DONE
+        inputs = self.inputs(credential)
+        last = self.checked.get(key)
+        clock = asyncio.get_running_loop().time
+        now = clock()
+        if last is not None and last.inputs == inputs and last.due > now:
+            return Result(requeue_after=last.due - now)
+        failures = last.failures if last is not None and last.inputs == inputs else 0
+        started = time.monotonic()
+        result = await check_credential(
+            credential.stored_body, self.kube, self.settings, self.provider_slots,
+            credential.status.get("conditions"), self.installation,
+            boundary=partial(self.caches.boundary_violation, key[0]),
+        )  # fmt: skip
+        metrics.observe_verification(credential.provider, time.monotonic() - started,
+                                     result.verified)  # fmt: skip
+        if not await self._write(credential, result.status):
+            self.checked.pop(key, None)
+            return Result(requeue=True)  # the credential moved on: check what it is now
+        verdict = result.verified
+        logger.info("checked %s/%s: Verified %s (%s)", *key, verdict["status"], verdict["reason"])
+        for event in result.events:
+            await self.kube.post_event(credential.reference, event.type, event.reason,
+                                       event.message)  # fmt: skip
+        if result.transient:
+            # A Secret created later, a provider back online: again, with a backoff.
+            delay = retry_delay(failures, self.settings)
+            self.checked[key] = Checked(inputs, clock() + delay, failures + 1)
+            return Result(requeue_after=delay)
+        interval = periodic_interval(key[0], key[1], credential.raw_spec)
+        delay = interval * random.uniform(0.9, 1.1) if interval > 0 else IDLE_RECHECK  # noqa: S311
+        new_key = (credential.status.get("rotation") or {}).get("phase") == rotation.ROLLING_OUT
+        if new_key and result.verified["status"] != conditions.TRUE:
+            delay = min(delay, RECHECK_NEW_KEY)
+        self.checked[key] = Checked(inputs, clock() + delay)
+        return Result(requeue_after=delay)
+
+    async def _write(self, credential: CredentialInfo, status: dict[str, Any]) -> bool:
+        """Apply the check's status to the object that was checked and no other: False
+        when it is gone, re-created, edited or rotated to another key meanwhile."""
+        checked_spec = credential.spec
+        for _ in range(WRITE_ATTEMPTS):
+            current = await self.kube.read_credential(*credential.key)
+            if current is None:
+                return False
+            metadata = current["metadata"]
+            spec = effective_spec(current.get("spec") or {}, current.get("status") or {})
+            if (metadata.get("uid"), metadata.get("generation"), spec) != (
+                credential.uid, credential.generation, checked_spec
+            ):  # fmt: skip
+                return False
+            try:
+                await self.kube.apply_status(
+                    CREDENTIAL_PLURAL, "CloudCredential", *credential.key, status, MANAGER,
+                    resource_version=metadata.get("resourceVersion"),
+                )  # fmt: skip
+            except NotFound:
+                return False
+            except Conflict:
+                continue  # another writer moved it: read again
+            return True
+        logger.warning("could not record the check of %s/%s: the object kept changing",
+                       *credential.key)  # fmt: skip
+        return False
