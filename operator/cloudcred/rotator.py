@@ -15,6 +15,7 @@ import base64
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from kubernetes.client.rest import ApiException
@@ -32,6 +33,7 @@ from cloudcred.providers.base import (
     VerificationError,
     VerifyContext,
 )
+from cloudcred.tasks import in_thread
 from cloudcred.verification import read_secrets
 
 logger = logging.getLogger(__name__)
@@ -302,9 +304,8 @@ class Rotator:
         timeout = self.settings.verification_timeout
         async with self.slots:
             try:
-                return await asyncio.wait_for(
-                    asyncio.to_thread(call, module, spec, secrets, context), timeout * 2 + 5
-                )
+                return await in_thread(partial(call, module, spec, secrets, context),
+                                       timeout * 2 + 5)  # fmt: skip
             except TimeoutError:
                 raise RotationError(
                     RotationReason.PROVIDER_UNREACHABLE,

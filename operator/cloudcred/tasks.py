@@ -12,8 +12,10 @@ import asyncio
 import logging
 import os
 import traceback
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("cloudcred")
 
@@ -37,6 +39,28 @@ def _end_process_if_failed(task: asyncio.Task[None]) -> None:
                     task.get_name(), type(error).__name__, where(error))  # fmt: skip
     logging.shutdown()
     os._exit(EXIT_CODE)
+
+
+async def in_thread(call: Callable[[], _T], timeout: float) -> _T:
+    """Run a blocking call in a worker thread, for at most ``timeout`` seconds
+    (TimeoutError after; a thread cannot be stopped, the libraries' own timeouts end it).
+
+    If the caller is cancelled (shutdown, a peering handover), the cancellation waits
+    for the call, up to ``timeout``, before it goes on: a provider call (a key made, a
+    key deleted) never lands after the reconcile that asked for it has returned, when
+    another reconcile may already be deciding from what it saw."""
+    loop = asyncio.get_running_loop()
+    future = asyncio.ensure_future(asyncio.to_thread(call))
+    deadline = loop.time() + timeout
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
+    except asyncio.CancelledError:
+        while not future.done() and loop.time() < deadline:
+            try:
+                await asyncio.wait([future], timeout=deadline - loop.time())
+            except asyncio.CancelledError:
+                continue  # cancelled again: still wait for the call, up to the deadline
+        raise
 
 
 def where(error: BaseException) -> str:

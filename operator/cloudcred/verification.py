@@ -42,7 +42,7 @@ from cloudcred.providers.base import (
 )
 from cloudcred.revision import compute_revision
 from cloudcred.rotation import effective_spec
-from cloudcred.tasks import where
+from cloudcred.tasks import in_thread, where
 
 _T = TypeVar("_T")
 
@@ -160,7 +160,7 @@ async def ask_provider(
     ``where()`` logs the frames without a message)."""
     async with slots:
         try:
-            return await asyncio.wait_for(asyncio.to_thread(call), timeout * 2 + 5)
+            return await in_thread(call, timeout * 2 + 5)
         except TimeoutError:
             raise VerificationError(
                 Reason.PROVIDER_UNREACHABLE, f"{provider} did not answer within {timeout:g}s"

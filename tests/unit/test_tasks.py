@@ -4,11 +4,17 @@ text (it could quote data)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import subprocess
 import sys
 import textwrap
+import threading
+import time as clock
 
-from cloudcred.tasks import EXIT_CODE
+import pytest
+
+from cloudcred.tasks import EXIT_CODE, in_thread
 from tests.kube import ROOT
 
 SCRIPT = textwrap.dedent("""
@@ -48,3 +54,29 @@ def test_a_cancelled_task_does_not_end_the_process() -> None:
                           text=True, timeout=30)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "still running" in done.stdout
+
+
+def test_a_cancelled_caller_waits_for_its_thread_call_to_end() -> None:
+    """The cancellation goes on only once the call in the thread has returned."""
+
+    finished = threading.Event()
+
+    def slow() -> None:
+        clock.sleep(0.3)
+        finished.set()
+
+    async def main() -> bool:
+        task = asyncio.create_task(in_thread(slow, 5.0))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return finished.is_set()
+
+    assert asyncio.run(main()), "the reconcile returned while its provider call still ran"
+
+
+def test_a_call_past_its_timeout_raises() -> None:
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(in_thread(lambda: clock.sleep(0.3), 0.05))
