@@ -356,6 +356,16 @@ def same_conditions(
     return have == essence(desired)
 
 
+def unchanged(
+    current: dict[str, Any], desired: dict[str, Any], owned: set[str], fields: tuple[str, ...]
+) -> bool:
+    """The status already says what ``desired`` says, for the ``owned`` condition types
+    and these ``fields``: no write is needed."""
+    return all(current.get(f) == desired.get(f) for f in fields) and same_conditions(
+        current.get("conditions"), desired["conditions"], owned
+    )
+
+
 def find_reason(status: dict[str, Any]) -> str | None:
     """The reason of a cluster's CredentialBound condition, if it has one."""
     found = conditions.find(status.get("conditions"), CREDENTIAL_BOUND)

@@ -31,3 +31,6 @@ REFERENCED_LABEL = f"{GROUP}/credential-secret"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 DELIVERED_REVISION_ANNOTATION = f"{GROUP}/revision"
 EXPIRES_ANNOTATION = f"{GROUP}/expires-at"
+
+# The field manager of the binding and rollout reconcilers (clusters, credentials).
+BINDER_MANAGER = "cloudcred-binder"

@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 
 from cloudcred import bindings, health, rollout
-from cloudcred.bindings import Key
+from cloudcred.bindings import Key, unchanged
 from cloudcred.cache import Caches
-from cloudcred.constants import CLUSTER_PLURAL
+from cloudcred.constants import BINDER_MANAGER, CLUSTER_PLURAL
 from cloudcred.controllers.controller import DONE, Result
 from cloudcred.kube import Kube, NotFound
 
-MANAGER = "cloudcred-binder"
+MANAGER = BINDER_MANAGER
 OWNED_CONDITIONS = {bindings.CREDENTIAL_BOUND, rollout.REDEPLOY_PENDING, *health.SUMMARY_CONDITIONS}
 
 
@@ -51,17 +51,3 @@ class ClusterReconciler:
         with contextlib.suppress(NotFound):
             await self.kube.apply_status(CLUSTER_PLURAL, "Cluster", *key, desired, MANAGER)
         return DONE
-
-
-def unchanged(
-    current: dict[str, object],
-    desired: dict[str, object],
-    owned: set[str],
-    fields: tuple[str, ...],
-) -> bool:
-    """The status already says what ``desired`` says: no write is needed."""
-    return all(current.get(f) == desired.get(f) for f in fields) and bindings.same_conditions(
-        current.get("conditions"),  # type: ignore[arg-type]
-        desired["conditions"],  # type: ignore[arg-type]
-        owned,
-    )

@@ -16,10 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 from cloudcred import bindings, conditions, health, rollout
-from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
+from cloudcred.bindings import ClusterInfo, CredentialInfo, Key, unchanged
 from cloudcred.cache import Caches
-from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, REDEPLOY_ANNOTATION
-from cloudcred.controllers.clusters import MANAGER, unchanged
+from cloudcred.constants import (
+    BINDER_MANAGER,
+    CLUSTER_PLURAL,
+    CREDENTIAL_PLURAL,
+    REDEPLOY_ANNOTATION,
+)
 from cloudcred.controllers.controller import DONE, Result
 from cloudcred.controllers.expectations import MarkExpectations
 from cloudcred.kube import Kube, NotFound
@@ -69,7 +73,7 @@ class CredentialReconciler:
             return DONE
         try:
             await self.kube.apply_status(CREDENTIAL_PLURAL, "CloudCredential", *key, desired,
-                                         MANAGER)  # fmt: skip
+                                         BINDER_MANAGER)  # fmt: skip
         except NotFound:
             return DONE
         await self._announce_rollout(credential, desired)
