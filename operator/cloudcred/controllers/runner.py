@@ -218,10 +218,15 @@ class Controllers:
         caches = self.caches
 
         def credential_clusters(change: Change[CredentialInfo]) -> Iterable[Key]:
-            """Every cluster naming a credential whose binding or published plan moved."""
+            """Every cluster naming a credential whose binding or published plan moved;
+            else those its status has just listed or unlisted."""
             old, new = change.old, change.new
-            if (old and old.cluster_facing) != (new and new.cluster_facing):
+            if old is None or new is None or (old.cluster_facing, old.listed_truncated) != (
+                new.cluster_facing, new.listed_truncated
+            ):  # fmt: skip
                 yield from caches.clusters.by("credential", change.key)
+            else:
+                yield from old.listed ^ new.listed
 
         def credential_deploys(change: Change[CredentialInfo]) -> Iterable[Key]:
             """Clusters to deploy: all of them when what the deploy reads moved, else
@@ -262,18 +267,14 @@ class Controllers:
             )
             yield from (c.key for c in selected)
 
-        def rotation_moved(change: Change[CredentialInfo]) -> Iterable[Key]:
-            """What a rotation step reads: its policy, rotate-now, its state, the check
-            and the rollout it waits for."""
+        def rotation_asked(change: Change[CredentialInfo]) -> Iterable[Key]:
+            """A credential appeared, or its policy or ``rotate-now`` changed. Not the
+            rotation's own writes: a step says when to look again (``requeue_after``)."""
 
-            def reads(c: CredentialInfo | None) -> tuple[Any, ...] | None:
-                if c is None:
-                    return None
-                return (c.uid, c.raw_spec.get("rotation"), c.rotate_now, c.revision,
-                        c.status.get("rotation"), c.verification_problem, c.published,
-                        c.status.get("rollout"))  # fmt: skip
+            def asked(c: CredentialInfo | None) -> tuple[Any, ...] | None:
+                return None if c is None else (c.uid, c.raw_spec.get("rotation"), c.rotate_now)
 
-            if reads(change.old) != reads(change.new):
+            if asked(change.old) != asked(change.new):
                 yield change.key
 
         def namespace_clusters(change: Change[dict[str, str]]) -> Iterable[Key]:
@@ -306,7 +307,7 @@ class Controllers:
             Watch("Secret", self.verification, secret_credentials),
             Watch("Namespace", self.verification, namespace_credentials_checked),
             Watch("CredentialBoundary", self.verification, boundary_credentials),
-            Watch("CloudCredential", self.rotation, rotation_moved),
+            Watch("CloudCredential", self.rotation, rotation_asked),
         ]
 
     def _changed(self, kind: str, changes: list[Change[Any]]) -> None:
