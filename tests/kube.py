@@ -10,6 +10,8 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from cloudcred.constants import CREDENTIAL_PLURAL, GROUP, VERSION
+
 ROOT = Path(__file__).resolve().parent.parent
 CRD_DIR = ROOT / "crds"
 
@@ -82,3 +84,25 @@ def install_admission_policies(api: client.ApiClient) -> None:
                     raise
                 doc["metadata"]["resourceVersion"] = read(name).metadata.resource_version
                 replace(name, doc)
+    wait_for_admission(api)
+
+
+def wait_for_admission(api: client.ApiClient, timeout: float = 60.0) -> None:
+    """Wait until the policies judge requests: right after they are created, a policy
+    whose parameters are CredentialBoundaries refuses everything with "not yet synced"
+    until the API server has listed that kind. Probed with a dry-run create."""
+    custom = client.CustomObjectsApi(api)
+    probe = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CloudCredential",
+             "metadata": {"name": "admission-probe", "namespace": "default"},
+             "spec": {"provider": "AWS",
+                      "aws": {"roleArn": "arn:aws:iam::123456789012:role/probe"}}}  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            custom.create_namespaced_custom_object(GROUP, VERSION, "default", CREDENTIAL_PLURAL,
+                                                   probe, dry_run="All")  # fmt: skip
+            return
+        except ApiException as error:
+            if "not yet synced" not in str(error.body) or time.monotonic() > deadline:
+                return  # judged (a refusal for another reason is a judgement too)
+        time.sleep(0.2)
