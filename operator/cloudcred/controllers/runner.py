@@ -268,11 +268,15 @@ class Controllers:
             yield from (c.key for c in selected)
 
         def rotation_asked(change: Change[CredentialInfo]) -> Iterable[Key]:
-            """A credential appeared, or its policy or ``rotate-now`` changed. Not the
-            rotation's own writes: a step says when to look again (``requeue_after``)."""
+            """A credential appeared, its policy or ``rotate-now`` changed, or the check
+            or the rollout a rotation waits for moved. Not the rotation's own writes
+            (``status.rotation``): a step says when to look again (``requeue_after``)."""
 
             def asked(c: CredentialInfo | None) -> tuple[Any, ...] | None:
-                return None if c is None else (c.uid, c.raw_spec.get("rotation"), c.rotate_now)
+                if c is None:
+                    return None
+                return (c.uid, c.raw_spec.get("rotation"), c.rotate_now, c.revision,
+                        c.verification_problem, c.published, c.status.get("rollout"))  # fmt: skip
 
             if asked(change.old) != asked(change.new):
                 yield change.key
