@@ -99,15 +99,17 @@ class Watch:
 # -- map functions: what a change concerns ------------------------------------------------
 
 
-def cluster_inputs(cluster: ClusterInfo | None) -> tuple[Any, ...] | None:
-    """What the cluster, credential and deploy reconcilers read of a Cluster. Not the
-    conditions they write: their echo queues nothing."""
+def cluster_inputs(cluster: ClusterInfo | None, marked: bool = True) -> tuple[Any, ...] | None:
+    """What the cluster, credential and deploy reconcilers read of a Cluster (with its
+    redeploy mark, or without). Not the conditions they write: their echo queues
+    nothing."""
     if cluster is None:
         return None
     status = cluster.status
     return (cluster.uid, cluster.provider, cluster.credential, cluster.generation,
-            cluster.region, cluster.external, cluster.marked, cluster.credentials_secret,
-            cluster.deployed_revision, status.get("deployFailure"))  # fmt: skip
+            cluster.region, cluster.external, cluster.marked if marked else None,
+            cluster.credentials_secret, cluster.deployed_revision,
+            status.get("deployFailure"))  # fmt: skip
 
 
 def cluster_itself(change: Change[ClusterInfo]) -> Iterable[Key]:
@@ -217,6 +219,19 @@ class Controllers:
         """What each change concerns: the whole of it, in one table."""
         caches = self.caches
 
+        def cluster_for_binder(change: Change[ClusterInfo]) -> Iterable[Key]:
+            """The cluster, when what its reconciler reads changed. A new redeploy mark
+            only once its credential has published the plan of that revision: marks are
+            written before the plan, whose publication concerns every cluster anyway,
+            so a new revision reconciles each cluster once."""
+            old, new = change.old, change.new
+            if cluster_inputs(old, marked=False) != cluster_inputs(new, marked=False):
+                yield change.key
+            elif new is not None and old is not None and new.marked != old.marked:
+                credential = caches.credentials.get(new.credential)
+                if credential is None or credential.published[0] == new.marked:
+                    yield change.key
+
         def credential_clusters(change: Change[CredentialInfo]) -> Iterable[Key]:
             """Every cluster naming a credential whose binding or published plan moved;
             else those its status has just listed or unlisted."""
@@ -292,7 +307,7 @@ class Controllers:
                     yield cluster.credential
 
         return [
-            Watch("Cluster", self.clusters, cluster_itself),
+            Watch("Cluster", self.clusters, cluster_for_binder),
             Watch("Cluster", self.credentials, cluster_credentials, paced=True),
             Watch("Cluster", self.deploy, cluster_itself),
             Watch("Cluster", self.secrets, cluster_secrets),
