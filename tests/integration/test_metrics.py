@@ -18,7 +18,14 @@ from tests.aws import Moto
 from tests.conftest import Kube
 from tests.integration.conftest import operator_env
 from tests.operator import OperatorProcess, wait_for
-from tests.resources import create_cluster, create_credential, get_credential, list_clusters, secret
+from tests.resources import (
+    create_cluster,
+    create_credential,
+    get_credential,
+    list_clusters,
+    patch_cluster_status,
+    secret,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -197,3 +204,71 @@ def test_metrics_while_the_operator_runs(kube: Kube, moto: Moto, tmp_path: Path)
         assert "arn:aws" not in text
     finally:
         process.stop()
+
+
+def test_a_new_revision_reconciles_each_cluster_once(
+    kube: Kube, moto: Moto, tmp_path: Path
+) -> None:
+    """The running operator, counted by its own metric: a credential edit that marks every
+    cluster at once (maxConcurrent 100 %) costs one cluster reconcile per cluster."""
+    namespace = f"m-{uuid.uuid4().hex[:8]}"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    process = OperatorProcess(kube.kubeconfig, tmp_path / "operator.log", env=operator_env(moto),
+                              args=["--namespace", namespace]).start()  # fmt: skip
+    count = 30
+    try:
+        create_credential(kube, namespace, "shared", provider="AWS",
+                          aws={"roleArn": "arn:aws:iam::123456789012:role/one"},
+                          verification={"enabled": False},
+                          rollout={"maxConcurrent": "100%"})  # fmt: skip
+        first = wait_for(lambda: ((get_credential(kube, namespace, "shared") or {}).get("status")
+                                  or {}).get("revision"), what="a revision")  # fmt: skip
+        for index in range(count):
+            create_cluster(kube, namespace, f"k{index:02d}", provider="AWS", region="eu-west-3",
+                           credentialRef={"name": "shared"}, deploy="External")  # fmt: skip
+            patch_cluster_status(kube, namespace, f"k{index:02d}", {"deployedRevision": first})
+
+        def rollout() -> dict[str, Any]:
+            return ((get_credential(kube, namespace, "shared") or {}).get("status") or {}).get(
+                "rollout") or {}  # fmt: skip
+
+        wait_for(lambda: rollout().get("updated") == count, what="every cluster on the revision")
+
+        def reconciles() -> float:
+            _, samples = scrape(process.metrics_port)
+            return sum(value for (name, labels), value in samples.items()
+                       if name == "cloudcred_reconciles_total"
+                       and ("controller", "clusters") in labels)  # fmt: skip
+
+        def quiet() -> float | None:
+            before = reconciles()
+            time.sleep(1.5)
+            after = reconciles()
+            return after if after == before else None
+
+        before = wait_for(quiet, timeout=30, interval=0, what="the clusters to settle")
+        kube.custom.patch_namespaced_custom_object(
+            "cloudcred.io", "v1alpha1", namespace, "cloudcredentials", "shared",
+            {"spec": {"aws": {"roleArn": "arn:aws:iam::123456789012:role/two"}}},
+        )  # fmt: skip
+
+        def all_waiting() -> bool:
+            second = rollout().get("revision")
+            return second not in (None, first) and all(
+                (c["metadata"].get("annotations") or {}).get("cloudcred.io/redeploy-revision")
+                == second
+                and "waiting for the external deployer" in conditions_message(c)
+                for c in list_clusters(kube, namespace)
+            )
+
+        wait_for(all_waiting, timeout=60, what="every cluster marked and told")
+        after = wait_for(quiet, timeout=30, interval=0, what="the clusters to settle")
+        assert after - before == count, f"{after - before:g} cluster reconciles for {count}"
+    finally:
+        process.stop()
+
+
+def conditions_message(cluster: dict[str, Any]) -> str:
+    found = [c for c in (cluster.get("status") or {}).get("conditions") or []
+             if c["type"] == "RedeployPending"]  # fmt: skip
+    return str(found[0]["message"]) if found else ""
