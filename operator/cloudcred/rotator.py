@@ -61,10 +61,17 @@ class Rotator:
         self.settings = settings
         self.slots = slots
         self.reported: dict[tuple[str, str], str] = {}  # the last failure Event, per credential
-        self.failure_shown = False  # the status read last shows a failed step
+        # Per credential: the status read last shows a failed step (steps of several
+        # credentials run at once, one at a time per credential).
+        self.failure_shown: dict[tuple[str, str], bool] = {}
 
     def forget(self, key: tuple[str, str]) -> None:
         self.reported.pop(key, None)
+        self.failure_shown.pop(key, None)
+
+    def _failure_shown(self, body: dict[str, Any]) -> bool:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        return self.failure_shown.get(key, False)
 
     async def step(self, namespace: str, name: str) -> float:
         """Advance the rotation of one credential; seconds until it should look again."""
@@ -87,7 +94,7 @@ class Rotator:
                 return IDLE_RECHECK
             state = dict((body.get("status") or {}).get("rotation") or {})
             # A failure shown is cleared by the next record (each step writes one).
-            self.failure_shown = bool(state.pop("reason", None))
+            self.failure_shown[(namespace, name)] = bool(state.pop("reason", None))
             phase = state.get("phase", rotation.IDLE)
             logger.debug("rotation of %s/%s: %s", namespace, name, phase)
             if phase == rotation.IDLE:
@@ -127,7 +134,7 @@ class Rotator:
         asked = bool(requested) and requested != state.get("requested")
         if not asked and not rotation.is_due(created, age, now):
             due = rotation.next_rotation(created, age) if created else now
-            if state.get("nextRotationTime") != _stamp(due) or self.failure_shown:
+            if state.get("nextRotationTime") != _stamp(due) or self._failure_shown(body):
                 await self._write(body, {**state, "phase": rotation.IDLE,
                                          "nextRotationTime": _stamp(due)})  # fmt: skip
             return min(IDLE_RECHECK, max((due - now).total_seconds(), 1.0))
@@ -198,7 +205,7 @@ class Rotator:
         if not progress.done:
             logger.debug("rotation of %s: %s", body["metadata"]["name"], progress.why)
             message = f"keeping key {state.get('previousKeyId')}: {progress.why}"
-            if state.get("message") != message or self.failure_shown:
+            if state.get("message") != message or self._failure_shown(body):
                 await self._write(body, {**state, "message": message})
             return ROLLOUT_RECHECK
         await self._write(body, {**state, "phase": rotation.RETIRING,

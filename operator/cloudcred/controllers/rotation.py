@@ -4,8 +4,9 @@ Runs ``Rotator.step`` for a credential with ``spec.rotation.policy: Automatic`` 
 rotation under way (a switch to Manual completes it), and looks again when the step
 says (``requeue_after``). A change of ``cloudcred.io/rotate-now``, of
 ``spec.rotation``, of the rotation's state or of the rollout it waits for queues it at
-once (the wiring). One worker: the steps delete cloud keys, and one at a time is
-easier to reason about than fast.
+once (the wiring). A credential's steps run one at a time (the queue holds its key
+for one worker); several credentials rotate at once, as their provider calls may take
+seconds each.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from cloudcred.cache import Caches
 from cloudcred.controllers.controller import DONE, Result
 from cloudcred.rotator import Rotator
 
-ROTATION_WORKERS = 1
+ROTATION_WORKERS = 4
 
 
 def rotating(credential: CredentialInfo) -> bool:
