@@ -34,7 +34,7 @@ from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
 from cloudcred.cache import SecretInfo
 from cloudcred.cache.informers import data_digest
 from cloudcred.config import Settings
-from cloudcred.constants import IN_USE_LABEL, REFERENCED_LABEL
+from cloudcred.constants import FINALIZER, IN_USE_LABEL, REFERENCED_LABEL
 from cloudcred.controllers.runner import Controllers
 from cloudcred.installation import Installation
 from cloudcred.kube import AlreadyExists, Conflict, NotFound, PreconditionFailed
@@ -101,6 +101,8 @@ class FakeKube:
             generation += 1
         metadata["generation"] = generation
         metadata.setdefault("creationTimestamp", "2026-12-01T00:00:00Z")
+        if kind == "CloudCredential":  # as kopf adds it when it first handles one
+            metadata.setdefault("finalizers", [FINALIZER])
         body.setdefault("status", copy.deepcopy((old or {}).get("status") or {}))
         self._store(kind, key, body)
         return body

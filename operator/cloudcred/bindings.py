@@ -17,6 +17,7 @@ from cloudcred import conditions, rotation
 from cloudcred.api.credential import MAX_LISTED_CLUSTERS
 from cloudcred.constants import (
     API_VERSION,
+    FINALIZER,
     FORCE_DELETE_ANNOTATION,
     REDEPLOY_ANNOTATION,
     ROLLOUT_PAUSED_ANNOTATION,
@@ -62,6 +63,7 @@ class CredentialInfo:
     status: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     raw_spec: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     rotate_now: str | None = None  # cloudcred.io/rotate-now
+    guarded: bool = False  # carries the operator's finalizer: its deletion waits for the guard
     # What the credential reconciler published (status.rollout): what clusters read.
     published: tuple[str | None, str | None] = (None, None)  # (revision, blocked)
     # The clusters its status lists (the admission policy's view), and whether the list
@@ -87,7 +89,7 @@ class CredentialInfo:
         """What the clusters' own status depends on: a change here concerns every
         cluster that names the credential; any other change concerns none of them."""
         return (self.provider, self.deleting, self.allowed_namespaces, self.published,
-                self.paused, self.max_concurrent, self.uid)  # fmt: skip
+                self.paused, self.max_concurrent, self.uid, self.guarded)  # fmt: skip
 
     @property
     def body(self) -> dict[str, Any]:
@@ -138,6 +140,7 @@ class CredentialInfo:
             status=dict(status),
             raw_spec=dict(body.get("spec") or {}),
             rotate_now=annotations.get(rotation.ROTATE_NOW_ANNOTATION) or None,
+            guarded=FINALIZER in (body["metadata"].get("finalizers") or ()),
             published=((status.get("rollout") or {}).get("revision"),
                        (status.get("rollout") or {}).get("blocked")),
             listed=frozenset((c.get("namespace", ""), c.get("name", ""))

@@ -4,8 +4,8 @@ Reads the caches only. Decides the cluster's binding (``bindings.decide``) and, 
 bound, where it stands in its credential's rollout: the plan the credential
 reconciler published in the credential's ``status.rollout`` and the redeploy mark it
 wrote on this cluster (``rollout.published_plan``), and the deploy step's
-``status.deployFailure``. A cluster says Bound only once its credential's status lists
-it (the admission policy's view), never before. Writes ``CredentialBound``,
+``status.deployFailure``. A cluster says Bound only to a credential that carries the
+operator's finalizer (its delete waits for the deletion guard). Writes ``CredentialBound``,
 ``RedeployPending`` and the summary (server-side apply, manager ``cloudcred-binder``)
 when something changed. It marks nothing, deploys nothing and queues nothing: those
 are the credential reconciler's and the deploy step's, and their writes come back
@@ -38,10 +38,10 @@ class ClusterReconciler:
             return DONE
         binding = self.caches.decide(cluster)
         credential = self.caches.credentials.get(cluster.credential)
-        if binding.bound and credential is not None and not credential.lists(key):
-            # The credential records the binding first: once its status lists the
-            # cluster, the admission policy refuses to delete it, and only then does the
-            # cluster say Bound. Its write brings this cluster back (the wiring).
+        if binding.bound and credential is not None and not credential.guarded:
+            # A credential kopf has not handled yet carries no finalizer, and its delete
+            # would not wait for the deletion guard: no cluster says Bound to it before.
+            # The finalizer's arrival brings this cluster back (the wiring).
             return DONE
         redeploy = None
         if binding.bound and credential is not None and credential.revision:
