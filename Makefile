@@ -101,7 +101,7 @@ lock: install ## Pin the image's Python dependencies with hashes into requiremen
 
 .PHONY: test
 test: envtest helm actionlint ## Run the test suite (starts its own control plane, or uses CLOUDCRED_TEST_KUBECONFIG).
-	$(PY) -m pytest --cov --cov-report=term
+	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=72
 
 .PHONY: lint
 lint: install ## Check style and types (ruff, mypy).
