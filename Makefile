@@ -172,6 +172,7 @@ kind-down: ## Delete the kind cluster made by test-e2e.
 test-long: envtest ## The fault suite at full size (200 clusters, 10 kills, a 70 s outage, 400 fuzzed specs).
 	CLOUDCRED_FAULT_CLUSTERS=200 CLOUDCRED_FAULT_KILLS=10 CLOUDCRED_FAULT_DOWNTIME=70 \
 	CLOUDCRED_FAULT_EXAMPLES=400 CLOUDCRED_FAULT_TAKEOVER=kill $(PY) -m pytest -m faults
+	CLOUDCRED_ROTATION_RESUME=1 $(PY) -m pytest tests/integration/test_rotation.py
 
 .PHONY: bench
 bench: envtest ## Benchmark against a plain-client baseline (BENCH_CLUSTERS=1000 BENCH_LARGE=5000 BENCH_HUGE=10000, 0 skips); writes bench/results.json.
