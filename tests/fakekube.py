@@ -34,7 +34,8 @@ from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
 from cloudcred.cache import SecretInfo
 from cloudcred.cache.informers import data_digest
 from cloudcred.config import Settings
-from cloudcred.constants import IN_USE_LABEL, REFERENCED_LABEL
+from cloudcred.constants import API_VERSION, IN_USE_LABEL, REFERENCED_LABEL
+from cloudcred.controllers import deploy
 from cloudcred.controllers.runner import Controllers
 from cloudcred.installation import Installation
 from cloudcred.kube import AlreadyExists, Conflict, NotFound, PreconditionFailed
@@ -94,6 +95,8 @@ class FakeKube:
         """Create or replace an object as a user would (kubectl apply)."""
         metadata = body["metadata"]
         key = (metadata["namespace"], metadata["name"])
+        body.setdefault("apiVersion", API_VERSION)
+        body.setdefault("kind", kind)
         old = self.objects.get((kind, key))
         metadata.setdefault("uid", old["metadata"]["uid"] if old else str(uuid.uuid4()))
         generation = (old or {}).get("metadata", {}).get("generation", 0)
@@ -313,6 +316,10 @@ class Clock:
         self.moment = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
         self.offset = 0.0  # seconds moved so far
         monkeypatch.setattr(conditions, "now", lambda: self.moment)
+        # The deploy step remembers provider checks on the monotonic clock.
+        monotonic = time.monotonic
+        monkeypatch.setattr(deploy, "time", SimpleNamespace(
+            monotonic=lambda: monotonic() + self.offset))  # fmt: skip
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run this loop's timers on the fake clock."""

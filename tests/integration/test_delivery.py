@@ -227,8 +227,7 @@ def test_another_namespace_receives_only_what_delivery_allows_and_loses_it_on_re
 ) -> None:
     """allowedNamespaces lets a namespace's clusters use a credential; only
     delivery.allowedNamespaces lets them hold its values. Taking the namespace's label
-    away deletes the delivered Secret (timed), and a forged Cluster status that claims
-    the binding back gets no renewal."""
+    away deletes the delivered Secret (timed)."""
     home, operator = role_operator
     tenant = labelled_namespace(kube, {"team": "blue"})
     operator.stop()  # watch the tenant's namespace too
@@ -258,16 +257,8 @@ def test_another_namespace_receives_only_what_delivery_allows_and_loses_it_on_re
     print(f"delivered Secret deleted {time.monotonic() - started:.1f}s after revocation")
     reasons = [event.reason for event in events_for(kube, tenant, "eu")]
     assert "CredentialsRevoked" in reasons
-
-    # The tenant writes the binding back into its Cluster's status: the operator decides
-    # from its own view, so no renewal (due every ~10 s here) writes the Secret again.
-    cluster = get_cluster(kube, tenant, "eu")
-    forged = {**(cluster.get("status") or {}), "credential": {"namespace": home, "name": "shared"}}
-    kube.custom.patch_namespaced_custom_object_status(
-        "cloudcred.io", "v1alpha1", tenant, "clusters", "eu", {"status": forged}
-    )
-    time.sleep(25)
-    assert delivered(kube, tenant, "aws-session") is None
+    # That a forged Cluster status claiming the binding back gets no renewal is decided
+    # from the operator's own view: tests/unit/test_reconcilers.py, on a fake clock.
 
 
 @pytest.fixture
