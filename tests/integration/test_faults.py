@@ -15,9 +15,9 @@ so that ``make test`` stays quick; a long run sets them higher:
 - ``CLOUDCRED_FAULT_SEED``: replay the printed seed of the SIGKILL test and the fuzzer.
 
 The control-plane tests get a control plane of their own (the session's is shared by
-the other tests): etcd keeps its data directory across restarts, and the API server
-runs with ``--watch-cache=false`` so that a watch from a compacted resourceVersion gets
-a real 410 Gone from etcd.
+the other tests; this one by the fault tests of every module): etcd keeps its data
+directory across restarts, and the API server runs with ``--watch-cache=false`` so that
+a watch from a compacted resourceVersion gets a real 410 Gone from etcd.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,10 @@ from kubernetes.client.rest import ApiException
 
 from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, VERSION
 from tests.aws import Moto
-from tests.conftest import AUDIT_POLICY, Kube
+from tests.conftest import Kube
 from tests.envtest.controlplane import ControlPlane
 from tests.integration.conftest import operator_env
-from tests.kube import ROOT, api_client, install_crds, load_yaml_documents
+from tests.kube import api_client
 from tests.operator import OperatorProcess, wait_for
 from tests.resources import (
     condition,
@@ -70,7 +70,6 @@ DOWNTIME = float(os.environ.get("CLOUDCRED_FAULT_DOWNTIME", "5"))
 EXAMPLES = int(os.environ.get("CLOUDCRED_FAULT_EXAMPLES", "40"))
 TAKEOVER = os.environ.get("CLOUDCRED_FAULT_TAKEOVER", "stop")
 SEED = os.environ.get("CLOUDCRED_FAULT_SEED")
-PEERING_CRDS = ROOT / "deploy" / "peering" / "crds.yaml"
 QUIET = {"CLOUDCRED_LOG_LEVEL": "INFO"}  # DEBUG logs every body: slow with many clusters
 
 
@@ -200,27 +199,10 @@ def audit_writes(plane: ControlPlane, namespace: str, since: int) -> dict[str, l
     return writes
 
 
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    """A control plane of this module's own: the tests restart it, compact its etcd
-    and run a second API server on it. No watch cache (a real 410 from etcd), and an
-    audit log of writes (the peering test counts each replica's)."""
-    workdir = tmp_path_factory.mktemp("fault-plane")
-    (workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
-    started = time.monotonic()
-    plane = ControlPlane(workdir=workdir, watch_cache=False,
-                         audit_policy=workdir / "audit-policy.yaml").start()  # fmt: skip
-    api = api_client(plane.kubeconfig)
-    try:
-        install_crds(api)
-        extensions = client.ApiextensionsV1Api(api)
-        for crd in load_yaml_documents(PEERING_CRDS):
-            extensions.create_custom_resource_definition(crd)
-        print(f"fault control plane up in {time.monotonic() - started:.1f}s")
-        yield plane
-    finally:
-        api.close()
-        plane.stop()
+@pytest.fixture
+def plane(fault_plane: ControlPlane) -> ControlPlane:
+    """The fault suite's control plane (``tests/integration/conftest.py``)."""
+    return fault_plane
 
 
 # -- 1. SIGKILL during a fan-out -----------------------------------------------------------

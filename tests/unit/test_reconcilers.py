@@ -17,9 +17,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from kubernetes.client.rest import ApiException
 from pydantic import SecretStr
 
 from cloudcred import conditions
+from cloudcred.api.credential import MAX_LISTED_CLUSTERS
 from cloudcred.constants import (
     DELIVERED_REVISION_ANNOTATION,
     EXPIRES_ANNOTATION,
@@ -142,6 +144,33 @@ async def test_a_cluster_binds_or_says_why_not(
     assert (condition["status"], condition["reason"]) == (bound, reason)
     listed = kube.body("CloudCredential", CRED)["status"]["clusters"]
     assert listed == ([{"namespace": NS, "name": "eu"}] if bound == "True" else [])
+
+
+@run
+async def test_a_credential_lists_2000_clusters_and_counts_every_one(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """status.clusters stops at MAX_LISTED_CLUSTERS, clusterCount does not, and a cluster
+    beyond the list still gets its first deployment (the list is cut, not the binding)."""
+    provider_calls(monkeypatch)
+    operator = Operator(kube, clock)
+    credential(kube)
+    await operator.settle()
+    for index in range(MAX_LISTED_CLUSTERS + 1):
+        cluster(kube, f"c{index:05d}", deployed=revision(kube))
+    await operator.settle()
+    await operator.advance(5)  # the credential's pacing
+    status = kube.body("CloudCredential", CRED)["status"]
+    assert status["clusterCount"] == MAX_LISTED_CLUSTERS + 1
+    assert len(status["clusters"]) == MAX_LISTED_CLUSTERS
+    assert status["clustersTruncated"] is True
+    cluster(kube, "z-late", external=False)  # sorts after every listed one
+    await operator.settle()
+    await operator.advance(5)
+    status = kube.body("CloudCredential", CRED)["status"]
+    assert status["clusterCount"] == MAX_LISTED_CLUSTERS + 2
+    assert {"namespace": NS, "name": "z-late"} not in status["clusters"]
+    assert kube.body("Cluster", (NS, "z-late"))["status"]["deployedRevision"] == revision(kube)
 
 
 @run
@@ -711,6 +740,55 @@ async def test_a_refused_write_is_retried_with_backoff_and_shown_once(
     retried = [round(d, 2) for d in delays if d is not None]
     assert retried[:2] == [0.25, 0.5], "the delay grows"
     assert operator.controllers.clusters.queue.failures((NS, "eu")) == 0  # forgotten
+
+
+@run
+async def test_one_refused_cluster_holds_up_no_other_and_is_retried_with_backoff(
+    kube: FakeKube, clock: Clock
+) -> None:
+    """A policy engine refuses every write to one Cluster: the 100 others of the same
+    credential are bound and listed at once; the refused one is retried with a delay
+    that grows up to the cap, shown in one Event, and Bound at the first retry after
+    the refusal is lifted."""
+    operator = Operator(kube, clock, retry_max_delay=8)
+    credential(kube)
+    await operator.settle()
+    queue = operator.controllers.clusters.queue
+    backoffs: list[float] = []
+    add_rate_limited = queue.add_rate_limited
+
+    def rate_limited(key: Any) -> float:
+        delay = add_rate_limited(key)
+        if key == (NS, "frozen"):
+            backoffs.append(delay)
+        return delay
+
+    queue.add_rate_limited = rate_limited  # type: ignore[method-assign]
+    kube.refuse("Cluster", (NS, "frozen"), ApiException(403, "Forbidden"))
+    cluster(kube, "frozen")
+    names = [f"c{index:03d}" for index in range(100)]
+    for name in names:
+        cluster(kube, name)
+    await operator.settle()
+    await operator.advance(1)  # the credential's pacing
+    assert all(find(kube, "Cluster", n, "CredentialBound")["status"] == "True" for n in names)
+    listed = {c["name"] for c in kube.body("CloudCredential", CRED)["status"]["clusters"]}
+    assert set(names) <= listed
+    for _ in range(40):  # 30 s
+        await operator.advance(0.75)
+    assert backoffs[:7] == [0.25, 0.5, 1, 2, 4, 8, 8], "a delay that grows up to the cap"
+    assert len(kube.recorded.refused) == len(backoffs)
+    failed = [e for e in kube.recorded.events if e[3] == "ReconcileFailed"]
+    assert [(e[0], e[1], e[2]) for e in failed] == [("Cluster", (NS, "frozen"), "Warning")]
+    assert "403" in failed[0][4]
+
+    kube.refuse("Cluster", (NS, "frozen"), None)
+    await operator.advance(8.1)
+    assert find(kube, "Cluster", "frozen", "CredentialBound")["status"] == "True"
+    await operator.advance(1)
+    status = kube.body("CloudCredential", CRED)["status"]
+    assert status["clusterCount"] == 101
+    assert operator.controllers.clusters.queue.failures((NS, "frozen")) == 0
 
 
 @run
