@@ -613,24 +613,29 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
 
 
 def test_the_operators_listing_reads_every_page(kube: Kube) -> None:
-    """The operator lists its kinds in pages (500 a page): against the real API server,
-    with pages of 2, its listing gets every object once. (The store takes a listing in
-    only after its last page: tests/unit/test_store.py.)"""
+    """The operator lists its kinds in pages (500 a page), the deletion guard by a field
+    selector: against the real API server, with pages of 3, both listings get every
+    object once. (The store takes a listing in only after its last page:
+    tests/unit/test_store.py.)"""
     ns = own_namespace(kube, "hp")
     names = [f"p{index}" for index in range(5)]
     for name in names:
         create_cluster(kube, ns, name, provider="AWS", region="eu-west-3",
-                       credentialRef={"name": "none"}, deploy="External")  # fmt: skip
+                       credentialRef={"name": ns}, deploy="External")  # fmt: skip
 
-    async def listing() -> list[tuple[str, str]]:
+    async def listing(selector: str | None) -> list[tuple[str, str]]:
         api = api_client(kube.kubeconfig)
         try:
-            pages = OperatorKube(api).list_pages(CLUSTER_PLURAL, f"metadata.namespace={ns}", 2)
+            pages = OperatorKube(api).list_pages(CLUSTER_PLURAL, selector, 3)
             return [(b["metadata"]["namespace"], b["metadata"]["name"]) async for b in pages]
         finally:
             api.close()
 
-    assert sorted(asyncio.run(listing())) == [(ns, name) for name in names]
+    mine = [(ns, name) for name in names]
+    everything = asyncio.run(listing(None))
+    assert len(everything) == len(set(everything))
+    assert sorted(key for key in everything if key[0] == ns) == mine
+    assert sorted(asyncio.run(listing(f"spec.credentialRef.name={ns}"))) == mine
 
 
 # -- 2. kubectl replace of a referenced Secret ---------------------------------------------------
