@@ -4,15 +4,22 @@ Gone, a second replica, and fuzzed specs, against real API servers.
 Run alone with ``pytest -m faults``. Sizes come from the environment, small by default
 so that ``make test`` stays quick; a long run sets them higher:
 
-- ``CLOUDCRED_FAULT_CLUSTERS`` (60): clusters in the SIGKILL fan-out (a third of it in
-  the control-plane tests);
+- ``CLOUDCRED_FAULT_CLUSTERS`` (60): clusters in the SIGKILL fan-outs (here and in
+  test_rollout.py);
+- ``CLOUDCRED_FAULT_PLANE_CLUSTERS`` (8): clusters in the control-plane tests;
 - ``CLOUDCRED_FAULT_KILLS`` (3): SIGKILLs during the fan-out;
 - ``CLOUDCRED_FAULT_DOWNTIME`` (5): seconds kube-apiserver and etcd stay down;
 - ``CLOUDCRED_FAULT_EXAMPLES`` (40): fuzzed objects;
 - ``CLOUDCRED_FAULT_TAKEOVER`` (``stop``): how the active replica goes away in the
-  peering test: ``stop`` (SIGTERM, kopf removes itself from the peering at once) or
-  ``kill`` (SIGKILL: the standby waits for kopf's peering lifetime, 60 s);
+  peering tests (here and test_chart.py's): ``stop`` (SIGTERM, kopf removes itself from
+  the peering at once) or ``kill`` (SIGKILL: the standby waits for kopf's peering
+  lifetime, 60 s);
+- ``CLOUDCRED_FAULT_IDLE`` (15): seconds test_rollout.py's converged fan-out stays idle;
+- ``CLOUDCRED_HOLD_CLUSTERS`` (200) and ``CLOUDCRED_HOLD_WINDOW`` (12): test_holding.py's
+  restart at scale;
 - ``CLOUDCRED_FAULT_SEED``: replay the printed seed of the SIGKILL test and the fuzzer.
+
+``make test-long`` runs every test marked ``faults`` at full size (see the Makefile).
 
 The control-plane tests get a control plane of their own (the session's is shared by
 the other tests; this one by the fault tests of every module): etcd keeps its data
@@ -64,12 +71,16 @@ from tests.resources import (
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 CLUSTERS = int(os.environ.get("CLOUDCRED_FAULT_CLUSTERS", "60"))
-PLANE_CLUSTERS = max(CLUSTERS // 3, 5)
+PLANE_CLUSTERS = int(os.environ.get("CLOUDCRED_FAULT_PLANE_CLUSTERS", "8"))
 KILLS = int(os.environ.get("CLOUDCRED_FAULT_KILLS", "3"))
 DOWNTIME = float(os.environ.get("CLOUDCRED_FAULT_DOWNTIME", "5"))
 EXAMPLES = int(os.environ.get("CLOUDCRED_FAULT_EXAMPLES", "40"))
 TAKEOVER = os.environ.get("CLOUDCRED_FAULT_TAKEOVER", "stop")
 SEED = os.environ.get("CLOUDCRED_FAULT_SEED")
+# Seconds an API server gets to stop before SIGKILL: a stopped kube-apiserver goes on
+# serving the connections it has while it drains them (10 s and more), so the outage
+# would start late and the tests wait for it; with this it starts at once.
+STOP_GRACE = 1.0
 QUIET = {"CLOUDCRED_LOG_LEVEL": "INFO"}  # DEBUG logs every body: slow with many clusters
 
 
@@ -313,8 +324,8 @@ def test_control_plane_restart_mid_rollout_converges_without_operator_restart(
              what="the rollout to start")  # fmt: skip
 
     started = time.monotonic()
-    plane.stop_process("kube-apiserver")
-    plane.stop_process("etcd")
+    plane.stop_process("kube-apiserver", STOP_GRACE)
+    plane.stop_process("etcd", STOP_GRACE)
     stopped = time.monotonic() - started
     time.sleep(DOWNTIME)
     plane.resume()  # same ports, certificates and etcd data
@@ -373,7 +384,7 @@ def test_watch_410_gone_relists_and_converges(
 
     other = plane_kube(plane, plane.add_apiserver("kube-apiserver-b"))
     try:
-        plane.stop_process("kube-apiserver")  # the operator's watches break
+        plane.stop_process("kube-apiserver", STOP_GRACE)  # the operator's watches break
         create_cluster(other, ns, "late", provider="AWS", region="eu-west-3",
                        credentialRef={"name": "fleet"})  # fmt: skip
         other.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, CLUSTER_PLURAL, "c000")
@@ -390,7 +401,7 @@ def test_watch_410_gone_relists_and_converges(
         compacted = plane.compact_etcd()
     finally:
         other.api.close()
-        plane.stop_process("kube-apiserver-b")
+        plane.stop_process("kube-apiserver-b", STOP_GRACE)
     started = time.monotonic()
     plane.resume()
     print(f"\netcd compacted at revision {compacted}; API server back in "

@@ -70,7 +70,7 @@ from tests.aws import Moto
 from tests.conftest import Kube
 from tests.envtest.controlplane import ControlPlane
 from tests.integration.conftest import operator_env
-from tests.integration.test_faults import plane_kube
+from tests.integration.test_faults import STOP_GRACE, plane_kube
 from tests.integration.test_metrics import scrape
 from tests.kube import api_client
 from tests.operator import OperatorProcess, wait_for
@@ -990,7 +990,7 @@ def test_a_credential_deleted_while_the_watch_was_down_is_dropped_after_the_reli
 
     other = plane_kube(plane, plane.add_apiserver("kube-apiserver-holding"))
     try:
-        plane.stop_process("kube-apiserver")  # the operator's watches break
+        plane.stop_process("kube-apiserver", STOP_GRACE)  # the operator's watches break
         patch_credential(other, ns, "doomed", {"metadata": {
             "finalizers": [], "annotations": {FORCE_DELETE_ANNOTATION: "test"}}})  # fmt: skip
         other.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, CREDENTIAL_PLURAL,
@@ -1000,7 +1000,7 @@ def test_a_credential_deleted_while_the_watch_was_down_is_dropped_after_the_reli
         compacted = plane.compact_etcd()
     finally:
         other.api.close()
-        plane.stop_process("kube-apiserver-holding")
+        plane.stop_process("kube-apiserver-holding", STOP_GRACE)
     back = time.monotonic()
     plane.resume()
     print(f"\netcd compacted at revision {compacted}; API server back in "
