@@ -183,37 +183,6 @@ def test_delivery_needs_the_credentials_own_opt_in(
     assert delivered(kube, namespace, "aws-creds") is not None
 
 
-def test_delivery_is_off_until_the_installation_turns_it_on(
-    kube: Kube, moto: Moto, tmp_path: Path
-) -> None:
-    """An operator without CLOUDCRED_DELIVERY_ENABLED delivers nothing, whatever the
-    credential says; the same objects are delivered once the installation allows it."""
-    namespace = f"off-{uuid.uuid4().hex[:10]}"
-    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    process = OperatorProcess(
-        kubeconfig=kube.kubeconfig, log_path=tmp_path / "operator.log",
-        env={**operator_env(moto), "CLOUDCRED_DELIVERY_ENABLED": "false"},
-        args=["--namespace", namespace],
-    ).start()  # fmt: skip
-    try:
-        user = moto.create_user(f"off-{uuid.uuid4().hex[:8]}")
-        secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
-        static_key_credential(kube, namespace, "prod", user.access_key_id, "keys",
-                              delivery=DELIVER)  # fmt: skip
-        delivering_cluster(kube, namespace, "prod", "aws-creds")
-        assert "off in this installation" in deploy_failed(kube, namespace)
-        assert delivered(kube, namespace, "aws-creds") is None
-        process.stop()
-        process.env["CLOUDCRED_DELIVERY_ENABLED"] = "true"
-        process.start()
-        revision = wait_for(lambda: credential_revision(kube, namespace, "prod"), what="revision")
-        wait_for(lambda: deployed_revision(kube, namespace, "eu") == revision, timeout=60,
-                 what="the deployment once the installation allows delivery")  # fmt: skip
-        assert delivered(kube, namespace, "aws-creds") is not None
-    finally:
-        process.stop()
-
-
 def labelled_namespace(kube: Kube, labels: dict[str, str]) -> str:
     name = f"tenant-{uuid.uuid4().hex[:10]}"
     kube.core.create_namespace(

@@ -488,6 +488,37 @@ async def test_a_provider_refusal_is_not_retried_like_an_outage(
 
 
 @run
+async def test_delivery_is_off_until_the_installation_turns_it_on(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator without CLOUDCRED_DELIVERY_ENABLED delivers nothing, whatever the
+    credential says (the deploy fails, saying so); restarted with it, the same objects
+    are delivered at the failed deploy's retry."""
+    calls = provider_calls(monkeypatch)
+    operator = Operator(kube, clock, delivery_enabled=False)
+    credential(kube)
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["delivery"] = {"enabled": True}
+    kube.put("CloudCredential", body)
+    cluster(kube, "eu", external=False, secret="eu-creds")
+    await operator.settle()
+    pending = find(kube, "Cluster", "eu", "RedeployPending")
+    assert pending["reason"] == "DeployFailed"
+    assert "credential delivery is off in this installation" in pending["message"]
+    assert (NS, "eu-creds") not in kube.secrets
+    assert "delivery" not in calls
+    assert "deployedRevision" not in kube.body("Cluster", (NS, "eu"))["status"]
+
+    restarted = Operator(kube, clock, delivery_enabled=True)
+    restarted.start_from(kube)
+    await restarted.settle()
+    await restarted.advance(5.1)  # the failed deploy's backoff, kept over the restart
+    assert kube.body("Cluster", (NS, "eu"))["status"]["deployedRevision"] == revision(kube)
+    assert (NS, "eu-creds") in kube.secrets
+    assert calls.count("delivery") == 1
+
+
+@run
 async def test_a_revoked_cluster_whose_status_claims_the_binding_back_gets_no_renewal(
     kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
