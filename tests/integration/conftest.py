@@ -20,6 +20,21 @@ from tests.operator import OperatorProcess
 WATCHED = "t-*"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "early: runs before every other test, so before the shared operator starts (its "
+        "pattern means a cluster-wide Secret watch, which would read every event of the test)",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``early`` first, in their order; the others as collected."""
+    early = [item for item in items if item.get_closest_marker("early")]
+    if early:
+        items[:] = early + [item for item in items if not item.get_closest_marker("early")]
+
+
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
     server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")

@@ -227,6 +227,9 @@ def big_labelled_secrets(kube: Kube) -> Iterator[str]:
     kube.core.delete_collection_namespaced_secret(ns, label_selector=REFERENCED_LABEL)
 
 
+# 300 MiB of labelled Secrets, created and deleted: before the shared operator starts,
+# which would read all of it as watch events (and slow the writes down).
+@pytest.mark.early
 @pytest.mark.parametrize("watch", ["plain", "glob"])
 def test_big_secrets_elsewhere_do_not_blow_the_memory_limit(
     kube: Kube, moto: Moto, own_operator: Any, big_labelled_secrets: str, watch: str
