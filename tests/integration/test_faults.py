@@ -15,6 +15,8 @@ so that ``make test`` stays quick; a long run sets them higher:
   the peering at once) or ``kill`` (SIGKILL: the standby waits for kopf's peering
   lifetime, 60 s);
 - ``CLOUDCRED_FAULT_IDLE`` (15): seconds test_rollout.py's converged fan-out stays idle;
+- ``CLOUDCRED_FAULT_HEALTHZ`` (unset): ``1`` keeps test_holding.py's black hole until
+  ``/healthz`` fails (40 s) instead of 3 s;
 - ``CLOUDCRED_HOLD_CLUSTERS`` (200) and ``CLOUDCRED_HOLD_WINDOW`` (12): test_holding.py's
   restart at scale;
 - ``CLOUDCRED_FAULT_SEED``: replay the printed seed of the SIGKILL test and the fuzzer.
@@ -465,7 +467,9 @@ def test_two_replicas_with_peering_only_the_higher_priority_acts(
              timeout=30, what="the low-priority replica to join, paused")  # fmt: skip
     offset = plane.audit_log.stat().st_size
 
-    create_fleet(kube, ns, 5, moto.create_role(f"fault-{uuid.uuid4().hex[:6]}"))
+    # Every cluster at once: the replicas' writes are the point here, not the pacing.
+    create_fleet(kube, ns, 5, moto.create_role(f"fault-{uuid.uuid4().hex[:6]}"),
+                 rollout={"maxConcurrent": "100%"})  # fmt: skip
     first = new_revision(kube, ns, "fleet", None)
     wait_converged(kube, ns, first, "the first deployment")
     second = new_role(kube, moto, ns, first)

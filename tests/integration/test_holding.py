@@ -23,7 +23,8 @@ Each test is one of the issue's promises, shown the way a user would meet it:
 5. a credential deleted while the operator's watch was down (a 410 Gone, then a re-list)
    leaves its clusters CredentialNotFound (fault suite: its own control plane);
 6. a watch that stops answering (a loopback proxy turned into a black hole) makes
-   ``/healthz`` fail, and the operator catches up once the network is back;
+   ``/healthz`` fail (``make test-long``: it takes 40 s), and the operator catches up once
+   the network is back;
 7. a Cluster deleted and re-created under the same name while its deploy is under way
    gets a deployment of its own (the provider calls of the deploy are held by a proxy).
 
@@ -112,7 +113,11 @@ RETRY_CAP = 4.0  # CLOUDCRED_RETRY_MAX_DELAY of the refused-cluster test
 OTHERS = 20  # clusters beside the refused one (100 on the fake API: test_reconcilers.py)
 BACKOFF_SHOWN = 3.5  # seconds between two retries that show the delay grows (0.25 s, 0.5 s...)
 WATCH_TIMEOUT = 5  # CLOUDCRED_WATCH_TIMEOUT of the black-hole test
-DEPLOY_HOLD = 3.0  # seconds each regional AWS call of a deploy is held
+# The black hole lasts until /healthz fails (2 x WATCH_TIMEOUT + 30 s) in make test-long;
+# BLACK_HOLE seconds in make test.
+HEALTHZ = os.environ.get("CLOUDCRED_FAULT_HEALTHZ") == "1"
+BLACK_HOLE = 3.0
+DEPLOY_HOLD = 1.5  # seconds each regional AWS call of a deploy is held
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -1029,14 +1034,18 @@ def test_a_credential_deleted_while_the_watch_was_down_is_dropped_after_the_reli
 # -- 6. a watch that stops answering ---------------------------------------------------------
 
 
+@pytest.mark.faults
 def test_a_watch_that_stops_answering_fails_healthz_and_the_operator_catches_up(
     kube: Kube, moto: Moto, tmp_path: Path, operators: list[OperatorProcess]
 ) -> None:
     """The operator reaches the API server through a loopback proxy. The proxy turns into
     a black hole: its connections stay open and carry nothing, new ones are accepted
-    and carry nothing. With ``CLOUDCRED_WATCH_TIMEOUT=5``, ``/healthz`` (200 before)
-    fails within 90 s; once the proxy forwards again (the dead connections stay dead),
-    a cluster created during the outage is bound within 60 s and ``/healthz`` is 200."""
+    and carry nothing. With ``CLOUDCRED_WATCH_TIMEOUT=5``, in ``make test-long``
+    (``CLOUDCRED_FAULT_HEALTHZ=1``) ``/healthz`` (200 before) fails within 90 s (its limit
+    is 2 x 5 + 30 s; the verdict's thresholds are tests/unit/test_reconcilers.py's); in
+    ``make test`` the black hole lasts ``BLACK_HOLE`` s. Once the proxy forwards again
+    (the dead connections stay dead: the operator must give them up), a cluster created
+    during the outage is bound within 60 s and ``/healthz`` is 200."""
     if kube.plane is None:
         pytest.skip("needs the local control plane (its certificate covers 127.0.0.1)")
     ns = own_namespace(kube, "hw")
@@ -1070,13 +1079,17 @@ def test_a_watch_that_stops_answering_fails_healthz_and_the_operator_catches_up(
             seen.append(healthz(operator.liveness_port))
             return seen[-1] != 200
 
-        try:
-            wait_for(failing, timeout=90, interval=1, what="/healthz to fail in the black hole")
-        except AssertionError:
-            raise AssertionError(
-                f"/healthz answered 200 throughout 90 s of black hole ({len(seen)} probes)"
-            ) from None
-        print(f"\n/healthz {seen[-1]} {time.monotonic() - dark:.1f}s into the black hole")
+        if HEALTHZ:
+            try:
+                wait_for(failing, timeout=90, interval=1,
+                         what="/healthz to fail in the black hole")  # fmt: skip
+            except AssertionError:
+                raise AssertionError(
+                    f"/healthz answered 200 throughout 90 s of black hole ({len(seen)} probes)"
+                ) from None
+            print(f"\n/healthz {seen[-1]} {time.monotonic() - dark:.1f}s into the black hole")
+        else:
+            time.sleep(BLACK_HOLE)  # the outage itself
 
         proxy.forward()
         light = time.monotonic()

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import time
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -834,6 +836,39 @@ async def test_an_object_deleted_under_a_write_is_no_error(kube: FakeKube, clock
     timers = operator.timers()
     assert not timers["clusters"], "no retry: the object is gone, which is no failure"
     assert set(timers["verification"]) == {CRED}, "the credential's next periodic check"
+
+
+# -- /healthz: progress ------------------------------------------------------------------
+
+
+@run
+async def test_healthz_fails_once_a_watch_or_a_queue_made_no_progress_for_too_long(
+    kube: FakeKube, clock: Clock
+) -> None:
+    """The verdict of /healthz (``Controllers.problems``): a watch silent, or a queue
+    whose workers finished nothing while keys waited, for longer than twice
+    CLOUDCRED_WATCH_TIMEOUT plus 30 s, and not sooner. (A watch that really goes silent,
+    through a black-holed connection: tests/integration/test_holding.py in test-long.)"""
+    operator = Operator(kube, clock, watch_timeout=5)
+    controllers = operator.controllers
+    controllers._refresh()  # every cache synced: the gate opens
+    assert controllers.problems() == []
+    now = time.monotonic()
+    controllers.informers = [  # type: ignore[list-item]
+        SimpleNamespace(name="Secret", last_progress=now - 38),
+        SimpleNamespace(name="Namespace", last_progress=now - 42),
+    ]
+    assert controllers.problems() == ["the Namespace watch has not answered for 42s"]
+    controllers.informers = []
+    credential(kube)  # keys wait in the verification queue
+    queue = controllers.verification.queue
+    assert queue.busy
+    queue.last_done = now - 38
+    assert controllers.problems() == []
+    queue.last_done = now - 42
+    assert controllers.problems() == ["the verification queue has made no progress for 42s"]
+    await operator.settle()
+    assert controllers.problems() == [], "nothing waits: no progress is needed"
 
 
 # -- quiet: nothing changes, nothing is written -------------------------------------------
