@@ -272,7 +272,7 @@ def test_a_role_is_delivered_as_session_credentials_renewed_before_expiry(
         return fresh if fresh.get("AWS_SESSION_TOKEN") not in (None, data["AWS_SESSION_TOKEN"]) \
             else None  # fmt: skip
 
-    fresh = wait_for(renewed, timeout=40, interval=1, what="the session to be renewed")
+    fresh = wait_for(renewed, timeout=40, interval=0.25, what="the session to be renewed")
     now = delivered(kube, namespace, "aws-session")
     assert now is not None
     assert now.metadata.annotations["cloudcred.io/revision"] == first

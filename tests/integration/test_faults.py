@@ -775,7 +775,7 @@ def test_fuzzed_specs_are_refused_with_a_field_or_reconciled(
         return all(found.values())
 
     try:
-        wait_for(reconciled, timeout=60, interval=1, what="every accepted object reconciled")
+        wait_for(reconciled, timeout=60, interval=0.5, what="every accepted object reconciled")
     except AssertionError:
         waiting = {key: accepted[key]["spec"] for key, reason in found.items() if not reason}
         raise AssertionError(f"not reconciled (seed {run_seed}): {waiting}") from None

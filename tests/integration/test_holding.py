@@ -471,7 +471,7 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
 
         try:
             wait_for(
-                steady, timeout=300, interval=2, what="every cluster bound and the Secret held"
+                steady, timeout=300, interval=0.5, what="every cluster bound and the Secret held"
             )
         except AssertionError as error:
             raise AssertionError(f"{error}; still: {last[0]}") from None
@@ -482,7 +482,7 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
                     for c in list_clusters(kube, ns) if not is_bound(c)]  # fmt: skip
 
         try:
-            wait_for(lambda: not loose(), timeout=120, interval=2, what="every cluster Bound")
+            wait_for(lambda: not loose(), timeout=120, interval=1, what="every cluster Bound")
         except AssertionError as error:
             raise AssertionError(f"{error}; not Bound: {loose()[:10]}") from None
         print(f"every cluster Bound {time.monotonic() - started:.1f}s after the first create")

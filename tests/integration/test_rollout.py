@@ -281,7 +281,7 @@ def test_a_fan_out_killed_midway_finishes_after_restart_then_stays_idle(
     _create_clusters(kube, ns, FAN_OUT)
     first = new_revision(kube, ns, "fleet", None)
     wait_for(lambda: rollout_done(kube, ns, "fleet", first, FAN_OUT), timeout=120,
-             interval=1, what="first deployment of the fleet")  # fmt: skip
+             interval=0.5, what="first deployment of the fleet")  # fmt: skip
     print(f"{FAN_OUT} clusters created and deployed in {time.monotonic() - started:.1f}s")
 
     patch_credential(
@@ -303,7 +303,7 @@ def test_a_fan_out_killed_midway_finishes_after_restart_then_stays_idle(
     started = time.monotonic()
     operator = start_operator(**quiet)
     wait_for(lambda: rollout_done(kube, ns, "fleet", second, FAN_OUT), timeout=120,
-             interval=1, what="the fan-out to finish after the restart")  # fmt: skip
+             interval=0.5, what="the fan-out to finish after the restart")  # fmt: skip
     print(f"restarted and finished the fan-out in {time.monotonic() - started:.1f}s")
     clusters = list_clusters(kube, ns)
     assert all(marked(c) == second and deployed(c) == second for c in clusters)
@@ -312,7 +312,7 @@ def test_a_fan_out_killed_midway_finishes_after_restart_then_stays_idle(
         return all((condition(c, "RedeployPending") or {}).get("reason") == "UpToDate"
                    for c in list_clusters(kube, ns))  # fmt: skip
 
-    wait_for(settled, timeout=60, interval=1, what="every cluster UpToDate")
+    wait_for(settled, timeout=60, interval=0.5, what="every cluster UpToDate")
     if kube.plane is None:
         pytest.skip("no audit log on an external cluster: idle writes not counted")
     audit_log = kube.plane.audit_log
