@@ -67,7 +67,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     finally:
         api.close()
         if plane:
-            plane.stop()
+            plane.stop(grace=1)  # the run is over: nothing left to drain
 
 
 @pytest.fixture

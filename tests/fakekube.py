@@ -8,7 +8,9 @@ objects in memory, driving the real ``Controllers`` (wiring, queues, reconcilers
 - Each write comes back as a watch event into the caches and through the wiring,
   as kopf's and the informers' events do in the operator.
 - ``fail(method, error, times)`` makes the next calls of a method raise (a 404, a
-  409, a 422, a timeout), so a test can put a fault at any write.
+  409, a 422, a timeout), so a test can put a fault at any write; ``refuse(kind, key,
+  error)`` refuses every write to one object until ``refuse(kind, key, None)`` (a
+  policy engine's admission rule on it).
 - ``Clock`` moves the wall clock the reconcilers read and fires the queues' timers
   that fall due, so a test of backoff or a periodic check takes milliseconds.
 
@@ -34,7 +36,8 @@ from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
 from cloudcred.cache import SecretInfo
 from cloudcred.cache.informers import data_digest
 from cloudcred.config import Settings
-from cloudcred.constants import FINALIZER, IN_USE_LABEL, REFERENCED_LABEL
+from cloudcred.constants import API_VERSION, FINALIZER, IN_USE_LABEL, REFERENCED_LABEL
+from cloudcred.controllers import deploy
 from cloudcred.controllers.runner import Controllers
 from cloudcred.installation import Installation
 from cloudcred.kube import AlreadyExists, Conflict, NotFound, PreconditionFailed
@@ -54,6 +57,7 @@ class Write:
 class Recorded:
     writes: list[Write] = field(default_factory=list)
     events: list[tuple[str, Key, str, str, str]] = field(default_factory=list)
+    refused: list[Write] = field(default_factory=list)  # writes ``refuse`` turned away
 
     def of(self, verb: str, kind: str | None = None) -> list[Write]:
         return [w for w in self.writes if w.verb == verb and kind in (None, w.kind)]
@@ -68,6 +72,7 @@ class FakeKube:
         self.on_change: Callable[[str, Key, dict[str, Any] | None], None] = lambda *_: None
         self._faults: dict[str, list[Exception]] = {}
         self._actions: dict[str, list[Callable[[], None]]] = {}
+        self._refused: dict[tuple[str, Key], Exception] = {}
         # Server-side apply: the status fields and condition types each manager applied.
         self._owned: dict[tuple[str, Key, str], tuple[set[str], set[str]]] = {}
         self._versions = itertools.count(1)
@@ -76,6 +81,13 @@ class FakeKube:
 
     def fail(self, method: str, error: Exception, times: int = 1) -> None:
         self._faults.setdefault(method, []).extend([error] * times)
+
+    def refuse(self, kind: str, key: Key, error: Exception | None) -> None:
+        """Refuse every write to one object with ``error`` (None: admit them again)."""
+        if error is None:
+            self._refused.pop((kind, key), None)
+        else:
+            self._refused[(kind, key)] = error
 
     def before(self, method: str, action: Callable[[], None]) -> None:
         """Run ``action`` once, just before the next call of ``method`` (a user's edit
@@ -94,6 +106,8 @@ class FakeKube:
         """Create or replace an object as a user would (kubectl apply)."""
         metadata = body["metadata"]
         key = (metadata["namespace"], metadata["name"])
+        body.setdefault("apiVersion", API_VERSION)
+        body.setdefault("kind", kind)
         old = self.objects.get((kind, key))
         metadata.setdefault("uid", old["metadata"]["uid"] if old else str(uuid.uuid4()))
         generation = (old or {}).get("metadata", {}).get("generation", 0)
@@ -142,12 +156,21 @@ class FakeKube:
             raise NotFound(f"{kind} {namespace}/{name}")
         return kind, key, copy.deepcopy(found)
 
+    def _written(self, plural: str, namespace: str, name: str) -> tuple[str, Key, dict[str, Any]]:
+        """The object a write goes to; raises what ``refuse`` set for it."""
+        kind, key, body = self._object(plural, namespace, name)
+        refused = self._refused.get((kind, key))
+        if refused is not None:
+            self.recorded.refused.append(Write("refused", kind, key))
+            raise refused
+        return kind, key, body
+
     async def apply_status(
         self, plural: str, kind: str, namespace: str, name: str, status: dict[str, Any],
         manager: str, resource_version: str | None = None,
     ) -> None:  # fmt: skip
         self._fault("apply_status")
-        kind, key, body = self._object(plural, namespace, name)
+        kind, key, body = self._written(plural, namespace, name)
         if resource_version and body["metadata"]["resourceVersion"] != resource_version:
             raise Conflict(f"{kind} {namespace}/{name}")
         current = body.setdefault("status", {})
@@ -175,7 +198,7 @@ class FakeKube:
         manager: str,
     ) -> None:  # fmt: skip
         self._fault("patch_status_guarded")
-        kind, key, body = self._object(plural, namespace, name)
+        kind, key, body = self._written(plural, namespace, name)
         if body["metadata"]["uid"] != uid:
             raise PreconditionFailed(f"{kind} {namespace}/{name}")
         status = body.setdefault("status", {})
@@ -198,7 +221,7 @@ class FakeKube:
         uid: str | None = None,
     ) -> None:  # fmt: skip
         self._fault("annotate")
-        kind, key, body = self._object(plural, namespace, name)
+        kind, key, body = self._written(plural, namespace, name)
         if uid is not None and body["metadata"]["uid"] != uid:
             raise NotFound(f"{kind} {namespace}/{name}")
         current = body["metadata"].setdefault("annotations", {})
@@ -315,6 +338,10 @@ class Clock:
         self.moment = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
         self.offset = 0.0  # seconds moved so far
         monkeypatch.setattr(conditions, "now", lambda: self.moment)
+        # The deploy step remembers provider checks on the monotonic clock.
+        monotonic = time.monotonic
+        monkeypatch.setattr(deploy, "time", SimpleNamespace(
+            monotonic=lambda: monotonic() + self.offset))  # fmt: skip
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run this loop's timers on the fake clock."""

@@ -274,15 +274,17 @@ class ControlPlane:
 
     # -- faults: tests stop and start the parts of a running control plane ----------
 
-    def stop_process(self, name: str) -> None:
+    def stop_process(self, name: str, grace: float = 10.0) -> None:
         """Stop one process (``kube-apiserver``, ``etcd`` or an extra API server):
-        SIGTERM, SIGKILL after 10 s."""
+        SIGTERM, SIGKILL after ``grace`` seconds. (kube-apiserver takes them all: it goes
+        on serving the connections it has while it drains them. A short grace is an
+        outage that starts at once.)"""
         process = self.processes.pop(name, None)
         if process is None or process.poll() is not None:
             return
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -476,10 +478,11 @@ class ControlPlane:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop(self) -> None:
-        """Stop the API server(s), then etcd; SIGKILL whatever does not stop in 10 s."""
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop the API server(s), then etcd; SIGKILL whatever does not stop in ``grace``
+        seconds."""
         for name in [n for n in self.processes if n != "etcd"] + ["etcd"]:
-            self.stop_process(name)
+            self.stop_process(name, grace)
 
     def pids(self) -> dict[str, int]:
         return {name: process.pid for name, process in self.processes.items()}

@@ -1,19 +1,38 @@
-"""Fixtures for tests that need the operator running: moto and the operator process."""
+"""Fixtures for tests that need the operator running: moto and the operator process,
+and the fault tests' own control plane."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from kubernetes import client
 
 from tests.aws import REGION, Moto, start_moto
-from tests.conftest import Kube
-from tests.envtest.controlplane import free_port
+from tests.conftest import AUDIT_POLICY, Kube
+from tests.envtest.controlplane import ControlPlane, free_port
+from tests.kube import ROOT, api_client, install_crds, load_yaml_documents
 from tests.operator import OperatorProcess
 
 # Test namespaces start with "t-": the shared operator watches exactly those.
 WATCHED = "t-*"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "early: runs before every other test, so before the shared operator starts (its "
+        "pattern means a cluster-wide Secret watch, which would read every event of the test)",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``early`` first, in their order; the others as collected."""
+    early = [item for item in items if item.get_closest_marker("early")]
+    if early:
+        items[:] = early + [item for item in items if not item.get_closest_marker("early")]
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +85,30 @@ def operators() -> Iterator[list[OperatorProcess]]:
     yield started
     for process in started:
         process.stop()
+
+
+PEERING_CRDS = ROOT / "deploy" / "peering" / "crds.yaml"
+
+
+@pytest.fixture(scope="session")
+def fault_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A control plane of the fault tests' own (test_faults.py, test_holding.py), started
+    once: the tests restart it, compact its etcd and run a second API server on it. No
+    watch cache (a real 410 from etcd), and an audit log of writes (the peering test
+    counts each replica's)."""
+    workdir = tmp_path_factory.mktemp("fault-plane")
+    (workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
+    started = time.monotonic()
+    plane = ControlPlane(workdir=workdir, watch_cache=False,
+                         audit_policy=workdir / "audit-policy.yaml").start()  # fmt: skip
+    api = api_client(plane.kubeconfig)
+    try:
+        install_crds(api)
+        extensions = client.ApiextensionsV1Api(api)
+        for crd in load_yaml_documents(PEERING_CRDS):
+            extensions.create_custom_resource_definition(crd)
+        print(f"fault control plane up in {time.monotonic() - started:.1f}s")
+        yield plane
+    finally:
+        api.close()
+        plane.stop(grace=1)  # nothing left to drain

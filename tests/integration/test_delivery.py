@@ -183,37 +183,6 @@ def test_delivery_needs_the_credentials_own_opt_in(
     assert delivered(kube, namespace, "aws-creds") is not None
 
 
-def test_delivery_is_off_until_the_installation_turns_it_on(
-    kube: Kube, moto: Moto, tmp_path: Path
-) -> None:
-    """An operator without CLOUDCRED_DELIVERY_ENABLED delivers nothing, whatever the
-    credential says; the same objects are delivered once the installation allows it."""
-    namespace = f"off-{uuid.uuid4().hex[:10]}"
-    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    process = OperatorProcess(
-        kubeconfig=kube.kubeconfig, log_path=tmp_path / "operator.log",
-        env={**operator_env(moto), "CLOUDCRED_DELIVERY_ENABLED": "false"},
-        args=["--namespace", namespace],
-    ).start()  # fmt: skip
-    try:
-        user = moto.create_user(f"off-{uuid.uuid4().hex[:8]}")
-        secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
-        static_key_credential(kube, namespace, "prod", user.access_key_id, "keys",
-                              delivery=DELIVER)  # fmt: skip
-        delivering_cluster(kube, namespace, "prod", "aws-creds")
-        assert "off in this installation" in deploy_failed(kube, namespace)
-        assert delivered(kube, namespace, "aws-creds") is None
-        process.stop()
-        process.env["CLOUDCRED_DELIVERY_ENABLED"] = "true"
-        process.start()
-        revision = wait_for(lambda: credential_revision(kube, namespace, "prod"), what="revision")
-        wait_for(lambda: deployed_revision(kube, namespace, "eu") == revision, timeout=60,
-                 what="the deployment once the installation allows delivery")  # fmt: skip
-        assert delivered(kube, namespace, "aws-creds") is not None
-    finally:
-        process.stop()
-
-
 def labelled_namespace(kube: Kube, labels: dict[str, str]) -> str:
     name = f"tenant-{uuid.uuid4().hex[:10]}"
     kube.core.create_namespace(
@@ -227,8 +196,7 @@ def test_another_namespace_receives_only_what_delivery_allows_and_loses_it_on_re
 ) -> None:
     """allowedNamespaces lets a namespace's clusters use a credential; only
     delivery.allowedNamespaces lets them hold its values. Taking the namespace's label
-    away deletes the delivered Secret (timed), and a forged Cluster status that claims
-    the binding back gets no renewal."""
+    away deletes the delivered Secret (timed)."""
     home, operator = role_operator
     tenant = labelled_namespace(kube, {"team": "blue"})
     operator.stop()  # watch the tenant's namespace too
@@ -258,16 +226,8 @@ def test_another_namespace_receives_only_what_delivery_allows_and_loses_it_on_re
     print(f"delivered Secret deleted {time.monotonic() - started:.1f}s after revocation")
     reasons = [event.reason for event in events_for(kube, tenant, "eu")]
     assert "CredentialsRevoked" in reasons
-
-    # The tenant writes the binding back into its Cluster's status: the operator decides
-    # from its own view, so no renewal (due every ~10 s here) writes the Secret again.
-    cluster = get_cluster(kube, tenant, "eu")
-    forged = {**(cluster.get("status") or {}), "credential": {"namespace": home, "name": "shared"}}
-    kube.custom.patch_namespaced_custom_object_status(
-        "cloudcred.io", "v1alpha1", tenant, "clusters", "eu", {"status": forged}
-    )
-    time.sleep(25)
-    assert delivered(kube, tenant, "aws-session") is None
+    # That a forged Cluster status claiming the binding back gets no renewal is decided
+    # from the operator's own view: tests/unit/test_reconcilers.py, on a fake clock.
 
 
 @pytest.fixture
@@ -312,7 +272,7 @@ def test_a_role_is_delivered_as_session_credentials_renewed_before_expiry(
         return fresh if fresh.get("AWS_SESSION_TOKEN") not in (None, data["AWS_SESSION_TOKEN"]) \
             else None  # fmt: skip
 
-    fresh = wait_for(renewed, timeout=40, interval=1, what="the session to be renewed")
+    fresh = wait_for(renewed, timeout=40, interval=0.25, what="the session to be renewed")
     now = delivered(kube, namespace, "aws-session")
     assert now is not None
     assert now.metadata.annotations["cloudcred.io/revision"] == first

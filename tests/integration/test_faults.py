@@ -4,20 +4,29 @@ Gone, a second replica, and fuzzed specs, against real API servers.
 Run alone with ``pytest -m faults``. Sizes come from the environment, small by default
 so that ``make test`` stays quick; a long run sets them higher:
 
-- ``CLOUDCRED_FAULT_CLUSTERS`` (60): clusters in the SIGKILL fan-out (a third of it in
-  the control-plane tests);
+- ``CLOUDCRED_FAULT_CLUSTERS`` (60): clusters in the SIGKILL fan-outs (here and in
+  test_rollout.py);
+- ``CLOUDCRED_FAULT_PLANE_CLUSTERS`` (8): clusters in the control-plane tests;
 - ``CLOUDCRED_FAULT_KILLS`` (3): SIGKILLs during the fan-out;
 - ``CLOUDCRED_FAULT_DOWNTIME`` (5): seconds kube-apiserver and etcd stay down;
 - ``CLOUDCRED_FAULT_EXAMPLES`` (40): fuzzed objects;
 - ``CLOUDCRED_FAULT_TAKEOVER`` (``stop``): how the active replica goes away in the
-  peering test: ``stop`` (SIGTERM, kopf removes itself from the peering at once) or
-  ``kill`` (SIGKILL: the standby waits for kopf's peering lifetime, 60 s);
+  peering tests (here and test_chart.py's): ``stop`` (SIGTERM, kopf removes itself from
+  the peering at once) or ``kill`` (SIGKILL: the standby waits for kopf's peering
+  lifetime, 60 s);
+- ``CLOUDCRED_FAULT_IDLE`` (15): seconds test_rollout.py's converged fan-out stays idle;
+- ``CLOUDCRED_FAULT_HEALTHZ`` (unset): ``1`` keeps test_holding.py's black hole until
+  ``/healthz`` fails (40 s) instead of 3 s;
+- ``CLOUDCRED_HOLD_CLUSTERS`` (200) and ``CLOUDCRED_HOLD_WINDOW`` (12): test_holding.py's
+  restart at scale;
 - ``CLOUDCRED_FAULT_SEED``: replay the printed seed of the SIGKILL test and the fuzzer.
 
+``make test-long`` runs every test marked ``faults`` at full size (see the Makefile).
+
 The control-plane tests get a control plane of their own (the session's is shared by
-the other tests): etcd keeps its data directory across restarts, and the API server
-runs with ``--watch-cache=false`` so that a watch from a compacted resourceVersion gets
-a real 410 Gone from etcd.
+the other tests; this one by the fault tests of every module): etcd keeps its data
+directory across restarts, and the API server runs with ``--watch-cache=false`` so that
+a watch from a compacted resourceVersion gets a real 410 Gone from etcd.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,10 +50,10 @@ from kubernetes.client.rest import ApiException
 
 from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, VERSION
 from tests.aws import Moto
-from tests.conftest import AUDIT_POLICY, Kube
+from tests.conftest import Kube
 from tests.envtest.controlplane import ControlPlane
 from tests.integration.conftest import operator_env
-from tests.kube import ROOT, api_client, install_crds, load_yaml_documents
+from tests.kube import api_client
 from tests.operator import OperatorProcess, wait_for
 from tests.resources import (
     condition,
@@ -64,13 +73,16 @@ from tests.resources import (
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 CLUSTERS = int(os.environ.get("CLOUDCRED_FAULT_CLUSTERS", "60"))
-PLANE_CLUSTERS = max(CLUSTERS // 3, 5)
+PLANE_CLUSTERS = int(os.environ.get("CLOUDCRED_FAULT_PLANE_CLUSTERS", "8"))
 KILLS = int(os.environ.get("CLOUDCRED_FAULT_KILLS", "3"))
 DOWNTIME = float(os.environ.get("CLOUDCRED_FAULT_DOWNTIME", "5"))
 EXAMPLES = int(os.environ.get("CLOUDCRED_FAULT_EXAMPLES", "40"))
 TAKEOVER = os.environ.get("CLOUDCRED_FAULT_TAKEOVER", "stop")
 SEED = os.environ.get("CLOUDCRED_FAULT_SEED")
-PEERING_CRDS = ROOT / "deploy" / "peering" / "crds.yaml"
+# Seconds an API server gets to stop before SIGKILL: a stopped kube-apiserver goes on
+# serving the connections it has while it drains them (10 s and more), so the outage
+# would start late and the tests wait for it; with this it starts at once.
+STOP_GRACE = 1.0
 QUIET = {"CLOUDCRED_LOG_LEVEL": "INFO"}  # DEBUG logs every body: slow with many clusters
 
 
@@ -200,27 +212,10 @@ def audit_writes(plane: ControlPlane, namespace: str, since: int) -> dict[str, l
     return writes
 
 
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    """A control plane of this module's own: the tests restart it, compact its etcd
-    and run a second API server on it. No watch cache (a real 410 from etcd), and an
-    audit log of writes (the peering test counts each replica's)."""
-    workdir = tmp_path_factory.mktemp("fault-plane")
-    (workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
-    started = time.monotonic()
-    plane = ControlPlane(workdir=workdir, watch_cache=False,
-                         audit_policy=workdir / "audit-policy.yaml").start()  # fmt: skip
-    api = api_client(plane.kubeconfig)
-    try:
-        install_crds(api)
-        extensions = client.ApiextensionsV1Api(api)
-        for crd in load_yaml_documents(PEERING_CRDS):
-            extensions.create_custom_resource_definition(crd)
-        print(f"fault control plane up in {time.monotonic() - started:.1f}s")
-        yield plane
-    finally:
-        api.close()
-        plane.stop()
+@pytest.fixture
+def plane(fault_plane: ControlPlane) -> ControlPlane:
+    """The fault suite's control plane (``tests/integration/conftest.py``)."""
+    return fault_plane
 
 
 # -- 1. SIGKILL during a fan-out -----------------------------------------------------------
@@ -331,8 +326,8 @@ def test_control_plane_restart_mid_rollout_converges_without_operator_restart(
              what="the rollout to start")  # fmt: skip
 
     started = time.monotonic()
-    plane.stop_process("kube-apiserver")
-    plane.stop_process("etcd")
+    plane.stop_process("kube-apiserver", STOP_GRACE)
+    plane.stop_process("etcd", STOP_GRACE)
     stopped = time.monotonic() - started
     time.sleep(DOWNTIME)
     plane.resume()  # same ports, certificates and etcd data
@@ -391,7 +386,7 @@ def test_watch_410_gone_relists_and_converges(
 
     other = plane_kube(plane, plane.add_apiserver("kube-apiserver-b"))
     try:
-        plane.stop_process("kube-apiserver")  # the operator's watches break
+        plane.stop_process("kube-apiserver", STOP_GRACE)  # the operator's watches break
         create_cluster(other, ns, "late", provider="AWS", region="eu-west-3",
                        credentialRef={"name": "fleet"})  # fmt: skip
         other.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, CLUSTER_PLURAL, "c000")
@@ -408,7 +403,7 @@ def test_watch_410_gone_relists_and_converges(
         compacted = plane.compact_etcd()
     finally:
         other.api.close()
-        plane.stop_process("kube-apiserver-b")
+        plane.stop_process("kube-apiserver-b", STOP_GRACE)
     started = time.monotonic()
     plane.resume()
     print(f"\netcd compacted at revision {compacted}; API server back in "
@@ -472,7 +467,9 @@ def test_two_replicas_with_peering_only_the_higher_priority_acts(
              timeout=30, what="the low-priority replica to join, paused")  # fmt: skip
     offset = plane.audit_log.stat().st_size
 
-    create_fleet(kube, ns, 5, moto.create_role(f"fault-{uuid.uuid4().hex[:6]}"))
+    # Every cluster at once: the replicas' writes are the point here, not the pacing.
+    create_fleet(kube, ns, 5, moto.create_role(f"fault-{uuid.uuid4().hex[:6]}"),
+                 rollout={"maxConcurrent": "100%"})  # fmt: skip
     first = new_revision(kube, ns, "fleet", None)
     wait_converged(kube, ns, first, "the first deployment")
     second = new_role(kube, moto, ns, first)
@@ -778,7 +775,7 @@ def test_fuzzed_specs_are_refused_with_a_field_or_reconciled(
         return all(found.values())
 
     try:
-        wait_for(reconciled, timeout=60, interval=1, what="every accepted object reconciled")
+        wait_for(reconciled, timeout=60, interval=0.5, what="every accepted object reconciled")
     except AssertionError:
         waiting = {key: accepted[key]["spec"] for key, reason in found.items() if not reason}
         raise AssertionError(f"not reconciled (seed {run_seed}): {waiting}") from None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -82,21 +81,50 @@ def kubectl_wait(kube: Kube, obj: dict[str, Any]) -> str:
     return "met" if result.returncode == 0 else "not met"
 
 
-def settled(read: Any, expected: str, what: str) -> dict[str, Any]:
-    """The object once its summary says ``expected`` (the operator is asynchronous)."""
-    wait_for(lambda: summary(read()) == expected, timeout=30, what=f"{what}: {expected}")
-    time.sleep(0.5)  # a moment for anything else the operator would still write
-    obj: dict[str, Any] = read()
-    assert summary(obj) == expected
-    return obj
+def reach(reads: dict[str, Any], expected: dict[str, str], timeout: float = 45) -> None:
+    """Wait until every object's summary says what ``expected`` says (the operator is
+    asynchronous; the objects make their way at the same time)."""
+    behind: dict[str, str] = {}
+
+    def there() -> bool:
+        behind.clear()
+        for what, want in expected.items():
+            found = summary(reads[what]())
+            if found != want:
+                behind[what] = f"{found}, not {want}"
+        return not behind
+
+    try:
+        wait_for(there, timeout=timeout, interval=0.5, what="the states")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; still: {behind}") from None
+
+
+def still(reads: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The objects once the operator has stopped writing them: none changed (its
+    resourceVersion) over half a second."""
+    last: dict[str, str] = {}
+
+    def unchanged() -> dict[str, dict[str, Any]] | None:
+        objects = {what: read() for what, read in reads.items()}
+        versions = {what: obj["metadata"]["resourceVersion"] for what, obj in objects.items()}
+        if versions == last:
+            return objects
+        last.clear()
+        last.update(versions)
+        return None
+
+    found: dict[str, dict[str, Any]] = wait_for(unchanged, timeout=30, interval=0.5,
+                                                what="the operator to stop writing")  # fmt: skip
+    return found
 
 
 def produce_states(
     kube: Kube, namespace: str, moto: Moto, unwatched: str
 ) -> dict[str, dict[str, Any]]:
     """Each state of the documented table, made by the real operator (or, in the namespace
-    ``unwatched``, not yet by it): state -> object."""
-    states: dict[str, dict[str, Any]] = {}
+    ``unwatched``, not yet by it): state -> object. The objects are made at once and
+    make their way together; three of them need a second step once they are Ready."""
 
     def cred(name: str) -> Any:
         return lambda: get_credential(kube, namespace, name)
@@ -115,55 +143,73 @@ def produce_states(
                       aws={"roleArn": "arn:aws:iam::123456789012:role/unseen"})  # fmt: skip
     create_cluster(kube, unwatched, "unseen", provider="AWS", region="eu-west-3",
                    credentialRef={"name": "unseen"})  # fmt: skip
-    states["credential not looked at yet"] = get_credential(kube, unwatched, "unseen") or {}
-    states["cluster not looked at yet"] = get_cluster(kube, unwatched, "unseen")
+    unseen = {
+        "credential not looked at yet": lambda: get_credential(kube, unwatched, "unseen") or {},
+        "cluster not looked at yet": lambda: get_cluster(kube, unwatched, "unseen"),
+    }
 
     # Verified, every cluster deployed (by the operator's deploy step).
     good = moto.create_user(f"health-{uuid.uuid4().hex[:8]}")
     secret(kube, namespace, "good", {"secretAccessKey": good.secret_access_key})
     static_key_credential(kube, namespace, "good", good.access_key_id, "good")
     aws_cluster("deployed", "good")
-    states["credential verified, rolled out"] = settled(cred("good"), "Ready (Ready)", "good")
-    states["cluster deployed"] = settled(clus("deployed"), "Ready (Ready)", "deployed")
-
     # The Secret is not there (yet): retried with backoff.
     static_key_credential(kube, namespace, "no-secret", good.access_key_id, "absent")
     aws_cluster("waiting-revision", "no-secret")
-    states["credential check retrying"] = settled(
-        cred("no-secret"), "Reconciling (SecretNotFound)", "no-secret")  # fmt: skip
-    states["cluster waiting for its credential"] = settled(
-        clus("waiting-revision"), "Reconciling (CredentialNotReady)", "waiting-revision"
-    )
-
     # The provider refuses the key: only a person can fix it.
     secret(kube, namespace, "wrong", {"secretAccessKey": "not-the-secret-key"})
     static_key_credential(kube, namespace, "refused", good.access_key_id, "wrong")
     aws_cluster("never-deployed", "refused")
-    states["credential refused by the provider"] = settled(
-        cred("refused"), "Stalled (InvalidCredentials)", "refused")  # fmt: skip
-    states["cluster whose credential failed verification"] = settled(
-        clus("never-deployed"), "Stalled (CredentialNotVerified)", "never-deployed")  # fmt: skip
-
     # A Cluster naming a credential that does not exist.
     aws_cluster("dangling", "nowhere")
-    states["cluster naming a missing credential"] = settled(
-        clus("dangling"), "Stalled (CredentialNotFound)", "dangling")  # fmt: skip
-
     # Waiting for an external deployer: the operator's part is done.
     role = moto.create_role(f"health-{uuid.uuid4().hex[:6]}")
     create_credential(kube, namespace, "external", provider="AWS", aws={"roleArn": role})
     aws_cluster("external", "external", deploy="External")
-    states["credential waiting for external deployers"] = settled(
-        cred("external"), "Ready (ExternalDeployPending)", "external")  # fmt: skip
-    states["cluster waiting for its external deployer"] = settled(
-        clus("external"), "Ready (ExternalDeployPending)", "external cluster")  # fmt: skip
-
-    # A paused rollout: clusters behind, none marked until someone resumes it.
+    # To be paused, blocked and deleted once Ready (below).
     create_credential(kube, namespace, "paused", provider="AWS", aws={"roleArn": role})
     aws_cluster("paused", "paused", deploy="External")
+    limited = moto.create_user(f"limited-{uuid.uuid4().hex[:8]}", policy=READ_ONLY_STS)
+    secret(kube, namespace, "limited", {"secretAccessKey": limited.secret_access_key})
+    static_key_credential(kube, namespace, "halting", good.access_key_id, "good",
+                          rollout={"maxConcurrent": 1})  # fmt: skip
+    aws_cluster("first", "halting")
+    aws_cluster("second", "halting")
+    create_credential(kube, namespace, "leaving", provider="AWS", aws={"roleArn": role})
+
+    reads = {
+        "credential verified, rolled out": cred("good"),
+        "cluster deployed": clus("deployed"),
+        "credential check retrying": cred("no-secret"),
+        "cluster waiting for its credential": clus("waiting-revision"),
+        "credential refused by the provider": cred("refused"),
+        "cluster whose credential failed verification": clus("never-deployed"),
+        "cluster naming a missing credential": clus("dangling"),
+        "credential waiting for external deployers": cred("external"),
+        "cluster waiting for its external deployer": clus("external"),
+        "credential with a paused rollout": cred("paused"),
+        "credential with a blocked rollout": cred("halting"),
+        "credential being deleted": cred("leaving"),
+    }
+    final = {
+        "credential verified, rolled out": "Ready (Ready)",
+        "cluster deployed": "Ready (Ready)",
+        "credential check retrying": "Reconciling (SecretNotFound)",
+        "cluster waiting for its credential": "Reconciling (CredentialNotReady)",
+        "credential refused by the provider": "Stalled (InvalidCredentials)",
+        "cluster whose credential failed verification": "Stalled (CredentialNotVerified)",
+        "cluster naming a missing credential": "Stalled (CredentialNotFound)",
+        "credential waiting for external deployers": "Ready (ExternalDeployPending)",
+        "cluster waiting for its external deployer": "Ready (ExternalDeployPending)",
+    }
     first = new_revision(kube, namespace, "paused", None)
     patch_cluster_status(kube, namespace, "paused", {"deployedRevision": first})
-    settled(cred("paused"), "Ready (Ready)", "paused before the edit")
+    ready = {what: "Ready (Ready)" for what in ("credential with a paused rollout",
+                                                "credential with a blocked rollout",
+                                                "credential being deleted")}  # fmt: skip
+    reach(reads, {**final, **ready})
+
+    # A paused rollout: clusters behind, none marked until someone resumes it.
     patch_credential(
         kube,
         namespace,
@@ -172,18 +218,7 @@ def produce_states(
     )
     other = moto.create_role(f"health-{uuid.uuid4().hex[:6]}")
     patch_credential(kube, namespace, "paused", {"spec": {"aws": {"roleArn": other}}})
-    new_revision(kube, namespace, "paused", first)
-    states["credential with a paused rollout"] = settled(
-        cred("paused"), "Reconciling (RolloutPaused)", "paused")  # fmt: skip
-
     # A new key that verifies but cannot deploy: the rollout stops at the first failure.
-    limited = moto.create_user(f"limited-{uuid.uuid4().hex[:8]}", policy=READ_ONLY_STS)
-    secret(kube, namespace, "limited", {"secretAccessKey": limited.secret_access_key})
-    static_key_credential(kube, namespace, "halting", good.access_key_id, "good",
-                          rollout={"maxConcurrent": 1})  # fmt: skip
-    aws_cluster("first", "halting")
-    aws_cluster("second", "halting")
-    settled(cred("halting"), "Ready (Ready)", "halting before the new key")
     patch_credential(
         kube,
         namespace,
@@ -197,26 +232,32 @@ def produce_states(
             }
         },
     )
-    states["credential with a blocked rollout"] = settled(
-        cred("halting"), "Stalled (RolloutBlocked)", "halting")  # fmt: skip
-    failed = next(n for n in ("first", "second")
-                  if (condition(get_cluster(kube, namespace, n), "RedeployPending") or {})
-                  .get("reason") == "DeployFailed")  # fmt: skip
-    kept = "second" if failed == "first" else "first"
-    states["cluster whose deploy failed"] = settled(clus(failed), "Stalled (DeployFailed)", failed)
-    states["cluster kept on its last revision by a blocked rollout"] = settled(
-        clus(kept), "Ready (Ready)", kept)  # fmt: skip
-
     # Being deleted: held by another controller's finalizer (as Argo CD's own is).
-    create_credential(kube, namespace, "leaving", provider="AWS", aws={"roleArn": role})
-    settled(cred("leaving"), "Ready (Ready)", "leaving before the delete")
     hold = {"metadata": {"finalizers": ["example.com/hold"]}}
     patch_credential(kube, namespace, "leaving", hold)
     kube.custom.delete_namespaced_custom_object(
         "cloudcred.io", "v1alpha1", namespace, "cloudcredentials", "leaving"
     )
-    states["credential being deleted"] = settled(cred("leaving"), "Reconciling (Deleting)",
-                                                 "leaving")  # fmt: skip
+    new_revision(kube, namespace, "paused", first)
+    final.update({
+        "credential with a paused rollout": "Reconciling (RolloutPaused)",
+        "credential with a blocked rollout": "Stalled (RolloutBlocked)",
+        "credential being deleted": "Reconciling (Deleting)",
+    })  # fmt: skip
+    reach(reads, final)
+    failed = next(n for n in ("first", "second")
+                  if (condition(get_cluster(kube, namespace, n), "RedeployPending") or {})
+                  .get("reason") == "DeployFailed")  # fmt: skip
+    kept = "second" if failed == "first" else "first"
+    reads["cluster whose deploy failed"] = clus(failed)
+    reads["cluster kept on its last revision by a blocked rollout"] = clus(kept)
+    final["cluster whose deploy failed"] = "Stalled (DeployFailed)"
+    final["cluster kept on its last revision by a blocked rollout"] = "Ready (Ready)"
+    reach(reads, final)
+
+    states = {**{what: read() for what, read in unseen.items()}, **still(reads)}
+    for what, want in final.items():
+        assert summary(states[what]) == want, (what, states[what].get("status"))
     return states
 
 

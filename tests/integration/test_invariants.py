@@ -187,7 +187,7 @@ def test_bindings_survive_churn_kills_and_restarts(kube: Kube, moto: Moto, tmp_p
             check_no_bound_credential_gone(kube, namespace)
             return actual_lists(kube, namespace) == expected_lists(kube, namespace)
 
-        wait_for(converged, timeout=90, interval=1.0,
+        wait_for(converged, timeout=90, interval=0.5,
                  what=f"lists to converge (seed {seed})")  # fmt: skip
         assert operator.alive
         assert "Traceback" not in operator.log()

@@ -57,10 +57,12 @@ class Recorded:
         return recorded_calls(self.recording, "AssumeRole")
 
 
-@pytest.fixture
-def recorded(kube: Kube, tmp_path: Path) -> Iterator[Recorded]:
+@pytest.fixture(scope="module")
+def recorded(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
+    """One for the module: each test has credentials of its own names, and reads the
+    recording by their session names."""
     Recorded.kube_config = kube.kubeconfig
-    setup = Recorded(kube, tmp_path)
+    setup = Recorded(kube, tmp_path_factory.mktemp("tenancy"))
     try:
         yield setup
     finally:

@@ -21,7 +21,6 @@ from tests.resources import (
     credential_ready,
     events_for,
     get_credential,
-    patch_credential,
     secret,
 )
 
@@ -136,38 +135,6 @@ def test_verification_disabled_is_unknown(
     assert condition(obj, "Verified")["status"] == "Unknown"
     credential_ready(kube, namespace, "off", "True")
     assert obj["status"]["revision"].startswith("v2-")
-
-
-def test_periodic_checks_post_no_event_and_description_keeps_revision(
-    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
-) -> None:
-    role_arn = moto.create_role(f"periodic-{uuid.uuid4().hex[:6]}")
-    create_credential(kube, namespace, "periodic", provider="AWS",
-                      aws={"roleArn": role_arn}, verification={"interval": "1m"})  # fmt: skip
-    first = verified(kube, namespace, "periodic", "Verified")
-    first_check = first["status"]["lastVerifiedTime"]
-
-    # Re-checked (lastVerifiedTime moves; 1m is the shortest interval, ±10 %) but only
-    # one Verified event.
-    wait_for(
-        lambda: (
-            get_credential(kube, namespace, "periodic")["status"]["lastVerifiedTime"] != first_check
-        ),
-        timeout=80,
-        interval=1,
-        what="a periodic re-check",
-    )
-    time.sleep(3)
-    verified_events = [e for e in events_for(kube, namespace, "periodic") if e.reason == "Verified"]
-    assert len(verified_events) == 1
-    assert (verified_events[0].count or 1) == 1
-
-    patch_credential(kube, namespace, "periodic", {"spec": {"description": "new words"}})
-    time.sleep(2)
-    assert (
-        get_credential(kube, namespace, "periodic")["status"]["revision"]
-        == (first["status"]["revision"])
-    )
 
 
 def test_unreachable_provider_within_the_timeout(kube: Kube, moto: Moto, tmp_path: Path) -> None:

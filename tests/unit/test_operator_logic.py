@@ -92,6 +92,12 @@ def test_settings_from_env() -> None:
     assert settings.log_format == "json"
 
 
+def test_delivery_is_off_unless_the_installation_turns_it_on() -> None:
+    assert Settings.from_env({}).delivery_enabled is False
+    assert Settings.from_env({"CLOUDCRED_DELIVERY_ENABLED": "false"}).delivery_enabled is False
+    assert Settings.from_env({"CLOUDCRED_DELIVERY_ENABLED": "true"}).delivery_enabled is True
+
+
 def test_bad_setting_names_the_variable() -> None:
     with pytest.raises(SettingsError, match="CLOUDCRED_VERIFICATION_TIMEOUT"):
         Settings.from_env({"CLOUDCRED_VERIFICATION_TIMEOUT": "soon"})

@@ -12,14 +12,36 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import time
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from kubernetes.client.rest import ApiException
+from pydantic import SecretStr
 
 from cloudcred import conditions
-from cloudcred.constants import REDEPLOY_ANNOTATION, ROLLOUT_PAUSED_ANNOTATION
+from cloudcred.api.credential import MAX_LISTED_CLUSTERS
+from cloudcred.constants import (
+    DELIVERED_REVISION_ANNOTATION,
+    EXPIRES_ANNOTATION,
+    REDEPLOY_ANNOTATION,
+    ROLLOUT_PAUSED_ANNOTATION,
+)
 from cloudcred.kube import Conflict, NotFound
+from cloudcred.providers import gcp
+from cloudcred.providers.base import (
+    Delivery,
+    KeyFacts,
+    NewKey,
+    Reason,
+    RotationError,
+    RotationReason,
+    Verification,
+    VerificationError,
+)
 from tests.fakekube import Clock, FakeKube, Operator
 
 NS = "acme"
@@ -124,6 +146,33 @@ async def test_a_cluster_binds_or_says_why_not(
     assert (condition["status"], condition["reason"]) == (bound, reason)
     listed = kube.body("CloudCredential", CRED)["status"]["clusters"]
     assert listed == ([{"namespace": NS, "name": "eu"}] if bound == "True" else [])
+
+
+@run
+async def test_a_credential_lists_2000_clusters_and_counts_every_one(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """status.clusters stops at MAX_LISTED_CLUSTERS, clusterCount does not, and a cluster
+    beyond the list still gets its first deployment (the list is cut, not the binding)."""
+    provider_calls(monkeypatch)
+    operator = Operator(kube, clock)
+    credential(kube)
+    await operator.settle()
+    for index in range(MAX_LISTED_CLUSTERS + 1):
+        cluster(kube, f"c{index:05d}", deployed=revision(kube))
+    await operator.settle()
+    await operator.advance(5)  # the credential's pacing
+    status = kube.body("CloudCredential", CRED)["status"]
+    assert status["clusterCount"] == MAX_LISTED_CLUSTERS + 1
+    assert len(status["clusters"]) == MAX_LISTED_CLUSTERS
+    assert status["clustersTruncated"] is True
+    cluster(kube, "z-late", external=False)  # sorts after every listed one
+    await operator.settle()
+    await operator.advance(5)
+    status = kube.body("CloudCredential", CRED)["status"]
+    assert status["clusterCount"] == MAX_LISTED_CLUSTERS + 2
+    assert {"namespace": NS, "name": "z-late"} not in status["clusters"]
+    assert kube.body("Cluster", (NS, "z-late"))["status"]["deployedRevision"] == revision(kube)
 
 
 @run
@@ -325,6 +374,213 @@ async def test_checks_follow_the_interval_and_back_off_after_transient_failures(
     assert 540 <= operator.timers()["verification"][CRED] <= 660
 
 
+IDENTITY = "cc@p.iam.gserviceaccount.com"
+
+
+def provider_calls(monkeypatch: pytest.MonkeyPatch, *, refuse: Reason | None = None,
+                   expires_in: float | None = None) -> list[str]:  # fmt: skip
+    """Google played in memory: ``verify`` accepts the key (or raises ``refuse``),
+    ``check_region`` passes, ``delivery`` hands over the key file, as session
+    credentials expiring ``expires_in`` seconds from the fake clock's now when given.
+    Returns the calls made, by name."""
+    calls: list[str] = []
+
+    def verify(spec: Any, secrets: Any, context: Any) -> Verification:
+        calls.append("verify")
+        if refuse is not None:
+            raise VerificationError(refuse, f"Google said no ({refuse.value})")
+        return Verification(identity=IDENTITY)
+
+    def check_region(spec: Any, secrets: Any, region: str, context: Any) -> None:
+        calls.append("check_region")
+
+    def delivery(spec: Any, secrets: Any, region: str, context: Any) -> Delivery:
+        calls.append("delivery")
+        expires = None
+        if expires_in is not None:
+            expires = conditions.now() + timedelta(seconds=expires_in)
+        token = SecretStr(f"token-{len(calls)}")
+        return Delivery({"credentials.json": token}, expires)
+
+    monkeypatch.setattr(gcp, "verify", verify)
+    monkeypatch.setattr(gcp, "check_region", check_region)
+    monkeypatch.setattr(gcp, "delivery", delivery)
+    return calls
+
+
+def checked(kube: FakeKube, interval: str) -> None:
+    """The credential with its check on, every ``interval``."""
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["verification"] = {"enabled": True, "interval": interval}
+    kube.put("CloudCredential", body)
+
+
+@run
+async def test_a_periodic_check_posts_no_event_and_a_description_edit_keeps_the_revision(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moved from the integration suite, where it waited out the 1m interval."""
+    calls = provider_calls(monkeypatch)
+    operator = Operator(kube, clock)
+    credential(kube)
+    checked(kube, "1m")
+    await operator.settle()
+    verified = find(kube, "CloudCredential", "prod", "Verified")
+    assert (verified["status"], verified["reason"]) == ("True", "Verified")
+    first = kube.body("CloudCredential", CRED)["status"]
+    assert first["identity"] == IDENTITY
+    assert calls == ["verify"]
+    # 1m is the shortest interval, jittered ±10 %.
+    assert 54 <= operator.timers()["verification"][CRED] <= 66
+
+    await operator.advance(30)
+    assert calls == ["verify"], "not due yet"
+    await operator.advance(36.1)
+    assert calls == ["verify", "verify"], "checked again at the interval"
+    again = kube.body("CloudCredential", CRED)["status"]
+    assert again["lastVerifiedTime"] != first["lastVerifiedTime"]
+    assert again["revision"] == first["revision"]
+    assert 54 <= operator.timers()["verification"][CRED] <= 66
+    # The same answer: no second Verified Event.
+    assert [e[3] for e in kube.recorded.events] == ["Verified"]
+
+    # A description is not an access change: checked again (a new generation), same
+    # revision, nothing marked.
+    cluster(kube, "a", deployed=first["revision"])
+    await operator.settle()
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["description"] = "new words"
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    status = kube.body("CloudCredential", CRED)["status"]
+    assert status["observedGeneration"] == body["metadata"]["generation"]
+    assert calls.count("verify") == 3
+    assert status["revision"] == first["revision"]
+    assert marked(kube) == {"a": None}
+    assert [e[3] for e in kube.recorded.events if e[0] == "CloudCredential"
+            and e[3] in ("Verified", "RotationRecommended")] == ["Verified"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("reason", "checks"),
+    [(Reason.PROVIDER_REFUSED, 1), (Reason.PROVIDER_UNREACHABLE, 4)],
+)
+@run
+async def test_a_provider_refusal_is_not_retried_like_an_outage(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch, reason: Reason, checks: int
+) -> None:
+    """A refusal (the provider answered no to the request itself) waits for the
+    interval or a change; an outage is asked again after 5 s, 10 s, 20 s."""
+    calls = provider_calls(monkeypatch, refuse=reason)
+    operator = Operator(kube, clock, retry_max_delay=300)
+    credential(kube)
+    checked(kube, "1h")
+    await operator.settle()
+    verified = find(kube, "CloudCredential", "prod", "Verified")
+    assert (verified["status"], verified["reason"]) == ("False", reason.value)
+    for _ in range(36):  # 36 s, a second at a time
+        await operator.advance(1)
+    assert calls.count("verify") == checks
+    if reason == Reason.PROVIDER_REFUSED:
+        assert operator.timers()["verification"][CRED] >= 3240 - 36  # the 1h interval
+    assert [e[3] for e in kube.recorded.events] == [reason.value], "one Event, not one a check"
+
+
+# -- delivery: renewal, and what decides it -----------------------------------------------
+
+
+@run
+async def test_delivery_is_off_until_the_installation_turns_it_on(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator without CLOUDCRED_DELIVERY_ENABLED delivers nothing, whatever the
+    credential says (the deploy fails, saying so); restarted with it, the same objects
+    are delivered at the failed deploy's retry."""
+    calls = provider_calls(monkeypatch)
+    operator = Operator(kube, clock, delivery_enabled=False)
+    credential(kube)
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["delivery"] = {"enabled": True}
+    kube.put("CloudCredential", body)
+    cluster(kube, "eu", external=False, secret="eu-creds")
+    await operator.settle()
+    pending = find(kube, "Cluster", "eu", "RedeployPending")
+    assert pending["reason"] == "DeployFailed"
+    assert "credential delivery is off in this installation" in pending["message"]
+    assert (NS, "eu-creds") not in kube.secrets
+    assert "delivery" not in calls
+    assert "deployedRevision" not in kube.body("Cluster", (NS, "eu"))["status"]
+
+    restarted = Operator(kube, clock, delivery_enabled=True)
+    restarted.start_from(kube)
+    await restarted.settle()
+    await restarted.advance(5.1)  # the failed deploy's backoff, kept over the restart
+    assert kube.body("Cluster", (NS, "eu"))["status"]["deployedRevision"] == revision(kube)
+    assert (NS, "eu-creds") in kube.secrets
+    assert calls.count("delivery") == 1
+
+
+@run
+async def test_a_revoked_cluster_whose_status_claims_the_binding_back_gets_no_renewal(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another namespace's cluster receives the credential while delivery allows it, its
+    session credentials renewed ten seconds after each write (15-minute sessions renewed
+    890 s before expiry); the namespace loses its label: the Secret is deleted; the
+    tenant writes the binding back into its Cluster's status: no renewal writes it again,
+    as the operator decides from its own view."""
+    calls = provider_calls(monkeypatch, expires_in=900)
+    operator = Operator(kube, clock, delivery_enabled=True, delivery_session_seconds=900,
+                        delivery_refresh_before=890)  # fmt: skip
+    credential(kube)
+    body = kube.body("CloudCredential", CRED)
+    blue = {"matchLabels": {"team": "blue"}}
+    body["spec"]["allowedNamespaces"] = blue
+    body["spec"]["delivery"] = {"enabled": True, "allowedNamespaces": blue}
+    kube.put("CloudCredential", body)
+    operator.label_namespace("tenant", {"team": "blue"})
+    where = ("tenant", "eu")
+    kube.put("Cluster", {"metadata": {"namespace": "tenant", "name": "eu"},
+                         "spec": {"provider": "GCP", "region": "europe-west1",
+                                  "credentialRef": {"name": "prod", "namespace": NS},
+                                  "credentialsSecret": {"name": "gcp-creds"}}})  # fmt: skip
+    await operator.settle()
+    cluster_status = kube.body("Cluster", where)["status"]
+    assert cluster_status["deployedRevision"] == revision(kube)
+    secret = kube.secrets[("tenant", "gcp-creds")]
+    annotations = secret["metadata"]["annotations"]
+    assert annotations[DELIVERED_REVISION_ANNOTATION] == revision(kube)
+    assert EXPIRES_ANNOTATION in annotations
+    # Renewed ten seconds after it was written, again and again.
+    assert operator.timers()["deploy"][where] == pytest.approx(10, abs=0.5)
+    await operator.advance(10.1)
+    assert calls.count("delivery") == 2
+    assert len(kube.recorded.of("replace", "Secret")) == 1
+
+    operator.label_namespace("tenant", {})
+    await operator.settle()
+    assert ("tenant", "gcp-creds") not in kube.secrets
+    assert [e[3] for e in kube.recorded.events if e[1] == where][-1] == "CredentialsRevoked"
+    bound = conditions.find(kube.body("Cluster", where)["status"]["conditions"],
+                            "CredentialBound")  # fmt: skip
+    assert bound is not None
+    assert bound["reason"] == "NamespaceNotAllowed"
+
+    # The tenant forges its status: bound to the credential again.
+    forged = kube.body("Cluster", where)
+    forged["status"]["credential"] = {"namespace": NS, "name": "prod"}
+    for condition in forged["status"]["conditions"]:
+        if condition["type"] == "CredentialBound":
+            condition.update(status="True", reason="Bound")
+    kube.put("Cluster", forged)
+    deliveries = calls.count("delivery")
+    for _ in range(6):  # a minute: six renewals were it still delivering
+        await operator.advance(10.1)
+    assert ("tenant", "gcp-creds") not in kube.secrets
+    assert calls.count("delivery") == deliveries
+    assert not kube.recorded.of("create", "Secret")[1:], "written again after the revocation"
+
+
 # -- the deploy step: failures kept in status, backoff, restart ------------------------
 
 
@@ -375,6 +631,88 @@ async def test_a_first_deployment_waits_until_the_credential_lists_the_cluster(
     operator.controllers.deploy.queue.done(key)
     assert not kube.recorded.of("patch_status", "Cluster")
     assert operator.controllers.deploy.runs[(NS, "eu")] == 1
+
+
+@run
+async def test_a_failed_deploy_goes_through_at_its_retry_once_the_provider_allows_it(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No edit needed: the provider refuses the region check, then allows it (a
+    permission granted); the retry due after the backoff deploys."""
+    calls = provider_calls(monkeypatch)
+    refusals = [VerificationError(Reason.ACCESS_DENIED, "not allowed in europe-west1")]
+
+    def check_region(spec: Any, secrets: Any, region: str, context: Any) -> None:
+        calls.append("check_region")
+        if refusals:
+            raise refusals.pop()
+
+    monkeypatch.setattr(gcp, "check_region", check_region)
+    operator = Operator(kube, clock, retry_max_delay=300)
+    credential(kube)
+    cluster(kube, "eu", external=False)
+    await operator.settle()
+    failure = kube.body("Cluster", (NS, "eu"))["status"]["deployFailure"]
+    assert failure["message"] == "not allowed in europe-west1"
+    assert "deployedRevision" not in kube.body("Cluster", (NS, "eu"))["status"]
+    await operator.advance(5.5)  # the deploy's first retry; the failed check is not kept
+    status = kube.body("Cluster", (NS, "eu"))["status"]
+    assert status["deployedRevision"] == revision(kube)
+    assert "deployFailure" not in status
+    assert calls.count("check_region") == 2
+    assert find(kube, "Cluster", "eu", "RedeployPending")["reason"] == "UpToDate"
+
+
+# -- automatic rotation ------------------------------------------------------------------
+
+
+@run
+async def test_a_refused_key_creation_is_shown_once_and_retried_until_it_goes_through(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider refuses a new key (AWS: the two-key limit): KeyRotation says why,
+    status.rotation keeps the phase, one Warning Event; 30 s later the step is tried
+    again by itself and, a key slot freed meanwhile, the rotation goes on."""
+    provider_calls(monkeypatch)
+    made: list[str] = []
+    limit = [RotationError(RotationReason.KEY_LIMIT_REACHED, "the account holds two keys")]
+
+    def create_key(spec: Any, secrets: Any, context: Any) -> NewKey:
+        if limit:
+            raise limit[0]
+        made.append("k2")
+        return NewKey(KeyFacts("k2"), {gcp.KEY_ROLE: SecretStr(KEY.replace("cc@", "k2@"))})
+
+    monkeypatch.setattr(gcp, "list_keys", lambda spec, secrets, context: [KeyFacts("k1")])
+    monkeypatch.setattr(gcp, "create_key", create_key)
+    monkeypatch.setattr(gcp, "key_facts", lambda spec, secrets, context: KeyFacts("k1"),
+                        raising=False)  # fmt: skip
+    operator = Operator(kube, clock)
+    credential(kube, check=True)
+    await operator.settle()
+    cluster(kube, "ext", deployed=revision(kube))  # keeps the new key in its rollout
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "3s"}
+    body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": "now"}
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    state = kube.body("CloudCredential", CRED)["status"]["rotation"]
+    assert (state["phase"], state["reason"]) == ("Creating", "KeyLimitReached")
+    rotating = find(kube, "CloudCredential", "prod", "KeyRotation")
+    assert (rotating["status"], rotating["reason"]) == ("True", "KeyLimitReached")
+    assert "two keys" in rotating["message"]
+    assert operator.timers()["rotation"][CRED] == pytest.approx(30, abs=0.5)
+    await operator.advance(30.1)  # refused again: still one Event
+    failed = [e for e in kube.recorded.events if e[3] == "RotationFailed"]
+    assert [e[2] for e in failed] == ["Warning"]
+    assert not made
+
+    limit.clear()  # someone deleted the key no cluster uses
+    await operator.advance(30.1)
+    state = kube.body("CloudCredential", CRED)["status"]["rotation"]
+    assert (state["phase"], state["keyId"], state.get("reason")) == ("RollingOut", "k2", None)
+    assert made == ["k2"]
+    assert find(kube, "CloudCredential", "prod", "KeyRotation")["reason"] == "RollingOut"
 
 
 # -- revocation --------------------------------------------------------------------------
@@ -441,6 +779,55 @@ async def test_a_refused_write_is_retried_with_backoff_and_shown_once(
 
 
 @run
+async def test_one_refused_cluster_holds_up_no_other_and_is_retried_with_backoff(
+    kube: FakeKube, clock: Clock
+) -> None:
+    """A policy engine refuses every write to one Cluster: the 100 others of the same
+    credential are bound and listed at once; the refused one is retried with a delay
+    that grows up to the cap, shown in one Event, and Bound at the first retry after
+    the refusal is lifted."""
+    operator = Operator(kube, clock, retry_max_delay=8)
+    credential(kube)
+    await operator.settle()
+    queue = operator.controllers.clusters.queue
+    backoffs: list[float] = []
+    add_rate_limited = queue.add_rate_limited
+
+    def rate_limited(key: Any) -> float:
+        delay = add_rate_limited(key)
+        if key == (NS, "frozen"):
+            backoffs.append(delay)
+        return delay
+
+    queue.add_rate_limited = rate_limited  # type: ignore[method-assign]
+    kube.refuse("Cluster", (NS, "frozen"), ApiException(403, "Forbidden"))
+    cluster(kube, "frozen")
+    names = [f"c{index:03d}" for index in range(100)]
+    for name in names:
+        cluster(kube, name)
+    await operator.settle()
+    await operator.advance(1)  # the credential's pacing
+    assert all(find(kube, "Cluster", n, "CredentialBound")["status"] == "True" for n in names)
+    listed = {c["name"] for c in kube.body("CloudCredential", CRED)["status"]["clusters"]}
+    assert set(names) <= listed
+    for _ in range(40):  # 30 s
+        await operator.advance(0.75)
+    assert backoffs[:7] == [0.25, 0.5, 1, 2, 4, 8, 8], "a delay that grows up to the cap"
+    assert len(kube.recorded.refused) == len(backoffs)
+    failed = [e for e in kube.recorded.events if e[3] == "ReconcileFailed"]
+    assert [(e[0], e[1], e[2]) for e in failed] == [("Cluster", (NS, "frozen"), "Warning")]
+    assert "403" in failed[0][4]
+
+    kube.refuse("Cluster", (NS, "frozen"), None)
+    await operator.advance(8.1)
+    assert find(kube, "Cluster", "frozen", "CredentialBound")["status"] == "True"
+    await operator.advance(1)
+    status = kube.body("CloudCredential", CRED)["status"]
+    assert status["clusterCount"] == 101
+    assert operator.controllers.clusters.queue.failures((NS, "frozen")) == 0
+
+
+@run
 async def test_an_object_deleted_under_a_write_is_no_error(kube: FakeKube, clock: Clock) -> None:
     operator = Operator(kube, clock)
     credential(kube)
@@ -452,6 +839,39 @@ async def test_an_object_deleted_under_a_write_is_no_error(kube: FakeKube, clock
     timers = operator.timers()
     assert not timers["clusters"], "no retry: the object is gone, which is no failure"
     assert set(timers["verification"]) == {CRED}, "the credential's next periodic check"
+
+
+# -- /healthz: progress ------------------------------------------------------------------
+
+
+@run
+async def test_healthz_fails_once_a_watch_or_a_queue_made_no_progress_for_too_long(
+    kube: FakeKube, clock: Clock
+) -> None:
+    """The verdict of /healthz (``Controllers.problems``): a watch silent, or a queue
+    whose workers finished nothing while keys waited, for longer than twice
+    CLOUDCRED_WATCH_TIMEOUT plus 30 s, and not sooner. (A watch that really goes silent,
+    through a black-holed connection: tests/integration/test_holding.py in test-long.)"""
+    operator = Operator(kube, clock, watch_timeout=5)
+    controllers = operator.controllers
+    controllers._refresh()  # every cache synced: the gate opens
+    assert controllers.problems() == []
+    now = time.monotonic()
+    controllers.informers = [  # type: ignore[list-item]
+        SimpleNamespace(name="Secret", last_progress=now - 38),
+        SimpleNamespace(name="Namespace", last_progress=now - 42),
+    ]
+    assert controllers.problems() == ["the Namespace watch has not answered for 42s"]
+    controllers.informers = []
+    credential(kube)  # keys wait in the verification queue
+    queue = controllers.verification.queue
+    assert queue.busy
+    queue.last_done = now - 38
+    assert controllers.problems() == []
+    queue.last_done = now - 42
+    assert controllers.problems() == ["the verification queue has made no progress for 42s"]
+    await operator.settle()
+    assert controllers.problems() == [], "nothing waits: no progress is needed"
 
 
 # -- quiet: nothing changes, nothing is written -------------------------------------------

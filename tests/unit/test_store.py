@@ -7,9 +7,13 @@ at 195 of 200 when a re-list overwrote five fresh deployments)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 from cloudcred.cache import Caches
+from cloudcred.cache.informers import CustomResourceLister
 from cloudcred.cache.store import Store
 
 Key = tuple[str, str]
@@ -109,3 +113,29 @@ def test_namespace_patterns_follow_kopf() -> None:
     assert teams("acme")
     assert not teams("other"), "a namespace no pattern names is not watched"
     assert not teams("t-secret-x"), "an exclusion wins"
+
+
+def test_a_listing_in_pages_takes_effect_only_after_its_last_page() -> None:
+    """The operator lists its kinds in pages (of 500): until the last page is in, the
+    store neither drops what the pages so far did not name nor counts as synced, so a
+    restarted operator never decides on part of a fleet."""
+    things = store()
+    things.apply(("ns", "c4"), "x")  # on the last page
+    seen: list[tuple[bool, str | None]] = []
+
+    class Pages:
+        async def list_pages(self, plural: str) -> AsyncIterator[dict[str, Any]]:
+            for page in (["c0", "c1"], ["c2", "c3"], ["c4"]):
+                seen.append((things.synced, things.get(("ns", "c4"))))
+                for name in page:
+                    yield {"metadata": {"namespace": "ns", "name": name}}
+                await asyncio.sleep(0)
+
+    changes: list[Any] = []
+    lister = CustomResourceLister(things, Pages(), "things",  # type: ignore[arg-type]
+                                  lambda body: "x", changes.extend, lambda ns: True)  # fmt: skip
+    things.unsync()
+    asyncio.run(lister.relist())
+    assert seen == [(False, "x")] * 3
+    assert things.synced
+    assert sorted(things.objects) == [("ns", f"c{i}") for i in range(5)]
