@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,53 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Operators:
+    """The one way a test starts the operator: ``start`` runs ``python -m cloudcred run``
+    with the tests' environment (moto, closed ports for the other providers), its own
+    ports and log file; ``stop`` (the fixture's end) stops every process it started,
+    whatever the test did. ``env`` adds to the tests' environment; ``base_env=False``
+    replaces it (the chart's pod environment, a bare start)."""
+
+    def __init__(self, folder: Path, kubeconfig: Path, environment: Callable[[], dict[str, str]]):
+        self.folder = folder
+        self.kubeconfig = kubeconfig
+        self.environment = environment
+        self.started: list[OperatorProcess] = []
+
+    def start(
+        self,
+        *namespaces: str,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        kubeconfig: Path | None = None,
+        standalone: bool = True,
+        name: str | None = None,
+        base_env: bool = True,
+        liveness_port: int | None = None,
+        metrics_port: int | None = None,
+    ) -> OperatorProcess:
+        """Start an operator watching ``namespaces`` (each a ``--namespace``); its log is
+        ``<name or operator-N>.log`` in the fixture's folder, appended to on a restart."""
+        ports = {"liveness_port": liveness_port, "metrics_port": metrics_port}
+        process = OperatorProcess(
+            kubeconfig=kubeconfig or self.kubeconfig,
+            log_path=self.folder / f"{name or f'operator-{len(self.started)}'}.log",
+            env={**(self.environment() if base_env else {}), **(env or {})},
+            args=[*(arg for ns in namespaces for arg in ("--namespace", ns)), *args],
+            standalone=standalone,
+            **{port: value for port, value in ports.items() if value is not None},
+        )
+        self.started.append(process.start())
+        return process
+
+    def __iter__(self) -> Iterator[OperatorProcess]:
+        return iter(self.started)
+
+    def stop(self) -> None:
+        for process in self.started:
+            process.stop()
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.25, what: str = ""):  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client
@@ -14,7 +15,7 @@ from tests.aws import REGION, Moto, start_moto
 from tests.conftest import AUDIT_POLICY, Kube
 from tests.envtest.controlplane import ControlPlane, free_port
 from tests.kube import ROOT, api_client, install_crds, load_yaml_documents
-from tests.operator import OperatorProcess
+from tests.operator import OperatorProcess, Operators
 
 # Test namespaces start with "t-": the shared operator watches exactly those.
 WATCHED = "t-*"
@@ -64,27 +65,36 @@ def operator_env(moto: Moto) -> dict[str, str]:
     }
 
 
+def registry(kube: Kube, moto: Moto, folder: Path) -> Operators:
+    return Operators(folder, kube.kubeconfig, lambda: operator_env(moto))
+
+
 @pytest.fixture(scope="session")
 def operator(
     kube: Kube, moto: Moto, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        kubeconfig=kube.kubeconfig,
-        log_path=tmp_path_factory.mktemp("operator") / "operator.log",
-        env=operator_env(moto),
-        args=["--namespace", WATCHED],
-    ).start()
-    yield process
-    process.stop()
+    """The shared operator: it watches every ``t-*`` namespace."""
+    started = registry(kube, moto, tmp_path_factory.mktemp("operator"))
+    yield started.start(WATCHED, name="operator")
+    started.stop()
 
 
 @pytest.fixture
-def operators() -> Iterator[list[OperatorProcess]]:
-    """Operators a test starts; stopped at its end whatever happens."""
-    started: list[OperatorProcess] = []
+def operators(kube: Kube, moto: Moto, tmp_path: Path) -> Iterator[Operators]:
+    """Operators a test starts (``operators.start(namespace, env=...)``); stopped at its end."""
+    started = registry(kube, moto, tmp_path)
     yield started
-    for process in started:
-        process.stop()
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def module_operators(
+    kube: Kube, moto: Moto, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operators]:
+    """Operators a module's fixtures share; stopped at the module's end."""
+    started = registry(kube, moto, tmp_path_factory.mktemp("operators"))
+    yield started
+    started.stop()
 
 
 PEERING_CRDS = ROOT / "deploy" / "peering" / "crds.yaml"

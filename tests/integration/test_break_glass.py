@@ -29,8 +29,6 @@ from cloudcred.constants import (
 )
 from tests.aws import Moto
 from tests.conftest import Kube
-from tests.envtest.controlplane import free_port
-from tests.integration.conftest import operator_env
 from tests.integration.test_install import (  # fixtures: helm, deploy/'s RBAC for real
     documents,
     dry_run,
@@ -44,7 +42,7 @@ from tests.integration.test_install import (  # fixtures: helm, deploy/'s RBAC f
     token_kubeconfig,
 )
 from tests.kube import ROOT, api_client, load_yaml_documents
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import OperatorProcess, Operators, wait_for
 from tests.resources import (
     create_cluster,
     events_for,
@@ -318,6 +316,7 @@ def test_removing_the_in_use_label_needs_the_permission(
 
 def test_operator_releases_labels_with_its_own_cluster_role(
     kube: Kube, moto: Moto, shipped_identity: tuple[str, str], tmp_path: Path,  # noqa: F811
+    operators: Operators,
 ) -> None:  # fmt: skip
     """The policy checks the operator too: its ClusterRole's `unlabel-in-use` lets it
     release a Secret that its credential stopped referencing, and one whose credential
@@ -326,10 +325,8 @@ def test_operator_releases_labels_with_its_own_cluster_role(
     kubeconfig = token_kubeconfig(kube, account_namespace, account, tmp_path / "kubeconfig")
     watched = f"glass-{uuid.uuid4().hex[:10]}"  # not t-*: the shared operator stays out
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=watched)))
-    env = {**operator_env(moto), "CLOUDCRED_METRICS_PORT": str(free_port()),
-           "CLOUDCRED_OPERATOR_NAMESPACE": account_namespace}  # fmt: skip
-    operator = OperatorProcess(kubeconfig=kubeconfig, log_path=tmp_path / "operator.log",
-                               env=env, args=["--namespace", watched]).start()  # fmt: skip
+    operator = operators.start(watched, kubeconfig=kubeconfig,
+                               env={"CLOUDCRED_OPERATOR_NAMESPACE": account_namespace})  # fmt: skip
     try:
         used_credential(kube, moto, watched, "aws", "old-keys")
         key = moto.create_user(f"new-{uuid.uuid4().hex[:8]}")

@@ -45,7 +45,7 @@ from tests.integration.test_install import (
     token_kubeconfig,
 )
 from tests.kube import ROOT, load_yaml_documents
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import OperatorProcess, Operators, wait_for
 from tests.resources import condition, create_credential, get_credential, secret
 
 pytestmark = pytest.mark.integration
@@ -453,8 +453,8 @@ def ha_release(kube: Kube, helm_bin: Path, kube_version: str) -> Iterator[dict[s
                     raise
 
 
-def chart_replica(deployment: dict[str, Any], pod: str, kubeconfig: Path, extra: dict[str, str],
-                  log: Path) -> OperatorProcess:  # fmt: skip
+def chart_replica(operators: Operators, deployment: dict[str, Any], pod: str, kubeconfig: Path,
+                  extra: dict[str, str]) -> OperatorProcess:  # fmt: skip
     """One replica of the rendered Deployment as a process: its args and env (POD_ID,
     from the downward API in a pod, is the pod name given here; ports are free ones, as
     each pod has its own network)."""
@@ -470,17 +470,15 @@ def chart_replica(deployment: dict[str, Any], pod: str, kubeconfig: Path, extra:
     health, metrics = free_port(), free_port()
     env.update(CLOUDCRED_LIVENESS_ENDPOINT=f"http://127.0.0.1:{health}/healthz",
                CLOUDCRED_METRICS_PORT=str(metrics))  # fmt: skip
-    return OperatorProcess(
-        kubeconfig=kubeconfig, log_path=log, env={**extra, **env}, args=container["args"][1:],
-        standalone=False, liveness_port=health, metrics_port=metrics,
-    ).start()  # fmt: skip
+    return operators.start(kubeconfig=kubeconfig, env={**extra, **env}, base_env=False,
+                           args=container["args"][1:], standalone=False, name=pod,
+                           liveness_port=health, metrics_port=metrics)  # fmt: skip
 
 
 @pytest.mark.faults
 def test_two_replicas_one_active_and_the_standby_takes_over(
-    kube: Kube, moto: Moto, ha_release: dict[str, Any], tmp_path: Path,
-    operators: list[OperatorProcess],
-) -> None:  # fmt: skip
+    kube: Kube, moto: Moto, ha_release: dict[str, Any], tmp_path: Path, operators: Operators
+) -> None:
     """The active replica goes away as CLOUDCRED_FAULT_TAKEOVER says (test_faults.py):
     SIGTERM in ``make test`` (kopf takes it out of the peering on its way out), SIGKILL in
     ``make test-long`` (no goodbye: the standby waits for kopf's peering lifetime, 60 s)."""
@@ -500,12 +498,10 @@ def test_two_replicas_one_active_and_the_standby_takes_over(
         )
         return dict(body.get("status") or {})
 
-    first = chart_replica(deployment, "cloudcred-a", kubeconfig, extra, tmp_path / "a.log")
-    operators.append(first)
+    first = chart_replica(operators, deployment, "cloudcred-a", kubeconfig, extra)
     wait_for(lambda: "cloudcred-a" in peers() and "Resuming operations" in first.log(),
              timeout=60, what="the first replica to join the peering and act")  # fmt: skip
-    second = chart_replica(deployment, "cloudcred-b", kubeconfig, extra, tmp_path / "b.log")
-    operators.append(second)
+    second = chart_replica(operators, deployment, "cloudcred-b", kubeconfig, extra)
     wait_for(lambda: "cloudcred-b" in peers() and "cloudcred settings" in second.log(),
              timeout=60, what="the second replica to join the peering")  # fmt: skip
     listed = peers()

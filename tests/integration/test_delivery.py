@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +14,7 @@ from kubernetes import client
 from cloudcred.constants import ROLLOUT_PAUSED_ANNOTATION
 from tests.aws import Moto
 from tests.conftest import Kube
-from tests.integration.conftest import operator_env
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import OperatorProcess, Operators, wait_for
 from tests.resources import (
     condition,
     create_cluster,
@@ -231,19 +228,14 @@ def test_another_namespace_receives_only_what_delivery_allows_and_loses_it_on_re
 
 
 @pytest.fixture
-def role_operator(kube: Kube, moto: Moto, tmp_path: Path) -> Iterator[tuple[str, OperatorProcess]]:
+def role_operator(kube: Kube, operators: Operators) -> tuple[str, OperatorProcess]:
     """An operator of its own whose delivered session credentials are renewed ten
     seconds after they are written (15-minute sessions, renewed 890 s before expiry)."""
     namespace = f"own-{uuid.uuid4().hex[:10]}"
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    process = OperatorProcess(
-        kubeconfig=kube.kubeconfig, log_path=tmp_path / "operator.log",
-        env={**operator_env(moto), "CLOUDCRED_DELIVERY_SESSION_SECONDS": "900",
-             "CLOUDCRED_DELIVERY_REFRESH_BEFORE": "890"},
-        args=["--namespace", namespace],
-    ).start()  # fmt: skip
-    yield namespace, process
-    process.stop()
+    renewed_soon = {"CLOUDCRED_DELIVERY_SESSION_SECONDS": "900",
+                    "CLOUDCRED_DELIVERY_REFRESH_BEFORE": "890"}  # fmt: skip
+    return namespace, operators.start(namespace, env=renewed_soon)
 
 
 def test_a_role_is_delivered_as_session_credentials_renewed_before_expiry(

@@ -52,9 +52,8 @@ from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, VERSIO
 from tests.aws import Moto
 from tests.conftest import Kube
 from tests.envtest.controlplane import ControlPlane
-from tests.integration.conftest import operator_env
 from tests.kube import api_client
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import OperatorProcess, Operators, wait_for
 from tests.resources import (
     condition,
     create_cluster,
@@ -222,7 +221,7 @@ def plane(fault_plane: ControlPlane) -> ControlPlane:
 
 
 def test_repeated_sigkills_during_a_fan_out_converge(
-    kube: Kube, moto: Moto, tmp_path: Path, operators: list[OperatorProcess]
+    kube: Kube, moto: Moto, operators: Operators
 ) -> None:
     """SIGKILL the operator ``KILLS`` times at seeded random points of a fan-out over
     ``CLUSTERS`` clusters (default pacing: 25 %); restart it each time. Every cluster
@@ -232,10 +231,7 @@ def test_repeated_sigkills_during_a_fan_out_converge(
     print(f"\nfault seed: {run_seed} (CLOUDCRED_FAULT_SEED={run_seed} replays it)")
     rng = random.Random(run_seed)
     ns = new_namespace(kube, "fk")
-    operator = OperatorProcess(kubeconfig=kube.kubeconfig, log_path=tmp_path / "operator.log",
-                               env={**operator_env(moto), **QUIET},
-                               args=["--namespace", ns]).start()  # fmt: skip
-    operators.append(operator)
+    operator = operators.start(ns, env=QUIET)
     limit = max(1, CLUSTERS * 25 // 100)
     create_fleet(kube, ns, CLUSTERS, moto.create_role(f"fault-{uuid.uuid4().hex[:6]}"))
     revision = new_revision(kube, ns, "fleet", None)
@@ -304,17 +300,14 @@ def test_repeated_sigkills_during_a_fan_out_converge(
 
 
 def test_control_plane_restart_mid_rollout_converges_without_operator_restart(
-    plane: ControlPlane, moto: Moto, tmp_path: Path, operators: list[OperatorProcess]
+    plane: ControlPlane, moto: Moto, operators: Operators
 ) -> None:
     """Stop kube-apiserver and etcd in the middle of a rollout, start them again on the
     same ports with the same data: the operator process lives on (same pid), finishes
     the rollout, and its reconnected watches see a later edit and a new cluster."""
     kube = plane_kube(plane)
     ns = new_namespace(kube, "fr")
-    operator = OperatorProcess(kubeconfig=plane.kubeconfig, log_path=tmp_path / "operator.log",
-                               env={**operator_env(moto), **QUIET},
-                               args=["--namespace", ns]).start()  # fmt: skip
-    operators.append(operator)
+    operator = operators.start(ns, env=QUIET, kubeconfig=plane.kubeconfig)
     pid = operator.pid
     # Two at a time: the rollout is still going when the control plane stops.
     create_fleet(kube, ns, PLANE_CLUSTERS, moto.create_role(f"fault-{uuid.uuid4().hex[:6]}"),
@@ -360,7 +353,7 @@ def test_control_plane_restart_mid_rollout_converges_without_operator_restart(
 
 
 def test_watch_410_gone_relists_and_converges(
-    plane: ControlPlane, moto: Moto, tmp_path: Path, operators: list[OperatorProcess]
+    plane: ControlPlane, moto: Moto, operators: Operators
 ) -> None:
     """While the operator's API server is away, a second API server on the same etcd
     creates a cluster, deletes one, edits the credential and writes unrelated
@@ -370,14 +363,7 @@ def test_watch_410_gone_relists_and_converges(
     kube = plane_kube(plane)
     ns = new_namespace(kube, "fg")
     noise = new_namespace(kube, "fn")
-    operator = OperatorProcess(
-        kubeconfig=plane.kubeconfig,
-        log_path=tmp_path / "operator.log",
-        env=operator_env(moto),
-        args=["--namespace", ns],
-    )
-    operator.start()
-    operators.append(operator)
+    operator = operators.start(ns, kubeconfig=plane.kubeconfig)
     pid = operator.pid
     create_fleet(kube, ns, PLANE_CLUSTERS, moto.create_role(f"fault-{uuid.uuid4().hex[:6]}"))
     first = new_revision(kube, ns, "fleet", None)
@@ -434,7 +420,7 @@ def test_watch_410_gone_relists_and_converges(
 
 
 def test_two_replicas_with_peering_only_the_higher_priority_acts(
-    plane: ControlPlane, moto: Moto, tmp_path: Path, operators: list[OperatorProcess]
+    plane: ControlPlane, moto: Moto, operators: Operators
 ) -> None:
     """Two replicas (priorities 200 and 100) share a KopfPeering: every write on the
     namespace's objects comes from the higher one (each replica has its own client
@@ -447,13 +433,9 @@ def test_two_replicas_with_peering_only_the_higher_priority_acts(
     kube.custom.create_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", peering)
 
     def replica(user: str, priority: int) -> OperatorProcess:
-        process = OperatorProcess(
-            kubeconfig=plane.user_kubeconfig(user), log_path=tmp_path / f"{user}.log",
-            env=operator_env(moto), standalone=False,
-            args=["--namespace", ns, "--peering", "cloudcred", "--priority", str(priority)],
-        ).start()  # fmt: skip
-        operators.append(process)
-        return process
+        peering = ["--peering", "cloudcred", "--priority", str(priority)]
+        return operators.start(ns, kubeconfig=plane.user_kubeconfig(user), name=user,
+                               standalone=False, args=peering)  # fmt: skip
 
     def peers() -> dict[str, Any]:
         body = kube.custom.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings",

@@ -70,11 +70,10 @@ from cloudcred.kube import Kube as OperatorKube
 from tests.aws import Moto
 from tests.conftest import Kube
 from tests.envtest.controlplane import ControlPlane
-from tests.integration.conftest import operator_env
 from tests.integration.test_faults import STOP_GRACE, plane_kube
 from tests.integration.test_metrics import scrape
 from tests.kube import api_client
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import OperatorProcess, Operators, wait_for
 from tests.proxy import LoopbackProxy, Tls, kubeconfig_via
 from tests.resources import (
     condition,
@@ -129,16 +128,6 @@ def own_namespace(kube: Kube, prefix: str, labels: dict[str, str] | None = None)
     kube.core.create_namespace(client.V1Namespace(
         metadata=client.V1ObjectMeta(name=name, labels=labels)))  # fmt: skip
     return name
-
-
-def start_operator(
-    operators: list[OperatorProcess], kubeconfig: Path, log_path: Path, env: dict[str, str],
-    namespaces: list[str],
-) -> OperatorProcess:  # fmt: skip
-    args = [arg for ns in namespaces for arg in ("--namespace", ns)]
-    process = OperatorProcess(kubeconfig=kubeconfig, log_path=log_path, env=env, args=args)
-    operators.append(process.start())
-    return process
 
 
 def is_bound(cluster: dict[str, Any] | None) -> bool:
@@ -421,7 +410,7 @@ VARIANTS = {
 @pytest.mark.faults
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
-    kube: Kube, moto: Moto, tmp_path: Path, operators: list[OperatorProcess], variant: str
+    kube: Kube, moto: Moto, tmp_path: Path, operators: Operators, variant: str
 ) -> None:
     """``HOLD_CLUSTERS`` clusters bound to one static-key credential; the operator is
     SIGKILLed and started again. From the kill until 30 s after the new start, polled
@@ -448,10 +437,8 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
     fleet = Fleet(home=home, namespaces=namespaces, count=HOLD_CLUSTERS)
     watched = sorted({home, *namespaces})
     try:
-        env = {**operator_env(moto), **QUIET}
-        first = start_operator(
-            operators, kube.kubeconfig, tmp_path / "operator-1.log", env, watched
-        )
+        env = QUIET
+        first = operators.start(*watched, kubeconfig=kube.kubeconfig, env=env, name="operator-1")
         print(f"\n{variant}: {HOLD_CLUSTERS} clusters in {len(namespaces)} namespace(s)")
 
         started = time.monotonic()
@@ -534,9 +521,7 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
             fleet.create_one(kube, extra_ns, late)
             wait_for(lambda: refusal(lambda: get_cluster(kube, extra_ns, doomed)) is not None,
                      timeout=10, interval=0.1, what=f"{doomed} gone")  # fmt: skip
-            second = start_operator(
-                operators, kubeconfig, tmp_path / "operator-2.log", env, watched
-            )
+            second = operators.start(*watched, kubeconfig=kubeconfig, env=env, name="operator-2")
             restarted = time.monotonic()
 
             def taken_over() -> bool:
@@ -778,7 +763,7 @@ def refused_cluster(kube: Kube) -> Iterator[Callable[[str, str], Callable[[], No
 
 
 def test_one_refused_cluster_holds_up_no_other_and_is_retried_with_backoff(
-    kube: Kube, tmp_path: Path, moto: Moto, operators: list[OperatorProcess],
+    kube: Kube, tmp_path: Path, moto: Moto, operators: Operators,
     refused_cluster: Callable[[str, str], Callable[[], None]],
 ) -> None:  # fmt: skip
     """A Cluster whose every update a policy engine refuses (a ValidatingAdmissionPolicy
@@ -800,8 +785,8 @@ def test_one_refused_cluster_holds_up_no_other_and_is_retried_with_backoff(
     lift = refused_cluster(ns, "frozen")
     offset = audit_log.stat().st_size
     since_start = datetime.now(UTC) - timedelta(seconds=1)
-    env = {**operator_env(moto), "CLOUDCRED_RETRY_MAX_DELAY": str(RETRY_CAP)}
-    operator = start_operator(operators, kube.kubeconfig, tmp_path / "operator.log", env, [ns])
+    env = {"CLOUDCRED_RETRY_MAX_DELAY": str(RETRY_CAP)}
+    operator = operators.start(ns, kubeconfig=kube.kubeconfig, env=env, name="operator")
     far = datetime.now(UTC) + timedelta(days=1)
 
     def attempts() -> list[datetime]:
@@ -970,7 +955,7 @@ def test_after_a_switch_to_a_new_secret_the_old_one_is_released(
 
 @pytest.mark.faults
 def test_a_credential_deleted_while_the_watch_was_down_is_dropped_after_the_relist(
-    fault_plane: ControlPlane, moto: Moto, tmp_path: Path, operators: list[OperatorProcess]
+    fault_plane: ControlPlane, moto: Moto, tmp_path: Path, operators: Operators
 ) -> None:
     """While the operator's API server is away, a second API server on the same etcd
     deletes a credential that two clusters use (its finalizer removed, break glass), and
@@ -980,8 +965,7 @@ def test_a_credential_deleted_while_the_watch_was_down_is_dropped_after_the_reli
     plane = fault_plane
     kube = plane_kube(plane)
     ns = own_namespace(kube, "hg")
-    operator = start_operator(operators, plane.kubeconfig, tmp_path / "operator.log",
-                              operator_env(moto), [ns])  # fmt: skip
+    operator = operators.start(ns, kubeconfig=plane.kubeconfig, name="operator")
     for name in ("doomed", "kept"):
         create_credential(kube, ns, name, provider="AWS", aws=ROLE, verification=NO_CHECK)
     users = {"a": "doomed", "b": "doomed", "c": "kept"}
@@ -1036,7 +1020,7 @@ def test_a_credential_deleted_while_the_watch_was_down_is_dropped_after_the_reli
 
 @pytest.mark.faults
 def test_a_watch_that_stops_answering_fails_healthz_and_the_operator_catches_up(
-    kube: Kube, moto: Moto, tmp_path: Path, operators: list[OperatorProcess]
+    kube: Kube, moto: Moto, tmp_path: Path, operators: Operators
 ) -> None:
     """The operator reaches the API server through a loopback proxy. The proxy turns into
     a black hole: its connections stay open and carry nothing, new ones are accepted
@@ -1055,8 +1039,8 @@ def test_a_watch_that_stops_answering_fails_healthz_and_the_operator_catches_up(
     try:
         via = kubeconfig_via(kube.kubeconfig, f"https://127.0.0.1:{proxy.port}",
                              tmp_path / "kubeconfig-proxy")  # fmt: skip
-        env = {**operator_env(moto), "CLOUDCRED_WATCH_TIMEOUT": str(WATCH_TIMEOUT)}
-        operator = start_operator(operators, via, tmp_path / "operator.log", env, [ns])
+        env = {"CLOUDCRED_WATCH_TIMEOUT": str(WATCH_TIMEOUT)}
+        operator = operators.start(ns, kubeconfig=via, env=env, name="operator")
         create_credential(kube, ns, "cred", provider="AWS", aws=ROLE, verification=NO_CHECK)
         create_cluster(kube, ns, "early", provider="AWS", region="eu-west-3",
                        credentialRef={"name": "cred"}, deploy="External")  # fmt: skip
@@ -1109,7 +1093,7 @@ def test_a_watch_that_stops_answering_fails_healthz_and_the_operator_catches_up(
 
 
 def test_a_cluster_recreated_during_its_deploy_gets_its_own_deployment(
-    kube: Kube, moto: Moto, tmp_path: Path, operators: list[OperatorProcess]
+    kube: Kube, moto: Moto, tmp_path: Path, operators: Operators
 ) -> None:
     """The operator's own deploy step, with its regional AWS calls held 3 s each by a
     proxy in front of moto. While the first deploy of a cluster is under way, the
@@ -1133,10 +1117,9 @@ def test_a_cluster_recreated_during_its_deploy_gets_its_own_deployment(
                           lifetime=600).start()  # fmt: skip
     try:
         # Provider calls may take longer than the held ones (the tests' default is 3 s).
-        env = {**operator_env(moto), "AWS_ENDPOINT_URL": proxy.url,
+        env = {"AWS_ENDPOINT_URL": proxy.url,
                "CLOUDCRED_VERIFICATION_TIMEOUT": "30"}  # fmt: skip
-        operator = start_operator(operators, kube.kubeconfig, tmp_path / "operator.log", env,
-                                  [ns])  # fmt: skip
+        operator = operators.start(ns, kubeconfig=kube.kubeconfig, env=env, name="operator")
         create_credential(kube, ns, "deployer", provider="AWS", aws=ROLE)
         revision = new_revision(kube, ns, "deployer", None)
         wait_for(lambda: (condition(get_credential(kube, ns, "deployer"), "Verified") or {})

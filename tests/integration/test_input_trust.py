@@ -21,10 +21,9 @@ from cloudcred.constants import REFERENCED_LABEL
 from tests.aws import Moto
 from tests.conftest import Kube
 from tests.gcp import SERVER_KEY, key_json, start_token_endpoint
-from tests.integration.conftest import operator_env
 from tests.integration.test_admission import create, credential, names_field, rejection
 from tests.kube import ROOT
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import OperatorProcess, Operators, wait_for
 from tests.resources import (
     condition,
     create_credential,
@@ -96,21 +95,13 @@ def new_namespace(kube: Kube, prefix: str) -> str:
 
 
 @pytest.fixture
-def own_operator(kube: Kube, moto: Moto, tmp_path: Path) -> Iterator[Any]:
+def own_operator(operators: Operators) -> Any:
     """Start an operator of this test's own with extra settings, watching ``args``."""
-    started: list[OperatorProcess] = []
 
     def start(args: list[str], **env: str) -> OperatorProcess:
-        process = OperatorProcess(
-            kubeconfig=kube.kubeconfig, log_path=tmp_path / f"operator-{len(started)}.log",
-            env={**operator_env(moto), **env}, args=args,
-        ).start()  # fmt: skip
-        started.append(process)
-        return process
+        return operators.start(env=env, args=args)
 
-    yield start
-    for process in started:
-        process.stop()
+    return start
 
 
 def verified_reason(kube: Kube, namespace: str, name: str, reason: str, timeout: float = 40):  # type: ignore[no-untyped-def]

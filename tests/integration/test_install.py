@@ -27,10 +27,9 @@ from kubernetes.client.rest import ApiException
 
 from tests.aws import Moto
 from tests.conftest import Kube
-from tests.envtest.controlplane import cache_dir, ensure_binaries, free_port
-from tests.integration.conftest import operator_env
+from tests.envtest.controlplane import cache_dir, ensure_binaries
 from tests.kube import ROOT
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import Operators, wait_for
 from tests.resources import (
     condition,
     create_cluster,
@@ -412,7 +411,11 @@ def token_kubeconfig(kube: Kube, namespace: str, account: str, path: Path) -> Pa
 
 
 def test_operator_works_with_the_shipped_cluster_role_and_nothing_more(
-    kube: Kube, moto: Moto, shipped_identity: tuple[str, str], tmp_path: Path
+    kube: Kube,
+    moto: Moto,
+    shipped_identity: tuple[str, str],
+    tmp_path: Path,
+    operators: Operators,
 ) -> None:
     """The real operator, authenticated as the deploy/ ServiceAccount: it verifies an AWS
     key (Secret read and labelled), binds two clusters, deploys them (one with its
@@ -422,12 +425,8 @@ def test_operator_works_with_the_shipped_cluster_role_and_nothing_more(
     kubeconfig = token_kubeconfig(kube, account_namespace, account, tmp_path / "kubeconfig")
     watched = f"rbac-{uuid.uuid4().hex[:10]}"  # not t-*: the shared test operator stays out
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=watched)))
-    env = {**operator_env(moto), "CLOUDCRED_METRICS_PORT": str(free_port()),
-           "CLOUDCRED_OPERATOR_NAMESPACE": account_namespace}  # fmt: skip
-    operator = OperatorProcess(
-        kubeconfig=kubeconfig, log_path=tmp_path / "operator.log", env=env,
-        args=["--namespace", watched],
-    ).start()  # fmt: skip
+    operator = operators.start(watched, kubeconfig=kubeconfig,
+                               env={"CLOUDCRED_OPERATOR_NAMESPACE": account_namespace})  # fmt: skip
     try:
         key = moto.create_user(f"rbac-{uuid.uuid4().hex[:8]}")
         secret(kube, watched, "aws-keys", {"secretAccessKey": key.secret_access_key})

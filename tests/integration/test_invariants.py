@@ -16,7 +16,6 @@ import random
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +25,7 @@ from kubernetes.client.rest import ApiException
 from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, VERSION
 from tests.aws import Moto
 from tests.conftest import Kube
-from tests.integration.conftest import operator_env
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import Operators, wait_for
 from tests.resources import condition, create_cluster, create_credential
 
 pytestmark = pytest.mark.integration
@@ -91,18 +89,15 @@ def actual_lists(kube: Kube, namespace: str) -> dict[str, list[str]]:
     }
 
 
-def test_bindings_survive_churn_kills_and_restarts(kube: Kube, moto: Moto, tmp_path: Path) -> None:
+def test_bindings_survive_churn_kills_and_restarts(
+    kube: Kube, moto: Moto, operators: Operators
+) -> None:
     seed = int(os.environ.get("CLOUDCRED_INVARIANT_SEED", random.randrange(2**32)))
     print(f"invariant seed: {seed}")
     rng = random.Random(seed)
     namespace = f"i-{uuid.uuid4().hex[:8]}"
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    operator = OperatorProcess(
-        kube.kubeconfig,
-        tmp_path / "operator.log",
-        env=operator_env(moto),
-        args=["--namespace", namespace],
-    ).start()
+    operator = operators.start(namespace)
     custom = kube.custom
 
     def ensure_credential(name: str) -> None:

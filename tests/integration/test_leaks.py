@@ -40,7 +40,7 @@ from tests.conftest import Kube
 from tests.echo import EchoServer, make_pki
 from tests.integration.conftest import operator_env
 from tests.kube import ROOT
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import OperatorProcess, Operators, wait_for
 from tests.resources import condition, create_cluster, create_credential, get_credential
 
 pytestmark = pytest.mark.integration
@@ -169,7 +169,9 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(kube: Kube, moto: Moto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(
+    kube: Kube, moto: Moto, tmp_path_factory: pytest.TempPathFactory, module_operators: Operators
+) -> Iterator[World]:
     folder = tmp_path_factory.mktemp("leaks")
     namespace = f"leak-{uuid.uuid4().hex[:8]}"
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
@@ -305,8 +307,8 @@ def world(kube: Kube, moto: Moto, tmp_path_factory: pytest.TempPathFactory) -> I
         "CLOUDCRED_DELIVERY_REFRESH_BEFORE": "890",
     }
     book.add("the operator's own AWS secret key", env["AWS_SECRET_ACCESS_KEY"])
-    operator = OperatorProcess(kube.kubeconfig, folder / "operator.log", env=env,
-                               args=["--namespace", namespace]).start()  # fmt: skip
+    # The environment in full (base_env=False): the book must know the operator's own key.
+    operator = module_operators.start(namespace, env=env, base_env=False)
     try:
         yield World(kube, namespace, operator, plain, tls, book, succeed, fail, delivered)
     finally:

@@ -7,7 +7,6 @@ import time
 import urllib.request
 import uuid
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.aws import Moto
 from tests.conftest import Kube
-from tests.integration.conftest import operator_env
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import Operators, wait_for
 from tests.resources import (
     create_cluster,
     create_credential,
@@ -74,13 +72,12 @@ def conditions_of(obj: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in items}
 
 
-def test_metrics_while_the_operator_runs(kube: Kube, moto: Moto, tmp_path: Path) -> None:
+def test_metrics_while_the_operator_runs(kube: Kube, moto: Moto, operators: Operators) -> None:
     # A namespace only this operator watches (the shared test operator watches t-*).
     namespace = f"m-{uuid.uuid4().hex[:8]}"
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     started = time.time()
-    process = OperatorProcess(kube.kubeconfig, tmp_path / "operator.log", env=operator_env(moto),
-                              args=["--namespace", namespace]).start()  # fmt: skip
+    process = operators.start(namespace)
     port = process.metrics_port
     try:
         wait_for(lambda: "cloudcred settings" in process.log(), timeout=30, what="start")
@@ -206,15 +203,12 @@ def test_metrics_while_the_operator_runs(kube: Kube, moto: Moto, tmp_path: Path)
         process.stop()
 
 
-def test_a_new_revision_reconciles_each_cluster_once(
-    kube: Kube, moto: Moto, tmp_path: Path
-) -> None:
+def test_a_new_revision_reconciles_each_cluster_once(kube: Kube, operators: Operators) -> None:
     """The running operator, counted by its own metric: a credential edit that marks every
     cluster at once (maxConcurrent 100 %) costs one cluster reconcile per cluster."""
     namespace = f"m-{uuid.uuid4().hex[:8]}"
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    process = OperatorProcess(kube.kubeconfig, tmp_path / "operator.log", env=operator_env(moto),
-                              args=["--namespace", namespace]).start()  # fmt: skip
+    process = operators.start(namespace)
     count = 30
     try:
         create_credential(kube, namespace, "shared", provider="AWS",

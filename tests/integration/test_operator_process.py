@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import Kube
 from tests.kube import ROOT
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import Operators, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +31,10 @@ def test_crds_command_prints_the_committed_crds() -> None:
         assert path.read_text() in result.stdout
 
 
-def test_json_logs_and_configuration_logged_at_start(kube: Kube, tmp_path: Path) -> None:
-    operator = OperatorProcess(
-        kube.kubeconfig, tmp_path / "operator.log",
-        env={"CLOUDCRED_LOG_FORMAT": "json", "CLOUDCRED_LOG_LEVEL": "INFO",
-             "CLOUDCRED_KEY_AGE_LIMIT_DAYS": "30"},
-        args=["--namespace", "nothing-here"],
-    ).start()  # fmt: skip
+def test_json_logs_and_configuration_logged_at_start(operators: Operators) -> None:
+    operator = operators.start("nothing-here", base_env=False,
+                               env={"CLOUDCRED_LOG_FORMAT": "json", "CLOUDCRED_LOG_LEVEL": "INFO",
+                                    "CLOUDCRED_KEY_AGE_LIMIT_DAYS": "30"})  # fmt: skip
     try:
         wait_for(lambda: "cloudcred settings" in operator.log(), timeout=30, what="start")
         lines = [line for line in operator.log().splitlines() if line.strip()]

@@ -7,7 +7,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,7 @@ from kubernetes import client
 from tests.aws import Moto
 from tests.conftest import Kube
 from tests.gcp import EMAIL, key_json, pem, start_token_endpoint
-from tests.integration.conftest import operator_env
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import OperatorProcess, Operators, wait_for
 from tests.resources import (
     condition,
     create_cluster,
@@ -182,21 +180,14 @@ def own_namespace(kube: Kube) -> str:
 
 
 @pytest.fixture
-def start_operator(kube: Kube, moto: Moto, own_namespace: str, tmp_path: Path) -> Iterator[Any]:
-    """Start an operator of this test's own, watching only ``own_namespace``."""
-    started: list[OperatorProcess] = []
+def start_operator(own_namespace: str, operators: Operators) -> Any:
+    """Start an operator of this test's own, watching only ``own_namespace``; a restart
+    appends to the same log."""
 
     def start(**env: str) -> OperatorProcess:
-        process = OperatorProcess(
-            kubeconfig=kube.kubeconfig, log_path=tmp_path / "operator.log",
-            env={**operator_env(moto), **env}, args=["--namespace", own_namespace],
-        ).start()  # fmt: skip
-        started.append(process)
-        return process
+        return operators.start(own_namespace, env=env, name="operator")
 
-    yield start
-    for process in started:
-        process.stop()
+    return start
 
 
 def test_a_secret_data_edit_redeploys_within_30_seconds(

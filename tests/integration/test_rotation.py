@@ -21,9 +21,8 @@ from kubernetes import client
 
 from tests.aws import AwsKey, Moto
 from tests.conftest import Kube
-from tests.integration.conftest import operator_env
 from tests.integration.test_metrics import scrape
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import OperatorProcess, Operators, wait_for
 from tests.proxy import LoopbackProxy
 from tests.resources import (
     condition,
@@ -237,9 +236,8 @@ def test_a_rollout_that_cannot_complete_retires_nothing(
 
 
 def test_sigkill_at_each_phase_leaves_one_new_key_and_retires_nothing_in_use(
-    kube: Kube, moto: Moto, operators: list[OperatorProcess],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:  # fmt: skip
+    kube: Kube, moto: Moto, operators: Operators
+) -> None:
     """Four rotations of one credential, the operator SIGKILLed once in each: before the
     create reaches AWS, after AWS made the key but before it was recorded, during the
     rollout, and after the old key was deactivated. After each: exactly one new key, no
@@ -258,14 +256,9 @@ def test_sigkill_at_each_phase_leaves_one_new_key_and_retires_nothing_in_use(
     endpoint = urlparse(moto.endpoint)
     proxy = LoopbackProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80, hold=hold,
                           hold_bodies=True).start()  # fmt: skip
-    env = {**operator_env(moto), "AWS_ENDPOINT_URL": proxy.url}
-    logs = tmp_path_factory.mktemp("rotation-kills")
 
     def start() -> OperatorProcess:
-        process = OperatorProcess(kubeconfig=kube.kubeconfig, log_path=logs / "operator.log",
-                                  env=env, args=["--namespace", namespace]).start()  # fmt: skip
-        operators.append(process)
-        return process
+        return operators.start(namespace, env={"AWS_ENDPOINT_URL": proxy.url}, name="operator")
 
     user = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}")
     secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})

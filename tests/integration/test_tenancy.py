@@ -22,7 +22,7 @@ from tests.aws import Moto, recorded_calls, start_moto
 from tests.conftest import Kube
 from tests.integration.conftest import operator_env
 from tests.integration.test_cli import cloudcred
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import OperatorProcess, Operators, wait_for
 from tests.resources import condition, create_credential, get_credential
 
 pytestmark = pytest.mark.integration
@@ -42,16 +42,11 @@ class Recorded:
             kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         self.env = {**operator_env(self.moto),
                     "CLOUDCRED_OPERATOR_NAMESPACE": self.operator_namespace}  # fmt: skip
-        self.tmp = tmp
+        self.operators = Operators(tmp, kube.kubeconfig, lambda: self.env)
         self.operator = self.start()
 
     def start(self) -> OperatorProcess:
-        return OperatorProcess(
-            kubeconfig=self.kube_config, log_path=self.tmp / "operator.log", env=self.env,
-            args=["--namespace", self.team, "--namespace", self.team_a],
-        ).start()  # fmt: skip
-
-    kube_config: Path
+        return self.operators.start(self.team, self.team_a, name="operator")
 
     def assume_role_calls(self) -> list[dict[str, list[str]]]:
         return recorded_calls(self.recording, "AssumeRole")
@@ -61,12 +56,11 @@ class Recorded:
 def recorded(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
     """One for the module: each test has credentials of its own names, and reads the
     recording by their session names."""
-    Recorded.kube_config = kube.kubeconfig
     setup = Recorded(kube, tmp_path_factory.mktemp("tenancy"))
     try:
         yield setup
     finally:
-        setup.operator.stop()
+        setup.operators.stop()
         setup.moto.stop()
 
 

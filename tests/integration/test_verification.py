@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +12,7 @@ from kubernetes import client
 
 from tests.aws import Moto, blackhole
 from tests.conftest import Kube
-from tests.integration.conftest import operator_env
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import OperatorProcess, Operators, wait_for
 from tests.resources import (
     condition,
     create_credential,
@@ -137,15 +135,14 @@ def test_verification_disabled_is_unknown(
     assert obj["status"]["revision"].startswith("v2-")
 
 
-def test_unreachable_provider_within_the_timeout(kube: Kube, moto: Moto, tmp_path: Path) -> None:
+def test_unreachable_provider_within_the_timeout(kube: Kube, operators: Operators) -> None:
     """An AWS endpoint that accepts connections and never answers: ProviderUnreachable
     within the configured timeout, and the operator keeps running."""
     server, url = blackhole()
     namespace = f"u-{uuid.uuid4().hex[:8]}"
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    env = {**operator_env(moto), "AWS_ENDPOINT_URL": url, "CLOUDCRED_VERIFICATION_TIMEOUT": "2"}
-    process = OperatorProcess(kube.kubeconfig, tmp_path / "operator.log", env=env,
-                              args=["--namespace", namespace]).start()  # fmt: skip
+    process = operators.start(namespace, env={"AWS_ENDPOINT_URL": url,
+                                              "CLOUDCRED_VERIFICATION_TIMEOUT": "2"})  # fmt: skip
     try:
         wait_for(lambda: "cloudcred settings" in process.log(), timeout=30, what="start")
         started = time.monotonic()
@@ -157,5 +154,4 @@ def test_unreachable_provider_within_the_timeout(kube: Kube, moto: Moto, tmp_pat
         assert elapsed < 2 * 2 + 8, f"took {elapsed:.1f}s"
         assert process.alive
     finally:
-        process.stop()
         server.close()
