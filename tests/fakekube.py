@@ -303,6 +303,40 @@ class FakeKube:
         self.recorded.writes.append(Write("replace", "Secret", (namespace, name)))
         self._secret_changed((namespace, name))
 
+    async def read_secret_versioned(
+        self, namespace: str, name: str
+    ) -> tuple[dict[str, str], str, str] | None:
+        self._fault("read_secret_versioned")
+        secret = self.secrets.get((namespace, name))
+        if secret is None:
+            return None
+        metadata = secret["metadata"]
+        return dict(secret["data"]), metadata.setdefault("resourceVersion", "0"), metadata["uid"]
+
+    async def create_secret_versioned(
+        self, namespace: str, name: str, data: dict[str, str], metadata: dict[str, Any]
+    ) -> tuple[str, str]:
+        await self.create_secret(namespace, name, data, metadata)
+        made = self.secrets[(namespace, name)]["metadata"]
+        made["resourceVersion"] = str(next(self._versions))
+        return made["resourceVersion"], made["uid"]
+
+    async def swap_secret_data(
+        self, namespace: str, name: str, uid: str, resource_version: str, data: dict[str, str]
+    ) -> str:
+        self._fault("swap_secret_data")
+        secret = self.secrets.get((namespace, name))
+        if secret is None:
+            raise NotFound(f"Secret {namespace}/{name}")
+        metadata = secret["metadata"]
+        if (metadata["uid"], metadata.get("resourceVersion", "0")) != (uid, resource_version):
+            raise Conflict(f"Secret {namespace}/{name} changed")
+        secret["data"] = dict(data)
+        metadata["resourceVersion"] = str(next(self._versions))
+        self.recorded.writes.append(Write("swap", "Secret", (namespace, name)))
+        self._secret_changed((namespace, name))
+        return str(metadata["resourceVersion"])
+
     async def delete_secret(self, namespace: str, name: str, uid: str) -> None:
         self._fault("delete_secret")
         secret = self.secrets.get((namespace, name))
@@ -318,10 +352,14 @@ class FakeKube:
         return None if labels is None else SimpleNamespace(labels=labels, uid=namespace)
 
     async def list_pages(
-        self, plural: str, field_selector: str | None = None, page_size: int = 500
+        self,
+        plural: str,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        namespace: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        for (kind, _), body in list(self.objects.items()):
-            if kind == KINDS[plural]:
+        for (kind, key), body in list(self.objects.items()):
+            if kind == KINDS[plural] and namespace in (None, key[0]):
                 yield copy.deepcopy(body)
 
     async def read_credential(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -367,6 +405,7 @@ class Operator:
             asyncio.Semaphore(4),
             [],
             self.installation,
+            bindings_quiet=0.0,  # settle() runs one key at a time: nothing is ever quiet
         )
         caches = self.controllers.caches
         for store in caches.stores:

@@ -76,12 +76,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _WatchHandlerSuccesses(logging.Filter):
-    """Drops kopf's "Handler 'cluster_event' succeeded." lines: kopf logs one per watch
-    event, that is one per write to any Cluster or CloudCredential (thousands during a
-    rollout), and they say nothing; failures still reach the log."""
+    """Drops kopf's "Handler 'credential_event' succeeded." lines: kopf logs one per watch
+    event, that is one per write to any CloudCredential (and, with peering, Cluster:
+    thousands during a rollout), and they say nothing; failures still reach the log."""
 
     QUIET = frozenset(
-        f"Handler '{name}' succeeded." for name in ("cluster_event", "credential_event")
+        f"Handler '{name}' succeeded." for name in ("cluster_sign", "credential_event")
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -106,8 +106,10 @@ def _configure_logging(settings: Settings) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> None:
     import kopf
 
-    import cloudcred.handlers  # noqa: F401 - registers the handlers
+    import cloudcred.handlers  # registers the handlers
 
+    if not args.standalone:
+        cloudcred.handlers.events.watch_clusters_for_peering()
     _configure_logging(settings)
     namespaces = args.namespace or ([] if args.all_namespaces else settings.namespaces)
     logging.getLogger("cloudcred").info(

@@ -22,6 +22,7 @@ from cloudcred.constants import (
     REDEPLOY_ANNOTATION,
     ROLLOUT_PAUSED_ANNOTATION,
 )
+from cloudcred.interning import SHARED
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -169,9 +170,35 @@ def _verification_problem(items: list[dict[str, Any]] | None) -> str | None:
     return f"it failed verification ({verified.get('reason')}: {verified.get('message')})"
 
 
-@dataclass(frozen=True)
+# What the reconcilers read of a Cluster's status (its writers' other fields, such as
+# lastDeployedTime, are not kept): every condition (the metrics count all of them).
+CLUSTER_STATUS_READ = ("conditions", "credential", "deployedRevision", "deployFailure")
+
+
+def lean_cluster_status(status: dict[str, Any]) -> dict[str, Any]:
+    """The part of a Cluster's status the caches keep: the fields the reconcilers
+    read, each condition and reference shared with every equal one (``interning``)."""
+    kept: dict[str, Any] = {}
+    for name in CLUSTER_STATUS_READ:
+        value = status.get(name)
+        if isinstance(value, list):
+            value = [SHARED.flat(item) if isinstance(item, dict) else item for item in value]
+        elif isinstance(value, dict):
+            value = SHARED.flat(value)
+        elif isinstance(value, str):
+            value = SHARED.text(value)
+        if value is not None:
+            kept[name] = value
+    return kept
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterInfo:
-    """What binding decisions need to know about a cluster, with its current status."""
+    """What binding decisions need to know about a cluster, with its current status.
+
+    Tens of thousands are kept (one per Cluster, see ``cache/``): ``from_body`` keeps
+    only what the reconcilers read, with the strings and conditions that clusters
+    have in common shared (``interning``)."""
 
     namespace: str
     name: str
@@ -184,14 +211,13 @@ class ClusterInfo:
     marked: str | None = None  # the cloudcred.io/redeploy-revision annotation
     uid: str | None = None
     credentials_secret: str | None = None  # spec.credentialsSecret.name
+    # Derived once (the reconcilers sort and compare thousands of clusters by them).
+    key: Key = field(init=False, compare=False, repr=False)
+    deployed_revision: str | None = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> Key:
-        return (self.namespace, self.name)
-
-    @property
-    def deployed_revision(self) -> str | None:
-        return self.status.get("deployedRevision") or None
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.namespace, self.name))
+        object.__setattr__(self, "deployed_revision", self.status.get("deployedRevision") or None)
 
     def deploy_failure(self, revision: str | None) -> str | None:
         """Why the operator's deploy step last failed to deploy ``revision`` here (its
@@ -209,16 +235,18 @@ class ClusterInfo:
     def from_body(cls, body: dict[str, Any]) -> ClusterInfo:
         metadata, spec = body["metadata"], body.get("spec") or {}
         ref = spec.get("credentialRef") or {}
+        namespace = SHARED.text(metadata["namespace"])
+        marked = (metadata.get("annotations") or {}).get(REDEPLOY_ANNOTATION)
         return cls(
-            namespace=metadata["namespace"],
+            namespace=namespace,
             name=metadata["name"],
-            provider=str(spec.get("provider", "")),
-            credential=(ref.get("namespace") or metadata["namespace"], ref.get("name", "")),
+            provider=SHARED.text(str(spec.get("provider", ""))),
+            credential=SHARED.pair(ref.get("namespace") or namespace, ref.get("name", "")),
             generation=metadata.get("generation"),
-            status=dict(body.get("status") or {}),
-            region=str(spec.get("region", "")),
+            status=lean_cluster_status(body.get("status") or {}),
+            region=SHARED.text(str(spec.get("region", ""))),
             external=spec.get("deploy") == "External",
-            marked=(metadata.get("annotations") or {}).get(REDEPLOY_ANNOTATION),
+            marked=SHARED.text(marked) if isinstance(marked, str) else marked,
             uid=metadata.get("uid"),
             credentials_secret=(spec.get("credentialsSecret") or {}).get("name"),
         )

@@ -62,6 +62,22 @@ class Settings(BaseModel):
         "Secrets and Namespaces (they repair what a watch missed) and between looks at "
         "every referenced Secret's labels.",
     )
+    propagation_aws: float = Field(
+        default=120.0,
+        ge=0,
+        description="Seconds a new AWS access key may be refused as "
+        "invalid after a rotation made it (IAM is eventually consistent): Propagating, "
+        "retried, then InvalidCredentials.",
+    )
+    propagation_gcp: float = Field(
+        default=300.0, ge=0, description="The same for a new GCP service-account key."
+    )
+    propagation_azure: float = Field(
+        default=600.0, ge=0, description="The same for a new Entra ID client secret."
+    )
+    propagation_scaleway: float = Field(
+        default=60.0, ge=0, description="The same for a new Scaleway API key."
+    )
     verification_timeout: float = Field(
         default=10.0, gt=0, description="Seconds one provider check may take."
     )
@@ -152,6 +168,10 @@ class Settings(BaseModel):
                 for issue in error.errors()
             )
             raise SettingsError(problems) from None
+
+    def propagation_window(self, provider: str) -> float:
+        """Seconds a key a rotation has just made may be refused while it propagates."""
+        return float(getattr(self, f"propagation_{provider.lower()}", 0.0))
 
     def provider_settings(self) -> ProviderSettings:
         return ProviderSettings(

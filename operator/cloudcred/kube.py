@@ -176,16 +176,26 @@ class Kube:
             raise
 
     async def list_pages(
-        self, plural: str, field_selector: str | None = None, page_size: int = 500
+        self,
+        plural: str,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        namespace: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every object of one of our kinds in every namespace, fresh from the API
-        server, a page at a time (a fleet of ten thousand is never one answer)."""
+        """Every object of one of our kinds in every namespace (or in ``namespace``),
+        fresh from the API server, a page at a time (a fleet of ten thousand is never
+        one answer)."""
         token = None
         selection = {"field_selector": field_selector} if field_selector else {}
         while True:
-            page = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION,
-                                    plural, limit=page_size, _continue=token,
-                                    **selection)  # fmt: skip
+            if namespace is None:
+                page = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION,
+                                        plural, limit=page_size, _continue=token,
+                                        **selection)  # fmt: skip
+            else:
+                page = await self._call(self.custom.list_namespaced_custom_object, GROUP,
+                                        VERSION, namespace, plural, limit=page_size,
+                                        _continue=token, **selection)  # fmt: skip
             for item in page.get("items") or []:
                 yield item
             token = (page.get("metadata") or {}).get("continue")
@@ -336,6 +346,60 @@ class Kube:
             raise RuntimeError(
                 f"writing Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
             ) from None
+
+    async def read_secret_versioned(
+        self, namespace: str, name: str
+    ) -> tuple[dict[str, str], str, str] | None:
+        """A Secret's base64 data, resourceVersion and UID; None when it does not exist."""
+        try:
+            secret = await self._read_secret(namespace, name)
+        except NotFound:
+            return None
+        return dict(secret.data or {}), secret.metadata.resource_version, secret.metadata.uid
+
+    async def create_secret_versioned(
+        self, namespace: str, name: str, data: dict[str, str], metadata: dict[str, Any]
+    ) -> tuple[str, str]:
+        """As ``create_secret``; returns the new Secret's resourceVersion and UID."""
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "namespace": namespace, **metadata},
+                "data": data}  # fmt: skip
+        try:
+            made: client.V1Secret = await self._call(
+                self.core.create_namespaced_secret, namespace, body
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise AlreadyExists(f"Secret {namespace}/{name} already exists") from None
+            raise RuntimeError(
+                f"creating Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
+            ) from None
+        return made.metadata.resource_version, made.metadata.uid
+
+    async def swap_secret_data(
+        self, namespace: str, name: str, uid: str, resource_version: str, data: dict[str, str]
+    ) -> str:
+        """Compare-and-swap of a Secret's data: written only if it is still the object read
+        (UID) and unchanged since (resourceVersion), else Conflict (NotFound when gone).
+        Returns the new resourceVersion. Errors never carry the body."""
+        patch = {"metadata": {"uid": uid, "resourceVersion": resource_version}, "data": data}
+        try:
+            written: client.V1Secret = await self._call(
+                self.core.patch_namespaced_secret,
+                name,
+                namespace,
+                patch,
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as error:
+            if error.status == 404:
+                raise NotFound(f"Secret {namespace}/{name}") from None
+            if error.status in (409, 422):
+                raise Conflict(f"Secret {namespace}/{name} changed") from None
+            raise RuntimeError(
+                f"writing Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
+            ) from None
+        return str(written.metadata.resource_version)
 
     async def delete_secret(self, namespace: str, name: str, uid: str) -> None:
         """Delete this Secret object (a precondition on its UID); gone already is fine."""

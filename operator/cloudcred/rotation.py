@@ -2,7 +2,9 @@
 
 With ``spec.rotation.policy: Automatic`` the operator makes a new key with the
 credential's own identity, keeps it in a Secret it owns (one per key:
-``<name>-key-<hash of the key id>``) and records it in ``status.rotation``; from then
+``<name>-key-<hash of the key id>``) and records it in its rotation record
+(``rotation_record.py``, in the operator's namespace), of which ``status.rotation`` is
+a view; from then
 on the credential's *effective* spec names that key and that Secret
 (``effective_spec``), so its revision changes and the existing rollout takes the new
 key to every cluster, while the spec itself, which a GitOps tool may own,
@@ -13,13 +15,17 @@ Phases (``status.rotation.phase``), each written *before* the provider call it g
 
     Idle -> Creating -> RollingOut -> Retiring -> Deleting -> Idle
 
-A key made by a step that did not finish (the operator stopped between the create and
-recording it) is not in ``knownKeyIds`` and not recorded: the next step deletes it.
+Only keys the operator's own create calls returned (the record's ``made``) are ever
+cleaned up; a key made by anyone else is reported, never deleted. No key that any
+CloudCredential resolves to now is deactivated or deleted (``key_ids_named``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -98,6 +104,21 @@ def in_effect(spec: dict[str, Any], rotation: dict[str, Any] | None) -> bool:
     )
 
 
+def rotated_key_age(spec: dict[str, Any], status: dict[str, Any] | None,
+                    now: datetime) -> timedelta | None:  # fmt: skip
+    """How long ago the rotation made the key in effect (from its next rotation time less
+    ``maxAge``); None when the spec's own key is in effect."""
+    view = (status or {}).get("rotation") or {}
+    max_age_text = (spec.get("rotation") or {}).get("maxAge")
+    if not in_effect(spec, view) or not view.get("nextRotationTime") or not max_age_text:
+        return None
+    try:
+        due = datetime.fromisoformat(str(view["nextRotationTime"]).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return now - (due - max_age(str(max_age_text)))
+
+
 def effective_spec(spec: dict[str, Any], status: dict[str, Any] | None) -> dict[str, Any]:
     """The spec the operator works with: ``spec``, with the rotated key (its public id and
     the Secret that holds it) in place of the spec's own once a rotation switched to it."""
@@ -114,11 +135,64 @@ def effective_spec(spec: dict[str, Any], status: dict[str, Any] | None) -> dict[
     return {**spec, provider.lower(): block}
 
 
-def strays(keys: list[str], known: list[str] | None, recorded: tuple[str | None, ...]) -> list[str]:
-    """Keys of the identity made by a create whose result was never recorded: neither
-    there before it (``known``) nor recorded since (``recorded``)."""
-    before = set(known or [])
-    return [key for key in keys if key not in before and key not in recorded]
+@dataclass(frozen=True)
+class Sweep:
+    """The identity's keys besides the one in use and the one being made: ``ours`` were
+    made by the operator's own create calls (cleaned up), ``unknown`` by someone else
+    since the rotation began (reported, never touched)."""
+
+    ours: list[str]
+    unknown: list[str]
+
+
+def sweep(keys: list[str], made: tuple[str, ...], known: list[str] | None,
+          keep: tuple[str | None, ...]) -> Sweep:  # fmt: skip
+    """Sort the identity's listed ``keys``: the keys in ``keep`` (in use, being made)
+    and those there before the rotation began (``known``) are left out."""
+    before, kept = set(known or []), set(keep)
+    ours = [key for key in keys if key in made and key not in kept]
+    unknown = [key for key in keys if key not in made and key not in kept and key not in before]
+    return Sweep(ours, unknown)
+
+
+def key_ids_named(spec: dict[str, Any], secret_data: dict[str, dict[str, str]]) -> set[str]:
+    """The public ids of the keys a spec names, without asking the provider: AWS's access
+    key id (the spec's, else its Secret's ``accessKeyId``), Scaleway's access key, the
+    ``private_key_id`` of a GCP key file. ``secret_data`` holds the referenced Secrets'
+    base64 data by name (a Secret not there names nothing). Azure's client secrets carry
+    no id: none."""
+    provider = str(spec.get("provider", ""))
+    if provider not in KEY_FIELDS:
+        return set()
+    id_field, ref_field = KEY_FIELDS[provider]
+    block = spec.get(provider.lower()) or {}
+    ref = block.get(ref_field) or {}
+    data = secret_data.get(str(ref.get("name", ""))) or {}
+    found = {str(block[id_field])} if id_field and block.get(id_field) else set()
+    if provider == "AWS" and not found:
+        found.add(_decoded(data.get("accessKeyId")).strip())
+    elif provider == "GCP":
+        try:
+            key_file = json.loads(_decoded(data.get(str(ref.get("key", "")))) or "{}")
+        except ValueError:
+            key_file = {}
+        if isinstance(key_file, dict) and key_file.get("private_key_id"):
+            found.add(str(key_file["private_key_id"]))
+    return {key for key in found if key}
+
+
+def secrets_named(spec: dict[str, Any]) -> set[str]:
+    """The Secrets a spec's provider block references, by name."""
+    block = spec.get(str(spec.get("provider", "")).lower()) or {}
+    return {str(ref["name"]) for field, ref in block.items()
+            if field.endswith("Ref") and isinstance(ref, dict) and ref.get("name")}  # fmt: skip
+
+
+def _decoded(value: str | None) -> str:
+    try:
+        return base64.b64decode(value or "", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
 
 
 @dataclass(frozen=True)
@@ -130,8 +204,11 @@ class RolloutState:
     verified: bool = True  # False: the new key's revision exists and did not verify
 
 
-def rollout_state(status: dict[str, Any], from_revision: str | None) -> RolloutState:
-    """Whether the revision computed with the new key is verified and on every cluster."""
+def rollout_state(status: dict[str, Any], from_revision: str | None,
+                  behind: list[str] | None = None) -> RolloutState:  # fmt: skip
+    """Whether the revision computed with the new key is verified and on every cluster.
+    ``behind``: the bound clusters that report another revision, as the operator's own
+    caches have them (the credential's conditions alone are status a tenant can write)."""
     revision = status.get("revision")
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     verified, complete = conditions.get("Verified") or {}, conditions.get("RolloutComplete") or {}
@@ -144,4 +221,8 @@ def rollout_state(status: dict[str, Any], from_revision: str | None) -> RolloutS
     if complete.get("status") != "True" or rollout.get("revision") != revision:
         return RolloutState(False, f"waiting for the rollout of revision {revision}: "
                                    f"{complete.get('message', 'not computed yet')}")  # fmt: skip
+    if behind:
+        clusters = ", ".join(sorted(behind)[:5])
+        return RolloutState(False, f"waiting for the rollout of revision {revision}: "
+                                   f"{clusters} report another revision")  # fmt: skip
     return RolloutState(True, f"every cluster uses revision {revision}")

@@ -1,9 +1,14 @@
 """Automatic rotation: the steps, with their provider calls and writes.
 
 ``Rotator.step`` advances one credential's rotation as far as it can go now and says
-when to look again. Every step re-reads the credential from the API server and records
-its phase in ``status.rotation`` (server-side apply, manager ``cloudcred-rotator``)
-*before* the provider call it guards; the decisions are in ``cloudcred.rotation``.
+when to look again. Every step re-reads the credential from the API server and its
+rotation record (``rotation_record.py``: a Secret in the operator's namespace, which
+tenants cannot write), records its phase there (compare-and-swap) *before* the
+provider call it guards, and writes ``status.rotation`` as a view of the record
+(server-side apply, manager ``cloudcred-rotator``); the decisions are in
+``cloudcred.rotation``. Nothing in status decides what is deactivated or deleted, and
+before each such call every CloudCredential is listed afresh: a key any of them names
+now is kept.
 The provider calls use the credential's own key: the old one to make the new key, the
 new one (then in effect) to retire the old.
 """
@@ -14,6 +19,7 @@ import asyncio
 import base64
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -23,8 +29,8 @@ from kubernetes.client.rest import ApiException
 from cloudcred import conditions, rotation
 from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.config import Settings
-from cloudcred.constants import API_VERSION, CREDENTIAL_PLURAL
-from cloudcred.kube import AlreadyExists, Kube, NotFound
+from cloudcred.constants import CREDENTIAL_PLURAL, MANAGED_BY_LABEL
+from cloudcred.kube import AlreadyExists, Conflict, Kube, NotFound, PreconditionFailed
 from cloudcred.providers import provider_module
 from cloudcred.providers.base import (
     NewKey,
@@ -33,6 +39,7 @@ from cloudcred.providers.base import (
     VerificationError,
     VerifyContext,
 )
+from cloudcred.rotation_record import RecordStore, RotationRecord
 from cloudcred.tasks import in_thread
 from cloudcred.verification import read_secrets
 
@@ -43,6 +50,13 @@ KEY_ROTATION = "KeyRotation"  # the condition: True while a rotation is under wa
 IDLE_RECHECK = 300.0  # seconds between looks when nothing is due
 ROLLOUT_RECHECK = 5.0
 FAILURE_RETRY = 30.0
+CONFLICT_RETRY = 1.0  # the record changed under a step: read it again soon
+MAX_REPORTED_KEYS = 16
+
+Key = tuple[str, str]
+# The bound clusters of a credential that report a deployed revision other than the one
+# given (the operator's caches: see controllers/rotation.py).
+ClustersBehind = Callable[[Key, str], list[str]]
 
 _T = TypeVar("_T")
 
@@ -51,27 +65,47 @@ def _stamp(moment: datetime | None) -> str | None:
     return conditions.timestamp(moment) if moment else None
 
 
-class Rotator:
-    """One operator's rotations (one at a time: see ``controllers/rotation.py``). The
-    key a switch puts in effect is checked by the verification controller, which sees
-    the credential's effective spec change."""
+def _key(body: dict[str, Any]) -> Key:
+    return (body["metadata"]["namespace"], body["metadata"]["name"])
 
-    def __init__(self, kube: Kube, settings: Settings, slots: asyncio.Semaphore) -> None:
+
+class Rotator:
+    """One operator's rotations (one at a time per credential: see
+    ``controllers/rotation.py``). The key a switch puts in effect is checked by the
+    verification controller, which sees the credential's effective spec change."""
+
+    def __init__(self, kube: Kube, settings: Settings, slots: asyncio.Semaphore,
+                 records: RecordStore,
+                 clusters_behind: ClustersBehind = lambda key, revision: []) -> None:  # fmt: skip
         self.kube = kube
         self.settings = settings
         self.slots = slots
-        self.reported: dict[tuple[str, str], str] = {}  # the last failure Event, per credential
-        # Per credential: the status read last shows a failed step (steps of several
+        self.records = records
+        self.clusters_behind = clusters_behind
+        self.reported: dict[Key, str] = {}  # the last failure Event, per credential
+        # Per credential: the record read last shows a failed step (steps of several
         # credentials run at once, one at a time per credential).
-        self.failure_shown: dict[tuple[str, str], bool] = {}
+        self.failure_shown: dict[Key, bool] = {}
+        # Per credential: the record as read or written last (its resourceVersion is
+        # what the next write swaps against), and the view last written from it.
+        self.current: dict[Key, RotationRecord] = {}
+        self.shown: dict[Key, dict[str, Any]] = {}
+        self.unknown_reported: dict[Key, tuple[str, ...]] = {}
+        self._users: dict[Key, list[str]] = {}  # who uses a key a step would retire
 
-    def forget(self, key: tuple[str, str]) -> None:
+    def forget(self, key: Key) -> None:
         self.reported.pop(key, None)
         self.failure_shown.pop(key, None)
+        self.current.pop(key, None)
+        self.unknown_reported.pop(key, None)
+
+    def view_moved(self, key: Key, view: dict[str, Any] | None) -> bool:
+        """Whether ``status.rotation`` is other than the view last written from the
+        record (a forged or lost status): the rotation controller looks again."""
+        return key in self.shown and (view or {}) != self.shown[key]
 
     def _failure_shown(self, body: dict[str, Any]) -> bool:
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        return self.failure_shown.get(key, False)
+        return self.failure_shown.get(_key(body), False)
 
     async def step(self, namespace: str, name: str) -> float:
         """Advance the rotation of one credential; seconds until it should look again."""
@@ -80,11 +114,21 @@ class Rotator:
         except RotationError as error:
             await self._failed(namespace, name, error)
             return FAILURE_RETRY
+        except Conflict:
+            # Another writer (a replica in a handover, a step's stale retry) recorded
+            # first: nothing was done on the old record; read it again.
+            logger.info("rotation of %s/%s: its record changed; reading it again",
+                        namespace, name)  # fmt: skip
+            self.current.pop((namespace, name), None)
+            return CONFLICT_RETRY
         except ApiException as error:
             # The API server refused or failed a write: the phase recorded last stands,
             # and the step is tried again from it.
             logger.warning("rotating %s/%s: the API server answered HTTP %s; retrying",
                            namespace, name, error.status)  # fmt: skip
+            return FAILURE_RETRY
+        except (RuntimeError, PreconditionFailed) as error:  # kube.py's: no data in the text
+            logger.warning("rotating %s/%s: %s; retrying", namespace, name, error)
             return FAILURE_RETRY
 
     async def _advance(self, namespace: str, name: str) -> float:
@@ -92,9 +136,11 @@ class Rotator:
             body = await self.kube.read_credential(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return IDLE_RECHECK
-            state = dict((body.get("status") or {}).get("rotation") or {})
+            record = await self._record(body)
+            state = dict(record.state)
             # A failure shown is cleared by the next record (each step writes one).
             self.failure_shown[(namespace, name)] = bool(state.pop("reason", None))
+            await self._show(body, record)
             phase = state.get("phase", rotation.IDLE)
             logger.debug("rotation of %s/%s: %s", namespace, name, phase)
             if phase == rotation.IDLE:
@@ -113,6 +159,96 @@ class Rotator:
                     return wait
             elif phase == rotation.DELETING:
                 await self._delete(body, state)
+            else:  # not a phase this operator writes: a record it does not understand
+                return IDLE_RECHECK
+
+    # -- the record ---------------------------------------------------------------------
+
+    async def _record(self, body: dict[str, Any]) -> RotationRecord:
+        """The credential's record (a new, unsaved one when it has none). A record of an
+        earlier object under the same name (deleted and made again, as a GitOps tool or
+        a restore does) is adopted: the key it put in effect stays in effect when the new
+        spec names the same key it replaced; a rotation under way there is not resumed
+        (its original key is left alone)."""
+        namespace, name, uid = (body["metadata"]["namespace"], body["metadata"]["name"],
+                                body["metadata"]["uid"])  # fmt: skip
+        record = await self.records.read(namespace, name)
+        if record is None:
+            record = await self._from_earlier_version(body)
+        elif record.uid != uid:
+            state = record.state
+            adopted: dict[str, Any] = {"phase": rotation.IDLE}
+            if rotation.in_effect(body["spec"], state):
+                adopted.update({field: state.get(field) for field in (
+                    "keyId", "secretName", "replaces", "nextRotationTime", "lastRotationTime",
+                    "requested")})  # fmt: skip
+                adopted["message"] = (f"key {state.get('keyId')} re-adopted from the record "
+                                      "of the credential of the same name")  # fmt: skip
+            record = await self.records.write(RotationRecord(
+                namespace, name, uid, {k: v for k, v in adopted.items() if v is not None},
+                record.made, record.secret_uids, record.resource_version, record.secret_uid,
+            ))  # fmt: skip
+            if adopted.get("keyId"):
+                await self._event(body, "Normal", "KeyReadopted",
+                                  f"the credential uses key {adopted['keyId']} again, as "
+                                  "the operator's record of this name says")  # fmt: skip
+        self.current[(namespace, name)] = record
+        return record
+
+    async def _from_earlier_version(self, body: dict[str, Any]) -> RotationRecord:
+        """A credential without a record. An operator before records kept the rotated key
+        in status only: a key in effect there is taken up (so an upgrade does not fall
+        back to a spec key the rotation deleted) when its Secret is the one that version
+        made for this very object (controller owner with its UID, the key's id
+        annotated). Only the key in use is taken, never a phase or a key to retire: a
+        rotation under way then ends, its original key left alone."""
+        namespace, name, uid = (body["metadata"]["namespace"], body["metadata"]["name"],
+                                body["metadata"]["uid"])  # fmt: skip
+        record = RotationRecord(namespace, name, uid)
+        shown = (body.get("status") or {}).get("rotation") or {}
+        if not rotation.in_effect(body["spec"], shown):
+            return record
+        found = await self.kube.secret_metadata(namespace, str(shown["secretName"]))
+        if found is None or (found.annotations or {}).get(
+            rotation.KEY_ID_ANNOTATION
+        ) != shown["keyId"] or not any(
+            o.controller and o.uid == uid for o in found.owner_references or []
+        ):  # fmt: skip
+            return record
+        taken = {field: shown.get(field) for field in (
+            "keyId", "secretName", "replaces", "nextRotationTime", "lastRotationTime",
+            "requested")}  # fmt: skip
+        message = f"key {shown['keyId']} in use, taken up from status.rotation"
+        state = {**{k: v for k, v in taken.items() if v is not None}, "phase": rotation.IDLE,
+                 "message": message}  # fmt: skip
+        logger.info("rotation of %s/%s: key %s taken up from the status of an earlier "
+                    "version", namespace, name, shown["keyId"])  # fmt: skip
+        return await self.records.write(replace(record, state=state))
+
+    async def _show(self, body: dict[str, Any], record: RotationRecord) -> None:
+        """Write ``status.rotation`` from the record when it shows anything else (a
+        forged or lost status); fields another writer put there are removed."""
+        shown = (body.get("status") or {}).get("rotation") or {}
+        view = record.view()
+        if shown == view:
+            self.shown[_key(body)] = view
+            return
+        if set(shown) - set(view):
+            operation = ({"op": "add", "path": "/status/rotation", "value": view} if view
+                         else {"op": "remove", "path": "/status/rotation"})  # fmt: skip
+            try:
+                await self.kube.patch_status_guarded(CREDENTIAL_PLURAL, *_key(body),
+                                                     body["metadata"]["uid"], [operation],
+                                                     MANAGER)  # fmt: skip
+            except NotFound:
+                return
+            body.setdefault("status", {})["rotation"] = view
+        if view:
+            await self._publish(body, view)
+        self.shown[_key(body)] = view
+        if shown:
+            logger.info("rotation of %s/%s: status.rotation differed from the record; "
+                        "written again from it", *_key(body))  # fmt: skip
 
     # -- the steps ----------------------------------------------------------------------
 
@@ -144,42 +280,54 @@ class Rotator:
         await self._write(body, {
             **state, "phase": rotation.CREATING, "startedTime": _stamp(now),
             "knownKeyIds": [key.key_id for key in keys], "requested": requested or None,
-            "reason": None, "message": f"creating a new key ({why})",
+            "unknownKeyIds": None, "reason": None, "message": f"creating a new key ({why})",
         })  # fmt: skip
         await self._event(body, "Normal", "RotationStarted", f"rotating the key: {why}")
         return None
 
     async def _create(self, body: dict[str, Any], state: dict[str, Any]) -> None:
-        """Creating: delete what an unfinished create left, make the key (unless one is
-        recorded), save it in the Secret the operator owns, then switch to it."""
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        """Creating: clean up what the operator's own unfinished creates left, report keys
+        made by anyone else, make the key (unless one is recorded), save it in the
+        Secret the operator owns, then switch to it."""
+        namespace, name = _key(body)
         pending = state.get("pendingKeyId")
         if pending and await self._saved_key(namespace, rotation.rotated_secret_name(
                 name, pending)) != pending:  # fmt: skip
             pending = None  # recorded, but its Secret does not hold it: start over
         keys = await self._provider(body, lambda module, spec, secrets, context:
                                     module.list_keys(spec, secrets, context))  # fmt: skip
-        current = self._current_key_id(body)
-        for stray in rotation.strays([k.key_id for k in keys], state.get("knownKeyIds"),
-                                     (current, pending)):  # fmt: skip
-            await self._provider(body, lambda module, spec, secrets, context, key=stray:
+        current = await self._key_in_use(body, state)
+        record = self.current[(namespace, name)]
+        found = rotation.sweep([k.key_id for k in keys], record.made, state.get("knownKeyIds"),
+                               (current, pending))  # fmt: skip
+        for leftover in found.ours:
+            if not await self._may_retire(body, state, leftover):
+                continue
+            await self._provider(body, lambda module, spec, secrets, context, key=leftover:
                                  module.delete_key(spec, secrets, context, key))  # fmt: skip
-            await self._delete_secret(body, rotation.rotated_secret_name(name, stray))
-            await self._event(
-                body,
-                "Normal",
-                "KeyDeleted",
-                f"deleted key {stray}: made by a step that did not finish",
-            )
+            await self._delete_secret(body, leftover)
+            await self._write(body, state, made=tuple(k for k in self.current[
+                (namespace, name)].made if k != leftover))  # fmt: skip
+            await self._event(body, "Normal", "KeyDeleted",
+                              f"deleted key {leftover}: made by a step of this rotation that "
+                              "did not finish")  # fmt: skip
+        state = await self._report_unknown(body, state, found.unknown)
         if not pending:
             made: NewKey = await self._provider(
                 body,
                 lambda module, spec, secrets, context: module.create_key(spec, secrets, context),
             )
             pending = made.facts.key_id
-            await self._save(body, rotation.rotated_secret_name(name, pending), made)
+            # Recorded at once as the operator's, before anything else can fail.
+            record = self.current[(namespace, name)]
             await self._write(body, {**state, "pendingKeyId": pending,
-                                     "message": f"made key {pending}"})  # fmt: skip
+                                     "message": f"made key {pending}"},
+                              made=(*record.made, pending))  # fmt: skip
+            secret_uid = await self._save(body, rotation.rotated_secret_name(name, pending), made)
+            record = self.current[(namespace, name)]
+            await self._write(body, {**state, "pendingKeyId": pending,
+                                     "message": f"made key {pending}"},
+                              secret_uids={**record.secret_uids, pending: secret_uid})  # fmt: skip
             await self._event(body, "Normal", "KeyCreated", f"made key {pending}")
             created = made.facts.created or conditions.now()
         else:
@@ -199,9 +347,30 @@ class Rotator:
         await self._event(body, "Normal", "KeyInUse",
                           f"the credential now uses key {pending}: rolling it out")  # fmt: skip
 
+    async def _report_unknown(self, body: dict[str, Any], state: dict[str, Any],
+                              unknown: list[str]) -> dict[str, Any]:  # fmt: skip
+        """Keys of the identity that no recorded attempt of the operator made and that
+        were not there when the rotation began: someone else's. Shown in
+        ``status.rotation.unknownKeyIds`` and in one Warning Event; never touched."""
+        shown = tuple(sorted(unknown)[:MAX_REPORTED_KEYS])
+        if tuple(state.get("unknownKeyIds") or ()) == shown:
+            return state
+        state = {**state, "unknownKeyIds": list(shown) or None}
+        await self._write(body, state)
+        if shown and self.unknown_reported.get(_key(body)) != shown:
+            self.unknown_reported[_key(body)] = shown
+            await self._event(body, "Warning", "UnknownKeys",
+                              f"the identity has keys the operator did not make: "
+                              f"{', '.join(shown)}; they are kept (delete them by hand if "
+                              "they are unused)")  # fmt: skip
+        return state
+
     async def _wait_for_rollout(self, body: dict[str, Any], state: dict[str, Any]) -> float | None:
         """RollingOut: nothing is retired until every cluster uses the new key."""
-        progress = rotation.rollout_state(body.get("status") or {}, state.get("fromRevision"))
+        status = body.get("status") or {}
+        revision = status.get("revision")
+        behind = self.clusters_behind(_key(body), revision) if revision else []
+        progress = rotation.rollout_state(status, state.get("fromRevision"), behind)
         if not progress.done:
             logger.debug("rotation of %s: %s", body["metadata"]["name"], progress.why)
             message = f"keeping key {state.get('previousKeyId')}: {progress.why}"
@@ -217,6 +386,9 @@ class Rotator:
         """Retiring: deactivate the old key (where the provider can), keep it gracePeriod."""
         previous = state.get("previousKeyId")
         if previous and not state.get("deactivatedTime"):
+            if not await self._may_retire(body, state, previous):
+                await self._kept(body, state, previous)
+                return None
             deactivated = await self._provider(
                 body, lambda module, spec, secrets, context:
                 module.deactivate_key(spec, secrets, context, previous),
@@ -248,24 +420,39 @@ class Rotator:
         """Deleting: delete the old key; the rotation is done."""
         previous = state.get("previousKeyId")
         if previous:
+            if not await self._may_retire(body, state, previous):
+                await self._kept(body, state, previous)
+                return
             await self._provider(body, lambda module, spec, secrets, context:
                                  module.delete_key(spec, secrets, context, previous))  # fmt: skip
             # The Secret the operator made for it (none when it was the spec's own key).
-            await self._delete_secret(
-                body, rotation.rotated_secret_name(body["metadata"]["name"], previous)
-            )
+            await self._delete_secret(body, previous)
             await self._event(body, "Normal", "KeyDeleted", f"deleted key {previous}")
-        done = {key: state.get(key) for key in ("keyId", "secretName", "replaces",
-                                                "nextRotationTime", "requested")}  # fmt: skip
-        await self._write(body, {**done, "phase": rotation.IDLE,
-                                 "lastRotationTime": _stamp(conditions.now()),
-                                 "message": f"rotated to key {state.get('keyId')}"})  # fmt: skip
+        record = self.current[_key(body)]
+        await self._write(body, {**self._done(state), "lastRotationTime": _stamp(conditions.now()),
+                                 "message": f"rotated to key {state.get('keyId')}"},
+                          made=tuple(key for key in record.made if key != previous))  # fmt: skip
         await self._event(
             body,
             "Normal",
             "RotationComplete",
             f"rotated to key {state.get('keyId')}; key {previous} is deleted",
         )
+
+    @staticmethod
+    def _done(state: dict[str, Any]) -> dict[str, Any]:
+        """What a finished rotation keeps: the key in effect and the schedule."""
+        kept = ("keyId", "secretName", "replaces", "nextRotationTime", "requested",
+                "lastRotationTime")  # fmt: skip
+        return {**{key: state.get(key) for key in kept}, "phase": rotation.IDLE}
+
+    async def _kept(self, body: dict[str, Any], state: dict[str, Any], key_id: str) -> None:
+        """The key this rotation would retire is in use again (a person pointed a spec
+        back at it, or another credential names it): it is kept, and the rotation ends."""
+        users = self._users.get(_key(body), [])
+        message = f"kept key {key_id}: {', '.join(users)} uses it"
+        await self._write(body, {**self._done(state), "message": message})
+        await self._event(body, "Warning", "KeyKept", message)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -279,24 +466,77 @@ class Rotator:
         created = (status.get("key") or {}).get("createdTime") or status.get("keyCreatedTime")
         return conditions.parse_time(created)
 
-    @staticmethod
-    def _current_key_id(body: dict[str, Any]) -> str | None:
-        """The public id of the key in use (the provider's facts where the spec has none)."""
-        status = body.get("status") or {}
-        effective = rotation.effective_spec(body["spec"], status)
-        provider = str(effective.get("provider"))
-        id_field = rotation.KEY_FIELDS.get(provider, (None, ""))[0]
-        block = effective.get(provider.lower()) or {}
-        found = (block.get(id_field) if id_field else None) or (status.get("key") or {}).get("id")
-        return str(found) if found else None
+    def _effective(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The credential's spec with the key the record puts in effect (never status)."""
+        record = self.current.get(_key(body))
+        return rotation.effective_spec(body["spec"], {"rotation": record.state if record else {}})
+
+    async def _secret_data(self, namespace: str, spec: dict[str, Any]) -> dict[str, dict[str, str]]:
+        """The base64 data of the Secrets ``spec`` references, by name (absent ones left out)."""
+        found: dict[str, dict[str, str]] = {}
+        for secret_name in rotation.secrets_named(spec):
+            try:
+                found[secret_name] = await self.kube.read_secret_data(namespace, secret_name)
+            except NotFound:
+                continue
+        return found
+
+    async def _key_in_use(self, body: dict[str, Any], state: dict[str, Any]) -> str | None:
+        """The public id of the key the credential uses now, from its effective spec and
+        the key material itself (the provider's facts where the material names no id:
+        Azure); never from status, which a tenant can write."""
+        spec = self._effective(body)
+        named = rotation.key_ids_named(spec, await self._secret_data(_key(body)[0], spec))
+        if named:
+            return sorted(named)[0]
+        module = provider_module(str(spec.get("provider")))
+        if not hasattr(module, "key_facts"):
+            return None
+        facts = await self._provider(body, lambda module, spec, secrets, context:
+                                     module.key_facts(spec, secrets, context))  # fmt: skip
+        return facts.key_id if facts else None
+
+    async def _may_retire(self, body: dict[str, Any], state: dict[str, Any], key_id: str) -> bool:
+        """Whether no CloudCredential (any namespace, listed afresh) resolves to ``key_id``
+        now: through its spec, the key the operator put in effect for it, its Secrets,
+        or what its status says (status can only keep a key here, never retire one).
+        Asked immediately before every deactivation or deletion."""
+        namespace, name = _key(body)
+        provider = body["spec"].get("provider")
+        rotated_secret = rotation.rotated_secret_name(name, key_id)
+        users: list[str] = []
+        async for other in self.kube.list_pages(CREDENTIAL_PLURAL):
+            metadata = other.get("metadata") or {}
+            spec, status = other.get("spec") or {}, other.get("status") or {}
+            if spec.get("provider") != provider:
+                continue
+            other_key = (metadata.get("namespace", ""), metadata.get("name", ""))
+            if other_key == (namespace, name) and metadata.get("uid") == body["metadata"]["uid"]:
+                specs = [self._effective(other)]  # its own: the record says which key
+                claimed: set[str] = set()
+            else:
+                specs = [spec, rotation.effective_spec(spec, status)]
+                claimed = {str(value) for value in (
+                    (status.get("key") or {}).get("id"), status.get("publicId"),
+                    (status.get("rotation") or {}).get("keyId")) if value}  # fmt: skip
+            named: set[str] = set()
+            for each in specs:
+                named |= rotation.key_ids_named(each, await self._secret_data(other_key[0], each))
+                if other_key[0] == namespace and rotated_secret in rotation.secrets_named(each):
+                    named.add(key_id)
+            if key_id in named | claimed:
+                users.append(f"CloudCredential {other_key[0]}/{other_key[1]}")
+        self._users[(namespace, name)] = users
+        if users:
+            logger.warning("rotation of %s/%s: key %s is in use (%s): not retired",
+                           namespace, name, key_id, ", ".join(users))  # fmt: skip
+        return not users
 
     async def _provider(self, body: dict[str, Any], call: Callable[..., _T]) -> _T:
         """Run ``call(module, spec, secrets, context)`` with the credential's key in effect,
         in a worker thread; every failure becomes a RotationError without secret text."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        spec = CloudCredentialSpec.model_validate(
-            rotation.effective_spec(body["spec"], body.get("status"))
-        )
+        spec = CloudCredentialSpec.model_validate(self._effective(body))
         module = provider_module(spec.provider)
         if not hasattr(module, "create_key"):
             raise RotationError(
@@ -328,27 +568,31 @@ class Rotator:
                     f"the call failed unexpectedly ({type(error).__name__})",
                 ) from None
 
-    async def _delete_secret(self, body: dict[str, Any], secret_name: str) -> None:
-        """Delete a Secret the operator made for a key of this credential, if there is one."""
-        namespace = body["metadata"]["namespace"]
+    async def _delete_secret(self, body: dict[str, Any], key_id: str) -> None:
+        """Delete the Secret the operator made for a key of this credential once the key
+        is gone at the provider: the one under its name that holds that key (its
+        ``cloudcred.io/key-id``), with a precondition on the UID read."""
+        namespace, name = _key(body)
+        secret_name = rotation.rotated_secret_name(name, key_id)
         found = await self.kube.secret_metadata(namespace, secret_name)
-        if found is not None and any(
-            o.controller and o.uid == body["metadata"]["uid"] for o in found.owner_references or []
-        ):
-            try:
-                await self.kube.delete_secret(namespace, secret_name, found.uid)
-            except RuntimeError as error:  # its key is gone; the Secret goes with the credential
-                logger.warning("rotation of %s: %s", body["metadata"]["name"], error)
+        if found is None or (found.annotations or {}).get(rotation.KEY_ID_ANNOTATION) != key_id:
+            return
+        try:
+            await self.kube.delete_secret(namespace, secret_name, found.uid)
+        except RuntimeError as error:  # its key is gone: a Secret left over does no harm
+            logger.warning("rotation of %s: %s", name, error)
 
     async def _saved_key(self, namespace: str, secret_name: str) -> str | None:
         metadata = await self.kube.secret_metadata(namespace, secret_name)
         return (metadata.annotations or {}).get(rotation.KEY_ID_ANNOTATION) if metadata else None
 
-    async def _save(self, body: dict[str, Any], secret_name: str, made: NewKey) -> None:
-        """Write the new key into the Secret the operator owns (created with the
-        credential as its controller owner; an existing Secret is used only when it is
-        that one: another object under the name could be a tenant's trap)."""
-        namespace, uid = body["metadata"]["namespace"], body["metadata"]["uid"]
+    async def _save(self, body: dict[str, Any], secret_name: str, made: NewKey) -> str:
+        """Write the new key into a Secret of the operator's; returns its UID. No owner
+        reference: the Secret outlives a delete and re-create of the credential under
+        its name, which re-adopts the key (the record names it). An existing Secret under
+        the name is used only when it already holds this key (the name comes from an id
+        the provider has just returned, so no one could prepare it)."""
+        namespace = body["metadata"]["namespace"]
         spec = CloudCredentialSpec.model_validate(body["spec"])
         refs = provider_module(spec.provider).secret_refs(spec)
         data = {
@@ -356,19 +600,14 @@ class Rotator:
             for role, value in made.secret_data.items()
         }
         annotations = {rotation.KEY_ID_ANNOTATION: made.facts.key_id}
-        owner = {"apiVersion": API_VERSION, "kind": "CloudCredential", "uid": uid,
-                 "name": body["metadata"]["name"], "controller": True,
-                 "blockOwnerDeletion": True}  # fmt: skip
         try:
             await self.kube.create_secret(namespace, secret_name, data, {
-                "annotations": annotations, "ownerReferences": [owner],
-                "labels": {"app.kubernetes.io/managed-by": "cloudcred"},
+                "annotations": annotations, "labels": {MANAGED_BY_LABEL: "cloudcred"},
             })  # fmt: skip
-            return
         except AlreadyExists:
             pass
         except RuntimeError as error:  # its text names the HTTP status only
-            # The key just made is not recorded: the next attempt deletes it.
+            # The key just made is recorded as the operator's: the next attempt deletes it.
             denied = "HTTP 403" in str(error)
             raise RotationError(
                 RotationReason.ACCESS_DENIED if denied else RotationReason.PROVIDER_UNREACHABLE,
@@ -381,53 +620,72 @@ class Rotator:
                 ),
             ) from None
         found = await self.kube.secret_metadata(namespace, secret_name)
-        owners = (found.owner_references or []) if found else []
-        if found is None or not any(o.controller and o.uid == uid for o in owners):
+        if found is None or (found.annotations or {}).get(
+            rotation.KEY_ID_ANNOTATION
+        ) != made.facts.key_id:  # fmt: skip
             raise RotationError(
                 RotationReason.PROVIDER_REFUSED,
                 f"Secret {namespace}/{secret_name} exists and is not this credential's: "
                 "rename or delete it",
             )
-        await self.kube.replace_secret_data(namespace, secret_name, found.uid,
-                                            found.resource_version, data, annotations)  # fmt: skip
+        return str(found.uid)
 
-    async def _write(self, body: dict[str, Any], state: dict[str, Any]) -> None:
-        """Record the rotation (and the KeyRotation condition) before what comes next."""
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        record = {key: value for key, value in state.items() if value is not None}
-        phase = record.get("phase", rotation.IDLE)
+    async def _write(self, body: dict[str, Any], state: dict[str, Any], *,
+                     made: tuple[str, ...] | None = None,
+                     secret_uids: dict[str, str] | None = None) -> None:  # fmt: skip
+        """Record the rotation (compare-and-swap on the record read), then show it in
+        ``status.rotation`` (and the KeyRotation condition), before what comes next."""
+        key = _key(body)
+        record = self.current[key]
+        stored = await self.records.write(replace(
+            record, state={k: v for k, v in state.items() if v is not None},
+            made=record.made if made is None else made,
+            secret_uids=record.secret_uids if secret_uids is None else secret_uids,
+        ))  # fmt: skip
+        self.current[key] = stored
+        view = stored.view()
+        await self._publish(body, view)
+        self.shown[key] = view
+
+    async def _publish(self, body: dict[str, Any], view: dict[str, Any]) -> None:
+        """Apply ``status.rotation`` and the KeyRotation condition from the record's view."""
+        namespace, name = _key(body)
+        phase = view.get("phase", rotation.IDLE)
         previous = (body.get("status") or {}).get("conditions")
-        if record.get("reason"):
+        if view.get("reason"):
             condition = conditions.condition(
                 previous,
                 KEY_ROTATION,
                 conditions.TRUE,
-                record["reason"],
-                record.get("message", ""),
+                view["reason"],
+                view.get("message", ""),
                 None,
             )
         else:
             condition = conditions.condition(
                 previous, KEY_ROTATION,
                 conditions.FALSE if phase == rotation.IDLE else conditions.TRUE,
-                phase, record.get("message") or "no rotation under way", None,
+                phase, view.get("message") or "no rotation under way", None,
             )  # fmt: skip
         try:
             await self.kube.apply_status(CREDENTIAL_PLURAL, "CloudCredential", namespace, name,
-                                         {"rotation": record, "conditions": [condition]},
+                                         {"rotation": view, "conditions": [condition]},
                                          MANAGER)  # fmt: skip
         except NotFound:
             return
-        body.setdefault("status", {})["rotation"] = record
+        body.setdefault("status", {})["rotation"] = view
 
     async def _failed(self, namespace: str, name: str, error: RotationError) -> None:
-        """A step failed: say why (status, condition, one Warning Event per reason)."""
+        """A step failed: say why (record, status, condition, one Warning Event per reason)."""
         body = await self.kube.read_credential(namespace, name)
         if body is None:
             return
-        state = dict((body.get("status") or {}).get("rotation") or {})
-        await self._write(body, {**state, "reason": error.reason.value,
-                                 "message": f"{error.message}; retried"})  # fmt: skip
+        try:
+            record = await self._record(body)
+            await self._write(body, {**record.state, "reason": error.reason.value,
+                                     "message": f"{error.message}; retried"})  # fmt: skip
+        except Conflict:
+            self.current.pop((namespace, name), None)
         if self.reported.get((namespace, name)) != error.message:
             self.reported[(namespace, name)] = error.message
             await self._event(body, "Warning", "RotationFailed",

@@ -41,7 +41,7 @@ from cloudcred.providers.base import (
     VerifyContext,
 )
 from cloudcred.revision import compute_revision
-from cloudcred.rotation import effective_spec
+from cloudcred.rotation import effective_spec, rotated_key_age
 from cloudcred.tasks import in_thread, where
 
 _T = TypeVar("_T")
@@ -281,8 +281,9 @@ async def check_credential(
                     f"{spec.provider} accepted the credential")  # fmt: skip
     except VerificationError as error:
         # Kubernetes API errors are not caught: kopf retries the check, the status stays.
+        error = _propagating(error, body, settings)
         unknown = error.reason in (Reason.VERIFICATION_DISABLED, Reason.VERIFICATION_UNAVAILABLE,
-                                   Reason.VERIFICATION_FAILED)  # fmt: skip
+                                   Reason.VERIFICATION_FAILED, Reason.PROPAGATING)  # fmt: skip
         verified = (conditions.UNKNOWN if unknown else conditions.FALSE, error.reason.value,
                     error.message)  # fmt: skip
 
@@ -312,6 +313,25 @@ async def check_credential(
         status={k: v for k, v in status.items() if v is not None},
         verified=verified_condition,
         events=_events(previous_conditions, verified_condition, rotation),
+    )
+
+
+def _propagating(
+    error: VerificationError, body: dict[str, Any], settings: Settings
+) -> VerificationError:
+    """A key a rotation made less than the provider's propagation window ago, refused as
+    invalid: Propagating (retried with backoff) rather than InvalidCredentials."""
+    if error.reason != Reason.INVALID_CREDENTIALS:
+        return error
+    spec = body.get("spec") or {}
+    age = rotated_key_age(spec, body.get("status"), conditions.now())
+    window = settings.propagation_window(str(spec.get("provider", "")))
+    if age is None or age.total_seconds() >= window:
+        return error
+    return VerificationError(
+        Reason.PROPAGATING,
+        f"the provider does not accept the new key yet ({error.message}); made "
+        f"{age.total_seconds():.0f}s ago, it may take up to {window:.0f}s to propagate",
     )
 
 

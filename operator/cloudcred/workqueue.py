@@ -45,6 +45,7 @@ class WorkQueue(Generic[K]):
         self.retries = 0  # rate-limited re-queues, counted for the metrics
         self.last_done = time.monotonic()  # when a worker last finished a key
         self.last_arrival = 0.0  # when a new key (a new object) was last queued
+        self._arrived = asyncio.Event()  # a burst of new keys that has not settled yet
 
     def __len__(self) -> int:
         return len(self._order)
@@ -54,6 +55,7 @@ class WorkQueue(Generic[K]):
         object (see ``settled``)."""
         if arrival:
             self.last_arrival = time.monotonic()
+            self._arrived.set()
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -151,6 +153,23 @@ class WorkQueue(Generic[K]):
             if wait <= 0 and not self.busy:
                 return
             await asyncio.sleep(max(wait, 0.01))
+
+    @property
+    def arriving(self) -> bool:
+        """A burst of new keys is under way: one arrived, and ``burst_settled`` has not
+        seen the burst settle yet."""
+        return self._arrived.is_set()
+
+    async def burst_settled(self, quiet: float) -> None:
+        """Wait for a burst of new keys to begin, then return once it has ``settled``
+        (no new key for ``quiet`` seconds and the queue idle)."""
+        await self._arrived.wait()
+        await self.settled(quiet)
+        self._arrived.clear()  # no await since settled: no key arrived in between
+
+    def timed(self) -> list[K]:
+        """The keys that wait for a timer (``add_after``, a retry)."""
+        return list(self._timers)
 
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)

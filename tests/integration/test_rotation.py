@@ -241,7 +241,9 @@ def test_sigkill_at_each_phase_leaves_one_new_key_and_retires_nothing_in_use(
     """Four rotations of one credential, the operator SIGKILLed once in each: before the
     create reaches AWS, after AWS made the key but before it was recorded, during the
     rollout, and after the old key was deactivated. After each: exactly one new key, no
-    key in use retired, and the rotation completes."""
+    key in use retired, and the rotation completes. The key whose create answer the kill
+    lost is reported and kept (the operator cannot prove it made it), until a person
+    deletes it."""
     namespace = f"rot-kill-{uuid.uuid4().hex[:8]}"
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     seen_create = threading.Event()
@@ -304,16 +306,28 @@ def test_sigkill_at_each_phase_leaves_one_new_key_and_retires_nothing_in_use(
                 assert seen_create.wait(30), "the operator never asked AWS for a key"
                 operator.kill()
                 mode["create"] = "pass"
+                orphan = None
                 if kill_at == "after the create":
                     # The held request reaches AWS after the kill: a key nobody recorded.
                     wait_for(lambda: len(keys_at_moto(moto, user.user)) == 2, timeout=10,
                              what="the unrecorded key made")  # fmt: skip
+                    orphan = next(k for k in keys_at_moto(moto, user.user) if k != in_use)
                 assert phase() == "Creating"
                 operator = start()
+                if orphan is not None:
+                    # No recorded create returned it: the operator cannot tell it from a
+                    # key someone else made. It is reported and kept; a person deletes it.
+                    wait_for(lambda orphan=orphan: orphan in (rotation_status(
+                        kube, namespace, "auto").get("unknownKeyIds") or []), timeout=30,
+                        what="the unrecorded key reported")  # fmt: skip
+                    assert orphan in keys_at_moto(moto, user.user)
+                    assert "UnknownKeys" in [e.reason for e in events_for(kube, namespace,
+                                                                           "auto")]  # fmt: skip
+                    moto.client("iam").delete_access_key(UserName=user.user, AccessKeyId=orphan)
             wait_for(lambda: phase() == "RollingOut", timeout=60, what=f"{kill_at}: in use")
             state = rotation_status(kube, namespace, "auto")
             new_id = state["keyId"]
-            # Exactly one new key (an unrecorded one was deleted), the old still active.
+            # Exactly one new key (an unrecorded one was deleted by hand), the old active.
             assert keys_at_moto(moto, user.user) == {in_use: "Active", new_id: "Active"}, kill_at
             assert state["previousKeyId"] == in_use
             if kill_at == "during the rollout":
@@ -422,3 +436,65 @@ def test_under_automatic_the_spec_may_leave_the_key_id_to_the_secret(
     wait_for(lambda: (get_credential(kube, namespace, "no-id") or {})["status"].get(
         "publicId") == state["keyId"], what="status.publicId shows the new key")  # fmt: skip
     assert "accessKeyId" not in (get_credential(kube, namespace, "no-id") or {})["spec"]["aws"]
+
+
+def test_a_forged_status_or_a_spec_back_at_the_old_key_retires_nothing(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    """A tenant writes status.rotation: phase Deleting, previousKeyId the key in use.
+    The operator's record (in its own namespace) says otherwise: the status is written
+    again from it and the key stays. Then, during a rotation, a person points the spec
+    at a Secret holding the old key; that revision rolls out, and the old key is kept:
+    it is never deactivated nor deleted."""
+    user = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, namespace, "back", user.access_key_id, "keys",
+                          rotation=AUTOMATIC, rollout={"maxConcurrent": "100%"})  # fmt: skip
+    create_cluster(kube, namespace, "ext", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": "back"}, deploy="External")  # fmt: skip
+    first = new_revision(kube, namespace, "back", None)
+    patch_cluster_status(kube, namespace, "ext", {"deployedRevision": first})
+    wait_for(lambda: (condition(get_credential(kube, namespace, "back"), "Verified") or {})
+             .get("status") == "True", what="verified")  # fmt: skip
+    wait_for(lambda: rotation_status(kube, namespace, "back").get("nextRotationTime"),
+             what="the rotation scheduled")  # fmt: skip
+
+    kube.custom.patch_namespaced_custom_object_status(
+        "cloudcred.io", "v1alpha1", namespace, "cloudcredentials", "back",
+        {"status": {"rotation": {"phase": "Deleting", "previousKeyId": user.access_key_id}}},
+    )  # fmt: skip
+    wait_for(lambda: rotation_status(kube, namespace, "back").get("phase") == "Idle"
+             and "previousKeyId" not in rotation_status(kube, namespace, "back"),
+             timeout=30, what="status.rotation written again from the record")  # fmt: skip
+    time.sleep(2)  # a window in which nothing may happen
+    assert keys_at_moto(moto, user.user) == {user.access_key_id: "Active"}
+    assert works(moto, user)
+
+    kube.custom.patch_namespaced_custom_object(
+        "cloudcred.io", "v1alpha1", namespace, "cloudcredentials", "back",
+        {"metadata": {"annotations": {"cloudcred.io/rotate-now": "back-out"}}},
+    )  # fmt: skip
+    wait_for(lambda: rotation_status(kube, namespace, "back").get("phase") == "RollingOut",
+             timeout=30, what="the new key in use")  # fmt: skip
+    new_id = rotation_status(kube, namespace, "back")["keyId"]
+    second = new_revision(kube, namespace, "back", first)
+    # A person goes back to the old key, through a Secret of their own.
+    secret(kube, namespace, "old-keys", {"secretAccessKey": user.secret_access_key})
+    kube.custom.patch_namespaced_custom_object(
+        "cloudcred.io", "v1alpha1", namespace, "cloudcredentials", "back",
+        {"spec": {"aws": {"secretAccessKeyRef": {"name": "old-keys", "key": "secretAccessKey"}}}},
+    )  # fmt: skip
+    third = new_revision(kube, namespace, "back", second)
+    patch_cluster_status(kube, namespace, "ext", {"deployedRevision": third})
+    wait_for(lambda: "KeyKept" in [e.reason for e in events_for(kube, namespace, "back")]
+             or keys_at_moto(moto, user.user).get(user.access_key_id) != "Active",
+             timeout=60, what="the rotation deciding about the old key")  # fmt: skip
+    assert keys_at_moto(moto, user.user).get(user.access_key_id) == "Active", "retired"
+    assert works(moto, user)
+    reasons = [e.reason for e in events_for(kube, namespace, "back")]
+    assert "KeyDeactivated" not in reasons
+    assert "KeyDeleted" not in reasons
+    state = rotation_status(kube, namespace, "back")
+    assert state["phase"] == "Idle"
+    assert user.access_key_id in state["message"]
+    assert new_id in keys_at_moto(moto, user.user)  # made by the operator, now unused: kept

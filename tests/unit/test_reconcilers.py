@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import json
 import time
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
@@ -22,7 +23,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 from pydantic import SecretStr
 
-from cloudcred import conditions
+from cloudcred import conditions, rotation
 from cloudcred.api.credential import MAX_LISTED_CLUSTERS
 from cloudcred.constants import (
     DELIVERED_REVISION_ANNOTATION,
@@ -250,6 +251,48 @@ async def test_a_new_revision_reconciles_each_cluster_once_and_marks_within_the_
     complete = find(kube, "CloudCredential", "prod", "RolloutComplete")
     assert complete["status"] == "True"
     assert "can be deleted at the provider" in complete["message"]
+
+
+@run
+async def test_a_mark_seen_after_the_plan_still_costs_one_cluster_reconcile(
+    kube: FakeKube, clock: Clock
+) -> None:
+    """Clusters and CloudCredentials come by different watches: the marks' echoes may
+    arrive after the plan's publication. A cluster whose mark is on its way waits for
+    it instead of being reconciled for the plan and again for the mark."""
+    operator = Operator(kube, clock)
+    credential(kube, max_concurrent="100%")
+    await operator.settle()
+    v1 = revision(kube)
+    for name in "abc":
+        cluster(kube, name, deployed=v1)
+    await operator.settle()
+    runs = dict(operator.controllers.clusters.runs)
+    held: list[tuple[str, Any, Any]] = []
+    deliver = kube.on_change
+
+    def lagging(kind: str, key: Any, body: Any) -> None:
+        if kind == "Cluster":
+            held.append((kind, key, body))
+        else:
+            deliver(kind, key, body)
+
+    kube.on_change = lagging
+    new_key(kube, KEY.replace("cc@", "cc2@"))
+    await operator.settle()
+    v2 = revision(kube)
+    assert kube.body("CloudCredential", CRED)["status"]["rollout"]["revision"] == v2
+    assert held, "the marks' echoes are still on their way"
+    kube.on_change = deliver
+    for event in held:
+        deliver(*event)
+    await operator.settle()
+    again = {key: n - runs.get(key, 0) for key, n in operator.controllers.clusters.runs.items()}
+    assert again == {(NS, name): 1 for name in "abc"}
+    for name in "abc":
+        assert find(kube, "Cluster", name, "RedeployPending")["message"].endswith(
+            "waiting for the external deployer to redeploy"
+        )
 
 
 @run
@@ -634,6 +677,55 @@ async def test_a_first_deployment_waits_until_the_credential_lists_the_cluster(
 
 
 @run
+async def test_a_first_deployment_waits_for_new_clusters_to_be_bound_a_redeploy_does_not(
+    kube: FakeKube, clock: Clock
+) -> None:
+    operator = Operator(kube, clock)
+    deployer = operator.controllers.deploy.reconcile.__self__  # type: ignore[attr-defined]
+    waited: list[int] = []
+
+    async def bindings_settled() -> None:  # the real one: WorkQueue.settled (test_workqueue)
+        waited.append(len(operator.controllers.clusters.queue))
+
+    deployer.bindings_settled = bindings_settled
+    credential(kube, max_concurrent="100%", key="{not a key file")  # every deploy fails
+    await operator.settle()
+    cluster(kube, "us", external=False, deployed="v0-old")  # marked: a redeploy
+    await operator.advance(1)  # the credential's pacing
+    assert kube.body("Cluster", (NS, "us"))["status"]["deployFailure"]["attempts"] == 1
+    assert waited == [], "a redeploy does not wait"
+    cluster(kube, "eu", external=False)
+    arrived = operator.controllers.clusters.queue.last_arrival
+    assert arrived > 0, "a new Cluster is an arrival"
+    await operator.advance(1)
+    assert kube.body("Cluster", (NS, "eu"))["status"]["deployFailure"]["attempts"] == 1
+    assert len(waited) == 1, "a first deployment waits for the bindings"
+    assert operator.controllers.clusters.queue.last_arrival == arrived, "echoes are no arrivals"
+
+
+@run
+async def test_a_burst_of_new_clusters_holds_the_credentials_list_until_it_is_over(
+    kube: FakeKube, clock: Clock
+) -> None:
+    operator = Operator(kube, clock)
+    controllers = operator.controllers
+    controllers.bindings_quiet = 0.05  # the harness turns bursts off; on, with a short quiet
+    credential(kube)
+    await operator.settle()
+    cluster(kube, "a")
+    await operator.settle()
+    held = operator.timers()["credentials"][CRED]
+    assert held == pytest.approx(15, abs=0.5), "listed at the burst's pace"
+    assert kube.body("CloudCredential", CRED)["status"]["clusterCount"] == 0
+    after = asyncio.create_task(controllers._after_bursts())
+    await asyncio.sleep(0.2)  # the burst is over: no new cluster for 0.05 s, queue idle
+    assert operator.timers()["credentials"].get(CRED, 0) < 1.5, "then at the usual pace"
+    await operator.advance(1.5)
+    assert kube.body("CloudCredential", CRED)["status"]["clusterCount"] == 1
+    after.cancel()
+
+
+@run
 async def test_a_failed_deploy_goes_through_at_its_retry_once_the_provider_allows_it(
     kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -713,6 +805,292 @@ async def test_a_refused_key_creation_is_shown_once_and_retried_until_it_goes_th
     assert (state["phase"], state["keyId"], state.get("reason")) == ("RollingOut", "k2", None)
     assert made == ["k2"]
     assert find(kube, "CloudCredential", "prod", "KeyRotation")["reason"] == "RollingOut"
+
+
+def key_file(key_id: str) -> str:
+    """A service-account key file that names its key (``private_key_id``)."""
+    return json.dumps({"type": "service_account", "client_email": IDENTITY,
+                       "private_key_id": key_id})  # fmt: skip
+
+
+class ServiceAccount:
+    """A GCP service account played in memory: its keys, and every call that makes,
+    deactivates or deletes one (``changes``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
+        self.keys = ["k1"]
+        self.changes: list[tuple[str, str]] = []
+        self.refuse_create: list[RotationError] = []
+        self.clock = clock
+
+        def facts(spec: Any, secrets: Any, context: Any) -> KeyFacts:
+            named = json.loads(secrets[gcp.KEY_ROLE].get_secret_value())["private_key_id"]
+            return KeyFacts(named, created=clock.moment)
+
+        monkeypatch.setattr(gcp, "list_keys", lambda spec, secrets, context: [
+            KeyFacts(key) for key in self.keys])  # fmt: skip
+        monkeypatch.setattr(gcp, "create_key", self.create_key)
+        monkeypatch.setattr(gcp, "deactivate_key", self.deactivate_key)
+        monkeypatch.setattr(gcp, "delete_key", self.delete_key)
+        monkeypatch.setattr(gcp, "key_facts", facts, raising=False)
+        self.not_yet: set[str] = set()  # keys Google refuses for now (propagating)
+        self.checks = 0
+
+        def verify(spec: Any, secrets: Any, context: Any) -> Verification:
+            self.checks += 1
+            named = json.loads(secrets[gcp.KEY_ROLE].get_secret_value())["private_key_id"]
+            if named in self.not_yet:
+                raise VerificationError(Reason.INVALID_CREDENTIALS, "invalid_grant")
+            # The key's facts (status.key) are read as for GCP's static keys.
+            return Verification(identity=IDENTITY, static_keys=True)
+
+        monkeypatch.setattr(gcp, "verify", verify)
+
+    def create_key(self, spec: Any, secrets: Any, context: Any) -> NewKey:
+        if self.refuse_create:
+            raise self.refuse_create[0]
+        made = f"k{len([c for c in self.changes if c[0] == 'create']) + 2}"
+        self.keys.append(made)
+        self.changes.append(("create", made))
+        return NewKey(KeyFacts(made, created=self.clock.moment),
+                      {gcp.KEY_ROLE: SecretStr(key_file(made))})  # fmt: skip
+
+    def deactivate_key(self, spec: Any, secrets: Any, context: Any, key_id: str) -> bool:
+        self.changes.append(("deactivate", key_id))
+        return False
+
+    def delete_key(self, spec: Any, secrets: Any, context: Any, key_id: str) -> None:
+        self.changes.append(("delete", key_id))
+        if key_id in self.keys:
+            self.keys.remove(key_id)
+
+    def retired(self) -> list[str]:
+        return [key for verb, key in self.changes if verb in ("deactivate", "delete")]
+
+
+def automatic(kube: FakeKube, rotate_now: str | None = None) -> None:
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "3s"}
+    if rotate_now:
+        body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": rotate_now}
+    kube.put("CloudCredential", body)
+
+
+def rotation_state(kube: FakeKube, key: tuple[str, str] = CRED) -> dict[str, Any]:
+    return dict(kube.body("CloudCredential", key)["status"].get("rotation") or {})
+
+
+async def rotated_to_k2(kube: FakeKube, operator: Operator) -> None:
+    """A whole rotation from k1 to k2, an external cluster redeploying in between."""
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    cluster(kube, "ext", deployed=revision(kube))
+    automatic(kube, rotate_now="now")
+    await operator.settle()
+    assert rotation_state(kube)["phase"] == "RollingOut"
+    deploy(kube, "ext", revision(kube))
+    await operator.settle()
+    await operator.advance(3.1)
+    await operator.advance(3.1)
+    state = rotation_state(kube)
+    assert (state["phase"], state["keyId"]) == ("Idle", "k2"), (state, operator.timers())
+
+
+@run
+async def test_a_forged_status_makes_the_operator_retire_no_key(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a rotation to k2, a tenant who may patch cloudcredentials/status writes a
+    rotation about to delete k2, the key in use. The operator's record says no rotation
+    is under way: nothing is deactivated or deleted, and status.rotation is written
+    again from the record."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    await rotated_to_k2(kube, operator)
+    retired = account.retired()
+    body = kube.body("CloudCredential", CRED)
+    body["status"]["rotation"] = {**body["status"]["rotation"], "phase": "Deleting",
+                                  "previousKeyId": "k2"}  # fmt: skip
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    await operator.advance(301)
+    assert account.retired() == retired == ["k1", "k1"], account.changes
+    assert account.keys == ["k2"]
+    state = rotation_state(kube)
+    assert (state["phase"], state["keyId"]) == ("Idle", "k2")
+    assert "previousKeyId" not in state
+
+
+@run
+async def test_a_lost_status_or_a_credential_made_again_comes_back_to_the_rotated_key(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a rotation to k2 (k1 deleted), the status is lost (a restore without
+    status), then the credential is deleted and made again under its name (a GitOps
+    tool): both times the credential uses k2 again, as the operator's record says."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    await rotated_to_k2(kube, operator)
+    assert account.keys == ["k2"]
+
+    body = kube.body("CloudCredential", CRED)
+    body["status"] = {}
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    assert rotation_state(kube)["keyId"] == "k2"
+    assert kube.body("CloudCredential", CRED)["status"]["key"]["id"] == "k2"
+    assert find(kube, "CloudCredential", "prod", "Verified")["status"] == "True"
+
+    spec = kube.body("CloudCredential", CRED)["spec"]
+    kube.remove("CloudCredential", CRED)
+    kube.put("CloudCredential", {"metadata": {"namespace": NS, "name": "prod"}, "spec": spec})
+    await operator.settle()
+    assert rotation_state(kube)["keyId"] == "k2"
+    assert kube.body("CloudCredential", CRED)["status"]["key"]["id"] == "k2"
+    assert "KeyReadopted" in [event[3] for event in kube.recorded.events]
+    assert account.retired() == ["k1", "k1"]  # deactivated and deleted by the rotation only
+
+
+@run
+async def test_a_spec_pointed_back_at_the_old_key_keeps_it(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During RollingOut a person points the spec at a Secret holding the old key; that
+    revision rolls out. The old key is in use again: it is never deactivated nor
+    deleted, and the rotation ends saying so."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    cluster(kube, "ext", deployed=revision(kube))
+    automatic(kube, rotate_now="now")
+    await operator.settle()
+    assert rotation_state(kube)["phase"] == "RollingOut"
+
+    kube.put_secret(NS, "old", {"key.json": base64.b64encode(key_file("k1").encode()).decode()})
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["gcp"]["serviceAccountKeyRef"]["name"] = "old"
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    deploy(kube, "ext", revision(kube))
+    await operator.settle()
+    await operator.advance(3.1)
+    await operator.advance(301)
+    assert "k1" not in account.retired(), account.changes
+    assert "k1" in account.keys
+    kept = [event for event in kube.recorded.events if event[3] == "KeyKept"]
+    assert kept
+    assert "k1" in kept[0][4]
+    assert rotation_state(kube)["phase"] == "Idle", rotation_state(kube)
+
+
+@run
+async def test_a_key_rotated_by_an_earlier_version_stays_in_use_after_the_upgrade(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator before rotation records kept the rotated key in status only: after
+    the upgrade the credential keeps using it (its Secret is the one that version made
+    for this object), and nothing is retired."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    account.keys = ["k2"]
+    credential(kube, key=key_file("k1"), check=True)
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "3s"}
+    secret_name = rotation.rotated_secret_name("prod", "k2")
+    body["status"] = {"rotation": {"phase": "Idle", "keyId": "k2", "secretName": secret_name,
+                                   "replaces": rotation.spec_key(body["spec"]),
+                                   "nextRotationTime": "2027-03-01T00:00:00Z"}}  # fmt: skip
+    kube.put("CloudCredential", body)
+    uid = kube.body("CloudCredential", CRED)["metadata"]["uid"]
+    owner = {"apiVersion": "cloudcred.io/v1alpha1", "kind": "CloudCredential", "name": "prod",
+             "uid": uid, "controller": True}  # fmt: skip
+    await kube.create_secret(NS, secret_name, {"key.json": base64.b64encode(
+        key_file("k2").encode()).decode()}, {"annotations": {"cloudcred.io/key-id": "k2"},
+        "ownerReferences": [owner]})  # fmt: skip
+    operator = Operator(kube, clock)
+    operator.start_from(kube)
+    await operator.settle()
+    await operator.advance(301)
+    state = rotation_state(kube)
+    assert (state["phase"], state["keyId"]) == ("Idle", "k2")
+    assert kube.body("CloudCredential", CRED)["status"]["key"]["id"] == "k2"
+    assert account.changes == []
+
+
+@run
+async def test_a_new_key_refused_within_the_propagation_window_is_propagating_not_stalled(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Google refuses the key a rotation has just made (it propagates). Within GCP's
+    window (5 min) the credential says Propagating: Reconciling, not Stalled, checked
+    again with a backoff; once the window is over, InvalidCredentials and Stalled."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    account.not_yet.add("k2")
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    cluster(kube, "ext", deployed=revision(kube))
+    automatic(kube, rotate_now="now")
+    await operator.settle()
+    assert rotation_state(kube)["keyId"] == "k2"
+    verified = find(kube, "CloudCredential", "prod", "Verified")
+    assert verified["reason"] == "Propagating", verified
+    assert find(kube, "CloudCredential", "prod", "Reconciling")["status"] == "True"
+    assert find(kube, "CloudCredential", "prod", "Stalled")["status"] == "False"
+    checks = account.checks
+    await operator.advance(60)
+    assert account.checks > checks  # retried with a backoff
+    assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "Propagating"
+    for _ in range(8):
+        await operator.advance(60)
+    verified = find(kube, "CloudCredential", "prod", "Verified")
+    assert verified["reason"] == "InvalidCredentials", verified
+    assert find(kube, "CloudCredential", "prod", "Stalled")["status"] == "True"
+    assert account.retired() == []
+
+
+@run
+async def test_keys_made_by_others_during_a_failing_create_are_reported_never_deleted(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While Creating keeps failing (the key limit), a person makes a key on the same
+    identity: it is reported (an Event, status.rotation.unknownKeyIds), never deleted.
+    A key the operator's own create returned and that it could not save (the Secret
+    refused) is cleaned up at the next attempt."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    account.refuse_create.append(RotationError(RotationReason.KEY_LIMIT_REACHED, "two keys"))
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    cluster(kube, "ext", deployed=revision(kube))
+    automatic(kube, rotate_now="now")
+    await operator.settle()
+    assert rotation_state(kube)["reason"] == "KeyLimitReached"
+
+    account.keys.append("a-persons")
+    await operator.advance(30.1)
+    await operator.advance(30.1)
+    assert "a-persons" not in account.retired()
+    assert rotation_state(kube)["unknownKeyIds"] == ["a-persons"]
+    reported = [e for e in kube.recorded.events if e[3] == "UnknownKeys"]
+    assert len(reported) == 1
+    assert "a-persons" in reported[0][4]
+
+    account.refuse_create.clear()
+    kube.fail("create_secret", RuntimeError(f"creating Secret {NS}/x failed: HTTP 403 Forbidden"))
+    await operator.advance(30.1)  # k2 made, its Secret refused
+    assert ("create", "k2") in account.changes
+    await operator.advance(30.1)  # k2 cleaned up, k3 made and in use
+    assert ("delete", "k2") in account.changes
+    assert "a-persons" in account.keys
+    assert "a-persons" not in account.retired()
+    assert rotation_state(kube)["keyId"] == "k3"
 
 
 # -- revocation --------------------------------------------------------------------------

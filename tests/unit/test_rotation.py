@@ -3,6 +3,7 @@ writes (cloudcred.verification), without a cluster."""
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -99,10 +100,28 @@ def test_one_secret_per_key() -> None:
     assert len(rotation.rotated_secret_name("x" * 253, "k")) <= 253
 
 
-def test_strays_are_keys_neither_there_before_nor_recorded() -> None:
-    keys = ["old", "made-then-killed", "pending"]
-    assert rotation.strays(keys, ["old"], ("old", "pending")) == ["made-then-killed"]
-    assert rotation.strays(["old", "unrelated"], ["old", "unrelated"], ("old", None)) == []
+def test_only_keys_the_operator_made_are_cleaned_up_and_others_new_ones_are_reported() -> None:
+    keys = ["old", "made-then-lost", "pending", "a-persons"]
+    found = rotation.sweep(keys, ("made-then-lost", "pending"), ["old"], ("old", "pending"))
+    assert (found.ours, found.unknown) == (["made-then-lost"], ["a-persons"])
+    found = rotation.sweep(["old", "unrelated"], (), ["old", "unrelated"], ("old", None))
+    assert (found.ours, found.unknown) == ([], [])
+
+
+def test_the_key_ids_a_spec_names_come_from_the_spec_or_its_secret() -> None:
+    def encoded(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    aws = {"provider": "AWS", "aws": {"secretAccessKeyRef": {"name": "k", "key": "s"}}}
+    assert rotation.key_ids_named(aws, {"k": {"accessKeyId": encoded("AKIAX")}}) == {"AKIAX"}
+    named = {**aws, "aws": {**aws["aws"], "accessKeyId": "AKIAY"}}
+    assert rotation.key_ids_named(named, {}) == {"AKIAY"}
+    gcp = {"provider": "GCP", "gcp": {"serviceAccountKeyRef": {"name": "sa", "key": "f"}}}
+    key_file = encoded('{"private_key_id": "abc"}')
+    assert rotation.key_ids_named(gcp, {"sa": {"f": key_file}}) == {"abc"}
+    assert rotation.key_ids_named(gcp, {"sa": {"f": encoded("not json")}}) == set()
+    azure = {"provider": "AZURE", "azure": {"clientSecretRef": {"name": "a", "key": "c"}}}
+    assert rotation.key_ids_named(azure, {"a": {"c": encoded("x")}}) == set()
 
 
 def status(revision: str, verified: str = "True", complete: str = "True",

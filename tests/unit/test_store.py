@@ -116,7 +116,7 @@ def test_namespace_patterns_follow_kopf() -> None:
 
 
 def test_a_listing_in_pages_takes_effect_only_after_its_last_page() -> None:
-    """The operator lists its kinds in pages (of 500): until the last page is in, the
+    """The operator lists its kinds in pages (of 100): until the last page is in, the
     store neither drops what the pages so far did not name nor counts as synced, so a
     restarted operator never decides on part of a fleet."""
     things = store()
@@ -124,7 +124,7 @@ def test_a_listing_in_pages_takes_effect_only_after_its_last_page() -> None:
     seen: list[tuple[bool, str | None]] = []
 
     class Pages:
-        async def list_pages(self, plural: str) -> AsyncIterator[dict[str, Any]]:
+        async def list_pages(self, plural: str, **_: Any) -> AsyncIterator[dict[str, Any]]:
             for page in (["c0", "c1"], ["c2", "c3"], ["c4"]):
                 seen.append((things.synced, things.get(("ns", "c4"))))
                 for name in page:
@@ -139,3 +139,96 @@ def test_a_listing_in_pages_takes_effect_only_after_its_last_page() -> None:
     assert seen == [(False, "x")] * 3
     assert things.synced
     assert sorted(things.objects) == [("ns", f"c{i}") for i in range(5)]
+
+
+# -- what the caches keep of a Cluster ------------------------------------------------
+
+
+def cluster_body(name: str, when: str = "2026-12-04T10:00:00Z") -> dict[str, object]:
+    """A Cluster as the watch brings it: managedFields, fields no reconciler reads."""
+    condition = {"type": "CredentialBound", "status": "True", "reason": "Bound",
+                 "message": "bound to CloudCredential ns/prod", "lastTransitionTime": when,
+                 "observedGeneration": 1}  # fmt: skip
+    return {
+        "metadata": {"namespace": "ns", "name": name, "uid": f"uid-{name}", "generation": 1,
+                     "annotations": {"cloudcred.io/redeploy-revision": "v1-new"},
+                     "managedFields": [{"manager": "cloudcred-binder", "fieldsV1": {}}]},
+        "spec": {"provider": "AWS", "region": "eu-west-3", "credentialRef": {"name": "prod"}},
+        "status": {"conditions": [condition], "credential": {"namespace": "ns", "name": "prod"},
+                   "deployedRevision": "v1-new", "lastDeployedTime": when,
+                   "observedGeneration": 1},
+    }  # fmt: skip
+
+
+def test_a_cluster_keeps_what_the_reconcilers_read_and_shares_what_repeats() -> None:
+    import json
+
+    from cloudcred.bindings import ClusterInfo
+
+    # Each body parsed on its own, as watch events are: equal strings, distinct objects.
+    a, b = (ClusterInfo.from_body(json.loads(json.dumps(cluster_body(n)))) for n in "ab")
+    assert set(a.status) == {"conditions", "credential", "deployedRevision"}
+    assert a.deployed_revision == "v1-new"
+    assert a.key == ("ns", "a")
+    assert a.status["conditions"][0]["message"] == "bound to CloudCredential ns/prod"
+    assert a.status["conditions"][0] is b.status["conditions"][0]
+    assert a.status["credential"] is b.status["credential"]
+    assert a.credential is b.credential
+    assert a.marked is b.marked
+    # Equal as before: a LIST that repeats what is known changes nothing.
+    assert a == ClusterInfo.from_body(cluster_body("a"))
+    later = ClusterInfo.from_body(cluster_body("a", when="2026-12-04T10:00:01Z"))
+    assert later != a
+    assert later.status["conditions"][0] is not a.status["conditions"][0]
+
+
+def test_shared_values_are_copies_and_types_count() -> None:
+    from cloudcred.interning import Interner
+
+    shared = Interner(limit=4)
+    mine = {"type": "Ready", "observedGeneration": 1}
+    kept = shared.flat(mine)
+    assert kept == mine
+    assert kept is not mine
+    mine["type"] = "Stalled"  # the caller's own body changes: the shared copy does not
+    assert kept["type"] == "Ready"
+    assert shared.flat({"type": "Ready", "observedGeneration": 1}) is kept
+    assert shared.flat({"type": "Ready", "observedGeneration": True})["observedGeneration"] is True
+    nested = {"type": "Ready", "extra": {"a": 1}}
+    assert shared.flat(nested) == nested
+    assert shared.flat(nested) is not shared.flat(nested)
+    for number in range(10):  # bounded: the table starts again when full
+        shared.text(f"value-{number}")
+    assert len(shared) <= 4
+
+
+def test_a_lister_of_plain_namespaces_lists_each_one_and_no_other() -> None:
+    from cloudcred.cache.informers import namespace_matcher
+
+    objects = {ns: [{"metadata": {"namespace": ns, "name": "c"}}] for ns in ("a", "b", "other")}
+    asked: list[str | None] = []
+
+    class Kube:
+        async def list_pages(self, plural: str, namespace: str | None = None,
+                             **_: Any) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+            asked.append(namespace)
+            for ns, items in objects.items():
+                if namespace in (None, ns):
+                    for item in items:
+                        yield item
+
+    for namespaces, expected_asks in ((["a", "b"], ["a", "b"]), (None, [None])):
+        asked.clear()
+        things: Store[dict[str, str]] = Store("Thing")
+        changes: list[object] = []
+        lister = CustomResourceLister(things, Kube(), "things",  # type: ignore[arg-type]
+                                      lambda body: {"ns": body["metadata"]["namespace"]},
+                                      changes.extend, namespace_matcher(["a", "b"]),
+                                      namespaces)  # fmt: skip
+        asyncio.run(lister.relist())
+        assert asked == expected_asks
+        assert set(things) == {("a", "c"), ("b", "c")}
+        assert things.synced
+        kept = things.get(("a", "c"))
+        asyncio.run(lister.relist())
+        assert things.get(("a", "c")) is kept, "a LIST that repeats what is known changes nothing"

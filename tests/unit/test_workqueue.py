@@ -136,3 +136,25 @@ def test_settled_waits_for_a_quiet_spell_not_a_gap_between_two_keys() -> None:
         assert asyncio.get_running_loop().time() - started >= 0.1
 
     run(scenario)
+
+
+def test_a_burst_is_arriving_until_it_settles_and_burst_settled_waits_for_the_next() -> None:
+    async def scenario() -> None:
+        queue: WorkQueue[int] = WorkQueue("q")
+        assert not queue.arriving
+        waiter = asyncio.create_task(queue.burst_settled(0.05))
+        await asyncio.sleep(0.1)
+        assert not waiter.done(), "no burst has begun"
+        queue.add(0)  # a change of a known object is no burst
+        assert not queue.arriving
+        queue.done(await queue.get())
+        queue.add(1, arrival=True)
+        assert queue.arriving
+        queue.done(await queue.get())
+        assert queue.arriving, "until it has settled"
+        await asyncio.wait_for(waiter, 1.0)
+        assert not queue.arriving
+        queue.add_after(2, 10.0)
+        assert queue.timed() == [2]
+
+    run(scenario)

@@ -470,8 +470,16 @@ class RotationStatus(Model):
     known_key_ids: list[Annotated[str, Field(max_length=256, description="A key id.")]] | None = (
         Field(
             default=None,
-            description="The identity's keys before the current create: a key not among them "
-            "and not recorded was made by a step that did not finish, and is deleted.",
+            description="No longer written: the operator keeps the identity's keys before a "
+            "create in its own record (in its namespace), not in status.",
+            max_length=16,
+        )
+    )
+    unknown_key_ids: list[Annotated[str, Field(max_length=256, description="A key id.")]] | None = (
+        Field(
+            default=None,
+            description="Keys of the identity made since this rotation began by someone "
+            "other than the operator: reported, never deactivated or deleted.",
             max_length=16,
         )
     )

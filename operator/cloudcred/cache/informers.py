@@ -1,15 +1,20 @@
 """How the stores are filled.
 
-``Informer``: the operator's own LIST+WATCH of one core kind, in a background thread
-with the official client (kopf watches whole kinds and would stream every Secret's
-data; in namespaced mode it cannot watch Namespaces):
+``Informer``: the operator's own LIST+WATCH of one kind, in a background thread with
+the official client (kopf watches whole kinds and would stream every Secret's data; in
+namespaced mode it cannot watch Namespaces; each of its events costs more than the
+work it leads to):
 
 - Secrets, selected by the label ``cloudcred.io/credential-secret`` that the operator
   puts on every referenced Secret, so unrelated Secrets never reach the operator. When
   the watched namespaces are plain names, one informer per namespace (as client-go's
   multi-namespace cache does): other namespaces' Secrets are never even listed. LISTs
   of Secrets take small pages: a page of 1 MiB Secrets is held whole while it is read;
-- Namespaces, for their labels (``allowedNamespaces``).
+- Namespaces, for their labels (``allowedNamespaces``);
+- Clusters, each kept as a ``ClusterInfo``: one informer per watched namespace when
+  they are plain names, else one for all namespaces, filtered (a fleet of ten thousand
+  writes back every status the operator writes: kopf handled each such event with
+  four times the CPU of everything the operator then does about it).
 
 Each start, and each restart after a failure or a 410 Gone, is a paginated LIST
 taken in whole by ``Store.replace`` (the store is not synced in between), then a
@@ -18,11 +23,12 @@ WATCH from the LIST's resourceVersion; the LIST is repeated every
 ``watch_timeout`` seconds, and a connection silent for longer than that is given up.
 ``last_progress`` tells ``/healthz`` when the informer last heard from the API server.
 
-``CustomResourceLister``: kopf feeds the CloudCredential and Cluster stores from its
-watches, but a kopf listing (start, 410 Gone) sends no deletion for objects that went
-away in the gap, and nothing says when it is complete. So the operator LISTs both
-kinds itself (paginated) at start, shortly after every kopf listing (the store is
-not synced until then), and every ``relist_interval`` seconds.
+``CustomResourceLister``: kopf feeds the CloudCredential store from its watch (its
+handlers, daemons and finalizer are there), but a kopf listing (start, 410 Gone) sends
+no deletion for objects that went away in the gap, and nothing says when it is
+complete. So the operator LISTs them itself (paginated; the watched namespaces one by
+one when they are plain names) at start, shortly after every kopf listing (the store
+is not synced until then), and every ``relist_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ PAGE_SIZE = 500
 # it reads it (bytes, text, parsed JSON, its objects): measured with 300 such Secrets,
 # a page of 50 peaked at 448 MiB of the 512 MiB limit, a page of 20 at 285 MiB.
 SECRET_PAGE_SIZE = 20
+# CloudCredentials and Clusters: a Cluster with its managedFields is ~17 KB once parsed,
+# a page of 500 ~8 MB more while it is read.
+LISTER_PAGE_SIZE = 100
 MAX_BACKOFF = 30.0
 RELIST_DEBOUNCE = 2.0  # after kopf's last listing event: a listing sends every object
 
@@ -184,7 +193,10 @@ class Informer(Generic[T]):
             for item in items:
                 key = _key(item)
                 if self.watched(key[0]):
-                    listed[key] = self.convert(item)
+                    # What the store holds already is kept, not a second copy of it
+                    # (replace would leave it as it is).
+                    value, known = self.convert(item), self.store.get(key)
+                    listed[key] = known if known is not None and known == value else value
             self.last_progress = time.monotonic()
             if not token:
                 break
@@ -268,13 +280,18 @@ class CustomResourceLister(Generic[T]):
         convert: Callable[[dict[str, Any]], T],
         sink: Sink,
         watched: Callable[[str], bool],
+        namespaces: list[str] | None = None,
     ) -> None:
+        """``namespaces``: the watched namespaces when they are plain names, each
+        LISTed on its own (the objects of other namespaces are never read); None:
+        one LIST of every namespace, filtered by ``watched``."""
         self.store = store
         self.kube = kube
         self.plural = plural
         self.convert = convert
         self.sink = sink
         self.watched = watched
+        self.namespaces = namespaces
         self.last_progress = time.monotonic()
         self._soon: asyncio.TimerHandle | None = None
         self._wanted = asyncio.Event()
@@ -315,11 +332,20 @@ class CustomResourceLister(Generic[T]):
     async def relist(self) -> None:
         asked_at = time.monotonic()
         listed: dict[Key, T] = {}
-        async for body in self.kube.list_pages(self.plural):
-            metadata = body["metadata"]
-            if self.watched(metadata["namespace"]):
-                listed[(metadata["namespace"], metadata["name"])] = self.convert(body)
-            self.last_progress = time.monotonic()
+        for namespace in self.namespaces if self.namespaces is not None else [None]:
+            pages = self.kube.list_pages(self.plural, namespace=namespace,
+                                         page_size=LISTER_PAGE_SIZE)  # fmt: skip
+            async for body in pages:
+                metadata = body["metadata"]
+                if self.watched(metadata["namespace"]):
+                    key = (metadata["namespace"], metadata["name"])
+                    value, known = self.convert(body), self.store.get(key)
+                    # What the store holds already is kept, not a second copy of it
+                    # (replace would leave it as it is): a LIST of ten thousand objects
+                    # holds one page of them at a time, not the whole store twice.
+                    listed[key] = known if known is not None and known == value else value
+                self.last_progress = time.monotonic()
+        # One replace for all of them: the store holds the watched namespaces only.
         changes = self.store.replace(listed, asked_at)
         self.last_progress = time.monotonic()
         logger.debug("listed %d %s(s): %d change(s)", len(listed), self.name, len(changes))

@@ -13,6 +13,7 @@ nothing: what its writes concern is declared in the wiring (``runner.py``).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from cloudcred import bindings, conditions, health, rollout
@@ -35,6 +36,9 @@ OWNED_CONDITIONS = {
     *health.SUMMARY_CONDITIONS,
 }
 OWNED_FIELDS = ("clusters", "clusterCount", "clustersTruncated", "unusedSince", "rollout")
+# Marks written at the same time: a rollout of thousands of clusters is not one write
+# after another (the operator's own limit on API calls, Kube's, holds them anyway).
+MARK_CONCURRENCY = 8
 
 
 class CredentialReconciler:
@@ -81,17 +85,30 @@ class CredentialReconciler:
         return DONE
 
     async def _mark(self, plan: rollout.RolloutPlan, bound: list[ClusterInfo]) -> None:
-        """Mark the clusters whose turn has come (each write pinned to its UID)."""
-        for cluster in bound:
-            if cluster.key not in plan.allowed or cluster.marked == plan.revision:
-                continue
-            try:
-                await self.kube.annotate(CLUSTER_PLURAL, *cluster.key,
-                                         {REDEPLOY_ANNOTATION: plan.revision},
-                                         uid=cluster.uid)  # fmt: skip
-            except NotFound:
-                continue  # deleted, or re-created: the store hears of it
-            self.marks.expect(cluster, plan.revision)
+        """Mark the clusters whose turn has come, in name order, MARK_CONCURRENCY
+        writes at a time (each pinned to its UID). A failure stops the marking and is
+        raised once the writes under way are done (the reconcile is retried)."""
+        due = iter([c for c in bound if c.key in plan.allowed and c.marked != plan.revision])
+        failures: list[Exception] = []
+
+        async def marker() -> None:
+            for cluster in due:  # one iterator: each cluster is taken by one marker
+                if failures:
+                    return
+                try:
+                    await self.kube.annotate(CLUSTER_PLURAL, *cluster.key,
+                                             {REDEPLOY_ANNOTATION: plan.revision},
+                                             uid=cluster.uid)  # fmt: skip
+                except NotFound:
+                    continue  # deleted, or re-created: the store hears of it
+                except Exception as error:
+                    failures.append(error)
+                    return
+                self.marks.expect(cluster, plan.revision)
+
+        await asyncio.gather(*(marker() for _ in range(MARK_CONCURRENCY)))
+        if failures:
+            raise failures[0]
 
     @staticmethod
     def _verdict(

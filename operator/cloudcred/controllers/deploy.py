@@ -17,22 +17,29 @@ A reconciler like the others: it reads what to do from the caches (the cluster, 
 credential, the mark the credential reconciler wrote) and writes only its own fields
 (``deployedRevision``, ``lastDeployedTime``, ``deployFailure``), each write pinned to
 the cluster's UID. A first deployment waits until the credential's status lists the
-cluster (then the admission policy holds the credential's deletion on its account).
-Clusters in the same region with the same credential revision share one provider
-check (single flight, remembered for ``CHECK_TTL``), so a fan-out to a thousand
-clusters costs a handful of provider calls, not a thousand. A failed deploy is
-recorded in the cluster's ``status.deployFailure`` (revision, message, attempts,
-time), so the backoff and the halted rollout survive a restart; the cluster
-reconciler shows it as ``RedeployPending=DeployFailed``, and the credential reconciler
-halts the rollout on it. It is retried with the verification's backoff.
+cluster (then the admission policy holds the credential's deletion on its account),
+and, during a burst of new Clusters, until the burst is over (``bindings_settled``: no
+new Cluster for a second and the cluster reconciler idle, at most ``BINDINGS_FIRST``
+seconds per attempt): bindings guard deletion and go first, and a burst of new
+clusters costs the API server one write each before their deployments come. A
+redeploy (the cluster is marked) never waits. Clusters in the same region with the
+same credential revision share one provider check (single flight, remembered for
+``CHECK_TTL``), so a fan-out to a thousand clusters costs a handful of provider
+calls, not a thousand. A failed deploy is recorded in the cluster's
+``status.deployFailure`` (revision, message, attempts, time), so the backoff and the
+halted rollout survive a restart; the cluster reconciler shows it as
+``RedeployPending=DeployFailed``, and the credential reconciler halts the rollout on
+it. It is retried with the verification's backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -67,6 +74,7 @@ CHECK_TTL = 600.0  # how long a successful region check counts for the same revi
 FAILED_CHECK_TTL = 5.0  # clusters asking at the same moment share one failed answer
 SUPERSEDED_RECHECK = 5.0  # the Secret changed under a revision: look again after this
 RENEWAL_RETRY = 60.0  # a failed renewal of delivered session credentials: again after this
+BINDINGS_FIRST = 30.0  # at most: a long burst of new clusters must not starve first deploys
 
 logger = logging.getLogger("cloudcred.deployer")
 
@@ -109,12 +117,16 @@ class DeployReconciler:
         caches: Caches,
         provider_slots: asyncio.Semaphore,
         installation: Installation,
+        bindings_settled: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``bindings_settled`` returns once a burst of new Clusters is over (None:
+        first deployments do not wait for it)."""
         self.kube = kube
         self.settings = settings
         self.caches = caches
         self.provider_slots = provider_slots
         self.installation = installation
+        self.bindings_settled = bindings_settled
         # The single-flight provider checks, shared by the clusters of one region.
         self._checks: dict[CheckKey, asyncio.Future[None]] = {}
         self._checked_until: dict[CheckKey, float] = {}
@@ -179,6 +191,9 @@ class DeployReconciler:
         return self.caches.boundary_violation(credential.namespace, spec, account)
 
     async def reconcile(self, key: Key) -> Result:
+        return await self._reconcile(key, waited=self.bindings_settled is None)
+
+    async def _reconcile(self, key: Key, waited: bool) -> Result:
         cluster = self.caches.clusters.get(key)
         if cluster is None:
             self._forget(key)
@@ -209,6 +224,12 @@ class DeployReconciler:
         wait = self._retry_wait(cluster, credential.revision)
         if wait > 0:  # a failed deploy's retry is not due yet: new events do not hurry it
             return Result(requeue_after=wait)
+        if not cluster.deployed_revision and not waited and self.bindings_settled is not None:
+            # A first deployment waits for a burst of new clusters to be bound; then
+            # everything is looked at again (the cluster or its credential may have moved).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.bindings_settled(), BINDINGS_FIRST)
+            return await self._reconcile(key, waited=True)
         try:
             await self._deploy_target(target)
         except Superseded:

@@ -37,5 +37,12 @@ class MarkExpectations:
             return cluster
         return dataclasses.replace(cluster, marked=revision)
 
+    def in_flight(self, cluster: ClusterInfo, revision: str | None) -> bool:
+        """A mark of ``revision`` was written to this cluster (this UID) and the store
+        does not show it yet: its echo is still to come. Read-only (the wiring asks)."""
+        expected = self._marks.get(cluster.key)
+        return (revision is not None and expected == (cluster.uid, revision)
+                and cluster.marked != revision)  # fmt: skip
+
     def __len__(self) -> int:
         return len(self._marks)

@@ -11,8 +11,8 @@ seconds each.
 
 from __future__ import annotations
 
-from cloudcred import rotation
-from cloudcred.bindings import CredentialInfo, Key
+from cloudcred import conditions
+from cloudcred.bindings import CREDENTIAL_BOUND, CredentialInfo, Key
 from cloudcred.cache import Caches
 from cloudcred.controllers.controller import DONE, Result
 from cloudcred.rotator import Rotator
@@ -21,10 +21,26 @@ ROTATION_WORKERS = 4
 
 
 def rotating(credential: CredentialInfo) -> bool:
-    """Automatic, or a rotation not finished."""
+    """Automatic, or a ``status.rotation`` to compare with the operator's record (a
+    rotation not finished, a rotated key in effect, or a status someone else wrote):
+    the record, not the status, says what is done about it."""
     automatic = (credential.raw_spec.get("rotation") or {}).get("policy") == "Automatic"
-    phase = (credential.status.get("rotation") or {}).get("phase", rotation.IDLE)
-    return automatic or phase != rotation.IDLE
+    return automatic or bool(credential.status.get("rotation"))
+
+
+def clusters_behind(caches: Caches, key: Key, revision: str) -> list[str]:
+    """The clusters bound to a credential that report a deployment of a revision other
+    than ``revision`` (from the operator's caches: a rotation never retires a key on the
+    word of the credential's own status alone). A cluster never deployed uses no key."""
+    behind = []
+    for cluster_key in caches.clusters.by("credential", key):
+        cluster = caches.clusters.get(cluster_key)
+        if cluster is None or not cluster.deployed_revision:
+            continue
+        bound = conditions.find(cluster.status.get("conditions"), CREDENTIAL_BOUND) or {}
+        if bound.get("status") == conditions.TRUE and cluster.deployed_revision != revision:
+            behind.append(f"{cluster.namespace}/{cluster.name}")
+    return behind
 
 
 class RotationReconciler:

@@ -42,6 +42,7 @@ from cloudcred.boundary import Boundary
 from cloudcred.cache import Caches, Change, SecretInfo
 from cloudcred.cache.boundaries import boundary_info
 from cloudcred.cache.informers import (
+    LISTER_PAGE_SIZE,
     SECRET_PAGE_SIZE,
     CustomResourceLister,
     Informer,
@@ -64,11 +65,12 @@ from cloudcred.controllers.clusters import ClusterReconciler
 from cloudcred.controllers.controller import Controller
 from cloudcred.controllers.credentials import CredentialReconciler
 from cloudcred.controllers.deploy import DEPLOY_CONCURRENCY, DeployReconciler
-from cloudcred.controllers.rotation import ROTATION_WORKERS, RotationReconciler
+from cloudcred.controllers.rotation import ROTATION_WORKERS, RotationReconciler, clusters_behind
 from cloudcred.controllers.secrets import SecretReconciler
 from cloudcred.controllers.verification import VerificationReconciler
-from cloudcred.installation import Installation
+from cloudcred.installation import Installation, operator_namespace
 from cloudcred.kube import Kube, describe_error
+from cloudcred.rotation_record import RecordStore
 from cloudcred.rotator import Rotator
 from cloudcred.tasks import spawn, where
 from cloudcred.workqueue import WorkQueue
@@ -79,21 +81,32 @@ CLUSTER_WORKERS = 16
 CREDENTIAL_WORKERS = 2
 SECRET_WORKERS = 2
 # A credential's list and rollout follow its clusters' events at once, but at most once a
-# second, and less often for a long list (one second per 500 clusters, up to 5 s): each
-# write of a credential with thousands of clusters costs the API server as much as
-# dozens of cluster writes, and a fan-out's progress needs no finer steps.
-CREDENTIAL_INTERVAL, CREDENTIAL_INTERVAL_MAX, CLUSTERS_PER_SECOND_OF_PACING = 1.0, 5.0, 500
+# second, and less often when there are many clusters (one second per 2000 clusters the
+# operator follows, up to 5 s): a write of a credential listing a thousand clusters
+# costs the API server as much as a dozen cluster writes (65 ms of its CPU, measured),
+# and a fan-out's progress needs no finer steps.
+CREDENTIAL_INTERVAL, CREDENTIAL_INTERVAL_MAX, CLUSTERS_PER_SECOND_OF_PACING = 1.0, 5.0, 2000
+# A burst of new Clusters is over once none has arrived for this long and the cluster
+# reconciler is idle: first deployments wait for it (controllers/deploy.py), and while
+# it lasts credentials' lists are written at most every CREDENTIAL_BURST_INTERVAL, then
+# at once when it is over (ten credentials listing a thousand clusters each, written
+# every few seconds during a burst of ten thousand, cost the API server a sixth more).
+BINDINGS_QUIET = 1.0
+CREDENTIAL_BURST_INTERVAL = 15.0
 
 
 @dataclass(frozen=True)
 class Watch:
     """One line of the wiring: changes of ``source`` (a store's kind) concern the keys
-    ``map`` gives, for ``controller``; ``paced``: at most once per pacing interval."""
+    ``map`` gives, for ``controller``; ``paced``: at most once per pacing interval;
+    ``arrivals``: an object new to the store counts as an arrival (a write's echo
+    does not)."""
 
     source: str
     controller: Controller[Key]
     map: Callable[[Change[Any]], Iterable[Key]]
     paced: bool = False
+    arrivals: bool = False  # a new object is an arrival for the queue (WorkQueue.settled)
 
 
 # -- map functions: what a change concerns ------------------------------------------------
@@ -158,8 +171,11 @@ class Controllers:
         watched_namespaces: list[str],
         installation: Installation,
         peering: bool = False,
+        bindings_quiet: float = BINDINGS_QUIET,
     ) -> None:
-        """With ``peering``, the replica starts paused: see ``pause()``."""
+        """With ``peering``, the replica starts paused: see ``pause()``. First
+        deployments wait until no new Cluster has arrived for ``bindings_quiet``
+        seconds and the cluster reconciler is idle (0: they do not wait)."""
         self.kube = kube
         self.settings = settings
         self.caches = caches = Caches()
@@ -176,29 +192,34 @@ class Controllers:
         self.secrets = controller(
             "secrets", SecretReconciler(kube, caches).reconcile, SECRET_WORKERS
         )
-        deploy = DeployReconciler(kube, settings, caches, provider_slots, installation)
+        self.bindings_quiet = bindings_quiet
+        self._held: dict[Key, float | None] = {}  # credentials paced at the burst's pace
+        settled = partial(self.clusters.queue.settled, bindings_quiet) if bindings_quiet else None
+        deploy = DeployReconciler(kube, settings, caches, provider_slots, installation, settled)
         self.deploy = controller("deploy", deploy.reconcile, DEPLOY_CONCURRENCY)
         verification = VerificationReconciler(kube, settings, caches, provider_slots,
                                               installation)  # fmt: skip
         self.verification = controller("verification", verification.reconcile,
                                        settings.verification_concurrency)  # fmt: skip
-        rotator = Rotator(kube, settings, provider_slots)
+        records = RecordStore(kube, operator_namespace(settings.operator_namespace))
+        self.rotator = rotator = Rotator(kube, settings, provider_slots, records,
+                                         partial(clusters_behind, caches))  # fmt: skip
         self.rotation = controller("rotation", RotationReconciler(rotator, caches).reconcile,
                                    ROTATION_WORKERS)  # fmt: skip
         self.wiring = self._wiring()
         self.watched = watched = namespace_matcher(watched_namespaces)
-        self.secret_namespaces = plain_namespaces(watched_namespaces)
+        self.secret_namespaces = plain = plain_namespaces(watched_namespaces)
         self.listers: list[CustomResourceLister[Any]] = [
             CustomResourceLister(caches.credentials, kube, CREDENTIAL_PLURAL,
                                  CredentialInfo.from_body,
-                                 partial(self._changed, "CloudCredential"), watched),
-            CustomResourceLister(caches.clusters, kube, CLUSTER_PLURAL,
-                                 ClusterInfo.from_body, partial(self._changed, "Cluster"), watched),
+                                 partial(self._changed, "CloudCredential"), watched, plain),
         ]  # fmt: skip
         self.informers: list[Informer[Any]] = []
         # kopf's peering: another replica acts. The caches fill from the operator's own
-        # LISTs even then, so a replica acts only once kopf shows that it is active:
-        # its first watch event or credential daemon, and then each daemon start.
+        # LISTs and watches even then, so a replica acts only once kopf shows that it is
+        # active: its first watch event (of a credential, or of a Cluster, which kopf
+        # follows with peering for this alone) or credential daemon, and then each
+        # daemon start.
         self.paused = peering
         self._awaiting_first_sign = peering
         self._active = asyncio.Event()  # synced and not paused: workers may take keys
@@ -232,14 +253,23 @@ class Controllers:
                 if credential is None or credential.published[0] == new.marked:
                     yield change.key
 
+        marks = self.credential_reconciler.marks
+
         def credential_clusters(change: Change[CredentialInfo]) -> Iterable[Key]:
             """Every cluster naming a credential whose binding or published plan moved;
-            else those its status has just listed or unlisted."""
+            else those its status has just listed or unlisted. Not a cluster whose mark
+            of the published revision is written and not yet seen: Clusters and
+            CloudCredentials come by different watches, and the mark's echo, which
+            queues it (``cluster_for_binder``), may come after the plan's."""
             old, new = change.old, change.new
             if old is None or new is None or (old.cluster_facing, old.listed_truncated) != (
                 new.cluster_facing, new.listed_truncated
             ):  # fmt: skip
-                yield from caches.clusters.by("credential", change.key)
+                published = new.published[0] if new is not None else None
+                for key in caches.clusters.by("credential", change.key):
+                    cluster = caches.clusters.get(key)
+                    if cluster is None or not marks.in_flight(cluster, published):
+                        yield key
             else:
                 yield from old.listed ^ new.listed
 
@@ -295,6 +325,10 @@ class Controllers:
 
             if asked(change.old) != asked(change.new):
                 yield change.key
+            elif change.new is not None and self.rotator.view_moved(
+                change.key, change.new.status.get("rotation")
+            ):  # fmt: skip
+                yield change.key  # status.rotation forged or lost: shown again from the record
 
         def namespace_clusters(change: Change[dict[str, str]]) -> Iterable[Key]:
             return caches.clusters.by("namespace", change.key[1])
@@ -307,7 +341,7 @@ class Controllers:
                     yield cluster.credential
 
         return [
-            Watch("Cluster", self.clusters, cluster_for_binder),
+            Watch("Cluster", self.clusters, cluster_for_binder, arrivals=True),
             Watch("Cluster", self.credentials, cluster_credentials, paced=True),
             Watch("Cluster", self.deploy, cluster_itself),
             Watch("Cluster", self.secrets, cluster_secrets),
@@ -345,18 +379,24 @@ class Controllers:
                 if change.old == change.new and kind != "CloudCredential":
                     continue  # a listing repeated what is known (a credential's
                     # comparison leaves out its spec and status: its maps look at them)
+                arrival = watch.arrivals and change.old is None
                 for key in watch.map(change):
                     if watch.paced:
                         watch.controller.queue.add_after(key, self._pacing_wait(key))
                     else:
-                        watch.controller.queue.add(key)
+                        watch.controller.queue.add(key, arrival=arrival)
 
     def _pacing_wait(self, key: Key) -> float:
-        """A credential waits its pacing interval after its last reconcile."""
+        """A credential waits its pacing interval after its last reconcile: longer with
+        more clusters in all (every credential's list is written at this pace), and
+        longer still while new clusters arrive (``_after_bursts`` ends the wait)."""
         last = self.credentials.last_run.get(key)
-        clusters = self.caches.clusters.count("credential", key)
+        clusters = len(self.caches.clusters)
         interval = min(max(CREDENTIAL_INTERVAL, clusters / CLUSTERS_PER_SECOND_OF_PACING),
                        CREDENTIAL_INTERVAL_MAX)  # fmt: skip
+        if self.bindings_quiet and self.clusters.queue.arriving:
+            interval = CREDENTIAL_BURST_INTERVAL
+            self._held[key] = last
         return 0.0 if last is None else last + interval - time.monotonic()
 
     # -- starting and stopping ------------------------------------------------------------
@@ -388,8 +428,25 @@ class Controllers:
             Informer(self.caches.namespaces, core.list_namespace, namespace_labels,
                      partial(self._changed, "Namespace"), loop, *timing)
         )  # fmt: skip
-        boundaries = partial(client.CustomObjectsApi(self.kube.api).list_cluster_custom_object,
-                             GROUP, VERSION, BOUNDARY_PLURAL)  # fmt: skip
+        # Clusters: as Secrets, one LIST+WATCH per plain namespace or one for all.
+        custom = client.CustomObjectsApi(self.kube.api)
+        clusters = partial(self._changed, "Cluster")
+        if self.secret_namespaces is None:
+            every = partial(custom.list_cluster_custom_object, GROUP, VERSION, CLUSTER_PLURAL)
+            self.informers.append(
+                Informer(self.caches.clusters, every, ClusterInfo.from_body, clusters, loop,
+                         *timing, watched=self.watched, page_size=LISTER_PAGE_SIZE)
+            )  # fmt: skip
+        else:
+            scopes = SyncScopes(self.secret_namespaces)
+            one = partial(custom.list_namespaced_custom_object, GROUP, VERSION,
+                          plural=CLUSTER_PLURAL)  # fmt: skip
+            self.informers += [
+                Informer(self.caches.clusters, one, ClusterInfo.from_body, clusters, loop,
+                         *timing, page_size=LISTER_PAGE_SIZE, namespace=namespace, scopes=scopes)
+                for namespace in self.secret_namespaces
+            ]  # fmt: skip
+        boundaries = partial(custom.list_cluster_custom_object, GROUP, VERSION, BOUNDARY_PLURAL)
         self.informers.append(
             Informer(self.caches.boundaries, boundaries, boundary_info,
                      partial(self._changed, "CredentialBoundary"), loop, *timing)
@@ -402,6 +459,8 @@ class Controllers:
         for controller in self.controllers:
             controller.start(self._active, self._spawn)
         self._tasks.append(spawn(self._resync(interval), "resync"))
+        if self.bindings_quiet:
+            self._tasks.append(spawn(self._after_bursts(), "credentials after bursts"))
 
     def _spawn(self, coroutine: Any, name: str) -> asyncio.Task[None]:
         task = spawn(coroutine, name)
@@ -432,17 +491,10 @@ class Controllers:
 
     # -- kopf's watch events (handlers/events.py) ------------------------------------------
 
-    def cluster_event(self, kind: str | None, body: dict[str, Any]) -> None:
+    def kopf_sign(self) -> None:
+        """kopf delivered a watch event (with peering: of a Cluster, which it follows
+        for this alone, see ``handlers/events.py``)."""
         self._kopf_is_active()
-        metadata = body["metadata"]
-        key = (metadata["namespace"], metadata["name"])
-        if kind == "DELETED":
-            change = self.caches.clusters.delete(key)
-        else:
-            change = self.caches.clusters.apply(key, ClusterInfo.from_body(body))
-        self._changed("Cluster", [change])
-        if kind is None:  # kopf is listing: deletions in a gap are not sent
-            self.listers[1].listing_seen()
 
     def credential_event(self, kind: str | None, body: dict[str, Any]) -> None:
         self._kopf_is_active()
@@ -481,6 +533,19 @@ class Controllers:
         for credential in self.caches.credentials.objects.values():
             for secret in credential.secret_names:
                 self.secrets.queue.add((credential.namespace, secret))
+
+    async def _after_bursts(self) -> None:
+        """When a burst of new clusters is over, the credentials whose lists it held
+        back are reconciled at their usual pace, not at the burst's."""
+        while True:
+            await self.clusters.queue.burst_settled(self.bindings_quiet)
+            held, self._held = self._held, {}
+            timed = set(self.credentials.queue.timed())
+            for key, last in held.items():
+                # Still waiting for the burst's pace (not reconciled since, which may
+                # have failed and be waiting for its retry instead).
+                if key in timed and self.credentials.last_run.get(key) == last:
+                    self.credentials.queue.add_after(key, self._pacing_wait(key))
 
     async def _resync(self, interval: float) -> None:
         """Every ``interval``: look at every credential and every Secret label again

@@ -53,6 +53,9 @@ class Reason(StrEnum):
     SECRET_KEY_MISSING = "SecretKeyMissing"
     INVALID_SECRET_DATA = "InvalidSecretData"
     PROVIDER_UNREACHABLE = "ProviderUnreachable"
+    # A key a rotation made moments ago, refused as invalid within the provider's
+    # propagation window (CLOUDCRED_PROPAGATION_*): retried with backoff, not a failure.
+    PROPAGATING = "Propagating"
     # The provider answered and refused the request itself (a malformed parameter, a
     # policy it will not take): asking again gives the same answer until the spec or
     # the Secret changes, so it is not retried with backoff like ProviderUnreachable.
@@ -70,7 +73,7 @@ class Reason(StrEnum):
 
 # Reasons that may clear up by themselves (network, a Secret created later): the
 # operator retries them with backoff.
-TRANSIENT_REASONS = {Reason.PROVIDER_UNREACHABLE, Reason.SECRET_NOT_FOUND}
+TRANSIENT_REASONS = {Reason.PROVIDER_UNREACHABLE, Reason.SECRET_NOT_FOUND, Reason.PROPAGATING}
 
 
 class VerificationError(Exception):
