@@ -30,7 +30,7 @@ RECORD_FIELD = "record.json"
 RECORD_PREFIX = "cloudcred-rotation-"
 
 # What the record keeps for the operator alone: never shown in status.
-PRIVATE_FIELDS = ("knownKeyIds",)
+PRIVATE_FIELDS = ("knownKeyIds", "restore", "attempt", "attemptTime")
 
 
 def record_name(namespace: str, name: str) -> str:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -54,6 +55,9 @@ CONFLICT_RETRY = 1.0  # the record changed under a step: read it again soon
 MAX_REPORTED_KEYS = 16
 
 Key = tuple[str, str]
+# The record's fields that say which key is in effect (and when it is due): what an
+# abandoned rotation puts back.
+RESTORED = ("keyId", "secretName", "replaces", "nextRotationTime")
 # The bound clusters of a credential that report a deployed revision other than the one
 # given (the operator's caches: see controllers/rotation.py).
 ClustersBehind = Callable[[Key, str], list[str]]
@@ -92,6 +96,8 @@ class Rotator:
         self.shown: dict[Key, dict[str, Any]] = {}
         self.unknown_reported: dict[Key, tuple[str, ...]] = {}
         self._users: dict[Key, list[str]] = {}  # who uses a key a step would retire
+        # This operator's create attempts, as its record shows them (see _fenced).
+        self.attempt_id = f"{os.getpid()}-{os.urandom(4).hex()}"
 
     def forget(self, key: Key) -> None:
         self.reported.pop(key, None)
@@ -143,12 +149,17 @@ class Rotator:
             await self._show(body, record)
             phase = state.get("phase", rotation.IDLE)
             logger.debug("rotation of %s/%s: %s", namespace, name, phase)
-            if phase == rotation.IDLE:
+            why = rotation.stop_reason(body["spec"], state, body.get("status") or {})
+            if why:
+                await self._abandon(body, state, why)
+            elif phase == rotation.IDLE:
                 wait = await self._maybe_start(body, state)
                 if wait is not None:
                     return wait
             elif phase == rotation.CREATING:
-                await self._create(body, state)
+                wait = await self._create(body, state)
+                if wait is not None:
+                    return wait
             elif phase == rotation.ROLLING_OUT:
                 wait = await self._wait_for_rollout(body, state)
                 if wait is not None:
@@ -243,9 +254,9 @@ class Rotator:
             except NotFound:
                 return
             body.setdefault("status", {})["rotation"] = view
+        self.shown[_key(body)] = view
         if view:
             await self._publish(body, view)
-        self.shown[_key(body)] = view
         if shown:
             logger.info("rotation of %s/%s: status.rotation differed from the record; "
                         "written again from it", *_key(body))  # fmt: skip
@@ -275,6 +286,14 @@ class Rotator:
                                          "nextRotationTime": _stamp(due)})  # fmt: skip
             return min(IDLE_RECHECK, max((due - now).total_seconds(), 1.0))
         why = "asked by cloudcred.io/rotate-now" if asked else f"the key is {policy['maxAge']} old"
+        last = conditions.parse_time(state.get("startedTime"))
+        allowed = last + timedelta(seconds=self.settings.rotation_min_interval) if last else now
+        if now < allowed:
+            message = (f"rotation due ({why}); the last one began at {_stamp(last)}: the next "
+                       f"may begin at {_stamp(allowed)}")  # fmt: skip
+            if state.get("message") != message or self._failure_shown(body):
+                await self._write(body, {**state, "message": message})
+            return max((allowed - now).total_seconds(), 1.0)
         keys = await self._provider(body, lambda module, spec, secrets, context:
                                     module.list_keys(spec, secrets, context))  # fmt: skip
         await self._write(body, {
@@ -285,7 +304,17 @@ class Rotator:
         await self._event(body, "Normal", "RotationStarted", f"rotating the key: {why}")
         return None
 
-    async def _create(self, body: dict[str, Any], state: dict[str, Any]) -> None:
+    def _fenced(self, state: dict[str, Any]) -> float | None:
+        """Seconds to wait while another operator's create call may still be in flight
+        (its attempt recorded less than a provider call's longest time ago); None: go."""
+        attempt, since = state.get("attempt"), conditions.parse_time(state.get("attemptTime"))
+        if not attempt or attempt == self.attempt_id or since is None:
+            return None
+        longest = self.settings.verification_timeout * 2 + 5  # _provider's bound on a call
+        left = (since - conditions.now()).total_seconds() + longest
+        return left if left > 0 else None
+
+    async def _create(self, body: dict[str, Any], state: dict[str, Any]) -> float | None:
         """Creating: clean up what the operator's own unfinished creates left, report keys
         made by anyone else, make the key (unless one is recorded), save it in the
         Secret the operator owns, then switch to it."""
@@ -313,6 +342,13 @@ class Rotator:
                               "did not finish")  # fmt: skip
         state = await self._report_unknown(body, state, found.unknown)
         if not pending:
+            wait = self._fenced(state)
+            if wait is not None:
+                return wait
+            # The attempt is recorded (compare-and-swap) before the create call: of two
+            # replicas in a handover, only the one whose record write went through creates.
+            state = {**state, "attempt": self.attempt_id, "attemptTime": _stamp(conditions.now())}
+            await self._write(body, state)
             made: NewKey = await self._provider(
                 body,
                 lambda module, spec, secrets, context: module.create_key(spec, secrets, context),
@@ -320,6 +356,7 @@ class Rotator:
             pending = made.facts.key_id
             # Recorded at once as the operator's, before anything else can fail.
             record = self.current[(namespace, name)]
+            state = {**state, "attempt": None, "attemptTime": None}
             await self._write(body, {**state, "pendingKeyId": pending,
                                      "message": f"made key {pending}"},
                               made=(*record.made, pending))  # fmt: skip
@@ -336,8 +373,15 @@ class Rotator:
             )
         age = rotation.max_age((body["spec"].get("rotation") or {}).get("maxAge") or "90d")
         secret_name = rotation.rotated_secret_name(name, pending)
+        # What goes back into effect if this rotation is abandoned: the key in use now.
+        restore = (
+            {field: state.get(field) for field in RESTORED}
+            if rotation.in_effect(body["spec"], state)
+            else {"nextRotationTime": state.get("nextRotationTime")}
+        )
         await self._write(body, {
-            **state, "phase": rotation.ROLLING_OUT, "keyId": pending, "secretName": secret_name,
+            **state, "restore": restore,
+            "phase": rotation.ROLLING_OUT, "keyId": pending, "secretName": secret_name,
             "pendingKeyId": None, "knownKeyIds": None, "previousKeyId": current,
             "replaces": rotation.spec_key(body["spec"]),
             "fromRevision": (body.get("status") or {}).get("revision"),
@@ -346,6 +390,7 @@ class Rotator:
         })  # fmt: skip
         await self._event(body, "Normal", "KeyInUse",
                           f"the credential now uses key {pending}: rolling it out")  # fmt: skip
+        return None
 
     async def _report_unknown(self, body: dict[str, Any], state: dict[str, Any],
                               unknown: list[str]) -> dict[str, Any]:  # fmt: skip
@@ -370,7 +415,8 @@ class Rotator:
         status = body.get("status") or {}
         revision = status.get("revision")
         behind = self.clusters_behind(_key(body), revision) if revision else []
-        progress = rotation.rollout_state(status, state.get("fromRevision"), behind)
+        progress = rotation.rollout_state(status, state.get("fromRevision"), behind,
+                                          body["metadata"].get("generation"))  # fmt: skip
         if not progress.done:
             logger.debug("rotation of %s: %s", body["metadata"]["name"], progress.why)
             message = f"keeping key {state.get('previousKeyId')}: {progress.why}"
@@ -383,9 +429,24 @@ class Rotator:
         return None
 
     async def _retire(self, body: dict[str, Any], state: dict[str, Any]) -> float | None:
-        """Retiring: deactivate the old key (where the provider can), keep it gracePeriod."""
+        """Retiring: gracePeriod after every cluster uses the new key, deactivate the old
+        one (where the provider can; where it reports last use, only if unused since the
+        rollout); a second period later (CLOUDCRED_ROTATION_DELETE_AFTER), delete it."""
         previous = state.get("previousKeyId")
+        now = conditions.now()
         if previous and not state.get("deactivatedTime"):
+            grace_text = (body["spec"].get("rotation") or {}).get("gracePeriod") or "24h"
+            rolled_out = conditions.parse_time(state.get("rolledOutTime")) or now
+            left = (rolled_out + rotation.grace_period(grace_text) - now).total_seconds()
+            if left > 0:
+                return min(left, IDLE_RECHECK)
+            used = await self._last_used(body, previous)
+            if used is not None and used > rolled_out:
+                message = (f"keeping key {previous}: last used at {_stamp(used)}, after every "
+                           f"cluster moved to the new key ({_stamp(rolled_out)})")  # fmt: skip
+                if state.get("message") != message or self._failure_shown(body):
+                    await self._write(body, {**state, "message": message})
+                return IDLE_RECHECK
             if not await self._may_retire(body, state, previous):
                 await self._kept(body, state, previous)
                 return None
@@ -393,28 +454,78 @@ class Rotator:
                 body, lambda module, spec, secrets, context:
                 module.deactivate_key(spec, secrets, context, previous),
             )  # fmt: skip
-            grace = (body["spec"].get("rotation") or {}).get("gracePeriod", "24h")
-            await self._write(body, {**state, "deactivatedTime": _stamp(conditions.now()),
+            after = timedelta(seconds=self.settings.rotation_delete_after)
+            await self._write(body, {**state, "deactivatedTime": _stamp(now),
                                      "message": f"key {previous} is "
                                      f"{'inactive' if deactivated else 'unused'}; deleted "
-                                     f"after the grace period ({grace})"})  # fmt: skip
+                                     f"at {_stamp(now + after)}"})  # fmt: skip
             if deactivated:
-                await self._event(
-                    body,
-                    "Normal",
-                    "KeyDeactivated",
-                    f"deactivated key {previous}: every cluster uses the new key",
-                )
+                await self._event(body, "Normal", "KeyDeactivated",
+                                  f"deactivated key {previous}: every cluster has used the "
+                                  f"new key for the grace period ({grace_text})")  # fmt: skip
             return None
-        grace = rotation.grace_period((body["spec"].get("rotation") or {}).get("gracePeriod")
-                                      or "24h")  # fmt: skip
-        since = conditions.parse_time(state.get("rolledOutTime")) or conditions.now()
-        left = (since + grace - conditions.now()).total_seconds()
+        since = conditions.parse_time(state.get("deactivatedTime")) or now
+        left = (
+            since + timedelta(seconds=self.settings.rotation_delete_after) - now
+        ).total_seconds()
         if left > 0:
             return min(left, IDLE_RECHECK)
         await self._write(body, {**state, "phase": rotation.DELETING,
                                  "message": f"deleting key {previous}"})  # fmt: skip
         return None
+
+    async def _last_used(self, body: dict[str, Any], key_id: str) -> datetime | None:
+        """When the provider last saw ``key_id`` used, where it reports it (AWS); None
+        where it does not, or may not say."""
+        module = provider_module(str(body["spec"].get("provider")))
+        if not hasattr(module, "key_last_used"):
+            return None
+        return await self._provider(
+            body, lambda module, spec, secrets, context:
+            module.key_last_used(spec, secrets, context, key_id),
+        )  # fmt: skip
+
+    async def _abandon(self, body: dict[str, Any], state: dict[str, Any], why: str) -> None:
+        """Stop a rotation under way: the key in use before it goes back into effect, and
+        the key it made is retired by the same rules (RollingOut, Retiring, Deleting)
+        once no cluster uses it. The old key is never touched: once deactivated, the new
+        key stays in use and the old one is left as it is."""
+        namespace, name = _key(body)
+        new, old = state.get("keyId"), state.get("previousKeyId")
+        status = body.get("status") or {}
+        if state.get("phase") == rotation.CREATING:
+            pending = state.get("pendingKeyId")
+            made = self.current[(namespace, name)].made
+            if pending and pending in made and await self._may_retire(body, state, pending):
+                await self._provider(
+                    body, lambda module, spec, secrets, context:
+                    module.delete_key(spec, secrets, context, pending),
+                )  # fmt: skip
+                await self._delete_secret(body, pending)
+                made = tuple(key for key in made if key != pending)
+            message = f"rotation stopped before a new key was in use: {why}"
+            await self._write(body, {**self._done(state), "message": message}, made=made)
+        elif state.get("deactivatedTime") and state.get("replaces") == rotation.spec_key(
+                body["spec"]):  # fmt: skip
+            message = (f"rotation stopped: {why}; key {new} stays in use, key {old} is "
+                       "inactive and left as it is")  # fmt: skip
+            await self._write(body, {**self._done(state), "message": message})
+        else:
+            spec_moved = state.get("replaces") != rotation.spec_key(body["spec"])
+            restore = {} if spec_moved else dict(state.get("restore") or {})
+            going_back = restore.get("keyId") or "the spec's key"
+            message = (f"rotation stopped: {why}; the credential uses {going_back}, and key "
+                       f"{new} is retired once no cluster uses it")  # fmt: skip
+            fresh = status.get("revision") != state.get("fromRevision")
+            await self._write(body, {
+                "phase": rotation.ROLLING_OUT, "abandoned": True, "previousKeyId": new,
+                **{field: restore.get(field) for field in RESTORED},
+                "fromRevision": status.get("revision") if fresh and not spec_moved else None,
+                **{field: state.get(field) for field in ("startedTime", "requested",
+                                                         "lastRotationTime")},
+                "message": message,
+            })  # fmt: skip
+        await self._event(body, "Warning", "RotationStopped", message)
 
     async def _delete(self, body: dict[str, Any], state: dict[str, Any]) -> None:
         """Deleting: delete the old key; the rotation is done."""
@@ -429,9 +540,15 @@ class Rotator:
             await self._delete_secret(body, previous)
             await self._event(body, "Normal", "KeyDeleted", f"deleted key {previous}")
         record = self.current[_key(body)]
+        made = tuple(key for key in record.made if key != previous)
+        if state.get("abandoned"):
+            message = f"rotation stopped; key {previous}, made by it, is deleted"
+            await self._write(body, {**self._done(state), "message": message}, made=made)
+            await self._event(body, "Normal", "KeyDeleted", message)
+            return
         await self._write(body, {**self._done(state), "lastRotationTime": _stamp(conditions.now()),
                                  "message": f"rotated to key {state.get('keyId')}"},
-                          made=tuple(key for key in record.made if key != previous))  # fmt: skip
+                          made=made)  # fmt: skip
         await self._event(
             body,
             "Normal",
@@ -443,7 +560,7 @@ class Rotator:
     def _done(state: dict[str, Any]) -> dict[str, Any]:
         """What a finished rotation keeps: the key in effect and the schedule."""
         kept = ("keyId", "secretName", "replaces", "nextRotationTime", "requested",
-                "lastRotationTime")  # fmt: skip
+                "lastRotationTime", "startedTime")  # fmt: skip
         return {**{key: state.get(key) for key in kept}, "phase": rotation.IDLE}
 
     async def _kept(self, body: dict[str, Any], state: dict[str, Any], key_id: str) -> None:
@@ -644,8 +761,8 @@ class Rotator:
         ))  # fmt: skip
         self.current[key] = stored
         view = stored.view()
+        self.shown[key] = view  # before the write: its own watch event is not a change
         await self._publish(body, view)
-        self.shown[key] = view
 
     async def _publish(self, body: dict[str, Any], view: dict[str, Any]) -> None:
         """Apply ``status.rotation`` and the KeyRotation condition from the record's view."""
