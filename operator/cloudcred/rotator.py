@@ -53,6 +53,9 @@ ROLLOUT_RECHECK = 5.0
 FAILURE_RETRY = 30.0
 CONFLICT_RETRY = 1.0  # the record changed under a step: read it again soon
 MAX_REPORTED_KEYS = 16
+# A use of the old key this soon after the rollout completed is the operator's own last
+# check with it (rolledOutTime has whole seconds), not a consumer's.
+LAST_USE_MARGIN = timedelta(minutes=1)
 
 Key = tuple[str, str]
 # The record's fields that say which key is in effect (and when it is due): what an
@@ -430,8 +433,9 @@ class Rotator:
 
     async def _retire(self, body: dict[str, Any], state: dict[str, Any]) -> float | None:
         """Retiring: gracePeriod after every cluster uses the new key, deactivate the old
-        one (where the provider can; where it reports last use, only if unused since the
-        rollout); a second period later (CLOUDCRED_ROTATION_DELETE_AFTER), delete it."""
+        one (where the provider can; where it reports last use, only once unused since
+        the rollout or for a whole grace period); a second period later
+        (CLOUDCRED_ROTATION_DELETE_AFTER), delete it."""
         previous = state.get("previousKeyId")
         now = conditions.now()
         if previous and not state.get("deactivatedTime"):
@@ -441,12 +445,14 @@ class Rotator:
             if left > 0:
                 return min(left, IDLE_RECHECK)
             used = await self._last_used(body, previous)
-            if used is not None and used > rolled_out:
+            grace = rotation.grace_period(grace_text)
+            if used is not None and used > max(rolled_out + LAST_USE_MARGIN, now - grace):
                 message = (f"keeping key {previous}: last used at {_stamp(used)}, after every "
-                           f"cluster moved to the new key ({_stamp(rolled_out)})")  # fmt: skip
+                           f"cluster moved to the new key ({_stamp(rolled_out)}); deactivated "
+                           f"once unused for the grace period ({grace_text})")  # fmt: skip
                 if state.get("message") != message or self._failure_shown(body):
                     await self._write(body, {**state, "message": message})
-                return IDLE_RECHECK
+                return min(IDLE_RECHECK, max((used + grace - now).total_seconds(), 1.0))
             if not await self._may_retire(body, state, previous):
                 await self._kept(body, state, previous)
                 return None

@@ -1403,8 +1403,8 @@ async def test_an_old_key_used_after_the_rollout_is_kept_and_the_message_names_t
     kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where the provider reports a key's last use (AWS), the old key is deactivated only
-    if nothing used it after every cluster moved to the new one; until then the
-    rotation's message names the last use."""
+    once nothing used it since every cluster moved to the new one, or for a whole grace
+    period; until then the rotation's message names the last use."""
     provider_calls(monkeypatch)
     account = ServiceAccount(monkeypatch, clock)
     last_used: dict[str, Any] = {}
@@ -1414,21 +1414,24 @@ async def test_an_old_key_used_after_the_rollout_is_kept_and_the_message_names_t
     credential(kube, key=key_file("k1"), check=True)
     await operator.settle()
     cluster(kube, "ext", deployed=revision(kube))
-    automatic(kube, rotate_now="now")
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "10m"}
+    body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": "now"}
+    kube.put("CloudCredential", body)
     await operator.settle()
     deploy(kube, "ext", revision(kube))
     await operator.settle()
-    await operator.advance(3.1)
+    await operator.advance(5.1)
     assert rotation_state(kube)["phase"] == "Retiring"
+    await operator.advance(300)
     last_used["k1"] = clock.moment  # a consumer that read k1 at start still signs with it
-    await operator.advance(3.1)
+    await operator.advance(301)
     assert account.retired() == []
     message = rotation_state(kube)["message"]
     assert message.startswith("keeping key k1: last used at "), message
-    await operator.advance(301)
+    await operator.advance(290)  # the consumer stopped at its last use: 590 s ago
     assert account.retired() == []
-    last_used["k1"] = clock.moment - timedelta(hours=1)  # the consumer restarted
-    await operator.advance(301)
+    await operator.advance(20)  # unused for the whole grace period
     assert account.retired() == ["k1"]
 
 
