@@ -55,6 +55,14 @@ KEY_FIELDS: dict[str, tuple[str | None, str]] = {
 _GRACE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
+def request_mark(value: str | None) -> str | None:
+    """What the record keeps of a ``cloudcred.io/rotate-now`` value to tell a new ask
+    from one acted on: the value, or its digest when longer than status may show."""
+    if not value or len(value) <= 64:
+        return value or None
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:40]
+
+
 def rotated_secret_name(credential: str, key_id: str) -> str:
     """The Secret the operator owns for one key it made: one per key, so that writing a
     new key never changes the Secret of the key in use."""

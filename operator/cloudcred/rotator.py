@@ -278,7 +278,9 @@ class Rotator:
             # age be read by the check).
             return ROLLOUT_RECHECK
         age = rotation.max_age(policy["maxAge"])
-        requested = (body["metadata"].get("annotations") or {}).get(rotation.ROTATE_NOW_ANNOTATION)
+        requested = rotation.request_mark(
+            (body["metadata"].get("annotations") or {}).get(rotation.ROTATE_NOW_ANNOTATION)
+        )
         now = conditions.now()
         created = self._key_created(body, state)
         asked = bool(requested) and requested != state.get("requested")
@@ -328,6 +330,14 @@ class Rotator:
             pending = None  # recorded, but its Secret does not hold it: start over
         keys = await self._provider(body, lambda module, spec, secrets, context:
                                     module.list_keys(spec, secrets, context))  # fmt: skip
+        if pending and pending not in {key.key_id for key in keys}:
+            # Made and saved, then deleted at the provider (by hand): start over.
+            record = self.current[(namespace, name)]
+            await self._delete_secret(body, pending)
+            gone = f"key {pending} is gone at the provider: making another"
+            state = {**state, "pendingKeyId": None, "message": gone}
+            await self._write(body, state, made=tuple(k for k in record.made if k != pending))
+            pending = None
         current = await self._key_in_use(body, state)
         record = self.current[(namespace, name)]
         found = rotation.sweep([k.key_id for k in keys], record.made, state.get("knownKeyIds"),

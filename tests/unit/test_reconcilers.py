@@ -25,7 +25,7 @@ from kubernetes.client.rest import ApiException
 from pydantic import SecretStr
 
 from cloudcred import conditions, rotation
-from cloudcred.api.credential import MAX_LISTED_CLUSTERS
+from cloudcred.api.credential import MAX_LISTED_CLUSTERS, RotationStatus
 from cloudcred.constants import (
     DELIVERED_REVISION_ANNOTATION,
     EXPIRES_ANNOTATION,
@@ -1467,3 +1467,56 @@ async def test_a_create_another_operator_may_have_in_flight_is_waited_for_not_re
     assert account.changes == []  # the other replica's call may still land (up to 25 s)
     await operator.advance(25)
     assert account.changes == [("create", "k2")]
+
+
+@run
+async def test_a_long_rotate_now_value_still_starts_a_rotation_that_status_can_show(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rotate-now` carries any annotation value (a 300-character reason): the rotation
+    starts, and status.rotation stays within its schema (requested is at most 64
+    characters), so the status write the CRD would refuse is never made."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    automatic(kube, rotate_now="ticket 4711: " + "x" * 300)
+    await operator.settle()
+    assert [k for verb, k in account.changes if verb == "create"] == ["k2"]
+    RotationStatus.model_validate(rotation_state(kube))  # what the CRD's schema says
+    await operator.advance(61)
+    assert [k for verb, k in account.changes if verb == "create"] == ["k2"]  # asked once
+
+
+@run
+async def test_a_pending_key_deleted_at_the_provider_is_made_again(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key is made and saved, then the step's next write fails and, before the retry,
+    a person deletes that key at the provider. The retry checks the recorded key against
+    the provider's list: it makes another instead of switching to a key that is gone."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    records = operator.controllers.rotator.records
+    original = records.write
+
+    async def failing_switch(record: Any) -> Any:
+        if record.state.get("phase") == "RollingOut":
+            records.write = original  # type: ignore[method-assign]
+            raise ApiException(status=500, reason="etcd timeout")
+        return await original(record)
+
+    records.write = failing_switch  # type: ignore[method-assign]
+    automatic(kube, rotate_now="now")
+    await operator.settle()
+    assert rotation_state(kube)["phase"] == "Creating"
+    assert account.keys == ["k1", "k2"]
+    account.keys.remove("k2")  # deleted by hand at the provider
+    await operator.advance(30.1)
+    state = rotation_state(kube)
+    assert (state["phase"], state["keyId"]) == ("Retiring", "k3"), state  # no cluster waits
+    assert kube.secrets.get((NS, rotation.rotated_secret_name("prod", "k2"))) is None
