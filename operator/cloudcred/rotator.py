@@ -30,7 +30,7 @@ from kubernetes.client.rest import ApiException
 from cloudcred import conditions, rotation
 from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.config import Settings
-from cloudcred.constants import CREDENTIAL_PLURAL, MANAGED_BY_LABEL
+from cloudcred.constants import API_VERSION, CREDENTIAL_PLURAL, MANAGED_BY_LABEL
 from cloudcred.kube import AlreadyExists, Conflict, Kube, NotFound, PreconditionFailed
 from cloudcred.providers import provider_module
 from cloudcred.providers.base import (
@@ -139,6 +139,71 @@ class Rotator:
         except (RuntimeError, PreconditionFailed) as error:  # kube.py's: no data in the text
             logger.warning("rotating %s/%s: %s; retrying", namespace, name, error)
             return FAILURE_RETRY
+
+    async def retire_orphaned(self, namespace: str, name: str) -> float | None:
+        """A credential that is gone: retire the keys the operator made for it, by the
+        same rules as a rotation (no credential names the key, no cluster uses it: a
+        credential with clusters cannot be deleted). Keys it no longer used go at once;
+        the key in use waits gracePeriod from the deletion, so that a delete and re-create
+        under the same name (a GitOps tool, a restore) takes it up again meanwhile. Then
+        the record goes. Seconds until it should look again; None: nothing left."""
+        try:
+            return await self._retire_orphaned(namespace, name)
+        except RotationError as error:
+            logger.warning("retiring the keys of deleted %s/%s: %s: %s; retrying", namespace,
+                           name, error.reason.value, error.message)  # fmt: skip
+            return FAILURE_RETRY
+        except Conflict:
+            return CONFLICT_RETRY
+        except (ApiException, RuntimeError, PreconditionFailed) as error:
+            logger.warning("retiring the keys of deleted %s/%s: %s; retrying", namespace, name,
+                           getattr(error, "status", None) or error)  # fmt: skip
+            return FAILURE_RETRY
+
+    async def _retire_orphaned(self, namespace: str, name: str) -> float | None:
+        body = await self.kube.read_credential(namespace, name)
+        if body is not None:  # still there (its finalizer), or made again: its own steps
+            return ROLLOUT_RECHECK if body["metadata"].get("deletionTimestamp") else None
+        record = await self.records.read(namespace, name)
+        if record is None:
+            return None
+        key = (namespace, name)
+        self.current[key] = record
+        state, spec, now = dict(record.state), record.state.get("spec"), conditions.now()
+        if not record.made or not spec:
+            await self.records.delete(record)
+            return None
+        if not state.get("orphanedTime"):
+            state["orphanedTime"] = _stamp(now)
+            await self._store(key, state)
+        gone = {"apiVersion": API_VERSION, "kind": "CloudCredential",
+                "metadata": {"namespace": namespace, "name": name, "uid": record.uid},
+                "spec": spec}  # fmt: skip
+        in_use = state.get("keyId") if rotation.in_effect(spec, state) else None
+        grace = rotation.grace_period((spec.get("rotation") or {}).get("gracePeriod") or "24h")
+        due = (conditions.parse_time(state["orphanedTime"]) or now) + grace
+        for key_id in sorted(record.made, key=lambda made: made == in_use):  # in use last
+            if key_id == in_use and now < due:
+                return min(IDLE_RECHECK, max((due - now).total_seconds(), 1.0))
+            if await self._may_retire(gone, state, key_id):
+                await self._provider(gone, lambda module, spec, secrets, context, key=key_id:
+                                     module.delete_key(spec, secrets, context, key))  # fmt: skip
+                await self._delete_secret(gone, key_id)
+                await self._event(gone, "Normal", "KeyDeleted",
+                                  f"deleted key {key_id}, made for this credential, which is "
+                                  "deleted")  # fmt: skip
+            made = tuple(k for k in self.current[key].made if k != key_id)
+            await self._store(key, state, made=made)  # kept when another credential names it
+        await self.records.delete(self.current.pop(key))
+        return None
+
+    async def _store(self, key: Key, state: dict[str, Any],
+                     made: tuple[str, ...] | None = None) -> None:  # fmt: skip
+        """Record without showing it (the credential is gone)."""
+        record = self.current[key]
+        self.current[key] = await self.records.write(replace(
+            record, state={k: v for k, v in state.items() if v is not None},
+            made=record.made if made is None else made))  # fmt: skip
 
     async def _advance(self, namespace: str, name: str) -> float:
         while True:
@@ -302,7 +367,7 @@ class Rotator:
         keys = await self._provider(body, lambda module, spec, secrets, context:
                                     module.list_keys(spec, secrets, context))  # fmt: skip
         await self._write(body, {
-            **state, "phase": rotation.CREATING, "startedTime": _stamp(now),
+            **state, "phase": rotation.CREATING, "startedTime": _stamp(now), "spec": body["spec"],
             "knownKeyIds": [key.key_id for key in keys], "requested": requested or None,
             "unknownKeyIds": None, "reason": None, "message": f"creating a new key ({why})",
         })  # fmt: skip
@@ -393,7 +458,7 @@ class Rotator:
             else {"nextRotationTime": state.get("nextRotationTime")}
         )
         await self._write(body, {
-            **state, "restore": restore,
+            **state, "restore": restore, "spec": body["spec"],
             "phase": rotation.ROLLING_OUT, "keyId": pending, "secretName": secret_name,
             "pendingKeyId": None, "knownKeyIds": None, "previousKeyId": current,
             "replaces": rotation.spec_key(body["spec"]),
@@ -576,7 +641,7 @@ class Rotator:
     def _done(state: dict[str, Any]) -> dict[str, Any]:
         """What a finished rotation keeps: the key in effect and the schedule."""
         kept = ("keyId", "secretName", "replaces", "nextRotationTime", "requested",
-                "lastRotationTime", "startedTime")  # fmt: skip
+                "lastRotationTime", "startedTime", "spec")  # fmt: skip
         return {**{key: state.get(key) for key in kept}, "phase": rotation.IDLE}
 
     async def _kept(self, body: dict[str, Any], state: dict[str, Any], key_id: str) -> None:

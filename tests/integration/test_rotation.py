@@ -498,3 +498,45 @@ def test_a_forged_status_or_a_spec_back_at_the_old_key_retires_nothing(
     assert state["phase"] == "Idle"
     assert "keyId" not in state
     assert new_id in state["message"]
+
+
+def test_deleting_a_rotated_credential_retires_its_key_after_the_grace_period(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    """A credential that automatic rotation moved to a key of the operator's is deleted:
+    the finalizer goes at once (no cluster uses it), the key stays for the grace period
+    (a re-create would take it up), then AWS no longer has it, and the operator's record
+    in its namespace is gone too."""
+    user = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, namespace, "gone", user.access_key_id, "keys",
+                          rotation={**AUTOMATIC, "gracePeriod": "6s"})  # fmt: skip
+    wait_for(lambda: (condition(get_credential(kube, namespace, "gone"), "Verified") or {})
+             .get("status") == "True", what="verified")  # fmt: skip
+    kube.custom.patch_namespaced_custom_object(
+        "cloudcred.io", "v1alpha1", namespace, "cloudcredentials", "gone",
+        {"metadata": {"annotations": {"cloudcred.io/rotate-now": "now"}}},
+    )  # fmt: skip
+    wait_for(lambda: user.access_key_id not in keys_at_moto(moto, user.user), timeout=60,
+             what="the first rotation done")  # fmt: skip
+    made = rotation_status(kube, namespace, "gone")["keyId"]
+    records = kube.core.list_namespaced_secret(
+        "default", label_selector="cloudcred.io/rotation-record").items  # fmt: skip
+    mine = [r for r in records
+            if (r.metadata.annotations or {}).get("cloudcred.io/credential")
+            == f"{namespace}/gone"]  # fmt: skip
+    assert len(mine) == 1
+
+    kube.custom.delete_namespaced_custom_object("cloudcred.io", "v1alpha1", namespace,
+                                                "cloudcredentials", "gone")  # fmt: skip
+    wait_for(lambda: get_credential(kube, namespace, "gone") is None, timeout=30,
+             what="the credential gone")  # fmt: skip
+    assert made in keys_at_moto(moto, user.user)  # the grace period (6 s) first
+    wait_for(lambda: keys_at_moto(moto, user.user) == {}, timeout=60,
+             what="the operator's key deleted at AWS")  # fmt: skip
+    wait_for(lambda: not [r for r in kube.core.list_namespaced_secret(
+        "default", label_selector="cloudcred.io/rotation-record").items
+        if r.metadata.uid == mine[0].metadata.uid], timeout=30,
+        what="the record removed")  # fmt: skip
+    reasons = [e.reason for e in events_for(kube, namespace, "gone")]
+    assert "KeyDeleted" in reasons

@@ -1520,3 +1520,80 @@ async def test_a_pending_key_deleted_at_the_provider_is_made_again(
     state = rotation_state(kube)
     assert (state["phase"], state["keyId"]) == ("Retiring", "k3"), state  # no cluster waits
     assert kube.secrets.get((NS, rotation.rotated_secret_name("prod", "k2"))) is None
+
+
+def records_in(kube: FakeKube) -> list[tuple[str, str]]:
+    labelled = "cloudcred.io/rotation-record"
+    return [key for key, secret in kube.secrets.items()
+            if labelled in (secret["metadata"].get("labels") or {})]  # fmt: skip
+
+
+@run
+async def test_deleting_a_credential_retires_the_keys_the_operator_made_for_it(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A credential rotated to k2 (made by the operator) is deleted once its cluster is
+    gone. k2 stays for the grace period (a delete and re-create would take it up again),
+    then it is deleted with its Secret, and so is the operator's record."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    await rotated_to_k2(kube, operator)
+    assert records_in(kube)
+    kube.remove("Cluster", (NS, "ext"))
+    kube.remove("CloudCredential", CRED)
+    await operator.settle()
+    assert account.keys == ["k2"]  # the grace period first
+    await operator.advance(3.1)
+    assert account.keys == []
+    assert account.changes[-1] == ("delete", "k2")
+    assert (NS, rotation.rotated_secret_name("prod", "k2")) not in kube.secrets
+    assert records_in(kube) == []
+    deleted = [e for e in kube.recorded.events if e[3] == "KeyDeleted"]
+    assert "deleted key k2, made for this credential, which is deleted" in deleted[-1][4]
+
+
+@run
+async def test_a_credential_deleted_and_made_again_within_the_grace_period_keeps_its_key(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GitOps tool deletes and re-creates a rotated credential: the new object takes up
+    k2 again, and k2 is not deleted when the grace period of the deletion ends."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    await rotated_to_k2(kube, operator)
+    body = kube.body("CloudCredential", CRED)
+    kube.remove("Cluster", (NS, "ext"))
+    kube.remove("CloudCredential", CRED)
+    await operator.settle()
+    again = {"metadata": {"namespace": NS, "name": "prod"}, "spec": body["spec"]}
+    kube.put("CloudCredential", again)
+    await operator.settle()
+    for _ in range(3):
+        await operator.advance(3.1)
+    assert account.keys == ["k2"]
+    assert rotation_state(kube)["keyId"] == "k2"
+    assert records_in(kube)
+
+
+@run
+async def test_a_credential_deleted_while_no_operator_ran_has_its_keys_retired_after_a_start(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deletion happened while no operator ran: the next one finds the record whose
+    credential is gone when it starts, and retires the key after the grace period."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    await rotated_to_k2(kube, operator)
+    kube.on_change = lambda *_: None  # no operator runs
+    kube.remove("Cluster", (NS, "ext"))
+    kube.remove("CloudCredential", CRED)
+    started = Operator(kube, clock)
+    started.start_from(kube)
+    await started.controllers.queue_recorded()
+    await started.settle()
+    await started.advance(3.1)
+    assert account.keys == []
+    assert records_in(kube) == []

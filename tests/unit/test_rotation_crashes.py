@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from cloudcred.providers import gcp
 from cloudcred.rotation import effective_spec
 from cloudcred.rotation_record import RECORD_FIELD, RECORD_LABEL
 from tests.fakekube import Clock, FakeKube, Operator
@@ -148,8 +149,6 @@ async def rotate(kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch,
         guarded("delete", key_id)
         delete(spec, secrets, context, key_id)
         calls.done("delete_key")
-
-    from cloudcred.providers import gcp
 
     monkeypatch.setattr(gcp, "create_key", counted_create)
     monkeypatch.setattr(gcp, "deactivate_key", counted_deactivate)
