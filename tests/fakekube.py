@@ -303,6 +303,13 @@ class FakeKube:
         self.recorded.writes.append(Write("replace", "Secret", (namespace, name)))
         self._secret_changed((namespace, name))
 
+    async def labelled_secret_annotations(self, namespace: str, label: str) -> list[dict[str, str]]:
+        return [
+            dict(secret["metadata"].get("annotations") or {})
+            for (ns, _), secret in self.secrets.items()
+            if ns == namespace and label in (secret["metadata"].get("labels") or {})
+        ]
+
     async def read_secret_versioned(
         self, namespace: str, name: str
     ) -> tuple[dict[str, str], str, str] | None:

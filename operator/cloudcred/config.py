@@ -78,6 +78,19 @@ class Settings(BaseModel):
     propagation_scaleway: float = Field(
         default=60.0, ge=0, description="The same for a new Scaleway API key."
     )
+    rotation_delete_after: float = Field(
+        default=86400.0,
+        ge=0,
+        description="Seconds an old key stays deactivated (where the provider cannot "
+        "deactivate: unused) before automatic rotation deletes it; the grace period "
+        "(spec.rotation.gracePeriod) comes before the deactivation.",
+    )
+    rotation_min_interval: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Least time between the starts of two rotations of one credential, "
+        "cloudcred rotate --now included.",
+    )
     verification_timeout: float = Field(
         default=10.0, gt=0, description="Seconds one provider check may take."
     )

@@ -347,6 +347,12 @@ class Kube:
                 f"writing Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
             ) from None
 
+    async def labelled_secret_annotations(self, namespace: str, label: str) -> list[dict[str, str]]:
+        """The annotations of each Secret in ``namespace`` that carries ``label``."""
+        found = await self._call(self.core.list_namespaced_secret, namespace,
+                                 label_selector=label)  # fmt: skip
+        return [dict(secret.metadata.annotations or {}) for secret in found.items]
+
     async def read_secret_versioned(
         self, namespace: str, name: str
     ) -> tuple[dict[str, str], str, str] | None:

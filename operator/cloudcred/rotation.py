@@ -15,6 +15,12 @@ Phases (``status.rotation.phase``), each written *before* the provider call it g
 
     Idle -> Creating -> RollingOut -> Retiring -> Deleting -> Idle
 
+The old key is deactivated ``gracePeriod`` after every cluster uses the new one, and
+deleted a second period later (the installation's ``CLOUDCRED_ROTATION_DELETE_AFTER``).
+A rotation that is abandoned (``stop_reason``: the policy is no longer Automatic, the
+spec names another key, the new key is refused for good) goes back to the key in use
+before it and retires, by the same rules, only the key it made.
+
 Only keys the operator's own create calls returned (the record's ``made``) are ever
 cleaned up; a key made by anyone else is reported, never deleted. No key that any
 CloudCredential resolves to now is deactivated or deleted (``key_ids_named``).
@@ -47,6 +53,14 @@ KEY_FIELDS: dict[str, tuple[str | None, str]] = {
 }
 
 _GRACE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def request_mark(value: str | None) -> str | None:
+    """What the record keeps of a ``cloudcred.io/rotate-now`` value to tell a new ask
+    from one acted on: the value, or its digest when longer than status may show."""
+    if not value or len(value) <= 64:
+        return value or None
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:40]
 
 
 def rotated_secret_name(credential: str, key_id: str) -> str:
@@ -195,6 +209,28 @@ def _decoded(value: str | None) -> str:
         return ""
 
 
+# Verification reasons that say a key will not work (Propagating, unreachable: it may).
+REFUSED_FOR_GOOD = ("InvalidCredentials", "AccessDenied")
+
+
+def stop_reason(spec: dict[str, Any], state: dict[str, Any],
+                status: dict[str, Any]) -> str | None:  # fmt: skip
+    """Why a rotation under way stops now; None while it goes on. A rotation already
+    going back (``abandoned``) is not stopped again."""
+    if state.get("abandoned") or state.get("phase", IDLE) in (IDLE, DELETING):
+        return None
+    if (spec.get("rotation") or {}).get("policy") != "Automatic":
+        return "spec.rotation.policy is no longer Automatic"
+    if state.get("replaces") and state["replaces"] != spec_key(spec):
+        return "the spec names another key"
+    if state.get("phase") == ROLLING_OUT and status.get("revision") != state.get("fromRevision"):
+        verified: dict[str, Any] = next((c for c in status.get("conditions") or []
+                         if c.get("type") == "Verified"), {})  # fmt: skip
+        if verified.get("status") == "False" and verified.get("reason") in REFUSED_FOR_GOOD:
+            return f"the provider refuses key {state.get('keyId')} ({verified['reason']})"
+    return None
+
+
 @dataclass(frozen=True)
 class RolloutState:
     """What RollingOut waits for: the new key verified and deployed everywhere."""
@@ -205,11 +241,16 @@ class RolloutState:
 
 
 def rollout_state(status: dict[str, Any], from_revision: str | None,
-                  behind: list[str] | None = None) -> RolloutState:  # fmt: skip
+                  behind: list[str] | None = None,
+                  generation: int | None = None) -> RolloutState:  # fmt: skip
     """Whether the revision computed with the new key is verified and on every cluster.
     ``behind``: the bound clusters that report another revision, as the operator's own
-    caches have them (the credential's conditions alone are status a tenant can write)."""
+    caches have them (the credential's conditions alone are status a tenant can write).
+    ``generation``: the credential's; a status that describes an older spec is not
+    the new key's yet."""
     revision = status.get("revision")
+    if generation is not None and status.get("observedGeneration") != generation:
+        return RolloutState(False, "waiting for the check of the current spec")
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     verified, complete = conditions.get("Verified") or {}, conditions.get("RolloutComplete") or {}
     if not revision or revision == from_revision:

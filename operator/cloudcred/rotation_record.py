@@ -30,7 +30,7 @@ RECORD_FIELD = "record.json"
 RECORD_PREFIX = "cloudcred-rotation-"
 
 # What the record keeps for the operator alone: never shown in status.
-PRIVATE_FIELDS = ("knownKeyIds",)
+PRIVATE_FIELDS = ("knownKeyIds", "restore", "attempt", "attemptTime", "spec", "orphanedTime")
 
 
 def record_name(namespace: str, name: str) -> str:
@@ -99,6 +99,12 @@ class SecretStore(Protocol):
         self, namespace: str, name: str, uid: str, resource_version: str, data: dict[str, str]
     ) -> str: ...
 
+    async def delete_secret(self, namespace: str, name: str, uid: str) -> None: ...
+
+    async def labelled_secret_annotations(
+        self, namespace: str, label: str
+    ) -> list[dict[str, str]]: ...
+
 
 class RecordStore:
     """The records in the operator's namespace."""
@@ -139,3 +145,20 @@ class RecordStore:
         version = await self.kube.swap_secret_data(self.namespace, name, record.secret_uid,
                                                    record.resource_version, data)  # fmt: skip
         return replace(record, resource_version=version)
+
+    async def credentials(self) -> list[tuple[str, str]]:
+        """The credentials (namespace, name) that have a record."""
+        found = []
+        for found_on in await self.kube.labelled_secret_annotations(self.namespace,
+                                                                    RECORD_LABEL):  # fmt: skip
+            namespace, _, name = found_on.get(CREDENTIAL_ANNOTATION, "").partition("/")
+            if namespace and name:
+                found.append((namespace, name))
+        return found
+
+    async def delete(self, record: RotationRecord) -> None:
+        """Remove a record (its credential is gone and no key of the operator's is left)."""
+        if record.secret_uid is not None:
+            await self.kube.delete_secret(self.namespace, record_name(record.namespace,
+                                                                      record.name),
+                                          record.secret_uid)  # fmt: skip

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -29,7 +30,7 @@ from kubernetes.client.rest import ApiException
 from cloudcred import conditions, rotation
 from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.config import Settings
-from cloudcred.constants import CREDENTIAL_PLURAL, MANAGED_BY_LABEL
+from cloudcred.constants import API_VERSION, CREDENTIAL_PLURAL, MANAGED_BY_LABEL
 from cloudcred.kube import AlreadyExists, Conflict, Kube, NotFound, PreconditionFailed
 from cloudcred.providers import provider_module
 from cloudcred.providers.base import (
@@ -52,8 +53,14 @@ ROLLOUT_RECHECK = 5.0
 FAILURE_RETRY = 30.0
 CONFLICT_RETRY = 1.0  # the record changed under a step: read it again soon
 MAX_REPORTED_KEYS = 16
+# A use of the old key this soon after the rollout completed is the operator's own last
+# check with it (rolledOutTime has whole seconds), not a consumer's.
+LAST_USE_MARGIN = timedelta(minutes=1)
 
 Key = tuple[str, str]
+# The record's fields that say which key is in effect (and when it is due): what an
+# abandoned rotation puts back.
+RESTORED = ("keyId", "secretName", "replaces", "nextRotationTime")
 # The bound clusters of a credential that report a deployed revision other than the one
 # given (the operator's caches: see controllers/rotation.py).
 ClustersBehind = Callable[[Key, str], list[str]]
@@ -92,6 +99,8 @@ class Rotator:
         self.shown: dict[Key, dict[str, Any]] = {}
         self.unknown_reported: dict[Key, tuple[str, ...]] = {}
         self._users: dict[Key, list[str]] = {}  # who uses a key a step would retire
+        # This operator's create attempts, as its record shows them (see _fenced).
+        self.attempt_id = f"{os.getpid()}-{os.urandom(4).hex()}"
 
     def forget(self, key: Key) -> None:
         self.reported.pop(key, None)
@@ -131,6 +140,71 @@ class Rotator:
             logger.warning("rotating %s/%s: %s; retrying", namespace, name, error)
             return FAILURE_RETRY
 
+    async def retire_orphaned(self, namespace: str, name: str) -> float | None:
+        """A credential that is gone: retire the keys the operator made for it, by the
+        same rules as a rotation (no credential names the key, no cluster uses it: a
+        credential with clusters cannot be deleted). Keys it no longer used go at once;
+        the key in use waits gracePeriod from the deletion, so that a delete and re-create
+        under the same name (a GitOps tool, a restore) takes it up again meanwhile. Then
+        the record goes. Seconds until it should look again; None: nothing left."""
+        try:
+            return await self._retire_orphaned(namespace, name)
+        except RotationError as error:
+            logger.warning("retiring the keys of deleted %s/%s: %s: %s; retrying", namespace,
+                           name, error.reason.value, error.message)  # fmt: skip
+            return FAILURE_RETRY
+        except Conflict:
+            return CONFLICT_RETRY
+        except (ApiException, RuntimeError, PreconditionFailed) as error:
+            logger.warning("retiring the keys of deleted %s/%s: %s; retrying", namespace, name,
+                           getattr(error, "status", None) or error)  # fmt: skip
+            return FAILURE_RETRY
+
+    async def _retire_orphaned(self, namespace: str, name: str) -> float | None:
+        body = await self.kube.read_credential(namespace, name)
+        if body is not None:  # still there (its finalizer), or made again: its own steps
+            return ROLLOUT_RECHECK if body["metadata"].get("deletionTimestamp") else None
+        record = await self.records.read(namespace, name)
+        if record is None:
+            return None
+        key = (namespace, name)
+        self.current[key] = record
+        state, spec, now = dict(record.state), record.state.get("spec"), conditions.now()
+        if not record.made or not spec:
+            await self.records.delete(record)
+            return None
+        if not state.get("orphanedTime"):
+            state["orphanedTime"] = _stamp(now)
+            await self._store(key, state)
+        gone = {"apiVersion": API_VERSION, "kind": "CloudCredential",
+                "metadata": {"namespace": namespace, "name": name, "uid": record.uid},
+                "spec": spec}  # fmt: skip
+        in_use = state.get("keyId") if rotation.in_effect(spec, state) else None
+        grace = rotation.grace_period((spec.get("rotation") or {}).get("gracePeriod") or "24h")
+        due = (conditions.parse_time(state["orphanedTime"]) or now) + grace
+        for key_id in sorted(record.made, key=lambda made: made == in_use):  # in use last
+            if key_id == in_use and now < due:
+                return min(IDLE_RECHECK, max((due - now).total_seconds(), 1.0))
+            if await self._may_retire(gone, state, key_id):
+                await self._provider(gone, lambda module, spec, secrets, context, key=key_id:
+                                     module.delete_key(spec, secrets, context, key))  # fmt: skip
+                await self._delete_secret(gone, key_id)
+                await self._event(gone, "Normal", "KeyDeleted",
+                                  f"deleted key {key_id}, made for this credential, which is "
+                                  "deleted")  # fmt: skip
+            made = tuple(k for k in self.current[key].made if k != key_id)
+            await self._store(key, state, made=made)  # kept when another credential names it
+        await self.records.delete(self.current.pop(key))
+        return None
+
+    async def _store(self, key: Key, state: dict[str, Any],
+                     made: tuple[str, ...] | None = None) -> None:  # fmt: skip
+        """Record without showing it (the credential is gone)."""
+        record = self.current[key]
+        self.current[key] = await self.records.write(replace(
+            record, state={k: v for k, v in state.items() if v is not None},
+            made=record.made if made is None else made))  # fmt: skip
+
     async def _advance(self, namespace: str, name: str) -> float:
         while True:
             body = await self.kube.read_credential(namespace, name)
@@ -143,12 +217,17 @@ class Rotator:
             await self._show(body, record)
             phase = state.get("phase", rotation.IDLE)
             logger.debug("rotation of %s/%s: %s", namespace, name, phase)
-            if phase == rotation.IDLE:
+            why = rotation.stop_reason(body["spec"], state, body.get("status") or {})
+            if why:
+                await self._abandon(body, state, why)
+            elif phase == rotation.IDLE:
                 wait = await self._maybe_start(body, state)
                 if wait is not None:
                     return wait
             elif phase == rotation.CREATING:
-                await self._create(body, state)
+                wait = await self._create(body, state)
+                if wait is not None:
+                    return wait
             elif phase == rotation.ROLLING_OUT:
                 wait = await self._wait_for_rollout(body, state)
                 if wait is not None:
@@ -243,9 +322,9 @@ class Rotator:
             except NotFound:
                 return
             body.setdefault("status", {})["rotation"] = view
+        self.shown[_key(body)] = view
         if view:
             await self._publish(body, view)
-        self.shown[_key(body)] = view
         if shown:
             logger.info("rotation of %s/%s: status.rotation differed from the record; "
                         "written again from it", *_key(body))  # fmt: skip
@@ -264,7 +343,9 @@ class Rotator:
             # age be read by the check).
             return ROLLOUT_RECHECK
         age = rotation.max_age(policy["maxAge"])
-        requested = (body["metadata"].get("annotations") or {}).get(rotation.ROTATE_NOW_ANNOTATION)
+        requested = rotation.request_mark(
+            (body["metadata"].get("annotations") or {}).get(rotation.ROTATE_NOW_ANNOTATION)
+        )
         now = conditions.now()
         created = self._key_created(body, state)
         asked = bool(requested) and requested != state.get("requested")
@@ -275,17 +356,35 @@ class Rotator:
                                          "nextRotationTime": _stamp(due)})  # fmt: skip
             return min(IDLE_RECHECK, max((due - now).total_seconds(), 1.0))
         why = "asked by cloudcred.io/rotate-now" if asked else f"the key is {policy['maxAge']} old"
+        last = conditions.parse_time(state.get("startedTime"))
+        allowed = last + timedelta(seconds=self.settings.rotation_min_interval) if last else now
+        if now < allowed:
+            message = (f"rotation due ({why}); the last one began at {_stamp(last)}: the next "
+                       f"may begin at {_stamp(allowed)}")  # fmt: skip
+            if state.get("message") != message or self._failure_shown(body):
+                await self._write(body, {**state, "message": message})
+            return max((allowed - now).total_seconds(), 1.0)
         keys = await self._provider(body, lambda module, spec, secrets, context:
                                     module.list_keys(spec, secrets, context))  # fmt: skip
         await self._write(body, {
-            **state, "phase": rotation.CREATING, "startedTime": _stamp(now),
+            **state, "phase": rotation.CREATING, "startedTime": _stamp(now), "spec": body["spec"],
             "knownKeyIds": [key.key_id for key in keys], "requested": requested or None,
             "unknownKeyIds": None, "reason": None, "message": f"creating a new key ({why})",
         })  # fmt: skip
         await self._event(body, "Normal", "RotationStarted", f"rotating the key: {why}")
         return None
 
-    async def _create(self, body: dict[str, Any], state: dict[str, Any]) -> None:
+    def _fenced(self, state: dict[str, Any]) -> float | None:
+        """Seconds to wait while another operator's create call may still be in flight
+        (its attempt recorded less than a provider call's longest time ago); None: go."""
+        attempt, since = state.get("attempt"), conditions.parse_time(state.get("attemptTime"))
+        if not attempt or attempt == self.attempt_id or since is None:
+            return None
+        longest = self.settings.verification_timeout * 2 + 5  # _provider's bound on a call
+        left = (since - conditions.now()).total_seconds() + longest
+        return left if left > 0 else None
+
+    async def _create(self, body: dict[str, Any], state: dict[str, Any]) -> float | None:
         """Creating: clean up what the operator's own unfinished creates left, report keys
         made by anyone else, make the key (unless one is recorded), save it in the
         Secret the operator owns, then switch to it."""
@@ -296,6 +395,14 @@ class Rotator:
             pending = None  # recorded, but its Secret does not hold it: start over
         keys = await self._provider(body, lambda module, spec, secrets, context:
                                     module.list_keys(spec, secrets, context))  # fmt: skip
+        if pending and pending not in {key.key_id for key in keys}:
+            # Made and saved, then deleted at the provider (by hand): start over.
+            record = self.current[(namespace, name)]
+            await self._delete_secret(body, pending)
+            gone = f"key {pending} is gone at the provider: making another"
+            state = {**state, "pendingKeyId": None, "message": gone}
+            await self._write(body, state, made=tuple(k for k in record.made if k != pending))
+            pending = None
         current = await self._key_in_use(body, state)
         record = self.current[(namespace, name)]
         found = rotation.sweep([k.key_id for k in keys], record.made, state.get("knownKeyIds"),
@@ -313,6 +420,13 @@ class Rotator:
                               "did not finish")  # fmt: skip
         state = await self._report_unknown(body, state, found.unknown)
         if not pending:
+            wait = self._fenced(state)
+            if wait is not None:
+                return wait
+            # The attempt is recorded (compare-and-swap) before the create call: of two
+            # replicas in a handover, only the one whose record write went through creates.
+            state = {**state, "attempt": self.attempt_id, "attemptTime": _stamp(conditions.now())}
+            await self._write(body, state)
             made: NewKey = await self._provider(
                 body,
                 lambda module, spec, secrets, context: module.create_key(spec, secrets, context),
@@ -320,6 +434,7 @@ class Rotator:
             pending = made.facts.key_id
             # Recorded at once as the operator's, before anything else can fail.
             record = self.current[(namespace, name)]
+            state = {**state, "attempt": None, "attemptTime": None}
             await self._write(body, {**state, "pendingKeyId": pending,
                                      "message": f"made key {pending}"},
                               made=(*record.made, pending))  # fmt: skip
@@ -336,8 +451,15 @@ class Rotator:
             )
         age = rotation.max_age((body["spec"].get("rotation") or {}).get("maxAge") or "90d")
         secret_name = rotation.rotated_secret_name(name, pending)
+        # What goes back into effect if this rotation is abandoned: the key in use now.
+        restore = (
+            {field: state.get(field) for field in RESTORED}
+            if rotation.in_effect(body["spec"], state)
+            else {"nextRotationTime": state.get("nextRotationTime")}
+        )
         await self._write(body, {
-            **state, "phase": rotation.ROLLING_OUT, "keyId": pending, "secretName": secret_name,
+            **state, "restore": restore, "spec": body["spec"],
+            "phase": rotation.ROLLING_OUT, "keyId": pending, "secretName": secret_name,
             "pendingKeyId": None, "knownKeyIds": None, "previousKeyId": current,
             "replaces": rotation.spec_key(body["spec"]),
             "fromRevision": (body.get("status") or {}).get("revision"),
@@ -346,6 +468,7 @@ class Rotator:
         })  # fmt: skip
         await self._event(body, "Normal", "KeyInUse",
                           f"the credential now uses key {pending}: rolling it out")  # fmt: skip
+        return None
 
     async def _report_unknown(self, body: dict[str, Any], state: dict[str, Any],
                               unknown: list[str]) -> dict[str, Any]:  # fmt: skip
@@ -370,7 +493,8 @@ class Rotator:
         status = body.get("status") or {}
         revision = status.get("revision")
         behind = self.clusters_behind(_key(body), revision) if revision else []
-        progress = rotation.rollout_state(status, state.get("fromRevision"), behind)
+        progress = rotation.rollout_state(status, state.get("fromRevision"), behind,
+                                          body["metadata"].get("generation"))  # fmt: skip
         if not progress.done:
             logger.debug("rotation of %s: %s", body["metadata"]["name"], progress.why)
             message = f"keeping key {state.get('previousKeyId')}: {progress.why}"
@@ -383,9 +507,27 @@ class Rotator:
         return None
 
     async def _retire(self, body: dict[str, Any], state: dict[str, Any]) -> float | None:
-        """Retiring: deactivate the old key (where the provider can), keep it gracePeriod."""
+        """Retiring: gracePeriod after every cluster uses the new key, deactivate the old
+        one (where the provider can; where it reports last use, only once unused since
+        the rollout or for a whole grace period); a second period later
+        (CLOUDCRED_ROTATION_DELETE_AFTER), delete it."""
         previous = state.get("previousKeyId")
+        now = conditions.now()
         if previous and not state.get("deactivatedTime"):
+            grace_text = (body["spec"].get("rotation") or {}).get("gracePeriod") or "24h"
+            rolled_out = conditions.parse_time(state.get("rolledOutTime")) or now
+            left = (rolled_out + rotation.grace_period(grace_text) - now).total_seconds()
+            if left > 0:
+                return min(left, IDLE_RECHECK)
+            used = await self._last_used(body, previous)
+            grace = rotation.grace_period(grace_text)
+            if used is not None and used > max(rolled_out + LAST_USE_MARGIN, now - grace):
+                message = (f"keeping key {previous}: last used at {_stamp(used)}, after every "
+                           f"cluster moved to the new key ({_stamp(rolled_out)}); deactivated "
+                           f"once unused for the grace period ({grace_text})")  # fmt: skip
+                if state.get("message") != message or self._failure_shown(body):
+                    await self._write(body, {**state, "message": message})
+                return min(IDLE_RECHECK, max((used + grace - now).total_seconds(), 1.0))
             if not await self._may_retire(body, state, previous):
                 await self._kept(body, state, previous)
                 return None
@@ -393,28 +535,78 @@ class Rotator:
                 body, lambda module, spec, secrets, context:
                 module.deactivate_key(spec, secrets, context, previous),
             )  # fmt: skip
-            grace = (body["spec"].get("rotation") or {}).get("gracePeriod", "24h")
-            await self._write(body, {**state, "deactivatedTime": _stamp(conditions.now()),
+            after = timedelta(seconds=self.settings.rotation_delete_after)
+            await self._write(body, {**state, "deactivatedTime": _stamp(now),
                                      "message": f"key {previous} is "
                                      f"{'inactive' if deactivated else 'unused'}; deleted "
-                                     f"after the grace period ({grace})"})  # fmt: skip
+                                     f"at {_stamp(now + after)}"})  # fmt: skip
             if deactivated:
-                await self._event(
-                    body,
-                    "Normal",
-                    "KeyDeactivated",
-                    f"deactivated key {previous}: every cluster uses the new key",
-                )
+                await self._event(body, "Normal", "KeyDeactivated",
+                                  f"deactivated key {previous}: every cluster has used the "
+                                  f"new key for the grace period ({grace_text})")  # fmt: skip
             return None
-        grace = rotation.grace_period((body["spec"].get("rotation") or {}).get("gracePeriod")
-                                      or "24h")  # fmt: skip
-        since = conditions.parse_time(state.get("rolledOutTime")) or conditions.now()
-        left = (since + grace - conditions.now()).total_seconds()
+        since = conditions.parse_time(state.get("deactivatedTime")) or now
+        left = (
+            since + timedelta(seconds=self.settings.rotation_delete_after) - now
+        ).total_seconds()
         if left > 0:
             return min(left, IDLE_RECHECK)
         await self._write(body, {**state, "phase": rotation.DELETING,
                                  "message": f"deleting key {previous}"})  # fmt: skip
         return None
+
+    async def _last_used(self, body: dict[str, Any], key_id: str) -> datetime | None:
+        """When the provider last saw ``key_id`` used, where it reports it (AWS); None
+        where it does not, or may not say."""
+        module = provider_module(str(body["spec"].get("provider")))
+        if not hasattr(module, "key_last_used"):
+            return None
+        return await self._provider(
+            body, lambda module, spec, secrets, context:
+            module.key_last_used(spec, secrets, context, key_id),
+        )  # fmt: skip
+
+    async def _abandon(self, body: dict[str, Any], state: dict[str, Any], why: str) -> None:
+        """Stop a rotation under way: the key in use before it goes back into effect, and
+        the key it made is retired by the same rules (RollingOut, Retiring, Deleting)
+        once no cluster uses it. The old key is never touched: once deactivated, the new
+        key stays in use and the old one is left as it is."""
+        namespace, name = _key(body)
+        new, old = state.get("keyId"), state.get("previousKeyId")
+        status = body.get("status") or {}
+        if state.get("phase") == rotation.CREATING:
+            pending = state.get("pendingKeyId")
+            made = self.current[(namespace, name)].made
+            if pending and pending in made and await self._may_retire(body, state, pending):
+                await self._provider(
+                    body, lambda module, spec, secrets, context:
+                    module.delete_key(spec, secrets, context, pending),
+                )  # fmt: skip
+                await self._delete_secret(body, pending)
+                made = tuple(key for key in made if key != pending)
+            message = f"rotation stopped before a new key was in use: {why}"
+            await self._write(body, {**self._done(state), "message": message}, made=made)
+        elif state.get("deactivatedTime") and state.get("replaces") == rotation.spec_key(
+                body["spec"]):  # fmt: skip
+            message = (f"rotation stopped: {why}; key {new} stays in use, key {old} is "
+                       "inactive and left as it is")  # fmt: skip
+            await self._write(body, {**self._done(state), "message": message})
+        else:
+            spec_moved = state.get("replaces") != rotation.spec_key(body["spec"])
+            restore = {} if spec_moved else dict(state.get("restore") or {})
+            going_back = restore.get("keyId") or "the spec's key"
+            message = (f"rotation stopped: {why}; the credential uses {going_back}, and key "
+                       f"{new} is retired once no cluster uses it")  # fmt: skip
+            fresh = status.get("revision") != state.get("fromRevision")
+            await self._write(body, {
+                "phase": rotation.ROLLING_OUT, "abandoned": True, "previousKeyId": new,
+                **{field: restore.get(field) for field in RESTORED},
+                "fromRevision": status.get("revision") if fresh and not spec_moved else None,
+                **{field: state.get(field) for field in ("startedTime", "requested",
+                                                         "lastRotationTime")},
+                "message": message,
+            })  # fmt: skip
+        await self._event(body, "Warning", "RotationStopped", message)
 
     async def _delete(self, body: dict[str, Any], state: dict[str, Any]) -> None:
         """Deleting: delete the old key; the rotation is done."""
@@ -429,9 +621,15 @@ class Rotator:
             await self._delete_secret(body, previous)
             await self._event(body, "Normal", "KeyDeleted", f"deleted key {previous}")
         record = self.current[_key(body)]
+        made = tuple(key for key in record.made if key != previous)
+        if state.get("abandoned"):
+            message = f"rotation stopped; key {previous}, made by it, is deleted"
+            await self._write(body, {**self._done(state), "message": message}, made=made)
+            await self._event(body, "Normal", "KeyDeleted", message)
+            return
         await self._write(body, {**self._done(state), "lastRotationTime": _stamp(conditions.now()),
                                  "message": f"rotated to key {state.get('keyId')}"},
-                          made=tuple(key for key in record.made if key != previous))  # fmt: skip
+                          made=made)  # fmt: skip
         await self._event(
             body,
             "Normal",
@@ -443,7 +641,7 @@ class Rotator:
     def _done(state: dict[str, Any]) -> dict[str, Any]:
         """What a finished rotation keeps: the key in effect and the schedule."""
         kept = ("keyId", "secretName", "replaces", "nextRotationTime", "requested",
-                "lastRotationTime")  # fmt: skip
+                "lastRotationTime", "startedTime", "spec")  # fmt: skip
         return {**{key: state.get(key) for key in kept}, "phase": rotation.IDLE}
 
     async def _kept(self, body: dict[str, Any], state: dict[str, Any], key_id: str) -> None:
@@ -644,8 +842,8 @@ class Rotator:
         ))  # fmt: skip
         self.current[key] = stored
         view = stored.view()
+        self.shown[key] = view  # before the write: its own watch event is not a change
         await self._publish(body, view)
-        self.shown[key] = view
 
     async def _publish(self, body: dict[str, Any], view: dict[str, Any]) -> None:
         """Apply ``status.rotation`` and the KeyRotation condition from the record's view."""

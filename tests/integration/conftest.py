@@ -59,6 +59,10 @@ def operator_env(moto: Moto) -> dict[str, str]:
         "CLOUDCRED_VERIFICATION_TIMEOUT": "3",
         # An installation that delivers credentials (each credential still opts in).
         "CLOUDCRED_DELIVERY_ENABLED": "true",
+        # Rotations retire an old key seconds, not a day, after its deactivation, and
+        # may follow one another (the unit tests hold the defaults).
+        "CLOUDCRED_ROTATION_DELETE_AFTER": "2",
+        "CLOUDCRED_ROTATION_MIN_INTERVAL": "0",
         "CLOUDCRED_GCP_TOKEN_URI": f"http://{closed}/token",
         "CLOUDCRED_AZURE_AUTHORITY_HOST": f"https://{closed}",
         "CLOUDCRED_SCALEWAY_API_URL": f"http://{closed}",

@@ -379,3 +379,57 @@ def test_network_policy_passes_server_side_dry_run(
     shipped = [doc for doc in documents(kustomize(kube)) if doc["kind"] == "NetworkPolicy"]
     assert len(shipped) == 1
     assert "created (server dry run)" in dry_run(kube, yaml.safe_dump_all(shipped)).stdout
+
+
+# --- a minimum grace period for automatic rotation ---------------------------------------
+
+
+def test_a_grace_period_under_an_hour_needs_its_own_verb(
+    kube: Kube, namespace: str, impersonate: Callable[[str], Kube]
+) -> None:
+    """An editor may not set an automatic rotation's gracePeriod under an hour (days,
+    hours, minutes and seconds added up by the policy); an hour or more goes through.
+    cluster-admin, or a user granted the verb short-grace-period, may; an existing short
+    one does not block other updates."""
+    editors(kube, namespace, "erin")
+    erin = impersonate("erin")
+
+    def create(who: Kube, name: str, grace: str, dry_run: bool = False) -> None:
+        rotation = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": grace}
+        ref = {"name": "keys", "key": "secret"}
+        aws = {"accessKeyId": "AKIAIOSFODNN7EXAMPLE", "secretAccessKeyRef": ref}
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CloudCredential",
+                "metadata": {"name": name},
+                "spec": {"provider": "AWS", "rotation": rotation, "aws": aws}}  # fmt: skip
+        options = {"dry_run": "All"} if dry_run else {}
+        who.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, CREDENTIAL_PLURAL,
+                                                   body, **options)  # fmt: skip
+
+    denied = wait_for(lambda: refused_with(lambda: create(erin, "short", "5m", dry_run=True),
+                                           "gracePeriod"), what="the policy in effect")  # fmt: skip
+    assert "spec.rotation.gracePeriod: 5m is shorter than 1h" in denied
+    assert "short-grace-period" in denied
+    for grace in ("59m59s", "0s", "3599s", "0d59m"):
+        assert refusal(lambda grace=grace: create(erin, "short", grace, dry_run=True)), grace
+    for grace in ("1h", "60m", "3600s", "1d", "0d1h", "24h"):
+        assert refusal(lambda grace=grace: create(erin, "long", grace, dry_run=True)) is None, grace
+
+    create(kube, "admins", "3s")  # cluster-admin holds every verb
+    erin_patch = {"metadata": {"annotations": {"cloudcred.io/rotate-now": "now"}}}
+    erin.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, CREDENTIAL_PLURAL,
+                                               "admins", erin_patch)  # fmt: skip
+    shorter = {"spec": {"rotation": {"gracePeriod": "2s"}}}
+    assert "shorter than 1h" in (refusal(lambda: erin.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, CREDENTIAL_PLURAL, "admins", shorter)) or "")  # fmt: skip
+
+    rbac = client.RbacAuthorizationV1Api(kube.api)
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "short-grace"}, "rules": [
+        {"apiGroups": [GROUP], "resources": [CREDENTIAL_PLURAL],
+         "verbs": ["short-grace-period"]}]})  # fmt: skip
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "erin-short-grace"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "short-grace"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "erin"}],
+    })  # fmt: skip
+    wait_for(lambda: refusal(lambda: create(erin, "short", "5m", dry_run=True)) is None,
+             what="the grant in effect")  # fmt: skip

@@ -444,8 +444,8 @@ def test_a_forged_status_or_a_spec_back_at_the_old_key_retires_nothing(
     """A tenant writes status.rotation: phase Deleting, previousKeyId the key in use.
     The operator's record (in its own namespace) says otherwise: the status is written
     again from it and the key stays. Then, during a rotation, a person points the spec
-    at a Secret holding the old key; that revision rolls out, and the old key is kept:
-    it is never deactivated nor deleted."""
+    at a Secret holding the old key: the rotation stops, the old key is never
+    deactivated nor deleted, and the key the rotation made is retired once unused."""
     user = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}")
     secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
     static_key_credential(kube, namespace, "back", user.access_key_id, "keys",
@@ -486,15 +486,57 @@ def test_a_forged_status_or_a_spec_back_at_the_old_key_retires_nothing(
     )  # fmt: skip
     third = new_revision(kube, namespace, "back", second)
     patch_cluster_status(kube, namespace, "ext", {"deployedRevision": third})
-    wait_for(lambda: "KeyKept" in [e.reason for e in events_for(kube, namespace, "back")]
-             or keys_at_moto(moto, user.user).get(user.access_key_id) != "Active",
-             timeout=60, what="the rotation deciding about the old key")  # fmt: skip
-    assert keys_at_moto(moto, user.user).get(user.access_key_id) == "Active", "retired"
+    wait_for(lambda: "RotationStopped" in [e.reason for e in events_for(kube, namespace, "back")],
+             timeout=30, what="the rotation stopped")  # fmt: skip
+    # The key the rotation made, in no spec and on no cluster, is retired by the usual
+    # rules (3 s grace, 2 s more in tests); the old key, in use again, is never touched.
+    wait_for(lambda: new_id not in keys_at_moto(moto, user.user), timeout=60,
+             what="the rotation's own key retired")  # fmt: skip
+    assert keys_at_moto(moto, user.user) == {user.access_key_id: "Active"}
     assert works(moto, user)
-    reasons = [e.reason for e in events_for(kube, namespace, "back")]
-    assert "KeyDeactivated" not in reasons
-    assert "KeyDeleted" not in reasons
     state = rotation_status(kube, namespace, "back")
     assert state["phase"] == "Idle"
-    assert user.access_key_id in state["message"]
-    assert new_id in keys_at_moto(moto, user.user)  # made by the operator, now unused: kept
+    assert "keyId" not in state
+    assert new_id in state["message"]
+
+
+def test_deleting_a_rotated_credential_retires_its_key_after_the_grace_period(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    """A credential that automatic rotation moved to a key of the operator's is deleted:
+    the finalizer goes at once (no cluster uses it), the key stays for the grace period
+    (a re-create would take it up), then AWS no longer has it, and the operator's record
+    in its namespace is gone too."""
+    user = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, namespace, "gone", user.access_key_id, "keys",
+                          rotation={**AUTOMATIC, "gracePeriod": "6s"})  # fmt: skip
+    wait_for(lambda: (condition(get_credential(kube, namespace, "gone"), "Verified") or {})
+             .get("status") == "True", what="verified")  # fmt: skip
+    kube.custom.patch_namespaced_custom_object(
+        "cloudcred.io", "v1alpha1", namespace, "cloudcredentials", "gone",
+        {"metadata": {"annotations": {"cloudcred.io/rotate-now": "now"}}},
+    )  # fmt: skip
+    wait_for(lambda: user.access_key_id not in keys_at_moto(moto, user.user), timeout=60,
+             what="the first rotation done")  # fmt: skip
+    made = rotation_status(kube, namespace, "gone")["keyId"]
+    records = kube.core.list_namespaced_secret(
+        "default", label_selector="cloudcred.io/rotation-record").items  # fmt: skip
+    mine = [r for r in records
+            if (r.metadata.annotations or {}).get("cloudcred.io/credential")
+            == f"{namespace}/gone"]  # fmt: skip
+    assert len(mine) == 1
+
+    kube.custom.delete_namespaced_custom_object("cloudcred.io", "v1alpha1", namespace,
+                                                "cloudcredentials", "gone")  # fmt: skip
+    wait_for(lambda: get_credential(kube, namespace, "gone") is None, timeout=30,
+             what="the credential gone")  # fmt: skip
+    assert made in keys_at_moto(moto, user.user)  # the grace period (6 s) first
+    wait_for(lambda: keys_at_moto(moto, user.user) == {}, timeout=60,
+             what="the operator's key deleted at AWS")  # fmt: skip
+    wait_for(lambda: not [r for r in kube.core.list_namespaced_secret(
+        "default", label_selector="cloudcred.io/rotation-record").items
+        if r.metadata.uid == mine[0].metadata.uid], timeout=30,
+        what="the record removed")  # fmt: skip
+    reasons = [e.reason for e in events_for(kube, namespace, "gone")]
+    assert "KeyDeleted" in reasons

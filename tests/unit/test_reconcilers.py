@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import json
 import time
@@ -24,7 +25,7 @@ from kubernetes.client.rest import ApiException
 from pydantic import SecretStr
 
 from cloudcred import conditions, rotation
-from cloudcred.api.credential import MAX_LISTED_CLUSTERS
+from cloudcred.api.credential import MAX_LISTED_CLUSTERS, RotationStatus
 from cloudcred.constants import (
     DELIVERED_REVISION_ANNOTATION,
     EXPIRES_ANNOTATION,
@@ -807,6 +808,9 @@ async def test_a_refused_key_creation_is_shown_once_and_retried_until_it_goes_th
     assert find(kube, "CloudCredential", "prod", "KeyRotation")["reason"] == "RollingOut"
 
 
+DELETE_AFTER = 86_400.0  # CLOUDCRED_ROTATION_DELETE_AFTER's default
+
+
 def key_file(key_id: str) -> str:
     """A service-account key file that names its key (``private_key_id``)."""
     return json.dumps({"type": "service_account", "client_email": IDENTITY,
@@ -890,8 +894,9 @@ async def rotated_to_k2(kube: FakeKube, operator: Operator) -> None:
     assert rotation_state(kube)["phase"] == "RollingOut"
     deploy(kube, "ext", revision(kube))
     await operator.settle()
-    await operator.advance(3.1)
-    await operator.advance(3.1)
+    await operator.advance(3.1)  # every cluster uses k2
+    await operator.advance(3.1)  # the grace period: k1 deactivated
+    await operator.advance(DELETE_AFTER + 0.1)  # the installation's second period: deleted
     state = rotation_state(kube)
     assert (state["phase"], state["keyId"]) == ("Idle", "k2"), (state, operator.timers())
 
@@ -958,8 +963,8 @@ async def test_a_spec_pointed_back_at_the_old_key_keeps_it(
     kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """During RollingOut a person points the spec at a Secret holding the old key; that
-    revision rolls out. The old key is in use again: it is never deactivated nor
-    deleted, and the rotation ends saying so."""
+    revision rolls out. The rotation stops, saying so; the old key is never deactivated
+    nor deleted, and the key the rotation made, in no spec any more, is retired."""
     provider_calls(monkeypatch)
     account = ServiceAccount(monkeypatch, clock)
     operator = Operator(kube, clock)
@@ -977,13 +982,15 @@ async def test_a_spec_pointed_back_at_the_old_key_keeps_it(
     await operator.settle()
     deploy(kube, "ext", revision(kube))
     await operator.settle()
-    await operator.advance(3.1)
-    await operator.advance(301)
+    stopped = [event for event in kube.recorded.events if event[3] == "RotationStopped"]
+    assert len(stopped) == 1
+    assert "the spec names another key" in stopped[0][4]
+    for seconds in (3.1, 3.1, DELETE_AFTER + 0.1):
+        await operator.advance(seconds)
     assert "k1" not in account.retired(), account.changes
     assert "k1" in account.keys
-    kept = [event for event in kube.recorded.events if event[3] == "KeyKept"]
-    assert kept
-    assert "k1" in kept[0][4]
+    # k2, made by the rotation and no longer in any spec, is retired once unused.
+    assert account.retired() == ["k2", "k2"], account.changes
     assert rotation_state(kube)["phase"] == "Idle", rotation_state(kube)
 
 
@@ -1027,7 +1034,8 @@ async def test_a_new_key_refused_within_the_propagation_window_is_propagating_no
 ) -> None:
     """Google refuses the key a rotation has just made (it propagates). Within GCP's
     window (5 min) the credential says Propagating: Reconciling, not Stalled, checked
-    again with a backoff; once the window is over, InvalidCredentials and Stalled."""
+    again with a backoff. Refused past the window, the new key will not work: the
+    rotation stops, the old key is in use again, and the new one is retired."""
     provider_calls(monkeypatch)
     account = ServiceAccount(monkeypatch, clock)
     account.not_yet.add("k2")
@@ -1048,10 +1056,25 @@ async def test_a_new_key_refused_within_the_propagation_window_is_propagating_no
     assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "Propagating"
     for _ in range(8):
         await operator.advance(60)
+    # Past the window Google still refuses k2: the rotation stops, k1 is in use again.
+    stopped = [e for e in kube.recorded.events if e[3] == "RotationStopped"]
+    assert len(stopped) == 1
+    assert "refuses key k2 (InvalidCredentials)" in stopped[0][4]
+    state = rotation_state(kube)
+    # ext never left k1's revision: back at once; k2, made by the rotation and used by
+    # no cluster, is retired by the usual rules (deactivated after the 3 s grace period,
+    # deleted a day later). k1 is never touched.
+    assert (state["abandoned"], state["previousKeyId"]) == (True, "k2")
+    assert "keyId" not in state  # the spec's key, k1, is in effect again
     verified = find(kube, "CloudCredential", "prod", "Verified")
-    assert verified["reason"] == "InvalidCredentials", verified
-    assert find(kube, "CloudCredential", "prod", "Stalled")["status"] == "True"
-    assert account.retired() == []
+    assert verified["reason"] == "Verified", verified
+    assert account.retired() == ["k2"]
+    await operator.advance(DELETE_AFTER + 0.1)
+    assert account.retired() == ["k2", "k2"]
+    assert account.keys == ["k1"]
+    state = rotation_state(kube)
+    assert state["phase"] == "Idle", state
+    assert "abandoned" not in state, state
 
 
 @run
@@ -1268,3 +1291,309 @@ async def test_with_nothing_changing_nothing_is_written(kube: FakeKube, clock: C
     reconciles = await operator.settle()
     assert reconciles >= 7  # every cluster, its deploy key and the credential
     assert kube.recorded.writes[writes:] == []
+
+
+@run
+async def test_the_old_key_is_deactivated_a_grace_period_after_the_rollout_and_deleted_later(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consumers that read the key once at start keep working for the grace period:
+    nothing is deactivated when the last cluster moves to the new key, only gracePeriod
+    later; the deletion comes the installation's second period after that."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    cluster(kube, "ext", deployed=revision(kube))
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "1h"}
+    body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": "now"}
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    deploy(kube, "ext", revision(kube))
+    await operator.settle()
+    await operator.advance(5.1)
+    assert rotation_state(kube)["phase"] == "Retiring"
+    assert account.retired() == []  # every cluster moved: not deactivated yet
+    await operator.advance(3500)
+    assert account.retired() == []
+    await operator.advance(101)
+    assert account.retired() == ["k1"]  # deactivated after the hour
+    message = rotation_state(kube)["message"]
+    assert message.startswith("key k1 is unused; deleted at "), message
+    await operator.advance(DELETE_AFTER - 200)
+    assert account.retired() == ["k1"]
+    await operator.advance(300)
+    assert account.retired() == ["k1", "k1"]
+    assert account.keys == ["k2"]
+
+
+@run
+async def test_rotate_now_inside_the_interval_waits_until_it_ends(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two rotate-now within the hour: the second waits until an hour after the first
+    began, not a second longer. With no clusters and a 0s grace period nothing loops:
+    one key is made per interval."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock, rotation_delete_after=60)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "0s"}
+    body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": "first"}
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    for _ in range(4):
+        await operator.advance(61)
+    assert rotation_state(kube)["phase"] == "Idle", rotation_state(kube)
+    assert account.keys == ["k2"]
+    body = kube.body("CloudCredential", CRED)
+    body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": "second"}
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    assert [k for verb, k in account.changes if verb == "create"] == ["k2"]
+    assert operator.timers()["rotation"][CRED] == pytest.approx(3600 - 244, abs=2)
+    await operator.advance(3600 - 244 + 1)
+    assert [k for verb, k in account.changes if verb == "create"] == ["k2", "k3"]
+
+
+@run
+async def test_switching_to_manual_mid_rollout_goes_back_and_retires_only_the_new_key(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotation waits for a cluster that never redeploys; the owner sets the policy back
+    to Manual. The rotation stops: the old key is in use again and never touched, and the
+    new key, which no cluster uses, is retired by the usual rules."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    cluster(kube, "ext", deployed=revision(kube))
+    old_revision = revision(kube)
+    automatic(kube, rotate_now="now")
+    await operator.settle()
+    assert rotation_state(kube)["keyId"] == "k2"
+    await operator.advance(600)
+    assert rotation_state(kube)["phase"] == "RollingOut"  # ext never redeploys
+
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["rotation"]["policy"] = "Manual"
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    stopped = [e for e in kube.recorded.events if e[3] == "RotationStopped"]
+    assert len(stopped) == 1
+    assert "no longer Automatic" in stopped[0][4]
+    assert revision(kube) == old_revision  # k1 in effect again
+    for seconds in (3.1, 3.1, DELETE_AFTER + 0.1):
+        await operator.advance(seconds)
+    assert account.retired() == ["k2", "k2"], account.changes
+    assert account.keys == ["k1"], account.changes
+    state = rotation_state(kube)
+    assert state["phase"] == "Idle", state
+    assert "keyId" not in state, state
+    assert "k2, made by it, is deleted" in state["message"]
+
+
+@run
+async def test_an_old_key_used_after_the_rollout_is_kept_and_the_message_names_the_use(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the provider reports a key's last use (AWS), the old key is deactivated only
+    once nothing used it since every cluster moved to the new one, or for a whole grace
+    period; until then the rotation's message names the last use."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    last_used: dict[str, Any] = {}
+    monkeypatch.setattr(gcp, "key_last_used", lambda spec, secrets, context, key_id:
+                        last_used.get(key_id), raising=False)  # fmt: skip
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    cluster(kube, "ext", deployed=revision(kube))
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "10m"}
+    body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": "now"}
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    deploy(kube, "ext", revision(kube))
+    await operator.settle()
+    await operator.advance(5.1)
+    assert rotation_state(kube)["phase"] == "Retiring"
+    await operator.advance(300)
+    last_used["k1"] = clock.moment  # a consumer that read k1 at start still signs with it
+    await operator.advance(301)
+    assert account.retired() == []
+    message = rotation_state(kube)["message"]
+    assert message.startswith("keeping key k1: last used at "), message
+    await operator.advance(290)  # the consumer stopped at its last use: 590 s ago
+    assert account.retired() == []
+    await operator.advance(20)  # unused for the whole grace period
+    assert account.retired() == ["k1"]
+
+
+@run
+async def test_a_create_another_operator_may_have_in_flight_is_waited_for_not_repeated(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record shows a create attempt by another operator (a replica in a handover)
+    made a second ago: its call may still land. No second key is made until the longest
+    a provider call can take has passed; then one is."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    automatic(kube, rotate_now="now")
+    records = operator.controllers.rotator.records
+    original = records.write
+
+    async def another_replica_first(record: Any) -> Any:
+        if record.state.get("attempt"):
+            state = {**record.state, "attempt": "another-replica"}
+            record = dataclasses.replace(record, state=state)
+            records.write = original  # type: ignore[method-assign]
+            await original(record)
+            raise Conflict("the record changed")
+        return await original(record)
+
+    records.write = another_replica_first  # type: ignore[method-assign]
+    await operator.settle()
+    assert account.changes == []
+    await operator.advance(1.1)
+    assert account.changes == []  # the other replica's call may still land (up to 25 s)
+    await operator.advance(25)
+    assert account.changes == [("create", "k2")]
+
+
+@run
+async def test_a_long_rotate_now_value_still_starts_a_rotation_that_status_can_show(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rotate-now` carries any annotation value (a 300-character reason): the rotation
+    starts, and status.rotation stays within its schema (requested is at most 64
+    characters), so the status write the CRD would refuse is never made."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    automatic(kube, rotate_now="ticket 4711: " + "x" * 300)
+    await operator.settle()
+    assert [k for verb, k in account.changes if verb == "create"] == ["k2"]
+    RotationStatus.model_validate(rotation_state(kube))  # what the CRD's schema says
+    await operator.advance(61)
+    assert [k for verb, k in account.changes if verb == "create"] == ["k2"]  # asked once
+
+
+@run
+async def test_a_pending_key_deleted_at_the_provider_is_made_again(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key is made and saved, then the step's next write fails and, before the retry,
+    a person deletes that key at the provider. The retry checks the recorded key against
+    the provider's list: it makes another instead of switching to a key that is gone."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    records = operator.controllers.rotator.records
+    original = records.write
+
+    async def failing_switch(record: Any) -> Any:
+        if record.state.get("phase") == "RollingOut":
+            records.write = original  # type: ignore[method-assign]
+            raise ApiException(status=500, reason="etcd timeout")
+        return await original(record)
+
+    records.write = failing_switch  # type: ignore[method-assign]
+    automatic(kube, rotate_now="now")
+    await operator.settle()
+    assert rotation_state(kube)["phase"] == "Creating"
+    assert account.keys == ["k1", "k2"]
+    account.keys.remove("k2")  # deleted by hand at the provider
+    await operator.advance(30.1)
+    state = rotation_state(kube)
+    assert (state["phase"], state["keyId"]) == ("Retiring", "k3"), state  # no cluster waits
+    assert kube.secrets.get((NS, rotation.rotated_secret_name("prod", "k2"))) is None
+
+
+def records_in(kube: FakeKube) -> list[tuple[str, str]]:
+    labelled = "cloudcred.io/rotation-record"
+    return [key for key, secret in kube.secrets.items()
+            if labelled in (secret["metadata"].get("labels") or {})]  # fmt: skip
+
+
+@run
+async def test_deleting_a_credential_retires_the_keys_the_operator_made_for_it(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A credential rotated to k2 (made by the operator) is deleted once its cluster is
+    gone. k2 stays for the grace period (a delete and re-create would take it up again),
+    then it is deleted with its Secret, and so is the operator's record."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    await rotated_to_k2(kube, operator)
+    assert records_in(kube)
+    kube.remove("Cluster", (NS, "ext"))
+    kube.remove("CloudCredential", CRED)
+    await operator.settle()
+    assert account.keys == ["k2"]  # the grace period first
+    await operator.advance(3.1)
+    assert account.keys == []
+    assert account.changes[-1] == ("delete", "k2")
+    assert (NS, rotation.rotated_secret_name("prod", "k2")) not in kube.secrets
+    assert records_in(kube) == []
+    deleted = [e for e in kube.recorded.events if e[3] == "KeyDeleted"]
+    assert "deleted key k2, made for this credential, which is deleted" in deleted[-1][4]
+
+
+@run
+async def test_a_credential_deleted_and_made_again_within_the_grace_period_keeps_its_key(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GitOps tool deletes and re-creates a rotated credential: the new object takes up
+    k2 again, and k2 is not deleted when the grace period of the deletion ends."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    await rotated_to_k2(kube, operator)
+    body = kube.body("CloudCredential", CRED)
+    kube.remove("Cluster", (NS, "ext"))
+    kube.remove("CloudCredential", CRED)
+    await operator.settle()
+    again = {"metadata": {"namespace": NS, "name": "prod"}, "spec": body["spec"]}
+    kube.put("CloudCredential", again)
+    await operator.settle()
+    for _ in range(3):
+        await operator.advance(3.1)
+    assert account.keys == ["k2"]
+    assert rotation_state(kube)["keyId"] == "k2"
+    assert records_in(kube)
+
+
+@run
+async def test_a_credential_deleted_while_no_operator_ran_has_its_keys_retired_after_a_start(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deletion happened while no operator ran: the next one finds the record whose
+    credential is gone when it starts, and retires the key after the grace period."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    await rotated_to_k2(kube, operator)
+    kube.on_change = lambda *_: None  # no operator runs
+    kube.remove("Cluster", (NS, "ext"))
+    kube.remove("CloudCredential", CRED)
+    started = Operator(kube, clock)
+    started.start_from(kube)
+    await started.controllers.queue_recorded()
+    await started.settle()
+    await started.advance(3.1)
+    assert account.keys == []
+    assert records_in(kube) == []

@@ -262,8 +262,9 @@ class RotationSpec(Model):
         description="Manual: people rotate the key (cloudcred rotate); the operator says "
         "when it is old (RotationRecommended). Automatic: the operator creates a new key "
         "with the credential's own identity when the key is maxAge old (or on `cloudcred "
-        "rotate --now`), rolls it out, deactivates the old key once every cluster uses "
-        "the new one, and deletes it after gracePeriod. Static keys only.",
+        "rotate --now`, at most once an hour by default), rolls it out, deactivates the "
+        "old key gracePeriod after every cluster uses the new one, and deletes it a second "
+        "period later. Static keys only.",
     )
     max_age: str | None = Field(
         default=None,
@@ -274,8 +275,9 @@ class RotationSpec(Model):
     )
     grace_period: str = Field(
         default="24h",
-        description="How long the old key is kept (AWS: inactive) after every cluster uses "
-        "the new one, before it is deleted: days, hours, minutes, seconds (24h, 7d, 0s).",
+        description="How long the old key stays active after every cluster uses the new "
+        "one, before it is deactivated (AWS) and, the installation's second period later, "
+        "deleted: days, hours, minutes, seconds (24h, 7d, 0s).",
         max_length=32,
         pattern=GRACE_PERIOD,
         json_schema_extra={
@@ -433,9 +435,10 @@ class RotationStatus(Model):
     phase: Literal["Idle", "Creating", "RollingOut", "Retiring", "Deleting", "Failed"] = Field(
         default="Idle",
         description="Idle; Creating (a new key is being made); RollingOut (the new key is "
-        "in use, waiting for every cluster); Retiring (every cluster uses it: the old key "
-        "is deactivated where the provider can, then kept gracePeriod); Deleting (the old "
-        "key is being deleted); Failed (a step failed: see message; retried).",
+        "in use, waiting for every cluster); Retiring (every cluster uses it: gracePeriod "
+        "later the old key is deactivated where the provider can, and deleted after the "
+        "installation's second period); Deleting (the old key is being deleted); Failed (a "
+        "step failed: see message; retried).",
     )
     key_id: str | None = Field(
         default=None,
@@ -493,7 +496,8 @@ class RotationStatus(Model):
     deactivated_time: datetime | None = Field(
         default=None,
         description="When the old key was deactivated (or, where the provider cannot, "
-        "found unused): the grace period runs from rolledOutTime.",
+        "found unused), gracePeriod after rolledOutTime; it is deleted the installation's "
+        "second period later.",
     )
     last_rotation_time: datetime | None = Field(
         default=None, description="When the last rotation finished (the old key deleted)."
@@ -505,6 +509,13 @@ class RotationStatus(Model):
         default=None,
         description="The last cloudcred.io/rotate-now value acted on.",
         max_length=64,
+    )
+    abandoned: bool | None = Field(
+        default=None,
+        description="True while a stopped rotation goes back to the key in use before it "
+        "(policy no longer Automatic, the spec names another key, the new key refused for "
+        "good): the key it made is retired once no cluster uses it; the old key is never "
+        "touched.",
     )
 
 

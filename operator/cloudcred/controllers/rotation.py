@@ -50,7 +50,11 @@ class RotationReconciler:
 
     async def reconcile(self, key: Key) -> Result:
         credential = self.caches.credentials.get(key)
-        if credential is None or credential.deleting or not rotating(credential):
+        if credential is None:  # deleted: the keys the operator made for it are retired
+            self.rotator.forget(key)
+            wait = await self.rotator.retire_orphaned(*key)
+            return DONE if wait is None else Result(requeue_after=wait)
+        if credential.deleting or not rotating(credential):
             self.rotator.forget(key)
             return DONE
         return Result(requeue_after=await self.rotator.step(*key))

@@ -459,6 +459,7 @@ class Controllers:
         for controller in self.controllers:
             controller.start(self._active, self._spawn)
         self._tasks.append(spawn(self._resync(interval), "resync"))
+        self._spawn(self.queue_recorded(), "rotation records")
         if self.bindings_quiet:
             self._tasks.append(spawn(self._after_bursts(), "credentials after bursts"))
 
@@ -487,6 +488,7 @@ class Controllers:
             logger.info("resuming after the pause")
             self.paused = False
             self._queue_everything()  # a fresh look at all
+            self._spawn(self.queue_recorded(), "rotation records")
         self._refresh()
 
     # -- kopf's watch events (handlers/events.py) ------------------------------------------
@@ -526,6 +528,20 @@ class Controllers:
             for controller in (self.credentials, self.verification, self.rotation):
                 controller.queue.add(key)
         self._queue_secrets()
+
+    async def queue_recorded(self) -> None:
+        """Once synced, look at each rotation record whose credential is gone (deleted
+        while no operator ran, or while another waited out its grace period): the keys
+        the operator made for it are retired and the record removed."""
+        await self._active.wait()
+        try:
+            recorded = await self.rotator.records.credentials()
+        except (ApiException, RuntimeError) as error:  # looked at again at the next start
+            logger.warning("listing the rotation records failed: %s", error)
+            return
+        for key in recorded:
+            if key not in self.caches.credentials:
+                self.rotation.queue.add(key)
 
     def _queue_secrets(self) -> None:
         for key in self.caches.secrets:

@@ -485,6 +485,23 @@ def delete_key(
     _rotating(aws, context, delete)
 
 
+def key_last_used(
+    spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext, key_id: str
+) -> datetime | None:
+    """When AWS last saw ``key_id`` sign a request (iam:GetAccessKeyLastUsed, asked with
+    the key in effect); None when it was never used. AWS fills it in with some delay
+    (hours at most), which the grace period covers."""
+    aws = _aws(spec)
+
+    def read() -> datetime | None:
+        iam = _iam(aws, secrets, context)
+        used = iam.get_access_key_last_used(AccessKeyId=key_id)
+        last = (used.get("AccessKeyLastUsed") or {}).get("LastUsedDate")
+        return last if isinstance(last, datetime) else None
+
+    return _rotating(aws, context, read)
+
+
 def key_facts(
     spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
 ) -> KeyFacts | None:
