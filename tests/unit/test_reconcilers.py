@@ -151,6 +151,42 @@ async def test_a_cluster_binds_or_says_why_not(
 
 
 @run
+async def test_what_a_watch_missed_is_repaired_by_the_next_list(
+    kube: FakeKube, clock: Clock
+) -> None:
+    """The credential's watch misses two events (a spec edit and, later, the deletion):
+    the operator's caches keep the old view until the periodic LIST, which takes in the
+    difference and queues what it concerns; the cluster then says why it is unbound."""
+    operator = Operator(kube, clock)
+    credential(kube)
+    cluster(kube, "eu")
+    await operator.settle()
+    assert find(kube, "Cluster", "eu", "CredentialBound")["status"] == "True"
+    listen = kube.on_change
+    kube.on_change = lambda *_: None  # the watch drops what follows
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["provider"] = "AWS"
+    body["spec"]["aws"] = {"roleArn": "arn:aws:iam::123456789012:role/deployer"}
+    del body["spec"]["gcp"]
+    kube.put("CloudCredential", body)
+    kube.on_change = listen
+    await operator.settle()
+    assert find(kube, "Cluster", "eu", "CredentialBound")["status"] == "True"  # not seen
+    await operator.controllers.listers[0].relist()
+    await operator.settle()
+    condition = find(kube, "Cluster", "eu", "CredentialBound")
+    assert (condition["status"], condition["reason"]) == ("False", "ProviderMismatch")
+
+    kube.on_change = lambda *_: None
+    kube.remove("CloudCredential", CRED)
+    kube.on_change = listen
+    await operator.controllers.listers[0].relist()
+    await operator.settle()
+    condition = find(kube, "Cluster", "eu", "CredentialBound")
+    assert (condition["status"], condition["reason"]) == ("False", "CredentialNotFound")
+
+
+@run
 async def test_a_credential_lists_2000_clusters_and_counts_every_one(
     kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
