@@ -195,6 +195,9 @@ class Tour:
                 "CLOUDCRED_LOG_LEVEL": "INFO",
                 "CLOUDCRED_LOG_FORMAT": "plain",
                 "CLOUDCRED_METRICS_PORT": "0",
+                # The demo's rotation deletes the old key 5 s after deactivating it (a
+                # day in a real installation).
+                "CLOUDCRED_ROTATION_DELETE_AFTER": "5",
                 "CLOUDCRED_GCP_TOKEN_URI": f"http://{closed}/token",
                 "CLOUDCRED_AZURE_AUTHORITY_HOST": f"https://{closed}",
                 "CLOUDCRED_SCALEWAY_API_URL": f"http://{closed}",
@@ -330,8 +333,8 @@ class Tour:
             if key["AccessKeyId"] != in_use:  # step 4 of the rotation above
                 iam.delete_access_key(UserName=IAM_USER, AccessKeyId=key["AccessKeyId"])
         self.say("The old key is deleted (step 4 above). Now spec.rotation.policy: "
-                 "Automatic (rotate at 90 days; keep the old key 5 s after the rollout, for "
-                 "the demo):")  # fmt: skip
+                 "Automatic (rotate at 90 days; keep the old key active 5 s after the "
+                 "rollout, then inactive 5 s more before it is deleted, for the demo):")  # fmt: skip
         patch = {"spec": {"rotation": {"policy": "Automatic", "maxAge": "90d",
                                        "gracePeriod": "5s"}}}  # fmt: skip
         self.run([self.kubectl, "patch", "ccred", KEY_CREDENTIAL, "-n", NAMESPACE, "--type",

@@ -607,8 +607,9 @@ def rotate_now(kube: api.Kube, request: Request) -> int:
         state = follow_rotation(waiter, asked)
     grace = ((credential.get("spec") or {}).get("rotation") or {}).get("gracePeriod", "24h")
     print(f"Rotated: the credential uses key {state.get('keyId')}, on every cluster. The old "
-          f"key {state.get('previousKeyId') or ''} is retired: inactive where the provider "
-          f"allows, deleted by the operator after the grace period ({grace}).")  # fmt: skip
+          f"key {state.get('previousKeyId') or ''} stays active for the grace period "
+          f"({grace}), then the operator deactivates it where the provider allows and "
+          "deletes it a day later (the installation's CLOUDCRED_ROTATION_DELETE_AFTER).")  # fmt: skip
     return 0
 
 
@@ -623,6 +624,10 @@ def follow_rotation(waiter: Waiter, asked: str) -> dict[str, Any]:
         if mine and state.get("reason"):
             raise CliError(f"the rotation is stuck: {state['reason']}: {state.get('message')} "
                            "(the operator retries it)")  # fmt: skip
+        if mine and (
+            state.get("abandoned") or str(state.get("message") or "").startswith("rotation stopped")
+        ):
+            raise CliError(f"{state.get('message')}")
         if mine and phase in ("Retiring", "Deleting"):
             return state
         if mine and phase == "Idle" and state.get("lastRotationTime"):
