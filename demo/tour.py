@@ -334,7 +334,8 @@ class Tour:
                 iam.delete_access_key(UserName=IAM_USER, AccessKeyId=key["AccessKeyId"])
         self.say("The old key is deleted (step 4 above). Now spec.rotation.policy: "
                  "Automatic (rotate at 90 days; keep the old key active 5 s after the "
-                 "rollout, then inactive 5 s more before it is deleted, for the demo):")  # fmt: skip
+                 "rollout, then inactive 5 s more before it is deleted; for the "
+                 "demo):")  # fmt: skip
         patch = {"spec": {"rotation": {"policy": "Automatic", "maxAge": "90d",
                                        "gracePeriod": "5s"}}}  # fmt: skip
         self.run([self.kubectl, "patch", "ccred", KEY_CREDENTIAL, "-n", NAMESPACE, "--type",

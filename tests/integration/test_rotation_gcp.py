@@ -29,7 +29,7 @@ from tests.resources import (
     patch_cluster_status,
     secret,
 )
-from tests.unit.test_rotation_gcp import FIRST_KEY_ID, FakeKey, FakeIam, serve
+from tests.unit.test_rotation_gcp import FIRST_KEY_ID, FakeIam, FakeKey, serve
 
 pytestmark = pytest.mark.integration
 
@@ -81,9 +81,9 @@ def story(kube: Kube, namespace: str, operators: Operators, fake: FakeIam) -> No
         "CLOUDCRED_PROPAGATION_GCP": "60",
     })  # fmt: skip
     secret(kube, namespace, "sa", {"key.json": key_json(fake.token_uri)})
-    create_credential(kube, namespace, "gcp", provider="GCP",
-                      gcp={"serviceAccountKeyRef": {"name": "sa", "key": "key.json"}},
-                      rotation={"policy": "Automatic", "maxAge": "90d", "gracePeriod": "3s"})  # fmt: skip
+    policy = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "3s"}
+    create_credential(kube, namespace, "gcp", provider="GCP", rotation=policy,
+                      gcp={"serviceAccountKeyRef": {"name": "sa", "key": "key.json"}})  # fmt: skip
     create_cluster(kube, namespace, "ext", provider="GCP", region="europe-west1",
                    credentialRef={"name": "gcp"}, deploy="External")  # fmt: skip
     first = new_revision(kube, namespace, "gcp", None)
@@ -96,7 +96,8 @@ def story(kube: Kube, namespace: str, operators: Operators, fake: FakeIam) -> No
         {"status": {"rotation": {"phase": "Deleting", "previousKeyId": FIRST_KEY_ID}}},
     )  # fmt: skip
     wait_for(lambda: rotation(kube, namespace).get("phase") == "Idle"
-             and "previousKeyId" not in rotation(kube, namespace), what="status rewritten")  # fmt: skip
+             and "previousKeyId" not in rotation(kube, namespace),
+             what="status rewritten")  # fmt: skip
     assert FIRST_KEY_ID in fake.keys
 
     # The create is refused (the service account's key limit) while someone else makes

@@ -609,7 +609,8 @@ def rotate_now(kube: api.Kube, request: Request) -> int:
     print(f"Rotated: the credential uses key {state.get('keyId')}, on every cluster. The old "
           f"key {state.get('previousKeyId') or ''} stays active for the grace period "
           f"({grace}), then the operator deactivates it where the provider allows and "
-          "deletes it a day later (the installation's CLOUDCRED_ROTATION_DELETE_AFTER).")  # fmt: skip
+          "deletes it a day later (the installation's "
+          "CLOUDCRED_ROTATION_DELETE_AFTER).")  # fmt: skip
     return 0
 
 
