@@ -59,6 +59,21 @@ actionlint: ## Build actionlint (ACTIONLINT_VERSION) from Go modules into .local
 	    github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION); \
 	fi
 
+# The console's browser test drives Debian's Chromium headless; it skips, saying why,
+# where the browser cannot be installed.
+.PHONY: browser
+browser: ## Install Debian's chromium (and chromium-driver) for the console's browser test, if absent.
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver >/dev/null; } \
+	    || echo "chromium could not be installed: the console's browser test will skip"; \
+	else \
+	  echo "chromium is not installed (as root: apt-get install chromium chromium-driver);" \
+	    "the console's browser test will skip"; \
+	fi
+
 .PHONY: cluster-up
 cluster-up: envtest ## Start the local control plane in the background, install the CRDs.
 	$(PY) -m tests.envtest up $(LOCAL)
@@ -100,7 +115,7 @@ lock: install ## Pin the image's Python dependencies with hashes into requiremen
 	  --output-file requirements/image-build.txt pyproject.toml
 
 .PHONY: test
-test: envtest helm actionlint ## Run the test suite (starts its own control plane, or uses CLOUDCRED_TEST_KUBECONFIG).
+test: envtest helm actionlint browser ## Run the test suite (starts its own control plane, or uses CLOUDCRED_TEST_KUBECONFIG).
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=72
 
 .PHONY: lint
@@ -132,6 +147,14 @@ run: install ## Run the operator against $KUBECONFIG, or against the local contr
 	echo; \
 	export KUBECONFIG=$(CURDIR)/$(LOCAL)/kubeconfig; \
 	exec $(VENV)/bin/cloudcred run --standalone --all-namespaces
+
+# CONSOLE_ARGS: more flags for cloudcred console (--port 8080, --no-browser, -n acme).
+CONSOLE_ARGS ?=
+.PHONY: console
+console: install ## Serve the console page (cloudcred console -A) against $KUBECONFIG, or the local control plane (started if needed).
+	@if [ -z "$$KUBECONFIG" ] && [ ! -f $(LOCAL)/controlplane.json ]; then $(MAKE) --no-print-directory cluster-up; fi
+	@if [ -z "$$KUBECONFIG" ]; then export KUBECONFIG=$(CURDIR)/$(LOCAL)/kubeconfig; fi; \
+	exec $(VENV)/bin/cloudcred console -A $(CONSOLE_ARGS)
 
 .PHONY: demo
 demo: envtest ## Guided tour, one command: local control plane, moto as a stand-in AWS, operator, samples.

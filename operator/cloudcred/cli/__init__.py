@@ -326,6 +326,10 @@ def add_commands(commands: Any) -> None:
     console.add_argument(
         "--no-browser", action="store_true", help="print the URL without opening a browser"
     )
+    console.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="log each request (method, path, status) on stderr",
+    )  # fmt: skip
     completion = commands.add_parser(
         "completion",
         help="print a bash, zsh or fish completion script",
@@ -421,10 +425,17 @@ def _trust_policy(args: argparse.Namespace, stdin: IO[str] | None) -> int:
 
 def _console(args: argparse.Namespace, stdin: IO[str] | None) -> int:
     import asyncio
+    import logging
 
     from cloudcred.cli import api
     from cloudcred.console import server
 
+    # The console's own loggers only: the Kubernetes client's DEBUG logs would show
+    # response bodies.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
+    if args.verbose:
+        logging.getLogger("cloudcred.console").setLevel(logging.INFO)
     kube = api.connect(_access(args))
     namespace = None if args.all_namespaces else (args.namespace or kube.namespace)
     try:

@@ -240,6 +240,10 @@ def cluster_rows(
     return rows
 
 
+# Conditions for which True is the bad news.
+NEGATIVE = {"Reconciling", "Stalled", "RotationRecommended", "KeyRotation", "DeletionBlocked"}
+
+
 @dataclass(frozen=True)
 class ConditionView:
     type: str
@@ -248,14 +252,23 @@ class ConditionView:
     message: str
     since: str
     headline: str  # the condition in words
+    tone: str  # good, bad or unknown: how the page colours it
 
 
 def condition_views(obj: Mapping[str, Any]) -> list[ConditionView]:
+    """The conditions, in words; Reconciling and Stalled only when True (False says
+    nothing that Ready does not)."""
     found = []
     for item in (obj.get("status") or {}).get("conditions") or []:
         type_, status = str(item.get("type", "")), str(item.get("status", "Unknown"))
+        if type_ in ("Reconciling", "Stalled") and status == "False":
+            continue
         yes, no = CONDITION_WORDS.get(type_, (type_, f"Not {type_}"))
         headline = yes if status == "True" else no if status == "False" else f"{type_}: unknown"
+        if status not in ("True", "False"):
+            tone = "unknown"
+        else:
+            tone = "good" if (status == "True") != (type_ in NEGATIVE) else "bad"
         found.append(
             ConditionView(
                 type=type_,
@@ -264,6 +277,7 @@ def condition_views(obj: Mapping[str, Any]) -> list[ConditionView]:
                 message=str(item.get("message") or ""),
                 since=str(item.get("lastTransitionTime") or ""),
                 headline=headline,
+                tone=tone,
             )
         )
     return found

@@ -1,0 +1,276 @@
+"""``cloudcred console`` as a person uses it: a separate process with a kubeconfig,
+against the real API server, the running operator and moto, looked at in Debian's
+Chromium (headless, over its DevTools protocol: ``tests/browser.py``).
+
+Screenshots of each page are saved under the test's folder, and under
+``$CLOUDCRED_SCREENSHOTS`` when it is set (the README's come from there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.aws import AwsKey, Moto
+from tests.browser import Browser, chromium
+from tests.conftest import Kube
+from tests.integration.test_cli import (
+    aws_cluster,
+    kubectl,
+    static_key_credential,
+    verified_and_listing,
+)
+from tests.kube import ROOT
+from tests.operator import OperatorProcess, wait_for
+from tests.resources import get_credential
+
+pytestmark = pytest.mark.integration
+URL = re.compile(r"(http://127\.0\.0\.1:(\d+)/\?token=[\w-]+)")
+
+
+class ConsoleProcess:
+    """``cloudcred console --no-browser -v`` in a subprocess; ``url`` is the login URL it
+    printed, ``log()`` what it wrote on stderr."""
+
+    def __init__(self, kubeconfig: Path, folder: Path, *args: str) -> None:
+        self.stderr_path = folder / "console.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cloudcred", "console", "--no-browser", "-v", *args],
+            cwd=ROOT, env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=self.stderr_path.open("w"), text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        self.printed = ""
+        while not URL.search(self.printed):
+            line = self.process.stdout.readline()
+            if not line:
+                raise AssertionError(f"the console did not start: {self.log()}")
+            self.printed += line
+        found = URL.search(self.printed)
+        assert found is not None
+        self.url, self.port = found[1], int(found[2])
+        self.origin = f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.stderr_path.read_text()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Session:
+    """A plain HTTP client signed in with the console's login URL."""
+
+    def __init__(self, console: ConsoleProcess) -> None:
+        self.port = console.port
+        answer = self.request("GET", console.url.removeprefix(console.origin))
+        assert answer[0] == 303, answer
+        cookie = answer[1]["Set-Cookie"].split(";", 1)[0]
+        self.headers = {"Cookie": cookie}
+
+    def request(
+        self, method: str, path: str, body: str | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], str]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            sent = {**getattr(self, "headers", {}), **(headers or {})}
+            connection.request(method, path, body=body, headers=sent)
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read().decode()
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def deployer(moto: Moto) -> AwsKey:
+    return moto.create_user(f"console-{uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture
+def fleet(kube: Kube, namespace: str, deployer: AwsKey, operator: OperatorProcess) -> str:
+    """aws-prod (a static key, two clusters) and aws-idle (no cluster), verified."""
+    static_key_credential(kube, namespace, "aws-prod", deployer)
+    static_key_credential(kube, namespace, "aws-idle", deployer)
+    aws_cluster(kube, namespace, "prod-eu", "aws-prod")
+    aws_cluster(kube, namespace, "prod-us", "aws-prod")
+    verified_and_listing(kube, namespace, "aws-prod", 2)
+    verified_and_listing(kube, namespace, "aws-idle", 0)
+    for name in ("aws-prod", "aws-idle"):  # settled: the pages compare with a still picture
+        wait_for(lambda name=name: summary(get_credential(kube, namespace, name) or {}) == "Ready",
+                 timeout=60, what=f"{name} Ready")  # fmt: skip
+    return namespace
+
+
+@pytest.fixture
+def console(kube: Kube, fleet: str, tmp_path: Path) -> Iterator[ConsoleProcess]:
+    started = ConsoleProcess(kube.kubeconfig, tmp_path, "-A")
+    yield started
+    started.stop()
+
+
+def screenshots(tmp_path: Path) -> list[Path]:
+    folders = [tmp_path / "screenshots"]
+    if os.environ.get("CLOUDCRED_SCREENSHOTS"):
+        folders.append(Path(os.environ["CLOUDCRED_SCREENSHOTS"]))
+    return folders
+
+
+async def shoot(browser: Browser, tmp_path: Path, name: str) -> None:
+    first, *others = screenshots(tmp_path)
+    saved = await browser.screenshot(first / f"{name}.png")
+    for folder in others:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(saved, folder / saved.name)
+
+
+ROWS = """[...document.querySelectorAll('#%s tbody tr[data-namespace="%s"]')].map(tr =>
+  Object.fromEntries([...tr.querySelectorAll('td[data-column]')].map(
+    td => [td.dataset.column, td.textContent.trim()])))"""
+
+
+def kubectl_listing(kube: Kube, namespace: str) -> list[dict[str, Any]]:
+    """``kubectl get cloudcredentials -A -o json``, this test's namespace."""
+    result = subprocess.run(
+        [kubectl(), "--kubeconfig", str(kube.kubeconfig), "get", "cloudcredentials", "-A",
+         "-o", "json"], capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    items = json.loads(result.stdout)["items"]
+    return sorted(
+        (i for i in items if i["metadata"]["namespace"] == namespace),
+        key=lambda i: i["metadata"]["name"],
+    )
+
+
+def summary(obj: dict[str, Any]) -> str:
+    """The summary condition that is True (Ready, Reconciling or Stalled)."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    true = [c["type"] for c in conditions if c["status"] == "True"]
+    return next((t for t in ("Ready", "Reconciling", "Stalled") if t in true), "Unknown")
+
+
+def test_the_pages_in_a_real_browser(
+    kube: Kube, fleet: str, console: ConsoleProcess, tmp_path: Path
+) -> None:
+    executable = chromium()
+    if executable is None:
+        pytest.skip("Chromium is not installed: `make browser` installs Debian's chromium")
+    namespace = fleet
+
+    async def scenario(browser: Browser) -> None:
+        await browser.goto(console.url)
+        # Signed in, and the token is off the URL.
+        assert await browser.evaluate("location.href") == f"{console.origin}/"
+
+        # The page follows the API server's watch: it agrees with kubectl once both
+        # have seen the operator's last status write.
+        async def listing() -> tuple[list[Any], list[Any]]:
+            await browser.goto(f"{console.origin}/?namespace={namespace}")
+            rows = await browser.evaluate(ROWS % ("credentials", namespace))
+            shown = [(r["name"], r["provider"], r["public_id"], r["clusters"],
+                      r["state"].split()[0]) for r in rows]  # fmt: skip
+            expected = [(i["metadata"]["name"], i["spec"]["provider"], i["status"]["publicId"],
+                         str(i["status"]["clusterCount"]), summary(i))
+                        for i in kubectl_listing(kube, namespace)]  # fmt: skip
+            return shown, expected
+
+        for _ in range(100):
+            shown, expected = await listing()
+            if shown == expected:
+                break
+            await asyncio.sleep(0.3)
+        assert shown == expected
+        assert [row[0] for row in shown] == ["aws-idle", "aws-prod"]
+        await shoot(browser, tmp_path, "credentials")
+
+        # Sorting by a column's heading: most clusters first.
+        await browser.click('th a[href*="sort=clusters"]')
+        await browser.click('th a[href*="sort=clusters"]')
+        rows = await browser.evaluate(ROWS % ("credentials", namespace))
+        assert [r["name"] for r in rows] == ["aws-prod", "aws-idle"]
+        await browser.goto(f"{console.origin}/?namespace={namespace}&sort=clusters")
+        rows = await browser.evaluate(ROWS % ("credentials", namespace))
+        assert [r["name"] for r in rows] == ["aws-idle", "aws-prod"]
+
+        # "View Associated Clusters": what status.clusters lists.
+        await browser.click(f'tr[data-namespace="{namespace}"][data-name="aws-prod"] a.button')
+        assert await browser.evaluate("location.pathname") == (
+            f"/credentials/{namespace}/aws-prod/clusters")  # fmt: skip
+        clusters = await browser.evaluate(ROWS % ("clusters", namespace))
+        status = (get_credential(kube, namespace, "aws-prod") or {})["status"]
+        assert [(c["namespace"], c["name"]) for c in clusters] == [
+            (c["namespace"], c["name"]) for c in status["clusters"]
+        ]
+        assert {c["region"] for c in clusters} == {"eu-west-3"}
+        await shoot(browser, tmp_path, "clusters")
+
+        # The detail page: the rollout bar and the conditions in words.
+        await browser.goto(f"{console.origin}/credentials/{namespace}/aws-prod")
+        bar = await browser.evaluate(
+            "(p => [p.value, p.max])(document.querySelector('progress#rollout'))"
+        )
+        rollout = status["rollout"]
+        assert bar == [rollout["updated"] or 0, rollout["total"]]
+        text = await browser.evaluate("document.body.innerText")
+        assert "Verified with the provider" in text
+        assert f"of {rollout['total']} clusters on revision {rollout['revision']}" in text
+        await shoot(browser, tmp_path, "detail")
+
+        # Nothing left loopback, and the page reported no error (a CSP refusal is one).
+        outside = [u for u in browser.requests if not u.startswith(console.origin + "/")]
+        assert outside == [], outside
+        assert browser.problems == []
+
+    async def main() -> None:
+        assert executable is not None
+        browser = await Browser.start(executable, tmp_path / "profile")
+        try:
+            await scenario(browser)
+        finally:
+            await browser.close()
+
+    asyncio.run(main())
+
+
+def needles(value: str) -> set[str]:
+    """The value and its base64, as a page or log could carry it."""
+    return {value, base64.b64encode(value.encode()).decode()}
+
+
+def test_no_secret_in_the_consoles_html_json_or_log(
+    kube: Kube, fleet: str, deployer: AwsKey, console: ConsoleProcess
+) -> None:
+    namespace = fleet
+    session = Session(console)
+    pages = ["/", f"/?namespace={namespace}", "/api/credentials",
+             f"/credentials/{namespace}/aws-prod", f"/credentials/{namespace}/aws-prod/clusters",
+             f"/credentials/{namespace}/aws-idle"]  # fmt: skip
+    seen = ""
+    for path in pages:
+        status, headers, body = session.request("GET", path)
+        assert status == 200, (path, body[:500])
+        seen += "\n".join(f"{k}: {v}" for k, v in headers.items()) + body
+    assert deployer.access_key_id in seen  # the public half is shown...
+    seen += console.log()
+    assert f"GET /credentials/{namespace}/aws-prod 200" in console.log()
+    for needle in needles(deployer.secret_access_key):
+        assert needle not in seen  # ...the secret half never
+    assert console.url.split("token=")[1] not in console.log()
