@@ -23,9 +23,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from kubernetes import client
 
 from cloudcred.cli import api
-from cloudcred.console import security, views
+from cloudcred.cli.errors import ApiError
+from cloudcred.console import actions, security, views
 from cloudcred.console.cache import ConsoleCache, slim
-from cloudcred.console.server import AccessLogger, Console, logger
+from cloudcred.console.server import AccessLogger, Console, logger, refusal
 from tests.envtest.controlplane import free_port
 from tests.kube import ROOT
 
@@ -385,3 +386,82 @@ def test_console_is_on_the_command_line() -> None:
         "console", 8123, True, True)  # fmt: skip
     with pytest.raises(SystemExit):
         _parser().parse_args(["console", "--port", "70000"])
+
+
+# --- actions and live updates ---------------------------------------------------------------
+
+
+def test_the_offer_follows_the_spec_and_the_rights() -> None:
+    everything = actions.Permissions(patch=True, rotate=True, delete=True, force_delete=True)
+    static = credential("a", "x", clusters=1)
+    static["spec"] = {"provider": "AWS", "aws": {"accessKeyId": "AKIAXXXXXXXXXXXXXXX1",
+                      "secretAccessKeyRef": {"name": "k", "key": "secretAccessKey"}}}  # fmt: skip
+    offered = actions.offer(static, everything)
+    assert (offered.paste, offered.rotate_now, offered.pause, offered.resume) == (
+        True, False, True, False)  # fmt: skip
+    assert (offered.delete, offered.break_glass) == (True, True)
+    automatic = {**static, "spec": {**static["spec"], "rotation": {"policy": "Automatic"}}}
+    assert (actions.offer(automatic, everything).paste,
+            actions.offer(automatic, everything).rotate_now) == (False, True)  # fmt: skip
+    role = {**static, "spec": {"provider": "AWS", "aws": {"roleArn": "arn:aws:iam::1:role/r"}}}
+    assert actions.offer(role, everything).paste is False
+    paused = slim(static)
+    paused["metadata"]["annotations"] = {"cloudcred.io/rollout-paused": "true"}
+    assert (actions.offer(paused, everything).pause,
+            actions.offer(paused, everything).resume) == (False, True)  # fmt: skip
+    unused = credential("a", "y")
+    assert actions.offer(unused, everything).break_glass is False  # nothing to force
+    no_force = actions.Permissions(patch=True, rotate=True, delete=True, force_delete=False)
+    assert actions.offer(static, no_force).break_glass is False
+    assert actions.offer(static, actions.Permissions()) == actions.Offer(
+        False, False, False, False, False, False)  # fmt: skip
+
+
+def test_a_refusal_is_said_in_words_and_a_refused_delete_offers_the_clusters() -> None:
+    forbidden = ApiError("annotating CloudCredential a/x: HTTP 403 Forbidden: cloudcredentials"
+                         ' "x" is forbidden: User "bob" cannot patch', status=403)  # fmt: skip
+    flash = refusal(forbidden, "/credentials/a/x")
+    assert flash.text.startswith("Kubernetes refused this (HTTP 403 Forbidden). annotating")
+    assert flash.link is None
+    denied = ApiError("deleting CloudCredential a/x: HTTP 403 Forbidden: in use by a/c1",
+                      status=403)  # fmt: skip
+    assert refusal(denied, "/credentials/a/x").link == (
+        "/credentials/a/x/clusters", "View Associated Clusters")  # fmt: skip
+
+
+def test_without_rights_no_action_is_offered_and_a_failed_action_is_shown() -> None:
+    async def scenario(session: TestClient, console: Console) -> None:
+        html = await (await session.get("/credentials/a/x")).text()
+        assert "No action: your Kubernetes rights allow no change" in html
+        assert 'action="/credentials/a/x/' not in html
+        csrf = re.search(r'<meta name="csrf" content="([^"]+)"', html)
+        assert csrf is not None
+        # Forced through anyway (the API server is away here): the failure is shown once.
+        answer = await session.post("/credentials/a/x/pause", data={"csrf": csrf[1]},
+                                    allow_redirects=False)  # fmt: skip
+        assert answer.status == 303
+        assert answer.headers["Location"] == "/credentials/a/x"
+        shown = await (await session.get("/credentials/a/x")).text()
+        assert "annotating CloudCredential a/x: cannot reach the API server" in shown
+        again = await (await session.get("/credentials/a/x")).text()
+        assert "cannot reach the API server: " not in again.split("Recent events")[0]
+        # A delete asks first, on a page of its own.
+        confirm = await session.post("/credentials/a/x/delete", data={"csrf": csrf[1]})
+        assert "Delete a/x?" in await confirm.text()
+
+    run(make_console([credential("a", "x", clusters=1)]), scenario)
+
+
+def test_a_change_in_the_cache_reaches_the_browser_as_an_event() -> None:
+    async def scenario(session: TestClient, console: Console) -> None:
+        async with session.get("/events") as stream:
+            assert stream.headers["Content-Type"] == "text/event-stream"
+            assert_headers(stream)
+            assert await stream.content.readline() == b": live\n"
+            await stream.content.readline()
+            change = console.cache.credentials.apply(("a", "y"), slim(credential("a", "y")))
+            console.cache._changed("CloudCredential", [change])
+            line = await asyncio.wait_for(stream.content.readline(), 5)
+            assert line == b"event: change\n"
+
+    run(make_console([credential("a", "x")]), scenario)

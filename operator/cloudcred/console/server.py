@@ -11,9 +11,11 @@ import asyncio
 import dataclasses
 import functools
 import importlib.resources
+import json
 import logging
 import mimetypes
 import sys
+import time
 import webbrowser
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -24,9 +26,9 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from cloudcred import __version__
-from cloudcred.cli import api
-from cloudcred.cli.errors import CliError
-from cloudcred.console import views
+from cloudcred.cli import api, trust
+from cloudcred.cli.errors import ApiError, CliError
+from cloudcred.console import actions, views
 from cloudcred.console.cache import ConsoleCache
 from cloudcred.console.security import HEADERS, Sessions, allowed_hosts, same_origin
 from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, VERSION
@@ -35,6 +37,9 @@ logger = logging.getLogger("cloudcred.console")
 HOST = "127.0.0.1"
 SYNC_WAIT = 10.0  # how long a page waits for the first LISTs before it shows what it has
 EVENTS_SHOWN = 20
+PERMISSIONS_TTL = 30.0  # seconds an answer of the access reviews is reused
+LIVE_INTERVAL = 0.5  # at most two live updates a second per browser
+KEEP_ALIVE = 15.0
 STATIC = importlib.resources.files("cloudcred.console") / "static"
 SESSION = web.RequestKey("session", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -59,6 +64,15 @@ def templates() -> jinja2.Environment:
     return environment
 
 
+@dataclasses.dataclass(frozen=True)
+class Flash:
+    """What an action did, shown once on the next page."""
+
+    kind: str  # ok or error
+    text: str
+    link: tuple[str, str] | None = None  # (path, label)
+
+
 class Console:
     """The pages over one cache, for the sessions one login URL opens."""
 
@@ -74,6 +88,8 @@ class Console:
         self.sessions = Sessions(port)
         self.clock = clock
         self.templates = templates()
+        self.flashes: dict[str, list[Flash]] = {}
+        self._permissions: dict[str, tuple[float, actions.Permissions]] = {}
 
     @property
     def port(self) -> int:
@@ -93,7 +109,11 @@ class Console:
         app.router.add_get("/credentials/{namespace}/{name}", self.detail_page)
         app.router.add_get("/credentials/{namespace}/{name}/clusters", self.clusters_page)
         app.router.add_get("/api/credentials", self.credentials_json)
+        app.router.add_get("/events", self.live)
         app.router.add_get("/static/{file}", self.static)
+        base = "/credentials/{namespace}/{name}/"
+        for action in ("rotate", "rotate-now", "pause", "resume", "delete", "break-glass"):
+            app.router.add_post(base + action, self.act)
         return app
 
     # -- security ---------------------------------------------------------------------
@@ -156,6 +176,7 @@ class Console:
             scope=self.cache.namespace or "every namespace",
             synced=self.cache.synced,
             csrf=self.sessions.csrf(session) if session else "",
+            flashes=self.flashes.pop(session, []) if session else [],
             **context,
         )
         return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
@@ -205,7 +226,10 @@ class Console:
         if isinstance(found, web.Response):
             return found
         detail = views.detail_view(found, self.clock())
-        events, events_error = await self._events(detail.row.namespace, detail.row.name)
+        (events, events_error), allowed = await asyncio.gather(
+            self._events(detail.row.namespace, detail.row.name),
+            self.permissions(detail.row.namespace),
+        )
         return self._render(
             request,
             "detail.html",
@@ -213,7 +237,86 @@ class Console:
             detail=detail,
             events=events,
             events_error=events_error,
+            offer=actions.offer(found, allowed),
+            trust_policy=trust_policy(found),
         )
+
+    async def permissions(self, namespace: str) -> actions.Permissions:
+        """What RBAC lets this identity do in ``namespace``; asked again after a while."""
+        now = time.monotonic()
+        known = self._permissions.get(namespace)
+        if known is None or now - known[0] > PERMISSIONS_TTL:
+            allowed = await asyncio.to_thread(actions.permissions, self.kube, namespace)
+            known = self._permissions[namespace] = (now, allowed)
+        return known[1]
+
+    # -- actions ------------------------------------------------------------------------
+
+    async def act(self, request: web.Request) -> web.StreamResponse:
+        """One action, then back to a page (POST, redirect, GET), which shows what
+        happened. An action RBAC does not allow is not offered; one forced through gets
+        the API server's refusal, in its words."""
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        action = request.path.rsplit("/", 1)[1]
+        form = await request.post()
+        field = functools.partial(_text, form)
+        page = f"/credentials/{namespace}/{name}"
+        if action == "delete" and field("confirm") != "yes":
+            found = self._credential(request)
+            if isinstance(found, web.Response):
+                return found
+            return self._render(request, "delete.html", title=f"Delete {name}?",
+                                row=views.credential_row(found, self.clock()))  # fmt: skip
+        work: Callable[[], str] = {
+            "rotate": lambda: actions.rotate_with(self.kube, namespace, name, field("key")),
+            "rotate-now": lambda: actions.rotate_now(self.kube, namespace, name),
+            "pause": lambda: actions.set_paused(self.kube, namespace, name, True),
+            "resume": lambda: actions.set_paused(self.kube, namespace, name, False),
+            "delete": lambda: actions.delete(self.kube, namespace, name),
+            "break-glass": lambda: actions.break_glass(self.kube, namespace, name, field("reason")),
+        }[action]
+        session = request[SESSION]
+        try:
+            done = await asyncio.to_thread(work)
+        except CliError as error:
+            logger.info("%s of %s/%s refused: %s", action, namespace, name, error.message)
+            self.flashes.setdefault(session, []).append(refusal(error, page))
+            return web.Response(status=303, headers={"Location": page})
+        logger.info("%s of %s/%s: done", action, namespace, name)
+        self.flashes.setdefault(session, []).append(Flash("ok", done))
+        gone = action in ("delete", "break-glass")
+        return web.Response(status=303, headers={"Location": "/" if gone else page})
+
+    # -- live updates -------------------------------------------------------------------
+
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: ``change`` whenever the cache changes (at most two a
+        second); the page's script then fetches the page again and swaps what changed."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        changed = asyncio.Event()
+
+        def listener(kind: str, changes: list[Any]) -> None:
+            if changes:
+                changed.set()
+
+        self.cache.listeners.append(listener)
+        try:
+            await response.write(b": live\n\n")
+            while True:
+                try:
+                    await asyncio.wait_for(changed.wait(), KEEP_ALIVE)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                changed.clear()
+                await response.write(b"event: change\ndata: {}\n\n")
+                await asyncio.sleep(LIVE_INTERVAL)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.cache.listeners.remove(listener)
+        return response
 
     async def clusters_page(self, request: web.Request) -> web.Response:
         await self.cache.wait_synced(SYNC_WAIT)
@@ -263,6 +366,33 @@ class Console:
         return web.Response(body=asset.read_bytes(), content_type=content_type)
 
 
+def _text(form: Any, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def refusal(error: CliError, page: str) -> Flash:
+    """An action's failure in words: a 403 says that Kubernetes refused; a refused delete
+    offers the credential's clusters."""
+    text = error.message
+    if isinstance(error, ApiError) and error.status == 403:
+        text = f"Kubernetes refused this (HTTP 403 Forbidden). {text}"
+    link = (page + "/clusters", "View Associated Clusters") if "delet" in text else None
+    return Flash("error", text, link)
+
+
+def trust_policy(obj: dict[str, Any]) -> str:
+    """The trust policy of an AWS role credential, as ``cloudcred trust-policy`` prints
+    it; empty when it is no role or the operator has not published its part yet."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    metadata = obj.get("metadata") or {}
+    external, principal = status.get("externalId"), status.get("operatorPrincipal")
+    if not (spec.get("aws") or {}).get("roleArn") or not external or not principal:
+        return ""
+    policy = trust.trust_policy(principal, external, metadata["namespace"], metadata["name"])
+    return json.dumps(policy, indent=2)
+
+
 async def check_access(kube: api.Kube, namespace: str | None) -> None:
     """One small LIST of each kind, so that a user who may not list them hears it now, in
     the API server's words, rather than from a page that never fills."""
@@ -291,7 +421,9 @@ async def serve(
     cache = ConsoleCache(kube, namespace)
     cache.start(asyncio.get_running_loop())
     console = Console(kube, cache)
-    runner = web.AppRunner(console.app(), access_log_class=AccessLogger, access_log=logger)
+    # A short shutdown: open live-update streams would hold Ctrl-C for a minute.
+    runner = web.AppRunner(console.app(), access_log_class=AccessLogger, access_log=logger,
+                           shutdown_timeout=1.0)  # fmt: skip
     await runner.setup()
     try:
         site = web.TCPSite(runner, HOST, port)
