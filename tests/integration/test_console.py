@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import http.client
 import json
 import os
@@ -21,15 +22,19 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
+from kubernetes import client
 
+from cloudcred.constants import GROUP
 from tests.aws import AwsKey, Moto
 from tests.browser import Browser, chromium
 from tests.conftest import Kube
 from tests.integration.test_cli import (
     aws_cluster,
     kubectl,
+    new_access_key,
     static_key_credential,
     verified_and_listing,
 )
@@ -274,3 +279,193 @@ def test_no_secret_in_the_consoles_html_json_or_log(
     for needle in needles(deployer.secret_access_key):
         assert needle not in seen  # ...the secret half never
     assert console.url.split("token=")[1] not in console.log()
+
+
+# --- actions --------------------------------------------------------------------------------
+
+CSRF = re.compile(r'<meta name="csrf" content="([^"]+)"')
+FLASH = re.compile(r'<div class="flash (ok|error)"[^>]*>\s*<p>(.*?)</p>', re.S)
+
+
+def page(session: Session, path: str) -> str:
+    status, _, body = session.request("GET", path)
+    assert status == 200, (path, body[:300])
+    return body
+
+
+def post(session: Session, path: str, **fields: str) -> tuple[str, str]:
+    """A form posted as the page's own would be: the CSRF token of a page, this origin;
+    what the next page says about it (the flash) and that page."""
+    fields.setdefault("csrf", CSRF.findall(page(session, "/"))[0])
+    status, headers, body = session.request(
+        "POST", path, body=urlencode(fields),
+        headers={"Content-Type": "application/x-www-form-urlencoded",
+                 "Origin": f"http://127.0.0.1:{session.port}"},
+    )  # fmt: skip
+    if status != 303:
+        return "", body
+    after = page(session, headers["Location"])
+    found = FLASH.search(after)
+    return (html.unescape(found[2]) if found else ""), after
+
+
+def annotations(kube: Kube, namespace: str, name: str) -> dict[str, str]:
+    return dict(((get_credential(kube, namespace, name) or {}).get("metadata") or {}).get(
+        "annotations") or {})  # fmt: skip
+
+
+def test_actions_through_the_clis_code_and_the_api_servers_refusals(
+    kube: Kube, fleet: str, console: ConsoleProcess
+) -> None:
+    namespace = fleet
+    session = Session(console)
+    base = f"/credentials/{namespace}/aws-prod"
+    detail = page(session, base)
+    for offered in ("/rotate", "/pause", "/delete", "/break-glass"):
+        assert f'action="{base}{offered}"' in detail, offered
+    assert f'action="{base}/rotate-now"' not in detail  # Manual rotation
+
+    said, _ = post(session, base + "/pause")
+    assert said == f"The rollout of {namespace}/aws-prod is paused."
+    assert annotations(kube, namespace, "aws-prod")["cloudcred.io/rollout-paused"] == "true"
+    assert f'action="{base}/resume"' in page(session, base)
+    said, _ = post(session, base + "/resume")
+    assert "resumed" in said
+    assert "cloudcred.io/rollout-paused" not in annotations(kube, namespace, "aws-prod")
+
+    # Forced through, the CLI's own check answers, in the CLI's words.
+    said, _ = post(session, base + "/rotate-now")
+    assert "has spec.rotation.policy Manual: --now asks the operator to rotate" in said
+
+    # Delete asks first; in use, the API server's refusal names the clusters.
+    _, confirm = post(session, base + "/delete")
+    assert f"Delete {namespace}/aws-prod?" in confirm
+    said, after = post(session, base + "/delete", confirm="yes")
+    assert said.startswith(f"Kubernetes refused this (HTTP 403 Forbidden). deleting "
+                           f"CloudCredential {namespace}/aws-prod")  # fmt: skip
+    assert "prod-eu" in said
+    assert "prod-us" in said
+    assert f'href="{base}/clusters">View Associated Clusters</a>' in after
+    assert get_credential(kube, namespace, "aws-prod") is not None
+
+    said, _ = post(session, f"/credentials/{namespace}/aws-idle/delete", confirm="yes")
+    assert said == f"CloudCredential {namespace}/aws-idle is being deleted."
+    wait_for(lambda: get_credential(kube, namespace, "aws-idle") is None, timeout=30,
+             what="aws-idle gone")  # fmt: skip
+    # The cache follows: the list no longer has it.
+    wait_for(lambda: "aws-idle" not in page(session, f"/?namespace={namespace}"), timeout=15,
+             what="aws-idle off the page")  # fmt: skip
+
+
+def viewer_role(kube: Kube, namespace: str, user: str) -> None:
+    rbac = client.RbacAuthorizationV1Api(kube.api)
+    rbac.create_namespaced_role(namespace, {
+        "metadata": {"name": "console-viewer"},
+        "rules": [{"apiGroups": [GROUP], "resources": ["cloudcredentials", "clusters"],
+                   "verbs": ["get", "list", "watch"]},
+                  {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]}],
+    })  # fmt: skip
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "console-viewer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": "console-viewer"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    })  # fmt: skip
+
+
+def test_a_read_only_user_is_offered_nothing_and_a_forged_post_gets_the_403_in_words(
+    kube: Kube, fleet: str, tmp_path: Path
+) -> None:
+    namespace = fleet
+    viewer_role(kube, namespace, "viewer")
+    console = ConsoleProcess(kube.kubeconfig, tmp_path, "-n", namespace, "--as", "viewer")
+    try:
+        session = Session(console)
+        base = f"/credentials/{namespace}/aws-prod"
+        detail = page(session, base)
+        assert "No action: your Kubernetes rights allow no change to this credential." in detail
+        assert '<form method="post"' not in detail
+        assert "Recent events" in detail
+        said, _ = post(session, base + "/pause")
+        assert said.startswith("Kubernetes refused this (HTTP 403 Forbidden). annotating "
+                               f"CloudCredential {namespace}/aws-prod")  # fmt: skip
+        assert 'User "viewer" cannot patch resource "cloudcredentials"' in said
+        said, _ = post(session, base + "/delete", confirm="yes")
+        assert 'User "viewer" cannot delete resource "cloudcredentials"' in said
+        assert "cloudcred.io/rollout-paused" not in annotations(kube, namespace, "aws-prod")
+        assert get_credential(kube, namespace, "aws-prod") is not None
+    finally:
+        console.stop()
+
+
+def test_a_user_who_may_not_list_hears_it_at_start(kube: Kube, namespace: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cloudcred", "console", "--no-browser", "-A", "--as", "nobody"],
+        cwd=ROOT, env={**os.environ, "KUBECONFIG": str(kube.kubeconfig)},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("cloudcred: listing CloudCredentials in every namespace: "
+                                    "HTTP 403 Forbidden")  # fmt: skip
+
+
+def test_live_updates_and_a_rotation_by_paste_in_the_browser(
+    kube: Kube, fleet: str, moto: Moto, deployer: AwsKey, console: ConsoleProcess,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    executable = chromium()
+    if executable is None:
+        pytest.skip("Chromium is not installed: `make browser` installs Debian's chromium")
+    namespace = fleet
+    base = f"{console.origin}/credentials/{namespace}/aws-prod"
+    old = (get_credential(kube, namespace, "aws-prod") or {})["status"]["revision"]
+    new_key = new_access_key(moto, deployer)
+    secret = new_key["AccessKey"]["SecretAccessKey"]
+    words = "document.querySelector('#rollout-words').textContent"
+
+    async def scenario(browser: Browser) -> None:
+        await browser.goto(console.url)
+        await browser.goto(base)
+        await browser.wait_for("document.body.dataset.live === 'on'")
+        await browser.evaluate("window.samePage = true")
+        # A cluster binds: the page follows without a reload.
+        aws_cluster(kube, namespace, "prod-ap", "aws-prod")
+        await browser.wait_for(f"{words}.includes('of 3 clusters') && window.samePage")
+
+        # The new key pasted into the form, as a person would; never shown again.
+        await browser.evaluate(
+            f"document.querySelector('#new-key').value = {json.dumps(json.dumps(new_key))}"
+        )
+        await browser.click("#rotate-form button[type=submit]")
+        text = await browser.evaluate("document.body.innerText")
+        assert f"switched to Secret {namespace}/aws-prod-" in text
+        # The rollout reaches every cluster, live: the bar ends at 3 of 3.
+        await browser.wait_for(
+            f"{words}.startsWith('3 of 3 clusters on revision ') && !{words}.includes('{old}')",
+            timeout=90,
+        )
+        bar = await browser.evaluate("(p => [p.value, p.max])(document.querySelector('#rollout'))")
+        assert bar == [3, 3]
+        await shoot(browser, tmp_path, "rotated")
+        dom = await browser.evaluate("document.documentElement.outerHTML")
+        for needle in needles(secret):
+            assert needle not in dom
+            assert not any(needle in url for url in browser.requests)
+        assert [u for u in browser.requests if not u.startswith(console.origin + "/")] == []
+        assert browser.problems == []
+
+    async def main() -> None:
+        assert executable is not None
+        browser = await Browser.start(executable, tmp_path / "profile")
+        try:
+            await scenario(browser)
+        finally:
+            await browser.close()
+
+    asyncio.run(main())
+    credential = get_credential(kube, namespace, "aws-prod") or {}
+    assert credential["spec"]["aws"]["accessKeyId"] == new_key["AccessKey"]["AccessKeyId"]
+    done = next(c for c in credential["status"]["conditions"] if c["type"] == "RolloutComplete")
+    assert done["status"] == "True"
+    for needle in needles(secret):
+        assert needle not in console.log()
