@@ -205,6 +205,10 @@ test-long: envtest helm ## The fault suite at full size (200 clusters, 10 kills,
 bench: envtest ## Benchmark against a plain-client baseline (BENCH_CLUSTERS=1000 BENCH_LARGE=5000 BENCH_HUGE=10000, 0 skips); writes bench/results.json.
 	$(PY) -m bench.run
 
+.PHONY: bench-console
+bench-console: install ## Time the console's pages rendered from a cache of 1000 credentials and 10000 clusters (budget: 1 s each).
+	$(PY) -m bench.console 1000 10000 5
+
 .PHONY: bench-bind
 bench-bind: envtest ## Measure the time from creating a Cluster to its credential listing it (50 clusters).
 	$(PY) -m bench.bind_latency 50

@@ -465,3 +465,27 @@ def test_a_change_in_the_cache_reaches_the_browser_as_an_event() -> None:
             assert line == b"event: change\n"
 
     run(make_console([credential("a", "x")]), scenario)
+
+
+def test_past_the_status_cap_the_clusters_come_from_the_cache() -> None:
+    owner = credential("acme", "big", clusters=1, clustersTruncated=True, clusterCount=3)
+    bound = [cluster("acme", "big-c0"), cluster("team", "t1"), cluster("acme", "other")]
+    for item in bound[:2]:
+        item["status"]["credential"] = {"namespace": "acme", "name": "big"}
+
+    async def scenario(session: TestClient, _: Console) -> None:
+        html = await (await session.get("/credentials/acme/big/clusters")).text()
+        assert names(html, "clusters") == ["big-c0", "t1"]
+        assert "the credential's list is capped" in html
+
+    run(make_console([owner], bound), scenario)
+
+
+def test_the_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> None:
+    """``make bench-console`` cannot rot unseen; its figures are the bench's business."""
+    from bench import console as bench
+
+    assert bench.main(["12", "40", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "bench: console list (12 credentials) median " in printed
+    assert "bench: console associated clusters (20 clusters) median " in printed

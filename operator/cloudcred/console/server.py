@@ -323,11 +323,10 @@ class Console:
         found = self._credential(request)
         if isinstance(found, web.Response):
             return found
-        listed = [
-            (str(c.get("namespace", "")), str(c.get("name", "")))
-            for c in (found.get("status") or {}).get("clusters") or []
-        ]
-        rows = views.cluster_rows(found, self.cache.cluster_map(listed))
+        metadata = found["metadata"]
+        bound = self.cache.clusters.by("credential", (metadata["namespace"], metadata["name"]))
+        keys = views.associated(found, bound)
+        rows = views.cluster_rows(found, keys, self.cache.cluster_map(keys))
         row = views.credential_row(found, self.clock())
         return self._render(
             request,

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from cloudcred import conditions
+from cloudcred.cache.store import Key
 from cloudcred.cli import views as cli_views
 from cloudcred.constants import ROLLOUT_PAUSED_ANNOTATION
 
@@ -210,17 +211,28 @@ class ClusterRow:
     condition: str  # the Ready condition: True, or the status and reason
 
 
-def cluster_rows(
-    credential: Mapping[str, Any], clusters: Mapping[tuple[str, str], Mapping[str, Any]]
-) -> list[ClusterRow]:
-    """The clusters ``status.clusters`` lists, in its order (namespace, name), with what
-    the cache knows of each; one the console does not watch (another namespace under
-    ``-n``) still shows with its name."""
+def associated(credential: Mapping[str, Any], bound: Iterable[tuple[str, str]]) -> list[Key]:
+    """The clusters of a credential: those ``status.clusters`` lists and, past its cap
+    (``clustersTruncated``), those the cache knows to be bound to it (``bound``); sorted
+    by namespace and name, as the status lists them."""
     status = credential.get("status") or {}
-    revision = status.get("revision")
+    keys = {(str(c.get("namespace", "")), str(c.get("name", ""))) for c in
+            status.get("clusters") or []}  # fmt: skip
+    if status.get("clustersTruncated"):
+        keys |= set(bound)
+    return sorted(keys)
+
+
+def cluster_rows(
+    credential: Mapping[str, Any],
+    keys: Iterable[Key],
+    clusters: Mapping[Key, Mapping[str, Any]],
+) -> list[ClusterRow]:
+    """A row per cluster of ``keys`` with what the cache knows of each; one the console
+    does not watch (another namespace under ``-n``) still shows with its name."""
+    revision = (credential.get("status") or {}).get("revision")
     rows = []
-    for entry in status.get("clusters") or []:
-        key = (str(entry.get("namespace", "")), str(entry.get("name", "")))
+    for key in keys:
         cluster = clusters.get(key)
         if cluster is None:
             rows.append(ClusterRow(*key, "-", "-", "-", "unknown", "not watched by this console"))
