@@ -59,10 +59,12 @@ actionlint: ## Build actionlint (ACTIONLINT_VERSION) from Go modules into .local
 	    github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION); \
 	fi
 
-# The console's browser test drives Debian's Chromium headless; it skips, saying why,
-# where the browser cannot be installed.
+# The console's browser test drives Debian's Chromium headless and checks its pages with
+# axe-core (from npm); each part skips, saying why, where its tool cannot be installed.
+AXE_VERSION ?= 4.14.1
+AXE_DIR := $(LOCAL)/axe
 .PHONY: browser
-browser: ## Install Debian's chromium (and chromium-driver) for the console's browser test, if absent.
+browser: ## Install Debian's chromium (and chromium-driver) and axe-core (AXE_VERSION) for the console's browser test, if absent.
 	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian's chromium and chromium-driver"; \
@@ -73,6 +75,13 @@ browser: ## Install Debian's chromium (and chromium-driver) for the console's br
 	  echo "chromium is not installed (as root: apt-get install chromium chromium-driver);" \
 	    "the console's browser test will skip"; \
 	fi
+	@if grep -qs '"version": "$(AXE_VERSION)"' $(AXE_DIR)/node_modules/axe-core/package.json; then :; \
+	elif command -v npm >/dev/null; then \
+	  echo "installing axe-core $(AXE_VERSION) into $(AXE_DIR)"; \
+	  npm install --prefix $(AXE_DIR) --no-save --no-audit --no-fund --loglevel=error \
+	    axe-core@$(AXE_VERSION) >/dev/null \
+	    || echo "axe-core could not be installed: the console's accessibility check will skip"; \
+	else echo "npm is not installed: the console's accessibility check will skip"; fi
 
 .PHONY: cluster-up
 cluster-up: envtest ## Start the local control plane in the background, install the CRDs.

@@ -469,3 +469,97 @@ def test_live_updates_and_a_rotation_by_paste_in_the_browser(
     assert done["status"] == "True"
     for needle in needles(secret):
         assert needle not in console.log()
+
+
+# --- keyboard, theme, accessibility ---------------------------------------------------------
+
+AXE = ROOT / ".local" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
+FOCUSED = """(e => e ? (e.getAttribute('aria-label') || e.textContent || e.name || e.id).trim()
+  : '')(document.activeElement)"""
+UNLABELLED = """[...document.querySelectorAll(
+  'a[href], button, select, textarea, input:not([type=hidden])')].filter(e =>
+  !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+  && !e.textContent.trim()).map(e => e.outerHTML)"""
+AXE_RUN = """axe.run(document, {runOnly: ['wcag2a', 'wcag2aa', 'best-practice']}).then(r =>
+  r.violations.filter(v => ['serious', 'critical'].includes(v.impact)).map(v =>
+    v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', ')))"""
+
+
+async def tab_to(browser: Browser, text: str, limit: int = 80) -> None:
+    """Press Tab until the focused element says ``text``."""
+    for _ in range(limit):
+        await browser.press("Tab")
+        if text in await browser.evaluate(FOCUSED):
+            return
+    raise AssertionError(f"{text} is not reachable with Tab")
+
+
+def test_keyboard_only_labelled_controls_both_themes_and_axe(
+    kube: Kube, fleet: str, console: ConsoleProcess, tmp_path: Path
+) -> None:
+    executable = chromium()
+    if executable is None:
+        pytest.skip("Chromium is not installed: `make browser` installs Debian's chromium")
+    namespace = fleet
+    pages = [f"/?namespace={namespace}", f"/credentials/{namespace}/aws-prod",
+             f"/credentials/{namespace}/aws-prod/clusters"]  # fmt: skip
+
+    async def scenario(browser: Browser) -> None:
+        await browser.goto(console.url)
+        await browser.goto(console.origin + pages[0])
+        # The first Tab reaches the skip link; Enter moves the focus to the content.
+        await browser.press("Tab")
+        assert await browser.evaluate(FOCUSED) == "Skip to content"
+        await browser.press("Enter")
+        assert await browser.evaluate("document.activeElement.id") == "main"
+        # A visible focus ring, then "View Associated Clusters" with the keyboard alone.
+        await tab_to(browser, f"View Associated Clusters of {namespace}/aws-prod")
+        outline = await browser.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+        assert outline != "none"
+        browser._loaded.clear()
+        await browser.press("Enter")
+        await asyncio.wait_for(browser._loaded.wait(), 30)
+        assert await browser.evaluate("location.pathname") == pages[2].split("?")[0]
+        # A filter chosen from the keyboard: the provider select, then Filter.
+        await browser.goto(console.origin + "/")
+        await tab_to(browser, "AWSGCPAZURESCALEWAY")  # the provider select's options
+        assert await browser.evaluate("document.activeElement.name") == "provider"
+        label = await browser.evaluate("document.activeElement.labels[0].textContent")
+        assert label.strip().startswith("Provider")
+
+        for path in pages:
+            await browser.goto(console.origin + path)
+            assert await browser.evaluate(UNLABELLED) == [], path
+        # The system's theme: dark when it asks for dark.
+        light = await browser.evaluate("getComputedStyle(document.body).backgroundColor")
+        await browser.call("Emulation.setEmulatedMedia", {
+            "features": [{"name": "prefers-color-scheme", "value": "dark"}]})  # fmt: skip
+        dark = await browser.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert (light, dark) == ("rgb(255, 255, 255)", "rgb(15, 19, 24)")
+        await browser.goto(console.origin + pages[1])
+        await shoot(browser, tmp_path, "detail-dark")
+        if not AXE.exists():
+            return  # reported below
+        for scheme in ("dark", "light"):
+            await browser.call("Emulation.setEmulatedMedia", {
+                "features": [{"name": "prefers-color-scheme", "value": scheme}]})  # fmt: skip
+            for path in pages:
+                await browser.goto(console.origin + path)
+                await browser.evaluate(AXE.read_text())
+                assert await browser.evaluate(AXE_RUN) == [], (scheme, path)
+        assert browser.problems == []
+
+    async def main() -> None:
+        assert executable is not None
+        browser = await Browser.start(executable, tmp_path / "profile")
+        try:
+            await scenario(browser)
+        finally:
+            await browser.close()
+
+    asyncio.run(main())
+    if not AXE.exists():
+        pytest.skip(
+            "axe-core is not installed (`make browser` installs it with npm): the "
+            "keyboard and theme checks passed, the accessibility check did not run"
+        )
