@@ -40,7 +40,7 @@ from tests.integration.test_cli import (
 )
 from tests.kube import ROOT
 from tests.operator import OperatorProcess, wait_for
-from tests.resources import get_credential
+from tests.resources import get_credential, patch_credential
 
 pytestmark = pytest.mark.integration
 URL = re.compile(r"(http://127\.0\.0\.1:(\d+)/\?token=[\w-]+)")
@@ -315,7 +315,7 @@ def annotations(kube: Kube, namespace: str, name: str) -> dict[str, str]:
 
 
 def test_actions_through_the_clis_code_and_the_api_servers_refusals(
-    kube: Kube, fleet: str, console: ConsoleProcess
+    kube: Kube, fleet: str, moto: Moto, console: ConsoleProcess
 ) -> None:
     namespace = fleet
     session = Session(console)
@@ -348,6 +348,18 @@ def test_actions_through_the_clis_code_and_the_api_servers_refusals(
     assert f'href="{base}/clusters">View Associated Clusters</a>' in after
     assert get_credential(kube, namespace, "aws-prod") is not None
 
+    # Rotate now, on a credential under Automatic rotation: the CLI's annotation.
+    auto = f"/credentials/{namespace}/aws-auto"
+    static_key_credential(kube, namespace, "aws-auto", moto.create_user(f"auto-{namespace}"))
+    patch_credential(kube, namespace, "aws-auto",
+                     {"spec": {"rotation": {"policy": "Automatic", "maxAge": "90d"}}})  # fmt: skip
+    wait_for(lambda: f'action="{auto}/rotate-now"' in page(session, auto), timeout=15,
+             what="rotate now offered")  # fmt: skip
+    assert f'action="{auto}/rotate"' not in page(session, auto)  # nothing to paste
+    said, _ = post(session, auto + "/rotate-now")
+    assert said == f"Asked the operator to rotate the key of {namespace}/aws-auto now."
+    assert "cloudcred.io/rotate-now" in annotations(kube, namespace, "aws-auto")
+
     said, _ = post(session, f"/credentials/{namespace}/aws-idle/delete", confirm="yes")
     assert said == f"CloudCredential {namespace}/aws-idle is being deleted."
     wait_for(lambda: get_credential(kube, namespace, "aws-idle") is None, timeout=30,
@@ -356,19 +368,29 @@ def test_actions_through_the_clis_code_and_the_api_servers_refusals(
     wait_for(lambda: "aws-idle" not in page(session, f"/?namespace={namespace}"), timeout=15,
              what="aws-idle off the page")  # fmt: skip
 
+    # Break glass: a reason, the user's own name, then the delete goes through.
+    said, _ = post(session, base + "/break-glass", reason="  ")
+    assert said == "break glass needs a reason: why must this credential go now?"
+    said, _ = post(session, base + "/break-glass", reason="key published in a test")
+    assert said.startswith(f"CloudCredential {namespace}/aws-prod is being deleted by ")
+    assert said.endswith(": key published in a test")
+    wait_for(lambda: get_credential(kube, namespace, "aws-prod") is None, timeout=60,
+             what="aws-prod force-deleted")  # fmt: skip
 
-def viewer_role(kube: Kube, namespace: str, user: str) -> None:
+
+def role(kube: Kube, namespace: str, user: str, *extra: dict[str, Any]) -> None:
+    """Read rights on credentials, clusters and events in ``namespace``, and ``extra``."""
     rbac = client.RbacAuthorizationV1Api(kube.api)
     rbac.create_namespaced_role(namespace, {
-        "metadata": {"name": "console-viewer"},
+        "metadata": {"name": f"console-{user}"},
         "rules": [{"apiGroups": [GROUP], "resources": ["cloudcredentials", "clusters"],
                    "verbs": ["get", "list", "watch"]},
-                  {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]}],
+                  {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]}, *extra],
     })  # fmt: skip
     rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": "console-viewer"},
+        "metadata": {"name": f"console-{user}"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                    "name": "console-viewer"},
+                    "name": f"console-{user}"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
     })  # fmt: skip
 
@@ -377,7 +399,7 @@ def test_a_read_only_user_is_offered_nothing_and_a_forged_post_gets_the_403_in_w
     kube: Kube, fleet: str, tmp_path: Path
 ) -> None:
     namespace = fleet
-    viewer_role(kube, namespace, "viewer")
+    role(kube, namespace, "viewer")
     console = ConsoleProcess(kube.kubeconfig, tmp_path, "-n", namespace, "--as", "viewer")
     try:
         session = Session(console)
@@ -394,6 +416,24 @@ def test_a_read_only_user_is_offered_nothing_and_a_forged_post_gets_the_403_in_w
         assert 'User "viewer" cannot delete resource "cloudcredentials"' in said
         assert "cloudcred.io/rollout-paused" not in annotations(kube, namespace, "aws-prod")
         assert get_credential(kube, namespace, "aws-prod") is not None
+    finally:
+        console.stop()
+
+
+def test_an_editor_without_the_break_glass_verb_is_not_offered_break_glass(
+    kube: Kube, fleet: str, tmp_path: Path
+) -> None:
+    namespace = fleet
+    role(kube, namespace, "editor",
+         {"apiGroups": [GROUP], "resources": ["cloudcredentials"], "verbs": ["patch", "delete"]},
+         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]})  # fmt: skip
+    console = ConsoleProcess(kube.kubeconfig, tmp_path, "-n", namespace, "--as", "editor")
+    try:
+        base = f"/credentials/{namespace}/aws-prod"
+        detail = page(Session(console), base)
+        for offered in ("/rotate", "/pause", "/delete"):
+            assert f'action="{base}{offered}"' in detail, offered
+        assert f'action="{base}/break-glass"' not in detail
     finally:
         console.stop()
 

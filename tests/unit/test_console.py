@@ -9,6 +9,7 @@ fails as it would with the API server away.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -22,7 +23,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes import client
 
-from cloudcred.cli import api
+from cloudcred.cli import api, trust
 from cloudcred.cli.errors import ApiError
 from cloudcred.console import actions, security, views
 from cloudcred.console.cache import ConsoleCache, slim
@@ -489,3 +490,22 @@ def test_the_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> No
     printed = capsys.readouterr().out
     assert "bench: console list (12 credentials) median " in printed
     assert "bench: console associated clusters (20 clusters) median " in printed
+
+
+def test_a_role_shows_its_trust_policy_with_a_copy_button() -> None:
+    principal = "arn:aws:iam::123456789012:role/cloudcred-operator"
+    role = credential("acme", "aws-role", externalId="ext-123", operatorPrincipal=principal)
+    role["spec"] = {"provider": "AWS", "aws": {"roleArn": "arn:aws:iam::210987654321:role/r"}}
+    unpublished = credential("acme", "aws-new")
+    unpublished["spec"] = role["spec"]
+
+    async def scenario(session: TestClient, _: Console) -> None:
+        html = await (await session.get("/credentials/acme/aws-role")).text()
+        policy = re.search(r'<pre id="trust-policy">(.*?)</pre>', html, re.S)
+        assert policy is not None
+        document = json.loads(policy[1].replace("&#34;", '"'))
+        assert document == trust.trust_policy(principal, "ext-123", "acme", "aws-role")
+        assert '<button type="button" data-copy="trust-policy">' in html
+        assert "trust-policy" not in await (await session.get("/credentials/acme/aws-new")).text()
+
+    run(make_console([role, unpublished]), scenario)
