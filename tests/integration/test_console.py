@@ -16,8 +16,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,6 +281,16 @@ def test_no_secret_in_the_consoles_html_json_or_log(
     for needle in needles(deployer.secret_access_key):
         assert needle not in seen  # ...the secret half never
     assert console.url.split("token=")[1] not in console.log()
+    # Ctrl-C stops it, at once, though a browser could hold a live-update stream open.
+    stream = http.client.HTTPConnection("127.0.0.1", console.port, timeout=30)
+    stream.request("GET", "/events", headers=session.headers)
+    assert stream.getresponse().status == 200
+    asked = time.monotonic()
+    console.process.send_signal(signal.SIGINT)
+    assert console.process.wait(timeout=10) == 0
+    assert time.monotonic() - asked < 5
+    stream.close()
+    assert "cloudcred console: stopped" in console.log()
 
 
 # --- actions --------------------------------------------------------------------------------
