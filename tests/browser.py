@@ -163,14 +163,20 @@ class Browser:
             await asyncio.sleep(0.1)
 
     async def press(self, key: str, code: str | None = None, shift: bool = False) -> None:
-        """A key press as a person makes it (Tab, Enter, Space)."""
-        codes = {"Tab": 9, "Enter": 13, " ": 32}
+        """A key press as a person makes it (Tab, Enter, Space, the arrows)."""
+        codes = {"Tab": 9, "Enter": 13, " ": 32, "ArrowDown": 40, "ArrowUp": 38}
         base = {"key": key, "code": code or key, "windowsVirtualKeyCode": codes.get(key, 0),
                 "modifiers": 8 if shift else 0}  # fmt: skip
         text = {"Enter": "\r", " ": " "}.get(key)
         down = {**base, "type": "keyDown", **({"text": text} if text else {})}
         await self.call("Input.dispatchKeyEvent", down)
         await self.call("Input.dispatchKeyEvent", {**base, "type": "keyUp"})
+
+    async def press_and_load(self, key: str) -> None:
+        """Press a key that loads a page (Enter on a link or a button); wait for it."""
+        self._loaded.clear()
+        await self.press(key)
+        await asyncio.wait_for(self._loaded.wait(), CALL_TIMEOUT)
 
     async def screenshot(self, path: Path) -> Path:
         result = await self.call(
