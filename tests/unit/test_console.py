@@ -277,6 +277,11 @@ def test_the_login_token_opens_one_session_once_and_leaves_the_url() -> None:
         assert_headers(answer)
         assert (await session.get("/")).status == 200
         assert (await session.get("/static/console.css")).status == 200
+        # Opened again in the same browser: already signed in, the token is dropped.
+        again = await session.get(f"/credentials/a/x?token={token}", allow_redirects=False)
+        assert again.status == 303
+        assert again.headers["Location"] == "/credentials/a/x"
+        assert console.sessions.cookie_name not in again.cookies
         # Used up: the same token opens nothing for another browser.
         session.session.cookie_jar.clear()
         again = await session.get(f"/?token={token}", allow_redirects=False)

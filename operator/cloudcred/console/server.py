@@ -127,9 +127,11 @@ class Console:
         if request.host not in allowed_hosts(self.port):
             return web.Response(status=421, text="This console answers on 127.0.0.1 only.\n")
         token = request.query.get("token")
-        if token is not None:
-            return self._log_in(request, token)
         session = self.sessions.session(request.cookies.get(self.sessions.cookie_name))
+        if token is not None:
+            if session is not None:  # signed in already (the login URL opened again)
+                return web.Response(status=303, headers={"Location": request.path})
+            return self._log_in(request, token)
         if session is None:
             return self._error(
                 request, 401, "Not signed in",
@@ -155,7 +157,7 @@ class Console:
         session = self.sessions.log_in(token)
         if session is None:
             return self._error(
-                request, 403, "This link was used already",
+                request, 403, "This link was used already, or is not this console's",
                 "Each URL that cloudcred console prints opens one browser session once. "
                 "Start the console again for a new one.",
             )  # fmt: skip
