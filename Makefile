@@ -59,6 +59,30 @@ actionlint: ## Build actionlint (ACTIONLINT_VERSION) from Go modules into .local
 	    github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION); \
 	fi
 
+# The console's browser test drives Debian's Chromium headless and checks its pages with
+# axe-core (from npm); each part skips, saying why, where its tool cannot be installed.
+AXE_VERSION ?= 4.14.1
+AXE_DIR := $(LOCAL)/axe
+.PHONY: browser
+browser: ## Install Debian's chromium (and chromium-driver) and axe-core (AXE_VERSION) for the console's browser test, if absent.
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver >/dev/null; } \
+	    || echo "chromium could not be installed: the console's browser test will skip"; \
+	else \
+	  echo "chromium is not installed (as root: apt-get install chromium chromium-driver);" \
+	    "the console's browser test will skip"; \
+	fi
+	@if grep -qs '"version": "$(AXE_VERSION)"' $(AXE_DIR)/node_modules/axe-core/package.json; then :; \
+	elif command -v npm >/dev/null; then \
+	  echo "installing axe-core $(AXE_VERSION) into $(AXE_DIR)"; \
+	  npm install --prefix $(AXE_DIR) --no-save --no-audit --no-fund --loglevel=error \
+	    axe-core@$(AXE_VERSION) >/dev/null \
+	    || echo "axe-core could not be installed: the console's accessibility check will skip"; \
+	else echo "npm is not installed: the console's accessibility check will skip"; fi
+
 .PHONY: cluster-up
 cluster-up: envtest ## Start the local control plane in the background, install the CRDs.
 	$(PY) -m tests.envtest up $(LOCAL)
@@ -100,7 +124,7 @@ lock: install ## Pin the image's Python dependencies with hashes into requiremen
 	  --output-file requirements/image-build.txt pyproject.toml
 
 .PHONY: test
-test: envtest helm actionlint ## Run the test suite (starts its own control plane, or uses CLOUDCRED_TEST_KUBECONFIG).
+test: envtest helm actionlint browser ## Run the test suite (starts its own control plane, or uses CLOUDCRED_TEST_KUBECONFIG).
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=72
 
 .PHONY: lint
@@ -132,6 +156,14 @@ run: install ## Run the operator against $KUBECONFIG, or against the local contr
 	echo; \
 	export KUBECONFIG=$(CURDIR)/$(LOCAL)/kubeconfig; \
 	exec $(VENV)/bin/cloudcred run --standalone --all-namespaces
+
+# CONSOLE_ARGS: more flags for cloudcred console (--port 8080, --no-browser, -n acme).
+CONSOLE_ARGS ?=
+.PHONY: console
+console: install ## Serve the console page (cloudcred console -A) against $KUBECONFIG, or the local control plane (started if needed).
+	@if [ -z "$$KUBECONFIG" ] && [ ! -f $(LOCAL)/controlplane.json ]; then $(MAKE) --no-print-directory cluster-up; fi
+	@if [ -z "$$KUBECONFIG" ]; then export KUBECONFIG=$(CURDIR)/$(LOCAL)/kubeconfig; fi; \
+	exec $(VENV)/bin/cloudcred console -A $(CONSOLE_ARGS)
 
 .PHONY: demo
 demo: envtest ## Guided tour, one command: local control plane, moto as a stand-in AWS, operator, samples.
@@ -181,6 +213,10 @@ test-long: envtest helm ## The fault suite at full size (200 clusters, 10 kills,
 .PHONY: bench
 bench: envtest ## Benchmark against a plain-client baseline (BENCH_CLUSTERS=1000 BENCH_LARGE=5000 BENCH_HUGE=10000, 0 skips); writes bench/results.json.
 	$(PY) -m bench.run
+
+.PHONY: bench-console
+bench-console: install ## Time the console's pages rendered from a cache of 1000 credentials and 10000 clusters (budget: 1 s each).
+	$(PY) -m bench.console 1000 10000 5
 
 .PHONY: bench-bind
 bench-bind: envtest ## Measure the time from creating a Cluster to its credential listing it (50 clusters).

@@ -751,7 +751,8 @@ def completed(*words: str) -> list[str]:
 
 def test_completion_offers_commands_flags_and_values() -> None:
     assert completed("") == ["words", "run", "crds", "list", "usage", "rotate", "trust-policy",
-                             "completion"]  # fmt: skip
+                             "console", "completion"]  # fmt: skip
+    assert completed("console", "--n") == ["words", "--namespace", "--no-browser"]
     assert completed("u") == ["words", "usage"]
     assert completed("list", "--a") == ["words", "--all-namespaces", "--as", "--as-group"]
     assert completed("list", "-o", "") == ["words", "json", "yaml", "wide", "name"]

@@ -1,5 +1,5 @@
 """The command-line companion: ``cloudcred list | usage | rotate | trust-policy |
-completion`` (also ``kubectl cloudcred``).
+console | completion`` (also ``kubectl cloudcred``).
 
 ``add_commands`` puts the subcommands on the ``cloudcred`` parser; ``run_command`` runs
 one and turns every failure into one ``cloudcred: ...`` line on stderr and an exit code.
@@ -19,7 +19,7 @@ from cloudcred.cli.output import LISTING_FORMATS
 if TYPE_CHECKING:  # the API client is imported only by commands that use it
     from cloudcred.cli import api
 
-COMMANDS = ("list", "usage", "rotate", "trust-policy", "completion")
+COMMANDS = ("list", "usage", "rotate", "trust-policy", "console", "completion")
 
 EXIT_CODES = """\
 exit codes:
@@ -143,6 +143,25 @@ examples:
       --capabilities CAPABILITY_NAMED_IAM
 
 """ + EXIT_CODES.format(extra=", no status.externalId yet")
+
+CONSOLE_HELP = """\
+Serves the Cloud Credentials page in a browser: every credential with its provider,
+key or role, associated clusters, state, key age and rotation; each credential's
+clusters, conditions, rollout and recent events. It uses your kubeconfig and identity
+(--context, --as), so Kubernetes RBAC decides what you see, and runs nothing in the
+cluster.
+
+The server listens on 127.0.0.1 only, on a free port (or --port). It prints a URL
+holding a one-time token and opens it in the browser (unless --no-browser); the token
+opens one browser session. Ctrl-C stops the console.
+
+-n follows one namespace (default: the context's), -A every namespace.
+
+examples:
+  cloudcred console -A
+  cloudcred console -n acme --port 8080 --no-browser
+
+""" + EXIT_CODES.format(extra=", the port is taken")
 
 
 COMPLETION_HELP = """\
@@ -290,6 +309,27 @@ def add_commands(commands: Any) -> None:
         metavar="ARN",
         help="the operator's AWS principal (default: status.operatorPrincipal)",
     )
+    console = commands.add_parser(
+        "console",
+        help="serve the Cloud Credentials page on 127.0.0.1 and open it in the browser",
+        description=CONSOLE_HELP,
+        formatter_class=raw,
+        parents=[_kube_options(all_namespaces=True)],
+    )
+    console.add_argument(
+        "--port",
+        type=_port,
+        default=0,
+        metavar="PORT",
+        help="port to listen on (default: a free one)",
+    )
+    console.add_argument(
+        "--no-browser", action="store_true", help="print the URL without opening a browser"
+    )
+    console.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="log each request (method, path, status) on stderr",
+    )  # fmt: skip
     completion = commands.add_parser(
         "completion",
         help="print a bash, zsh or fish completion script",
@@ -297,6 +337,12 @@ def add_commands(commands: Any) -> None:
         formatter_class=raw,
     )
     completion.add_argument("shell", choices=SHELLS, metavar="SHELL", help="bash, zsh or fish")
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError("a port number from 0 (any free port) to 65535")
+    return int(value)
 
 
 def _access(args: argparse.Namespace) -> api.Access:
@@ -377,6 +423,28 @@ def _trust_policy(args: argparse.Namespace, stdin: IO[str] | None) -> int:
     )
 
 
+def _console(args: argparse.Namespace, stdin: IO[str] | None) -> int:
+    import asyncio
+    import logging
+
+    from cloudcred.cli import api
+    from cloudcred.console import server
+
+    # The console's own loggers only: the Kubernetes client's DEBUG logs would show
+    # response bodies.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
+    if args.verbose:
+        logging.getLogger("cloudcred.console").setLevel(logging.INFO)
+    kube = api.connect(_access(args))
+    namespace = None if args.all_namespaces else (args.namespace or kube.namespace)
+    try:
+        asyncio.run(server.serve(kube, namespace, args.port, open_browser=not args.no_browser))
+    except KeyboardInterrupt:  # Ctrl-C is how the console stops
+        print("cloudcred console: stopped", file=sys.stderr)
+    return 0
+
+
 def _completion(args: argparse.Namespace, stdin: IO[str] | None) -> int:
     from cloudcred.cli import completion
 
@@ -389,6 +457,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, IO[str] | None], int]] = {
     "usage": _usage,
     "rotate": _rotate,
     "trust-policy": _trust_policy,
+    "console": _console,
     "completion": _completion,
 }
 

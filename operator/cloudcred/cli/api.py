@@ -220,3 +220,40 @@ def referencing_clusters(items: list[dict[str, Any]], name: str) -> list[dict[st
     return [
         c for c in items if ((c.get("spec") or {}).get("credentialRef") or {}).get("name") == name
     ]
+
+
+def annotate(kube: Kube, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+    """Set (or, with None, remove) annotations of a CloudCredential: one merge patch."""
+    api_call = kube.custom.patch_namespaced_custom_object
+    call(f"annotating CloudCredential {namespace}/{name}", api_call, GROUP, VERSION, namespace,
+         CREDENTIAL_PLURAL, name, {"metadata": {"annotations": annotations}})  # fmt: skip
+
+
+def delete_credential(kube: Kube, namespace: str, name: str) -> None:
+    """Delete a CloudCredential; a refusal (the admission policy naming the clusters that
+    use it, RBAC) is an ``ApiError`` in the API server's words."""
+    call(f"deleting CloudCredential {namespace}/{name}",
+         kube.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace,
+         CREDENTIAL_PLURAL, name)  # fmt: skip
+
+
+def can_i(kube: Kube, verb: str, resource: str, namespace: str, group: str = GROUP) -> bool:
+    """What ``kubectl auth can-i VERB RESOURCE -n NAMESPACE`` says, for this identity (a
+    SelfSubjectAccessReview); False when the review itself cannot be made."""
+    review = {"spec": {"resourceAttributes": {
+        "group": group, "resource": resource, "verb": verb, "namespace": namespace}}}  # fmt: skip
+    try:
+        answer = call(f"asking whether {verb} {resource} is allowed",
+                      client.AuthorizationV1Api(kube.api).create_self_subject_access_review,
+                      review)  # fmt: skip
+    except ApiError:
+        return False
+    return bool(answer.status and answer.status.allowed)
+
+
+def whoami(kube: Kube) -> str:
+    """The user name the API server sees (``kubectl auth whoami``): a SelfSubjectReview."""
+    review = client.AuthenticationV1Api(kube.api).create_self_subject_review
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    answer = call("asking who I am", review, body)
+    return str(answer.status.user_info.username)

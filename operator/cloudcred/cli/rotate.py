@@ -16,7 +16,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -492,34 +492,71 @@ def rotate_command(kube: api.Kube, request: Request, stdin: IO[str] | None) -> i
     credential = api.get_credential(kube, request.namespace, request.name)
     target = rotation_target(request.namespace, request.name, credential.get("spec") or {})
     key = parse_key(target, read_input(request.from_file, stdin))
+    with redacting(key):
+        return _rotate(kube, request, credential, target, key)
+
+
+@contextlib.contextmanager
+def redacting(key: NewKey) -> Iterator[None]:
+    """A last guard: no error message leaving the block may carry the key."""
     secret = key.secret.get_secret_value()
     try:
-        return _rotate(kube, request, credential, target, key)
-    except CliError as error:  # a last guard: no message may carry the key
+        yield
+    except CliError as error:
         error.message = error.message.replace(secret, "[redacted]") if secret else error.message
         raise
 
 
-def _rotate(
-    kube: api.Kube, request: Request, credential: dict[str, Any], target: Target, key: NewKey
-) -> int:
+@dataclass(frozen=True)
+class Switched:
+    """Steps 1 and 2 done: the credential uses the new Secret."""
+
+    secret_name: str
+    patched: dict[str, Any]
+    old: OldKey
+    message: str
+
+
+def _new_secret(
+    kube: api.Kube, credential: dict[str, Any], target: Target, key: NewKey
+) -> tuple[str, OldKey]:
+    """Step 1: the new Secret (after refusing the key in use); its name and the old key."""
     status = credential.get("status") or {}
     gcp = read_old_gcp_key(kube, target) if target.provider == "GCP" else None
     old = old_key(target, status, gcp)
     check_new(target, key, old)
     secret_name = new_secret_name(target.name, datetime.now(UTC))
     create_secret(kube, secret_body(target, credential["metadata"]["uid"], secret_name, key))
-    if request.gitops:
-        manifest = gitops_manifest(credential, target, secret_name, key)
-        sys.stdout.write(output.render(manifest, request.gitops))
-        print(gitops_message(target, secret_name, key, old), file=sys.stderr)
-        return 0
+    return secret_name, old
+
+
+def put_in_place(
+    kube: api.Kube, credential: dict[str, Any], target: Target, key: NewKey
+) -> Switched:
+    """Steps 1 and 2: the new Secret, then the one switch patch (the Secret is removed
+    again when the switch fails). What ``cloudcred rotate`` and the console both do."""
+    secret_name, old = _new_secret(kube, credential, target, key)
     try:
         patched = switch(kube, target, credential, secret_name, key)
     except CliError:
         delete_secret(kube, target.namespace, secret_name)
         raise
-    print(switched_message(target, secret_name, key), flush=True)
+    return Switched(secret_name, patched, old, switched_message(target, secret_name, key))
+
+
+def _rotate(
+    kube: api.Kube, request: Request, credential: dict[str, Any], target: Target, key: NewKey
+) -> int:
+    status = credential.get("status") or {}
+    if request.gitops:
+        secret_name, old = _new_secret(kube, credential, target, key)
+        manifest = gitops_manifest(credential, target, secret_name, key)
+        sys.stdout.write(output.render(manifest, request.gitops))
+        print(gitops_message(target, secret_name, key, old), file=sys.stderr)
+        return 0
+    switched = put_in_place(kube, credential, target, key)
+    old = switched.old
+    print(switched.message, flush=True)
     if not request.wait:
         print(
             f"Not waiting: follow the rollout with `cloudcred usage {target.name} -n "
@@ -527,7 +564,7 @@ def _rotate(
             "cluster is on the new revision."
         )
         return 0
-    generation = int(patched["metadata"]["generation"])
+    generation = int(switched.patched["metadata"]["generation"])
     try:
         rollout = _wait(kube, request, generation, status.get("revision"))
     except TimedOutError as error:
@@ -572,24 +609,27 @@ def rotation_state(obj: dict[str, Any]) -> dict[str, Any]:
     return dict((obj.get("status") or {}).get("rotation") or {})
 
 
-def rotate_now(kube: api.Kube, request: Request) -> int:
-    """Annotate the credential so that the operator rotates its key now (Automatic only),
-    then follow: the new key, its rollout, the old key's retirement."""
-    credential = api.get_credential(kube, request.namespace, request.name)
+def request_rotation(kube: api.Kube, namespace: str, name: str) -> str:
+    """Annotate the credential so that the operator rotates its key now (Automatic only);
+    return the request's time, which status.rotation.requested echoes."""
+    credential = api.get_credential(kube, namespace, name)
     policy = ((credential.get("spec") or {}).get("rotation") or {}).get("policy", "Manual")
     if policy != "Automatic":
         raise UsageError(
-            f"CloudCredential {request.namespace}/{request.name} has spec.rotation.policy "
+            f"CloudCredential {namespace}/{name} has spec.rotation.policy "
             f"{policy}: --now asks the operator to rotate, which it does only under "
             "Automatic. Give the new key on stdin instead (cloudcred rotate --help)"
         )
     asked = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    patch = {"metadata": {"annotations": {ROTATE_NOW_ANNOTATION: asked}}}
-    api.call(
-        f"annotating CloudCredential {request.namespace}/{request.name}",
-        kube.custom.patch_namespaced_custom_object,
-        GROUP, VERSION, request.namespace, CREDENTIAL_PLURAL, request.name, patch,
-    )  # fmt: skip
+    api.annotate(kube, namespace, name, {ROTATE_NOW_ANNOTATION: asked})
+    return asked
+
+
+def rotate_now(kube: api.Kube, request: Request) -> int:
+    """Ask for an automatic rotation now, then follow: the new key, its rollout, the old
+    key's retirement."""
+    asked = request_rotation(kube, request.namespace, request.name)
+    credential = api.get_credential(kube, request.namespace, request.name)
     print(f"Asked the operator to rotate the key of {request.namespace}/{request.name} now.",
           flush=True)  # fmt: skip
     if not request.wait:
