@@ -71,6 +71,8 @@ class CredentialInfo:
     # was cut short (then clusterCount > 0 is what holds a delete).
     listed: frozenset[Key] = field(default=frozenset(), compare=False, repr=False)
     listed_truncated: bool = field(default=False, compare=False)
+    # spec.permissionSets: read by the permissions reconciler (which compares its own inputs).
+    permission_sets: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def key(self) -> Key:
@@ -147,6 +149,7 @@ class CredentialInfo:
             listed=frozenset((c.get("namespace", ""), c.get("name", ""))
                              for c in status.get("clusters") or []),
             listed_truncated=bool(status.get("clustersTruncated")),
+            permission_sets=tuple(sorted(set(spec.get("permissionSets") or ()))),
         )  # fmt: skip
 
 
@@ -211,6 +214,7 @@ class ClusterInfo:
     marked: str | None = None  # the cloudcred.io/redeploy-revision annotation
     uid: str | None = None
     credentials_secret: str | None = None  # spec.credentialsSecret.name
+    permission_sets: tuple[str, ...] = ()  # spec.permissionSets, sorted
     # Derived once (the reconcilers sort and compare thousands of clusters by them).
     key: Key = field(init=False, compare=False, repr=False)
     deployed_revision: str | None = field(init=False, compare=False, repr=False)
@@ -249,6 +253,9 @@ class ClusterInfo:
             marked=SHARED.text(marked) if isinstance(marked, str) else marked,
             uid=metadata.get("uid"),
             credentials_secret=(spec.get("credentialsSecret") or {}).get("name"),
+            permission_sets=tuple(
+                sorted({SHARED.text(str(n)) for n in spec.get("permissionSets") or ()})
+            ),
         )
 
     @property

@@ -62,6 +62,13 @@ class Settings(BaseModel):
         "Secrets and Namespaces (they repair what a watch missed) and between looks at "
         "every referenced Secret's labels.",
     )
+    permissions_recheck: float = Field(
+        default=60.0,
+        ge=1,
+        description="Seconds between permission checks of a credential that lacks a "
+        "permission, or whose check could not say (instead of its verification interval): "
+        "a permission granted at the provider is seen within this time.",
+    )
     propagation_aws: float = Field(
         default=120.0,
         ge=0,

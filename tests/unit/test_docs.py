@@ -181,7 +181,11 @@ def test_every_decision_is_numbered_dated_and_listed() -> None:
     files = sorted(DECISIONS.glob("[0-9][0-9][0-9][0-9]-*.md"))
     index = (DECISIONS / "README.md").read_text()
     assert files
-    for number, path in enumerate(files, 1):
+    numbers = [int(path.name[:4]) for path in files]
+    # Each number once, in order; decisions taken on parallel branches are numbered from
+    # ranges given out in advance, so a range not used up leaves a gap.
+    assert numbers == sorted(set(numbers)), "a decision number is used twice"
+    for number, path in zip(numbers, files, strict=True):
         assert re.fullmatch(rf"{number:04d}-[a-z0-9]+(-[a-z0-9]+)*\.md", path.name), path.name
         text = path.read_text()
         assert text.startswith(f"# {number:04d}. "), path.name

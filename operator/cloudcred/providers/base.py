@@ -14,6 +14,12 @@ A provider module exposes five plain functions:
   provider's standard form for a cluster's deployer (``spec.credentialsSecret``);
   blocking (an AWS role is assumed for short-lived session credentials).
 
+Providers that can check permissions also expose
+``check_permissions(spec, secrets, context, needs) -> PermissionAnswer``: blocking, acting
+with the credential's own identity, ``needs`` the provider's block of a PermissionSet
+(``api/permissions.py``); it raises ``VerificationError`` when the provider does not
+answer (``ACCESS_DENIED``: the identity may not ask).
+
 Providers whose static keys the operator can rotate (``spec.rotation``) also expose, all
 blocking and all acting with the credential's own identity (``secrets``):
 
@@ -93,6 +99,15 @@ class Verification:
     identity: str
     key_created_time: datetime | None = None
     static_keys: bool = False  # a long-lived key where a role or federation would do
+
+
+@dataclass(frozen=True)
+class PermissionAnswer:
+    """What the provider said of one PermissionSet's block (``check_permissions``): how
+    many needs it checked, and which are missing, sorted."""
+
+    checked: int
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
