@@ -64,6 +64,43 @@ class PermissionSetInfo:
         return getattr(self.spec, provider.lower(), None) if self.spec else None
 
 
+CHECKING = "CheckingPermissions"  # a cluster's hold while its sets are not checked yet
+
+
+def cluster_hold(credential: Any, cluster_sets: Iterable[str]) -> tuple[str, str] | None:
+    """Why a bound cluster may not deploy now, for its sets and its credential's own:
+    (``MissingPermissions``, what is missing) when the provider said a need is not
+    allowed, (``CheckingPermissions``, ...) while the credential's current revision has
+    no answer for one of them yet; None otherwise (an Unknown answer does not hold a
+    deployment: it says why it could not check). ``credential``: a ``CredentialInfo``."""
+    names = set(cluster_sets) | set(credential.permission_sets)
+    if not names:
+        return None
+    revision, verdicts = credential.permission_report
+    answered = {name: (verdict, message) for name, verdict, message in verdicts}
+    short = [f"{answered[n][1]} (PermissionSet {n})" for n in sorted(names)
+             if n in answered and answered[n][0] == conditions.FALSE]  # fmt: skip
+    if short and revision == credential.revision:
+        return MISSING, "; ".join(short)
+    waiting = sorted(n for n in names if n not in answered)
+    if revision != credential.revision or waiting:
+        which = ", ".join(waiting or sorted(names))
+        return CHECKING, (f"waiting for the permission check of revision {credential.revision} "
+                          f"(PermissionSet {which})")  # fmt: skip
+    return None
+
+
+def own_shortfall(credential: Any) -> str | None:
+    """What the credential's own sets (``spec.permissionSets``) miss at its current
+    revision, or None: its summary is then Stalled (MissingPermissions)."""
+    revision, verdicts = credential.permission_report
+    if revision != credential.revision:
+        return None
+    short = [f"{message} (PermissionSet {name})" for name, verdict, message in verdicts
+             if verdict == conditions.FALSE and name in credential.permission_sets]  # fmt: skip
+    return "; ".join(short) or None
+
+
 def needed_sets(own: Iterable[str], clusters: Iterable[Iterable[str]]) -> list[str]:
     """The sets a credential is checked against: its own and its bound clusters', sorted,
     at most ``MAX_REPORTED_SETS`` (status has room for that many)."""

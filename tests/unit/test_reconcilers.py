@@ -1454,3 +1454,95 @@ def test_the_condition_names_at_most_ten_missing_needs() -> None:
     assert (status, reason) == ("False", "MissingPermissions")
     assert message.startswith("missing 912 of 941: ")
     assert message.endswith(", ... (PermissionSet platform, big)")
+
+
+def summary_of(kube: FakeKube, kind: str, name: str) -> str:
+    key = CRED if kind == "CloudCredential" else (NS, name)
+    found = [c for c in kube.body(kind, key)["status"].get("conditions") or []
+             if c["type"] in ("Ready", "Reconciling", "Stalled") and c["status"] == "True"]  # fmt: skip
+    return f"{found[0]['type']} ({found[0]['reason']})" if found else "none"
+
+
+@run
+async def test_a_cluster_short_of_its_sets_is_stalled_and_neither_deployed_nor_marked(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before any deployment: the operator's deploy step does not deploy it, a new
+    revision marks the other clusters and not it; granted, it deploys with no edit."""
+    calls = provider_calls(monkeypatch)
+    granted = set(READ)
+    granting(monkeypatch, granted)
+    operator = Operator(kube, clock, permissions_recheck=20)
+    operator.put_permission_set("create", {"gcp": {"permissions": CREATE}})
+    credential(kube)
+    checked(kube, "1h")
+    cluster(kube, "new", external=False)  # never deployed: the deploy step's
+    needing(kube, "Cluster", "new", "create")
+    await operator.settle()
+    first = revision(kube)
+    cluster(kube, "old", deployed=first)  # deployed by an external deployer
+    cluster(kube, "free", deployed=first)
+    needing(kube, "Cluster", "old", "create")
+    await operator.settle()
+    for name in ("new", "old"):
+        assert summary_of(kube, "Cluster", name) == "Stalled (MissingPermissions)"
+        assert find(kube, "Cluster", name, "Stalled")["message"] == (
+            "missing 2 of 2: container.clusters.create, container.clusters.update "
+            "(PermissionSet create)"
+        )
+    assert "deployedRevision" not in kube.body("Cluster", (NS, "new"))["status"]
+    assert calls.count("check_region") == 0
+    new_key(kube, KEY.replace("cc@", "cc2@"))  # a new revision
+    await operator.settle()
+    second = revision(kube)
+    assert marked(kube) == {"free": second, "new": None, "old": None}
+    assert summary_of(kube, "CloudCredential", "prod") != "Stalled (MissingPermissions)", (
+        "a cluster's sets do not stall the credential"
+    )
+    granted.update(CREATE)  # granted at the provider: no edit of any object
+    await operator.advance(23)
+    assert kube.body("Cluster", (NS, "new"))["status"]["deployedRevision"] == second
+    assert marked(kube)["old"] is None, "one at a time (maxConcurrent 25 %): free's turn"
+    deploy(kube, "free", second)
+    await operator.advance(2)  # the credential's list is paced: a second
+    assert marked(kube)["old"] == second
+    assert summary_of(kube, "Cluster", "old") == "Ready (ExternalDeployPending)"
+
+
+@run
+async def test_a_credential_short_of_its_own_sets_is_stalled(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider_calls(monkeypatch)
+    granting(monkeypatch, set(READ))
+    operator = Operator(kube, clock)
+    operator.put_permission_set("create", {"gcp": {"permissions": CREATE}})
+    credential(kube)
+    checked(kube, "1h")
+    await operator.settle()
+    assert summary_of(kube, "CloudCredential", "prod") == "Ready (Ready)"
+    needing(kube, "CloudCredential", "prod", "create")
+    await operator.settle()
+    assert summary_of(kube, "CloudCredential", "prod") == "Stalled (MissingPermissions)"
+    operator.put_permission_set("create", {"gcp": {"permissions": READ}})  # the admin's fix
+    await operator.settle()
+    assert summary_of(kube, "CloudCredential", "prod") == "Ready (Ready)"
+
+
+@run
+async def test_a_check_that_cannot_answer_holds_no_deployment(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unknown says why; it is not a verdict against the cluster."""
+    provider_calls(monkeypatch)
+    granting(monkeypatch, set(), refuse=Reason.ACCESS_DENIED)
+    operator = Operator(kube, clock)
+    operator.put_permission_set("create", {"gcp": {"permissions": CREATE}})
+    credential(kube)
+    checked(kube, "1h")
+    cluster(kube, "new", external=False)
+    needing(kube, "Cluster", "new", "create")
+    await operator.settle()
+    assert find(kube, "CloudCredential", "prod", "PermissionsSufficient")["status"] == "Unknown"
+    assert kube.body("Cluster", (NS, "new"))["status"]["deployedRevision"] == revision(kube)
+    assert summary_of(kube, "Cluster", "new") == "Ready (Ready)"

@@ -126,7 +126,7 @@ def cluster_inputs(cluster: ClusterInfo | None, marked: bool = True) -> tuple[An
     return (cluster.uid, cluster.provider, cluster.credential, cluster.generation,
             cluster.region, cluster.external, cluster.marked if marked else None,
             cluster.credentials_secret, cluster.deployed_revision,
-            status.get("deployFailure"))  # fmt: skip
+            status.get("deployFailure"), cluster.permission_sets)  # fmt: skip
 
 
 def cluster_itself(change: Change[ClusterInfo]) -> Iterable[Key]:
