@@ -1458,8 +1458,9 @@ def test_the_condition_names_at_most_ten_missing_needs() -> None:
 
 def summary_of(kube: FakeKube, kind: str, name: str) -> str:
     key = CRED if kind == "CloudCredential" else (NS, name)
+    summary = ("Ready", "Reconciling", "Stalled")
     found = [c for c in kube.body(kind, key)["status"].get("conditions") or []
-             if c["type"] in ("Ready", "Reconciling", "Stalled") and c["status"] == "True"]  # fmt: skip
+             if c["type"] in summary and c["status"] == "True"]  # fmt: skip
     return f"{found[0]['type']} ({found[0]['reason']})" if found else "none"
 
 
