@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,12 +25,13 @@ from cloudcred.providers import aws
 from cloudcred.providers.base import PermissionAnswer, Reason, VerificationError, VerifyContext
 from tests.aws import AwsKey, Moto
 from tests.conftest import Kube
-from tests.iam import SimulatingIam, start_iam
+from tests.iam import SimulatingIam
 from tests.kube import ROOT, load_yaml_documents
 from tests.operator import OperatorProcess, Operators, wait_for
 from tests.resources import (
     condition,
     create_cluster,
+    get_cluster,
     get_credential,
     secret,
     static_key_credential,
@@ -40,13 +43,6 @@ pytestmark = pytest.mark.integration
 ASK = {"Effect": "Allow", "Action": ["iam:SimulatePrincipalPolicy", "sts:GetCallerIdentity"],
        "Resource": "*"}  # fmt: skip
 SAMPLE = ROOT / "deploy" / "samples" / "permissionset-platform-aws.yaml"
-
-
-@pytest.fixture(scope="module")
-def iam(moto: Moto) -> Iterator[SimulatingIam]:
-    stand_in, server = start_iam(moto)
-    yield stand_in
-    server.shutdown()
 
 
 def policy(*statements: dict[str, Any]) -> str:
@@ -213,9 +209,28 @@ def sufficient(kube: Kube, namespace: str, name: str, status: str) -> dict[str, 
     return found
 
 
-def test_a_credential_short_of_the_sample_set_says_what_is_missing_until_granted(
+def summary_of(obj: dict[str, Any] | None) -> str:
+    summary = ("Ready", "Reconciling", "Stalled")
+    found = [c for c in (obj or {}).get("status", {}).get("conditions") or []
+             if c["type"] in summary and c["status"] == "True"]  # fmt: skip
+    return f"{found[0]['type']} ({found[0]['reason']})" if found else "none"
+
+
+def permissions_cli(kube: Kube, namespace: str) -> tuple[int, dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudcred", "permissions", "prod", "-n", namespace, "-o", "json"],
+        env={**os.environ, "KUBECONFIG": str(kube.kubeconfig)}, cwd=ROOT,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_a_cluster_short_of_the_sample_set_is_stalled_until_the_admin_grants_it(
     kube: Kube, own_namespace: str, moto: Moto, checking_operator: OperatorProcess
 ) -> None:
+    """The story: a Cluster using the sample set on a credential that lacks eks:* is
+    Stalled and names it, deploys nothing; the admin adds the action at AWS, and the
+    Cluster deploys without anyone touching it. Then an edit of the set checks again."""
     namespace = own_namespace
     set_name = f"platform-aws-{uuid.uuid4().hex[:6]}"
     sample = load_yaml_documents(SAMPLE)[0]
@@ -224,30 +239,37 @@ def test_a_credential_short_of_the_sample_set_says_what_is_missing_until_granted
     secret(kube, namespace, "keys", {"secretAccessKey": key.secret_access_key})
     static_key_credential(kube, namespace, "prod", key.access_key_id, "keys")
     create_cluster(kube, namespace, "eu", provider="AWS", region="eu-west-3",
-                   credentialRef={"name": "prod"}, deploy="External",
-                   permissionSets=[set_name])  # fmt: skip
+                   credentialRef={"name": "prod"}, permissionSets=[set_name])  # fmt: skip
     missing = sufficient(kube, namespace, "prod", "False")
     assert missing["reason"] == "MissingPermissions"
     # 42 actions on '*' (the guide lists dynamodb:* twice) and 2 on 4 resources.
     assert missing["message"] == f"missing 1 of 50: eks:* (PermissionSet {set_name})"
     report = get_credential(kube, namespace, "prod")["status"]["permissions"]  # type: ignore[index]
-    assert report["sets"] == [
-        {
-            "name": set_name,
-            "sufficient": "False",
-            "reason": "MissingPermissions",
-            "checked": 50,
-            "missingCount": 1,
-            "missing": ["eks:*"],
-            "message": "missing 1 of 50: eks:*",
-        }
-    ]
+    assert report["sets"] == [{
+        "name": set_name, "sufficient": "False", "reason": "MissingPermissions", "checked": 50,
+        "missingCount": 1, "missing": ["eks:*"], "message": "missing 1 of 50: eks:*"}]  # fmt: skip
+    stalled = wait_for(lambda: (c := get_cluster(kube, namespace, "eu")) and
+                       summary_of(c) == "Stalled (MissingPermissions)" and c,
+                       what="the cluster Stalled (MissingPermissions)")  # fmt: skip
+    assert condition(stalled, "Stalled")["message"] == (  # type: ignore[index]
+        f"missing 1 of 50: eks:* (PermissionSet {set_name})"
+    )
+    assert "deployedRevision" not in stalled.get("status", {})
+    code, document = permissions_cli(kube, namespace)
+    assert code == 4
+    assert document["sets"][0]["missing"] == ["eks:*"]
 
     # The admin grants it at AWS; nobody touches the cluster or the credential.
     moto.client("iam").put_user_policy(UserName=key.user, PolicyName="access",
                                        PolicyDocument=policy(ASK, *guide_policy()))  # fmt: skip
     granted = sufficient(kube, namespace, "prod", "True")
     assert granted["message"] == f"all 50 allowed (PermissionSet {set_name})"
+    revision = get_credential(kube, namespace, "prod")["status"]["revision"]  # type: ignore[index]
+    deployed = wait_for(lambda: (c := get_cluster(kube, namespace, "eu")) and
+                        summary_of(c) == "Ready (Ready)" and c,
+                        what="the cluster deployed")  # fmt: skip
+    assert deployed["status"]["deployedRevision"] == revision
+    assert permissions_cli(kube, namespace)[0] == 0
 
     # An edit to the set checks again at once.
     more = copy.deepcopy(sample["spec"])
@@ -256,6 +278,8 @@ def test_a_credential_short_of_the_sample_set_says_what_is_missing_until_granted
                                             {"spec": more})  # fmt: skip
     short = sufficient(kube, namespace, "prod", "False")
     assert short["message"] == f"missing 1 of 51: sns:Publish (PermissionSet {set_name})"
+    wait_for(lambda: summary_of(get_cluster(kube, namespace, "eu")) ==
+             "Stalled (MissingPermissions)", what="the cluster Stalled again")  # fmt: skip
 
 
 @pytest.mark.parametrize(
