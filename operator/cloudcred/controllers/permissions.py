@@ -156,7 +156,11 @@ class PermissionsReconciler:
             elif info.needs(credential.provider) is None:
                 # The set asks nothing of this provider (a set for other clouds).
                 results[name] = perms.answered(name, PermissionAnswer(0))
-            elif verified.get("status") != conditions.TRUE or not credential.revision:
+            elif not credential.revision or (
+                verified.get("status") != conditions.TRUE
+                # Not checkable here (workload identity): the check says why, too.
+                and verified.get("reason") != "VerificationUnavailable"
+            ):
                 results[name] = perms.unknown(
                     name, perms.NOT_VERIFIED, "checked once the credential has verified "
                     f"(Verified: {verified.get('reason', 'not yet checked')})",

@@ -131,6 +131,10 @@ class ProviderSettings:
     aws_region: str = "us-east-1"
     gcp_token_uri: str = "https://oauth2.googleapis.com/token"
     gcp_iam_url: str = "https://iam.googleapis.com"  # service-account keys (rotation)
+    # projects.testIamPermissions (permission checks)
+    gcp_resource_manager_url: str = "https://cloudresourcemanager.googleapis.com"
+    # Microsoft.Authorization permissions (permission checks); its token scope is /.default
+    azure_management_url: str = "https://management.azure.com"
     azure_authority_host: str | None = None
     azure_graph_url: str = "https://graph.microsoft.com"  # Azure secret rotation
     scaleway_api_url: str | None = None
