@@ -13,8 +13,8 @@ import pytest
 from pydantic import SecretStr
 
 from cloudcred.api.credential import CloudCredentialSpec
-from cloudcred.api.permissions import GcpPermissions
-from cloudcred.providers import gcp
+from cloudcred.api.permissions import AzurePermissions, GcpPermissions
+from cloudcred.providers import azure, gcp
 from cloudcred.providers.base import (
     PermissionAnswer,
     ProviderSettings,
@@ -22,6 +22,9 @@ from cloudcred.providers.base import (
     VerificationError,
     VerifyContext,
 )
+from tests.azure import CLIENT, SUBSCRIPTION, TENANT, Arm, start_arm
+from tests.azure import SECRET as AZURE_SECRET
+from tests.echo import Pki, make_pki
 from tests.gcp import (
     SERVER_KEY,
     ResourceManager,
@@ -111,3 +114,95 @@ def test_gcp_workload_identity_cannot_be_checked_here() -> None:
     with pytest.raises(VerificationError) as unavailable:
         gcp.check_permissions(spec, {}, VerifyContext("ns", "c"), GcpPermissions(permissions=GKE))
     assert unavailable.value.reason == Reason.VERIFICATION_UNAVAILABLE
+
+
+# -- Azure: Microsoft.Authorization permissions ----------------------------------------
+
+
+AKS = "Microsoft.ContainerService/managedClusters/write"
+CONTRIBUTOR = {"actions": ["*"], "notActions": ["Microsoft.Authorization/*/Write",
+                                                "Microsoft.Authorization/*/Delete"]}  # fmt: skip
+NETWORK = {"actions": ["Microsoft.Network/*"], "notActions": []}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("azure-permissions-pki"))
+
+
+@pytest.fixture
+def arm(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> Iterator[Arm]:
+    """The local Entra ID and Resource Manager, trusted the standard way."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.ca))
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.delenv("AZURE_REGIONAL_AUTHORITY_NAME", raising=False)
+    state, server = start_arm(pki, {"": [NETWORK], "rg-prod": [CONTRIBUTOR]})
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def azure_check(arm: Arm, actions: list[str], resource_group: str | None = None,
+                secret: str = AZURE_SECRET) -> PermissionAnswer:  # fmt: skip
+    spec = CloudCredentialSpec.model_validate({"provider": "AZURE", "azure": {
+        "tenantId": TENANT, "subscriptionId": SUBSCRIPTION, "clientId": CLIENT,
+        "clientSecretRef": {"name": "sp", "key": "secret"}}})  # fmt: skip
+    settings = ProviderSettings(azure_authority_host=arm.base, azure_management_url=arm.base,
+                                timeout_seconds=5)  # fmt: skip
+    needs = AzurePermissions(actions=actions, resource_group=resource_group)
+    return azure.check_permissions(spec, {"clientSecret": SecretStr(secret)},
+                                   VerifyContext("ns", "cred", settings), needs)  # fmt: skip
+
+
+def test_azure_all_allowed_in_a_resource_group_every_page_read(arm: Arm) -> None:
+    """The group inherits the subscription's role: two roles, two pages."""
+    answer = azure_check(arm, [AKS, "microsoft.network/virtualNetworks/write"], "rg-prod")
+    assert answer == PermissionAnswer(2, ())
+    assert len(arm.calls) == 2
+
+
+def test_azure_some_missing_at_the_subscription(arm: Arm) -> None:
+    answer = azure_check(arm, [AKS, "Microsoft.Network/loadBalancers/write"])
+    assert answer == PermissionAnswer(2, (AKS,))
+
+
+def test_azure_not_actions_beat_a_wildcard_action(arm: Arm) -> None:
+    """Contributor (* minus Microsoft.Authorization writes) does not grant a role
+    assignment, nor a wildcard need that overlaps what it excludes."""
+    answer = azure_check(arm, ["Microsoft.Authorization/roleAssignments/write",
+                               "Microsoft.Authorization/*", "Microsoft.Compute/*", AKS],
+                         "rg-prod")  # fmt: skip
+    assert answer.missing == ("Microsoft.Authorization/*",
+                              "Microsoft.Authorization/roleAssignments/write")  # fmt: skip
+
+
+def test_azure_a_refused_list_is_not_an_answer(arm: Arm) -> None:
+    arm.forced = (403, "AuthorizationFailed")
+    with pytest.raises(VerificationError) as refused:
+        azure_check(arm, [AKS])
+    assert refused.value.reason == Reason.ACCESS_DENIED
+    assert "(HTTP 403, AuthorizationFailed)" in refused.value.message
+    assert AZURE_SECRET not in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("forced", "group", "reason"),
+    [(None, "rg-missing", Reason.PROVIDER_REFUSED), ((503, "ServerBusy"), None,
+                                                     Reason.PROVIDER_UNREACHABLE)],
+)  # fmt: skip
+def test_azure_failures_are_reasons(
+    arm: Arm, forced: tuple[int, str] | None, group: str | None, reason: Reason
+) -> None:
+    arm.forced = forced
+    with pytest.raises(VerificationError) as failed:
+        azure_check(arm, [AKS], group)
+    assert failed.value.reason == reason
+
+
+def test_azure_a_wrong_secret_gets_no_token(arm: Arm) -> None:
+    with pytest.raises(VerificationError) as refused:
+        azure_check(arm, [AKS], secret="wrong8Q~secret")
+    assert refused.value.reason == Reason.INVALID_CREDENTIALS
+    assert arm.calls == []
