@@ -13,8 +13,8 @@ import pytest
 from pydantic import SecretStr
 
 from cloudcred.api.credential import CloudCredentialSpec
-from cloudcred.api.permissions import AzurePermissions, GcpPermissions
-from cloudcred.providers import azure, gcp
+from cloudcred.api.permissions import AzurePermissions, GcpPermissions, ScalewayPermissions
+from cloudcred.providers import azure, gcp, scaleway
 from cloudcred.providers.base import (
     PermissionAnswer,
     ProviderSettings,
@@ -22,6 +22,7 @@ from cloudcred.providers.base import (
     VerificationError,
     VerifyContext,
 )
+from tests import scaleway as sc
 from tests.azure import CLIENT, SUBSCRIPTION, TENANT, Arm, start_arm
 from tests.azure import SECRET as AZURE_SECRET
 from tests.echo import Pki, make_pki
@@ -32,6 +33,7 @@ from tests.gcp import (
     start_resource_manager,
     start_token_endpoint,
 )
+from tests.scaleway import ScalewayIam, start_scaleway_iam
 
 # -- GCP: projects.testIamPermissions ------------------------------------------------------
 
@@ -206,3 +208,59 @@ def test_azure_a_wrong_secret_gets_no_token(arm: Arm) -> None:
         azure_check(arm, [AKS], secret="wrong8Q~secret")
     assert refused.value.reason == Reason.INVALID_CREDENTIALS
     assert arm.calls == []
+
+
+# -- Scaleway: the bearer's policies and their permission sets -------------------------
+
+
+@pytest.fixture
+def scw() -> Iterator[ScalewayIam]:
+    """The application's own policy grants Kubernetes on the project; a group's policy
+    grants Instances on the organization; another policy names only another project."""
+    state = ScalewayIam(
+        groups=[{"id": "g-deployers", "application_ids": [sc.APPLICATION_ID]}],
+        policies=[
+            {"id": "p-own", "application_id": sc.APPLICATION_ID, "rules": [
+                {"permission_set_names": ["KubernetesFullAccess"], "project_ids": [sc.PROJECT_ID]},
+                {"permission_set_names": ["ObjectStorageFullAccess"],
+                 "project_ids": [sc.OTHER_PROJECT_ID]}]},
+            {"id": "p-group", "group_id": "g-deployers", "rules": [
+                {"permission_set_names": ["InstancesFullAccess", "VPCFullAccess"],
+                 "organization_id": sc.ORGANIZATION_ID}]},
+        ] + [{"id": f"p-extra-{i}", "application_id": sc.APPLICATION_ID, "rules": []}
+             for i in range(25)],  # more than a page of policies
+    )  # fmt: skip
+    server = start_scaleway_iam(state)
+    yield state
+    server.shutdown()
+
+
+def scaleway_check(state: ScalewayIam, names: list[str]) -> PermissionAnswer:
+    spec = CloudCredentialSpec.model_validate({"provider": "SCALEWAY", "scaleway": {
+        "accessKey": sc.ACCESS_KEY, "projectId": sc.PROJECT_ID,
+        "secretKeyRef": {"name": "scw", "key": "secret"}}})  # fmt: skip
+    settings = ProviderSettings(scaleway_api_url=state.url, timeout_seconds=5)
+    return scaleway.check_permissions(
+        spec, {"secretKey": SecretStr(sc.SECRET_KEY)}, VerifyContext("ns", "cred", settings),
+        ScalewayPermissions(permission_sets=names),
+    )  # fmt: skip
+
+
+def test_scaleway_all_held_through_its_own_and_its_groups_policies(scw: ScalewayIam) -> None:
+    answer = scaleway_check(scw, ["KubernetesFullAccess", "InstancesFullAccess", "VPCFullAccess"])
+    assert answer == PermissionAnswer(3, ())
+
+
+def test_scaleway_a_set_granted_on_another_project_is_missing(scw: ScalewayIam) -> None:
+    answer = scaleway_check(scw, ["KubernetesFullAccess", "ObjectStorageFullAccess",
+                                  "DomainsDNSFullAccess"])  # fmt: skip
+    assert answer == PermissionAnswer(3, ("DomainsDNSFullAccess", "ObjectStorageFullAccess"))
+
+
+def test_scaleway_a_bearer_that_may_not_read_policies_gets_access_denied(scw: ScalewayIam) -> None:
+    scw.forbidden.add("/iam/v1alpha1/policies")
+    with pytest.raises(VerificationError) as refused:
+        scaleway_check(scw, ["KubernetesFullAccess"])
+    assert refused.value.reason == Reason.ACCESS_DENIED
+    assert "IAMReadOnly" in refused.value.message
+    assert sc.SECRET_KEY not in refused.value.message
