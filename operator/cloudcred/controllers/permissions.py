@@ -70,6 +70,10 @@ class PermissionsReconciler:
         self.checked: dict[Key, Checked] = {}
 
     def needed(self, credential: CredentialInfo) -> list[str]:
+        if not self.caches.clusters.indexed("permission_set"):
+            # No Cluster names a set (the usual case): no need to decide every binding
+            # of a credential with thousands of clusters at each of its events.
+            return perms.needed_sets(credential.permission_sets, ())
         clusters = (c.permission_sets for c in self.caches.bound_clusters(credential.key))
         return perms.needed_sets(credential.permission_sets, clusters)
 
