@@ -103,7 +103,7 @@ class PermissionsReconciler:
         if last is not None and last.inputs == inputs and last.due > clock():
             return Result(requeue_after=last.due - clock())
         failures = last.failures if last is not None and last.inputs == inputs else 0
-        results = await self._check(credential, names)
+        results, asked = await self._check(credential, names)
         status, reason, message = perms.verdict(results)
         condition = conditions.condition(
             credential.status.get("conditions"), perms.PERMISSIONS_SUFFICIENT, status, reason,
@@ -112,7 +112,7 @@ class PermissionsReconciler:
         report: dict[str, Any] = {"sets": results}
         if credential.revision:
             report["revision"] = credential.revision
-        if any(r["reason"] not in (perms.NOT_VERIFIED, perms.SET_NOT_FOUND) for r in results):
+        if asked:
             report["checkedTime"] = conditions.timestamp(conditions.now())
         else:
             previous = (credential.status.get("permissions") or {}).get("checkedTime")
@@ -132,9 +132,7 @@ class PermissionsReconciler:
             self.checked[key] = Checked(inputs, clock() + delay, failures + 1)
             return Result(requeue_after=delay)
         interval = periodic_interval(key[0], key[1], credential.raw_spec)
-        if status != conditions.TRUE and any(
-            r["reason"] not in (perms.NOT_VERIFIED, perms.SET_NOT_FOUND) for r in results
-        ):  # fmt: skip
+        if status != conditions.TRUE and asked:
             # Someone is likely fixing it at the provider right now: look again soon.
             interval = min(interval or self.settings.permissions_recheck,
                            self.settings.permissions_recheck)  # fmt: skip
@@ -145,8 +143,11 @@ class PermissionsReconciler:
         self.checked[key] = Checked(inputs, clock() + delay)
         return Result(requeue_after=delay)
 
-    async def _check(self, credential: CredentialInfo, names: list[str]) -> list[dict[str, Any]]:
-        """Each set's result; the provider is asked once per set that has a block for it."""
+    async def _check(
+        self, credential: CredentialInfo, names: list[str]
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Each set's result, and whether the provider was asked (once per set that has
+        a block for it)."""
         verified = conditions.find(credential.status.get("conditions"), "Verified") or {}
         found = {n: self.caches.permission_sets.get(("", n)) for n in names}
         results: dict[str, dict[str, Any]] = {}
@@ -173,7 +174,7 @@ class PermissionsReconciler:
                 asked[name] = info.needs(credential.provider)
         if asked:
             results.update(await self._ask(credential, asked))
-        return [results[name] for name in names]
+        return [results[name] for name in names], bool(asked)
 
     async def _ask(self, credential: CredentialInfo, asked: dict[str, Any]) -> dict[str, Any]:
         spec = CloudCredentialSpec.model_validate(credential.spec)
