@@ -19,7 +19,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from cloudcred import conditions
-from cloudcred.api.permissions import MAX_LISTED_MISSING, MAX_REPORTED_SETS, PermissionSetSpec
+from cloudcred.api.permissions import (
+    MAX_LISTED_MISSING,
+    MAX_LISTED_MISSING_TOTAL,
+    MAX_NEED_LENGTH,
+    MAX_REPORTED_SETS,
+    PermissionSetSpec,
+)
 from cloudcred.providers.base import PermissionAnswer, Reason, VerificationError
 
 logger = logging.getLogger("cloudcred.permissions")
@@ -122,8 +128,28 @@ def answered(name: str, answer: PermissionAnswer) -> dict[str, Any]:
                   "message": f"all {answer.checked} allowed"}  # fmt: skip
     result.update(checked=answer.checked, missingCount=len(missing))
     if missing:
-        result["missing"] = missing[:MAX_LISTED_MISSING]
+        result["missing"] = [_cut(need) for need in missing[:MAX_LISTED_MISSING]]
     return result
+
+
+def _cut(need: str) -> str:
+    return need if len(need) <= MAX_NEED_LENGTH else need[: MAX_NEED_LENGTH - 3] + "..."
+
+
+def bounded(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sets' results with at most ``MAX_LISTED_MISSING_TOTAL`` missing needs listed in
+    all (in set order; each ``missingCount`` stays exact), so status stays small."""
+    room = MAX_LISTED_MISSING_TOTAL
+    kept = []
+    for result in results:
+        listed = result.get("missing") or []
+        if len(listed) > room:
+            result = {**result, "missing": listed[:room]}
+            if not room:
+                result.pop("missing")
+        room -= len(result.get("missing") or [])
+        kept.append(result)
+    return kept
 
 
 def unknown(name: str, reason: str, message: str) -> dict[str, Any]:

@@ -1547,3 +1547,15 @@ async def test_a_check_that_cannot_answer_holds_no_deployment(
     assert find(kube, "CloudCredential", "prod", "PermissionsSufficient")["status"] == "Unknown"
     assert kube.body("Cluster", (NS, "new"))["status"]["deployedRevision"] == revision(kube)
     assert summary_of(kube, "Cluster", "new") == "Ready (Ready)"
+
+
+def test_status_lists_at_most_256_missing_needs_in_all_each_count_exact() -> None:
+    from cloudcred import permissions
+
+    results = [permissions.answered(f"set-{i}", PermissionAnswer(
+        100, tuple(f"svc:Action{i}{j:03}" + "x" * 600 * (j == 0) for j in range(100))))
+        for i in range(5)]  # fmt: skip
+    kept = permissions.bounded(results)
+    assert [len(r.get("missing") or []) for r in kept] == [64, 64, 64, 64, 0]
+    assert [r["missingCount"] for r in kept] == [100] * 5
+    assert max(len(need) for r in kept for need in r.get("missing") or []) == 512

@@ -185,6 +185,8 @@ def permission_sets_field(whose: str) -> list[str] | None:
 # -- what the check reports (the credential's status.permissions) ------------------------
 
 MAX_LISTED_MISSING = 64  # per set, in status; missingCount is always exact
+MAX_LISTED_MISSING_TOTAL = 256  # over every set: status stays small (each need <= 512)
+MAX_NEED_LENGTH = 512
 MAX_REPORTED_SETS = 2 * MAX_NAMED_SETS  # the credential's own and its clusters'
 
 
@@ -201,15 +203,16 @@ class SetResult(Model):
     message: str | None = Field(default=None, description="Why, in words.", max_length=1024)
     checked: int = Field(description="How many needs were checked (action and resource).", ge=0)
     missing_count: int = Field(description="How many are missing (always exact).", ge=0)
-    missing: list[Annotated[str, Field(max_length=2300, description="A missing need.")]] | None = (
-        Field(
-            default=None,
-            description=f"What is missing, sorted: at most {MAX_LISTED_MISSING} "
-            "(missingCount has them all). An AWS need on a resource reads 'ACTION on ARN'; "
-            "an explicit Deny adds ' (denied)'.",
-            max_length=MAX_LISTED_MISSING,
-            json_schema_extra={"x-kubernetes-list-type": "atomic"},
-        )
+    missing: (
+        list[Annotated[str, Field(max_length=MAX_NEED_LENGTH, description="A need.")]] | None
+    ) = Field(
+        default=None,
+        description=f"What is missing, sorted: at most {MAX_LISTED_MISSING} per set and "
+        f"{MAX_LISTED_MISSING_TOTAL} over all sets (missingCount has them all; a need "
+        f"longer than {MAX_NEED_LENGTH} characters is cut). An AWS need on a resource "
+        "reads 'ACTION on ARN'; an explicit Deny adds ' (denied)'.",
+        max_length=MAX_LISTED_MISSING,
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
     )
 
 

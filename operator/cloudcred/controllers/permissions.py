@@ -109,7 +109,7 @@ class PermissionsReconciler:
             credential.status.get("conditions"), perms.PERMISSIONS_SUFFICIENT, status, reason,
             message, credential.generation,
         )  # fmt: skip
-        report: dict[str, Any] = {"sets": results}
+        report: dict[str, Any] = {"sets": perms.bounded(results)}
         if credential.revision:
             report["revision"] = credential.revision
         if asked:
