@@ -89,6 +89,8 @@ def cluster_hold(credential: Any, cluster_sets: Iterable[str]) -> tuple[str, str
     if short and revision == credential.revision:
         return MISSING, "; ".join(short)
     waiting = sorted(n for n in names if n not in answered)
+    if len(answered) >= MAX_REPORTED_SETS:
+        waiting = []  # past the sets status has room for: not checked, and not waited for
     if revision != credential.revision or waiting:
         which = ", ".join(waiting or sorted(names))
         return CHECKING, (f"waiting for the permission check of revision {credential.revision} "

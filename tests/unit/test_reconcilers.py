@@ -1559,3 +1559,20 @@ def test_status_lists_at_most_256_missing_needs_in_all_each_count_exact() -> Non
     assert [len(r.get("missing") or []) for r in kept] == [64, 64, 64, 64, 0]
     assert [r["missingCount"] for r in kept] == [100] * 5
     assert max(len(need) for r in kept for need in r.get("missing") or []) == 512
+
+
+def test_a_cluster_waits_for_an_unchecked_set_unless_status_has_no_room_for_it() -> None:
+    from cloudcred import permissions
+
+    answered = tuple((f"set-{i:02}", "True", "all 1 allowed") for i in range(32))
+    full = SimpleNamespace(
+        permission_sets=(), revision="v2-a", permission_report=("v2-a", answered)
+    )
+    short = SimpleNamespace(permission_sets=(), revision="v2-a",
+                            permission_report=("v2-a", answered[:3]))  # fmt: skip
+    assert permissions.cluster_hold(short, ["set-99"])[0] == "CheckingPermissions"  # type: ignore[index]
+    assert permissions.cluster_hold(full, ["set-99"]) is None
+    stale = SimpleNamespace(
+        permission_sets=(), revision="v2-b", permission_report=("v2-a", answered)
+    )
+    assert permissions.cluster_hold(stale, ["set-01"])[0] == "CheckingPermissions"  # type: ignore[index]
