@@ -41,6 +41,7 @@ from cloudcred.controllers import deploy
 from cloudcred.controllers.runner import Controllers
 from cloudcred.installation import Installation
 from cloudcred.kube import AlreadyExists, Conflict, NotFound, PreconditionFailed
+from cloudcred.permissions import PermissionSetInfo
 
 KINDS = {"cloudcredentials": "CloudCredential", "clusters": "Cluster"}
 
@@ -443,6 +444,16 @@ class Operator:
             self._event(kind, key, copy.deepcopy(body))
         for key, secret in list(kube.secrets.items()):
             self._event("Secret", key, secret)
+
+    def put_permission_set(self, name: str, spec: dict[str, Any] | None) -> None:
+        """An admin writes (``None``: deletes) a PermissionSet, as its informer sees it."""
+        store = self.controllers.caches.permission_sets
+        if spec is None:
+            change = store.delete(("", name))
+        else:
+            body = {"metadata": {"name": name}, "spec": spec}
+            change = store.apply(("", name), PermissionSetInfo.from_body(body))
+        self.controllers._changed("PermissionSet", [change])
 
     def label_namespace(self, name: str, labels: dict[str, str]) -> None:
         self.kube.namespaces[name] = labels

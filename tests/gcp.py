@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -135,3 +136,64 @@ def key_json(token_uri: str | None, private_key: str = SERVER_PEM, **changes: An
     }
     info.update(changes)
     return json.dumps({k: v for k, v in info.items() if v is not None})
+
+
+@dataclass
+class ResourceManager:
+    """A local Cloud Resource Manager API v1: ``projects.testIamPermissions`` answers,
+    for the bearer token the local token endpoint issues, the asked permissions the
+    project grants (``granted``); a project it does not know is refused with 403
+    PERMISSION_DENIED, as Google answers for a project the caller may not see."""
+
+    url: str = ""
+    granted: dict[str, set[str]] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)  # project, permissions
+    forced: tuple[int, dict[str, Any]] | None = None
+
+
+def start_resource_manager(
+    granted: dict[str, set[str]],
+) -> tuple[ResourceManager, ThreadingHTTPServer]:
+    api = ResourceManager(granted=granted)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+            match = re.fullmatch(r"/v1/projects/([^/:]+):testIamPermissions", self.path)
+            asked = body.get("permissions") or []
+            api.requests.append({"project": match and match.group(1), "permissions": asked})
+            if api.forced is not None:
+                self._answer(*api.forced)
+            elif self.headers.get("Authorization") != "Bearer ya29.local":
+                self._answer(401, _rpc_error(401, "UNAUTHENTICATED"))
+            elif match is None:
+                self._answer(404, _rpc_error(404, "NOT_FOUND"))
+            elif len(asked) > 100:
+                self._answer(400, _rpc_error(400, "INVALID_ARGUMENT"))
+            elif match.group(1) not in api.granted:
+                self._answer(403, _rpc_error(403, "PERMISSION_DENIED"))
+            else:
+                held = [p for p in asked if p in api.granted[match.group(1)]]
+                self._answer(200, {"permissions": held} if held else {})
+
+        def _answer(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    api.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return api, server
+
+
+def _rpc_error(code: int, status: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": "The caller does not have permission",
+                      "status": status}}  # fmt: skip

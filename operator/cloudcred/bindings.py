@@ -71,6 +71,10 @@ class CredentialInfo:
     # was cut short (then clusterCount > 0 is what holds a delete).
     listed: frozenset[Key] = field(default=frozenset(), compare=False, repr=False)
     listed_truncated: bool = field(default=False, compare=False)
+    # spec.permissionSets, and the last permission check (status.permissions): the
+    # revision it checked and each set's (name, True|False|Unknown, message).
+    permission_sets: tuple[str, ...] = ()
+    permission_report: tuple[str | None, tuple[tuple[str, str, str], ...]] = (None, ())
 
     @property
     def key(self) -> Key:
@@ -90,7 +94,8 @@ class CredentialInfo:
         """What the clusters' own status depends on: a change here concerns every
         cluster that names the credential; any other change concerns none of them."""
         return (self.provider, self.deleting, self.allowed_namespaces, self.published,
-                self.paused, self.max_concurrent, self.uid, self.guarded)  # fmt: skip
+                self.paused, self.max_concurrent, self.uid, self.guarded,
+                self.permission_sets, self.permission_report)  # fmt: skip
 
     @property
     def body(self) -> dict[str, Any]:
@@ -147,7 +152,19 @@ class CredentialInfo:
             listed=frozenset((c.get("namespace", ""), c.get("name", ""))
                              for c in status.get("clusters") or []),
             listed_truncated=bool(status.get("clustersTruncated")),
+            permission_sets=tuple(sorted(set(spec.get("permissionSets") or ()))),
+            permission_report=_permission_report(status.get("permissions")),
         )  # fmt: skip
+
+
+def _permission_report(
+    report: dict[str, Any] | None,
+) -> tuple[str | None, tuple[tuple[str, str, str], ...]]:
+    """(revision checked, each set's (name, verdict, message)) of ``status.permissions``."""
+    report = report or {}
+    sets = tuple((str(s.get("name")), str(s.get("sufficient")), str(s.get("message") or ""))
+                 for s in report.get("sets") or () if isinstance(s, dict))  # fmt: skip
+    return report.get("revision"), sets
 
 
 def object_reference(kind: str, key: Key, uid: str | None) -> dict[str, Any]:
@@ -211,6 +228,7 @@ class ClusterInfo:
     marked: str | None = None  # the cloudcred.io/redeploy-revision annotation
     uid: str | None = None
     credentials_secret: str | None = None  # spec.credentialsSecret.name
+    permission_sets: tuple[str, ...] = ()  # spec.permissionSets, sorted
     # Derived once (the reconcilers sort and compare thousands of clusters by them).
     key: Key = field(init=False, compare=False, repr=False)
     deployed_revision: str | None = field(init=False, compare=False, repr=False)
@@ -249,6 +267,9 @@ class ClusterInfo:
             marked=SHARED.text(marked) if isinstance(marked, str) else marked,
             uid=metadata.get("uid"),
             credentials_secret=(spec.get("credentialsSecret") or {}).get("name"),
+            permission_sets=tuple(
+                sorted({SHARED.text(str(n)) for n in spec.get("permissionSets") or ()})
+            ),
         )
 
     @property

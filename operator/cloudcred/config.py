@@ -62,6 +62,13 @@ class Settings(BaseModel):
         "Secrets and Namespaces (they repair what a watch missed) and between looks at "
         "every referenced Secret's labels.",
     )
+    permissions_recheck: float = Field(
+        default=60.0,
+        ge=1,
+        description="Seconds between permission checks of a credential that lacks a "
+        "permission, or whose check could not say (instead of its verification interval): "
+        "a permission granted at the provider is seen within this time.",
+    )
     propagation_aws: float = Field(
         default=120.0,
         ge=0,
@@ -149,6 +156,11 @@ class Settings(BaseModel):
         default="https://iam.googleapis.com",
         description="The GCP IAM API that rotates service-account keys.",
     )
+    gcp_resource_manager_url: str = Field(
+        default="https://cloudresourcemanager.googleapis.com",
+        description="The GCP Cloud Resource Manager API that answers "
+        "projects.testIamPermissions (permission checks).",
+    )
     azure_authority_host: str | None = Field(
         default=None, description="Microsoft Entra authority host; default: the library's."
     )
@@ -156,6 +168,12 @@ class Settings(BaseModel):
         default="https://graph.microsoft.com",
         description="Microsoft Graph URL for rotating Azure client secrets (its token "
         "scope is this URL's /.default).",
+        pattern=r"^https://[^/?#\s]+/?$",
+    )
+    azure_management_url: str = Field(
+        default="https://management.azure.com",
+        description="Azure Resource Manager URL for permission checks (its token scope is "
+        "this URL's /.default).",
         pattern=r"^https://[^/?#\s]+/?$",
     )
     scaleway_api_url: str | None = Field(
@@ -192,6 +210,8 @@ class Settings(BaseModel):
             aws_region=self.aws_region,
             gcp_token_uri=self.gcp_token_uri,
             gcp_iam_url=self.gcp_iam_url,
+            gcp_resource_manager_url=self.gcp_resource_manager_url,
+            azure_management_url=self.azure_management_url,
             azure_authority_host=self.azure_authority_host,
             azure_graph_url=self.azure_graph_url,
             scaleway_api_url=self.scaleway_api_url,

@@ -9,6 +9,8 @@ CREDENTIAL_PLURAL = "cloudcredentials"
 CLUSTER_PLURAL = "clusters"
 BOUNDARY_KIND = "CredentialBoundary"
 BOUNDARY_PLURAL = "credentialboundaries"  # cluster-scoped
+PERMISSION_SET_KIND = "PermissionSet"
+PERMISSION_SET_PLURAL = "permissionsets"  # cluster-scoped
 # Cluster API also has a "clusters" resource: always use the full name.
 CREDENTIAL_RESOURCE = f"{CREDENTIAL_PLURAL}.{GROUP}"
 CLUSTER_RESOURCE = f"{CLUSTER_PLURAL}.{GROUP}"

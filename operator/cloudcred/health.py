@@ -29,6 +29,7 @@ from cloudcred.bindings import NO_REVISION
 from cloudcred.providers.base import TRANSIENT_REASONS, Reason
 
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
+MISSING_PERMISSIONS = "MissingPermissions"  # permissions.MISSING
 SUMMARY_CONDITIONS = (READY, RECONCILING, STALLED)
 
 # Reasons of the summary conditions not taken from a detailed condition.
@@ -76,6 +77,7 @@ def credential_verdict(
     deleting: str | None = None,
     paused: bool = False,
     only_external_behind: bool = False,
+    missing_permissions: str | None = None,
 ) -> Verdict:
     """A CloudCredential's verdict from its ``Verified`` and ``RolloutComplete`` conditions.
 
@@ -91,6 +93,9 @@ def credential_verdict(
         if reason in _RETRIED:
             return Verdict(RECONCILING, reason, f"{message} (the operator retries)")
         return Verdict(STALLED, reason, message)
+    if missing_permissions:
+        # Its own PermissionSets (spec.permissionSets) are not met: no cluster would deploy.
+        return Verdict(STALLED, MISSING_PERMISSIONS, missing_permissions)
     if rollout_complete is None:
         return Verdict(RECONCILING, NOT_CHECKED, "waiting for the operator to plan the rollout")
     progress = str(rollout_complete.get("message", ""))
@@ -115,6 +120,7 @@ def cluster_verdict(
     external: bool,
     no_revision: str,
     stalled_by_credential: bool = False,
+    permissions: tuple[str, str] | None = None,
 ) -> Verdict:
     """A Cluster's verdict from its binding (bound, reason, message) and its
     ``RedeployPending`` state (pending, reason, message; None while the credential has no
@@ -125,9 +131,14 @@ def cluster_verdict(
         # No credential of that name, another provider's, a namespace not admitted, or one
         # being deleted: nothing the operator can do until someone changes an object.
         return Verdict(STALLED, bind_reason, bind_message)
+    if permissions is not None and permissions[0] == MISSING_PERMISSIONS:
+        # Its deployer would fail: a person grants the permission or changes the set.
+        return Verdict(STALLED, *permissions)
     if redeploy is None:
         return Verdict(RECONCILING, NO_REVISION, no_revision)
     pending, reason, message = redeploy
+    if pending and permissions is not None and reason != "DeployFailed":
+        return Verdict(RECONCILING, *permissions)  # its sets are being checked
     if reason == "DeployFailed":
         return Verdict(STALLED, reason, message)
     if pending and stalled_by_credential:

@@ -251,6 +251,13 @@ class StateCollector(Collector):
                 labels=per_credential,
             ),
             GaugeMetricFamily(
+                "cloudcred_credential_permissions_missing",
+                "Needs of the PermissionSets named by the credential and its bound Clusters "
+                "that the provider does not allow (status.permissions, at the current "
+                "revision; absent until a check answered).",
+                labels=per_credential,
+            ),
+            GaugeMetricFamily(
                 "cloudcred_credential_rollout_complete",
                 "1 when every bound cluster runs the current revision (RolloutComplete "
                 "True), 0 while a rollout is in progress or blocked.",
@@ -325,6 +332,10 @@ class StateCollector(Collector):
                     families[f"cloudcred_credential_{name}_timestamp_seconds"].add_metric(
                         labels, seconds
                     )
+            report = status.get("permissions") or {}
+            if report.get("sets") and report.get("revision") == credential.revision:
+                missing = sum(int(s.get("missingCount") or 0) for s in report["sets"])
+                families["cloudcred_credential_permissions_missing"].add_metric(labels, missing)
             complete = conditions.find(status.get("conditions"), ROLLOUT_COMPLETE)
             if complete is not None:
                 families["cloudcred_credential_rollout_complete"].add_metric(

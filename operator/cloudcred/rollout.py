@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudcred import conditions, health
+from cloudcred import conditions, health, permissions
 from cloudcred.bindings import (
     CREDENTIAL_BOUND,
     NO_REVISION,
@@ -93,7 +93,10 @@ def plan_rollout(
                    "marked until it succeeds")  # fmt: skip
     allowed = list(in_flight)
     if blocked is None and not credential.paused:
-        queue = [c.key for c in behind if c.marked != revision]
+        # Not a cluster held by its permission sets: no mark for a deployment that
+        # would fail, or that no check has cleared yet.
+        queue = [c.key for c in behind if c.marked != revision
+                 and permissions.cluster_hold(credential, c.permission_sets) is None]  # fmt: skip
         allowed += queue[: max(0, limit - len(in_flight))]
     return RolloutPlan(revision, frozenset(allowed), frozenset(c.key for c in behind), limit,
                        blocked, credential.paused, failed)  # fmt: skip
@@ -213,9 +216,11 @@ def cluster_status(
     binding: Binding,
     credential: CredentialInfo | None,
     redeploy: RedeployState | None,
+    hold: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The part of a Cluster's status the cluster reconciler owns: CredentialBound, RedeployPending
-    and the Ready summary."""
+    and the Ready summary. ``hold``: why its permission sets hold it
+    (``permissions.cluster_hold``)."""
     status: dict[str, Any] = {"observedGeneration": cluster.generation}
     if binding.bound and credential is not None:
         status["credential"] = {"namespace": credential.namespace, "name": credential.name}
@@ -225,13 +230,16 @@ def cluster_status(
     status["conditions"] = [
         conditions.condition(cluster.status.get("conditions"), CREDENTIAL_BOUND, state,
                              binding.reason, binding.message, cluster.generation),
-        *redeploy_conditions(cluster, binding, redeploy),
+        *redeploy_conditions(cluster, binding, redeploy, hold),
     ]  # fmt: skip
     return {k: v for k, v in status.items() if v is not None}
 
 
 def redeploy_conditions(
-    cluster: ClusterInfo, binding: Binding, redeploy: RedeployState | None
+    cluster: ClusterInfo,
+    binding: Binding,
+    redeploy: RedeployState | None,
+    hold: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """RedeployPending and the summary (Ready, Reconciling, Stalled)."""
     previous = cluster.status.get("conditions")
@@ -248,6 +256,7 @@ def redeploy_conditions(
         external=cluster.external,
         no_revision=NO_REVISION_MESSAGE,
         stalled_by_credential=redeploy is not None and redeploy.stalled,
+        permissions=hold,
     )
     return [
         conditions.condition(previous, REDEPLOY_PENDING, *pending, cluster.generation),

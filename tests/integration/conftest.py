@@ -14,6 +14,7 @@ from kubernetes import client
 from tests.aws import REGION, Moto, start_moto
 from tests.conftest import AUDIT_POLICY, Kube
 from tests.envtest.controlplane import ControlPlane, free_port
+from tests.iam import SimulatingIam, start_iam
 from tests.kube import ROOT, api_client, install_crds, load_yaml_documents
 from tests.operator import OperatorProcess, Operators
 
@@ -43,6 +44,15 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
     server.create_role("deployer")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def iam(moto: Moto) -> Iterator[SimulatingIam]:
+    """An IAM endpoint that answers iam:SimulatePrincipalPolicy over moto's policies
+    (``tests/iam.py``): an operator reaches it with ``AWS_ENDPOINT_URL_IAM``."""
+    stand_in, server = start_iam(moto)
+    yield stand_in
+    server.shutdown()
 
 
 def operator_env(moto: Moto) -> dict[str, str]:

@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 from kubernetes.client.rest import ApiException
 
-from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, VERSION
+from cloudcred.constants import (
+    CLUSTER_PLURAL,
+    CREDENTIAL_PLURAL,
+    GROUP,
+    PERMISSION_SET_PLURAL,
+    VERSION,
+)
 from tests.conftest import Kube
 from tests.kube import ROOT, load_yaml_documents
 
@@ -30,6 +36,11 @@ def create(kube: Kube, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
     obj = copy.deepcopy(obj)
     if obj["kind"] == "Secret":
         return kube.core.create_namespaced_secret(namespace, obj, field_validation="Strict")
+    if obj["kind"] == "PermissionSet":  # cluster-scoped: named after the test's namespace
+        obj["metadata"]["name"] += f"-{namespace}"
+        return kube.custom.create_cluster_custom_object(
+            GROUP, VERSION, PERMISSION_SET_PLURAL, obj, field_validation="Strict"
+        )
     return kube.custom.create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURALS[obj["kind"]], obj, field_validation="Strict"
     )

@@ -24,9 +24,10 @@ from cloudcred.constants import ROLLOUT_PAUSED_ANNOTATION
 from tests import health
 from tests.aws import Moto
 from tests.conftest import Kube
+from tests.iam import SimulatingIam
 from tests.integration.test_guard_rails import READ_ONLY_STS
 from tests.integration.test_install import kubectl_path
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import OperatorProcess, Operators, wait_for
 from tests.resources import (
     condition,
     create_cluster,
@@ -41,6 +42,12 @@ from tests.resources import (
 )
 
 pytestmark = pytest.mark.integration
+
+# What an identity needs to be checked at all, and nothing else.
+ASK_ONLY = (
+    '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*", '
+    '"Action": ["iam:SimulatePrincipalPolicy", "sts:GetCallerIdentity"]}]}'
+)
 
 HEALTH_DOC = Path(__file__).resolve().parents[2] / "docs" / "health.md"
 
@@ -120,7 +127,7 @@ def still(reads: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def produce_states(
-    kube: Kube, namespace: str, moto: Moto, unwatched: str
+    kube: Kube, namespace: str, moto: Moto, unwatched: str, checked: str
 ) -> dict[str, dict[str, Any]]:
     """Each state of the documented table, made by the real operator (or, in the namespace
     ``unwatched``, not yet by it): state -> object. The objects are made at once and
@@ -176,6 +183,20 @@ def produce_states(
     aws_cluster("first", "halting")
     aws_cluster("second", "halting")
     create_credential(kube, namespace, "leaving", provider="AWS", aws={"roleArn": role})
+    # Short of a PermissionSet (namespace ``checked``: its operator reaches the local IAM
+    # endpoint that answers iam:SimulatePrincipalPolicy).
+    needs = f"health-{uuid.uuid4().hex[:6]}"
+    kube.custom.create_cluster_custom_object("cloudcred.io", "v1alpha1", "permissionsets", {
+        "apiVersion": "cloudcred.io/v1alpha1", "kind": "PermissionSet",
+        "metadata": {"name": needs},
+        "spec": {"aws": {"statements": [{"actions": ["eks:CreateCluster"]}]}}})  # fmt: skip
+    asking = moto.create_user(f"short-{uuid.uuid4().hex[:8]}", policy=ASK_ONLY)
+    secret(kube, checked, "short", {"secretAccessKey": asking.secret_access_key})
+    static_key_credential(kube, checked, "short-own", asking.access_key_id, "short",
+                          permissionSets=[needs])  # fmt: skip
+    static_key_credential(kube, checked, "short-for-cluster", asking.access_key_id, "short")
+    create_cluster(kube, checked, "short", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": "short-for-cluster"}, permissionSets=[needs])  # fmt: skip
 
     reads = {
         "credential verified, rolled out": cred("good"),
@@ -190,7 +211,10 @@ def produce_states(
         "credential with a paused rollout": cred("paused"),
         "credential with a blocked rollout": cred("halting"),
         "credential being deleted": cred("leaving"),
-    }
+        "cluster short of its permission sets": lambda: get_cluster(kube, checked, "short"),
+        "credential short of its own permission sets":
+            lambda: get_credential(kube, checked, "short-own"),
+    }  # fmt: skip
     final = {
         "credential verified, rolled out": "Ready (Ready)",
         "cluster deployed": "Ready (Ready)",
@@ -201,6 +225,8 @@ def produce_states(
         "cluster naming a missing credential": "Stalled (CredentialNotFound)",
         "credential waiting for external deployers": "Ready (ExternalDeployPending)",
         "cluster waiting for its external deployer": "Ready (ExternalDeployPending)",
+        "cluster short of its permission sets": "Stalled (MissingPermissions)",
+        "credential short of its own permission sets": "Stalled (MissingPermissions)",
     }
     first = new_revision(kube, namespace, "paused", None)
     patch_cluster_status(kube, namespace, "paused", {"deployedRevision": first})
@@ -262,12 +288,16 @@ def produce_states(
 
 
 def test_every_tool_gives_the_verdict_the_docs_promise(
-    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
-) -> None:
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess, operators: Operators,
+    iam: SimulatingIam,
+) -> None:  # fmt: skip
     table = promised()
     unwatched = f"health-unwatched-{uuid.uuid4().hex[:6]}"
+    checked = f"health-checked-{uuid.uuid4().hex[:6]}"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=checked)))
+    operators.start(checked, env={"AWS_ENDPOINT_URL_IAM": iam.url}, name="checked")
     try:
-        states = produce_states(kube, namespace, moto, unwatched)
+        states = produce_states(kube, namespace, moto, unwatched, checked)
         assert sorted(states) == sorted(table), "docs/health.md's table and the states differ"
         objects = list(states.values())
         by_kstatus = health.kstatus(objects)

@@ -750,8 +750,8 @@ def completed(*words: str) -> list[str]:
 
 
 def test_completion_offers_commands_flags_and_values() -> None:
-    assert completed("") == ["words", "run", "crds", "list", "usage", "rotate", "trust-policy",
-                             "console", "completion"]  # fmt: skip
+    assert completed("") == ["words", "run", "crds", "list", "usage", "permissions", "rotate",
+                             "trust-policy", "console", "completion"]  # fmt: skip
     assert completed("console", "--n") == ["words", "--namespace", "--no-browser"]
     assert completed("u") == ["words", "usage"]
     assert completed("list", "--a") == ["words", "--all-namespaces", "--as", "--as-group"]
@@ -794,3 +794,59 @@ def test_kubectl_plugin_completion_speaks_cobra(capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().out == "wide\n:4\n"  # 4: no file names
     kubectl_complete(["rotate", "x", "--from-file", ""])
     assert capsys.readouterr().out == ":0\n"  # 0: the shell's file names
+
+
+# -- cloudcred permissions ---------------------------------------------------------------
+
+
+def checked_credential(verdict: str, checked: str = "v2-aaa") -> dict[str, Any]:
+    reason = {"True": "Sufficient", "False": "MissingPermissions"}.get(verdict, "CheckNotAllowed")
+    missing = 70 if verdict == "False" else 0
+    sets = [{"name": "platform-aws", "sufficient": verdict, "checked": 50, "reason": reason,
+             "message": "the identity may not ask", "missingCount": missing}]  # fmt: skip
+    if verdict == "False":
+        sets[0]["missing"] = [f"eks:Action{i:02}" for i in range(64)]
+    condition = {"type": "PermissionsSufficient", "status": verdict, "reason": sets[0]["reason"],
+                 "message": "missing 70 of 50: ..."}  # fmt: skip
+    report = {"revision": checked, "checkedTime": "2026-12-05T07:00:00Z", "sets": sets}
+    return {"metadata": {"namespace": "acme", "name": "prod"}, "status": {
+        "revision": "v2-aaa", "conditions": [condition], "permissions": report}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("verdict", "checked", "code"),
+    [
+        ("True", "v2-aaa", 0),
+        ("False", "v2-aaa", 4),
+        ("Unknown", "v2-aaa", 5),
+        ("False", "v2-old", 5),
+    ],
+)
+def test_permissions_exit_code_gates_a_deployment(verdict: str, checked: str, code: int) -> None:
+    from cloudcred.cli import permissions
+
+    document = permissions.report(checked_credential(verdict, checked))
+    assert permissions.exit_code(document) == code
+
+
+def test_permissions_text_lists_every_missing_need_status_keeps() -> None:
+    from cloudcred.cli import permissions
+
+    shown = permissions.text(permissions.report(checked_credential("False")))
+    assert "PermissionsSufficient False (MissingPermissions)" in shown
+    assert "platform-aws     False (MissingPermissions)   50        70" in shown
+    assert "  eks:Action63\n" in shown
+    assert "  ... and 6 more (status lists 64)" in shown
+    unknown = permissions.text(permissions.report(checked_credential("Unknown")))
+    assert "platform-aws: the identity may not ask" in unknown
+    nothing = permissions.report({"metadata": {"namespace": "acme", "name": "prod"}})
+    assert permissions.exit_code(nothing) == 0
+    assert "nothing to check" in permissions.text(nothing)
+
+
+def test_permissions_output_refuses_other_formats(capsys: pytest.CaptureFixture[str]) -> None:
+    from cloudcred.cli import permissions
+    from cloudcred.cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="choose one of json, yaml"):
+        permissions.permissions_command(None, "acme", "prod", "wide")  # type: ignore[arg-type]

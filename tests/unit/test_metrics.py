@@ -546,3 +546,24 @@ def test_the_metrics_table_lists_every_series() -> None:
     histograms = {"cloudcred_verification_duration_seconds", "cloudcred_reconcile_duration_seconds"}
     exported = set(exported_series()) | histograms
     assert names <= exported, names - exported
+
+
+def test_missing_permissions_are_counted_at_the_current_revision_only() -> None:
+    fake = FakeBinder()
+    report = {"sets": [
+        {"name": "create", "sufficient": "False", "reason": "MissingPermissions", "checked": 41,
+         "missingCount": 3, "missing": ["eks:CreateCluster", "iam:PassRole", "kms:*"]},
+        {"name": "read", "sufficient": "False", "reason": "MissingPermissions", "checked": 2,
+         "missingCount": 1, "missing": ["s3:ListAllMyBuckets"]},
+        {"name": "other", "sufficient": "Unknown", "reason": "CheckNotAllowed", "checked": 0,
+         "missingCount": 0}]}  # fmt: skip
+    for name, revision in (("current", REVISION), ("stale", OLD)):
+        fake.credential_seen(credential("acme", name, status={
+            "revision": REVISION, "permissions": {**report, "revision": revision}}))  # fmt: skip
+    fake.credential_seen(credential("acme", "unchecked", status={"revision": REVISION}))
+    text, samples = scrape(fake)
+    name = "cloudcred_credential_permissions_missing"
+    assert value(samples, name, namespace="acme", credential="current") == 4
+    assert value(samples, name, namespace="acme", credential="stale") is None
+    assert value(samples, name, namespace="acme", credential="unchecked") is None
+    assert "eks:CreateCluster" not in text, "what is missing is in status, not in labels"

@@ -38,6 +38,7 @@ from cloudcred.providers.base import (
     Delivery,
     KeyFacts,
     NewKey,
+    PermissionAnswer,
     Reason,
     RotationError,
     RotationReason,
@@ -1633,3 +1634,310 @@ async def test_a_credential_deleted_while_no_operator_ran_has_its_keys_retired_a
     await started.advance(3.1)
     assert account.keys == []
     assert records_in(kube) == []
+
+
+# -- permissions: which sets, when checked, what is said ----------------------------------
+
+
+def granting(monkeypatch: pytest.MonkeyPatch, granted: set[str],
+             refuse: Reason | None = None) -> list[list[str]]:  # fmt: skip
+    """Google's testIamPermissions played in memory: what ``granted`` holds (the test may
+    change it) is allowed. Returns the permissions asked, one list per call."""
+    asked: list[list[str]] = []
+
+    def check_permissions(spec: Any, secrets: Any, context: Any, needs: Any) -> PermissionAnswer:
+        asked.append(list(needs.permissions))
+        if refuse is not None:
+            raise VerificationError(refuse, "Permission 'resourcemanager.projects."
+                                    "testIamPermissions' denied (403)")  # fmt: skip
+        missing = sorted(p for p in needs.permissions if p not in granted)
+        return PermissionAnswer(len(needs.permissions), tuple(missing))
+
+    monkeypatch.setattr(gcp, "check_permissions", check_permissions, raising=False)
+    return asked
+
+
+def needing(kube: FakeKube, kind: str, name: str, *sets: str) -> None:
+    key = CRED if kind == "CloudCredential" else (NS, name)
+    body = kube.body(kind, key)
+    body["spec"]["permissionSets"] = list(sets)
+    kube.put(kind, body)
+
+
+CREATE = ["container.clusters.create", "container.clusters.update"]
+READ = ["compute.zones.list", "container.clusters.get", "iam.serviceAccounts.actAs"]
+
+
+@run
+async def test_a_credential_is_checked_against_its_own_sets_and_its_clusters(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider_calls(monkeypatch)
+    asked = granting(monkeypatch, set(READ))
+    operator = Operator(kube, clock)
+    operator.put_permission_set("read", {"gcp": {"permissions": READ}})
+    operator.put_permission_set(
+        "create", {"gcp": {"permissions": CREATE}, "aws": {"statements": [{"actions": ["eks:*"]}]}}
+    )
+    credential(kube)
+    checked(kube, "1h")
+    needing(kube, "CloudCredential", "prod", "read")
+    cluster(kube, "eu")
+    await operator.settle()
+    sufficient = find(kube, "CloudCredential", "prod", "PermissionsSufficient")
+    assert (sufficient["status"], sufficient["reason"]) == ("True", "Sufficient")
+    assert asked == [READ]
+    needing(kube, "Cluster", "eu", "create")  # the cluster's deployer needs more
+    await operator.settle()
+    sufficient = find(kube, "CloudCredential", "prod", "PermissionsSufficient")
+    assert (sufficient["status"], sufficient["reason"]) == ("False", "MissingPermissions")
+    assert sufficient["message"] == (
+        "missing 2 of 5: container.clusters.create, "
+        "container.clusters.update (PermissionSet create)"
+    )
+    report = kube.body("CloudCredential", CRED)["status"]["permissions"]
+    assert report["revision"] == revision(kube)
+    assert [(s["name"], s["sufficient"], s["checked"], s["missingCount"], s.get("missing"))
+            for s in report["sets"]] == [("create", "False", 2, 2, CREATE),
+                                          ("read", "True", 3, 0, None)]  # fmt: skip
+    assert asked[1:] == [CREATE, READ], "only the GCP block of a set is asked for"
+    warnings = [e for e in kube.recorded.events if e[3] == "MissingPermissions"]
+    assert [e[2] for e in warnings] == ["Warning"]
+
+
+@run
+async def test_an_edit_to_a_set_checks_again_only_the_credentials_that_use_it(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider_calls(monkeypatch)
+    asked = granting(monkeypatch, set(READ))
+    operator = Operator(kube, clock)
+    operator.put_permission_set("read", {"gcp": {"permissions": READ}})
+    operator.put_permission_set("other", {"gcp": {"permissions": CREATE}})
+    credential(kube)
+    checked(kube, "1h")
+    cluster(kube, "eu")
+    needing(kube, "Cluster", "eu", "read")
+    await operator.settle()
+    assert len(asked) == 1
+    operator.put_permission_set("other", {"gcp": {"permissions": READ}})  # used by no one
+    await operator.settle()
+    assert len(asked) == 1
+    operator.put_permission_set("read", {"gcp": {"permissions": [*READ, *CREATE]}})
+    await operator.settle()
+    assert asked[-1] == [*READ, *CREATE]
+    sufficient = find(kube, "CloudCredential", "prod", "PermissionsSufficient")
+    assert sufficient["status"] == "False"
+    operator.put_permission_set("read", None)  # deleted: said, not guessed
+    await operator.settle()
+    sufficient = find(kube, "CloudCredential", "prod", "PermissionsSufficient")
+    assert (sufficient["status"], sufficient["reason"]) == ("Unknown", "PermissionSetNotFound")
+    assert len(asked) == 2
+    needing(kube, "Cluster", "eu")  # no set named any more: nothing to say
+    await operator.settle()
+    status = kube.body("CloudCredential", CRED)["status"]
+    assert "permissions" not in status
+    assert conditions.find(status["conditions"], "PermissionsSufficient") is None
+
+
+@pytest.mark.parametrize(
+    ("refuse", "reason"),
+    [
+        (Reason.ACCESS_DENIED, "CheckNotAllowed"),
+        (Reason.PROVIDER_UNREACHABLE, "ProviderUnreachable"),
+    ],
+)
+@run
+async def test_a_check_that_cannot_answer_is_unknown_never_true_or_false(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch, refuse: Reason, reason: str
+) -> None:
+    provider_calls(monkeypatch)
+    asked = granting(monkeypatch, set(READ), refuse=refuse)
+    operator = Operator(kube, clock, retry_max_delay=300)
+    operator.put_permission_set("read", {"gcp": {"permissions": READ}})
+    credential(kube)
+    needing(kube, "CloudCredential", "prod", "read")
+    await operator.settle()
+    sufficient = find(kube, "CloudCredential", "prod", "PermissionsSufficient")
+    assert (sufficient["status"], sufficient["reason"]) == ("Unknown", "CredentialNotVerified")
+    assert asked == [], "no check before the credential itself verified"
+    checked(kube, "1h")
+    await operator.settle()
+    sufficient = find(kube, "CloudCredential", "prod", "PermissionsSufficient")
+    assert (sufficient["status"], sufficient["reason"]) == ("Unknown", reason)
+    assert "testIamPermissions' denied" in sufficient["message"]
+    delay = operator.timers()["permissions"][CRED]
+    if refuse == Reason.PROVIDER_UNREACHABLE:
+        assert delay == pytest.approx(5, abs=0.1), "an outage is asked again with a backoff"
+    else:
+        assert 54 <= delay <= 66, "a refusal is asked again at the recheck interval"
+
+
+@run
+async def test_missing_permissions_are_checked_again_soon_then_at_the_interval(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Granted at the provider, a missing permission is seen within the recheck
+    interval, with no edit anywhere; then checks go back to the verification interval,
+    and nothing is written while nothing changes."""
+    provider_calls(monkeypatch)
+    granted = set(READ)
+    asked = granting(monkeypatch, granted)
+    operator = Operator(kube, clock, permissions_recheck=20)
+    operator.put_permission_set("create", {"gcp": {"permissions": CREATE}})
+    credential(kube)
+    checked(kube, "1h")
+    cluster(kube, "eu")
+    needing(kube, "Cluster", "eu", "create")
+    await operator.settle()
+    assert find(kube, "CloudCredential", "prod", "PermissionsSufficient")["status"] == "False"
+    assert 18 <= operator.timers()["permissions"][CRED] <= 22
+    granted.update(CREATE)  # an admin grants them at the provider
+    await operator.advance(23)
+    sufficient = find(kube, "CloudCredential", "prod", "PermissionsSufficient")
+    assert (sufficient["status"], sufficient["message"]) == (
+        "True", "all 2 allowed (PermissionSet create)")  # fmt: skip
+    assert 3240 <= operator.timers()["permissions"][CRED] <= 3960
+    writes = len(kube.recorded.writes)
+    await operator.advance(600)
+    assert len(kube.recorded.writes) == writes
+    assert len(asked) == 2
+
+
+def test_the_condition_names_at_most_ten_missing_needs() -> None:
+    from cloudcred import permissions
+
+    needs = [f"eks:Action{i:02}" for i in range(41)]
+    result = permissions.answered("platform", PermissionAnswer(41, tuple(needs[:12])))
+    assert result["message"] == ("missing 12 of 41: " + ", ".join(needs[:10]) + ", ...")
+    many = permissions.answered(
+        "big", PermissionAnswer(900, tuple(f"x:A{i:03}" for i in range(900)))
+    )
+    assert len(many["missing"]) == 64
+    assert many["missingCount"] == 900
+    status, reason, message = permissions.verdict([result, many])
+    assert (status, reason) == ("False", "MissingPermissions")
+    assert message.startswith("missing 912 of 941: ")
+    assert message.endswith(", ... (PermissionSet platform, big)")
+
+
+def summary_of(kube: FakeKube, kind: str, name: str) -> str:
+    key = CRED if kind == "CloudCredential" else (NS, name)
+    summary = ("Ready", "Reconciling", "Stalled")
+    found = [c for c in kube.body(kind, key)["status"].get("conditions") or []
+             if c["type"] in summary and c["status"] == "True"]  # fmt: skip
+    return f"{found[0]['type']} ({found[0]['reason']})" if found else "none"
+
+
+@run
+async def test_a_cluster_short_of_its_sets_is_stalled_and_neither_deployed_nor_marked(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before any deployment: the operator's deploy step does not deploy it, a new
+    revision marks the other clusters and not it; granted, it deploys with no edit."""
+    calls = provider_calls(monkeypatch)
+    granted = set(READ)
+    granting(monkeypatch, granted)
+    operator = Operator(kube, clock, permissions_recheck=20)
+    operator.put_permission_set("create", {"gcp": {"permissions": CREATE}})
+    credential(kube)
+    checked(kube, "1h")
+    cluster(kube, "new", external=False)  # never deployed: the deploy step's
+    needing(kube, "Cluster", "new", "create")
+    await operator.settle()
+    first = revision(kube)
+    cluster(kube, "old", deployed=first)  # deployed by an external deployer
+    cluster(kube, "free", deployed=first)
+    needing(kube, "Cluster", "old", "create")
+    await operator.settle()
+    for name in ("new", "old"):
+        assert summary_of(kube, "Cluster", name) == "Stalled (MissingPermissions)"
+        assert find(kube, "Cluster", name, "Stalled")["message"] == (
+            "missing 2 of 2: container.clusters.create, container.clusters.update "
+            "(PermissionSet create)"
+        )
+    assert "deployedRevision" not in kube.body("Cluster", (NS, "new"))["status"]
+    assert calls.count("check_region") == 0
+    new_key(kube, KEY.replace("cc@", "cc2@"))  # a new revision
+    await operator.settle()
+    second = revision(kube)
+    assert marked(kube) == {"free": second, "new": None, "old": None}
+    assert summary_of(kube, "CloudCredential", "prod") != "Stalled (MissingPermissions)", (
+        "a cluster's sets do not stall the credential"
+    )
+    granted.update(CREATE)  # granted at the provider: no edit of any object
+    await operator.advance(23)
+    assert kube.body("Cluster", (NS, "new"))["status"]["deployedRevision"] == second
+    assert marked(kube)["old"] is None, "one at a time (maxConcurrent 25 %): free's turn"
+    deploy(kube, "free", second)
+    await operator.advance(2)  # the credential's list is paced: a second
+    assert marked(kube)["old"] == second
+    assert summary_of(kube, "Cluster", "old") == "Ready (ExternalDeployPending)"
+
+
+@run
+async def test_a_credential_short_of_its_own_sets_is_stalled(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider_calls(monkeypatch)
+    granting(monkeypatch, set(READ))
+    operator = Operator(kube, clock)
+    operator.put_permission_set("create", {"gcp": {"permissions": CREATE}})
+    credential(kube)
+    checked(kube, "1h")
+    await operator.settle()
+    assert summary_of(kube, "CloudCredential", "prod") == "Ready (Ready)"
+    needing(kube, "CloudCredential", "prod", "create")
+    await operator.settle()
+    assert summary_of(kube, "CloudCredential", "prod") == "Stalled (MissingPermissions)"
+    operator.put_permission_set("create", {"gcp": {"permissions": READ}})  # the admin's fix
+    await operator.settle()
+    assert summary_of(kube, "CloudCredential", "prod") == "Ready (Ready)"
+
+
+@run
+async def test_a_check_that_cannot_answer_holds_no_deployment(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unknown says why; it is not a verdict against the cluster."""
+    provider_calls(monkeypatch)
+    granting(monkeypatch, set(), refuse=Reason.ACCESS_DENIED)
+    operator = Operator(kube, clock)
+    operator.put_permission_set("create", {"gcp": {"permissions": CREATE}})
+    credential(kube)
+    checked(kube, "1h")
+    cluster(kube, "new", external=False)
+    needing(kube, "Cluster", "new", "create")
+    await operator.settle()
+    assert find(kube, "CloudCredential", "prod", "PermissionsSufficient")["status"] == "Unknown"
+    assert kube.body("Cluster", (NS, "new"))["status"]["deployedRevision"] == revision(kube)
+    assert summary_of(kube, "Cluster", "new") == "Ready (Ready)"
+
+
+def test_status_lists_at_most_256_missing_needs_in_all_each_count_exact() -> None:
+    from cloudcred import permissions
+
+    results = [permissions.answered(f"set-{i}", PermissionAnswer(
+        100, tuple(f"svc:Action{i}{j:03}" + "x" * 600 * (j == 0) for j in range(100))))
+        for i in range(5)]  # fmt: skip
+    kept = permissions.bounded(results)
+    assert [len(r.get("missing") or []) for r in kept] == [64, 64, 64, 64, 0]
+    assert [r["missingCount"] for r in kept] == [100] * 5
+    assert max(len(need) for r in kept for need in r.get("missing") or []) == 512
+
+
+def test_a_cluster_waits_for_an_unchecked_set_unless_status_has_no_room_for_it() -> None:
+    from cloudcred import permissions
+
+    answered = tuple((f"set-{i:02}", "True", "all 1 allowed") for i in range(32))
+    full = SimpleNamespace(
+        permission_sets=(), revision="v2-a", permission_report=("v2-a", answered)
+    )
+    short = SimpleNamespace(permission_sets=(), revision="v2-a",
+                            permission_report=("v2-a", answered[:3]))  # fmt: skip
+    assert permissions.cluster_hold(short, ["set-99"])[0] == "CheckingPermissions"  # type: ignore[index]
+    assert permissions.cluster_hold(full, ["set-99"]) is None
+    stale = SimpleNamespace(
+        permission_sets=(), revision="v2-b", permission_report=("v2-a", answered)
+    )
+    assert permissions.cluster_hold(stale, ["set-01"])[0] == "CheckingPermissions"  # type: ignore[index]

@@ -232,3 +232,14 @@ def test_a_lister_of_plain_namespaces_lists_each_one_and_no_other() -> None:
         kept = things.get(("a", "c"))
         asyncio.run(lister.relist())
         assert things.get(("a", "c")) is kept, "a LIST that repeats what is known changes nothing"
+
+
+def test_indexed_says_whether_any_object_has_a_value_in_an_index() -> None:
+    store: Store[tuple[str, ...]] = Store("Thing", {"tag": lambda tags: tags})
+    assert not store.indexed("tag")
+    store.apply(("ns", "a"), ())
+    assert not store.indexed("tag")
+    store.apply(("ns", "b"), ("x",))
+    assert store.indexed("tag")
+    store.delete(("ns", "b"))
+    assert not store.indexed("tag")

@@ -12,6 +12,7 @@ from enum import StrEnum
 from pydantic import ConfigDict, Field, JsonValue
 
 from cloudcred.api.common import DNS_LABEL, DNS_SUBDOMAIN, Condition, Model, Provider
+from cloudcred.api.permissions import SetName, permission_sets_field
 
 # What a region name looks like for each provider, e.g. us-east-1, europe-west1,
 # westeurope, fr-par.
@@ -101,6 +102,7 @@ class ClusterSpec(Model):
         "changes exactly at the cluster's next deployment; an AWS role is delivered as "
         "short-lived session credentials, renewed before they expire.",
     )
+    permission_sets: list[SetName] | None = permission_sets_field("this cluster's deployer has")
 
 
 class CredentialsSecret(Model):

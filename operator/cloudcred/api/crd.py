@@ -20,12 +20,15 @@ from pydantic import BaseModel
 from cloudcred.api.boundary import CredentialBoundarySpec
 from cloudcred.api.cluster import ClusterSpec, ClusterStatus
 from cloudcred.api.credential import CloudCredentialSpec, CloudCredentialStatus
+from cloudcred.api.permissions import PermissionSetSpec
 from cloudcred.constants import (
     BOUNDARY_KIND,
     BOUNDARY_PLURAL,
     CLUSTER_PLURAL,
     CREDENTIAL_PLURAL,
     GROUP,
+    PERMISSION_SET_KIND,
+    PERMISSION_SET_PLURAL,
     VERSION,
 )
 
@@ -247,6 +250,27 @@ def boundary_crd() -> Schema:
     )
 
 
+def permission_set_crd() -> Schema:
+    return _crd(
+        kind=PERMISSION_SET_KIND,
+        plural=PERMISSION_SET_PLURAL,
+        short_names=["ccps"],
+        description="What a deployer needs a credential to be allowed to do, per provider. "
+        "Clusters and CloudCredentials name the sets they need (spec.permissionSets); the "
+        "operator checks each credential with its provider (PermissionsSufficient). "
+        "Cluster-scoped: written by cluster admins.",
+        spec=PermissionSetSpec,
+        status=None,
+        columns=[
+            {"name": "Description", "type": "string", "jsonPath": ".spec.description"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        selectable_fields=[],
+        scope="Cluster",
+        categories=(),
+    )
+
+
 class _NoAliasDumper(yaml.SafeDumper):
     """Writes repeated lists in full instead of as YAML anchors and aliases."""
 
@@ -263,6 +287,7 @@ CRD_FILES = {
     f"{GROUP}_{CREDENTIAL_PLURAL}.yaml": credential_crd,
     f"{GROUP}_{CLUSTER_PLURAL}.yaml": cluster_crd,
     f"{GROUP}_{BOUNDARY_PLURAL}.yaml": boundary_crd,
+    f"{GROUP}_{PERMISSION_SET_PLURAL}.yaml": permission_set_crd,
 }
 
 

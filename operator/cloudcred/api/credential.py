@@ -22,6 +22,7 @@ from cloudcred.api.common import (
     Provider,
     SecretKeyRef,
 )
+from cloudcred.api.permissions import PermissionsStatus, SetName, permission_sets_field
 
 # AWS's rules: a path of "/" or "/segment/.../" (segments of [\w+=,.@-]), then a role
 # name of 1-64 of [\w+=,.@-]. "role//" and "role/a//b" are refused here, not retried
@@ -386,6 +387,9 @@ class CloudCredentialSpec(Model):
         description="Who rotates the static key (absent: Manual). Does not change the "
         "credential's revision; a rotation does.",
     )
+    permission_sets: list[SetName] | None = permission_sets_field(
+        "every Cluster using this credential has"
+    )
 
 
 class RolloutStatus(Model):
@@ -586,6 +590,11 @@ class CloudCredentialStatus(Model):
     )
     rollout: RolloutStatus | None = Field(
         default=None, description="Progress of the current revision across bound clusters."
+    )
+    permissions: PermissionsStatus | None = Field(
+        default=None,
+        description="The last check of the PermissionSets named by the credential and its "
+        "bound Clusters (condition PermissionsSufficient).",
     )
     conditions: list[Condition] | None = Field(
         default=None,

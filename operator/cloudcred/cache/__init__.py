@@ -6,6 +6,8 @@ reconcilers ask of them.
 - ``secrets`` (only those labelled ``cloudcred.io/credential-secret``; labels and a
   digest of the data, never the data) and ``namespaces`` (labels) are fed by the
   operator's own LIST+WATCH threads (``informers.Informer``);
+- ``permission_sets`` (PermissionSets, cluster-scoped; ``permissions.PermissionSetInfo``)
+  likewise;
 - ``boundaries`` (CredentialBoundaries, cluster-scoped) by another such thread
   (``informers.Informer`` over the custom objects API; ``cache.boundaries.boundary_info``
   converts them), so they are followed whatever namespaces the
@@ -24,6 +26,7 @@ from cloudcred import bindings, boundary
 from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.bindings import ClusterInfo, CredentialInfo
 from cloudcred.cache.store import Change, Key, Store
+from cloudcred.permissions import PermissionSetInfo
 
 __all__ = ["Caches", "Change", "Key", "SecretInfo", "Store"]
 
@@ -42,20 +45,23 @@ class Caches:
     def __init__(self) -> None:
         self.credentials: Store[CredentialInfo] = Store(
             "CloudCredential",
-            {"secret": lambda c: [(c.namespace, name) for name in c.secret_names]},
-        )
+            {"secret": lambda c: [(c.namespace, name) for name in c.secret_names],
+             "permission_set": lambda c: c.permission_sets},
+        )  # fmt: skip
         self.clusters: Store[ClusterInfo] = Store(
             "Cluster",
-            {"credential": lambda c: [c.credential], "namespace": lambda c: [c.namespace]},
-        )
+            {"credential": lambda c: [c.credential], "namespace": lambda c: [c.namespace],
+             "permission_set": lambda c: c.permission_sets},
+        )  # fmt: skip
         self.secrets: Store[SecretInfo] = Store("Secret")
         self.namespaces: Store[dict[str, str]] = Store("Namespace")
         self.boundaries: Store[boundary.Boundary] = Store("CredentialBoundary")
+        self.permission_sets: Store[PermissionSetInfo] = Store("PermissionSet")
 
     @property
     def stores(self) -> tuple[Store[object], ...]:
         return (self.credentials, self.clusters, self.secrets, self.namespaces,
-                self.boundaries)  # type: ignore[return-value]  # fmt: skip
+                self.boundaries, self.permission_sets)  # type: ignore[return-value]  # fmt: skip
 
     @property
     def boundaries_synced(self) -> bool:
@@ -122,6 +128,16 @@ class Caches:
     def in_use(self, credential: Key) -> bool:
         """At least one cluster is bound to this credential."""
         return any(self.decide(cluster).bound for cluster in self.referencing(credential))
+
+    def credentials_needing(self, permission_set: str) -> set[Key]:
+        """The credentials checked against a PermissionSet: those that name it, and
+        those of the clusters that name it."""
+        found = set(self.credentials.by("permission_set", permission_set))
+        for key in self.clusters.by("permission_set", permission_set):
+            cluster = self.clusters.get(key)
+            if cluster is not None:
+                found.add(cluster.credential)
+        return found
 
     def credentials_using_secret(self, secret: Key) -> list[CredentialInfo]:
         found = (self.credentials.get(key) for key in self.credentials.by("secret", secret))

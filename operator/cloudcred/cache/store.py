@@ -64,6 +64,10 @@ class Store(Generic[T]):
         """The keys whose ``index`` values include ``value`` (a copy)."""
         return set(self._indexes[index].get(value, ()))
 
+    def indexed(self, index: str) -> bool:
+        """Some object has a value in ``index``."""
+        return bool(self._indexes[index])
+
     def count(self, index: str, value: Hashable) -> int:
         """How many keys ``by(index, value)`` would give, without copying them."""
         return len(self._indexes[index].get(value, ()))

@@ -1,5 +1,5 @@
-"""The command-line companion: ``cloudcred list | usage | rotate | trust-policy |
-console | completion`` (also ``kubectl cloudcred``).
+"""The command-line companion: ``cloudcred list | usage | permissions | rotate |
+trust-policy | console | completion`` (also ``kubectl cloudcred``).
 
 ``add_commands`` puts the subcommands on the ``cloudcred`` parser; ``run_command`` runs
 one and turns every failure into one ``cloudcred: ...`` line on stderr and an exit code.
@@ -19,7 +19,7 @@ from cloudcred.cli.output import LISTING_FORMATS
 if TYPE_CHECKING:  # the API client is imported only by commands that use it
     from cloudcred.cli import api
 
-COMMANDS = ("list", "usage", "rotate", "trust-policy", "console", "completion")
+COMMANDS = ("list", "usage", "permissions", "rotate", "trust-policy", "console", "completion")
 
 EXIT_CODES = """\
 exit codes:
@@ -73,6 +73,28 @@ examples:
       | "\\(.metadata.namespace)/\\(.metadata.name) \\(.status.deployedRevision)"'
 
 """ + EXIT_CODES.format(extra="")
+
+PERMISSIONS_HELP = (
+    """\
+Shows the last permission check of a CloudCredential: its PermissionsSufficient
+condition, and for each PermissionSet it or its bound clusters name, the verdict
+(True, False, or Unknown and why), how many needs were checked and every one that is
+missing (status.permissions; at most 64 per set are kept, with the exact count).
+
+-o json and -o yaml print the check as one document (namespace, name, revision,
+condition, checkedRevision, checkedTime, sets).
+
+examples:
+  cloudcred permissions aws-prod -n acme
+  cloudcred permissions aws-prod -n acme -o json | jq -r '.sets[].missing[]?'
+
+"""
+    + EXIT_CODES.format(extra="")
+    + """\
+  4  permissions are missing (PermissionsSufficient False)
+  5  the check could not say (Unknown), or the current revision is not checked yet
+"""
+)
 
 ROTATE_HELP = (
     """\
@@ -229,8 +251,8 @@ def _output(default_help: str) -> argparse.ArgumentParser:
 
 
 def add_commands(commands: Any) -> None:
-    """Adds list, usage, rotate, trust-policy and completion to ``commands`` (an argparse
-    subparsers action)."""
+    """Adds list, usage, permissions, rotate, trust-policy and completion to ``commands``
+    (an argparse subparsers action)."""
     raw = argparse.RawDescriptionHelpFormatter
     commands.add_parser(
         "list",
@@ -253,6 +275,17 @@ def add_commands(commands: Any) -> None:
         ],
     )
     usage.add_argument("name", metavar="NAME", help="the CloudCredential")
+    permissions = commands.add_parser(
+        "permissions",
+        help="show what a CloudCredential's PermissionSets miss",
+        description=PERMISSIONS_HELP,
+        formatter_class=raw,
+        parents=[_kube_options(all_namespaces=False)],
+    )
+    permissions.add_argument("name", metavar="NAME", help="the CloudCredential")
+    permissions.add_argument(
+        "-o", "--output", metavar="FORMAT", help="json or yaml (default: a table)"
+    )
     rotate = commands.add_parser(
         "rotate",
         help="replace a credential's key (read from stdin) and follow the rollout",
@@ -381,6 +414,14 @@ def _usage(args: argparse.Namespace, stdin: IO[str] | None) -> int:
     )
 
 
+def _permissions(args: argparse.Namespace, stdin: IO[str] | None) -> int:
+    from cloudcred.cli import api
+    from cloudcred.cli.permissions import permissions_command
+
+    kube = api.connect(_access(args))
+    return permissions_command(kube, args.namespace or kube.namespace, args.name, args.output)
+
+
 def _rotate(args: argparse.Namespace, stdin: IO[str] | None) -> int:
     from cloudcred.cli import api, rotate
     from cloudcred.cli.errors import UsageError
@@ -455,6 +496,7 @@ def _completion(args: argparse.Namespace, stdin: IO[str] | None) -> int:
 _COMMANDS: dict[str, Callable[[argparse.Namespace, IO[str] | None], int]] = {
     "list": _list,
     "usage": _usage,
+    "permissions": _permissions,
     "rotate": _rotate,
     "trust-policy": _trust_policy,
     "console": _console,

@@ -225,6 +225,12 @@ def _trust_formats(line: Line) -> list[str]:
     return list(FORMATS)
 
 
+def _permission_formats(line: Line) -> list[str]:
+    from cloudcred.cli.permissions import FORMATS
+
+    return list(FORMATS)
+
+
 def _gitops_formats(line: Line) -> list[str]:
     from cloudcred.cli.rotate import GITOPS_FORMATS
 
@@ -239,6 +245,7 @@ _LOOKUPS = {
 _FORMATS = {
     ("trust-policy", "output"): _trust_formats,
     ("rotate", "output"): _gitops_formats,
+    ("permissions", "output"): _permission_formats,
 }
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 
-from cloudcred import bindings, health, rollout
+from cloudcred import bindings, health, permissions, rollout
 from cloudcred.bindings import Key, unchanged
 from cloudcred.cache import Caches
 from cloudcred.constants import BINDER_MANAGER, CLUSTER_PLURAL
@@ -51,7 +51,10 @@ class ClusterReconciler:
                 # concerns every cluster that names the credential (the wiring).
                 return DONE
             redeploy = rollout.redeploy_state(cluster, plan, cluster.deploy_failure(plan.revision))
-        desired = rollout.cluster_status(cluster, binding, credential, redeploy)
+        hold = None
+        if binding.bound and credential is not None and credential.revision:
+            hold = permissions.cluster_hold(credential, cluster.permission_sets)
+        desired = rollout.cluster_status(cluster, binding, credential, redeploy, hold)
         if unchanged(cluster.status, desired, OWNED_CONDITIONS, ("credential",)):
             return DONE
         # NotFound: deleted, or re-created: the store hears of it and queues it again.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from cloudcred import bindings, conditions, health, rollout
+from cloudcred import bindings, conditions, health, permissions, rollout
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key, unchanged
 from cloudcred.cache import Caches
 from cloudcred.constants import (
@@ -131,6 +131,7 @@ class CredentialReconciler:
             only_external_behind=bool(behind)
             and all(c.external for c in behind)
             and not (plan is not None and plan.failed),
+            missing_permissions=permissions.own_shortfall(credential),
         )
 
     async def _announce_rollout(self, credential: CredentialInfo, desired: dict[str, Any]) -> None:

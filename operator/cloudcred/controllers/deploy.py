@@ -48,7 +48,7 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
-from cloudcred import boundary, conditions
+from cloudcred import boundary, conditions, permissions
 from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key, selector_matches
 from cloudcred.cache import Caches
@@ -160,6 +160,8 @@ class DeployReconciler:
             return None  # its turn has not come
         if not cluster.deployed_revision and not credential.lists(cluster.key):
             return None  # the binding is not recorded yet: its write brings this back
+        if permissions.cluster_hold(credential, cluster.permission_sets) is not None:
+            return None  # its sets are not met, or not checked yet: the check brings it back
         return DeployTarget(cluster, credential, credential.spec)
 
     def delivery_refusal(self, cluster: ClusterInfo, credential: CredentialInfo) -> str | None:

@@ -58,6 +58,7 @@ from cloudcred.constants import (
     CLUSTER_PLURAL,
     CREDENTIAL_PLURAL,
     GROUP,
+    PERMISSION_SET_PLURAL,
     REFERENCED_LABEL,
     VERSION,
 )
@@ -65,11 +66,13 @@ from cloudcred.controllers.clusters import ClusterReconciler
 from cloudcred.controllers.controller import Controller
 from cloudcred.controllers.credentials import CredentialReconciler
 from cloudcred.controllers.deploy import DEPLOY_CONCURRENCY, DeployReconciler
+from cloudcred.controllers.permissions import PermissionsReconciler
 from cloudcred.controllers.rotation import ROTATION_WORKERS, RotationReconciler, clusters_behind
 from cloudcred.controllers.secrets import SecretReconciler
 from cloudcred.controllers.verification import VerificationReconciler
 from cloudcred.installation import Installation, operator_namespace
 from cloudcred.kube import Kube, describe_error
+from cloudcred.permissions import PermissionSetInfo
 from cloudcred.rotation_record import RecordStore
 from cloudcred.rotator import Rotator
 from cloudcred.tasks import spawn, where
@@ -78,6 +81,7 @@ from cloudcred.workqueue import WorkQueue
 logger = logging.getLogger("cloudcred.controllers")
 
 CLUSTER_WORKERS = 16
+PERMISSION_WORKERS = 2  # each check is a few provider calls; they share provider_slots
 CREDENTIAL_WORKERS = 2
 SECRET_WORKERS = 2
 # A credential's list and rollout follow its clusters' events at once, but at most once a
@@ -122,7 +126,7 @@ def cluster_inputs(cluster: ClusterInfo | None, marked: bool = True) -> tuple[An
     return (cluster.uid, cluster.provider, cluster.credential, cluster.generation,
             cluster.region, cluster.external, cluster.marked if marked else None,
             cluster.credentials_secret, cluster.deployed_revision,
-            status.get("deployFailure"))  # fmt: skip
+            status.get("deployFailure"), cluster.permission_sets)  # fmt: skip
 
 
 def cluster_itself(change: Change[ClusterInfo]) -> Iterable[Key]:
@@ -206,6 +210,8 @@ class Controllers:
                                          partial(clusters_behind, caches))  # fmt: skip
         self.rotation = controller("rotation", RotationReconciler(rotator, caches).reconcile,
                                    ROTATION_WORKERS)  # fmt: skip
+        permissions = PermissionsReconciler(kube, settings, caches, provider_slots, installation)
+        self.permissions = controller("permissions", permissions.reconcile, PERMISSION_WORKERS)
         self.wiring = self._wiring()
         self.watched = watched = namespace_matcher(watched_namespaces)
         self.secret_namespaces = plain = plain_namespaces(watched_namespaces)
@@ -230,7 +236,7 @@ class Controllers:
     @property
     def controllers(self) -> tuple[Controller[Key], ...]:
         return (self.clusters, self.credentials, self.secrets, self.deploy, self.verification,
-                self.rotation)  # fmt: skip
+                self.rotation, self.permissions)  # fmt: skip
 
     @property
     def queues(self) -> tuple[WorkQueue[Key], ...]:
@@ -330,6 +336,18 @@ class Controllers:
             ):  # fmt: skip
                 yield change.key  # status.rotation forged or lost: shown again from the record
 
+        def cluster_permission_sets(change: Change[ClusterInfo]) -> Iterable[Key]:
+            """The old and new credential of a cluster whose named sets or credential
+            changed (its binding moving shows in the credential's list: credential_any)."""
+            old, new = change.old, change.new
+            if (old and (old.credential, old.permission_sets)) != \
+                    (new and (new.credential, new.permission_sets)):  # fmt: skip
+                yield from {c.credential for c in (old, new) if c is not None}
+
+        def permission_set_users(change: Change[PermissionSetInfo]) -> Iterable[Key]:
+            """Every credential checked against the set: named by it or by its clusters."""
+            yield from caches.credentials_needing(change.key[1])
+
         def namespace_clusters(change: Change[dict[str, str]]) -> Iterable[Key]:
             return caches.clusters.by("namespace", change.key[1])
 
@@ -361,6 +379,12 @@ class Controllers:
             Watch("Namespace", self.verification, namespace_credentials_checked),
             Watch("CredentialBoundary", self.verification, boundary_credentials),
             Watch("CloudCredential", self.rotation, rotation_asked),
+            # Permissions: any change of the credential (the reconciler compares what a
+            # check reads: revision, Verified, its list of clusters), its clusters' sets,
+            # an edit of a set.
+            Watch("CloudCredential", self.permissions, credential_any),
+            Watch("Cluster", self.permissions, cluster_permission_sets),
+            Watch("PermissionSet", self.permissions, permission_set_users),
         ]
 
     def _changed(self, kind: str, changes: list[Change[Any]]) -> None:
@@ -451,6 +475,12 @@ class Controllers:
             Informer(self.caches.boundaries, boundaries, boundary_info,
                      partial(self._changed, "CredentialBoundary"), loop, *timing)
         )  # fmt: skip
+        permission_sets = partial(custom.list_cluster_custom_object, GROUP, VERSION,
+                                  PERMISSION_SET_PLURAL)  # fmt: skip
+        self.informers.append(
+            Informer(self.caches.permission_sets, permission_sets, PermissionSetInfo.from_body,
+                     partial(self._changed, "PermissionSet"), loop, *timing)
+        )  # fmt: skip
         for informer in self.informers:
             informer.start()
         interval = self.settings.relist_interval
@@ -525,7 +555,8 @@ class Controllers:
             self.clusters.queue.add(key)
             self.deploy.queue.add(key)
         for key in self.caches.credentials:
-            for controller in (self.credentials, self.verification, self.rotation):
+            for controller in (self.credentials, self.verification, self.rotation,
+                               self.permissions):  # fmt: skip
                 controller.queue.add(key)
         self._queue_secrets()
 
@@ -617,7 +648,7 @@ class Controllers:
         if controller in ("clusters", "deploy"):
             cluster = self.caches.clusters.get(key)
             return cluster.reference if cluster else None
-        if controller in ("credentials", "verification", "rotation"):
+        if controller in ("credentials", "verification", "rotation", "permissions"):
             credential = self.caches.credentials.get(key)
             return credential.reference if credential else None
         reference = object_reference("Secret", key, None)

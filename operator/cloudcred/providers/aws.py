@@ -33,10 +33,12 @@ from pydantic import SecretStr
 
 from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import AWS_ACCESS_KEY_ID, AwsSpec, CloudCredentialSpec
+from cloudcred.api.permissions import AwsPermissions
 from cloudcred.providers.base import (
     Delivery,
     KeyFacts,
     NewKey,
+    PermissionAnswer,
     Reason,
     RotationError,
     RotationReason,
@@ -253,6 +255,69 @@ def check_region(
         _client("autoscaling", region, caller, config).describe_auto_scaling_groups(MaxRecords=1)
 
     _calling(aws, context, check)
+
+
+def check_permissions(
+    spec: CloudCredentialSpec,
+    secrets: SecretValues,
+    context: VerifyContext,
+    needs: AwsPermissions,
+) -> PermissionAnswer:
+    """iam:SimulatePrincipalPolicy, asked with the credential's own identity, about its
+    principal: for a role the role's ARN (its policies, not the session's), for a
+    static key the IAM user STS GetCallerIdentity names. One simulation per statement
+    (its actions on its resources, with the region as aws:RequestedRegion), every page.
+    A need reads ``ACTION`` (resource '*') or ``ACTION on ARN``; a missing one
+    denied by an explicit Deny ends in `` (denied)``."""
+    aws = _aws(spec)
+    config = _config(context)
+    region = context.settings.aws_region
+
+    def check() -> PermissionAnswer:
+        caller = _caller(aws, secrets, context, config, region)
+        source = aws.role_arn or str(
+            _client("sts", region, caller, config).get_caller_identity()["Arn"]
+        )
+        if ":user/" not in source and ":role/" not in source:
+            raise VerificationError(
+                Reason.PROVIDER_REFUSED,
+                f"{source} is neither an IAM user nor a role: IAM simulates only those",
+            )
+        iam = _client("iam", region, caller, config)
+        pages = iam.get_paginator("simulate_principal_policy")
+        extra: dict[str, Any] = {}
+        if needs.region:
+            extra["ContextEntries"] = [{"ContextKeyName": "aws:RequestedRegion",
+                                        "ContextKeyValues": [needs.region],
+                                        "ContextKeyType": "string"}]  # fmt: skip
+        checked: set[str] = set()
+        missing: set[str] = set()
+        for statement in needs.statements:
+            resources = [r for r in statement.resources or () if r != "*"]
+            request = {"PolicySourceArn": source, "ActionNames": statement.actions, **extra}
+            if resources:
+                request["ResourceArns"] = resources
+            for page in pages.paginate(**request):
+                for result in page.get("EvaluationResults") or ():
+                    for need, decision in _decisions(result):
+                        checked.add(need)
+                        if decision != "allowed":
+                            missing.add(f"{need} (denied)" if decision == "explicitDeny" else need)
+        return PermissionAnswer(len(checked), tuple(sorted(missing)))
+
+    return _calling(aws, context, check)
+
+
+def _decisions(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """(need, decision) of one simulation result: per resource where the answer has
+    resource-specific results, else the result's own."""
+    action = str(result["EvalActionName"])
+    found = [(str(r.get("EvalResourceName") or "*"), str(r.get("EvalResourceDecision")))
+             for r in result.get("ResourceSpecificResults") or ()]  # fmt: skip
+    if not found:
+        found = [(str(result.get("EvalResourceName") or "*"), str(result["EvalDecision"]))]
+    return [(action if resource == "*" else f"{action} on {resource}", decision)
+            for resource, decision in found]  # fmt: skip
 
 
 def _client_error(error: ClientError, aws: AwsSpec) -> VerificationError:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import re
@@ -40,10 +41,12 @@ from pydantic import SecretStr
 from cloudcred import conditions
 from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import AzureSpec, CloudCredentialSpec
+from cloudcred.api.permissions import AzurePermissions
 from cloudcred.providers.base import (
     Delivery,
     KeyFacts,
     NewKey,
+    PermissionAnswer,
     ProviderSettings,
     Reason,
     RotationError,
@@ -722,3 +725,162 @@ def delete_key(
             raise refused from None  # the refusal is the answer to what was asked
         if key_id.lower() in {str(item.get("keyId", "")).lower() for item in items}:
             raise refused
+
+
+# --- permission checks: Microsoft.Authorization permissions ------------------------------
+#
+# As the credential's own service principal (a token its secret gets for Azure Resource
+# Manager at ``ProviderSettings.azure_management_url``), the list of its permissions at
+# the subscription or a resource group: one entry per role it holds there, each with
+# ``actions`` and ``notActions`` (wildcards allowed). A need is allowed when one entry's
+# actions cover it and none of that entry's notActions overlap it.
+
+PERMISSIONS_API_VERSION = "2022-04-01"
+_MAX_PAGES = 50
+_ARM_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,127}$")
+
+
+def check_permissions(
+    spec: CloudCredentialSpec,
+    secrets: SecretValues,
+    context: VerifyContext,
+    needs: AzurePermissions,
+) -> PermissionAnswer:
+    azure = _azure(spec)
+    try:
+        from azure.core import PipelineClient
+        from azure.core.exceptions import (
+            ClientAuthenticationError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
+        from azure.core.pipeline.policies import BearerTokenCredentialPolicy
+        from azure.core.rest import HttpRequest
+        from azure.identity import ClientSecretCredential
+    except ImportError:
+        raise VerificationError(
+            Reason.VERIFICATION_UNAVAILABLE,
+            "the Azure library is not installed: install cloudcred[azure]",
+        ) from None
+    settings = context.settings
+    base = settings.azure_management_url.rstrip("/")
+    if not base.lower().startswith("https://"):
+        raise VerificationError(
+            Reason.VERIFICATION_UNAVAILABLE,
+            f"the operator's Azure Resource Manager URL setting is not an https URL: {base}",
+        )
+    secret = secrets[CLIENT_SECRET].get_secret_value()
+    authority = settings.azure_authority_host or "the default Entra ID authority"
+    scope = f"/subscriptions/{azure.subscription_id}"
+    if needs.resource_group:
+        scope += f"/resourceGroups/{quote(needs.resource_group)}"
+    where = f"resource group {needs.resource_group}" if needs.resource_group else (
+        f"subscription {azure.subscription_id}")  # fmt: skip
+    url = (f"{base}{scope}/providers/Microsoft.Authorization/permissions"
+           f"?api-version={PERMISSIONS_API_VERSION}")  # fmt: skip
+    timeout = settings.timeout_seconds
+    try:
+        credential = ClientSecretCredential(azure.tenant_id, azure.client_id, secret,
+                                            **_credential_options(settings))  # fmt: skip
+    except ValueError:
+        raise VerificationError(
+            Reason.VERIFICATION_UNAVAILABLE,
+            f"the operator's Azure authority host setting is not an https URL: {authority}",
+        ) from None
+    policy = BearerTokenCredentialPolicy(credential, f"{base}/.default")
+    client: PipelineClient[HttpRequest, HttpResponse] = PipelineClient(base, policies=[policy])
+    entries: list[tuple[list[str], list[str]]] = []
+    verifying = _VERIFYING.set(secret)  # the token request's log lines are masked
+    try:
+        with credential, client:
+            for _ in range(_MAX_PAGES):
+                try:
+                    response = client.send_request(HttpRequest("GET", url),
+                                                   connection_timeout=timeout,
+                                                   read_timeout=timeout)  # fmt: skip
+                except ClientAuthenticationError as error:
+                    raise _classify(error, azure, secret, authority, timeout) from None
+                except (ServiceRequestError, ServiceResponseError) as error:
+                    raise _arm_unreachable(base, _transport_problem(error, timeout)) from None
+                page = _permissions_page(response, base, where, secret)
+                entries += page[0]
+                if not page[1]:
+                    break
+                url = page[1]
+            else:
+                raise _arm_unreachable(base, f"more than {_MAX_PAGES} pages of permissions")
+    except VerificationError:
+        raise
+    except Exception as error:  # name only the type: the text could quote a body
+        raise _arm_unreachable(base, f"unexpected {type(error).__name__}") from None
+    finally:
+        _VERIFYING.reset(verifying)
+    missing = tuple(sorted(a for a in needs.actions if not _allowed(a, entries)))
+    return PermissionAnswer(len(needs.actions), missing)
+
+
+def _permissions_page(
+    response: HttpResponse, base: str, where: str, secret: str
+) -> tuple[list[tuple[list[str], list[str]]], str | None]:
+    """One page's (actions, notActions) entries and the next page's URL (only on the
+    configured host: a nextLink elsewhere is not followed)."""
+    status = response.status_code
+    if not 200 <= status < 300:
+        code = None
+        with contextlib.suppress(Exception):
+            found = response.json().get("error", {}).get("code")
+            if isinstance(found, str) and _ARM_CODE.match(found) and found not in secret:
+                code = found
+        detail = f"HTTP {status}, {code}" if code else f"HTTP {status}"
+        if status == 429 or status >= 500:
+            raise _arm_unreachable(base, f"answered {detail}")
+        if status in (401, 403):
+            raise VerificationError(
+                Reason.ACCESS_DENIED,
+                f"Azure Resource Manager refused to list the permissions at {where} "
+                f"({detail}): the service principal needs a role there",
+            )
+        raise VerificationError(
+            Reason.PROVIDER_REFUSED,
+            f"Azure Resource Manager refused to list the permissions at {where} ({detail})",
+        )
+    try:
+        body = response.json()
+    except Exception:
+        body = None
+    items = body.get("value") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise _arm_unreachable(base, "the answer is not a permissions list")
+    entries = [
+        ([a for a in item.get("actions") or [] if isinstance(a, str)],
+         [a for a in item.get("notActions") or [] if isinstance(a, str)])
+        for item in items if isinstance(item, dict)
+    ]  # fmt: skip
+    following = body.get("nextLink") if isinstance(body, dict) else None
+    if isinstance(following, str) and following.lower().startswith(base.lower() + "/"):
+        return entries, following
+    return entries, None
+
+
+def _arm_unreachable(base: str, problem: str) -> VerificationError:
+    return VerificationError(
+        Reason.PROVIDER_UNREACHABLE, f"Azure Resource Manager at {base}: {problem}"
+    )
+
+
+def _covers(pattern: str, action: str) -> bool:
+    """An Azure action pattern (``*`` anywhere, case-insensitive) covers an action name."""
+    regex = "^" + re.escape(pattern).replace(r"\*", ".*") + "$"
+    return re.match(regex, action, re.IGNORECASE) is not None
+
+
+def _allowed(action: str, entries: list[tuple[list[str], list[str]]]) -> bool:
+    """One role's actions cover the need and none of its notActions overlap it (a
+    wildcard need overlaps a notAction its pattern matches, too: a need for
+    Microsoft.Compute/* is not met by a role that excludes Microsoft.Compute/disks/delete)."""
+    for actions, not_actions in entries:
+        if any(_covers(granted, action) for granted in actions) and not any(
+            _covers(excluded, action) or _covers(action, excluded) for excluded in not_actions
+        ):
+            return True
+    return False

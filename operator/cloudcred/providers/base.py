@@ -14,6 +14,12 @@ A provider module exposes five plain functions:
   provider's standard form for a cluster's deployer (``spec.credentialsSecret``);
   blocking (an AWS role is assumed for short-lived session credentials).
 
+Providers that can check permissions also expose
+``check_permissions(spec, secrets, context, needs) -> PermissionAnswer``: blocking, acting
+with the credential's own identity, ``needs`` the provider's block of a PermissionSet
+(``api/permissions.py``); it raises ``VerificationError`` when the provider does not
+answer (``ACCESS_DENIED``: the identity may not ask).
+
 Providers whose static keys the operator can rotate (``spec.rotation``) also expose, all
 blocking and all acting with the credential's own identity (``secrets``):
 
@@ -96,6 +102,15 @@ class Verification:
 
 
 @dataclass(frozen=True)
+class PermissionAnswer:
+    """What the provider said of one PermissionSet's block (``check_permissions``): how
+    many needs it checked, and which are missing, sorted."""
+
+    checked: int
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Delivery:
     """What a deployer gets: Secret keys and values (standard file names and environment
     variable names), and when they expire (session credentials only)."""
@@ -116,6 +131,10 @@ class ProviderSettings:
     aws_region: str = "us-east-1"
     gcp_token_uri: str = "https://oauth2.googleapis.com/token"
     gcp_iam_url: str = "https://iam.googleapis.com"  # service-account keys (rotation)
+    # projects.testIamPermissions (permission checks)
+    gcp_resource_manager_url: str = "https://cloudresourcemanager.googleapis.com"
+    # Microsoft.Authorization permissions (permission checks); its token scope is /.default
+    azure_management_url: str = "https://management.azure.com"
     azure_authority_host: str | None = None
     azure_graph_url: str = "https://graph.microsoft.com"  # Azure secret rotation
     scaleway_api_url: str | None = None

@@ -32,10 +32,12 @@ from pydantic import SecretStr
 from cloudcred import conditions
 from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import CloudCredentialSpec, GcpSpec
+from cloudcred.api.permissions import GcpPermissions
 from cloudcred.providers.base import (
     Delivery,
     KeyFacts,
     NewKey,
+    PermissionAnswer,
     ProviderSettings,
     Reason,
     RotationError,
@@ -762,3 +764,108 @@ def _key_file(data: object, key_id: str, email: str) -> str | None:
     if info.get("private_key_id") != key_id or info["client_email"] != email:
         return None
     return text
+
+
+# --- permission checks: projects.testIamPermissions --------------------------------------
+#
+# As the key in the Secret (its token, as ``verify`` gets it), the Cloud Resource Manager
+# API v1 at ``ProviderSettings.gcp_resource_manager_url`` answers which of the asked
+# permissions the caller holds on the key's project (``project_id``). At most 100
+# permissions a request; no permission is needed to ask.
+
+_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+PERMISSIONS_PER_REQUEST = 100
+
+
+def check_permissions(
+    spec: CloudCredentialSpec,
+    secrets: SecretValues,
+    context: VerifyContext,
+    needs: GcpPermissions,
+) -> PermissionAnswer:
+    info, credentials = _load_key(spec, secrets, context)
+    project = info.get("project_id")
+    if not isinstance(project, str) or not _PROJECT.fullmatch(project):
+        raise VerificationError(
+            Reason.INVALID_SECRET_DATA,
+            "the service-account key names no project (project_id): nothing to check on",
+        )
+    import requests
+    from google.auth.transport.requests import AuthorizedSession, Request
+
+    settings = context.settings
+    started = time.monotonic()
+    label = _endpoint_label(settings.gcp_resource_manager_url)
+    url = (
+        f"{settings.gcp_resource_manager_url.rstrip('/')}/v1/projects/{project}:testIamPermissions"
+    )
+    asked = list(needs.permissions)
+    held: set[str] = set()
+    with requests.Session() as token_session:
+        _refresh(credentials, token_session, settings, started)
+        # The token is fresh: no refresh (and no retry on 401) inside the API calls.
+        session: Any = AuthorizedSession(  # type: ignore[no-untyped-call]
+            credentials, refresh_status_codes=(), auth_request=Request(token_session)
+        )
+        with session:
+            for start in range(0, len(asked), PERMISSIONS_PER_REQUEST):
+                chunk = asked[start : start + PERMISSIONS_PER_REQUEST]
+                remaining = settings.timeout_seconds - (time.monotonic() - started)
+                if remaining <= 0:
+                    raise _no_answer(label, settings)
+                try:
+                    response = session.post(url, json={"permissions": chunk}, timeout=remaining,
+                                            allow_redirects=False)  # fmt: skip
+                except requests.Timeout:
+                    raise _no_answer(label, settings) from None
+                except (requests.RequestException, OSError):
+                    raise VerificationError(
+                        Reason.PROVIDER_UNREACHABLE,
+                        f"could not talk to the Cloud Resource Manager API {label}",
+                    ) from None
+                held.update(_held(response, project, label))
+    missing = tuple(sorted(p for p in asked if p not in held))
+    return PermissionAnswer(len(asked), missing)
+
+
+def _held(response: Any, project: str, label: str) -> list[str]:
+    """The permissions testIamPermissions says the caller holds, or why it would not say
+    (only the HTTP status and the RPC status code are taken from a refusal)."""
+    status = int(response.status_code)
+    if 200 <= status < 300:
+        try:
+            body = response.json() if response.content else {}
+        except ValueError:
+            body = None
+        held = body.get("permissions", []) if isinstance(body, dict) else None
+        if not isinstance(held, list):
+            raise VerificationError(
+                Reason.PROVIDER_UNREACHABLE,
+                f"the Cloud Resource Manager API {label} gave an answer that is not a "
+                "testIamPermissions response",
+            )
+        return [p for p in held if isinstance(p, str)]
+    code, _ = _error_details(response)
+    answer = f"HTTP {status}" + (f", {code}" if code else "")
+    what = f"testIamPermissions on project {project}"
+    if status in (408, 429) or status >= 500:
+        raise VerificationError(
+            Reason.PROVIDER_UNREACHABLE, f"the Cloud Resource Manager API {label} failed ({answer})"
+        )
+    if status in (401, 403):
+        raise VerificationError(
+            Reason.ACCESS_DENIED,
+            f"the Cloud Resource Manager API {label} refused {what} ({answer}): is the API "
+            "enabled on the project, and the project the key's?",
+        )
+    raise VerificationError(
+        Reason.PROVIDER_REFUSED, f"the Cloud Resource Manager API {label} refused {what} ({answer})"
+    )
+
+
+def _no_answer(label: str, settings: ProviderSettings) -> VerificationError:
+    return VerificationError(
+        Reason.PROVIDER_UNREACHABLE,
+        f"no answer from the Cloud Resource Manager API {label} within "
+        f"{settings.timeout_seconds:g}s",
+    )

@@ -49,10 +49,12 @@ from pydantic import SecretStr
 
 from cloudcred.api.common import SecretKeyRef
 from cloudcred.api.credential import SCALEWAY_ACCESS_KEY, CloudCredentialSpec, ScalewaySpec
+from cloudcred.api.permissions import ScalewayPermissions
 from cloudcred.providers.base import (
     Delivery,
     KeyFacts,
     NewKey,
+    PermissionAnswer,
     Reason,
     RotationError,
     RotationReason,
@@ -764,3 +766,70 @@ def delete_key(
             what=what,
             on_status=_denied(what, session.access_key),
         )
+
+
+# --- permission checks: the bearer's policies and their permission sets ----------------
+#
+# As the key in use: its bearer (IAM ``get_api_key``), the groups it belongs to, the
+# policies of the bearer and of those groups, and each policy's rules. A rule grants its
+# permission sets on the credential's project when it names the project, or the whole
+# organization. Needs the IAMReadOnly permission set, as verification does.
+
+
+def check_permissions(
+    spec: CloudCredentialSpec,
+    secrets: SecretValues,
+    context: VerifyContext,
+    needs: ScalewayPermissions,
+) -> PermissionAnswer:
+    scaleway = _scaleway(spec)
+    sdk, client = _sdk_client(scaleway, _secret_key(secrets), context)
+    api_url, timeout = str(client.api_url), context.settings.timeout_seconds
+    access_key, project_id = scaleway.access_key, scaleway.project_id
+
+    def on_status(status: int) -> VerificationError | None:
+        if status == 403:
+            return VerificationError(
+                Reason.ACCESS_DENIED,
+                f"access key {access_key} may not read its bearer's policies (HTTP 403): "
+                "grant its bearer the IAMReadOnly permission set",
+            )
+        return None
+
+    ask = functools.partial(_ask, sdk, api_url=api_url, timeout=timeout, on_status=on_status)
+    deadline = time.monotonic() + timeout
+    with sdk.requests.Session() as session:
+        iam = sdk.iam_api(client, session, deadline)
+        api_key = ask(lambda: iam.get_api_key(access_key=access_key),
+                      what=f"looking up access key {access_key}")  # fmt: skip
+        organization = scaleway.organization_id
+        if not organization:
+            projects = sdk.project_api(client, session, deadline)
+            project = ask(lambda: projects.get_project(project_id=project_id),
+                          what=f"reading project {project_id}")  # fmt: skip
+            organization = str(project.organization_id)
+        if api_key.application_id:
+            bearer = {"application_ids": [str(api_key.application_id)]}
+        elif api_key.user_id:
+            bearer = {"user_ids": [str(api_key.user_id)]}
+        else:
+            raise VerificationError(Reason.PROVIDER_REFUSED, f"access key {access_key} has no "
+                                    "user or application as its bearer")  # fmt: skip
+        groups = ask(lambda: iam.list_groups_all(organization_id=organization, **bearer),
+                     what="listing the bearer's groups")  # fmt: skip
+        policies = ask(lambda: iam.list_policies_all(organization_id=organization, **bearer),
+                       what="listing the bearer's policies")  # fmt: skip
+        if groups:
+            group_ids = [str(g.id) for g in groups]
+            policies += ask(lambda: iam.list_policies_all(organization_id=organization,
+                                                          group_ids=group_ids),
+                            what="listing its groups' policies")  # fmt: skip
+        held: set[str] = set()
+        for policy in {str(p.id): p for p in policies}.values():
+            rules = ask(functools.partial(iam.list_rules_all, policy_id=str(policy.id)),
+                        what=f"reading the rules of policy {policy.id}")  # fmt: skip
+            for rule in rules:
+                if rule.organization_id or project_id in (rule.project_ids or []):
+                    held.update(str(name) for name in rule.permission_set_names or [])
+    missing = tuple(sorted(n for n in needs.permission_sets if n not in held))
+    return PermissionAnswer(len(needs.permission_sets), missing)
