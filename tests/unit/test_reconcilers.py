@@ -1941,3 +1941,47 @@ def test_a_cluster_waits_for_an_unchecked_set_unless_status_has_no_room_for_it()
         permission_sets=(), revision="v2-b", permission_report=("v2-a", answered)
     )
     assert permissions.cluster_hold(stale, ["set-01"])[0] == "CheckingPermissions"  # type: ignore[index]
+
+
+@run
+async def test_a_rotating_key_reaches_another_namespace_only_when_the_credential_says_so(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under automatic rotation the key can make keys of its identity: another
+    namespace's cluster gets no copy (DeployFailed says which field allows it, the Secret
+    delivered before is revoked, in an Event that names the field) until
+    spec.delivery.shareRotatingKey is true, when it is delivered again. The credential's
+    own namespace is not affected."""
+    provider_calls(monkeypatch)
+    ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock, delivery_enabled=True)
+    credential(kube, key=key_file("k1"))
+    body = kube.body("CloudCredential", CRED)
+    blue = {"matchLabels": {"team": "blue"}}
+    body["spec"]["allowedNamespaces"] = blue
+    body["spec"]["delivery"] = {"enabled": True, "allowedNamespaces": blue}
+    kube.put("CloudCredential", body)
+    operator.label_namespace("tenant", {"team": "blue"})
+    kube.put("Cluster", {"metadata": {"namespace": "tenant", "name": "eu"},
+                         "spec": {"provider": "GCP", "region": "europe-west1",
+                                  "credentialRef": {"name": "prod", "namespace": NS},
+                                  "credentialsSecret": {"name": "gcp-creds"}}})  # fmt: skip
+    cluster(kube, "home", external=False, secret="home-creds")
+    await operator.settle()
+    assert ("tenant", "gcp-creds") in kube.secrets
+
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "1h"}
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    assert ("tenant", "gcp-creds") not in kube.secrets
+    revoked = [e for e in kube.recorded.events if e[1] == ("tenant", "eu")
+               and e[3] == "CredentialsRevoked"]  # fmt: skip
+    assert "spec.delivery.shareRotatingKey" in revoked[-1][4], revoked
+    assert (NS, "home-creds") in kube.secrets  # its own namespace still receives it
+
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["delivery"]["shareRotatingKey"] = True
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    assert ("tenant", "gcp-creds") in kube.secrets

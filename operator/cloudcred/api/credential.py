@@ -229,6 +229,13 @@ class DeliverySpec(Model):
         "selector on namespaces (within spec.allowedNamespaces). Absent: only this "
         "credential's own namespace.",
     )
+    share_rotating_key: bool = Field(
+        default=False,
+        description="Under automatic rotation the key may make new keys of its own "
+        "identity (it must, to rotate itself): a copy delivered to another namespace "
+        "lets that namespace's deployer make long-lived keys no one tracks. Clusters in "
+        "other namespaces receive an automatically rotated key only when this is true.",
+    )
 
 
 # An integer, or a percentage of the bound clusters (Kubernetes' int-or-string).

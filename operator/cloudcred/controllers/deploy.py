@@ -181,6 +181,11 @@ class DeployReconciler:
             if selector is None or labels is None or not selector_matches(selector, labels):
                 return (f"{named} does not allow delivery to namespace {cluster.namespace} "
                         "(spec.delivery.allowedNamespaces)")  # fmt: skip
+            automatic = (credential.raw_spec.get("rotation") or {}).get("policy") == "Automatic"
+            if automatic and not delivery.get("shareRotatingKey"):
+                return (f"{named} rotates its key automatically, so a copy of it can make "
+                        f"new keys: delivery to namespace {cluster.namespace} needs "
+                        "spec.delivery.shareRotatingKey: true")  # fmt: skip
         return self.boundary_violation(credential)
 
     def boundary_violation(self, credential: CredentialInfo) -> str | None:
@@ -408,6 +413,10 @@ class DeployReconciler:
         if self.delivery_refusal(cluster, credential):
             return DONE  # revoked above
         key = cluster.key
+        if self._revoked.get(key) == cluster.uid:
+            # Revoked by this operator, allowed again (a namespace labelled back, an
+            # opt-in set): the revision it is deployed with is delivered again.
+            return await self._renew(cluster, credential)
         if key not in self._expires:
             metadata = await self.kube.secret_metadata(key[0], cluster.credentials_secret)
             stamp = ((metadata.annotations or {}) if metadata else {}).get(EXPIRES_ANNOTATION)
