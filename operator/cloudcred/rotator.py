@@ -26,6 +26,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from kubernetes.client.rest import ApiException
+from pydantic import SecretStr
 
 from cloudcred import conditions, rotation
 from cloudcred.api.credential import CloudCredentialSpec
@@ -64,6 +65,9 @@ RESTORED = ("keyId", "secretName", "replaces", "nextRotationTime")
 # The bound clusters of a credential that report a deployed revision other than the one
 # given (the operator's caches: see controllers/rotation.py).
 ClustersBehind = Callable[[Key, str], list[str]]
+# For a credential's namespace and provider: the CredentialBoundary that names a rotation
+# identity and the name of its Secret in the operator's namespace, or None.
+RotationIdentity = Callable[[str, str], tuple[str, str] | None]
 
 _T = TypeVar("_T")
 
@@ -83,12 +87,15 @@ class Rotator:
 
     def __init__(self, kube: Kube, settings: Settings, slots: asyncio.Semaphore,
                  records: RecordStore,
-                 clusters_behind: ClustersBehind = lambda key, revision: []) -> None:  # fmt: skip
+                 clusters_behind: ClustersBehind = lambda key, revision: [],
+                 rotation_identity: RotationIdentity = lambda namespace, provider: None,
+                 ) -> None:  # fmt: skip
         self.kube = kube
         self.settings = settings
         self.slots = slots
         self.records = records
         self.clusters_behind = clusters_behind
+        self.rotation_identity = rotation_identity
         self.reported: dict[Key, str] = {}  # the last failure Event, per credential
         # Per credential: the record read last shows a failed step (steps of several
         # credentials run at once, one at a time per credential).
@@ -745,7 +752,9 @@ class Rotator:
             secrets = await read_secrets(self.kube, namespace, module.secret_refs(spec))
         except VerificationError as error:
             raise RotationError(RotationReason.PROVIDER_REFUSED, error.message) from None
-        context = VerifyContext(namespace, name, self.settings.provider_settings())
+        identity = await self._identity(namespace, spec)
+        context = VerifyContext(namespace, name, self.settings.provider_settings(),
+                                rotation_identity=identity)  # fmt: skip
         timeout = self.settings.verification_timeout
         async with self.slots:
             try:
@@ -765,6 +774,34 @@ class Rotator:
                     RotationReason.PROVIDER_REFUSED,
                     f"the call failed unexpectedly ({type(error).__name__})",
                 ) from None
+
+    async def _identity(self, namespace: str, spec: CloudCredentialSpec
+                        ) -> dict[str, SecretStr] | None:  # fmt: skip
+        """The admin-owned identity that manages this credential's keys (a boundary's
+        rotation identity, its Secret in the operator's namespace), or None: the key
+        manages its own."""
+        named = self.rotation_identity(namespace, spec.provider)
+        if named is None:
+            return None
+        boundary, secret_name = named
+        try:
+            data = await self.kube.read_secret_data(self.records.namespace, secret_name)
+        except NotFound:
+            raise RotationError(
+                RotationReason.ACCESS_DENIED,
+                f"CredentialBoundary {boundary} names the rotation identity Secret "
+                f"{self.records.namespace}/{secret_name}, which does not exist",
+            ) from None
+        values = {role: SecretStr(base64.b64decode(value).decode(errors="replace").strip())
+                  for role, value in data.items()}  # fmt: skip
+        if not all(values.get(role) for role in ("accessKeyId", "secretAccessKey")):
+            raise RotationError(
+                RotationReason.ACCESS_DENIED,
+                f"the rotation identity Secret {self.records.namespace}/{secret_name} "
+                f"(CredentialBoundary {boundary}) needs the keys accessKeyId and "
+                "secretAccessKey",
+            )
+        return values
 
     async def _delete_secret(self, body: dict[str, Any], key_id: str) -> None:
         """Delete the Secret the operator made for a key of this credential once the key

@@ -21,6 +21,8 @@ from kubernetes import client
 
 from tests.aws import AwsKey, Moto
 from tests.conftest import Kube
+from tests.integration.test_boundary import Boundaries, label_namespace
+from tests.integration.test_boundary import boundaries as boundaries  # a fixture
 from tests.integration.test_metrics import scrape
 from tests.operator import OperatorProcess, Operators, wait_for
 from tests.proxy import LoopbackProxy
@@ -540,3 +542,54 @@ def test_deleting_a_rotated_credential_retires_its_key_after_the_grace_period(
         what="the record removed")  # fmt: skip
     reasons = [e.reason for e in events_for(kube, namespace, "gone")]
     assert "KeyDeleted" in reasons
+
+
+ONLY_STS = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "sts:GetCallerIdentity", "Resource": "*"}]})  # fmt: skip
+
+
+def test_a_boundarys_rotation_identity_rotates_a_key_that_has_no_rights_over_keys(
+    kube: Kube,
+    namespace: str,
+    moto: Moto,
+    operator: OperatorProcess,
+    boundaries: Boundaries,
+) -> None:
+    """The tenant's key may only call STS: it cannot manage keys, so it could not
+    rotate itself (nor mint keys if it leaked). A CredentialBoundary names an admin-owned
+    rotation identity, a Secret in the operator's namespace: the rotation runs with it,
+    on the tenant key's IAM user, and completes."""
+    tenant = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}", policy=ONLY_STS)
+    with pytest.raises(ClientError):  # the key itself may not make keys
+        moto.client("iam", tenant).create_access_key()
+    rotator = moto.create_user(f"rotator-{uuid.uuid4().hex[:8]}")
+    identity = f"rotator-{uuid.uuid4().hex[:8]}"
+    kube.core.create_namespaced_secret("default", {
+        "metadata": {"name": identity},
+        "stringData": {"accessKeyId": rotator.access_key_id,
+                       "secretAccessKey": rotator.secret_access_key}})  # fmt: skip
+    try:
+        selector = label_namespace(kube, namespace)
+        boundaries({"namespaceSelector": {"matchLabels": selector},
+                    "aws": {"rotationIdentitySecret": identity}})  # fmt: skip
+        secret(kube, namespace, "keys", {"secretAccessKey": tenant.secret_access_key})
+        static_key_credential(kube, namespace, "admin-rotated", tenant.access_key_id, "keys",
+                              rotation=AUTOMATIC)  # fmt: skip
+        wait_for(lambda: (condition(get_credential(kube, namespace, "admin-rotated"),
+                                    "Verified") or {}).get("status") == "True",
+                 what="verified")  # fmt: skip
+        kube.custom.patch_namespaced_custom_object(
+            "cloudcred.io", "v1alpha1", namespace, "cloudcredentials", "admin-rotated",
+            {"metadata": {"annotations": {"cloudcred.io/rotate-now": "now"}}},
+        )  # fmt: skip
+        wait_for(lambda: tenant.access_key_id not in keys_at_moto(moto, tenant.user),
+                 timeout=90, what="the first key retired by the rotation identity")  # fmt: skip
+        state = rotation_status(kube, namespace, "admin-rotated")
+        assert keys_at_moto(moto, tenant.user) == {state["keyId"]: "Active"}
+        held = rotated_secret(kube, namespace, "admin-rotated")
+        new_key = AwsKey(tenant.user, state["keyId"], held["secretAccessKey"])
+        assert works(moto, new_key)
+        with pytest.raises(ClientError):  # and the new key may not make keys either
+            moto.client("iam", new_key).create_access_key()
+    finally:
+        kube.core.delete_namespaced_secret(identity, "default")

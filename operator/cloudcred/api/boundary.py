@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from cloudcred.api.common import UUID, LabelSelector, Model
+from cloudcred.api.common import DNS_SUBDOMAIN, UUID, LabelSelector, Model
 
 AWS_ACCOUNT_ID = r"^[0-9]{12}$"
 # An exact role ARN, or a prefix of one ending in "*" (nothing else is a wildcard).
@@ -61,6 +61,17 @@ class AwsBoundary(Model):
         "A role ARN, or a prefix of one ending in '*'.",
         AWS_ROLE_ARN_PATTERN,
         2048,
+    )
+    rotation_identity_secret: str | None = Field(
+        default=None,
+        description="A Secret in the operator's namespace (keys accessKeyId and "
+        "secretAccessKey) of an IAM identity the admins own that manages the keys of the "
+        "selected namespaces' IAM users: automatic rotation there lists, creates, "
+        "deactivates and deletes keys with it (iam:ListAccessKeys, CreateAccessKey, "
+        "UpdateAccessKey, DeleteAccessKey, GetAccessKeyLastUsed on those users), so the "
+        "tenants' keys need no rights over keys. Absent: each key manages its own.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
     )
 
 

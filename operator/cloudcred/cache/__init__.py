@@ -97,6 +97,18 @@ class Caches:
         return boundary.violation(spec, namespace, labels, self.boundaries.objects.values(),
                                   reported_account, gcp_project)  # fmt: skip
 
+    def rotation_identity(self, namespace: str, provider: str) -> tuple[str, str] | None:
+        """The rotation identity (boundary name, Secret name in the operator's namespace)
+        for keys of ``provider`` in ``namespace``: the first boundary, by name, that
+        selects the namespace and names one."""
+        labels = self.namespace_labels(namespace) or {}
+        for found in sorted(self.boundaries.objects.values(), key=lambda b: b.name):
+            block = getattr(found.spec, provider.lower(), None)
+            secret = getattr(block, "rotation_identity_secret", None) if block else None
+            if secret and found.selects(labels):
+                return found.name, secret
+        return None
+
     def credentials_selected_by(
         self, selects: Callable[[dict[str, str]], bool]
     ) -> list[CredentialInfo]:

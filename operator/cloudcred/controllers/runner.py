@@ -207,7 +207,8 @@ class Controllers:
                                        settings.verification_concurrency)  # fmt: skip
         records = RecordStore(kube, operator_namespace(settings.operator_namespace))
         self.rotator = rotator = Rotator(kube, settings, provider_slots, records,
-                                         partial(clusters_behind, caches))  # fmt: skip
+                                         partial(clusters_behind, caches),
+                                         caches.rotation_identity)  # fmt: skip
         self.rotation = controller("rotation", RotationReconciler(rotator, caches).reconcile,
                                    ROTATION_WORKERS)  # fmt: skip
         permissions = PermissionsReconciler(kube, settings, caches, provider_slots, installation)

@@ -484,6 +484,25 @@ def _iam(aws: AwsSpec, secrets: SecretValues, context: VerifyContext) -> Any:
     return _client("iam", region, _caller(aws, secrets, context, config, region), config)
 
 
+def _key_admin(aws: AwsSpec, secrets: SecretValues, context: VerifyContext
+               ) -> tuple[Any, dict[str, str]]:  # fmt: skip
+    """The IAM client that manages the key's keys, and the arguments that name its user:
+    the key itself on its own user, or the admin-owned rotation identity of a
+    CredentialBoundary on the key's user (found with iam:GetAccessKeyLastUsed)."""
+    identity = context.rotation_identity
+    if identity is None:
+        return _iam(aws, secrets, context), {}
+    key_id = _key_id(aws, secrets)
+    if aws.role_arn or not key_id:
+        raise RotationError(RotationReason.NOT_SUPPORTED, "only a static access key rotates")
+    config = _config(context)
+    caller = _Caller(identity[ACCESS_KEY_ID].get_secret_value(),
+                     identity[SECRET_ACCESS_KEY].get_secret_value())  # fmt: skip
+    client = _client("iam", context.settings.aws_region, caller, config)
+    user = client.get_access_key_last_used(AccessKeyId=key_id)["UserName"]
+    return client, {"UserName": str(user)}
+
+
 def _facts(key: dict[str, Any]) -> KeyFacts:
     created = key.get("CreateDate")
     return KeyFacts(
@@ -496,19 +515,23 @@ def _facts(key: dict[str, Any]) -> KeyFacts:
 def list_keys(
     spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
 ) -> list[KeyFacts]:
-    """The access keys of the key's own IAM user (iam:ListAccessKeys on itself)."""
+    """The access keys of the key's IAM user (iam:ListAccessKeys)."""
     aws = _aws(spec)
-    return _rotating(aws, context, lambda: [
-        _facts(key) for key in _iam(aws, secrets, context).list_access_keys()["AccessKeyMetadata"]
-    ])  # fmt: skip
+
+    def listed() -> list[KeyFacts]:
+        iam, user = _key_admin(aws, secrets, context)
+        return [_facts(key) for key in iam.list_access_keys(**user)["AccessKeyMetadata"]]
+
+    return _rotating(aws, context, listed)
 
 
 def create_key(spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext) -> NewKey:
-    """A new access key for the key's own IAM user (iam:CreateAccessKey)."""
+    """A new access key for the key's IAM user (iam:CreateAccessKey)."""
     aws = _aws(spec)
 
     def create() -> NewKey:
-        made = _iam(aws, secrets, context).create_access_key()["AccessKey"]
+        iam, user = _key_admin(aws, secrets, context)
+        made = iam.create_access_key(**user)["AccessKey"]
         return NewKey(_facts(made), {SECRET_ACCESS_KEY: SecretStr(made["SecretAccessKey"])})
 
     return _rotating(aws, context, create)
@@ -522,9 +545,9 @@ def deactivate_key(
     aws = _aws(spec)
 
     def deactivate() -> bool:
-        iam = _iam(aws, secrets, context)
+        iam, user = _key_admin(aws, secrets, context)
         try:
-            iam.update_access_key(AccessKeyId=key_id, Status="Inactive")
+            iam.update_access_key(AccessKeyId=key_id, Status="Inactive", **user)
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") != "NoSuchEntity":
                 raise
@@ -540,9 +563,9 @@ def delete_key(
     aws = _aws(spec)
 
     def delete() -> None:
-        iam = _iam(aws, secrets, context)
+        iam, user = _key_admin(aws, secrets, context)
         try:
-            iam.delete_access_key(AccessKeyId=key_id)
+            iam.delete_access_key(AccessKeyId=key_id, **user)
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") != "NoSuchEntity":
                 raise
@@ -559,7 +582,7 @@ def key_last_used(
     aws = _aws(spec)
 
     def read() -> datetime | None:
-        iam = _iam(aws, secrets, context)
+        iam, _ = _key_admin(aws, secrets, context)
         used = iam.get_access_key_last_used(AccessKeyId=key_id)
         last = (used.get("AccessKeyLastUsed") or {}).get("LastUsedDate")
         return last if isinstance(last, datetime) else None

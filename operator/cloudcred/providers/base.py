@@ -154,6 +154,9 @@ class VerifyContext:
     settings: ProviderSettings = field(default_factory=ProviderSettings)
     external_id: str | None = None
     cluster: tuple[str, str] | None = None
+    # Automatic rotation: an admin-owned identity that manages the key's keys in its
+    # place (a CredentialBoundary's rotation identity), by the provider's role names.
+    rotation_identity: dict[str, SecretStr] | None = field(default=None, repr=False)
 
 
 SecretValues = dict[str, SecretStr]
