@@ -1985,3 +1985,42 @@ async def test_a_rotating_key_reaches_another_namespace_only_when_the_credential
     kube.put("CloudCredential", body)
     await operator.settle()
     assert ("tenant", "gcp-creds") in kube.secrets
+
+
+@run
+async def test_a_key_another_credential_uses_is_kept_and_the_rotation_ends_saying_who(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another CloudCredential (another team's, with a copy of the key file) names k1.
+    The rotation of prod moves prod to k2 but never deactivates nor deletes k1: it ends
+    with KeyKept naming the other credential."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    kube.put_secret(
+        "team-b", "copy", {"key.json": base64.b64encode(key_file("k1").encode()).decode()}
+    )
+    kube.put("CloudCredential", {"metadata": {"namespace": "team-b", "name": "other"},
+                                 "spec": {"provider": "GCP", "gcp": {"serviceAccountKeyRef": {
+                                     "name": "copy", "key": "key.json"}}}})  # fmt: skip
+    await rotated_to_k2_or_kept(kube, operator)
+    assert "k1" not in account.retired(), account.changes
+    assert "k1" in account.keys
+    kept = [e for e in kube.recorded.events if e[3] == "KeyKept"]
+    assert kept, kube.recorded.events
+    assert "CloudCredential team-b/other" in kept[-1][4]
+    state = rotation_state(kube)
+    assert (state["phase"], state["keyId"]) == ("Idle", "k2")
+
+
+async def rotated_to_k2_or_kept(kube: FakeKube, operator: Operator) -> None:
+    """``rotated_to_k2`` without its final check: the rotation may end by keeping k1."""
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    cluster(kube, "ext", deployed=revision(kube))
+    automatic(kube, rotate_now="now")
+    await operator.settle()
+    deploy(kube, "ext", revision(kube))
+    await operator.settle()
+    for seconds in (3.1, 3.1, DELETE_AFTER + 0.1):
+        await operator.advance(seconds)
