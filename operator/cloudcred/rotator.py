@@ -76,6 +76,11 @@ def _stamp(moment: datetime | None) -> str | None:
     return conditions.timestamp(moment) if moment else None
 
 
+def _decoded(value: str | None) -> str:
+    """A Secret's base64 value as text (empty when absent)."""
+    return base64.b64decode(value or "").decode(errors="replace").strip()
+
+
 def _key(body: dict[str, Any]) -> Key:
     return (body["metadata"]["namespace"], body["metadata"]["name"])
 
@@ -792,16 +797,20 @@ class Rotator:
                 f"CredentialBoundary {boundary} names the rotation identity Secret "
                 f"{self.records.namespace}/{secret_name}, which does not exist",
             ) from None
-        values = {role: SecretStr(base64.b64decode(value).decode(errors="replace").strip())
-                  for role, value in data.items()}  # fmt: skip
-        if not all(values.get(role) for role in ("accessKeyId", "secretAccessKey")):
+        wanted: dict[str, str] = getattr(provider_module(spec.provider),
+                                         "ROTATION_IDENTITY_KEYS", {})  # fmt: skip
+        values = {role: _decoded(data.get(key)) for role, key in wanted.items()}
+        if not wanted:
+            raise RotationError(RotationReason.NOT_SUPPORTED,
+                                f"CredentialBoundary {boundary}: {spec.provider} keys have no "
+                                "rotation identity")  # fmt: skip
+        if not all(values.values()):
             raise RotationError(
                 RotationReason.ACCESS_DENIED,
                 f"the rotation identity Secret {self.records.namespace}/{secret_name} "
-                f"(CredentialBoundary {boundary}) needs the keys accessKeyId and "
-                "secretAccessKey",
+                f"(CredentialBoundary {boundary}) needs the keys {', '.join(wanted.values())}",
             )
-        return values
+        return {role: SecretStr(value) for role, value in values.items()}
 
     async def _delete_secret(self, body: dict[str, Any], key_id: str) -> None:
         """Delete the Secret the operator made for a key of this credential once the key

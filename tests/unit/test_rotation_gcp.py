@@ -10,6 +10,7 @@ makes is a real RSA key in a real JSON key file, so a test can go on with it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import secrets
@@ -94,6 +95,7 @@ class FakeIam:
     assertions: list[str] = field(default_factory=list)  # signed JWTs received
     private_pems: list[str] = field(default_factory=list)
     corrupt_create: bool = False
+    no_rights: set[str] = field(default_factory=set)  # keys whose tokens may not manage keys
     limit: int = 10  # GCP's user-managed keys per service account
 
     @property
@@ -167,6 +169,8 @@ def _handler(iam: FakeIam) -> type[BaseHTTPRequestHandler]:
             if token_key not in iam.keys:
                 return self._error(401, "UNAUTHENTICATED", echo=authorization)
             iam.calls.append((self.command, self.path, token_key))
+            if token_key in iam.no_rights:
+                return self._error(403, "PERMISSION_DENIED")
             action = {"GET": "get" if key_id else "list", "POST": "create", "DELETE": "delete"}
             forced = iam.refuse.get(action[self.command])
             if forced is not None:
@@ -623,3 +627,23 @@ def test_timestamps_as_the_iam_api_writes_them() -> None:
     )
     assert parse_time("yesterday") is None
     assert parse_time(None) is None
+
+
+def test_a_rotation_identity_manages_the_keys_of_a_key_that_has_no_rights_over_keys(
+    iam: FakeIam,
+) -> None:
+    """The tenant's key may not manage keys. With a CredentialBoundary's rotation identity
+    (an admins' service-account key), every IAM call carries the identity's token and
+    acts on the tenant key's service account."""
+    admin, admin_file = iam.new_key(iam.token_uri)
+    iam.no_rights.add(FIRST_KEY_ID)
+    error = failure(iam, lambda: gcp.create_key(spec(), first_key(iam), ctx(iam)))
+    assert error.reason == RotationReason.ACCESS_DENIED
+    acting = dataclasses.replace(ctx(iam), rotation_identity={gcp.KEY_ROLE: SecretStr(admin_file)})
+    new = gcp.create_key(spec(), first_key(iam), acting)
+    assert iam.calls[-1] == ("POST", KEYS_PATH, admin.key_id)
+    assert {key.key_id for key in gcp.list_keys(spec(), new.secret_data, acting)} == {
+        FIRST_KEY_ID, admin.key_id, new.facts.key_id}  # fmt: skip
+    gcp.delete_key(spec(), new.secret_data, acting, FIRST_KEY_ID)
+    assert iam.calls[-1] == ("DELETE", f"{KEYS_PATH}/{FIRST_KEY_ID}", admin.key_id)
+    assert FIRST_KEY_ID not in iam.keys

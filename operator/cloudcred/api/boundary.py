@@ -86,6 +86,17 @@ class GcpBoundary(Model):
         GCP_PROJECT_ID,
         30,
     )
+    rotation_identity_secret: str | None = Field(
+        default=None,
+        description="A Secret in the operator's namespace (key key.json: a service-account "
+        "key file) of a service account the admins own that manages the keys of the "
+        "selected namespaces' service accounts: automatic rotation there lists, creates "
+        "and deletes keys with it (iam.serviceAccountKeys.list, get, create, delete on "
+        "those service accounts), so the tenants' keys need no rights over keys. Absent: "
+        "each key manages its own.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
 
 
 class AzureBoundary(Model):

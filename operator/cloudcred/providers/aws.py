@@ -484,6 +484,10 @@ def _iam(aws: AwsSpec, secrets: SecretValues, context: VerifyContext) -> Any:
     return _client("iam", region, _caller(aws, secrets, context, config, region), config)
 
 
+# The keys of a rotation identity's Secret (CredentialBoundary.spec.aws), by role.
+ROTATION_IDENTITY_KEYS = {ACCESS_KEY_ID: "accessKeyId", SECRET_ACCESS_KEY: "secretAccessKey"}
+
+
 def _key_admin(aws: AwsSpec, secrets: SecretValues, context: VerifyContext
                ) -> tuple[Any, dict[str, str]]:  # fmt: skip
     """The IAM client that manages the key's keys, and the arguments that name its user:

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from google.auth.exceptions import RefreshError, TransportError
 
 KEY_ROLE = "serviceAccountKey"
+# The keys of a rotation identity's Secret (CredentialBoundary.spec.gcp), by role.
+ROTATION_IDENTITY_KEYS = {KEY_ROLE: "key.json"}
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 
 # Token endpoints Google has written into key files over the years; all of them accept
@@ -565,6 +567,13 @@ class _IamSession:
         self.email: str = info["client_email"]
         key_id = info.get("private_key_id")
         self.key_id: str | None = key_id if isinstance(key_id, str) else None
+        if context.rotation_identity is not None:
+            # An admin-owned service account manages this one's keys: its token, this
+            # service account's keys.
+            try:
+                _, self._credentials = _load_key(spec, context.rotation_identity, context)
+            except VerificationError as error:
+                raise _as_rotation_error(error) from None
         self.label = _endpoint_label(self.settings.gcp_iam_url)
         base = self.settings.gcp_iam_url.rstrip("/")
         self.url = f"{base}/v1/projects/-/serviceAccounts/{quote(self.email, safe='@')}/keys"
