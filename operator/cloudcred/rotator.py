@@ -134,7 +134,9 @@ class Rotator:
             return await self._advance(namespace, name)
         except RotationError as error:
             await self._failed(namespace, name, error)
-            return FAILURE_RETRY
+            # Not supported: nothing changes by itself (a boundary's identity, a policy
+            # change queue the step at once).
+            return IDLE_RECHECK if error.reason == RotationReason.NOT_SUPPORTED else FAILURE_RETRY
         except Conflict:
             # Another writer (a replica in a handover, a step's stale retry) recorded
             # first: nothing was done on the old record; read it again.
@@ -758,6 +760,13 @@ class Rotator:
         except VerificationError as error:
             raise RotationError(RotationReason.PROVIDER_REFUSED, error.message) from None
         identity = await self._identity(namespace, spec)
+        if identity is None and getattr(module, "ROTATION_IDENTITY_REQUIRED", False):
+            raise RotationError(
+                RotationReason.NOT_SUPPORTED,
+                f"{spec.provider} keys are rotated only with a rotation identity (a "
+                "CredentialBoundary's rotationIdentitySecret): managing keys there takes "
+                "rights over the whole organization, which a key tenants hold must not have",
+            )
         context = VerifyContext(namespace, name, self.settings.provider_settings(),
                                 rotation_identity=identity)  # fmt: skip
         timeout = self.settings.verification_timeout

@@ -2024,3 +2024,63 @@ async def rotated_to_k2_or_kept(kube: FakeKube, operator: Operator) -> None:
     await operator.settle()
     for seconds in (3.1, 3.1, DELETE_AFTER + 0.1):
         await operator.advance(seconds)
+
+
+@run
+async def test_scaleway_keys_rotate_only_with_a_boundarys_rotation_identity(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Managing Scaleway API keys takes IAMManager, which cannot be narrowed: a key
+    tenants hold never rotates itself. Without a rotation identity the rotation says so
+    (RotationNotSupported) and calls nothing; once a CredentialBoundary names one, its
+    key (a Secret in the operator's namespace) makes every call."""
+    from cloudcred.boundary import Boundary
+    from cloudcred.providers import scaleway
+
+    seen: list[tuple[str, str | None]] = []
+
+    def listing(spec: Any, secrets: Any, context: Any) -> list[KeyFacts]:
+        identity = context.rotation_identity
+        seen.append(("list", identity["accessKey"].get_secret_value() if identity else None))
+        return [KeyFacts("SCWAAAAAAAAAAAAAAAAA")]
+
+    def creating(spec: Any, secrets: Any, context: Any) -> NewKey:
+        seen.append(("create", context.rotation_identity["accessKey"].get_secret_value()))
+        return NewKey(KeyFacts("SCWBBBBBBBBBBBBBBBBB"),
+                      {"secretKey": SecretStr("6170692e-7363-616c-6577-61792e636f6d")})  # fmt: skip
+
+    monkeypatch.setattr(scaleway, "verify", lambda spec, secrets, context:
+                        Verification(identity="application 1", static_keys=True))  # fmt: skip
+    monkeypatch.setattr(scaleway, "key_facts", lambda spec, secrets, context: None)
+    monkeypatch.setattr(scaleway, "list_keys", listing)
+    monkeypatch.setattr(scaleway, "create_key", creating)
+    operator = Operator(kube, clock)
+    kube.put_secret(NS, "scw", {"secretKey": base64.b64encode(
+        b"11111111-2222-4333-8444-555555555555").decode()})  # fmt: skip
+    kube.put("CloudCredential", {"metadata": {"namespace": NS, "name": "scw"}, "spec": {
+        "provider": "SCALEWAY", "scaleway": {
+            "accessKey": "SCWAAAAAAAAAAAAAAAAA",
+            "secretKeyRef": {"name": "scw", "key": "secretKey"},
+            "projectId": "6170692e-7363-616c-6577-61792e636f6d"},
+        "rotation": {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "1h"}}})  # fmt: skip
+    await operator.settle()
+    state = rotation_state(kube, (NS, "scw"))
+    assert state.get("reason") == "RotationNotSupported", state
+    assert "rotation identity" in state["message"]
+    assert seen == []
+
+    operator.label_namespace(NS, {"team": "a"})
+    kube.put_secret("default", "scw-rotator", {
+        "accessKey": base64.b64encode(b"SCWADMINADMINADMINAD").decode(),
+        "secretKey": base64.b64encode(b"99999999-2222-4333-8444-555555555555").decode(),
+    })  # fmt: skip
+    caches = operator.controllers.caches
+    change = caches.boundaries.apply(("", "team-a"), Boundary.from_body({
+        "metadata": {"name": "team-a"},
+        "spec": {"namespaceSelector": {"matchLabels": {"team": "a"}},
+                 "scaleway": {"rotationIdentitySecret": "scw-rotator"}}}))  # fmt: skip
+    operator.controllers._changed("CredentialBoundary", [change])
+    await operator.settle()
+    assert {who for _, who in seen} == {"SCWADMINADMINADMINAD"}  # every call, the identity's
+    assert ("create", "SCWADMINADMINADMINAD") in seen
+    assert rotation_state(kube, (NS, "scw"))["keyId"] == "SCWBBBBBBBBBBBBBBBBB"

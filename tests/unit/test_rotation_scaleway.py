@@ -9,6 +9,7 @@ with a fresh access key and secret key, and deleted.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -800,3 +801,27 @@ def test_no_new_secret_in_logs(fake: FakeIam, caplog: pytest.LogCaptureFixture) 
         assert SECRET_KEY not in text
     assert new_secret not in repr(new)
     assert new_secret not in str(new)
+
+
+def test_a_rotation_identity_manages_the_keys_of_a_bearer_without_iammanager(
+    fake: FakeIam,
+) -> None:
+    """The tenant's application has no IAMManager (a key tenants hold must not have it);
+    an admins' application with IAMManager signs every call, on the tenant key's
+    bearer: the new key is the tenant's application's."""
+    fake.managers.discard(APPLICATION_ID)
+    refused = _refused(lambda: scaleway.create_key(_spec(), _secrets(), _context(fake.url)))
+    assert refused.reason == RotationReason.ACCESS_DENIED
+    admin = fake.add(Key("SCWADMINADMINADMIN00", "99999999-2222-4333-8444-555555555555",
+                         application_id=OTHER_APPLICATION_ID))  # fmt: skip
+    fake.managers.add(OTHER_APPLICATION_ID)
+    identity = {"accessKey": SecretStr(admin.access_key), "secretKey": SecretStr(admin.secret_key)}
+    acting = dataclasses.replace(_context(fake.url), rotation_identity=identity)
+    calls = len(fake.calls)
+    new = scaleway.create_key(_spec(), _secrets(), acting)
+    assert fake.keys[new.facts.key_id].application_id == APPLICATION_ID
+    assert {call.caller for call in fake.calls[calls:]} == {admin.access_key}
+    listed = {key.key_id for key in scaleway.list_keys(_spec(), _secrets(), acting)}
+    assert listed == {ACCESS_KEY, new.facts.key_id}
+    scaleway.delete_key(_spec(new.facts.key_id), new.secret_data, acting, ACCESS_KEY)
+    assert ACCESS_KEY not in fake.keys

@@ -123,6 +123,16 @@ class ScalewayBoundary(Model):
         UUID,
         36,
     )
+    rotation_identity_secret: str | None = Field(
+        default=None,
+        description="A Secret in the operator's namespace (keys accessKey and secretKey) of "
+        "an API key the admins own whose bearer holds IAMManager: automatic rotation of "
+        "Scaleway keys in the selected namespaces runs only with it (managing API keys "
+        "takes IAMManager, administration of the whole organization, which a key tenants "
+        "hold must not have). Absent: Scaleway keys there are not rotated automatically.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
 
 
 class CredentialBoundarySpec(Model):

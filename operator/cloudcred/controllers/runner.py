@@ -379,6 +379,8 @@ class Controllers:
             Watch("Secret", self.verification, secret_credentials),
             Watch("Namespace", self.verification, namespace_credentials_checked),
             Watch("CredentialBoundary", self.verification, boundary_credentials),
+            # Rotation: a boundary's rotation identity may come, go or change.
+            Watch("CredentialBoundary", self.rotation, boundary_credentials),
             Watch("CloudCredential", self.rotation, rotation_asked),
             # Permissions: any change of the credential (the reconciler compares what a
             # check reads: revision, Verified, its list of clusters), its clusters' sets,

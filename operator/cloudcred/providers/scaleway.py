@@ -69,6 +69,12 @@ if TYPE_CHECKING:
     from scaleway_core.api import Body, Params
 
 SECRET_KEY_ROLE = "secretKey"
+ACCESS_KEY_ROLE = "accessKey"  # a rotation identity's own access key
+# The keys of a rotation identity's Secret (CredentialBoundary.spec.scaleway), by role.
+ROTATION_IDENTITY_KEYS = {ACCESS_KEY_ROLE: "accessKey", SECRET_KEY_ROLE: "secretKey"}
+# Managing API keys takes IAMManager, which cannot be narrowed: only an admin-owned
+# rotation identity rotates Scaleway keys, never the key itself.
+ROTATION_IDENTITY_REQUIRED = True
 
 # Scaleway secret keys are UUIDs in their canonical 8-4-4-4-12 form. Stricter than the
 # SDK (uuid.UUID also takes "{...}", "urn:uuid:..." and bare hex, which the API refuses).
@@ -443,13 +449,19 @@ def _rotation_session(
 ) -> _Session:
     """The client for the key in use (``spec``'s access key, ``secrets``' secret key),
     built as ``verify`` builds it; failures become ``RotationError``."""
-    scaleway = _scaleway(spec)
+    scaleway = signer = _scaleway(spec)
+    acting = context.rotation_identity or secrets
     try:
-        secret_key = _secret_key(secrets)
+        secret_key = _secret_key(acting)
     except VerificationError as error:  # its message never quotes the secret
         raise RotationError(RotationReason.ACCESS_DENIED, error.message) from None
+    if context.rotation_identity is not None:
+        # An admin-owned key signs; the key in use is still the one whose bearer's keys
+        # are managed (looked up by its access key).
+        identity_key = context.rotation_identity[ACCESS_KEY_ROLE].get_secret_value()
+        signer = scaleway.model_copy(update={"access_key": identity_key})
     try:
-        sdk, client = _sdk_client(scaleway, secret_key, context)
+        sdk, client = _sdk_client(signer, secret_key, context)
     except VerificationError as error:  # no library, or an API URL the SDK refuses
         raise RotationError(RotationReason.NOT_SUPPORTED, error.message) from None
     return _Session(
