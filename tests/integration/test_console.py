@@ -287,8 +287,9 @@ def test_no_secret_in_the_consoles_html_json_or_log(
     assert stream.getresponse().status == 200
     asked = time.monotonic()
     console.process.send_signal(signal.SIGINT)
-    assert console.process.wait(timeout=10) == 0
-    assert time.monotonic() - asked < 5
+    # At once: well before a watch's own timeout (minutes), with room for a loaded machine.
+    assert console.process.wait(timeout=30) == 0
+    assert time.monotonic() - asked < 15
     stream.close()
     assert "cloudcred console: stopped" in console.log()
 

@@ -108,7 +108,8 @@ def story(kube: Kube, namespace: str, operators: Operators, fake: FakeIam) -> No
              what="the create refused")  # fmt: skip
     someone_elses, _ = made_by_google(fake.token_uri)
     del fake.refuse["create"]
-    wait_for(lambda: rotation(kube, namespace).get("phase") == "RollingOut", timeout=60,
+    # The refused step is tried again 30 s after it failed.
+    wait_for(lambda: rotation(kube, namespace).get("phase") == "RollingOut", timeout=120,
              what="the new key in use")  # fmt: skip
     second_key = rotation(kube, namespace)["keyId"]
     assert second_key not in (FIRST_KEY_ID, someone_elses.key_id)
