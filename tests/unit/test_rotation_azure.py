@@ -15,6 +15,7 @@ plays both parts, reached through the operator's own settings
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -108,6 +109,8 @@ class Cloud:
     added: list[dict[str, Any]] = field(default_factory=list)  # addPassword bodies
     echoes: list[str] = field(default_factory=list)  # error bodies sent
     release: threading.Event = field(default_factory=threading.Event)
+    # Other applications of the tenant allowed to manage this one: client id -> secret.
+    admins: dict[str, str] = field(default_factory=dict)
 
     def add(self, value: str, age_days: float = 10, valid_days: float = 365) -> Password:
         start = datetime.datetime.now(UTC) - datetime.timedelta(days=age_days)
@@ -183,7 +186,12 @@ class Handler(BaseHTTPRequestHandler):
         posted = form.get("client_secret", [""])[0]
         scope = form.get("scope", [""])[0]
         cloud.token_scopes.append(scope)
-        if form.get("client_id") != [CLIENT] or not cloud.works(posted):
+        # The application's own secrets, or an admins' application of the tenant.
+        admin = cloud.admins.get(form.get("client_id", [""])[0])
+        valid = (admin is not None and admin == posted) or (
+            form.get("client_id") == [CLIENT] and cloud.works(posted)
+        )
+        if not valid:
             self._send(
                 401,
                 {
@@ -216,7 +224,7 @@ class Handler(BaseHTTPRequestHandler):
             self._graph_error(401, "InvalidAuthenticationToken", raw)
         elif not path.startswith(APP_PATH):
             self._graph_error(404, "Request_ResourceNotFound", raw)
-        elif not cloud.owner:
+        elif not cloud.owner and used not in cloud.admins.values():
             self._graph_error(403, "Authorization_RequestDenied", raw)
         elif operation in cloud.forced:
             self._graph_error(*cloud.forced[operation], raw)
@@ -589,3 +597,25 @@ def test_the_test_ca_is_needed(
     error = failure(azure.list_keys, make_spec(), secrets(new_secret()), context(cloud))
     assert error.reason == RotationReason.PROVIDER_UNREACHABLE
     assert "TLS" in error.message
+
+
+def test_a_rotation_identity_manages_the_secrets_of_an_application_that_may_not(
+    cloud: Cloud,
+) -> None:
+    """The tenant's application is no owner of itself (it may not manage its secrets);
+    an admins' application of the same tenant, a boundary's rotation identity, gets
+    the Graph token and adds and removes the tenant application's secrets."""
+    current = cloud.add(new_secret())
+    cloud.owner = False
+    refused = failure(lambda: azure.create_key(make_spec(), secrets(current.value), context(cloud)))
+    assert refused.reason == RotationReason.ACCESS_DENIED
+    admin_client, admin_secret = str(uuid.uuid4()), new_secret()
+    cloud.admins[admin_client] = admin_secret
+    acting = dataclasses.replace(context(cloud), rotation_identity={
+        "clientId": SecretStr(admin_client), "clientSecret": SecretStr(admin_secret)})  # fmt: skip
+    new = azure.create_key(make_spec(), secrets(current.value), acting)
+    assert new.facts.key_id in cloud.key_ids
+    assert cloud.graph_calls[-1] == ("add", "POST", admin_secret)
+    azure.delete_key(make_spec(), secrets(current.value), acting, current.key_id)
+    assert current.key_id not in cloud.key_ids
+    assert cloud.graph_calls[-1] == ("remove", "POST", admin_secret)

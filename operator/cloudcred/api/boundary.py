@@ -111,6 +111,17 @@ class AzureBoundary(Model):
         UUID,
         36,
     )
+    rotation_identity_secret: str | None = Field(
+        default=None,
+        description="A Secret in the operator's namespace (keys clientId and clientSecret) "
+        "of an application the admins own, in the same tenant, allowed to manage the "
+        "selected namespaces' applications (Microsoft Graph Application.ReadWrite.All, or "
+        "an owner of each): automatic rotation there lists, adds and removes client "
+        "secrets with it, so the tenants' applications need no rights over themselves. "
+        "Absent: each application manages its own.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
 
 
 class ScalewayBoundary(Model):

@@ -62,6 +62,9 @@ if TYPE_CHECKING:
     from azure.core.rest import HttpRequest, HttpResponse
 
 CLIENT_SECRET = "clientSecret"  # the role of the Secret key in secret_refs, not a value
+IDENTITY_CLIENT_ID = "clientId"  # a rotation identity's application (client) id
+# The keys of a rotation identity's Secret (CredentialBoundary.spec.azure), by role.
+ROTATION_IDENTITY_KEYS = {IDENTITY_CLIENT_ID: "clientId", CLIENT_SECRET: "clientSecret"}
 # The token asked for: Azure Resource Manager, the API the clusters are managed through.
 ARM_SCOPE = "https://management.azure.com/.default"
 
@@ -470,9 +473,14 @@ class _Graph:
                 RotationReason.NOT_SUPPORTED,
                 "the Azure library is not installed: install cloudcred[azure]",
             ) from None
-        self.secret = secrets[CLIENT_SECRET].get_secret_value()
+        # An admin-owned application (a boundary's rotation identity), in the same tenant,
+        # may manage this application's secrets in its place.
+        acting = context.rotation_identity or secrets
+        self.secret = acting[CLIENT_SECRET].get_secret_value()
         if not self.secret:
             raise RotationError(RotationReason.ACCESS_DENIED, "the client secret is empty")
+        acting_client = (acting[IDENTITY_CLIENT_ID].get_secret_value()
+                         if context.rotation_identity else self.azure.client_id)  # fmt: skip
         self.base = self.settings.azure_graph_url.rstrip("/")
         if not self.base.lower().startswith("https://"):
             # Graph takes a bearer token, which azure-core sends over TLS only.
@@ -485,7 +493,7 @@ class _Graph:
         try:
             self.credential = ClientSecretCredential(
                 self.azure.tenant_id,
-                self.azure.client_id,
+                acting_client,
                 self.secret,
                 **_credential_options(self.settings),
             )
