@@ -31,6 +31,9 @@ from cloudcred.kube import AlreadyExists, Kube, NotFound
 
 INSTALLATION_SECRET = "cloudcred-installation"
 KEY_FIELD = "key"
+# The operator's own AWS principal, recorded on the installation Secret (a place only
+# the installation's administrators write) for ``cloudcred trust-policy``.
+PRINCIPAL_ANNOTATION = "cloudcred.io/aws-principal"
 KEY_BYTES = 32
 # Inside a pod, the namespace of its ServiceAccount.
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -42,6 +45,8 @@ logger = logging.getLogger("cloudcred.installation")
 @dataclass(frozen=True)
 class Installation:
     key: bytes = field(repr=False)
+    # Where the key's Secret lives; None for an installation made from a bare key.
+    namespace: str | None = None
 
     def digest(self, purpose: str, *parts: str) -> str:
         """HMAC-SHA256 (hex) over ``purpose`` and ``parts``, each NUL-terminated, so no
@@ -78,7 +83,7 @@ async def load_installation(kube: Kube, namespace: str) -> Installation:
         except NotFound:
             data = None
         if data is not None:
-            return _from_data(namespace, data)
+            return Installation(key_from_data(namespace, data), namespace)
         # The value is the key in base64 (text), stored as Secret data (base64 again).
         key = base64.b64encode(base64.b64encode(secrets.token_bytes(KEY_BYTES))).decode()
         try:
@@ -96,7 +101,8 @@ async def load_installation(kube: Kube, namespace: str) -> Installation:
     raise InstallationError(f"Secret {namespace}/{INSTALLATION_SECRET} keeps changing")
 
 
-def _from_data(namespace: str, data: dict[str, str]) -> Installation:
+def key_from_data(namespace: str, data: dict[str, str]) -> bytes:
+    """The key in the installation Secret's (base64) data."""
     try:
         key = base64.b64decode(base64.b64decode(data[KEY_FIELD], validate=True), validate=True)
     except (KeyError, ValueError):
@@ -106,4 +112,23 @@ def _from_data(namespace: str, data: dict[str, str]) -> Installation:
             f"Secret {namespace}/{INSTALLATION_SECRET} has no valid key {KEY_FIELD!r} "
             f"(base64 of at least {KEY_BYTES} random bytes); delete it to start anew"
         )
-    return Installation(key)
+    return key
+
+
+_RECORDED_PRINCIPAL: dict[str, str] = {}  # installation namespace -> principal recorded
+
+
+async def record_principal(kube: Kube, installation: Installation, principal: str) -> None:
+    """Record the operator's principal on the installation Secret, once per process and
+    value: ``cloudcred trust-policy`` reads it there, never from a credential's status
+    (which a tenant with ``cloudcredentials/status`` could write)."""
+    namespace = installation.namespace
+    if namespace is None or _RECORDED_PRINCIPAL.get(namespace) == principal:
+        return
+    metadata = await kube.secret_metadata(namespace, INSTALLATION_SECRET)
+    if metadata is None:
+        return
+    if (metadata.annotations or {}).get(PRINCIPAL_ANNOTATION) != principal:
+        await kube.annotate_secret(namespace, INSTALLATION_SECRET, str(metadata.uid),
+                                   {PRINCIPAL_ANNOTATION: principal})  # fmt: skip
+    _RECORDED_PRINCIPAL[namespace] = principal

@@ -28,7 +28,7 @@ from cloudcred import conditions
 from cloudcred.api.common import Provider, SecretKeyRef
 from cloudcred.api.credential import CloudCredentialSpec, VerificationSpec
 from cloudcred.config import Settings
-from cloudcred.installation import Installation
+from cloudcred.installation import Installation, record_principal
 from cloudcred.kube import Kube, NotFound
 from cloudcred.providers import aws, provider_module
 from cloudcred.providers.base import (
@@ -193,15 +193,20 @@ async def with_external_id(
     )
 
 
-async def trust_status(context: VerifyContext, spec: CloudCredentialSpec) -> dict[str, str]:
-    """What a role's trust policy must say, for ``status``: the ExternalId and the
-    operator's own principal (``cloudcred trust-policy`` builds the policy from them)."""
+async def trust_status(
+    kube: Kube, installation: Installation, context: VerifyContext
+) -> dict[str, str]:
+    """What a role's trust policy must say, shown in ``status``: the ExternalId and the
+    operator's own principal. Status is for reading only: ``cloudcred trust-policy``
+    derives both from the installation (its key, and the principal recorded on its
+    Secret here)."""
     if not context.external_id:
         return {}
     fields = {"externalId": context.external_id}
     principal = await asyncio.to_thread(aws.operator_principal, context)
     if principal:
         fields["operatorPrincipal"] = principal
+        await record_principal(kube, installation, principal)
     return fields
 
 
@@ -255,7 +260,7 @@ async def check_credential(
     facts: KeyFacts | None = None
     try:
         context = await with_external_id(kube, installation, context, spec)
-        status.update(await trust_status(context, spec))
+        status.update(await trust_status(kube, installation, context))
         secrets = await read_secrets(kube, namespace, module.secret_refs(spec))
         status["revision"] = compute_revision(spec, secrets, installation)
         # Before the provider is asked: a role outside is never assumed, a GCP key of
