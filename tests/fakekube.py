@@ -34,6 +34,7 @@ from typing import Any
 from cloudcred import conditions
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
 from cloudcred.cache import SecretInfo
+from cloudcred.cache.boundaries import boundary_info
 from cloudcred.cache.informers import data_digest
 from cloudcred.config import Settings
 from cloudcred.constants import API_VERSION, FINALIZER, IN_USE_LABEL, REFERENCED_LABEL
@@ -441,6 +442,12 @@ class Operator:
         self.kube.namespaces[name] = labels
         change = self.controllers.caches.namespaces.apply(("", name), labels)
         self.controllers._changed("Namespace", [change])
+
+    def put_boundary(self, name: str, spec: dict[str, Any]) -> None:
+        """A CredentialBoundary as a cluster admin writes it."""
+        body = {"metadata": {"name": name}, "spec": spec}
+        change = self.controllers.caches.boundaries.apply(("", name), boundary_info(body))
+        self.controllers._changed("CredentialBoundary", [change])
 
     async def settle(self, limit: int = 10_000) -> int:
         """Reconcile every queued key until none is left; return how many reconciles."""

@@ -219,19 +219,19 @@ def inside_boundary(
     boundary: BoundaryCheck | None,
     spec: CloudCredentialSpec,
     reported_account: str | None = None,
-    gcp_project: str | None = None,
+    gcp_email: str | None = None,
 ) -> None:
     """Raise ``OutsideBoundary`` when a CredentialBoundary of the namespace does not
     allow the credential."""
-    message = boundary(spec, reported_account, gcp_project) if boundary else None
+    message = boundary(spec, reported_account, gcp_email) if boundary else None
     if message:
         raise VerificationError(Reason.OUTSIDE_BOUNDARY, message)
 
 
-def _gcp_key_project(spec: CloudCredentialSpec, secrets: SecretValues) -> str | None:
+def _gcp_key_email(spec: CloudCredentialSpec, secrets: SecretValues) -> str | None:
     if spec.gcp is None or spec.gcp.service_account_key_ref is None:
         return None
-    return boundaries.gcp_key_project(next(iter(secrets.values()), None))
+    return boundaries.gcp_key_email(next(iter(secrets.values()), None))
 
 
 async def check_credential(
@@ -265,7 +265,7 @@ async def check_credential(
         status["revision"] = compute_revision(spec, secrets, installation)
         # Before the provider is asked: a role outside is never assumed, a GCP key of
         # another project never sent.
-        inside_boundary(boundary, spec, gcp_project=_gcp_key_project(spec, secrets))
+        inside_boundary(boundary, spec, gcp_email=_gcp_key_email(spec, secrets))
         if spec.verification is not None and not spec.verification.enabled:
             raise VerificationError(
                 Reason.VERIFICATION_DISABLED, "spec.verification.enabled is false"
@@ -281,6 +281,11 @@ async def check_credential(
             answer, verification = verification, None
             inside_boundary(boundary, spec, reported_account=boundaries.arn_account(
                 answer.identity) or "")  # fmt: skip
+            verification = answer
+        elif verification is not None and spec.gcp is not None:
+            # A key: again on the service account the token exchange authenticated.
+            answer, verification = verification, None
+            inside_boundary(boundary, spec, gcp_email=answer.identity)
             verification = answer
         verified = (conditions.TRUE, Reason.VERIFIED.value,
                     f"{spec.provider} accepted the credential")  # fmt: skip

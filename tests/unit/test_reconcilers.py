@@ -32,7 +32,7 @@ from cloudcred.constants import (
     ROLLOUT_PAUSED_ANNOTATION,
 )
 from cloudcred.kube import Conflict, NotFound
-from cloudcred.providers import gcp
+from cloudcred.providers import aws, gcp
 from cloudcred.providers.base import (
     Delivery,
     KeyFacts,
@@ -622,6 +622,71 @@ async def test_a_revoked_cluster_whose_status_claims_the_binding_back_gets_no_re
     assert ("tenant", "gcp-creds") not in kube.secrets
     assert calls.count("delivery") == deliveries
     assert not kube.recorded.of("create", "Secret")[1:], "written again after the revocation"
+
+
+def aws_static_key(kube: FakeKube, monkeypatch: pytest.MonkeyPatch, account: str) -> list[str]:
+    """A static AWS key of ``account`` that may be delivered, AWS played in memory (STS
+    reports that account on every call); returns the provider calls made."""
+    calls: list[str] = []
+    identity = f"arn:aws:iam::{account}:user/deployer"
+
+    def verify(spec: Any, secrets: Any, context: Any) -> Verification:
+        calls.append("verify")
+        return Verification(identity=identity, static_keys=True)
+
+    def check_region(spec: Any, secrets: Any, region: str, context: Any) -> str:
+        calls.append("check_region")
+        return identity
+
+    def delivery(spec: Any, secrets: Any, region: str, context: Any) -> Delivery:
+        calls.append("delivery")
+        return Delivery({"AWS_SECRET_ACCESS_KEY": SecretStr("k")})
+
+    monkeypatch.setattr(aws, "verify", verify)
+    monkeypatch.setattr(aws, "check_region", check_region)
+    monkeypatch.setattr(aws, "delivery", delivery)
+    monkeypatch.setattr(aws, "key_facts", lambda *_: None, raising=False)
+    kube.put_secret(NS, "keys", {"secretAccessKey": base64.b64encode(b"s").decode()})
+    kube.put("CloudCredential", {"metadata": {"namespace": NS, "name": "prod"}, "spec": {
+        "provider": "AWS", "delivery": {"enabled": True},
+        "aws": {"accessKeyId": "AKIAIOSFODNN7EXAMPLE",
+                "secretAccessKeyRef": {"name": "keys", "key": "secretAccessKey"}}}})  # fmt: skip
+    return calls
+
+
+@run
+async def test_a_forged_identity_and_verified_get_no_deployment_outside_the_boundary(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A static key of account 222222222222 where the namespace's boundary allows only
+    111111111111: the check says OutsideBoundary. The tenant writes into status the
+    identity of an allowed account and Verified=True: the deploy step asks STS itself,
+    so nothing is deployed and nothing delivered."""
+    operator = Operator(kube, clock, delivery_enabled=True)
+    operator.label_namespace(NS, {"team": "a"})
+    operator.put_boundary("team-a", {"namespaceSelector": {"matchLabels": {"team": "a"}},
+                                     "aws": {"accountIds": ["111111111111"]}})  # fmt: skip
+    calls = aws_static_key(kube, monkeypatch, "222222222222")
+    await operator.settle()
+    assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "OutsideBoundary"
+
+    forged = kube.body("CloudCredential", CRED)
+    forged["status"]["identity"] = "arn:aws:iam::111111111111:user/deployer"
+    for condition in forged["status"]["conditions"]:
+        if condition["type"] == "Verified":
+            condition.update(status="True", reason="Verified", message="forged")
+    kube.put("CloudCredential", forged)
+    cluster(kube, "eu", external=False, provider="AWS", secret="eu-creds")
+    await operator.settle()
+    await operator.advance(60)  # any retry of the deploy
+
+    status = kube.body("Cluster", (NS, "eu"))["status"]
+    assert "deployedRevision" not in status
+    assert (NS, "eu-creds") not in kube.secrets
+    assert "delivery" not in calls
+    pending = find(kube, "Cluster", "eu", "RedeployPending")
+    assert pending["reason"] == "DeployFailed"
+    assert "222222222222" in pending["message"]
 
 
 # -- the deploy step: failures kept in status, backoff, restart ------------------------

@@ -81,15 +81,15 @@ class Caches:
         namespace: str,
         spec: CloudCredentialSpec,
         reported_account: str | None = None,
-        gcp_project: str | None = None,
+        gcp_email: str | None = None,
     ) -> str | None:
         """Why a credential of ``namespace`` is outside a CredentialBoundary that selects
         it (a message for users), or None. Ask before every use of a credential, once
         ``boundaries_synced``. ``reported_account``: the account STS reported for a static
-        AWS key; ``gcp_project``: ``boundary.gcp_key_project`` of a GCP key."""
+        AWS key; ``gcp_email``: the service account of a GCP key."""
         labels = self.namespace_labels(namespace) or {}
         return boundary.violation(spec, namespace, labels, self.boundaries.objects.values(),
-                                  reported_account, gcp_project)  # fmt: skip
+                                  reported_account, gcp_email)  # fmt: skip
 
     def credentials_selected_by(
         self, selects: Callable[[dict[str, str]], bool]

@@ -130,6 +130,8 @@ class DeployReconciler:
         # The single-flight provider checks, shared by the clusters of one region.
         self._checks: dict[CheckKey, asyncio.Future[None]] = {}
         self._checked_until: dict[CheckKey, float] = {}
+        # What the provider reported at each passed check (a static AWS key's ARN).
+        self._identities: dict[CheckKey, str | None] = {}
         self._failed: dict[CheckKey, tuple[float, VerificationError]] = {}
         # Credential delivery, per cluster object (key -> (uid, ...)): the revision and
         # spec its Secret was last written from (to renew the session credentials of a
@@ -179,16 +181,28 @@ class DeployReconciler:
             if selector is None or labels is None or not selector_matches(selector, labels):
                 return (f"{named} does not allow delivery to namespace {cluster.namespace} "
                         "(spec.delivery.allowedNamespaces)")  # fmt: skip
-        return self.boundary_violation(credential)
+        return self.boundary_violation(credential, self._reported_identity(credential))
 
-    def boundary_violation(self, credential: CredentialInfo) -> str | None:
+    def boundary_violation(
+        self, credential: CredentialInfo, reported: str | None = None
+    ) -> str | None:
         """The credential is outside a CredentialBoundary of its namespace (checked before
-        every use, on top of verification): what admission can see in the spec, and the
-        account STS reported for a static AWS key (``status.identity``)."""
+        every use, on top of verification): what admission can see in the spec, and
+        ``reported``, the identity the deploy step's own check got from the provider (the
+        account of a static AWS key, the service account of a GCP key). Never
+        ``status.identity``: tenants who may write status could name an allowed one."""
         spec = CloudCredentialSpec.model_validate(credential.spec)
-        identity = credential.status.get("identity")
-        account = boundary.arn_account(identity) if spec.aws and identity else None
-        return self.caches.boundary_violation(credential.namespace, spec, account)
+        account = boundary.arn_account(reported) if spec.aws and reported else None
+        email = reported if spec.gcp and reported else None
+        return self.caches.boundary_violation(credential.namespace, spec, account, email)
+
+    def _reported_identity(self, credential: CredentialInfo) -> str | None:
+        """The identity the provider reported at this operator's last check of the
+        credential's current revision, in any region (None before one)."""
+        for (key, revision, _), identity in self._identities.items():
+            if key == credential.key and revision == credential.revision and identity:
+                return identity
+        return None
 
     async def reconcile(self, key: Key) -> Result:
         return await self._reconcile(key, waited=self.bindings_settled is None)
@@ -298,10 +312,13 @@ class DeployReconciler:
         cluster, credential = target.cluster, target.credential
         revision = credential.revision
         assert revision is not None  # target() hands over only credentials with one
-        violation = self.boundary_violation(credential)
+        violation = self.boundary_violation(credential)  # what the spec shows
         if violation:
             raise DeployError(violation)
-        await self._check(credential, target.spec, revision, cluster.region)
+        reported = await self._check(credential, target.spec, revision, cluster.region)
+        violation = self.boundary_violation(credential, reported)  # and what STS said
+        if violation:
+            raise DeployError(violation)
         if cluster.credentials_secret:
             refusal = self.delivery_refusal(cluster, credential)
             if refusal:
@@ -448,15 +465,18 @@ class DeployReconciler:
 
     async def _check(
         self, credential: CredentialInfo, spec: dict[str, Any], revision: str, region: str
-    ) -> None:
-        """The region check, shared by every cluster asking for the same thing."""
+    ) -> str | None:
+        """The region check, shared by every cluster asking for the same thing; returns
+        the identity the provider reported (``check_region``)."""
         key: CheckKey = (credential.key, revision, region)
         now = time.monotonic()
         if len(self._checked_until) + len(self._failed) > 1000:  # old revisions pile up
             self._checked_until = {k: t for k, t in self._checked_until.items() if t > now}
+            self._identities = {k: v for k, v in self._identities.items()
+                                if k in self._checked_until}  # fmt: skip
             self._failed = {k: v for k, v in self._failed.items() if v[0] > now}
         if self._checked_until.get(key, 0.0) > now:
-            return
+            return self._identities.get(key)
         failed = self._failed.get(key)
         if failed and failed[0] > now:
             raise failed[1]
@@ -466,6 +486,7 @@ class DeployReconciler:
             self._checks[key] = running
             running.add_done_callback(lambda _: self._checks.pop(key, None))
         await asyncio.shield(running)
+        return self._identities.get(key)
 
     async def _run_check(
         self, key: CheckKey, credential: CredentialInfo, spec_body: dict[str, Any],
@@ -484,7 +505,7 @@ class DeployReconciler:
                 spec,
             )  # fmt: skip
             region = key[2]
-            await ask_provider(
+            reported = await ask_provider(
                 partial(module.check_region, spec, secrets, region, context),
                 spec.provider, self.settings.verification_timeout, self.provider_slots,
             )  # fmt: skip
@@ -493,4 +514,5 @@ class DeployReconciler:
             if error.reason != Reason.VERIFICATION_UNAVAILABLE:  # e.g. a library missing
                 self._failed[key] = (time.monotonic() + FAILED_CHECK_TTL, error)
                 raise
+        self._identities[key] = reported
         self._checked_until[key] = time.monotonic() + CHECK_TTL
