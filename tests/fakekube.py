@@ -33,11 +33,17 @@ from typing import Any
 
 from cloudcred import conditions
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
-from cloudcred.cache import SecretInfo
+from cloudcred.cache import DeliveredInfo, SecretInfo
 from cloudcred.cache.boundaries import boundary_info
 from cloudcred.cache.informers import data_digest
 from cloudcred.config import Settings
-from cloudcred.constants import API_VERSION, FINALIZER, IN_USE_LABEL, REFERENCED_LABEL
+from cloudcred.constants import (
+    API_VERSION,
+    FINALIZER,
+    IN_USE_LABEL,
+    MANAGED_BY_LABEL,
+    REFERENCED_LABEL,
+)
 from cloudcred.controllers import deploy
 from cloudcred.controllers.runner import Controllers
 from cloudcred.installation import Installation
@@ -417,6 +423,7 @@ class Operator:
     def _event(self, kind: str, key: Key, body: dict[str, Any] | None) -> None:
         caches = self.controllers.caches
         if kind == "Secret":
+            self._delivered_event(key, body)
             store: Any = caches.secrets
             labels = (body or {}).get("metadata", {}).get("labels") or {}
             if body is None or REFERENCED_LABEL not in labels:
@@ -430,6 +437,21 @@ class Operator:
             parse = CredentialInfo.from_body if kind == "CloudCredential" else ClusterInfo.from_body
             change = store.delete(key) if body is None else store.apply(key, parse(body))
         self.controllers._changed(kind, [change])
+
+    def _delivered_event(self, key: Key, body: dict[str, Any] | None) -> None:
+        """The delivered-Secrets watch: Secrets labelled as the operator's."""
+        store = self.controllers.caches.delivered
+        metadata = (body or {}).get("metadata") or {}
+        if (metadata.get("labels") or {}).get(MANAGED_BY_LABEL) != "cloudcred":
+            if key not in store.objects:
+                return
+            change = store.delete(key)
+        else:
+            owner = next((r["uid"] for r in metadata.get("ownerReferences") or []
+                          if r.get("controller") and r.get("kind") == "Cluster"), None)  # fmt: skip
+            in_use = (metadata.get("labels") or {}).get(IN_USE_LABEL) == "true"
+            change = store.apply(key, DeliveredInfo(metadata["uid"], owner, in_use))
+        self.controllers._changed("DeliveredSecret", [change])
 
     def start_from(self, kube: FakeKube) -> None:
         """A restart: the caches take in everything the API server holds."""

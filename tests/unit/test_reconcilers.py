@@ -28,6 +28,8 @@ from cloudcred.api.credential import MAX_LISTED_CLUSTERS
 from cloudcred.constants import (
     DELIVERED_REVISION_ANNOTATION,
     EXPIRES_ANNOTATION,
+    IN_USE_LABEL,
+    MANAGED_BY_LABEL,
     REDEPLOY_ANNOTATION,
     ROLLOUT_PAUSED_ANNOTATION,
 )
@@ -1173,9 +1175,10 @@ async def test_a_cluster_that_loses_its_binding_loses_its_delivered_secret(
     await operator.settle()
     cluster(kube, "eu", external=False, secret="eu-creds", deployed=revision(kube))
     uid = kube.body("Cluster", (NS, "eu"))["metadata"]["uid"]
-    await kube.create_secret(NS, "eu-creds", {"k": "dg=="}, {"ownerReferences": [
-        {"apiVersion": "cloudcred.io/v1alpha1", "kind": "Cluster", "name": "eu", "uid": uid,
-         "controller": True}]})  # fmt: skip
+    await kube.create_secret(NS, "eu-creds", {"k": "dg=="}, {
+        "labels": {MANAGED_BY_LABEL: "cloudcred"}, "ownerReferences": [
+            {"apiVersion": "cloudcred.io/v1alpha1", "kind": "Cluster", "name": "eu", "uid": uid,
+             "controller": True}]})  # fmt: skip
     await kube.create_secret(NS, "not-ours", {"k": "dg=="}, {})
     await operator.settle()
     assert (NS, "eu-creds") in kube.secrets  # bound and allowed: kept
@@ -1188,6 +1191,54 @@ async def test_a_cluster_that_loses_its_binding_loses_its_delivered_secret(
     revoked = [e for e in kube.recorded.events if e[3] == "CredentialsRevoked"]
     assert len(revoked) == 1
     assert "not bound" in revoked[0][4]
+
+
+@run
+async def test_a_delivered_secret_is_revoked_when_the_cluster_stops_naming_it(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delivered Secrets are found by their owner's UID, not by the name the Cluster's
+    spec gives now: renaming spec.credentialsSecret revokes the old Secret; removing the
+    field revokes the Secret too, delivered before the field came back under a new
+    name at a new revision. Another Cluster's Secret and a Secret of nobody's stay."""
+    provider_calls(monkeypatch)
+    operator = Operator(kube, clock, delivery_enabled=True)
+    credential(kube)
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["delivery"] = {"enabled": True}
+    kube.put("CloudCredential", body)
+    cluster(kube, "eu", external=False, secret="eu-creds")
+    cluster(kube, "us", external=False, secret="us-creds")
+    await kube.create_secret(NS, "not-ours", {"k": "dg=="}, {})
+    await operator.settle()
+    assert {(NS, "eu-creds"), (NS, "us-creds")} <= set(kube.secrets)
+
+    renamed = kube.body("Cluster", (NS, "eu"))
+    renamed["spec"]["credentialsSecret"] = {"name": "eu-creds-2"}
+    kube.put("Cluster", renamed)
+    await operator.settle()
+    assert (NS, "eu-creds") not in kube.secrets
+    new_key(kube, KEY.replace("cc@", "cc2@"))  # a new revision: delivered under the new name
+    await operator.settle()
+    assert (NS, "eu-creds-2") in kube.secrets
+    # A tenant's in-use label (where the admission policy is missing) would make the
+    # delete fail: the operator takes it off first.
+    await kube.set_secret_labels(NS, "eu-creds-2", {IN_USE_LABEL: "true"})
+
+    removed = kube.body("Cluster", (NS, "eu"))
+    del removed["spec"]["credentialsSecret"]
+    kube.put("Cluster", removed)
+    await operator.settle()
+    assert (NS, "eu-creds-2") not in kube.secrets
+    on_it = [w for w in kube.recorded.writes if w.key == (NS, "eu-creds-2")]
+    assert [(w.verb, w.detail) for w in on_it[-2:]] == [
+        ("label", {IN_USE_LABEL: None}), ("delete", None)]  # fmt: skip
+    assert {(NS, "us-creds"), (NS, "not-ours")} <= set(kube.secrets)
+    revoked = [e[4] for e in kube.recorded.events if e[3] == "CredentialsRevoked"]
+    assert len(revoked) == 2
+    assert all("no longer named by spec.credentialsSecret" in message for message in revoked)
+    await operator.advance(60)
+    assert len([e for e in kube.recorded.events if e[3] == "CredentialsRevoked"]) == 2
 
 
 # -- faults: the API refuses, the object goes away ---------------------------------------

@@ -6,6 +6,9 @@ reconcilers ask of them.
 - ``secrets`` (only those labelled ``cloudcred.io/credential-secret``; labels and a
   digest of the data, never the data) and ``namespaces`` (labels) are fed by the
   operator's own LIST+WATCH threads (``informers.Informer``);
+- ``delivered`` (Secrets labelled ``app.kubernetes.io/managed-by=cloudcred``: UID, owner
+  and the in-use label, never the data), indexed by their owner Cluster's UID, so a
+  delivered Secret is found whatever name the Cluster's spec gives now;
 - ``boundaries`` (CredentialBoundaries, cluster-scoped) by another such thread
   (``informers.Informer`` over the custom objects API; ``cache.boundaries.boundary_info``
   converts them), so they are followed whatever namespaces the
@@ -25,7 +28,7 @@ from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.bindings import ClusterInfo, CredentialInfo
 from cloudcred.cache.store import Change, Key, Store
 
-__all__ = ["Caches", "Change", "Key", "SecretInfo", "Store"]
+__all__ = ["Caches", "Change", "DeliveredInfo", "Key", "SecretInfo", "Store"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,16 @@ class SecretInfo:
     referenced: bool  # cloudcred.io/credential-secret
     in_use: bool  # cloudcred.io/in-use
     digest: str
+
+
+@dataclass(frozen=True)
+class DeliveredInfo:
+    """A Secret labelled as the operator's: its UID, the Cluster that is its controller
+    owner (None when it has none), and whether it carries ``cloudcred.io/in-use``."""
+
+    uid: str
+    owner_uid: str | None
+    in_use: bool
 
 
 class Caches:
@@ -49,13 +62,16 @@ class Caches:
             {"credential": lambda c: [c.credential], "namespace": lambda c: [c.namespace]},
         )
         self.secrets: Store[SecretInfo] = Store("Secret")
+        self.delivered: Store[DeliveredInfo] = Store(
+            "DeliveredSecret", {"owner": lambda d: [d.owner_uid] if d.owner_uid else []}
+        )
         self.namespaces: Store[dict[str, str]] = Store("Namespace")
         self.boundaries: Store[boundary.Boundary] = Store("CredentialBoundary")
 
     @property
     def stores(self) -> tuple[Store[object], ...]:
         return (self.credentials, self.clusters, self.secrets, self.namespaces,
-                self.boundaries)  # type: ignore[return-value]  # fmt: skip
+                self.boundaries, self.delivered)  # type: ignore[return-value]  # fmt: skip
 
     @property
     def boundaries_synced(self) -> bool:

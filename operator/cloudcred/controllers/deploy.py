@@ -58,6 +58,7 @@ from cloudcred.constants import (
     CLUSTER_PLURAL,
     DELIVERED_REVISION_ANNOTATION,
     EXPIRES_ANNOTATION,
+    IN_USE_LABEL,
     MANAGED_BY_LABEL,
 )
 from cloudcred.controllers.controller import DONE, Result
@@ -138,15 +139,14 @@ class DeployReconciler:
         # cluster that waits in a rollout), when they expire, and a revocation done.
         self._delivered: dict[Key, tuple[str | None, str, dict[str, Any]]] = {}
         self._expires: dict[Key, tuple[str | None, datetime | None]] = {}
-        self._revoked: dict[Key, str | None] = {}
+        # Secrets deleted on revocation whose deletion the watch has not echoed yet.
+        self._deleted: set[str] = set()
 
     def _forget(self, key: Key, uid: str | None = None) -> None:
         """Drop what is kept about the cluster under ``key`` unless it is object ``uid``."""
         for state in (self._delivered, self._expires):
             if key in state and state[key][0] != uid:
                 del state[key]
-        if key in self._revoked and self._revoked[key] != uid:
-            del self._revoked[key]
 
     def target(self, cluster: ClusterInfo, credential: CredentialInfo) -> DeployTarget | None:
         """What to deploy for this bound cluster now, if anything: never deployed, or
@@ -213,6 +213,10 @@ class DeployReconciler:
             self._forget(key)
             return DONE
         self._forget(key, cluster.uid)
+        stale = [k for k in self._owned(cluster) if k[1] != cluster.credentials_secret]
+        if stale:  # renamed, or the field removed: found by owner, not by the spec's name
+            await self._revoke_secrets(cluster, stale, "no longer named by "
+                                       "spec.credentialsSecret")  # fmt: skip
         if cluster.external:
             return DONE
         binding = self.caches.decide(cluster)
@@ -288,25 +292,42 @@ class DeployReconciler:
         await self.kube.patch_status_guarded(CLUSTER_PLURAL, *cluster.key, cluster.uid,
                                              operations, MANAGER)  # fmt: skip
 
-    async def _revoke(self, cluster: ClusterInfo, why: str) -> None:
-        """Delete the Secret the operator delivered to this cluster, if there is one:
-        the cluster may not have its credential's values any more. Only a Secret this
-        cluster owns (its UID in the controller owner reference) is deleted, and only
-        that object (a precondition on its UID)."""
-        key = cluster.key
-        if not cluster.credentials_secret or self._revoked.get(key, "") == cluster.uid:
-            return
-        self._delivered.pop(key, None)
-        self._expires.pop(key, None)
-        existing = await self.kube.secret_metadata(cluster.namespace, cluster.credentials_secret)
-        if existing is not None and owned_by(existing, cluster.uid):
-            await self.kube.delete_secret(cluster.namespace, cluster.credentials_secret,
-                                          existing.uid)  # fmt: skip
+    def _owned(self, cluster: ClusterInfo) -> list[Key]:
+        """The Secrets whose controller owner is this cluster object (its UID), as the
+        delivered-Secrets watch last saw them, less those being deleted."""
+        if not cluster.uid:
+            return []
+        found = self.caches.delivered.by("owner", cluster.uid)
+        return sorted(k for k in found if (info := self.caches.delivered.get(k)) is not None
+                      and info.uid not in self._deleted)  # fmt: skip
+
+    async def _revoke_secrets(self, cluster: ClusterInfo, keys: list[Key], why: str) -> None:
+        """Delete these Secrets the cluster owns (each with its UID as precondition). A
+        ``cloudcred.io/in-use`` label on one (a tenant's, which would make the delete
+        fail) is taken off first: the operator holds the verb that allows it."""
+        self._delivered.pop(cluster.key, None)
+        self._expires.pop(cluster.key, None)
+        for key in keys:
+            info = self.caches.delivered.get(key)
+            if info is None:
+                continue
+            if info.in_use:
+                await self.kube.set_secret_labels(*key, {IN_USE_LABEL: None})
+            await self.kube.delete_secret(*key, info.uid)
+            if len(self._deleted) > 1000:  # keep only what the watch has not echoed yet
+                self._deleted = {i.uid for i in self.caches.delivered.objects.values()}
+            self._deleted.add(info.uid)
             await self.kube.post_event(
                 cluster.reference, "Warning", "CredentialsRevoked",
-                f"deleted Secret {cluster.namespace}/{cluster.credentials_secret}: {why}",
+                f"deleted Secret {key[0]}/{key[1]}: {why}",
             )  # fmt: skip
-        self._revoked[key] = cluster.uid
+
+    async def _revoke(self, cluster: ClusterInfo, why: str) -> None:
+        """Delete every Secret the operator delivered to this cluster: it may not have
+        its credential's values any more. Only Secrets this cluster object owns (its UID
+        in the controller owner reference) are deleted, each with a precondition on its
+        own UID."""
+        await self._revoke_secrets(cluster, self._owned(cluster), why)
 
     async def _deploy_target(self, target: DeployTarget) -> None:
         cluster, credential = target.cluster, target.credential
@@ -410,7 +431,6 @@ class DeployReconciler:
                 cluster.namespace, name, existing.uid, existing.resource_version, data,
                 annotations,
             )  # fmt: skip
-        self._revoked.pop(cluster.key, None)
         self._delivered[cluster.key] = (cluster.uid, revision, target.spec)
         self._expires[cluster.key] = (cluster.uid, delivery.expires)
 

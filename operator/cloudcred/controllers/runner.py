@@ -39,7 +39,7 @@ from urllib3.exceptions import HTTPError
 
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key, object_reference
 from cloudcred.boundary import Boundary
-from cloudcred.cache import Caches, Change, SecretInfo
+from cloudcred.cache import Caches, Change, DeliveredInfo, SecretInfo
 from cloudcred.cache.boundaries import boundary_info
 from cloudcred.cache.informers import (
     LISTER_PAGE_SIZE,
@@ -47,6 +47,7 @@ from cloudcred.cache.informers import (
     CustomResourceLister,
     Informer,
     SyncScopes,
+    delivered_info,
     namespace_labels,
     namespace_matcher,
     plain_namespaces,
@@ -58,6 +59,7 @@ from cloudcred.constants import (
     CLUSTER_PLURAL,
     CREDENTIAL_PLURAL,
     GROUP,
+    MANAGED_BY_LABEL,
     REFERENCED_LABEL,
     VERSION,
 )
@@ -160,6 +162,16 @@ def credential_secrets(change: Change[CredentialInfo]) -> Iterable[Key]:
 
 def secret_itself(change: Change[SecretInfo]) -> Iterable[Key]:
     yield change.key
+
+
+def delivered_owner(caches: Caches, change: Change[DeliveredInfo]) -> Iterable[Key]:
+    """The Cluster that owns a delivered Secret (its UID, looked up in the namespace):
+    a Secret it no longer names is revoked at its next reconcile."""
+    owners = {d.owner_uid for d in (change.old, change.new) if d is not None and d.owner_uid}
+    for key in caches.clusters.by("namespace", change.key[0]):
+        cluster = caches.clusters.get(key)
+        if cluster is not None and cluster.uid in owners:
+            yield key
 
 
 class Controllers:
@@ -351,6 +363,8 @@ class Controllers:
             Watch("CloudCredential", self.deploy, credential_deploys),
             Watch("CloudCredential", self.secrets, credential_secrets),
             Watch("Secret", self.secrets, secret_itself),
+            Watch("DeliveredSecret", self.deploy, partial(delivered_owner, self.caches)),
+            Watch("DeliveredSecret", self.secrets, secret_itself),
             Watch("Namespace", self.clusters, namespace_clusters),
             Watch("Namespace", self.deploy, namespace_clusters),
             Watch("Namespace", self.credentials, namespace_credentials),
@@ -422,6 +436,24 @@ class Controllers:
                 Informer(self.caches.secrets, core.list_namespaced_secret, secret_info,
                          partial(self._changed, "Secret"), loop, *timing, label_selector=selector,
                          page_size=page, namespace=namespace, scopes=scopes)
+                for namespace in self.secret_namespaces
+            ]  # fmt: skip
+        # Delivered Secrets, by the label the operator puts on them: found by their
+        # owner's UID, whatever name the Cluster's spec gives now.
+        delivered = partial(self._changed, "DeliveredSecret")
+        managed = f"{MANAGED_BY_LABEL}=cloudcred"
+        if self.secret_namespaces is None:
+            self.informers.append(
+                Informer(self.caches.delivered, core.list_secret_for_all_namespaces,
+                         delivered_info, delivered, loop, *timing, label_selector=managed,
+                         page_size=page, watched=self.watched)
+            )  # fmt: skip
+        else:
+            scopes = SyncScopes(self.secret_namespaces)
+            self.informers += [
+                Informer(self.caches.delivered, core.list_namespaced_secret, delivered_info,
+                         delivered, loop, *timing, label_selector=managed, page_size=page,
+                         namespace=namespace, scopes=scopes)
                 for namespace in self.secret_namespaces
             ]  # fmt: skip
         self.informers.append(
