@@ -25,6 +25,7 @@ import copy
 import itertools
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -83,6 +84,7 @@ class FakeKube:
         # Server-side apply: the status fields and condition types each manager applied.
         self._owned: dict[tuple[str, Key, str], tuple[set[str], set[str]]] = {}
         self._versions = itertools.count(1)
+        self.calls: Counter[str] = Counter()  # every Kube method called, by name
 
     # -- test controls ----------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class FakeKube:
         self._actions.setdefault(method, []).append(action)
 
     def _fault(self, method: str) -> None:
+        self.calls[method] += 1
         actions = self._actions.get(method)
         if actions:
             actions.pop(0)()
@@ -272,6 +275,7 @@ class FakeKube:
         return dict(secret["data"])
 
     async def secret_metadata(self, namespace: str, name: str) -> Any:
+        self._fault("secret_metadata")
         secret = self.secrets.get((namespace, name))
         if secret is None:
             return None

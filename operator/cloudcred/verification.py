@@ -432,3 +432,14 @@ def _events(
 def retry_delay(retry: int, settings: Settings) -> float:
     """Backoff for transient failures: 5 s, 10 s, 20 s, ... up to retry_max_delay."""
     return float(min(5 * 2 ** min(retry, 10), settings.retry_max_delay))
+
+
+def check_retry_delay(retry: int, settings: Settings) -> float:
+    """Backoff for a check that failed transiently: once after 5 s (a Secret applied
+    together with its credential, a blip), then never under the 1-minute floor of
+    periodic checks: 60 s, 120 s, 240 s, ... up to retry_max_delay (default 300 s). What a tenant's
+    broken credential costs the API server and the provider stays bounded."""
+    if retry == 0:
+        return min(5.0, settings.retry_max_delay)
+    # A retry_max_delay under a minute is the administrator's choice (tests use one).
+    return float(min(MIN_INTERVAL_SECONDS * 2 ** min(retry - 1, 10), settings.retry_max_delay))

@@ -206,6 +206,8 @@ def test_chart_passes_server_side_dry_run(
         "CustomResourceDefinition", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
         # the installation Secret: create in the operator's own namespace only
         "Role", "RoleBinding",
+        # no in-use label on delivered Secrets: its policy and binding
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     ])  # fmt: skip
     result = dry_run(kube, manifests)
     assert "server dry run" in result.stdout

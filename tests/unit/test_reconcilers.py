@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import functools
 import json
 import time
@@ -401,7 +402,7 @@ async def test_checks_follow_the_interval_and_back_off_after_transient_failures(
     kube.put("CloudCredential", body)
     await operator.settle()
     assert 540 <= operator.timers()["verification"][CRED] <= 660  # 10 min ± 10 %
-    # The Secret goes away: SecretNotFound, checked again after 5 s, then 10 s.
+    # The Secret goes away: SecretNotFound, checked again after 5 s, then 60 s.
     del kube.secrets[(NS, "sa")]
     kube.on_change("Secret", (NS, "sa"), None)
     await operator.settle()
@@ -410,13 +411,58 @@ async def test_checks_follow_the_interval_and_back_off_after_transient_failures(
     await operator.advance(2)
     assert operator.timers()["verification"][CRED] == pytest.approx(3, abs=0.1), "not due yet"
     await operator.advance(3.1)
-    assert operator.timers()["verification"][CRED] == pytest.approx(10, abs=0.1)
+    assert operator.timers()["verification"][CRED] == pytest.approx(60, abs=0.1)
     # It comes back (unlabelled, so no watch sees it): found at the next retry, and the
     # checks go back to the interval.
     new_key(kube, KEY)
-    await operator.advance(10.1)
+    await operator.advance(60.1)
     assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "VerificationDisabled"
     assert 540 <= operator.timers()["verification"][CRED] <= 660
+
+
+BROKEN = 100  # credentials pointing at a Secret that does not exist
+
+
+@run
+async def test_broken_credentials_cost_a_bounded_load_and_nothing_under_the_one_minute_floor(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant's credentials whose Secret is missing (one of them under automatic
+    rotation, which waits for it to verify) during an hour: each is checked once 5 s
+    after the first failure (a Secret applied together with its credential), then no
+    more often than once a minute, backing off to CLOUDCRED_RETRY_MAX_DELAY; a check
+    that changes nothing writes nothing; the rotation does not poll. The API calls and
+    checks per credential-hour are printed (``-s``)."""
+    calls = provider_calls(monkeypatch)
+    operator = Operator(kube, clock, retry_max_delay=300)
+    spec = {"provider": "GCP", "gcp": {"serviceAccountKeyRef": {"name": "gone", "key": "k"}}}
+    for index in range(BROKEN):
+        kube.put("CloudCredential", {"metadata": {"namespace": NS, "name": f"broken-{index}"},
+                                     "spec": copy.deepcopy(spec)})  # fmt: skip
+    rotating = copy.deepcopy(spec)
+    rotating["rotation"] = {"policy": "Automatic", "maxAge": "90d"}
+    kube.put("CloudCredential", {"metadata": {"namespace": NS, "name": "rotating"},
+                                 "spec": rotating})  # fmt: skip
+    await operator.settle()
+    first = find(kube, "CloudCredential", "broken-0", "Verified")
+    assert first["reason"] == "SecretNotFound"
+    assert operator.timers()["verification"][(NS, "broken-0")] == pytest.approx(5, abs=0.5)
+    await operator.advance(5.1)
+    assert operator.timers()["verification"][(NS, "broken-0")] >= 59
+    kube.calls.clear()
+    kube.recorded.writes.clear()
+    for _ in range(720):
+        await operator.advance(5)
+    hours = (BROKEN + 1) * 1.0
+    per_hour = {method: round(count / hours, 1) for method, count in kube.calls.items()}
+    print(f"API calls per broken credential and hour: {per_hour}")
+    assert not calls, "the provider is never asked without the Secret"
+    # Backing off to 300 s: at most 14 checks an hour (a Secret GET, a credential GET each).
+    assert kube.calls["read_secret_data"] / hours <= 14
+    assert kube.calls["read_credential"] / hours <= 14 + 12 / hours  # the rotation: 12 looks
+    assert kube.calls["apply_status"] == 0, "a check that changes nothing writes nothing"
+    assert kube.calls["set_secret_labels"] == 0, "nothing to label: the Secret is missing"
+    assert kube.calls["read_secret_versioned"] <= 12, "the rotation waits without polling"
 
 
 IDENTITY = "cc@p.iam.gserviceaccount.com"
@@ -508,14 +554,15 @@ async def test_a_periodic_check_posts_no_event_and_a_description_edit_keeps_the_
 
 @pytest.mark.parametrize(
     ("reason", "checks"),
-    [(Reason.PROVIDER_REFUSED, 1), (Reason.PROVIDER_UNREACHABLE, 4)],
+    [(Reason.PROVIDER_REFUSED, 1), (Reason.PROVIDER_UNREACHABLE, 2)],
 )
 @run
 async def test_a_provider_refusal_is_not_retried_like_an_outage(
     kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch, reason: Reason, checks: int
 ) -> None:
     """A refusal (the provider answered no to the request itself) waits for the
-    interval or a change; an outage is asked again after 5 s, 10 s, 20 s."""
+    interval or a change; an outage is asked again after 5 s, then 60 s, 120 s (never
+    under the 1-minute floor after the first retry)."""
     calls = provider_calls(monkeypatch, refuse=reason)
     operator = Operator(kube, clock, retry_max_delay=300)
     credential(kube)
