@@ -12,9 +12,11 @@ not be able to compute or choose:
   and created again under the same name gets new ones (AWS's answer to the confused
   deputy, where the third party, not the customer, determines the ExternalId).
 
-Deleting the Secret changes every revision (every bound cluster is redeployed once)
-and every ExternalId (every role's trust policy must be updated): back it up with the
-cluster's other Secrets.
+Deleting the Secret would change every revision (every bound cluster redeployed once)
+and every ExternalId (every role's trust policy to update): the operator refuses to
+make a new key while credentials carry values derived from the old one, and says how
+to restore it or make a new one on purpose. Back it up with the cluster's other
+Secrets.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloudcred.constants import CREDENTIAL_PLURAL
 from cloudcred.kube import AlreadyExists, Kube, NotFound
 
 INSTALLATION_SECRET = "cloudcred-installation"
@@ -74,9 +77,37 @@ class InstallationError(RuntimeError):
     """The key cannot be read or created; the message says what to fix."""
 
 
+async def derived_from_a_key(kube: Kube) -> str | None:
+    """A credential whose status carries a value derived from an installation key (a
+    revision, an ExternalId), as ``namespace/name``; None when there is none."""
+    async for item in kube.list_pages(CREDENTIAL_PLURAL, page_size=100):
+        status = item.get("status") or {}
+        if status.get("revision") or status.get("externalId"):
+            metadata = item["metadata"]
+            return f"{metadata['namespace']}/{metadata['name']}"
+    return None
+
+
+def missing_key_message(namespace: str, credential: str) -> str:
+    """What to do when the key is gone while credentials carry values derived from it."""
+    return (
+        f"Secret {namespace}/{INSTALLATION_SECRET} is missing, but CloudCredential "
+        f"{credential} (and maybe others) carries a revision or ExternalId derived from "
+        "the installation key it held: a new key would change every revision (every "
+        "cluster redeployed) and every AWS ExternalId (every role refused). Either "
+        f"restore it from your backup (kubectl apply -n {namespace} -f "
+        f"{INSTALLATION_SECRET}.yaml), or make a new key on purpose: kubectl create "
+        f"secret generic {INSTALLATION_SECRET} -n {namespace} "
+        '--from-literal=key="$(head -c 32 /dev/urandom | base64 -w0)", then update every '
+        "role's trust policy (cloudcred trust-policy)"
+    )
+
+
 async def load_installation(kube: Kube, namespace: str) -> Installation:
     """Read the installation key, creating it on the first start. Two replicas starting
-    at once both try to create it; the one that loses reads the winner's."""
+    at once both try to create it; the one that loses reads the winner's. A key that is
+    missing while credentials carry values derived from it is not made anew: that is a
+    lost key, for a person to restore (or to replace on purpose)."""
     for _ in range(3):
         try:
             data = await kube.read_secret_data(namespace, INSTALLATION_SECRET)
@@ -84,6 +115,9 @@ async def load_installation(kube: Kube, namespace: str) -> Installation:
             data = None
         if data is not None:
             return Installation(key_from_data(namespace, data), namespace)
+        derived = await derived_from_a_key(kube)
+        if derived is not None:
+            raise InstallationError(missing_key_message(namespace, derived))
         # The value is the key in base64 (text), stored as Secret data (base64 again).
         key = base64.b64encode(base64.b64encode(secrets.token_bytes(KEY_BYTES))).decode()
         try:
