@@ -29,6 +29,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloudcred.cache.informers import namespace_matcher, plain_namespaces
 from cloudcred.constants import CREDENTIAL_PLURAL
 from cloudcred.kube import AlreadyExists, Kube, NotFound
 
@@ -77,14 +78,20 @@ class InstallationError(RuntimeError):
     """The key cannot be read or created; the message says what to fix."""
 
 
-async def derived_from_a_key(kube: Kube) -> str | None:
-    """A credential whose status carries a value derived from an installation key (a
-    revision, an ExternalId), as ``namespace/name``; None when there is none."""
-    async for item in kube.list_pages(CREDENTIAL_PLURAL, page_size=100):
-        status = item.get("status") or {}
-        if status.get("revision") or status.get("externalId"):
-            metadata = item["metadata"]
-            return f"{metadata['namespace']}/{metadata['name']}"
+async def derived_from_a_key(kube: Kube, watched: list[str]) -> str | None:
+    """A credential of the watched namespaces (kopf's patterns; none: all) whose status
+    carries a value derived from an installation key (a revision, an ExternalId), as
+    ``namespace/name``; None when there is none."""
+    plain = plain_namespaces(watched)
+    matches = namespace_matcher(watched)
+    for namespace in plain if plain is not None else [None]:
+        async for item in kube.list_pages(CREDENTIAL_PLURAL, page_size=100,
+                                          namespace=namespace):  # fmt: skip
+            metadata, status = item["metadata"], item.get("status") or {}
+            if matches(metadata["namespace"]) and (
+                status.get("revision") or status.get("externalId")
+            ):
+                return f"{metadata['namespace']}/{metadata['name']}"
     return None
 
 
@@ -103,7 +110,9 @@ def missing_key_message(namespace: str, credential: str) -> str:
     )
 
 
-async def load_installation(kube: Kube, namespace: str) -> Installation:
+async def load_installation(
+    kube: Kube, namespace: str, watched: list[str] | None = None
+) -> Installation:
     """Read the installation key, creating it on the first start. Two replicas starting
     at once both try to create it; the one that loses reads the winner's. A key that is
     missing while credentials carry values derived from it is not made anew: that is a
@@ -115,7 +124,7 @@ async def load_installation(kube: Kube, namespace: str) -> Installation:
             data = None
         if data is not None:
             return Installation(key_from_data(namespace, data), namespace)
-        derived = await derived_from_a_key(kube)
+        derived = await derived_from_a_key(kube, watched or [])
         if derived is not None:
             raise InstallationError(missing_key_message(namespace, derived))
         # The value is the key in base64 (text), stored as Secret data (base64 again).

@@ -189,9 +189,13 @@ def test_a_lost_installation_key_is_not_made_anew_while_credentials_carry_its_va
     made = asyncio.run(load_installation(kube, "cloudcred-system"))  # type: ignore[arg-type]
     assert made.key == base64.b64decode(fresh)
 
+    # Only the watched namespaces count: another installation's credentials do not.
     empty = FakeKube()
     empty.put("CloudCredential", {"metadata": {"namespace": "acme", "name": "new"},
                                   "spec": {"provider": "GCP"}})  # fmt: skip
-    first = asyncio.run(load_installation(empty, "cloudcred-system"))  # type: ignore[arg-type]
+    empty.put("CloudCredential", {"metadata": {"namespace": "other", "name": "theirs"},
+                                  "spec": {"provider": "GCP"},
+                                  "status": {"revision": "v2-0123456789ab"}})  # fmt: skip
+    first = asyncio.run(load_installation(empty, "cloudcred-system", ["acme"]))  # type: ignore[arg-type]
     assert len(first.key) == 32
     assert ("cloudcred-system", INSTALLATION_SECRET) in empty.secrets
