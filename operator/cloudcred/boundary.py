@@ -187,19 +187,27 @@ def violation(
     boundaries: Iterable[Boundary],
     reported_account: str | None = None,
     gcp_email: str | None = None,
+    default_deny: bool = False,
 ) -> str | None:
     """Why the credential is outside a boundary of its namespace (a message for users),
     or None when every boundary that selects the namespace allows it.
 
     ``reported_account``: the AWS account of a static key, as STS reported it;
     ``gcp_email``: the service account of a GCP key (its ``client_email``, or the
-    identity the token exchange authenticated). Without them, only what the spec
-    shows is checked (as at admission). Boundaries are checked in name order, so the
-    message does not change from one check to the next.
+    identity the token exchange authenticated). Without them, only what the spec shows
+    is checked (as at admission). ``default_deny``: a namespace that no boundary selects
+    allows nothing (the installation's ``boundary_default``). Boundaries are checked in
+    name order, so the message does not change from one check to the next.
     """
+    selected = False
     for boundary in sorted(boundaries, key=lambda b: b.name):
         if boundary.selects(namespace_labels):
+            selected = True
             found = _check_one(boundary, spec, namespace, reported_account, gcp_email)
             if found:
                 return found
+    if default_deny and not selected:
+        return (f"no CredentialBoundary selects namespace {namespace}, and this "
+                "installation denies what no boundary allows "
+                "(CLOUDCRED_BOUNDARY_DEFAULT=Deny)")  # fmt: skip
     return None

@@ -420,6 +420,31 @@ async def test_checks_follow_the_interval_and_back_off_after_transient_failures(
     assert 540 <= operator.timers()["verification"][CRED] <= 660
 
 
+@run
+async def test_with_a_default_deny_a_namespace_no_boundary_selects_uses_nothing(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CLOUDCRED_BOUNDARY_DEFAULT=Deny: a credential in a namespace that no
+    CredentialBoundary selects is OutsideBoundary and the provider is never asked; a
+    boundary that selects the namespace and allows it lets it be checked."""
+    calls = provider_calls(monkeypatch)
+    operator = Operator(kube, clock, boundary_default="Deny")
+    credential(kube, check=True)
+    await operator.settle()
+    verified = find(kube, "CloudCredential", "prod", "Verified")
+    assert (verified["status"], verified["reason"]) == ("False", "OutsideBoundary")
+    assert f"no CredentialBoundary selects namespace {NS}" in verified["message"]
+    assert "CLOUDCRED_BOUNDARY_DEFAULT=Deny" in verified["message"]
+    assert "verify" not in calls
+
+    operator.label_namespace(NS, {"team": "a"})
+    operator.put_boundary("team-a", {"namespaceSelector": {"matchLabels": {"team": "a"}},
+                                     "gcp": {}})  # fmt: skip
+    await operator.settle()
+    assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "Verified"
+    assert calls.count("verify") == 1
+
+
 BROKEN = 100  # credentials pointing at a Secret that does not exist
 
 

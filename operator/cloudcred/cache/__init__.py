@@ -52,7 +52,9 @@ class DeliveredInfo:
 
 
 class Caches:
-    def __init__(self) -> None:
+    def __init__(self, boundary_default_deny: bool = False) -> None:
+        # The installation's CLOUDCRED_BOUNDARY_DEFAULT=Deny: no boundary, no use.
+        self.boundary_default_deny = boundary_default_deny
         self.credentials: Store[CredentialInfo] = Store(
             "CloudCredential",
             {"secret": lambda c: [(c.namespace, name) for name in c.secret_names]},
@@ -105,7 +107,8 @@ class Caches:
         AWS key; ``gcp_email``: the service account of a GCP key."""
         labels = self.namespace_labels(namespace) or {}
         return boundary.violation(spec, namespace, labels, self.boundaries.objects.values(),
-                                  reported_account, gcp_email)  # fmt: skip
+                                  reported_account, gcp_email,
+                                  default_deny=self.boundary_default_deny)  # fmt: skip
 
     def credentials_selected_by(
         self, selects: Callable[[dict[str, str]], bool]

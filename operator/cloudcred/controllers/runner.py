@@ -190,7 +190,7 @@ class Controllers:
         seconds and the cluster reconciler is idle (0: they do not wait)."""
         self.kube = kube
         self.settings = settings
-        self.caches = caches = Caches()
+        self.caches = caches = Caches(settings.boundary_default == "Deny")
         controller = partial(Controller[Key], on_error=self._show_error,
                              on_success=self._cleared,
                              max_delay=settings.retry_max_delay)  # fmt: skip
