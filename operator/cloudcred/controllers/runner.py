@@ -289,8 +289,7 @@ class Controllers:
             """Clusters to deploy: all of them when what the deploy reads moved, else
             those the status has just listed (their first deployment may go)."""
             old, new = change.old, change.new
-            if old is None or new is None or old != new or old.status.get("identity") != \
-                    new.status.get("identity"):  # fmt: skip
+            if old is None or new is None or old != new:
                 yield from caches.clusters.by("credential", change.key)
             else:
                 yield from new.listed - old.listed
