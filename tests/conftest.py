@@ -17,7 +17,12 @@ import pytest
 from kubernetes import client
 
 from tests.envtest.controlplane import ControlPlane
-from tests.kube import api_client, install_admission_policies, install_crds
+from tests.kube import (
+    api_client,
+    install_admission_policies,
+    install_crds,
+    install_installation_key,
+)
 
 
 @dataclass
@@ -63,6 +68,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     try:
         install_crds(api)
         install_admission_policies(api)
+        install_installation_key(api)
         yield Kube(kubeconfig=kubeconfig, api=api, plane=plane)
     finally:
         api.close()

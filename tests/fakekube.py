@@ -25,6 +25,7 @@ import copy
 import itertools
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,10 +34,17 @@ from typing import Any
 
 from cloudcred import conditions
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
-from cloudcred.cache import SecretInfo
+from cloudcred.cache import DeliveredInfo, SecretInfo
+from cloudcred.cache.boundaries import boundary_info
 from cloudcred.cache.informers import data_digest
 from cloudcred.config import Settings
-from cloudcred.constants import API_VERSION, FINALIZER, IN_USE_LABEL, REFERENCED_LABEL
+from cloudcred.constants import (
+    API_VERSION,
+    FINALIZER,
+    IN_USE_LABEL,
+    MANAGED_BY_LABEL,
+    REFERENCED_LABEL,
+)
 from cloudcred.controllers import deploy
 from cloudcred.controllers.runner import Controllers
 from cloudcred.installation import Installation
@@ -77,6 +85,7 @@ class FakeKube:
         # Server-side apply: the status fields and condition types each manager applied.
         self._owned: dict[tuple[str, Key, str], tuple[set[str], set[str]]] = {}
         self._versions = itertools.count(1)
+        self.calls: Counter[str] = Counter()  # every Kube method called, by name
 
     # -- test controls ----------------------------------------------------------------
 
@@ -96,6 +105,7 @@ class FakeKube:
         self._actions.setdefault(method, []).append(action)
 
     def _fault(self, method: str) -> None:
+        self.calls[method] += 1
         actions = self._actions.get(method)
         if actions:
             actions.pop(0)()
@@ -266,6 +276,7 @@ class FakeKube:
         return dict(secret["data"])
 
     async def secret_metadata(self, namespace: str, name: str) -> Any:
+        self._fault("secret_metadata")
         secret = self.secrets.get((namespace, name))
         if secret is None:
             return None
@@ -424,6 +435,7 @@ class Operator:
     def _event(self, kind: str, key: Key, body: dict[str, Any] | None) -> None:
         caches = self.controllers.caches
         if kind == "Secret":
+            self._delivered_event(key, body)
             store: Any = caches.secrets
             labels = (body or {}).get("metadata", {}).get("labels") or {}
             if body is None or REFERENCED_LABEL not in labels:
@@ -437,6 +449,21 @@ class Operator:
             parse = CredentialInfo.from_body if kind == "CloudCredential" else ClusterInfo.from_body
             change = store.delete(key) if body is None else store.apply(key, parse(body))
         self.controllers._changed(kind, [change])
+
+    def _delivered_event(self, key: Key, body: dict[str, Any] | None) -> None:
+        """The delivered-Secrets watch: Secrets labelled as the operator's."""
+        store = self.controllers.caches.delivered
+        metadata = (body or {}).get("metadata") or {}
+        if (metadata.get("labels") or {}).get(MANAGED_BY_LABEL) != "cloudcred":
+            if key not in store.objects:
+                return
+            change = store.delete(key)
+        else:
+            owner = next((r["uid"] for r in metadata.get("ownerReferences") or []
+                          if r.get("controller") and r.get("kind") == "Cluster"), None)  # fmt: skip
+            in_use = (metadata.get("labels") or {}).get(IN_USE_LABEL) == "true"
+            change = store.apply(key, DeliveredInfo(metadata["uid"], owner, in_use))
+        self.controllers._changed("DeliveredSecret", [change])
 
     def start_from(self, kube: FakeKube) -> None:
         """A restart: the caches take in everything the API server holds."""
@@ -459,6 +486,12 @@ class Operator:
         self.kube.namespaces[name] = labels
         change = self.controllers.caches.namespaces.apply(("", name), labels)
         self.controllers._changed("Namespace", [change])
+
+    def put_boundary(self, name: str, spec: dict[str, Any]) -> None:
+        """A CredentialBoundary as a cluster admin writes it."""
+        body = {"metadata": {"name": name}, "spec": spec}
+        change = self.controllers.caches.boundaries.apply(("", name), boundary_info(body))
+        self.controllers._changed("CredentialBoundary", [change])
 
     async def settle(self, limit: int = 10_000) -> int:
         """Reconcile every queued key until none is left; return how many reconciles."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from cloudcred.constants import CREDENTIAL_PLURAL, GROUP, VERSION
+from cloudcred.installation import INSTALLATION_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD_DIR = ROOT / "crds"
@@ -106,3 +109,18 @@ def wait_for_admission(api: client.ApiClient, timeout: float = 60.0) -> None:
             if "not yet synced" not in str(error.body) or time.monotonic() > deadline:
                 return  # judged (a refusal for another reason is a judgement too)
         time.sleep(0.2)
+
+
+def install_installation_key(api: client.ApiClient, namespace: str = "default") -> None:
+    """The installation key of the operators that share ``namespace`` (the default one,
+    outside a pod), made before any of them starts, as an administrator would: several
+    installations share the test namespaces, and an operator refuses to make a key of
+    its own while credentials carry values derived from another one's."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    body = client.V1Secret(metadata=client.V1ObjectMeta(name=INSTALLATION_SECRET),
+                           string_data={"key": key})  # fmt: skip
+    try:
+        client.CoreV1Api(api).create_namespaced_secret(namespace, body)
+    except ApiException as error:
+        if error.status != 409:  # made by an earlier run against the same cluster
+            raise

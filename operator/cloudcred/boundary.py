@@ -76,10 +76,12 @@ def gcp_email_project(email: str) -> str | None:
     return domain[: -len(GCP_EMAIL_SUFFIX)] or None
 
 
-def gcp_key_project(key: SecretStr | None) -> str | None:
-    """The ``project_id`` of a service-account JSON key: "" when it names none (outside
-    any list of projects), None when it is not a JSON object (the provider check says
-    what is wrong with it, before sending anything)."""
+def gcp_key_email(key: SecretStr | None) -> str | None:
+    """The ``client_email`` of a service-account JSON key, the identity Google
+    authenticates with the key's signature (its ``project_id`` is free text anyone may
+    edit): "" when it names none (outside any list of projects), None when it is not a
+    JSON object (the provider check says what is wrong with it, before sending
+    anything)."""
     if key is None:
         return None
     try:
@@ -88,8 +90,8 @@ def gcp_key_project(key: SecretStr | None) -> str | None:
         return None
     if not isinstance(info, dict):
         return None
-    project = info.get("project_id")
-    return project if isinstance(project, str) else ""
+    email = info.get("client_email")
+    return email if isinstance(email, str) else ""
 
 
 def _allowed(values: Iterable[str]) -> str:
@@ -107,7 +109,7 @@ def _check_one(
     spec: CloudCredentialSpec,
     namespace: str,
     reported_account: str | None,
-    gcp_project: str | None,
+    gcp_email: str | None,
 ) -> str | None:
     where = f"CredentialBoundary {boundary.name} (namespace {namespace})"
     rules = boundary.spec
@@ -145,11 +147,14 @@ def _check_one(
                     return (f"spec.gcp.serviceAccountEmail: project {project or '(none)'} is "
                             f"not allowed by {where}; allowed projects: "
                             f"{_allowed(projects)}")  # fmt: skip
-            elif gcp_project is not None and gcp_project not in projects:
-                return (f"spec.gcp.serviceAccountKeyRef: the key's project_id "
-                        f"{gcp_project or '(none)'} is "
-                        f"not allowed by {where}; allowed projects: "
-                        f"{_allowed(projects)}")  # fmt: skip
+            elif gcp_email is not None:
+                # The project of the service account, never the key's project_id.
+                project = gcp_email_project(gcp_email)
+                if project not in projects:
+                    return (f"spec.gcp.serviceAccountKeyRef: the key's service account "
+                            f"{gcp_email or '(none)'} is of project {project or '(none)'}, "
+                            f"which is not allowed by {where}; allowed projects: "
+                            f"{_allowed(projects)}")  # fmt: skip
     elif provider == "AZURE" and spec.azure is not None:
         if rules.azure is None:
             return f"spec.provider: AZURE is not allowed by {where}"
@@ -181,19 +186,28 @@ def violation(
     namespace_labels: Mapping[str, str],
     boundaries: Iterable[Boundary],
     reported_account: str | None = None,
-    gcp_project: str | None = None,
+    gcp_email: str | None = None,
+    default_deny: bool = False,
 ) -> str | None:
     """Why the credential is outside a boundary of its namespace (a message for users),
     or None when every boundary that selects the namespace allows it.
 
     ``reported_account``: the AWS account of a static key, as STS reported it;
-    ``gcp_project``: the ``project_id`` of a GCP key. Without them, only what the spec
-    shows is checked (as at admission). Boundaries are checked in name order, so the
-    message does not change from one check to the next.
+    ``gcp_email``: the service account of a GCP key (its ``client_email``, or the
+    identity the token exchange authenticated). Without them, only what the spec shows
+    is checked (as at admission). ``default_deny``: a namespace that no boundary selects
+    allows nothing (the installation's ``boundary_default``). Boundaries are checked in
+    name order, so the message does not change from one check to the next.
     """
+    selected = False
     for boundary in sorted(boundaries, key=lambda b: b.name):
         if boundary.selects(namespace_labels):
-            found = _check_one(boundary, spec, namespace, reported_account, gcp_project)
+            selected = True
+            found = _check_one(boundary, spec, namespace, reported_account, gcp_email)
             if found:
                 return found
+    if default_deny and not selected:
+        return (f"no CredentialBoundary selects namespace {namespace}, and this "
+                "installation denies what no boundary allows "
+                "(CLOUDCRED_BOUNDARY_DEFAULT=Deny)")  # fmt: skip
     return None

@@ -117,6 +117,12 @@ class Settings(BaseModel):
         "RotationRecommended with reason ExpiringSoon.",
     )
     aws_region: str = Field(default="us-east-1", description="Region for STS and IAM calls.")
+    boundary_default: Literal["Allow", "Deny"] = Field(
+        default="Allow",
+        description="For a namespace that no CredentialBoundary selects: Allow (any "
+        "account, as without boundaries) or Deny (its credentials are OutsideBoundary "
+        "and never used until a boundary selects the namespace).",
+    )
     operator_namespace: str | None = Field(
         default=None,
         description="Namespace of the installation Secret (cloudcred-installation); "

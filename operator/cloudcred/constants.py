@@ -36,3 +36,5 @@ EXPIRES_ANNOTATION = f"{GROUP}/expires-at"
 
 # The field manager of the binding and rollout reconcilers (clusters, credentials).
 BINDER_MANAGER = "cloudcred-binder"
+# Where the chart and deploy/ install the operator (the CLI's default for its Secrets).
+DEFAULT_OPERATOR_NAMESPACE = "cloudcred-system"

@@ -12,9 +12,11 @@ not be able to compute or choose:
   and created again under the same name gets new ones (AWS's answer to the confused
   deputy, where the third party, not the customer, determines the ExternalId).
 
-Deleting the Secret changes every revision (every bound cluster is redeployed once)
-and every ExternalId (every role's trust policy must be updated): back it up with the
-cluster's other Secrets.
+Deleting the Secret would change every revision (every bound cluster redeployed once)
+and every ExternalId (every role's trust policy to update): the operator refuses to
+make a new key while credentials carry values derived from the old one, and says how
+to restore it or make a new one on purpose. Back it up with the cluster's other
+Secrets.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloudcred.cache.informers import namespace_matcher, plain_namespaces
+from cloudcred.constants import CREDENTIAL_PLURAL
 from cloudcred.kube import AlreadyExists, Kube, NotFound
 
 INSTALLATION_SECRET = "cloudcred-installation"
 KEY_FIELD = "key"
+# The operator's own AWS principal, recorded on the installation Secret (a place only
+# the installation's administrators write) for ``cloudcred trust-policy``.
+PRINCIPAL_ANNOTATION = "cloudcred.io/aws-principal"
 KEY_BYTES = 32
 # Inside a pod, the namespace of its ServiceAccount.
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -42,6 +49,8 @@ logger = logging.getLogger("cloudcred.installation")
 @dataclass(frozen=True)
 class Installation:
     key: bytes = field(repr=False)
+    # Where the key's Secret lives; None for an installation made from a bare key.
+    namespace: str | None = None
 
     def digest(self, purpose: str, *parts: str) -> str:
         """HMAC-SHA256 (hex) over ``purpose`` and ``parts``, each NUL-terminated, so no
@@ -69,16 +78,55 @@ class InstallationError(RuntimeError):
     """The key cannot be read or created; the message says what to fix."""
 
 
-async def load_installation(kube: Kube, namespace: str) -> Installation:
+async def derived_from_a_key(kube: Kube, watched: list[str]) -> str | None:
+    """A credential of the watched namespaces (kopf's patterns; none: all) whose status
+    carries a value derived from an installation key (a revision, an ExternalId), as
+    ``namespace/name``; None when there is none."""
+    plain = plain_namespaces(watched)
+    matches = namespace_matcher(watched)
+    for namespace in plain if plain is not None else [None]:
+        async for item in kube.list_pages(CREDENTIAL_PLURAL, page_size=100,
+                                          namespace=namespace):  # fmt: skip
+            metadata, status = item["metadata"], item.get("status") or {}
+            if matches(metadata["namespace"]) and (
+                status.get("revision") or status.get("externalId")
+            ):
+                return f"{metadata['namespace']}/{metadata['name']}"
+    return None
+
+
+def missing_key_message(namespace: str, credential: str) -> str:
+    """What to do when the key is gone while credentials carry values derived from it."""
+    return (
+        f"Secret {namespace}/{INSTALLATION_SECRET} is missing, but CloudCredential "
+        f"{credential} (and maybe others) carries a revision or ExternalId derived from "
+        "the installation key it held: a new key would change every revision (every "
+        "cluster redeployed) and every AWS ExternalId (every role refused). Either "
+        f"restore it from your backup (kubectl apply -n {namespace} -f "
+        f"{INSTALLATION_SECRET}.yaml), or make a new key on purpose: kubectl create "
+        f"secret generic {INSTALLATION_SECRET} -n {namespace} "
+        '--from-literal=key="$(head -c 32 /dev/urandom | base64 -w0)", then update every '
+        "role's trust policy (cloudcred trust-policy)"
+    )
+
+
+async def load_installation(
+    kube: Kube, namespace: str, watched: list[str] | None = None
+) -> Installation:
     """Read the installation key, creating it on the first start. Two replicas starting
-    at once both try to create it; the one that loses reads the winner's."""
+    at once both try to create it; the one that loses reads the winner's. A key that is
+    missing while credentials carry values derived from it is not made anew: that is a
+    lost key, for a person to restore (or to replace on purpose)."""
     for _ in range(3):
         try:
             data = await kube.read_secret_data(namespace, INSTALLATION_SECRET)
         except NotFound:
             data = None
         if data is not None:
-            return _from_data(namespace, data)
+            return Installation(key_from_data(namespace, data), namespace)
+        derived = await derived_from_a_key(kube, watched or [])
+        if derived is not None:
+            raise InstallationError(missing_key_message(namespace, derived))
         # The value is the key in base64 (text), stored as Secret data (base64 again).
         key = base64.b64encode(base64.b64encode(secrets.token_bytes(KEY_BYTES))).decode()
         try:
@@ -96,7 +144,8 @@ async def load_installation(kube: Kube, namespace: str) -> Installation:
     raise InstallationError(f"Secret {namespace}/{INSTALLATION_SECRET} keeps changing")
 
 
-def _from_data(namespace: str, data: dict[str, str]) -> Installation:
+def key_from_data(namespace: str, data: dict[str, str]) -> bytes:
+    """The key in the installation Secret's (base64) data."""
     try:
         key = base64.b64decode(base64.b64decode(data[KEY_FIELD], validate=True), validate=True)
     except (KeyError, ValueError):
@@ -106,4 +155,23 @@ def _from_data(namespace: str, data: dict[str, str]) -> Installation:
             f"Secret {namespace}/{INSTALLATION_SECRET} has no valid key {KEY_FIELD!r} "
             f"(base64 of at least {KEY_BYTES} random bytes); delete it to start anew"
         )
-    return Installation(key)
+    return key
+
+
+_RECORDED_PRINCIPAL: dict[str, str] = {}  # installation namespace -> principal recorded
+
+
+async def record_principal(kube: Kube, installation: Installation, principal: str) -> None:
+    """Record the operator's principal on the installation Secret, once per process and
+    value: ``cloudcred trust-policy`` reads it there, never from a credential's status
+    (which a tenant with ``cloudcredentials/status`` could write)."""
+    namespace = installation.namespace
+    if namespace is None or _RECORDED_PRINCIPAL.get(namespace) == principal:
+        return
+    metadata = await kube.secret_metadata(namespace, INSTALLATION_SECRET)
+    if metadata is None:
+        return
+    if (metadata.annotations or {}).get(PRINCIPAL_ANNOTATION) != principal:
+        await kube.annotate_secret(namespace, INSTALLATION_SECRET, str(metadata.uid),
+                                   {PRINCIPAL_ANNOTATION: principal})  # fmt: skip
+    _RECORDED_PRINCIPAL[namespace] = principal

@@ -245,6 +245,18 @@ class Kube:
             _raise_gone(error, f"{plural} {namespace}/{name}", uid)
             raise
 
+    async def annotate_secret(
+        self, namespace: str, name: str, uid: str, annotations: dict[str, str]
+    ) -> None:
+        """Merge-patch annotations on the Secret with this UID."""
+        patch = {"metadata": {**_metadata(namespace, name, uid), "annotations": annotations}}
+        try:
+            await self._write(self.core.patch_namespaced_secret, name, namespace, patch)
+        except ApiException as error:
+            raise RuntimeError(
+                f"annotating Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
+            ) from None
+
     async def post_event(
         self, involved: dict[str, Any], type_: str, reason: str, message: str
     ) -> None:

@@ -354,8 +354,9 @@ class Rotator:
         verified = conditions.find((body.get("status") or {}).get("conditions"), "Verified")
         if not verified or verified.get("status") != conditions.TRUE:
             # The new key is made with the credential's own: it must work first (and its
-            # age be read by the check).
-            return ROLLOUT_RECHECK
+            # age be read by the check). A change of Verified queues this step at once
+            # (the wiring): no polling meanwhile.
+            return IDLE_RECHECK
         age = rotation.max_age(policy["maxAge"])
         requested = rotation.request_mark(
             (body["metadata"].get("annotations") or {}).get(rotation.ROTATE_NOW_ANNOTATION)

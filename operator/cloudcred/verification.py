@@ -28,7 +28,7 @@ from cloudcred import conditions
 from cloudcred.api.common import Provider, SecretKeyRef
 from cloudcred.api.credential import CloudCredentialSpec, VerificationSpec
 from cloudcred.config import Settings
-from cloudcred.installation import Installation
+from cloudcred.installation import Installation, record_principal
 from cloudcred.kube import Kube, NotFound
 from cloudcred.providers import aws, provider_module
 from cloudcred.providers.base import (
@@ -193,15 +193,20 @@ async def with_external_id(
     )
 
 
-async def trust_status(context: VerifyContext, spec: CloudCredentialSpec) -> dict[str, str]:
-    """What a role's trust policy must say, for ``status``: the ExternalId and the
-    operator's own principal (``cloudcred trust-policy`` builds the policy from them)."""
+async def trust_status(
+    kube: Kube, installation: Installation, context: VerifyContext
+) -> dict[str, str]:
+    """What a role's trust policy must say, shown in ``status``: the ExternalId and the
+    operator's own principal. Status is for reading only: ``cloudcred trust-policy``
+    derives both from the installation (its key, and the principal recorded on its
+    Secret here)."""
     if not context.external_id:
         return {}
     fields = {"externalId": context.external_id}
     principal = await asyncio.to_thread(aws.operator_principal, context)
     if principal:
         fields["operatorPrincipal"] = principal
+        await record_principal(kube, installation, principal)
     return fields
 
 
@@ -214,19 +219,19 @@ def inside_boundary(
     boundary: BoundaryCheck | None,
     spec: CloudCredentialSpec,
     reported_account: str | None = None,
-    gcp_project: str | None = None,
+    gcp_email: str | None = None,
 ) -> None:
     """Raise ``OutsideBoundary`` when a CredentialBoundary of the namespace does not
     allow the credential."""
-    message = boundary(spec, reported_account, gcp_project) if boundary else None
+    message = boundary(spec, reported_account, gcp_email) if boundary else None
     if message:
         raise VerificationError(Reason.OUTSIDE_BOUNDARY, message)
 
 
-def _gcp_key_project(spec: CloudCredentialSpec, secrets: SecretValues) -> str | None:
+def _gcp_key_email(spec: CloudCredentialSpec, secrets: SecretValues) -> str | None:
     if spec.gcp is None or spec.gcp.service_account_key_ref is None:
         return None
-    return boundaries.gcp_key_project(next(iter(secrets.values()), None))
+    return boundaries.gcp_key_email(next(iter(secrets.values()), None))
 
 
 async def check_credential(
@@ -255,12 +260,12 @@ async def check_credential(
     facts: KeyFacts | None = None
     try:
         context = await with_external_id(kube, installation, context, spec)
-        status.update(await trust_status(context, spec))
+        status.update(await trust_status(kube, installation, context))
         secrets = await read_secrets(kube, namespace, module.secret_refs(spec))
         status["revision"] = compute_revision(spec, secrets, installation)
         # Before the provider is asked: a role outside is never assumed, a GCP key of
         # another project never sent.
-        inside_boundary(boundary, spec, gcp_project=_gcp_key_project(spec, secrets))
+        inside_boundary(boundary, spec, gcp_email=_gcp_key_email(spec, secrets))
         if spec.verification is not None and not spec.verification.enabled:
             raise VerificationError(
                 Reason.VERIFICATION_DISABLED, "spec.verification.enabled is false"
@@ -276,6 +281,11 @@ async def check_credential(
             answer, verification = verification, None
             inside_boundary(boundary, spec, reported_account=boundaries.arn_account(
                 answer.identity) or "")  # fmt: skip
+            verification = answer
+        elif verification is not None and spec.gcp is not None:
+            # A key: again on the service account the token exchange authenticated.
+            answer, verification = verification, None
+            inside_boundary(boundary, spec, gcp_email=answer.identity)
             verification = answer
         verified = (conditions.TRUE, Reason.VERIFIED.value,
                     f"{spec.provider} accepted the credential")  # fmt: skip
@@ -422,3 +432,14 @@ def _events(
 def retry_delay(retry: int, settings: Settings) -> float:
     """Backoff for transient failures: 5 s, 10 s, 20 s, ... up to retry_max_delay."""
     return float(min(5 * 2 ** min(retry, 10), settings.retry_max_delay))
+
+
+def check_retry_delay(retry: int, settings: Settings) -> float:
+    """Backoff for a check that failed transiently: once after 5 s (a Secret applied
+    together with its credential, a blip), then never under the 1-minute floor of
+    periodic checks: 60 s, 120 s, 240 s, ... up to retry_max_delay (default 300 s). What a tenant's
+    broken credential costs the API server and the provider stays bounded."""
+    if retry == 0:
+        return min(5.0, settings.retry_max_delay)
+    # A retry_max_delay under a minute is the administrator's choice (tests use one).
+    return float(min(MIN_INTERVAL_SECONDS * 2 ** min(retry - 1, 10), settings.retry_max_delay))

@@ -15,7 +15,7 @@ from tests.aws import REGION, Moto, start_moto
 from tests.conftest import AUDIT_POLICY, Kube
 from tests.envtest.controlplane import ControlPlane, free_port
 from tests.iam import SimulatingIam, start_iam
-from tests.kube import ROOT, api_client, install_crds, load_yaml_documents
+from tests.kube import ROOT, api_client, install_crds, install_installation_key, load_yaml_documents
 from tests.operator import OperatorProcess, Operators
 
 # Test namespaces start with "t-": the shared operator watches exactly those.
@@ -128,6 +128,7 @@ def fault_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPla
     api = api_client(plane.kubeconfig)
     try:
         install_crds(api)
+        install_installation_key(api)
         extensions = client.ApiextensionsV1Api(api)
         for crd in load_yaml_documents(PEERING_CRDS):
             extensions.create_custom_resource_definition(crd)

@@ -4,6 +4,7 @@ against the real API server with the operator running and AWS as moto's server."
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
 from typing import Any
@@ -11,7 +12,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from cloudcred.constants import ROLLOUT_PAUSED_ANNOTATION
+from cloudcred.constants import (
+    CLUSTER_PLURAL,
+    GROUP,
+    IN_USE_LABEL,
+    ROLLOUT_PAUSED_ANNOTATION,
+    VERSION,
+)
 from tests.aws import Moto
 from tests.conftest import Kube
 from tests.operator import OperatorProcess, Operators, wait_for
@@ -110,6 +117,43 @@ def test_the_delivered_secret_changes_only_at_deployment(
     for value in (user.secret_access_key, new_key["SecretAccessKey"]):
         assert all(value not in text for text in texts)
         assert value not in operator.log()
+
+
+def test_a_delivered_secret_refuses_the_in_use_label_and_is_revoked_by_its_owner(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
+) -> None:
+    """The label cloudcred.io/in-use=true, which would make the operator's own delete
+    fail, is refused on a Secret delivered to a Cluster; removing the Cluster's
+    spec.credentialsSecret revokes the Secret, found by its owner's UID."""
+    user = moto.create_user(f"owned-{uuid.uuid4().hex[:8]}")
+    secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(kube, namespace, "prod", user.access_key_id, "keys", delivery=DELIVER)
+    delivering_cluster(kube, namespace, "prod", "aws-creds")
+    wait_for(lambda: delivered(kube, namespace, "aws-creds"), what="the delivery")
+
+    def refused() -> str | None:
+        label = {"metadata": {"labels": {IN_USE_LABEL: "true"}}}
+        try:
+            kube.core.patch_namespaced_secret("aws-creds", namespace, label)
+        except client.ApiException as error:
+            return str(json.loads(error.body)["message"]) if error.status == 403 else None
+        # The policy is not loaded yet: take the label off and try again.
+        unlabel = {"metadata": {"labels": {IN_USE_LABEL: None}}}
+        kube.core.patch_namespaced_secret("aws-creds", namespace, unlabel)
+        return None
+
+    message = wait_for(refused, what="the in-use label refused on a delivered Secret")
+    assert f"secret {namespace}/aws-creds was delivered by cloudcred to a Cluster" in message
+
+    kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, CLUSTER_PLURAL, "eu",
+        {"spec": {"credentialsSecret": None}},
+    )  # fmt: skip
+    wait_for(lambda: delivered(kube, namespace, "aws-creds") is None, timeout=30,
+             what="the delivered Secret revoked once the Cluster stopped naming it")  # fmt: skip
+    revoked = [e.message for e in events_for(kube, namespace, "eu")
+               if e.reason == "CredentialsRevoked"]  # fmt: skip
+    assert any("no longer named by spec.credentialsSecret" in text for text in revoked)
 
 
 def deploy_failed(kube: Kube, namespace: str, cluster: str = "eu") -> str:

@@ -160,7 +160,7 @@ def test_a_permanent_aws_refusal_is_not_retried_like_an_outage(
         assert found["status"] == "False"
         assert found["message"] == "AWS refused AssumeRole (ValidationError, HTTP 400)"
         first = sts.assume_role_calls
-        # ProviderUnreachable would be asked again after 5 s (then 10 s, 20 s ...): not
+        # ProviderUnreachable would be asked again after 5 s (then 60 s, 120 s ...): not
         # this one. What follows (no call for the whole backoff series, the interval
         # instead) is tests/unit/test_reconcilers.py's, on a fake clock.
         time.sleep(OUTAGE_RETRY + 1)

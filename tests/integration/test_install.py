@@ -11,6 +11,7 @@ the one built with the local control plane.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ from kubernetes.client.rest import ApiException
 from tests.aws import Moto
 from tests.conftest import Kube
 from tests.envtest.controlplane import cache_dir, ensure_binaries
-from tests.kube import ROOT
+from tests.kube import ROOT, api_client
 from tests.operator import Operators, wait_for
 from tests.resources import (
     condition,
@@ -208,6 +209,9 @@ def test_chart_passes_server_side_dry_run(
         "Role", "RoleBinding",
         # the PermissionSet CRD; the rotation grace period's policy and binding
         "CustomResourceDefinition", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+        # no in-use label on delivered Secrets; the operator's own Secret writes
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     ])  # fmt: skip
     result = dry_run(kube, manifests)
     assert "server dry run" in result.stdout
@@ -487,3 +491,54 @@ def test_operator_works_with_the_shipped_cluster_role_and_nothing_more(
     log = operator.log()
     assert "cloudcred settings" in log
     assert not refusals(log), refusals(log)
+
+
+def test_the_operators_secret_writes_are_limited_to_its_own(
+    kube: Kube, shipped_identity: tuple[str, str], tmp_path: Path
+) -> None:
+    """As the operator's ServiceAccount (the shipped ClusterRoles, delivery's included):
+    a ServiceAccount token Secret for kube-system's admin account, or any Secret not
+    labelled as cloudcred's, is refused; its own Opaque Secrets and label changes on
+    others go through. A cluster admin is not limited."""
+    account_namespace, account = shipped_identity
+    kubeconfig = token_kubeconfig(kube, account_namespace, account, tmp_path / "kubeconfig")
+    operator = client.CoreV1Api(api_client(kubeconfig))
+    target = f"writes-{uuid.uuid4().hex[:10]}"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=target)))
+    token = client.V1Secret(
+        metadata=client.V1ObjectMeta(name="admin-token", annotations={
+            "kubernetes.io/service-account.name": "clusterrole-aggregation-controller"}),
+        type="kubernetes.io/service-account-token",
+    )  # fmt: skip
+
+    def refusal(write: Any) -> str | None:
+        try:
+            write()
+        except client.ApiException as error:
+            if error.status == 403 and "cloudcred may write only" in (error.body or ""):
+                return str(json.loads(error.body)["message"])
+            raise
+        return None
+
+    # The policy loads asynchronously: wait until it refuses the token Secret.
+    message = wait_for(lambda: refusal(lambda: operator.create_namespaced_secret(
+        "kube-system", token)), what="the token Secret refused")  # fmt: skip
+    assert "CREATE of Secret kube-system/admin-token (type kubernetes.io/service-account-token)" \
+        in message  # fmt: skip
+    plain = client.V1Secret(metadata=client.V1ObjectMeta(name="plain"), string_data={"a": "b"})
+    assert refusal(lambda: operator.create_namespaced_secret(target, plain))
+
+    labelled = client.V1ObjectMeta(
+        name="ours", labels={"app.kubernetes.io/managed-by": "cloudcred"}
+    )
+    ours = client.V1Secret(metadata=labelled, string_data={"a": "b"})
+    assert refusal(lambda: operator.create_namespaced_secret(target, ours)) is None
+    kube.core.create_namespaced_secret(target, plain)  # a tenant's Secret
+    labels = {"metadata": {"labels": {"cloudcred.io/credential-secret": "true"}}}
+    assert refusal(lambda: operator.patch_namespaced_secret("plain", target, labels)) is None
+    data = {"data": {"a": base64.b64encode(b"changed").decode()}}
+    assert refusal(lambda: operator.patch_namespaced_secret("plain", target, data))
+    owner = {"metadata": {"annotations": {"kubernetes.io/service-account.name": "default"}}}
+    assert refusal(lambda: operator.patch_namespaced_secret("plain", target, owner))
+    # A cluster admin holds every verb: not the operator, not limited.
+    kube.core.patch_namespaced_secret("plain", target, data)

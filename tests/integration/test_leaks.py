@@ -433,7 +433,10 @@ def test_no_secret_leaks_anywhere(world: World) -> None:
     commands = [["list", "-A"]]
     commands += [["usage", name, *ns] for name in ("aws-ok", "aws-role", "gcp-ok", "azure-ok",
                                                    "aws-403")]  # fmt: skip
-    commands += [["trust-policy", name, *ns] for name in ("aws-role", "aws-role-refused")]
+    commands += [
+        ["trust-policy", name, *ns, "--operator-namespace", namespace]
+        for name in ("aws-role", "aws-role-refused")
+    ]
     with ThreadPoolExecutor(4) as pool:  # separate processes that only read
         cli = list(pool.map(lambda args: _cli(world, *args), commands))
     log = world.operator.log()

@@ -17,7 +17,12 @@ import pytest
 from kubernetes import client
 
 from cloudcred.constants import GROUP, VERSION
-from cloudcred.installation import INSTALLATION_SECRET
+from cloudcred.installation import (
+    INSTALLATION_SECRET,
+    PRINCIPAL_ANNOTATION,
+    Installation,
+    key_from_data,
+)
 from tests.aws import Moto, recorded_calls, start_moto
 from tests.conftest import Kube
 from tests.integration.conftest import operator_env
@@ -173,7 +178,8 @@ def test_trust_policy_command_builds_a_role_cloudformation_creates(
         return status if status.get("externalId") and status.get("operatorPrincipal") else None
 
     status = wait_for(published, timeout=60, what="status.externalId and operatorPrincipal")
-    policy = cloudcred(kube, "trust-policy", "templated", "-n", recorded.team)
+    policy = cloudcred(kube, "trust-policy", "templated", "-n", recorded.team,
+                       "--operator-namespace", recorded.operator_namespace)  # fmt: skip
     assert policy.returncode == 0, policy.stderr
     document = json.loads(policy.stdout)
     assume, tag = document["Statement"]
@@ -183,6 +189,7 @@ def test_trust_policy_command_builds_a_role_cloudformation_creates(
     assert tag["Condition"]["StringEquals"]["aws:RequestTag/cloudcred:namespace"] == recorded.team
 
     template = cloudcred(kube, "trust-policy", "templated", "-n", recorded.team,
+                         "--operator-namespace", recorded.operator_namespace,
                          "-o", "cloudformation")  # fmt: skip
     assert template.returncode == 0, template.stderr
     formation = recorded.moto.client("cloudformation")
@@ -193,6 +200,37 @@ def test_trust_policy_command_builds_a_role_cloudformation_creates(
     trust = role["AssumeRolePolicyDocument"]
     trust = json.loads(trust) if isinstance(trust, str) else trust
     assert trust == document
+
+
+def test_trust_policy_command_ignores_a_forged_status(kube: Kube, recorded: Recorded) -> None:
+    """A tenant who may patch cloudcredentials/status names an account of their own as
+    the operator's principal and an ExternalId of their choice: the printed policy still
+    names the operator's principal and the ExternalId the installation key gives."""
+    role_arn = recorded.moto.create_role(f"forged-{uuid.uuid4().hex[:6]}")
+    create_credential(kube, recorded.team, "forged", provider="AWS", aws={"roleArn": role_arn})
+    genuine = verified(kube, recorded.team, "forged")["status"]
+    installation = kube.core.read_namespaced_secret(INSTALLATION_SECRET,
+                                                    recorded.operator_namespace)  # fmt: skip
+    assert installation.metadata.annotations[PRINCIPAL_ANNOTATION] == genuine["operatorPrincipal"]
+    uid = kube.core.read_namespace(recorded.team).metadata.uid
+    expected = Installation(key_from_data("", installation.data)).external_id(uid, "forged")
+    attacker = "arn:aws:iam::999999999999:root"
+    kube.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, recorded.team, "cloudcredentials", "forged",
+        {"status": {"operatorPrincipal": attacker, "externalId": "cloudcred-chosen"}},
+    )  # fmt: skip
+    assert get_credential(kube, recorded.team, "forged")["status"]["operatorPrincipal"] == attacker
+
+    printed = cloudcred(kube, "trust-policy", "forged", "-n", recorded.team,
+                        "--operator-namespace", recorded.operator_namespace)  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    assume, tag = json.loads(printed.stdout)["Statement"]
+    assert assume["Principal"] == tag["Principal"] == {"AWS": genuine["operatorPrincipal"]}
+    assert assume["Condition"] == {"StringEquals": {"sts:ExternalId": expected}}
+    assert expected == genuine["externalId"]
+    assert "999999999999" not in printed.stdout
+    assert "cloudcred-chosen" not in printed.stdout
+    assert "status.externalId" in printed.stderr  # the forgery is pointed out
 
 
 def test_trust_policy_command_refuses_what_has_no_trust_policy(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from cloudcred.boundary import (
     Boundary,
     arn_account,
     gcp_email_project,
-    gcp_key_project,
+    gcp_key_email,
     role_arn_allowed,
     violation,
 )
@@ -96,9 +97,11 @@ def test_identifiers_from_arns_emails_and_keys() -> None:
     assert arn_account("not-an-arn") is None
     assert gcp_email_project("deployer@acme-prod.iam.gserviceaccount.com") == "acme-prod"
     assert gcp_email_project("acme@appspot.gserviceaccount.com") is None
-    assert gcp_key_project(SecretStr('{"type": "service_account", "project_id": "p1"}')) == "p1"
-    assert gcp_key_project(SecretStr('{"type": "service_account"}')) == ""
-    assert gcp_key_project(SecretStr("not json")) is None
+    key = json.dumps({"type": "service_account", "project_id": "p1",
+                      "client_email": "a@p2.iam.gserviceaccount.com"})  # fmt: skip
+    assert gcp_key_email(SecretStr(key)) == "a@p2.iam.gserviceaccount.com"
+    assert gcp_key_email(SecretStr('{"type": "service_account", "project_id": "p1"}')) == ""
+    assert gcp_key_email(SecretStr("not json")) is None
 
 
 def test_no_boundary_or_unselected_namespace_allows_everything() -> None:
@@ -150,10 +153,11 @@ def test_gcp_projects() -> None:
     assert found is not None
     assert found.startswith("spec.gcp.serviceAccountEmail: project acme-dev is not allowed")
     key = credential("GCP", serviceAccountKeyRef={"name": "k", "key": "key.json"})
-    assert violation(key, "ns", {}, [projects], gcp_project="acme-prod") is None
-    found = violation(key, "ns", {}, [projects], gcp_project="")
+    email = "d@acme-prod.iam.gserviceaccount.com"
+    assert violation(key, "ns", {}, [projects], gcp_email=email) is None
+    found = violation(key, "ns", {}, [projects], gcp_email="")
     assert found is not None
-    assert "the key's project_id (none) is not allowed" in found
+    assert "the key's service account (none) is of project (none), which is not allowed" in found
 
 
 def test_azure_and_scaleway_ids_without_case() -> None:

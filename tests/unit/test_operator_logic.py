@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import os
 import re
 
 import pytest
@@ -10,10 +13,16 @@ from pydantic import SecretStr
 from cloudcred import conditions
 from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.config import Settings, SettingsError
-from cloudcred.installation import Installation
+from cloudcred.installation import (
+    INSTALLATION_SECRET,
+    Installation,
+    InstallationError,
+    load_installation,
+)
 from cloudcred.providers.aws import principal_of, session_name
 from cloudcred.revision import compute_revision
 from cloudcred.verification import parse_interval
+from tests.fakekube import FakeKube
 
 AWS_KEYS = {
     "provider": "AWS",
@@ -150,3 +159,43 @@ def test_condition_keeps_transition_time_while_status_holds() -> None:
     assert flipped["lastTransitionTime"] != "2020-01-01T00:00:00Z"
     assert not conditions.changed(first, same)
     assert conditions.changed(first, flipped)
+
+
+# -- the installation key: never made anew while values derived from the old one live ----
+
+
+def test_a_lost_installation_key_is_not_made_anew_while_credentials_carry_its_values() -> None:
+    """The key Secret is gone (deleted, lost in a restore) while credentials show a
+    revision or an ExternalId derived from it: a new key would change them all (every
+    role AccessDenied, every cluster redeployed). The operator refuses, saying how to
+    restore the key or make a new one on purpose; without such credentials it makes one."""
+    kube = FakeKube()
+    kube.put("CloudCredential", {"metadata": {"namespace": "acme", "name": "prod"},
+                                 "spec": {"provider": "GCP"},
+                                 "status": {"revision": "v2-0123456789ab"}})  # fmt: skip
+    with pytest.raises(InstallationError) as refused:
+        asyncio.run(load_installation(kube, "cloudcred-system"))  # type: ignore[arg-type]
+    message = str(refused.value)
+    assert "Secret cloudcred-system/cloudcred-installation is missing" in message
+    assert "CloudCredential acme/prod" in message
+    assert "restore it from your backup" in message
+    assert "kubectl create secret generic cloudcred-installation -n cloudcred-system" in message
+    assert not kube.secrets, "no key made"
+
+    # The administrator makes a new key on purpose, as the message says.
+    fresh = base64.b64encode(os.urandom(32)).decode()
+    kube.put_secret("cloudcred-system", INSTALLATION_SECRET,
+                    {"key": base64.b64encode(fresh.encode()).decode()})  # fmt: skip
+    made = asyncio.run(load_installation(kube, "cloudcred-system"))  # type: ignore[arg-type]
+    assert made.key == base64.b64decode(fresh)
+
+    # Only the watched namespaces count: another installation's credentials do not.
+    empty = FakeKube()
+    empty.put("CloudCredential", {"metadata": {"namespace": "acme", "name": "new"},
+                                  "spec": {"provider": "GCP"}})  # fmt: skip
+    empty.put("CloudCredential", {"metadata": {"namespace": "other", "name": "theirs"},
+                                  "spec": {"provider": "GCP"},
+                                  "status": {"revision": "v2-0123456789ab"}})  # fmt: skip
+    first = asyncio.run(load_installation(empty, "cloudcred-system", ["acme"]))  # type: ignore[arg-type]
+    assert len(first.key) == 32
+    assert ("cloudcred-system", INSTALLATION_SECRET) in empty.secrets

@@ -7,6 +7,8 @@ requests run unmodified.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import socket
 import sys
@@ -19,7 +21,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 
+from cloudcred import boundary, verification
 from cloudcred.api.credential import CloudCredentialSpec
+from cloudcred.cache.boundaries import boundary_info
+from cloudcred.config import Settings
+from cloudcred.installation import Installation
 from cloudcred.providers import gcp
 from cloudcred.providers.base import (
     ProviderSettings,
@@ -407,3 +413,78 @@ def test_a_missing_secret_value_is_reported() -> None:
     with pytest.raises(VerificationError) as caught:
         gcp.verify(key_spec(), {}, context("http://127.0.0.1:9/token"))
     assert caught.value.reason == Reason.SECRET_KEY_MISSING
+
+
+# --- boundaries: the project is the service account's, not the key file's project_id -----
+
+
+class KeySecret:
+    """The one call check_credential makes to the API server for a key credential."""
+
+    def __init__(self, text: str) -> None:
+        self.data = {"key.json": base64.b64encode(text.encode()).decode()}
+
+    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        return self.data
+
+
+def checked_within(text: str, endpoint: TokenEndpoint, projects: list[str]) -> dict[str, Any]:
+    """The Verified condition of a key credential in a namespace whose boundary allows
+    ``projects``."""
+    rules = boundary_info(
+        {
+            "metadata": {"name": "team-a"},
+            "spec": {"namespaceSelector": {}, "gcp": {"projects": projects}},
+        }
+    )
+    body = {
+        "metadata": {"namespace": "ns", "name": "cred", "generation": 1},
+        "spec": {
+            "provider": "GCP",
+            "gcp": {"serviceAccountKeyRef": {"name": "gcp-key", "key": "key.json"}},
+        },
+    }
+
+    def within(spec: Any, account: str | None, project: str | None) -> str | None:
+        return boundary.violation(spec, "ns", {}, [rules], account, project)
+
+    result = asyncio.run(verification.check_credential(
+        body, KeySecret(text), Settings(gcp_token_uri=endpoint.url),  # type: ignore[arg-type]
+        asyncio.Semaphore(1), None, Installation(bytes(32)), within,
+    ))  # fmt: skip
+    return result.verified
+
+
+def test_a_key_edited_to_claim_an_allowed_project_stays_outside(endpoint: TokenEndpoint) -> None:
+    """Google authenticates the key's client_email and private key; project_id is free
+    text. A key of a service account of another project, its project_id edited to the
+    allowed one, is outside the boundary and never sent to the token endpoint; a key of
+    the allowed project's service account passes whatever its project_id says."""
+    edited = key_json(endpoint.url, client_email="deployer@other-proj.iam.gserviceaccount.com",
+                      project_id="acme-prod")  # fmt: skip
+    verified = checked_within(edited, endpoint, ["acme-prod"])
+    assert (verified["status"], verified["reason"]) == ("False", "OutsideBoundary")
+    assert "deployer@other-proj.iam.gserviceaccount.com" in verified["message"]
+    assert "of project other-proj, which is not allowed" in verified["message"]
+    assert endpoint.requests == []
+
+    genuine = key_json(endpoint.url, client_email="deployer@acme-prod.iam.gserviceaccount.com",
+                       project_id="anything")  # fmt: skip
+    verified = checked_within(genuine, endpoint, ["acme-prod"])
+    assert (verified["status"], verified["reason"]) == ("True", "Verified")
+    assert endpoint.requests
+    assert {r["claims"]["iss"] for r in endpoint.requests} == {
+        "deployer@acme-prod.iam.gserviceaccount.com"
+    }
+
+
+def test_a_key_of_a_default_service_account_is_outside_any_list_of_projects(
+    endpoint: TokenEndpoint,
+) -> None:
+    """An App Engine default account (PROJECT@appspot.gserviceaccount.com) does not say
+    its project in the form boundaries read: refused where projects are listed."""
+    key = key_json(endpoint.url, client_email="acme-prod@appspot.gserviceaccount.com",
+                   project_id="acme-prod")  # fmt: skip
+    verified = checked_within(key, endpoint, ["acme-prod"])
+    assert verified["reason"] == "OutsideBoundary"
+    assert endpoint.requests == []

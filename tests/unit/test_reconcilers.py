@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import dataclasses
 import functools
 import json
@@ -29,11 +30,13 @@ from cloudcred.api.credential import MAX_LISTED_CLUSTERS, RotationStatus
 from cloudcred.constants import (
     DELIVERED_REVISION_ANNOTATION,
     EXPIRES_ANNOTATION,
+    IN_USE_LABEL,
+    MANAGED_BY_LABEL,
     REDEPLOY_ANNOTATION,
     ROLLOUT_PAUSED_ANNOTATION,
 )
 from cloudcred.kube import Conflict, NotFound
-from cloudcred.providers import gcp
+from cloudcred.providers import aws, gcp
 from cloudcred.providers.base import (
     Delivery,
     KeyFacts,
@@ -437,7 +440,7 @@ async def test_checks_follow_the_interval_and_back_off_after_transient_failures(
     kube.put("CloudCredential", body)
     await operator.settle()
     assert 540 <= operator.timers()["verification"][CRED] <= 660  # 10 min ± 10 %
-    # The Secret goes away: SecretNotFound, checked again after 5 s, then 10 s.
+    # The Secret goes away: SecretNotFound, checked again after 5 s, then 60 s.
     del kube.secrets[(NS, "sa")]
     kube.on_change("Secret", (NS, "sa"), None)
     await operator.settle()
@@ -446,13 +449,83 @@ async def test_checks_follow_the_interval_and_back_off_after_transient_failures(
     await operator.advance(2)
     assert operator.timers()["verification"][CRED] == pytest.approx(3, abs=0.1), "not due yet"
     await operator.advance(3.1)
-    assert operator.timers()["verification"][CRED] == pytest.approx(10, abs=0.1)
+    assert operator.timers()["verification"][CRED] == pytest.approx(60, abs=0.1)
     # It comes back (unlabelled, so no watch sees it): found at the next retry, and the
     # checks go back to the interval.
     new_key(kube, KEY)
-    await operator.advance(10.1)
+    await operator.advance(60.1)
     assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "VerificationDisabled"
     assert 540 <= operator.timers()["verification"][CRED] <= 660
+
+
+@run
+async def test_with_a_default_deny_a_namespace_no_boundary_selects_uses_nothing(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CLOUDCRED_BOUNDARY_DEFAULT=Deny: a credential in a namespace that no
+    CredentialBoundary selects is OutsideBoundary and the provider is never asked; a
+    boundary that selects the namespace and allows it lets it be checked."""
+    calls = provider_calls(monkeypatch)
+    operator = Operator(kube, clock, boundary_default="Deny")
+    credential(kube, check=True)
+    await operator.settle()
+    verified = find(kube, "CloudCredential", "prod", "Verified")
+    assert (verified["status"], verified["reason"]) == ("False", "OutsideBoundary")
+    assert f"no CredentialBoundary selects namespace {NS}" in verified["message"]
+    assert "CLOUDCRED_BOUNDARY_DEFAULT=Deny" in verified["message"]
+    assert "verify" not in calls
+
+    operator.label_namespace(NS, {"team": "a"})
+    operator.put_boundary("team-a", {"namespaceSelector": {"matchLabels": {"team": "a"}},
+                                     "gcp": {}})  # fmt: skip
+    await operator.settle()
+    assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "Verified"
+    assert calls.count("verify") == 1
+
+
+BROKEN = 100  # credentials pointing at a Secret that does not exist
+
+
+@run
+async def test_broken_credentials_cost_a_bounded_load_and_nothing_under_the_one_minute_floor(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant's credentials whose Secret is missing (one of them under automatic
+    rotation, which waits for it to verify) during an hour: each is checked once 5 s
+    after the first failure (a Secret applied together with its credential), then no
+    more often than once a minute, backing off to CLOUDCRED_RETRY_MAX_DELAY; a check
+    that changes nothing writes nothing; the rotation does not poll. The API calls and
+    checks per credential-hour are printed (``-s``)."""
+    calls = provider_calls(monkeypatch)
+    operator = Operator(kube, clock, retry_max_delay=300)
+    spec = {"provider": "GCP", "gcp": {"serviceAccountKeyRef": {"name": "gone", "key": "k"}}}
+    for index in range(BROKEN):
+        kube.put("CloudCredential", {"metadata": {"namespace": NS, "name": f"broken-{index}"},
+                                     "spec": copy.deepcopy(spec)})  # fmt: skip
+    rotating = copy.deepcopy(spec)
+    rotating["rotation"] = {"policy": "Automatic", "maxAge": "90d"}
+    kube.put("CloudCredential", {"metadata": {"namespace": NS, "name": "rotating"},
+                                 "spec": rotating})  # fmt: skip
+    await operator.settle()
+    first = find(kube, "CloudCredential", "broken-0", "Verified")
+    assert first["reason"] == "SecretNotFound"
+    assert operator.timers()["verification"][(NS, "broken-0")] == pytest.approx(5, abs=0.5)
+    await operator.advance(5.1)
+    assert operator.timers()["verification"][(NS, "broken-0")] >= 59
+    kube.calls.clear()
+    kube.recorded.writes.clear()
+    for _ in range(720):
+        await operator.advance(5)
+    hours = (BROKEN + 1) * 1.0
+    per_hour = {method: round(count / hours, 1) for method, count in kube.calls.items()}
+    print(f"API calls per broken credential and hour: {per_hour}")
+    assert not calls, "the provider is never asked without the Secret"
+    # Backing off to 300 s: at most 14 checks an hour (a Secret GET, a credential GET each).
+    assert kube.calls["read_secret_data"] / hours <= 14
+    assert kube.calls["read_credential"] / hours <= 14 + 12 / hours  # the rotation: 12 looks
+    assert kube.calls["apply_status"] == 0, "a check that changes nothing writes nothing"
+    assert kube.calls["set_secret_labels"] == 0, "nothing to label: the Secret is missing"
+    assert kube.calls["read_secret_versioned"] <= 12, "the rotation waits without polling"
 
 
 IDENTITY = "cc@p.iam.gserviceaccount.com"
@@ -544,14 +617,15 @@ async def test_a_periodic_check_posts_no_event_and_a_description_edit_keeps_the_
 
 @pytest.mark.parametrize(
     ("reason", "checks"),
-    [(Reason.PROVIDER_REFUSED, 1), (Reason.PROVIDER_UNREACHABLE, 4)],
+    [(Reason.PROVIDER_REFUSED, 1), (Reason.PROVIDER_UNREACHABLE, 2)],
 )
 @run
 async def test_a_provider_refusal_is_not_retried_like_an_outage(
     kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch, reason: Reason, checks: int
 ) -> None:
     """A refusal (the provider answered no to the request itself) waits for the
-    interval or a change; an outage is asked again after 5 s, 10 s, 20 s."""
+    interval or a change; an outage is asked again after 5 s, then 60 s, 120 s (never
+    under the 1-minute floor after the first retry)."""
     calls = provider_calls(monkeypatch, refuse=reason)
     operator = Operator(kube, clock, retry_max_delay=300)
     credential(kube)
@@ -660,6 +734,71 @@ async def test_a_revoked_cluster_whose_status_claims_the_binding_back_gets_no_re
     assert ("tenant", "gcp-creds") not in kube.secrets
     assert calls.count("delivery") == deliveries
     assert not kube.recorded.of("create", "Secret")[1:], "written again after the revocation"
+
+
+def aws_static_key(kube: FakeKube, monkeypatch: pytest.MonkeyPatch, account: str) -> list[str]:
+    """A static AWS key of ``account`` that may be delivered, AWS played in memory (STS
+    reports that account on every call); returns the provider calls made."""
+    calls: list[str] = []
+    identity = f"arn:aws:iam::{account}:user/deployer"
+
+    def verify(spec: Any, secrets: Any, context: Any) -> Verification:
+        calls.append("verify")
+        return Verification(identity=identity, static_keys=True)
+
+    def check_region(spec: Any, secrets: Any, region: str, context: Any) -> str:
+        calls.append("check_region")
+        return identity
+
+    def delivery(spec: Any, secrets: Any, region: str, context: Any) -> Delivery:
+        calls.append("delivery")
+        return Delivery({"AWS_SECRET_ACCESS_KEY": SecretStr("k")})
+
+    monkeypatch.setattr(aws, "verify", verify)
+    monkeypatch.setattr(aws, "check_region", check_region)
+    monkeypatch.setattr(aws, "delivery", delivery)
+    monkeypatch.setattr(aws, "key_facts", lambda *_: None, raising=False)
+    kube.put_secret(NS, "keys", {"secretAccessKey": base64.b64encode(b"s").decode()})
+    kube.put("CloudCredential", {"metadata": {"namespace": NS, "name": "prod"}, "spec": {
+        "provider": "AWS", "delivery": {"enabled": True},
+        "aws": {"accessKeyId": "AKIAIOSFODNN7EXAMPLE",
+                "secretAccessKeyRef": {"name": "keys", "key": "secretAccessKey"}}}})  # fmt: skip
+    return calls
+
+
+@run
+async def test_a_forged_identity_and_verified_get_no_deployment_outside_the_boundary(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A static key of account 222222222222 where the namespace's boundary allows only
+    111111111111: the check says OutsideBoundary. The tenant writes into status the
+    identity of an allowed account and Verified=True: the deploy step asks STS itself,
+    so nothing is deployed and nothing delivered."""
+    operator = Operator(kube, clock, delivery_enabled=True)
+    operator.label_namespace(NS, {"team": "a"})
+    operator.put_boundary("team-a", {"namespaceSelector": {"matchLabels": {"team": "a"}},
+                                     "aws": {"accountIds": ["111111111111"]}})  # fmt: skip
+    calls = aws_static_key(kube, monkeypatch, "222222222222")
+    await operator.settle()
+    assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "OutsideBoundary"
+
+    forged = kube.body("CloudCredential", CRED)
+    forged["status"]["identity"] = "arn:aws:iam::111111111111:user/deployer"
+    for condition in forged["status"]["conditions"]:
+        if condition["type"] == "Verified":
+            condition.update(status="True", reason="Verified", message="forged")
+    kube.put("CloudCredential", forged)
+    cluster(kube, "eu", external=False, provider="AWS", secret="eu-creds")
+    await operator.settle()
+    await operator.advance(60)  # any retry of the deploy
+
+    status = kube.body("Cluster", (NS, "eu"))["status"]
+    assert "deployedRevision" not in status
+    assert (NS, "eu-creds") not in kube.secrets
+    assert "delivery" not in calls
+    pending = find(kube, "Cluster", "eu", "RedeployPending")
+    assert pending["reason"] == "DeployFailed"
+    assert "222222222222" in pending["message"]
 
 
 # -- the deploy step: failures kept in status, backoff, restart ------------------------
@@ -1168,9 +1307,10 @@ async def test_a_cluster_that_loses_its_binding_loses_its_delivered_secret(
     await operator.settle()
     cluster(kube, "eu", external=False, secret="eu-creds", deployed=revision(kube))
     uid = kube.body("Cluster", (NS, "eu"))["metadata"]["uid"]
-    await kube.create_secret(NS, "eu-creds", {"k": "dg=="}, {"ownerReferences": [
-        {"apiVersion": "cloudcred.io/v1alpha1", "kind": "Cluster", "name": "eu", "uid": uid,
-         "controller": True}]})  # fmt: skip
+    await kube.create_secret(NS, "eu-creds", {"k": "dg=="}, {
+        "labels": {MANAGED_BY_LABEL: "cloudcred"}, "ownerReferences": [
+            {"apiVersion": "cloudcred.io/v1alpha1", "kind": "Cluster", "name": "eu", "uid": uid,
+             "controller": True}]})  # fmt: skip
     await kube.create_secret(NS, "not-ours", {"k": "dg=="}, {})
     await operator.settle()
     assert (NS, "eu-creds") in kube.secrets  # bound and allowed: kept
@@ -1183,6 +1323,54 @@ async def test_a_cluster_that_loses_its_binding_loses_its_delivered_secret(
     revoked = [e for e in kube.recorded.events if e[3] == "CredentialsRevoked"]
     assert len(revoked) == 1
     assert "not bound" in revoked[0][4]
+
+
+@run
+async def test_a_delivered_secret_is_revoked_when_the_cluster_stops_naming_it(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delivered Secrets are found by their owner's UID, not by the name the Cluster's
+    spec gives now: renaming spec.credentialsSecret revokes the old Secret; removing the
+    field revokes the Secret too, delivered before the field came back under a new
+    name at a new revision. Another Cluster's Secret and a Secret of nobody's stay."""
+    provider_calls(monkeypatch)
+    operator = Operator(kube, clock, delivery_enabled=True)
+    credential(kube)
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["delivery"] = {"enabled": True}
+    kube.put("CloudCredential", body)
+    cluster(kube, "eu", external=False, secret="eu-creds")
+    cluster(kube, "us", external=False, secret="us-creds")
+    await kube.create_secret(NS, "not-ours", {"k": "dg=="}, {})
+    await operator.settle()
+    assert {(NS, "eu-creds"), (NS, "us-creds")} <= set(kube.secrets)
+
+    renamed = kube.body("Cluster", (NS, "eu"))
+    renamed["spec"]["credentialsSecret"] = {"name": "eu-creds-2"}
+    kube.put("Cluster", renamed)
+    await operator.settle()
+    assert (NS, "eu-creds") not in kube.secrets
+    new_key(kube, KEY.replace("cc@", "cc2@"))  # a new revision: delivered under the new name
+    await operator.settle()
+    assert (NS, "eu-creds-2") in kube.secrets
+    # A tenant's in-use label (where the admission policy is missing) would make the
+    # delete fail: the operator takes it off first.
+    await kube.set_secret_labels(NS, "eu-creds-2", {IN_USE_LABEL: "true"})
+
+    removed = kube.body("Cluster", (NS, "eu"))
+    del removed["spec"]["credentialsSecret"]
+    kube.put("Cluster", removed)
+    await operator.settle()
+    assert (NS, "eu-creds-2") not in kube.secrets
+    on_it = [w for w in kube.recorded.writes if w.key == (NS, "eu-creds-2")]
+    assert [(w.verb, w.detail) for w in on_it[-2:]] == [
+        ("label", {IN_USE_LABEL: None}), ("delete", None)]  # fmt: skip
+    assert {(NS, "us-creds"), (NS, "not-ours")} <= set(kube.secrets)
+    revoked = [e[4] for e in kube.recorded.events if e[3] == "CredentialsRevoked"]
+    assert len(revoked) == 2
+    assert all("no longer named by spec.credentialsSecret" in message for message in revoked)
+    await operator.advance(60)
+    assert len([e for e in kube.recorded.events if e[3] == "CredentialsRevoked"]) == 2
 
 
 # -- faults: the API refuses, the object goes away ---------------------------------------

@@ -80,8 +80,10 @@ class GcpBoundary(Model):
 
     projects: list[str] | None = _ids(
         "Project ids: the project of spec.gcp.serviceAccountEmail "
-        "(name@PROJECT.iam.gserviceaccount.com, checked at admission) or the project_id "
-        "of a service-account key (checked by the operator before the key is used).",
+        "(name@PROJECT.iam.gserviceaccount.com, checked at admission) or the project of "
+        "a service-account key's client_email, in the same form (checked by the operator "
+        "before the key is used and on the account the token exchange authenticated; the "
+        "key's project_id is free text and not read).",
         "A GCP project id.",
         GCP_PROJECT_ID,
         30,

@@ -8,6 +8,9 @@ reconcilers ask of them.
   operator's own LIST+WATCH threads (``informers.Informer``);
 - ``permission_sets`` (PermissionSets, cluster-scoped; ``permissions.PermissionSetInfo``)
   likewise;
+- ``delivered`` (Secrets labelled ``app.kubernetes.io/managed-by=cloudcred``: UID, owner
+  and the in-use label, never the data), indexed by their owner Cluster's UID, so a
+  delivered Secret is found whatever name the Cluster's spec gives now;
 - ``boundaries`` (CredentialBoundaries, cluster-scoped) by another such thread
   (``informers.Informer`` over the custom objects API; ``cache.boundaries.boundary_info``
   converts them), so they are followed whatever namespaces the
@@ -28,7 +31,7 @@ from cloudcred.bindings import ClusterInfo, CredentialInfo
 from cloudcred.cache.store import Change, Key, Store
 from cloudcred.permissions import PermissionSetInfo
 
-__all__ = ["Caches", "Change", "Key", "SecretInfo", "Store"]
+__all__ = ["Caches", "Change", "DeliveredInfo", "Key", "SecretInfo", "Store"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,20 @@ class SecretInfo:
     digest: str
 
 
+@dataclass(frozen=True)
+class DeliveredInfo:
+    """A Secret labelled as the operator's: its UID, the Cluster that is its controller
+    owner (None when it has none), and whether it carries ``cloudcred.io/in-use``."""
+
+    uid: str
+    owner_uid: str | None
+    in_use: bool
+
+
 class Caches:
-    def __init__(self) -> None:
+    def __init__(self, boundary_default_deny: bool = False) -> None:
+        # The installation's CLOUDCRED_BOUNDARY_DEFAULT=Deny: no boundary, no use.
+        self.boundary_default_deny = boundary_default_deny
         self.credentials: Store[CredentialInfo] = Store(
             "CloudCredential",
             {"secret": lambda c: [(c.namespace, name) for name in c.secret_names],
@@ -54,6 +69,9 @@ class Caches:
              "permission_set": lambda c: c.permission_sets},
         )  # fmt: skip
         self.secrets: Store[SecretInfo] = Store("Secret")
+        self.delivered: Store[DeliveredInfo] = Store(
+            "DeliveredSecret", {"owner": lambda d: [d.owner_uid] if d.owner_uid else []}
+        )
         self.namespaces: Store[dict[str, str]] = Store("Namespace")
         self.boundaries: Store[boundary.Boundary] = Store("CredentialBoundary")
         self.permission_sets: Store[PermissionSetInfo] = Store("PermissionSet")
@@ -61,7 +79,7 @@ class Caches:
     @property
     def stores(self) -> tuple[Store[object], ...]:
         return (self.credentials, self.clusters, self.secrets, self.namespaces,
-                self.boundaries, self.permission_sets)  # type: ignore[return-value]  # fmt: skip
+                self.boundaries, self.permission_sets, self.delivered)  # type: ignore[return-value]  # fmt: skip
 
     @property
     def boundaries_synced(self) -> bool:
@@ -87,15 +105,16 @@ class Caches:
         namespace: str,
         spec: CloudCredentialSpec,
         reported_account: str | None = None,
-        gcp_project: str | None = None,
+        gcp_email: str | None = None,
     ) -> str | None:
         """Why a credential of ``namespace`` is outside a CredentialBoundary that selects
         it (a message for users), or None. Ask before every use of a credential, once
         ``boundaries_synced``. ``reported_account``: the account STS reported for a static
-        AWS key; ``gcp_project``: ``boundary.gcp_key_project`` of a GCP key."""
+        AWS key; ``gcp_email``: the service account of a GCP key."""
         labels = self.namespace_labels(namespace) or {}
         return boundary.violation(spec, namespace, labels, self.boundaries.objects.values(),
-                                  reported_account, gcp_project)  # fmt: skip
+                                  reported_account, gcp_email,
+                                  default_deny=self.boundary_default_deny)  # fmt: skip
 
     def rotation_identity(self, namespace: str, provider: str) -> tuple[str, str] | None:
         """The rotation identity (boundary name, Secret name in the operator's namespace)

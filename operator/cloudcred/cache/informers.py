@@ -47,9 +47,9 @@ from typing import Any, Generic, TypeVar
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from cloudcred.cache import SecretInfo
+from cloudcred.cache import DeliveredInfo, SecretInfo
 from cloudcred.cache.store import Change, Key, Store
-from cloudcred.constants import IN_USE_LABEL, REFERENCED_LABEL
+from cloudcred.constants import GROUP, IN_USE_LABEL, REFERENCED_LABEL
 from cloudcred.kube import Kube, describe_error
 
 T = TypeVar("T")
@@ -365,6 +365,16 @@ def secret_info(item: client.V1Secret) -> SecretInfo:
         in_use=labels.get(IN_USE_LABEL) == "true",
         digest=data_digest(item.data),
     )
+
+
+def delivered_info(item: client.V1Secret) -> DeliveredInfo:
+    """A Secret labelled as the operator's: whose controller owner is a Cluster of ours
+    (the UID there is what counts; a label anyone may set)."""
+    owner = next((ref.uid for ref in item.metadata.owner_references or []
+                  if ref.controller and ref.kind == "Cluster"
+                  and ref.api_version.startswith(f"{GROUP}/")), None)  # fmt: skip
+    labels = item.metadata.labels or {}
+    return DeliveredInfo(str(item.metadata.uid), owner, labels.get(IN_USE_LABEL) == "true")
 
 
 def namespace_labels(item: client.V1Namespace) -> dict[str, str]:

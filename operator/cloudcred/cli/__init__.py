@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING, Any
 from cloudcred.cli.completion import SHELLS
 from cloudcred.cli.errors import CliError
 from cloudcred.cli.output import LISTING_FORMATS
+from cloudcred.constants import DEFAULT_OPERATOR_NAMESPACE
 
 if TYPE_CHECKING:  # the API client is imported only by commands that use it
     from cloudcred.cli import api
@@ -151,11 +152,13 @@ TRUST_POLICY_HELP = """\
 Prints the trust policy the IAM role of an AWS role credential must have, or a
 CloudFormation template that creates that role (-o cloudformation).
 
-The operator, not the credential's author, determines the ExternalId
-(status.externalId, from the namespace's UID and the credential's name); the policy
-lets the operator's principal (status.operatorPrincipal, or --principal) call
+The operator, not the credential's author, determines the ExternalId (from the
+installation key, the namespace's UID and the credential's name); the policy lets
+the operator's principal (recorded on the installation Secret, or --principal) call
 sts:AssumeRole only with that ExternalId, and sts:TagSession only with the
-credential's namespace and name as session tags.
+credential's namespace and name as session tags. Both are derived from the
+installation Secret (--operator-namespace), which needs get on it; the credential's
+status is shown, never trusted, since tenants may be able to write it.
 
 examples:
   cloudcred trust-policy aws-prod -n acme > trust.json
@@ -164,7 +167,7 @@ examples:
   aws cloudformation deploy --template-file role.json --stack-name cloudcred-acme \\
       --capabilities CAPABILITY_NAMED_IAM
 
-""" + EXIT_CODES.format(extra=", no status.externalId yet")
+""" + EXIT_CODES.format(extra=", no recorded principal")
 
 CONSOLE_HELP = """\
 Serves the Cloud Credentials page in a browser: every credential with its provider,
@@ -340,7 +343,15 @@ def add_commands(commands: Any) -> None:
     trust.add_argument(
         "--principal",
         metavar="ARN",
-        help="the operator's AWS principal (default: status.operatorPrincipal)",
+        help="the operator's AWS principal (default: the one the operator recorded on "
+        "its installation Secret)",
+    )
+    trust.add_argument(
+        "--operator-namespace",
+        metavar="NS",
+        default=DEFAULT_OPERATOR_NAMESPACE,
+        help=f"where the operator runs (default: {DEFAULT_OPERATOR_NAMESPACE}); its "
+        "installation Secret there is read",
     )
     console = commands.add_parser(
         "console",
@@ -460,7 +471,12 @@ def _trust_policy(args: argparse.Namespace, stdin: IO[str] | None) -> int:
 
     kube = api.connect(_access(args))
     return trust.trust_policy_command(
-        kube, args.namespace or kube.namespace, args.name, args.output, args.principal
+        kube,
+        args.namespace or kube.namespace,
+        args.name,
+        args.output,
+        args.principal,
+        args.operator_namespace,
     )
 
 

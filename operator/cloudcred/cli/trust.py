@@ -1,22 +1,33 @@
 """``cloudcred trust-policy``: what an AWS role must trust for a role credential.
 
-The operator determines each role credential's ExternalId (``status.externalId``) and
-publishes its own principal (``status.operatorPrincipal``); this command turns them into
-the role's trust policy, or into a CloudFormation template that creates such a role
-(the role's name and path are those of ``spec.aws.roleArn``; attach its permissions
-separately). Two statements: ``sts:AssumeRole`` only with the ExternalId, and
-``sts:TagSession`` only with the credential's own namespace and name as session tags,
-so the role cannot be assumed for another tenant's credential.
+The operator determines each role credential's ExternalId from the installation key and
+the credential's namespace UID and name, and records its own principal on the
+installation Secret. This command derives both from there, never from the credential's
+status (a tenant who may patch ``cloudcredentials/status`` could put an account of their
+own there), and turns them into the role's trust policy, or into a CloudFormation
+template that creates such a role (the role's name and path are those of
+``spec.aws.roleArn``; attach its permissions separately). Two statements:
+``sts:AssumeRole`` only with the ExternalId, and ``sts:TagSession`` only with the
+credential's own namespace and name as session tags, so the role cannot be assumed for
+another tenant's credential.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 from cloudcred.cli import api
 from cloudcred.cli.errors import CliError, UsageError
+from cloudcred.installation import (
+    INSTALLATION_SECRET,
+    PRINCIPAL_ANNOTATION,
+    Installation,
+    InstallationError,
+    key_from_data,
+)
 
 FORMATS = ("json", "cloudformation")
 ROLE_ARN = re.compile(
@@ -88,9 +99,30 @@ def cloudformation_template(
     }
 
 
+def trusted_values(
+    kube: api.Kube, operator_namespace: str, namespace: str, name: str
+) -> tuple[str, str | None]:
+    """The credential's ExternalId, derived as the operator derives it, and the principal
+    the operator recorded on the installation Secret (None when it has recorded none)."""
+    secret = api.call(
+        f"reading Secret {operator_namespace}/{INSTALLATION_SECRET} (the installation key; "
+        "pass --operator-namespace where the operator runs)",
+        kube.core.read_namespaced_secret, INSTALLATION_SECRET, operator_namespace,
+    )  # fmt: skip
+    try:
+        key = key_from_data(operator_namespace, dict(secret.data or {}))
+    except InstallationError as error:
+        raise CliError(str(error)) from None
+    found = api.call(f"reading namespace {namespace}", kube.core.read_namespace, namespace)
+    external_id = Installation(key).external_id(str(found.metadata.uid), name)
+    principal = (secret.metadata.annotations or {}).get(PRINCIPAL_ANNOTATION)
+    return external_id, principal
+
+
 def trust_policy_command(
-    kube: api.Kube, namespace: str, name: str, output: str, principal: str | None
-) -> int:
+    kube: api.Kube, namespace: str, name: str, output: str, principal: str | None,
+    operator_namespace: str,
+) -> int:  # fmt: skip
     if output not in FORMATS:
         raise UsageError(f"-o {output}: choose one of {', '.join(FORMATS)}")
     credential = api.get_credential(kube, namespace, name)
@@ -99,15 +131,18 @@ def trust_policy_command(
     if not role_arn:
         raise UsageError(f"CloudCredential {namespace}/{name} has no spec.aws.roleArn: only an "
                          "AWS role has a trust policy")  # fmt: skip
-    status = credential.get("status") or {}
-    external_id = status.get("externalId")
-    if not external_id:
-        raise CliError(f"CloudCredential {namespace}/{name} has no status.externalId yet: is "
-                       "the operator running and watching this namespace?")  # fmt: skip
-    principal = principal or status.get("operatorPrincipal")
+    external_id, recorded = trusted_values(kube, operator_namespace, namespace, name)
+    principal = principal or recorded
     if not principal:
-        raise CliError("the operator has not published its AWS principal "
-                       "(status.operatorPrincipal): pass --principal ARN")  # fmt: skip
+        raise CliError(f"the operator has not recorded its AWS principal (annotation "
+                       f"{PRINCIPAL_ANNOTATION} of Secret {operator_namespace}/"
+                       f"{INSTALLATION_SECRET}): pass --principal ARN")  # fmt: skip
+    status = credential.get("status") or {}
+    if status.get("externalId") not in (None, external_id):
+        # Status is shown, not trusted: say so, the policy printed is the derived one.
+        print(f"warning: status.externalId of CloudCredential {namespace}/{name} differs "
+              "from the one the installation key gives; printing the derived one",
+              file=sys.stderr)  # fmt: skip
     policy = trust_policy(principal, external_id, namespace, name)
     if output == "cloudformation":
         document = cloudformation_template(role_arn, policy, f"{namespace}/{name}")

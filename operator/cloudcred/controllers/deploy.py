@@ -58,6 +58,7 @@ from cloudcred.constants import (
     CLUSTER_PLURAL,
     DELIVERED_REVISION_ANNOTATION,
     EXPIRES_ANNOTATION,
+    IN_USE_LABEL,
     MANAGED_BY_LABEL,
 )
 from cloudcred.controllers.controller import DONE, Result
@@ -130,21 +131,22 @@ class DeployReconciler:
         # The single-flight provider checks, shared by the clusters of one region.
         self._checks: dict[CheckKey, asyncio.Future[None]] = {}
         self._checked_until: dict[CheckKey, float] = {}
+        # What the provider reported at each passed check (a static AWS key's ARN).
+        self._identities: dict[CheckKey, str | None] = {}
         self._failed: dict[CheckKey, tuple[float, VerificationError]] = {}
         # Credential delivery, per cluster object (key -> (uid, ...)): the revision and
         # spec its Secret was last written from (to renew the session credentials of a
         # cluster that waits in a rollout), when they expire, and a revocation done.
         self._delivered: dict[Key, tuple[str | None, str, dict[str, Any]]] = {}
         self._expires: dict[Key, tuple[str | None, datetime | None]] = {}
-        self._revoked: dict[Key, str | None] = {}
+        # Secrets deleted on revocation whose deletion the watch has not echoed yet.
+        self._deleted: set[str] = set()
 
     def _forget(self, key: Key, uid: str | None = None) -> None:
         """Drop what is kept about the cluster under ``key`` unless it is object ``uid``."""
         for state in (self._delivered, self._expires):
             if key in state and state[key][0] != uid:
                 del state[key]
-        if key in self._revoked and self._revoked[key] != uid:
-            del self._revoked[key]
 
     def target(self, cluster: ClusterInfo, credential: CredentialInfo) -> DeployTarget | None:
         """What to deploy for this bound cluster now, if anything: never deployed, or
@@ -186,16 +188,28 @@ class DeployReconciler:
                 return (f"{named} rotates its key automatically, so a copy of it can make "
                         f"new keys: delivery to namespace {cluster.namespace} needs "
                         "spec.delivery.shareRotatingKey: true")  # fmt: skip
-        return self.boundary_violation(credential)
+        return self.boundary_violation(credential, self._reported_identity(credential))
 
-    def boundary_violation(self, credential: CredentialInfo) -> str | None:
+    def boundary_violation(
+        self, credential: CredentialInfo, reported: str | None = None
+    ) -> str | None:
         """The credential is outside a CredentialBoundary of its namespace (checked before
-        every use, on top of verification): what admission can see in the spec, and the
-        account STS reported for a static AWS key (``status.identity``)."""
+        every use, on top of verification): what admission can see in the spec, and
+        ``reported``, the identity the deploy step's own check got from the provider (the
+        account of a static AWS key, the service account of a GCP key). Never
+        ``status.identity``: tenants who may write status could name an allowed one."""
         spec = CloudCredentialSpec.model_validate(credential.spec)
-        identity = credential.status.get("identity")
-        account = boundary.arn_account(identity) if spec.aws and identity else None
-        return self.caches.boundary_violation(credential.namespace, spec, account)
+        account = boundary.arn_account(reported) if spec.aws and reported else None
+        email = reported if spec.gcp and reported else None
+        return self.caches.boundary_violation(credential.namespace, spec, account, email)
+
+    def _reported_identity(self, credential: CredentialInfo) -> str | None:
+        """The identity the provider reported at this operator's last check of the
+        credential's current revision, in any region (None before one)."""
+        for (key, revision, _), identity in self._identities.items():
+            if key == credential.key and revision == credential.revision and identity:
+                return identity
+        return None
 
     async def reconcile(self, key: Key) -> Result:
         return await self._reconcile(key, waited=self.bindings_settled is None)
@@ -206,6 +220,10 @@ class DeployReconciler:
             self._forget(key)
             return DONE
         self._forget(key, cluster.uid)
+        stale = [k for k in self._owned(cluster) if k[1] != cluster.credentials_secret]
+        if stale:  # renamed, or the field removed: found by owner, not by the spec's name
+            await self._revoke_secrets(cluster, stale, "no longer named by "
+                                       "spec.credentialsSecret")  # fmt: skip
         if cluster.external:
             return DONE
         binding = self.caches.decide(cluster)
@@ -281,34 +299,54 @@ class DeployReconciler:
         await self.kube.patch_status_guarded(CLUSTER_PLURAL, *cluster.key, cluster.uid,
                                              operations, MANAGER)  # fmt: skip
 
-    async def _revoke(self, cluster: ClusterInfo, why: str) -> None:
-        """Delete the Secret the operator delivered to this cluster, if there is one:
-        the cluster may not have its credential's values any more. Only a Secret this
-        cluster owns (its UID in the controller owner reference) is deleted, and only
-        that object (a precondition on its UID)."""
-        key = cluster.key
-        if not cluster.credentials_secret or self._revoked.get(key, "") == cluster.uid:
-            return
-        self._delivered.pop(key, None)
-        self._expires.pop(key, None)
-        existing = await self.kube.secret_metadata(cluster.namespace, cluster.credentials_secret)
-        if existing is not None and owned_by(existing, cluster.uid):
-            await self.kube.delete_secret(cluster.namespace, cluster.credentials_secret,
-                                          existing.uid)  # fmt: skip
+    def _owned(self, cluster: ClusterInfo) -> list[Key]:
+        """The Secrets whose controller owner is this cluster object (its UID), as the
+        delivered-Secrets watch last saw them, less those being deleted."""
+        if not cluster.uid:
+            return []
+        found = self.caches.delivered.by("owner", cluster.uid)
+        return sorted(k for k in found if (info := self.caches.delivered.get(k)) is not None
+                      and info.uid not in self._deleted)  # fmt: skip
+
+    async def _revoke_secrets(self, cluster: ClusterInfo, keys: list[Key], why: str) -> None:
+        """Delete these Secrets the cluster owns (each with its UID as precondition). A
+        ``cloudcred.io/in-use`` label on one (a tenant's, which would make the delete
+        fail) is taken off first: the operator holds the verb that allows it."""
+        self._delivered.pop(cluster.key, None)
+        self._expires.pop(cluster.key, None)
+        for key in keys:
+            info = self.caches.delivered.get(key)
+            if info is None:
+                continue
+            if info.in_use:
+                await self.kube.set_secret_labels(*key, {IN_USE_LABEL: None})
+            await self.kube.delete_secret(*key, info.uid)
+            if len(self._deleted) > 1000:  # keep only what the watch has not echoed yet
+                self._deleted = {i.uid for i in self.caches.delivered.objects.values()}
+            self._deleted.add(info.uid)
             await self.kube.post_event(
                 cluster.reference, "Warning", "CredentialsRevoked",
-                f"deleted Secret {cluster.namespace}/{cluster.credentials_secret}: {why}",
+                f"deleted Secret {key[0]}/{key[1]}: {why}",
             )  # fmt: skip
-        self._revoked[key] = cluster.uid
+
+    async def _revoke(self, cluster: ClusterInfo, why: str) -> None:
+        """Delete every Secret the operator delivered to this cluster: it may not have
+        its credential's values any more. Only Secrets this cluster object owns (its UID
+        in the controller owner reference) are deleted, each with a precondition on its
+        own UID."""
+        await self._revoke_secrets(cluster, self._owned(cluster), why)
 
     async def _deploy_target(self, target: DeployTarget) -> None:
         cluster, credential = target.cluster, target.credential
         revision = credential.revision
         assert revision is not None  # target() hands over only credentials with one
-        violation = self.boundary_violation(credential)
+        violation = self.boundary_violation(credential)  # what the spec shows
         if violation:
             raise DeployError(violation)
-        await self._check(credential, target.spec, revision, cluster.region)
+        reported = await self._check(credential, target.spec, revision, cluster.region)
+        violation = self.boundary_violation(credential, reported)  # and what STS said
+        if violation:
+            raise DeployError(violation)
         if cluster.credentials_secret:
             refusal = self.delivery_refusal(cluster, credential)
             if refusal:
@@ -400,7 +438,6 @@ class DeployReconciler:
                 cluster.namespace, name, existing.uid, existing.resource_version, data,
                 annotations,
             )  # fmt: skip
-        self._revoked.pop(cluster.key, None)
         self._delivered[cluster.key] = (cluster.uid, revision, target.spec)
         self._expires[cluster.key] = (cluster.uid, delivery.expires)
 
@@ -413,9 +450,10 @@ class DeployReconciler:
         if self.delivery_refusal(cluster, credential):
             return DONE  # revoked above
         key = cluster.key
-        if self._revoked.get(key) == cluster.uid:
-            # Revoked by this operator, allowed again (a namespace labelled back, an
-            # opt-in set): the revision it is deployed with is delivered again.
+        if key not in self._delivered and not self._owned(cluster):
+            # No Secret delivered to it, though it may have one: revoked and allowed
+            # again (a namespace labelled back, an opt-in set), or deleted by someone.
+            # The revision it is deployed with is delivered again.
             return await self._renew(cluster, credential)
         if key not in self._expires:
             metadata = await self.kube.secret_metadata(key[0], cluster.credentials_secret)
@@ -459,15 +497,18 @@ class DeployReconciler:
 
     async def _check(
         self, credential: CredentialInfo, spec: dict[str, Any], revision: str, region: str
-    ) -> None:
-        """The region check, shared by every cluster asking for the same thing."""
+    ) -> str | None:
+        """The region check, shared by every cluster asking for the same thing; returns
+        the identity the provider reported (``check_region``)."""
         key: CheckKey = (credential.key, revision, region)
         now = time.monotonic()
         if len(self._checked_until) + len(self._failed) > 1000:  # old revisions pile up
             self._checked_until = {k: t for k, t in self._checked_until.items() if t > now}
+            self._identities = {k: v for k, v in self._identities.items()
+                                if k in self._checked_until}  # fmt: skip
             self._failed = {k: v for k, v in self._failed.items() if v[0] > now}
         if self._checked_until.get(key, 0.0) > now:
-            return
+            return self._identities.get(key)
         failed = self._failed.get(key)
         if failed and failed[0] > now:
             raise failed[1]
@@ -477,6 +518,7 @@ class DeployReconciler:
             self._checks[key] = running
             running.add_done_callback(lambda _: self._checks.pop(key, None))
         await asyncio.shield(running)
+        return self._identities.get(key)
 
     async def _run_check(
         self, key: CheckKey, credential: CredentialInfo, spec_body: dict[str, Any],
@@ -495,7 +537,7 @@ class DeployReconciler:
                 spec,
             )  # fmt: skip
             region = key[2]
-            await ask_provider(
+            reported = await ask_provider(
                 partial(module.check_region, spec, secrets, region, context),
                 spec.provider, self.settings.verification_timeout, self.provider_slots,
             )  # fmt: skip
@@ -504,4 +546,5 @@ class DeployReconciler:
             if error.reason != Reason.VERIFICATION_UNAVAILABLE:  # e.g. a library missing
                 self._failed[key] = (time.monotonic() + FAILED_CHECK_TTL, error)
                 raise
+        self._identities[key] = reported
         self._checked_until[key] = time.monotonic() + CHECK_TTL

@@ -39,7 +39,7 @@ from urllib3.exceptions import HTTPError
 
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key, object_reference
 from cloudcred.boundary import Boundary
-from cloudcred.cache import Caches, Change, SecretInfo
+from cloudcred.cache import Caches, Change, DeliveredInfo, SecretInfo
 from cloudcred.cache.boundaries import boundary_info
 from cloudcred.cache.informers import (
     LISTER_PAGE_SIZE,
@@ -47,6 +47,7 @@ from cloudcred.cache.informers import (
     CustomResourceLister,
     Informer,
     SyncScopes,
+    delivered_info,
     namespace_labels,
     namespace_matcher,
     plain_namespaces,
@@ -58,6 +59,7 @@ from cloudcred.constants import (
     CLUSTER_PLURAL,
     CREDENTIAL_PLURAL,
     GROUP,
+    MANAGED_BY_LABEL,
     PERMISSION_SET_PLURAL,
     REFERENCED_LABEL,
     VERSION,
@@ -166,6 +168,16 @@ def secret_itself(change: Change[SecretInfo]) -> Iterable[Key]:
     yield change.key
 
 
+def delivered_owner(caches: Caches, change: Change[DeliveredInfo]) -> Iterable[Key]:
+    """The Cluster that owns a delivered Secret (its UID, looked up in the namespace):
+    a Secret it no longer names is revoked at its next reconcile."""
+    owners = {d.owner_uid for d in (change.old, change.new) if d is not None and d.owner_uid}
+    for key in caches.clusters.by("namespace", change.key[0]):
+        cluster = caches.clusters.get(key)
+        if cluster is not None and cluster.uid in owners:
+            yield key
+
+
 class Controllers:
     def __init__(
         self,
@@ -182,7 +194,7 @@ class Controllers:
         seconds and the cluster reconciler is idle (0: they do not wait)."""
         self.kube = kube
         self.settings = settings
-        self.caches = caches = Caches()
+        self.caches = caches = Caches(settings.boundary_default == "Deny")
         controller = partial(Controller[Key], on_error=self._show_error,
                              on_success=self._cleared,
                              max_delay=settings.retry_max_delay)  # fmt: skip
@@ -284,8 +296,7 @@ class Controllers:
             """Clusters to deploy: all of them when what the deploy reads moved, else
             those the status has just listed (their first deployment may go)."""
             old, new = change.old, change.new
-            if old is None or new is None or old != new or old.status.get("identity") != \
-                    new.status.get("identity"):  # fmt: skip
+            if old is None or new is None or old != new:
                 yield from caches.clusters.by("credential", change.key)
             else:
                 yield from new.listed - old.listed
@@ -370,6 +381,8 @@ class Controllers:
             Watch("CloudCredential", self.deploy, credential_deploys),
             Watch("CloudCredential", self.secrets, credential_secrets),
             Watch("Secret", self.secrets, secret_itself),
+            Watch("DeliveredSecret", self.deploy, partial(delivered_owner, self.caches)),
+            Watch("DeliveredSecret", self.secrets, secret_itself),
             Watch("Namespace", self.clusters, namespace_clusters),
             Watch("Namespace", self.deploy, namespace_clusters),
             Watch("Namespace", self.credentials, namespace_credentials),
@@ -449,6 +462,24 @@ class Controllers:
                 Informer(self.caches.secrets, core.list_namespaced_secret, secret_info,
                          partial(self._changed, "Secret"), loop, *timing, label_selector=selector,
                          page_size=page, namespace=namespace, scopes=scopes)
+                for namespace in self.secret_namespaces
+            ]  # fmt: skip
+        # Delivered Secrets, by the label the operator puts on them: found by their
+        # owner's UID, whatever name the Cluster's spec gives now.
+        delivered = partial(self._changed, "DeliveredSecret")
+        managed = f"{MANAGED_BY_LABEL}=cloudcred"
+        if self.secret_namespaces is None:
+            self.informers.append(
+                Informer(self.caches.delivered, core.list_secret_for_all_namespaces,
+                         delivered_info, delivered, loop, *timing, label_selector=managed,
+                         page_size=page, watched=self.watched)
+            )  # fmt: skip
+        else:
+            scopes = SyncScopes(self.secret_namespaces)
+            self.informers += [
+                Informer(self.caches.delivered, core.list_namespaced_secret, delivered_info,
+                         delivered, loop, *timing, label_selector=managed, page_size=page,
+                         namespace=namespace, scopes=scopes)
                 for namespace in self.secret_namespaces
             ]  # fmt: skip
         self.informers.append(

@@ -7,7 +7,9 @@
 
 Both are computed from the caches and released when no credential references the
 Secret any more (a credential switched to another Secret, or deleted), so the old
-Secret can be deleted. A Secret whose labels were dropped (``kubectl replace``, any
+Secret can be deleted. A Secret the operator delivered to a Cluster (its controller
+owner) never gets ``in-use``: the label would block the operator's own delete when the
+delivery is revoked. A Secret whose labels were dropped (``kubectl replace``, any
 full update) leaves the watch's selection and is labelled again. Only the labels are
 patched: the operator neither reads nor writes the data here.
 """
@@ -28,7 +30,10 @@ class SecretReconciler:
     async def reconcile(self, key: Key) -> None:
         users = self.caches.credentials_using_secret(key)
         referenced = bool(users)
-        in_use = any(self.caches.in_use(credential.key) for credential in users)
+        delivered = self.caches.delivered.get(key)
+        in_use = any(self.caches.in_use(credential.key) for credential in users) and not (
+            delivered is not None and delivered.owner_uid
+        )
         current = self.caches.secrets.get(key)
         if current is None and not referenced:
             return  # not labelled, not wanted

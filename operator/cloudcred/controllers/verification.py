@@ -35,16 +35,43 @@ from cloudcred.controllers.controller import DONE, Result
 from cloudcred.installation import Installation
 from cloudcred.kube import Conflict, Kube, NotFound
 from cloudcred.rotation import effective_spec
-from cloudcred.verification import check_credential, periodic_interval, retry_delay
+from cloudcred.verification import (
+    MIN_INTERVAL_SECONDS,
+    ROTATION,
+    VERIFIED,
+    check_credential,
+    check_retry_delay,
+    periodic_interval,
+)
 
 MANAGER = "cloudcred-verifier"
 IDLE_RECHECK = 300.0  # periodic checks off: look again this often (the interval may change)
 # A key a rotation just put in effect can take a moment to work everywhere (Azure:
-# seconds): while it has not verified, check it this often, not at the interval.
-RECHECK_NEW_KEY = 30.0
+# seconds): while it has not verified, check it this often, not at the interval; never
+# under the 1-minute floor (a tenant may keep a rotation's new key from working).
+RECHECK_NEW_KEY = MIN_INTERVAL_SECONDS
 WRITE_ATTEMPTS = 5
 
 logger = logging.getLogger("cloudcred.verification")
+
+
+# Every status field and condition the verifier applies (server-side apply removes
+# those it owned and leaves out, so an unchanged answer must match them all, absent ones
+# included).
+VERIFIER_FIELDS = ("observedGeneration", "publicId", "identity", "revision", "externalId",
+                   "operatorPrincipal", "lastVerifiedTime", "keyCreatedTime", "key")  # fmt: skip
+VERIFIER_CONDITIONS = (VERIFIED, ROTATION)
+
+
+def _holds(current: dict[str, Any], status: dict[str, Any]) -> bool:
+    """Applying ``status`` would change nothing in ``current``."""
+    if set(status) - {*VERIFIER_FIELDS, "conditions"}:
+        return False  # a field this list does not know: write it
+    if any(current.get(field) != status.get(field) for field in VERIFIER_FIELDS):
+        return False
+    ours = {c.get("type"): c for c in current.get("conditions") or []
+            if c.get("type") in VERIFIER_CONDITIONS}  # fmt: skip
+    return ours == {c["type"]: c for c in status.get("conditions") or []}
 
 
 @dataclass(frozen=True)
@@ -115,7 +142,7 @@ class VerificationReconciler:
                                        event.message)  # fmt: skip
         if result.transient:
             # A Secret created later, a provider back online: again, with a backoff.
-            delay = retry_delay(failures, self.settings)
+            delay = check_retry_delay(failures, self.settings)
             self.checked[key] = Checked(inputs, clock() + delay, failures + 1)
             return Result(requeue_after=delay)
         interval = periodic_interval(key[0], key[1], credential.raw_spec)
@@ -140,6 +167,8 @@ class VerificationReconciler:
                 credential.uid, credential.generation, checked_spec
             ):  # fmt: skip
                 return False
+            if _holds(current.get("status") or {}, status):
+                return True  # the same answer again: nothing to write
             try:
                 await self.kube.apply_status(
                     CREDENTIAL_PLURAL, "CloudCredential", *credential.key, status, MANAGER,

@@ -84,8 +84,9 @@ async def configure(
     memo.deletion_announced = {}
     # The key behind revisions and ExternalIds: nothing is checked before it is known.
     memo.installation = await load_installation(
-        memo.kube, operator_namespace(config.operator_namespace)
-    )
+        memo.kube, operator_namespace(config.operator_namespace),
+        list(memo.get("namespaces") or []),
+    )  # fmt: skip
     memo.controllers = Controllers(
         memo.kube, config, memo.verification_slots, list(memo.get("namespaces") or []),
         memo.installation, peering=not memo.get("standalone", True),

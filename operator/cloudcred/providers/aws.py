@@ -239,22 +239,23 @@ def verify(
 
 def check_region(
     spec: CloudCredentialSpec, secrets: SecretValues, region: str, context: VerifyContext
-) -> None:
+) -> str:
     """The deploy step's check: the credential works in the cluster's region -- the
     regional STS endpoint, then a read-only call there, EC2 Auto Scaling
     DescribeAutoScalingGroups (the node groups of a cluster; botocore >= 1.36, pinned
     in pyproject, uses regional STS endpoints by default). Auto Scaling rather than
     EC2 DescribeAvailabilityZones: the same proof, and its API model costs 1 MB of
-    memory where EC2's costs 24 MB."""
+    memory where EC2's costs 24 MB. Returns the ARN STS reported."""
     aws = _aws(spec)
     config = _config(context)
 
-    def check() -> None:
+    def check() -> str:
         caller = _caller(aws, secrets, context, config, region)
-        _client("sts", region, caller, config).get_caller_identity()
+        identity = _client("sts", region, caller, config).get_caller_identity()
         _client("autoscaling", region, caller, config).describe_auto_scaling_groups(MaxRecords=1)
+        return str(identity["Arn"])  # the account a boundary checks
 
-    _calling(aws, context, check)
+    return _calling(aws, context, check)
 
 
 def check_permissions(

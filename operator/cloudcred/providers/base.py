@@ -8,8 +8,11 @@ A provider module exposes five plain functions:
 - ``verify(spec, secrets, context) -> Verification``: asks the provider, *blocking*
   (the operator runs it in a worker thread with a timeout), and raises
   ``VerificationError`` with a reason from ``Reason`` when the answer is no;
-- ``check_region(spec, secrets, region, context) -> None``: the deploy step's check that
-  the credential works for a cluster in ``region``; blocking, raises like ``verify``.
+- ``check_region(spec, secrets, region, context) -> str | None``: the deploy step's check
+  that the credential works for a cluster in ``region``; blocking, raises like
+  ``verify``. Returns what the provider reported of the identity where a boundary needs
+  it (the ARN of a static AWS key, from STS), so the deploy step decides on its own
+  answer, never on ``status``.
 - ``delivery(spec, secrets, region, context) -> Delivery``: the credential in the
   provider's standard form for a cluster's deployer (``spec.credentialsSecret``);
   blocking (an AWS role is assumed for short-lived session credentials).

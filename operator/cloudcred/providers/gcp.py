@@ -424,12 +424,14 @@ class _DeadlineRequest:
 
 def check_region(
     spec: CloudCredentialSpec, secrets: SecretValues, region: str, context: VerifyContext
-) -> None:
+) -> str | None:
     """The deploy step's check. GCP credentials are not tied to a region, so it is the
-    same check as verification; workload identity cannot be checked here (the
-    workload's own token is needed), so it passes, as its Verified is Unknown."""
-    if _gcp(spec).service_account_key_ref is not None:
-        verify(spec, secrets, context)
+    same check as verification, and returns the service account the token exchange
+    authenticated; workload identity cannot be checked here (the workload's own token is
+    needed), so it passes, as its Verified is Unknown."""
+    if _gcp(spec).service_account_key_ref is None:
+        return None
+    return verify(spec, secrets, context).identity
 
 
 def delivery(
