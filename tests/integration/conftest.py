@@ -137,3 +137,12 @@ def fault_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPla
     finally:
         api.close()
         plane.stop(grace=1)  # nothing left to drain
+
+
+@pytest.fixture
+def own_namespace(kube: Kube) -> str:
+    """A namespace the shared operator does not watch (it watches t-*): for a test whose
+    own operator must be the only one acting there."""
+    name = f"own-{uuid.uuid4().hex[:10]}"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    return name

@@ -54,11 +54,11 @@ def reasons(kube: Kube, namespace: str) -> list[str]:
 
 
 def test_a_gcp_key_rotates_through_every_fault_and_no_key_in_use_is_retired(
-    kube: Kube, namespace: str, operators: Operators
+    kube: Kube, own_namespace: str, operators: Operators
 ) -> None:
     fake, server = serve()
     try:
-        story(kube, namespace, operators, fake)
+        story(kube, own_namespace, operators, fake)
     finally:
         server.shutdown()
 
