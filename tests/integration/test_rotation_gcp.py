@@ -128,8 +128,9 @@ def story(kube: Kube, namespace: str, operators: Operators, fake: FakeIam) -> No
     wait_for(lambda: rotation(kube, namespace).get("keyId") == second_key, timeout=30,
              what="status.rotation back from the record")  # fmt: skip
     second = new_revision(kube, namespace, "gcp", first)
+    # A key that propagates is checked again after 5 s, then from a minute on.
     wait_for(lambda: (condition(get_credential(kube, namespace, "gcp"), "Verified") or {})
-             .get("status") == "True", timeout=60, what="the new key accepted")  # fmt: skip
+             .get("status") == "True", timeout=150, what="the new key accepted")  # fmt: skip
     patch_cluster_status(kube, namespace, "ext", {"deployedRevision": second})
     wait_for(lambda: FIRST_KEY_ID not in fake.keys, timeout=60, what="the old key deleted")
     assert second_key in fake.keys
