@@ -19,8 +19,9 @@ work it leads to):
 Each start, and each restart after a failure or a 410 Gone, is a paginated LIST
 taken in whole by ``Store.replace`` (the store is not synced in between), then a
 WATCH from the LIST's resourceVersion, resumed each time the server ends it from the
-last version it delivered; the LIST is repeated every ``relist_interval``. Every request has a timeout: the server ends each watch after
-``watch_timeout`` seconds, and a connection silent for longer than that is given up.
+last version it delivered; the LIST is repeated every ``relist_interval``. Every
+request has a timeout: the server ends each watch after ``watch_timeout`` seconds, and
+a connection silent for longer than that is given up.
 ``last_progress`` tells ``/healthz`` when the informer last heard from the API server.
 
 ``CustomResourceLister``: kopf feeds the CloudCredential store from its watch (its
