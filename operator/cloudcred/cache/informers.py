@@ -18,9 +18,10 @@ work it leads to):
 
 Each start, and each restart after a failure or a 410 Gone, is a paginated LIST
 taken in whole by ``Store.replace`` (the store is not synced in between), then a
-WATCH from the LIST's resourceVersion; the LIST is repeated every
-``relist_interval``. Every request has a timeout: the server ends each watch after
-``watch_timeout`` seconds, and a connection silent for longer than that is given up.
+WATCH from the LIST's resourceVersion, resumed each time the server ends it from the
+last version it delivered; the LIST is repeated every ``relist_interval``. Every
+request has a timeout: the server ends each watch after ``watch_timeout`` seconds, and
+a connection silent for longer than that is given up.
 ``last_progress`` tells ``/healthz`` when the informer last heard from the API server.
 
 ``CustomResourceLister``: kopf feeds the CloudCredential store from its watch (its
@@ -218,8 +219,15 @@ class Informer(Generic[T]):
             if self._stop.is_set():
                 break
             item = event["object"]
-            if isinstance(item, dict):  # the client follows only its own objects' versions
-                version = str(item["metadata"].get("resourceVersion") or version)
+            # The version to resume from is followed here, not by the client: it follows
+            # versions only for a list function whose docstring names its return type,
+            # which a partial's does not. A resume from the LIST's version instead
+            # replays every change since, old states over newer ones, or fails with
+            # 410 Gone and a full LIST, with the workers stopped until it is in.
+            metadata = item["metadata"] if isinstance(item, dict) else None
+            seen = metadata.get("resourceVersion") if metadata is not None else \
+                item.metadata.resource_version  # fmt: skip
+            version = str(seen or version)
             if event["type"] == "BOOKMARK":
                 continue
             key = _key(item)
@@ -230,7 +238,7 @@ class Informer(Generic[T]):
             else:
                 self._post(self._apply, key, self.convert(item))
         self.last_progress = time.monotonic()
-        return str(stream.resource_version or version)
+        return version
 
     def _post(self, function: Callable[..., None], *args: Any) -> None:
         self.loop.call_soon_threadsafe(function, *args)
