@@ -8,7 +8,10 @@ one and turns every failure into one ``cloudcred: ...`` line on stderr and an ex
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
@@ -495,11 +498,34 @@ def _console(args: argparse.Namespace, stdin: IO[str] | None) -> int:
         logging.getLogger("cloudcred.console").setLevel(logging.INFO)
     kube = api.connect(_access(args))
     namespace = None if args.all_namespaces else (args.namespace or kube.namespace)
+    signal.signal(signal.SIGINT, _stop_within(CONSOLE_STOP_SECONDS))
     try:
         asyncio.run(server.serve(kube, namespace, args.port, open_browser=not args.no_browser))
     except KeyboardInterrupt:  # Ctrl-C is how the console stops
         print("cloudcred console: stopped", file=sys.stderr)
     return 0
+
+
+CONSOLE_STOP_SECONDS = 5.0
+
+
+def _stop_within(seconds: float) -> Callable[[int, Any], None]:
+    """A SIGINT handler: stop as Ctrl-C does (KeyboardInterrupt), and if the clean stop
+    takes longer than ``seconds`` (a request to the API server in flight, a stream a
+    browser holds open), end the process anyway: Ctrl-C always stops the console."""
+
+    def interrupted(signum: int, frame: Any) -> None:
+        def force() -> None:
+            print("cloudcred console: stopped", file=sys.stderr, flush=True)
+            os._exit(0)
+
+        timer = threading.Timer(seconds, force)
+        timer.daemon = True
+        timer.start()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
+        raise KeyboardInterrupt
+
+    return interrupted
 
 
 def _completion(args: argparse.Namespace, stdin: IO[str] | None) -> int:
