@@ -188,7 +188,7 @@ def key_ids_named(spec: dict[str, Any], secret_data: dict[str, dict[str, str]]) 
     elif provider == "GCP":
         try:
             key_file = json.loads(_decoded(data.get(str(ref.get("key", "")))) or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # any tenant's Secret: nested deep on purpose
             key_file = {}
         if isinstance(key_file, dict) and key_file.get("private_key_id"):
             found.add(str(key_file["private_key_id"]))

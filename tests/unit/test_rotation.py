@@ -221,3 +221,12 @@ def test_the_chart_grants_secret_create_and_delete_only_with_rotation_or_deliver
     assert {"create", "delete"} & secret_verbs() == set()
     assert {"create", "delete"} <= secret_verbs("rotation.enabled=true")
     assert {"create", "delete"} <= secret_verbs("delivery.enabled=true")
+
+
+def test_a_secret_nested_deep_on_purpose_names_no_key_and_stops_nothing() -> None:
+    """Before retiring a key the operator reads every credential's Secrets; one tenant's
+    key file of 100 000 nested arrays (a RecursionError in the JSON parser) names no key
+    instead of failing every other tenant's rotation."""
+    spec = {"provider": "GCP", "gcp": {"serviceAccountKeyRef": {"name": "sa", "key": "key.json"}}}
+    nested = base64.b64encode(("[" * 100_000 + "]" * 100_000).encode()).decode()
+    assert rotation.key_ids_named(spec, {"sa": {"key.json": nested}}) == set()
