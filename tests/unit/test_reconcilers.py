@@ -960,10 +960,7 @@ async def test_a_refused_key_creation_is_shown_once_and_retried_until_it_goes_th
     credential(kube, check=True)
     await operator.settle()
     cluster(kube, "ext", deployed=revision(kube))  # keeps the new key in its rollout
-    body = kube.body("CloudCredential", CRED)
-    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "3s"}
-    body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": "now"}
-    kube.put("CloudCredential", body)
+    automatic(kube, rotate_now="now", grace="3s")
     await operator.settle()
     state = kube.body("CloudCredential", CRED)["status"]["rotation"]
     assert (state["phase"], state["reason"]) == ("Creating", "KeyLimitReached")
@@ -1048,9 +1045,9 @@ class ServiceAccount:
         return [key for verb, key in self.changes if verb in ("deactivate", "delete")]
 
 
-def automatic(kube: FakeKube, rotate_now: str | None = None) -> None:
+def automatic(kube: FakeKube, rotate_now: str | None = None, grace: str = "3s") -> None:
     body = kube.body("CloudCredential", CRED)
-    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "3s"}
+    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": grace}
     if rotate_now:
         body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": rotate_now}
     kube.put("CloudCredential", body)
@@ -1531,10 +1528,7 @@ async def test_the_old_key_is_deactivated_a_grace_period_after_the_rollout_and_d
     credential(kube, key=key_file("k1"), check=True)
     await operator.settle()
     cluster(kube, "ext", deployed=revision(kube))
-    body = kube.body("CloudCredential", CRED)
-    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "1h"}
-    body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": "now"}
-    kube.put("CloudCredential", body)
+    automatic(kube, rotate_now="now", grace="1h")
     await operator.settle()
     deploy(kube, "ext", revision(kube))
     await operator.settle()
@@ -1566,10 +1560,7 @@ async def test_rotate_now_inside_the_interval_waits_until_it_ends(
     operator = Operator(kube, clock, rotation_delete_after=60)
     credential(kube, key=key_file("k1"), check=True)
     await operator.settle()
-    body = kube.body("CloudCredential", CRED)
-    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "0s"}
-    body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": "first"}
-    kube.put("CloudCredential", body)
+    automatic(kube, rotate_now="first", grace="0s")
     await operator.settle()
     for _ in range(4):
         await operator.advance(61)
@@ -1639,10 +1630,7 @@ async def test_an_old_key_used_after_the_rollout_is_kept_and_the_message_names_t
     credential(kube, key=key_file("k1"), check=True)
     await operator.settle()
     cluster(kube, "ext", deployed=revision(kube))
-    body = kube.body("CloudCredential", CRED)
-    body["spec"]["rotation"] = {"policy": "Automatic", "maxAge": "90d", "gracePeriod": "10m"}
-    body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": "now"}
-    kube.put("CloudCredential", body)
+    automatic(kube, rotate_now="now", grace="10m")
     await operator.settle()
     deploy(kube, "ext", revision(kube))
     await operator.settle()
