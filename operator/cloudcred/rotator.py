@@ -211,13 +211,16 @@ class Rotator:
         await self.records.delete(self.current.pop(key))
         return None
 
-    async def _store(self, key: Key, state: dict[str, Any],
-                     made: tuple[str, ...] | None = None) -> None:  # fmt: skip
-        """Record without showing it (the credential is gone)."""
+    async def _store(self, key: Key, state: dict[str, Any], made: tuple[str, ...] | None = None,
+                     secret_uids: dict[str, str] | None = None) -> None:  # fmt: skip
+        """Record (compare-and-swap on the record read), without showing it: ``_write``
+        shows it too; the credential of ``retire_orphaned`` is gone."""
         record = self.current[key]
         self.current[key] = await self.records.write(replace(
             record, state={k: v for k, v in state.items() if v is not None},
-            made=record.made if made is None else made))  # fmt: skip
+            made=record.made if made is None else made,
+            secret_uids=record.secret_uids if secret_uids is None else secret_uids,
+        ))  # fmt: skip
 
     async def _advance(self, namespace: str, name: str) -> float:
         while True:
@@ -890,14 +893,8 @@ class Rotator:
         """Record the rotation (compare-and-swap on the record read), then show it in
         ``status.rotation`` (and the KeyRotation condition), before what comes next."""
         key = _key(body)
-        record = self.current[key]
-        stored = await self.records.write(replace(
-            record, state={k: v for k, v in state.items() if v is not None},
-            made=record.made if made is None else made,
-            secret_uids=record.secret_uids if secret_uids is None else secret_uids,
-        ))  # fmt: skip
-        self.current[key] = stored
-        view = stored.view()
+        await self._store(key, state, made, secret_uids)
+        view = self.current[key].view()
         self.shown[key] = view  # before the write: its own watch event is not a change
         await self._publish(body, view)
 
