@@ -443,3 +443,12 @@ def check_retry_delay(retry: int, settings: Settings) -> float:
         return min(5.0, settings.retry_max_delay)
     # A retry_max_delay under a minute is the administrator's choice (tests use one).
     return float(min(MIN_INTERVAL_SECONDS * 2 ** min(retry - 1, 10), settings.retry_max_delay))
+
+
+def propagating_retry_delay(retry: int) -> float:
+    """Backoff for a key a rotation has just made that the provider does not accept yet:
+    5 s, 10 s, 20 s, 40 s, then every minute until its propagation window ends. Most keys
+    work within seconds, and the rollout waits for the check. Below the 1-minute floor on
+    purpose: only the operator's own new key is ever Propagating, and only for a bounded
+    window, so a tenant cannot turn this into a stream of provider calls."""
+    return float(min(5 * 2 ** min(retry, 10), MIN_INTERVAL_SECONDS))

@@ -1202,6 +1202,33 @@ async def test_a_key_rotated_by_an_earlier_version_stays_in_use_after_the_upgrad
 
 
 @run
+async def test_a_propagating_key_is_checked_again_within_seconds_not_at_the_minute(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most new keys work within seconds: a propagating key is checked again after 5,
+    10, 20 and 40 s (then every minute), so a key Google accepts 6 s after it was made
+    is Verified within 20 s of the rotation, not a minute later."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    account.not_yet.add("k2")
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    cluster(kube, "ext", deployed=revision(kube))
+    automatic(kube, rotate_now="now")
+    await operator.settle()
+    assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "Propagating"
+    checks = account.checks
+    await operator.advance(6)
+    assert account.checks > checks  # checked again after 5 s: still refused
+    assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "Propagating"
+    account.not_yet.discard("k2")  # Google accepts the key 6 s after it was made
+    await operator.advance(12)
+    verified = find(kube, "CloudCredential", "prod", "Verified")
+    assert verified["reason"] == "Verified", verified
+
+
+@run
 async def test_a_new_key_refused_within_the_propagation_window_is_propagating_not_stalled(
     kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

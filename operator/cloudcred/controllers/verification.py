@@ -34,6 +34,7 @@ from cloudcred.constants import CREDENTIAL_PLURAL
 from cloudcred.controllers.controller import DONE, Result
 from cloudcred.installation import Installation
 from cloudcred.kube import Conflict, Kube, NotFound
+from cloudcred.providers.base import Reason
 from cloudcred.rotation import effective_spec
 from cloudcred.verification import (
     MIN_INTERVAL_SECONDS,
@@ -42,6 +43,7 @@ from cloudcred.verification import (
     check_credential,
     check_retry_delay,
     periodic_interval,
+    propagating_retry_delay,
 )
 
 MANAGER = "cloudcred-verifier"
@@ -141,8 +143,11 @@ class VerificationReconciler:
             await self.kube.post_event(credential.reference, event.type, event.reason,
                                        event.message)  # fmt: skip
         if result.transient:
-            # A Secret created later, a provider back online: again, with a backoff.
-            delay = check_retry_delay(failures, self.settings)
+            # A Secret created later, a provider back online, a new key propagating:
+            # again, with a backoff.
+            propagating = verdict["reason"] == Reason.PROPAGATING.value
+            delay = (propagating_retry_delay(failures) if propagating
+                     else check_retry_delay(failures, self.settings))  # fmt: skip
             self.checked[key] = Checked(inputs, clock() + delay, failures + 1)
             return Result(requeue_after=delay)
         interval = periodic_interval(key[0], key[1], credential.raw_spec)
