@@ -62,6 +62,10 @@ actionlint: ## Build actionlint (ACTIONLINT_VERSION) from Go modules into .local
 # The console's browser test drives Debian's Chromium headless and checks its pages with
 # axe-core (from npm); each part skips, saying why, where its tool cannot be installed.
 AXE_VERSION ?= 4.14.1
+# pytest-xdist workers of `make test`: each starts its own control plane, and most tests
+# wait on the operator rather than compute, so three fit two cores. One against a cluster
+# of your own (CLOUDCRED_TEST_KUBECONFIG), which the workers would share.
+TEST_WORKERS ?= $(if $(CLOUDCRED_TEST_KUBECONFIG),1,3)
 AXE_DIR := $(LOCAL)/axe
 .PHONY: browser
 browser: ## Install Debian's chromium (and chromium-driver) and axe-core (AXE_VERSION) for the console's browser test, if absent.
@@ -125,7 +129,7 @@ lock: install ## Pin the image's Python dependencies with hashes into requiremen
 
 .PHONY: test
 test: envtest helm actionlint browser ## Run the test suite (starts its own control plane, or uses CLOUDCRED_TEST_KUBECONFIG).
-	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=72
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --cov --cov-report=term --cov-fail-under=72
 
 .PHONY: lint
 lint: install ## Check style and types (ruff, mypy).
