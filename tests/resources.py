@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from kubernetes import client
@@ -17,6 +18,15 @@ from cloudcred.constants import (
 )
 from tests.conftest import Kube
 from tests.operator import wait_for
+
+
+def new_namespace(kube: Kube, prefix: str, labels: dict[str, str] | None = None) -> str:
+    """A fresh namespace named ``prefix-<random>`` (the local control plane never finishes
+    deleting one). The shared operator watches ``t-*``: any other prefix is a test's own."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    kube.core.create_namespace(client.V1Namespace(
+        metadata=client.V1ObjectMeta(name=name, labels=labels)))  # fmt: skip
+    return name
 
 
 def secret(kube: Kube, namespace: str, name: str, data: dict[str, str]) -> None:

@@ -17,6 +17,7 @@ from tests.envtest.controlplane import ControlPlane, free_port
 from tests.iam import SimulatingIam, start_iam
 from tests.kube import ROOT, api_client, install_crds, install_installation_key, load_yaml_documents
 from tests.operator import OperatorProcess, Operators
+from tests.resources import new_namespace
 
 # Test namespaces start with "t-": the shared operator watches exactly those.
 WATCHED = "t-*"
@@ -143,6 +144,4 @@ def fault_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPla
 def own_namespace(kube: Kube) -> str:
     """A namespace the shared operator does not watch (it watches t-*): for a test whose
     own operator must be the only one acting there."""
-    name = f"own-{uuid.uuid4().hex[:10]}"
-    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    return name
+    return new_namespace(kube, "own")

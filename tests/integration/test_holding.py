@@ -85,6 +85,7 @@ from tests.resources import (
     get_credential,
     list_clusters,
     marked,
+    new_namespace,
     new_revision,
     patch_cluster_status,
     patch_credential,
@@ -120,14 +121,6 @@ DEPLOY_HOLD = 1.5  # seconds each regional AWS call of a deploy is held
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def own_namespace(kube: Kube, prefix: str, labels: dict[str, str] | None = None) -> str:
-    """A fresh namespace; with a prefix other than ``t-`` the shared operator ignores it."""
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    kube.core.create_namespace(client.V1Namespace(
-        metadata=client.V1ObjectMeta(name=name, labels=labels)))  # fmt: skip
-    return name
 
 
 def is_bound(cluster: dict[str, Any] | None) -> bool:
@@ -429,11 +422,11 @@ def test_a_restart_at_scale_never_lets_go_of_the_credential_or_its_secret(
     are, within the 30 s, dropped from and added to the credential's count and list,
     and the new one is Bound."""
     clusters_first, cross_namespace, held_kind = VARIANTS[variant]
-    home = own_namespace(kube, "hh")
+    home = new_namespace(kube, "hh")
     namespaces = [home]
     if cross_namespace:
         labels = {"cloudcred-test/fleet": home}
-        namespaces = [own_namespace(kube, f"{home}-{i}", labels) for i in range(TEAMS)]
+        namespaces = [new_namespace(kube, f"{home}-{i}", labels) for i in range(TEAMS)]
     fleet = Fleet(home=home, namespaces=namespaces, count=HOLD_CLUSTERS)
     watched = sorted({home, *namespaces})
     try:
@@ -607,7 +600,7 @@ def test_the_operators_listing_reads_every_page(kube: Kube) -> None:
     selector: against the real API server, with pages of 3, both listings get every
     object once. (The store takes a listing in only after its last page:
     tests/unit/test_store.py.)"""
-    ns = own_namespace(kube, "hp")
+    ns = new_namespace(kube, "hp")
     names = [f"p{index}" for index in range(5)]
     for name in names:
         create_cluster(kube, ns, name, provider="AWS", region="eu-west-3",
@@ -777,7 +770,7 @@ def test_one_refused_cluster_holds_up_no_other_and_is_retried_with_backoff(
     if kube.plane is None:
         pytest.skip("counts writes in the local control plane's audit log")
     audit_log = kube.plane.audit_log
-    ns = own_namespace(kube, "hr")
+    ns = new_namespace(kube, "hr")
     for name in ("frozen", "fleet"):
         create_credential(kube, ns, name, provider="AWS", aws=ROLE, verification=NO_CHECK)
     create_cluster(kube, ns, "frozen", provider="AWS", region="eu-west-3",
@@ -964,7 +957,7 @@ def test_a_credential_deleted_while_the_watch_was_down_is_dropped_after_the_reli
     show CredentialNotFound; a cluster of another credential stays Bound."""
     plane = fault_plane
     kube = plane_kube(plane)
-    ns = own_namespace(kube, "hg")
+    ns = new_namespace(kube, "hg")
     operator = operators.start(ns, kubeconfig=plane.kubeconfig, name="operator")
     for name in ("doomed", "kept"):
         create_credential(kube, ns, name, provider="AWS", aws=ROLE, verification=NO_CHECK)
@@ -1032,7 +1025,7 @@ def test_a_watch_that_stops_answering_fails_healthz_and_the_operator_catches_up(
     during the outage is bound within 60 s and ``/healthz`` is 200."""
     if kube.plane is None:
         pytest.skip("needs the local control plane (its certificate covers 127.0.0.1)")
-    ns = own_namespace(kube, "hw")
+    ns = new_namespace(kube, "hw")
     server = urlsplit(kube.plane.url)
     proxy = LoopbackProxy(server.hostname or "127.0.0.1", server.port or 443,
                           lifetime=600).start()  # fmt: skip
@@ -1101,7 +1094,7 @@ def test_a_cluster_recreated_during_its_deploy_gets_its_own_deployment(
     uid) gets a deployment of its own: ``deployedRevision`` and a ``Deployed`` Event
     for its uid, ``lastDeployedTime`` not before its creation, and the old object's
     deploy writes nothing and announces nothing."""
-    ns = own_namespace(kube, "hd")
+    ns = new_namespace(kube, "hd")
     endpoint = urlsplit(moto.endpoint)
     deploying: list[float] = []
 

@@ -14,7 +14,6 @@ import uuid
 from typing import Any
 
 import pytest
-from kubernetes import client
 from kubernetes.client.rest import ApiException
 from pydantic import SecretStr
 
@@ -33,6 +32,7 @@ from tests.resources import (
     create_cluster,
     get_cluster,
     get_credential,
+    new_namespace,
     secret,
     static_key_credential,
 )
@@ -170,9 +170,7 @@ def test_a_role_is_simulated_on_its_role_arn_not_the_session(
 @pytest.fixture(scope="module")
 def own_namespace(kube: Kube) -> str:
     """A namespace of this module's operator alone (the shared one watches ``t-*``)."""
-    name = f"perm-{uuid.uuid4().hex[:10]}"
-    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    return name
+    return new_namespace(kube, "perm")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 
 from tests.aws import Moto
 from tests.conftest import Kube
@@ -169,14 +168,6 @@ def test_a_failing_deploy_is_shown(
     wait_for(lambda: "failed on eu" in condition(get_credential(kube, namespace, "limited"),
                                                  "RolloutComplete")["message"],
              timeout=10, what="the rollout halted on eu")  # fmt: skip
-
-
-@pytest.fixture
-def own_namespace(kube: Kube) -> str:
-    """A namespace the shared operator does not watch (it watches t-*)."""
-    name = f"own-{uuid.uuid4().hex[:10]}"
-    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    return name
 
 
 @pytest.fixture
