@@ -21,6 +21,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -117,10 +118,29 @@ def ensure_binaries() -> dict[str, Path]:
     return paths
 
 
+# Ports for the servers tests start, below the kernel's ephemeral range (32768 and up),
+# where the suite's many client connections take their source ports, and a block of its
+# own per pytest-xdist worker: a port handed out is not taken by anyone else before the
+# server binds it. Within a block, handed out in turn from a random start.
+_PORT_BLOCK = 4000
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 5
+_next_port = 12000 + _WORKER * _PORT_BLOCK + random.randrange(_PORT_BLOCK)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, for a server a test is about to start."""
+    global _next_port
+    block = 12000 + _WORKER * _PORT_BLOCK
+    for _ in range(_PORT_BLOCK):
+        port = _next_port
+        _next_port = block + (_next_port + 1 - block) % _PORT_BLOCK
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {block}-{block + _PORT_BLOCK - 1}")
 
 
 def _kill_with_parent() -> None:
