@@ -20,14 +20,18 @@ from tests.echo import make_pki
 from tests.integration.test_rotation import AUTOMATIC, rotated_secret, rotation_status
 from tests.operator import Operators, wait_for
 from tests.resources import (
+    ask_rotation,
     condition,
     create_cluster,
     create_credential,
-    events_for,
+    event_reasons,
     get_credential,
     new_revision,
     patch_cluster_status,
+    patch_credential,
     secret,
+    verified_noting_stalled,
+    write_rotation_status,
 )
 from tests.unit.test_rotation_azure import (
     CLIENT,
@@ -41,35 +45,17 @@ from tests.unit.test_rotation_azure import (
 
 pytestmark = pytest.mark.integration
 
-GROUP, VERSION, PLURAL = "cloudcred.io", "v1alpha1", "cloudcredentials"
 NAME = "azure"
+# Generous for a loaded machine: each step takes a second or so when all is well.
+TIMEOUT = 60.0
 
 
 def rotation(kube: Kube, namespace: str) -> dict[str, Any]:
     return rotation_status(kube, namespace, NAME)
 
 
-def annotate_now(kube: Kube, namespace: str, value: str) -> None:
-    kube.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, NAME,
-        {"metadata": {"annotations": {"cloudcred.io/rotate-now": value}}},
-    )  # fmt: skip
-
-
-def patch_rotation_status(kube: Kube, namespace: str, view: dict[str, Any] | None) -> None:
-    kube.custom.patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, NAME, {"status": {"rotation": view}})  # fmt: skip
-
-
 def reasons(kube: Kube, namespace: str) -> list[str]:
-    return [event.reason for event in events_for(kube, namespace, NAME)]
-
-
-def verified(kube: Kube, namespace: str, stalled: list[str]) -> dict[str, Any]:
-    """The Verified condition; every Stalled status seen on the way goes to ``stalled``."""
-    body = get_credential(kube, namespace, NAME)
-    stalled.append(str((condition(body, "Stalled") or {}).get("status")))
-    return condition(body, "Verified") or {}
+    return event_reasons(kube, namespace, NAME)
 
 
 def password(cloud: Cloud, key_id: str) -> Password:
@@ -98,6 +84,11 @@ def test_an_azure_client_secret_rotates_through_every_fault_and_none_in_use_is_r
 
 
 def story(kube: Kube, namespace: str, cloud: Cloud) -> None:
+    stalled: list[str] = []  # every Stalled status read with Verified
+
+    def checked() -> dict[str, Any]:
+        return verified_noting_stalled(kube, namespace, NAME, stalled)
+
     first_value = new_secret()
     first = cloud.add(first_value, age_days=0)  # made today: not due for 90 days
     secret(kube, namespace, "sp", {"clientSecret": first_value})
@@ -106,24 +97,28 @@ def story(kube: Kube, namespace: str, cloud: Cloud) -> None:
         "clientSecretRef": {"name": "sp", "key": "clientSecret"}})  # fmt: skip
     create_cluster(kube, namespace, "ext", provider="AZURE", region="westeurope",
                    credentialRef={"name": NAME}, deploy="External")  # fmt: skip
+    wait_for(lambda: checked().get("status") == "True", timeout=TIMEOUT, what="verified")
     first_revision = new_revision(kube, namespace, NAME, None)
     patch_cluster_status(kube, namespace, "ext", {"deployedRevision": first_revision})
-    wait_for(lambda: rotation(kube, namespace).get("nextRotationTime"), what="scheduled")
+    wait_for(lambda: rotation(kube, namespace).get("nextRotationTime"), timeout=TIMEOUT,
+             what="scheduled")  # fmt: skip
 
     # A forged status changes nothing: written again from the operator's record.
-    patch_rotation_status(kube, namespace, {"phase": "Deleting", "previousKeyId": first.key_id})
+    write_rotation_status(kube, namespace, NAME,
+                          {"phase": "Deleting", "previousKeyId": first.key_id})  # fmt: skip
     wait_for(lambda: rotation(kube, namespace).get("phase") == "Idle"
              and "previousKeyId" not in rotation(kube, namespace),
-             what="status rewritten")  # fmt: skip
+             timeout=TIMEOUT, what="status rewritten")  # fmt: skip
     assert first.key_id in cloud.key_ids
     assert removed(cloud) == []
 
     # addPassword is refused (the application's secrets at their limit) while someone
     # else adds a secret to the same application: reported, never touched.
     cloud.limit = len(cloud.passwords)
-    annotate_now(kube, namespace, "first")
+    ask_rotation(kube, namespace, NAME, "first")
     failing = wait_for(lambda: rotation(kube, namespace).get("reason") == "KeyLimitReached"
-                       and rotation(kube, namespace), what="addPassword refused")  # fmt: skip
+                       and rotation(kube, namespace), timeout=TIMEOUT,
+                       what="addPassword refused")  # fmt: skip
     assert failing["phase"] == "Creating"
     someone_elses = cloud.add(new_secret(), age_days=0)
     cloud.limit = 10
@@ -133,11 +128,11 @@ def story(kube: Kube, namespace: str, cloud: Cloud) -> None:
     # comes back from the record, which alone still knows when the rotation began and
     # what asked for it. (The operator looks again when status.rotation leaves its view,
     # so the refused step is tried again now, not 30 s after the refusal.)
-    patch_rotation_status(kube, namespace, None)
+    write_rotation_status(kube, namespace, NAME, None)
     wait_for(lambda: rotation(kube, namespace).get("startedTime") == failing["startedTime"]
              and rotation(kube, namespace).get("requested") == "first",
-             what="status.rotation back from the record")  # fmt: skip
-    wait_for(lambda: rotation(kube, namespace).get("phase") == "RollingOut", timeout=60,
+             timeout=TIMEOUT, what="status.rotation back from the record")  # fmt: skip
+    wait_for(lambda: rotation(kube, namespace).get("phase") == "RollingOut", timeout=TIMEOUT,
              what="the new secret in use")  # fmt: skip
     second_key = rotation(kube, namespace)["keyId"]
     assert second_key not in (first.key_id, someone_elses.key_id)
@@ -145,28 +140,31 @@ def story(kube: Kube, namespace: str, cloud: Cloud) -> None:
     assert someone_elses.key_id in rotation(kube, namespace)["unknownKeyIds"]
 
     # Entra ID refuses the new secret for a while: Propagating and Reconciling, never
-    # Stalled (no alert, no Argo CD Degraded).
-    stalled: list[str] = []
-    seen = wait_for(lambda: verified(kube, namespace, stalled).get("reason") == "Propagating"
-                    and verified(kube, namespace, stalled), what="the new secret propagating")
+    # Stalled (no alert, no Argo CD Degraded), and nothing rolls out.
+    seen = wait_for(lambda: checked().get("reason") == "Propagating" and checked(),
+                    timeout=TIMEOUT, what="the new secret propagating")  # fmt: skip
     assert seen["status"] == "Unknown", seen
     wait_for(lambda: (condition(get_credential(kube, namespace, NAME), "Reconciling") or {})
-             .get("status") == "True", what="Reconciling while it propagates")  # fmt: skip
-    assert rotation(kube, namespace)["phase"] == "RollingOut"  # nothing rolled out yet
+             .get("status") == "True", timeout=TIMEOUT,
+             what="Reconciling while it propagates")  # fmt: skip
+    assert rotation(kube, namespace)["phase"] == "RollingOut"
     password(cloud, second_key).accepted_from = datetime.datetime.now(datetime.UTC)
 
     # Lost again, now with the new secret in use: the credential keeps using it.
-    patch_rotation_status(kube, namespace, None)
-    wait_for(lambda: rotation(kube, namespace).get("keyId") == second_key,
+    write_rotation_status(kube, namespace, NAME, None)
+    wait_for(lambda: rotation(kube, namespace).get("keyId") == second_key, timeout=TIMEOUT,
              what="the secret in use back from the record")  # fmt: skip
     second_revision = new_revision(kube, namespace, NAME, first_revision)
-    # A propagating secret is checked again after 5 s, 10 s, ...
-    wait_for(lambda: verified(kube, namespace, stalled).get("status") == "True", timeout=60,
-             what="the new secret accepted")  # fmt: skip
+    # A propagating secret is checked again 5 s after it was refused, then 10 s, ...
+    wait_for(lambda: checked().get("status") == "True"
+             and checked()["revision"] == second_revision,
+             timeout=TIMEOUT, what="the new secret accepted")  # fmt: skip
     assert "True" not in stalled, stalled
     patch_cluster_status(kube, namespace, "ext", {"deployedRevision": second_revision})
-    wait_for(lambda: first.key_id not in cloud.key_ids, timeout=60, what="the old secret removed")
-    wait_for(lambda: "RotationComplete" in reasons(kube, namespace), what="rotation complete")
+    wait_for(lambda: first.key_id not in cloud.key_ids, timeout=TIMEOUT,
+             what="the old secret removed")  # fmt: skip
+    wait_for(lambda: "RotationComplete" in reasons(kube, namespace), timeout=TIMEOUT,
+             what="the rotation complete")  # fmt: skip
     assert second_key in cloud.key_ids
     assert someone_elses.key_id in cloud.key_ids
     held = rotated_secret(kube, namespace, NAME)["clientSecret"]
@@ -176,20 +174,19 @@ def story(kube: Kube, namespace: str, cloud: Cloud) -> None:
     # in use before it. The rotation stops: that secret is kept, the rotation's own
     # removed.
     cloud.propagation = 0
-    annotate_now(kube, namespace, "second")
+    ask_rotation(kube, namespace, NAME, "second")
     wait_for(lambda: rotation(kube, namespace).get("keyId") not in (None, second_key),
-             what="the third secret in use")  # fmt: skip
+             timeout=TIMEOUT, what="the third secret in use")  # fmt: skip
     third_key = rotation(kube, namespace)["keyId"]
     third_revision = new_revision(kube, namespace, NAME, second_revision)
     secret(kube, namespace, "back", {"clientSecret": held})
-    kube.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, NAME,
-        {"spec": {"azure": {"clientSecretRef": {"name": "back", "key": "clientSecret"}}}},
-    )  # fmt: skip
-    wait_for(lambda: "RotationStopped" in reasons(kube, namespace), what="the rotation stopped")
+    patch_credential(kube, namespace, NAME, {"spec": {"azure": {
+        "clientSecretRef": {"name": "back", "key": "clientSecret"}}}})  # fmt: skip
+    wait_for(lambda: "RotationStopped" in reasons(kube, namespace), timeout=TIMEOUT,
+             what="the rotation stopped")  # fmt: skip
     back_revision = new_revision(kube, namespace, NAME, third_revision)
     patch_cluster_status(kube, namespace, "ext", {"deployedRevision": back_revision})
-    wait_for(lambda: third_key not in cloud.key_ids, timeout=60,
+    wait_for(lambda: third_key not in cloud.key_ids, timeout=TIMEOUT,
              what="the rotation's secret removed")  # fmt: skip
     assert cloud.key_ids == {second_key, someone_elses.key_id}
     assert cloud.works(held)

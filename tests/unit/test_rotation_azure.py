@@ -261,9 +261,8 @@ class Handler(BaseHTTPRequestHandler):
         wanted = body["passwordCredential"]
         start = datetime.datetime.now(UTC)
         end = datetime.datetime.fromisoformat(wanted["endDateTime"])
-        password = Password(str(uuid.uuid4()), new_secret(), start, end, wanted["displayName"])
-        if cloud.propagation:
-            password.accepted_from = start + datetime.timedelta(seconds=cloud.propagation)
+        password = Password(str(uuid.uuid4()), new_secret(), start, end, wanted["displayName"],
+                            start + datetime.timedelta(seconds=cloud.propagation))  # fmt: skip
         cloud.passwords.append(password)
         self._send(200, {**password.listed(), "secretText": password.value})
 

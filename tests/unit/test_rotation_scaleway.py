@@ -258,18 +258,18 @@ def _handler(fake: FakeIam) -> type[BaseHTTPRequestHandler]:
                 )
                 return
             expires = body.get("expires_at")
+            now = datetime.now(UTC)
             key = fake.add(
                 Key(
                     access_key=_new_access_key(),
                     secret_key=str(uuid.uuid4()),
                     application_id=body.get("application_id"),
                     user_id=body.get("user_id"),
-                    created_at=datetime.now(UTC),
+                    created_at=now,
                     expires_at=datetime.fromisoformat(expires) if expires else None,
                     default_project_id=body.get("default_project_id") or PROJECT_ID,
                     description=body["description"],
-                    accepted_from=datetime.now(UTC) + timedelta(seconds=fake.propagation)
-                    if fake.propagation else None,
+                    accepted_from=now + timedelta(seconds=fake.propagation),
                 )
             )
             self._send(200, key.document(with_secret=not fake.omit_secret, zone=fake.zone))
