@@ -73,12 +73,18 @@ def test_an_azure_client_secret_rotates_through_every_fault_and_none_in_use_is_r
     pki = make_pki(tmp_path)
     cloud, stop = serve(pki)
     try:
-        operators.start(own_namespace, env={
+        process = operators.start(own_namespace, env={
             "CLOUDCRED_AZURE_AUTHORITY_HOST": cloud.base, "CLOUDCRED_AZURE_GRAPH_URL": cloud.base,
             # azure-core's transport (requests) trusts the stand-in's CA the standard way.
             "REQUESTS_CA_BUNDLE": str(pki.ca), "CLOUDCRED_PROPAGATION_AZURE": "60",
         })  # fmt: skip
         story(kube, own_namespace, cloud)
+        # No secret the story used, nor a token, in the operator's log (at DEBUG).
+        log = process.log()
+        assert f"rotation of {own_namespace}/{NAME}: RollingOut" in log  # it logged
+        for value in {p.value for p in cloud.passwords} | set(cloud.tokens.values()):
+            assert value not in log
+        assert not [token for token in cloud.tokens if token in log]
     finally:
         stop()
 

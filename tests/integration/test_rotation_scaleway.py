@@ -99,10 +99,15 @@ def test_a_scaleway_key_rotates_through_every_fault_and_none_in_use_is_retired(
     try:
         boundaries({"namespaceSelector": {"matchLabels": label_namespace(kube, own_namespace)},
                     "scaleway": {"rotationIdentitySecret": rotation_identity}})  # fmt: skip
-        operators.start(own_namespace, env={
+        process = operators.start(own_namespace, env={
             "CLOUDCRED_SCALEWAY_API_URL": fake.url, "CLOUDCRED_PROPAGATION_SCALEWAY": "60",
         })  # fmt: skip
         story(kube, own_namespace, fake)
+        # No secret key the story used in the operator's log (at DEBUG).
+        log = process.log()
+        assert f"rotation of {own_namespace}/{NAME}: RollingOut" in log  # it logged
+        for value in {key.secret_key for key in fake.keys.values()} | {SECRET_KEY}:
+            assert value not in log
     finally:
         stop()
 
