@@ -154,3 +154,34 @@ def deployed(cluster: dict[str, Any]) -> str | None:
 def marked(cluster: dict[str, Any]) -> str | None:
     """The cluster's cloudcred.io/redeploy-revision annotation."""
     return (cluster["metadata"].get("annotations") or {}).get(REDEPLOY_ANNOTATION)
+
+
+def ask_rotation(kube: Kube, namespace: str, name: str, value: str) -> None:
+    """What ``cloudcred rotate --now`` does: a new ``cloudcred.io/rotate-now`` value."""
+    patch_credential(kube, namespace, name,
+                     {"metadata": {"annotations": {"cloudcred.io/rotate-now": value}}})  # fmt: skip
+
+
+def write_rotation_status(
+    kube: Kube, namespace: str, name: str, view: dict[str, Any] | None
+) -> None:
+    """Write ``status.rotation`` as anyone who may patch the status can (None removes it,
+    as a restore without status does)."""
+    kube.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, CREDENTIAL_PLURAL, name, {"status": {"rotation": view}}
+    )
+
+
+def event_reasons(kube: Kube, namespace: str, name: str) -> list[str]:
+    return [event.reason for event in events_for(kube, namespace, name)]
+
+
+def verified_noting_stalled(
+    kube: Kube, namespace: str, name: str, stalled: list[str]
+) -> dict[str, Any]:
+    """The credential's Verified condition ({} before any) and its revision; the Stalled
+    status read with them goes to ``stalled``, so that a wait shows it was never True."""
+    body = get_credential(kube, namespace, name)
+    stalled.append(str((condition(body, "Stalled") or {}).get("status")))
+    return {**(condition(body, "Verified") or {}),
+            "revision": ((body or {}).get("status") or {}).get("revision")}  # fmt: skip

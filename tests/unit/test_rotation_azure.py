@@ -6,8 +6,9 @@ plays both parts, reached through the operator's own settings
 (``ProviderSettings.azure_authority_host`` and ``azure_graph_url``):
 
 - Entra ID: the tenant's OpenID configuration, and a token endpoint that issues a token
-  only for a client secret the application has (not expired), for the scope of the
-  configured Graph URL;
+  only for a client secret the application has (not expired, and propagated: a secret
+  ``addPassword`` made is refused for ``Cloud.propagation`` seconds), for the scope of
+  the configured Graph URL or of Azure Resource Manager (the operator's verification);
 - Graph: the application's ``passwordCredentials``, ``addPassword`` and
   ``removePassword``, each answered only for a bearer token the token endpoint issued.
   Error bodies echo the request (headers and body), as a careless proxy would.
@@ -26,7 +27,7 @@ import string
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,8 +44,10 @@ from cloudcred.providers import azure
 from cloudcred.providers.base import (
     KeyFacts,
     ProviderSettings,
+    Reason,
     RotationError,
     RotationReason,
+    VerificationError,
     VerifyContext,
 )
 from tests.echo import Pki, make_pki
@@ -55,6 +58,8 @@ CLIENT = str(uuid.uuid4())
 TIMEOUT = 2.0
 UTC = datetime.UTC
 APP_PATH = f"/v1.0/applications(appId='{CLIENT}')"
+# The token the operator's verification asks for: Azure Resource Manager's.
+ARM_SCOPE = "https://management.azure.com/.default"
 
 
 def new_secret(hint: str | None = None) -> str:
@@ -76,6 +81,8 @@ class Password:
     start: datetime.datetime
     end: datetime.datetime
     display_name: str | None = None
+    # Entra ID refuses the secret before this (a new secret propagates); None: at once.
+    accepted_from: datetime.datetime | None = None
 
     def listed(self) -> dict[str, Any]:
         """As Graph lists it: the hint, never the value."""
@@ -98,6 +105,7 @@ class Cloud:
     passwords: list[Password] = field(default_factory=list)
     owner: bool = True  # the application may manage itself (OwnedBy, owner of itself)
     limit: int = 5  # secrets per application before addPassword is refused
+    propagation: float = 0.0  # seconds a secret addPassword made is refused as invalid
     absent_status: int = 400  # what removePassword answers for a key the app lacks
     # (status, error code) Graph answers for an operation ("list", "add", "remove")
     forced: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -122,7 +130,9 @@ class Cloud:
 
     def works(self, value: str) -> bool:
         now = datetime.datetime.now(UTC)
-        return any(p.value == value and p.start <= now < p.end for p in self.passwords)
+        return any(p.value == value and p.start <= now < p.end
+                   and (p.accepted_from is None or p.accepted_from <= now)
+                   for p in self.passwords)  # fmt: skip
 
     @property
     def key_ids(self) -> set[str]:
@@ -200,7 +210,7 @@ class Handler(BaseHTTPRequestHandler):
                     f"Received: '{posted}'.",
                 },
             )
-        elif scope != (cloud.scope or f"{cloud.base}/.default"):
+        elif scope not in (cloud.scope or f"{cloud.base}/.default", ARM_SCOPE):
             self._send(400, {"error": "invalid_scope"})
         else:
             token = f"graph-token-{uuid.uuid4().hex}"
@@ -251,7 +261,8 @@ class Handler(BaseHTTPRequestHandler):
         wanted = body["passwordCredential"]
         start = datetime.datetime.now(UTC)
         end = datetime.datetime.fromisoformat(wanted["endDateTime"])
-        password = Password(str(uuid.uuid4()), new_secret(), start, end, wanted["displayName"])
+        password = Password(str(uuid.uuid4()), new_secret(), start, end, wanted["displayName"],
+                            start + datetime.timedelta(seconds=cloud.propagation))  # fmt: skip
         cloud.passwords.append(password)
         self._send(200, {**password.listed(), "secretText": password.value})
 
@@ -280,8 +291,9 @@ def _library_environment(monkeypatch: pytest.MonkeyPatch, pki: Pki) -> None:
     monkeypatch.delenv("AZURE_REGIONAL_AUTHORITY_NAME", raising=False)
 
 
-@pytest.fixture
-def cloud(pki: Pki) -> Iterator[Cloud]:
+def serve(pki: Pki) -> tuple[Cloud, Callable[[], None]]:
+    """Entra ID and Graph over TLS with ``pki``'s certificate on an ephemeral port;
+    returns their state and what stops them."""
     state = Cloud()
     server = Server(state)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -290,13 +302,23 @@ def cloud(pki: Pki) -> Iterator[Cloud]:
     state.base = f"https://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    try:
-        yield state
-    finally:
+
+    def stop() -> None:
         state.release.set()
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+    return state, stop
+
+
+@pytest.fixture
+def cloud(pki: Pki) -> Iterator[Cloud]:
+    state, stop = serve(pki)
+    try:
+        yield state
+    finally:
+        stop()
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -392,6 +414,31 @@ def test_create_list_and_delete_with_the_credentials_own_identity(cloud: Cloud) 
     error = failure(azure.list_keys, spec, secrets(current), ctx)
     assert error.reason == RotationReason.ACCESS_DENIED
     assert "AADSTS7000215" in error.message
+
+
+def test_a_new_secret_is_refused_as_invalid_until_entra_id_has_propagated_it(
+    cloud: Cloud,
+) -> None:
+    """The check asks Entra ID for a Resource Manager token; a secret addPassword has just
+    made is refused as an invalid client secret (AADSTS7000215) until it propagates:
+    InvalidCredentials, which the operator reads as Propagating for its own new key."""
+    current = new_secret()
+    cloud.add(current)
+    cloud.propagation = 3600
+    spec, ctx = make_spec(), context(cloud)
+    assert azure.verify(spec, secrets(current), ctx).identity == f"{CLIENT}@{TENANT}"
+    new = azure.create_key(spec, secrets(current), ctx)
+    value = new.secret_data["clientSecret"].get_secret_value()
+
+    with pytest.raises(VerificationError) as refused:
+        azure.verify(spec, secrets(value), ctx)
+    assert refused.value.reason == Reason.INVALID_CREDENTIALS
+    assert "AADSTS7000215" in refused.value.message
+
+    made = next(p for p in cloud.passwords if p.key_id == new.facts.key_id)
+    made.accepted_from = datetime.datetime.now(UTC)  # propagated
+    assert azure.verify(spec, secrets(value), ctx).identity == f"{CLIENT}@{TENANT}"
+    assert ARM_SCOPE in cloud.token_scopes
 
 
 def test_key_facts_are_those_of_the_secret_in_use(cloud: Cloud) -> None:

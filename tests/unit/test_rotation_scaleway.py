@@ -2,9 +2,11 @@
 
 The SDK is not mocked: it sends real HTTP(S) requests to a small ``http.server`` on
 127.0.0.1 that keeps API keys in memory and behaves like IAM for them: every request is
-authenticated by its ``X-Auth-Token`` (the secret key of an existing, unexpired key),
-the bearer's permissions are checked, keys are listed per bearer and paged, created
-with a fresh access key and secret key, and deleted.
+authenticated by its ``X-Auth-Token`` (the secret key of an existing, unexpired key
+that has propagated: a key it made is refused for ``FakeIam.propagation`` seconds), the
+bearer's permissions are checked, keys are listed per bearer and paged, created with a
+fresh access key and secret key, and deleted. It also answers the Account API for the
+project (``GET /account/v3/projects/{id}``), so that ``verify`` runs against it too.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ from cloudcred.providers import scaleway
 from cloudcred.providers.base import (
     KeyFacts,
     ProviderSettings,
+    Reason,
     RotationError,
     RotationReason,
+    VerificationError,
     VerifyContext,
 )
 from tests.echo import make_pki
@@ -55,6 +59,7 @@ KEY_PROJECT_ID = "7a8b9c0d-1e2f-4a3b-9c4d-5e6f7a8b9c0d"  # the key's own default
 KEY_CREATED = datetime(2024, 3, 1, 10, 20, 30, 123456, tzinfo=UTC)
 TIMEOUT = 2.0
 KEYS_PATH = "/iam/v1alpha1/api-keys"
+PROJECTS_PATH = "/account/v3/projects/"
 
 
 def _timestamp(moment: datetime | None, zone: str = "Z") -> str | None:
@@ -77,6 +82,8 @@ class Key:
     expires_at: datetime | None = None
     default_project_id: str = KEY_PROJECT_ID
     description: str = "made by hand"
+    # IAM refuses the secret key before this (a new key propagates); None: at once.
+    accepted_from: datetime | None = None
 
     @property
     def bearer(self) -> str:
@@ -121,6 +128,7 @@ class FakeIam:
     managers: set[str] = field(default_factory=set)  # bearers with IAMManager
     readers: set[str] = field(default_factory=set)  # bearers with IAMReadOnly
     quota: int = 10  # API keys per bearer
+    propagation: float = 0.0  # seconds a key it made is refused (HTTP 401)
     refuse_delete: int | None = None  # answer deletes with this status
     omit_secret: bool = False  # a create answer without the secret key
     echo_token: bool = False  # error bodies quote the X-Auth-Token they received
@@ -135,7 +143,9 @@ class FakeIam:
     def caller(self, token: str | None) -> Key | None:
         now = datetime.now(UTC)
         for key in self.keys.values():
-            if key.secret_key == token and (key.expires_at is None or key.expires_at > now):
+            if key.secret_key == token and (key.expires_at is None or key.expires_at > now) and (
+                key.accepted_from is None or key.accepted_from <= now
+            ):  # fmt: skip
                 return key
         return None
 
@@ -181,7 +191,9 @@ def _handler(fake: FakeIam) -> type[BaseHTTPRequestHandler]:
                 self._error(401, "denied_authentication", method="api_key")
                 return
             may_read = caller.bearer in fake.managers | fake.readers
-            if not parts.path.startswith(KEYS_PATH):
+            if parts.path.startswith(PROJECTS_PATH) and method == "GET":
+                self._project(parts.path.removeprefix(PROJECTS_PATH))
+            elif not parts.path.startswith(KEYS_PATH):
                 self._error(404, "not_found")
             elif method == "GET" and not may_read:
                 self._error(403, "permissions_denied", resource="api_key", action="read")
@@ -223,6 +235,16 @@ def _handler(fake: FakeIam) -> type[BaseHTTPRequestHandler]:
                 },
             )
 
+        def _project(self, project_id: str) -> None:
+            """The one project, in the organization, for any key (ProjectReadOnly)."""
+            if project_id != PROJECT_ID:
+                self._error(404, "not_found", resource="project")
+                return
+            when = _timestamp(KEY_CREATED)
+            self._send(200, {"id": PROJECT_ID, "name": "prod", "description": "",
+                             "organization_id": ORGANIZATION_ID, "created_at": when,
+                             "updated_at": when})  # fmt: skip
+
         def _create(self, body: dict[str, Any]) -> None:
             bearer = body.get("application_id") or body.get("user_id")
             if not bearer or not body.get("description"):
@@ -236,16 +258,18 @@ def _handler(fake: FakeIam) -> type[BaseHTTPRequestHandler]:
                 )
                 return
             expires = body.get("expires_at")
+            now = datetime.now(UTC)
             key = fake.add(
                 Key(
                     access_key=_new_access_key(),
                     secret_key=str(uuid.uuid4()),
                     application_id=body.get("application_id"),
                     user_id=body.get("user_id"),
-                    created_at=datetime.now(UTC),
+                    created_at=now,
                     expires_at=datetime.fromisoformat(expires) if expires else None,
                     default_project_id=body.get("default_project_id") or PROJECT_ID,
                     description=body["description"],
+                    accepted_from=now + timedelta(seconds=fake.propagation),
                 )
             )
             self._send(200, key.document(with_secret=not fake.omit_secret, zone=fake.zone))
@@ -271,7 +295,7 @@ def _handler(fake: FakeIam) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _serve(state: FakeIam, tls_folder: Path | None = None) -> Callable[[], None]:
+def serve(state: FakeIam, tls_folder: Path | None = None) -> Callable[[], None]:
     """Starts the fake on an ephemeral port (TLS with its own CA when ``tls_folder`` is
     given: ``state.url`` is https then) and returns what stops it."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
@@ -308,7 +332,7 @@ def _seeded() -> FakeIam:
 @pytest.fixture
 def fake() -> Iterator[FakeIam]:
     state = _seeded()
-    stop = _serve(state)
+    stop = serve(state)
     try:
         yield state
     finally:
@@ -319,7 +343,7 @@ def fake() -> Iterator[FakeIam]:
 def tls_fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeIam]:
     """The fake over HTTPS, its CA trusted the standard way (REQUESTS_CA_BUNDLE)."""
     state = _seeded()
-    stop = _serve(state, tmp_path)
+    stop = serve(state, tmp_path)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "echo-ca.pem"))
     try:
         yield state
@@ -676,6 +700,27 @@ def test_delete_sends_only_an_access_key(fake: FakeIam, key_id: str) -> None:
     if key_id:
         assert key_id not in error.message
     assert fake.calls == []
+
+
+def test_a_new_key_is_refused_as_invalid_until_iam_has_propagated_it(fake: FakeIam) -> None:
+    """``verify`` (the key and its project) against the fake; a key it has just made is
+    refused (HTTP 401) until it propagates: InvalidCredentials, which the operator reads
+    as Propagating for its own new key."""
+    fake.propagation = 3600
+    context = _context(fake.url)
+    identity = f"application:{APPLICATION_ID} (organization {ORGANIZATION_ID})"
+    assert scaleway.verify(_spec(), _secrets(), context).identity == identity
+    new = scaleway.create_key(_spec(), _secrets(), context)
+    new_spec = _spec(new.facts.key_id)
+
+    with pytest.raises(VerificationError) as refused:
+        scaleway.verify(new_spec, new.secret_data, context)
+    assert refused.value.reason == Reason.INVALID_CREDENTIALS
+
+    fake.keys[new.facts.key_id].accepted_from = datetime.now(UTC)  # propagated
+    verified = scaleway.verify(new_spec, new.secret_data, context)
+    assert verified.identity == identity
+    assert verified.key_created_time == fake.keys[new.facts.key_id].created_at
 
 
 # --- a whole rotation over TLS -----------------------------------------------------------
