@@ -267,7 +267,8 @@ class LoopbackProxy:
                     await asyncio.sleep(delay)
                 if connection.dead:
                     continue
-                connection.asked.append(request)
+                if self.answered:
+                    connection.asked.append(request)
                 target.write(head + body)
                 await target.drain()
                 if "chunked" in headers.get("transfer-encoding", ""):
