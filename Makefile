@@ -207,11 +207,11 @@ kind-down: ## Delete the kind cluster made by test-e2e.
 # make test runs the same tests at the sizes in their defaults (tests/integration/test_faults.py,
 # test_holding.py, test_rollout.py); these are the full ones.
 .PHONY: test-long
-test-long: envtest helm ## The fault suite at full size (200 clusters, 10 kills, a 70 s outage, 400 fuzzed specs, SIGKILL takeovers, a restart at 2000 clusters, a minute idle, /healthz in a black hole).
+test-long: envtest helm ## The fault suite at full size (200 clusters, 10 kills, a 70 s outage, 400 fuzzed specs, SIGKILL takeovers, a restart at 2000 clusters, a minute idle, /healthz in a black hole, a crash after every write of a rotation).
 	CLOUDCRED_FAULT_CLUSTERS=200 CLOUDCRED_FAULT_PLANE_CLUSTERS=66 CLOUDCRED_FAULT_KILLS=10 \
 	CLOUDCRED_FAULT_DOWNTIME=70 CLOUDCRED_FAULT_EXAMPLES=400 CLOUDCRED_FAULT_TAKEOVER=kill \
 	CLOUDCRED_FAULT_IDLE=60 CLOUDCRED_FAULT_HEALTHZ=1 CLOUDCRED_HOLD_CLUSTERS=2000 \
-	CLOUDCRED_HOLD_WINDOW=30 $(PY) -m pytest -m faults
+	CLOUDCRED_HOLD_WINDOW=30 CLOUDCRED_FAULT_CRASH_POINTS=all $(PY) -m pytest -m faults
 	CLOUDCRED_ROTATION_RESUME=1 $(PY) -m pytest tests/integration/test_rotation.py
 
 .PHONY: bench

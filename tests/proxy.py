@@ -10,6 +10,12 @@ a server (the API server, moto) on 127.0.0.1 and can stop answering.
   how many seconds to keep each one before passing it on (a slow LIST, a slow provider
   call); a negative answer drops the request and closes the connection (a request that
   never arrived). Answers pass unchanged.
+- ``answered``: with it, the proxy reads requests and answers as HTTP/1.1 and calls
+  ``answered(request, status_line)`` (the request as ``hold`` sees it) once an answer has
+  arrived whole from the server, before its end is passed on (a streamed answer, a
+  watch, passes as it comes, all but its last chunk); ``False`` drops the rest and closes
+  the client's connection: the server did the call, the client never learns the outcome
+  (a crash right after a call, or an answer lost on the way).
 - ``tls``: the proxy ends TLS itself (with a certificate the client trusts) and opens
   its own TLS connection to the server (with a client certificate), so ``hold`` can
   read requests to the API server. Without it, TLS passes through untouched.
@@ -21,6 +27,7 @@ seconds at the latest.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ssl
 import threading
@@ -70,6 +77,8 @@ class _Connection:
     client: asyncio.StreamWriter
     dead: bool
     upstream: asyncio.StreamWriter | None = None
+    # The requests passed on and not answered yet, oldest first (with ``answered``).
+    asked: collections.deque[str] = field(default_factory=collections.deque)
 
     def close(self) -> None:
         for writer in (self.client, self.upstream):
@@ -83,7 +92,8 @@ class LoopbackProxy:
     upstream_port: int
     tls: Tls | None = None
     hold: Callable[[str], float] | None = None
-    hold_bodies: bool = False
+    hold_bodies: bool = False  # ``hold`` and ``answered`` see each request's body too
+    answered: Callable[[str, str], bool] | None = None
     lifetime: float = 900.0
     port: int = 0
     # Request lines seen (with hold), and connections accepted: (monotonic time, text).
@@ -198,11 +208,14 @@ class LoopbackProxy:
             except (OSError, TimeoutError):
                 return
             connection.upstream = upstream
-            if self.hold:
+            if self.hold or self.answered:
                 to_server = self._requests(reader, upstream, connection)
             else:
                 to_server = self._pipe(reader, upstream, connection)
-            to_client = self._pipe(upstream_reader, writer, connection)
+            if self.answered:
+                to_client = self._answers(upstream_reader, writer, connection)
+            else:
+                to_client = self._pipe(upstream_reader, writer, connection)
             await asyncio.gather(to_server, to_client, return_exceptions=True)
         finally:
             self._connections.discard(connection)
@@ -235,7 +248,6 @@ class LoopbackProxy:
     ) -> None:  # fmt: skip
         """Pass HTTP/1.1 requests on one at a time, each after ``hold(head)`` seconds.
         A body of unknown length (chunked) makes the rest of the connection a plain pipe."""
-        assert self.hold is not None
         try:
             while True:
                 try:
@@ -243,20 +255,20 @@ class LoopbackProxy:
                 except asyncio.IncompleteReadError:
                     break
                 text = head.decode("latin-1")
-                headers = {
-                    name.strip().lower(): value.strip()
-                    for name, _, value in (line.partition(":") for line in text.split("\r\n")[1:])
-                }  # fmt: skip
+                headers = _headers(text)
                 length = int(headers.get("content-length") or 0)
                 body = await source.readexactly(length) if length else b""
                 self.requests.append((time.monotonic(), text.split("\r\n", 1)[0]))
-                delay = self.hold(text + body.decode("latin-1") if self.hold_bodies else text)
+                request = text + body.decode("latin-1") if self.hold_bodies else text
+                delay = self.hold(request) if self.hold else 0.0
                 if delay < 0:
                     break  # dropped: the connection closes below
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if connection.dead:
                     continue
+                if self.answered:
+                    connection.asked.append(request)
                 target.write(head + body)
                 await target.drain()
                 if "chunked" in headers.get("transfer-encoding", ""):
@@ -268,6 +280,72 @@ class LoopbackProxy:
             connection.close()
         else:
             connection.client.close()
+
+    async def _answers(
+        self, source: asyncio.StreamReader, target: asyncio.StreamWriter,
+        connection: _Connection,
+    ) -> None:  # fmt: skip
+        """Pass HTTP/1.1 answers on, each one's end only once ``answered`` agreed."""
+        assert self.answered is not None
+        try:
+            while True:
+                try:
+                    head = await source.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    break
+                text = head.decode("latin-1")
+                status_line = text.split("\r\n", 1)[0]
+                status = int(status_line.split(" ", 2)[1])
+                if 100 <= status < 200:  # an interim answer: the final one follows
+                    await _send(target, head, connection)
+                    continue
+                request = connection.asked.popleft() if connection.asked else ""
+                headers = _headers(text)
+                if request.startswith("HEAD ") or status in (204, 304):
+                    last = head
+                elif "chunked" in headers.get("transfer-encoding", ""):
+                    await _send(target, head, connection)
+                    last = await self._chunks(source, target, connection)
+                elif "content-length" in headers:
+                    last = head + await source.readexactly(int(headers["content-length"]))
+                else:  # the answer ends where the server closes
+                    last = head + await source.read()
+                if not self.answered(request, status_line):
+                    break  # the answer is lost: the client's connection closes without it
+                await _send(target, last, connection)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ValueError, IndexError):  # fmt: skip
+            pass
+        connection.close()
+
+    @staticmethod
+    async def _chunks(
+        source: asyncio.StreamReader, target: asyncio.StreamWriter, connection: _Connection
+    ) -> bytes:
+        """Pass a chunked body on as it comes; return its last chunk and trailer, unsent."""
+        while True:
+            line = await source.readuntil(b"\r\n")
+            size = int(line.split(b";", 1)[0], 16)
+            if size == 0:
+                trailer = b""
+                while (part := await source.readuntil(b"\r\n")) != b"\r\n":
+                    trailer += part
+                return line + trailer + b"\r\n"
+            await _send(target, line + await source.readexactly(size + 2), connection)
+
+
+def _headers(head: str) -> dict[str, str]:
+    """An HTTP/1.1 head's header fields, by lower-case name."""
+    return {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:])
+    }
+
+
+async def _send(target: asyncio.StreamWriter, data: bytes, connection: _Connection) -> None:
+    if not connection.dead:
+        target.write(data)
+        await target.drain()
 
 
 def kubeconfig_via(source: Path, url: str, path: Path) -> Path:

@@ -490,9 +490,12 @@ class Rotator:
 
     async def _report_unknown(self, body: dict[str, Any], state: dict[str, Any],
                               unknown: list[str]) -> dict[str, Any]:  # fmt: skip
-        """Keys of the identity that no recorded attempt of the operator made and that
-        were not there when the rotation began: someone else's. Shown in
-        ``status.rotation.unknownKeyIds`` and in one Warning Event; never touched."""
+        """Keys of the identity that no recorded create of the operator returned and
+        that were not there when the rotation began: someone else's, or the key of a
+        create whose answer was lost (an attempt recorded and never finished: the
+        operator died, or the call timed out, after the provider made it), which nothing
+        tells apart. Shown in ``status.rotation.unknownKeyIds`` and in one Warning Event
+        that names them; never touched."""
         shown = tuple(sorted(unknown)[:MAX_REPORTED_KEYS])
         if tuple(state.get("unknownKeyIds") or ()) == shown:
             return state
@@ -500,10 +503,15 @@ class Rotator:
         await self._write(body, state)
         if shown and self.unknown_reported.get(_key(body)) != shown:
             self.unknown_reported[_key(body)] = shown
+            if state.get("attempt"):
+                whose = (f"no recorded create of the operator returned: {', '.join(shown)}; "
+                         f"its create call of {state.get('attemptTime')}, whose answer was "
+                         "lost, may have made one of them")  # fmt: skip
+            else:
+                whose = f"the operator did not make: {', '.join(shown)}"
             await self._event(body, "Warning", "UnknownKeys",
-                              f"the identity has keys the operator did not make: "
-                              f"{', '.join(shown)}; they are kept (delete them by hand if "
-                              "they are unused)")  # fmt: skip
+                              f"the identity has keys {whose}; they are kept (delete them "
+                              "by hand if they are unused)")  # fmt: skip
         return state
 
     async def _wait_for_rollout(self, body: dict[str, Any], state: dict[str, Any]) -> float | None:

@@ -19,6 +19,8 @@ so that ``make test`` stays quick; a long run sets them higher:
   ``/healthz`` fails (40 s) instead of 3 s;
 - ``CLOUDCRED_HOLD_CLUSTERS`` (200) and ``CLOUDCRED_HOLD_WINDOW`` (12): test_holding.py's
   restart at scale;
+- ``CLOUDCRED_FAULT_CRASH_POINTS`` (unset): ``all`` makes test_rotation_crashes.py kill
+  the operator after every one of a rotation's mutating calls instead of three of them;
 - ``CLOUDCRED_FAULT_SEED``: replay the printed seed of the SIGKILL test and the fuzzer.
 
 ``make test-long`` runs every test marked ``faults`` at full size (see the Makefile).

@@ -227,3 +227,27 @@ def test_a_crash_after_any_call_of_a_rotation_retires_no_key_in_use_and_complete
             else:
                 assert left == [], (where, account.changes)
             assert "other" in account.keys, where
+
+
+def test_a_key_whose_create_answer_was_lost_is_reported_as_maybe_the_operators() -> None:
+    """The operator dies right after the provider made the key, before the answer
+    reached it. The next operator cannot tell that key from someone else's: it keeps it
+    and reports it by its id, saying that its own create, whose answer was lost, may
+    have made it (not that someone else did)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        kube = FakeKube()
+        calls, _, _ = asyncio.run(rotate(kube, Clock(monkeypatch), monkeypatch, None))
+    create = calls.names.index("create_key") + 1
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        kube = FakeKube()
+        _, account, violations = asyncio.run(rotate(kube, Clock(monkeypatch), monkeypatch,
+                                                    create))  # fmt: skip
+    assert not violations, violations
+    left = sorted(set(account.keys) - {key_in_effect(kube), "other"})
+    assert len(left) == 1, account.keys
+    reports = [e[4] for e in kube.recorded.events if e[3] == "UnknownKeys"]
+    assert len(reports) == 1, reports
+    assert left[0] in reports[0]
+    assert "other" not in reports[0]  # there before the rotation: not reported
+    assert "whose answer was lost" in reports[0], reports[0]
+    assert "did not make" not in reports[0], reports[0]

@@ -492,8 +492,9 @@ class RotationStatus(Model):
     unknown_key_ids: list[Annotated[str, Field(max_length=256, description="A key id.")]] | None = (
         Field(
             default=None,
-            description="Keys of the identity made since this rotation began by someone "
-            "other than the operator: reported, never deactivated or deleted.",
+            description="Keys of the identity made since this rotation began that no "
+            "recorded create of the operator returned (someone else's, or the key of a "
+            "create whose answer was lost): reported, never deactivated or deleted.",
             max_length=16,
         )
     )
