@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,9 @@ def test_plain_names_let_the_operator_read_secrets_where_it_watches_and_nowhere_
     kube: Kube, installed: Installed, tmp_path: Path
 ) -> None:
     """As the chart's ServiceAccount (a real token): Secrets of a watched namespace and
-    of its own can be read and listed (watched: those it watches); another namespace's, kube-system's and a
-    cluster-wide list are 403, and it cannot create a Secret there either."""
+    of its own can be read and listed (and watched where it watches); another
+    namespace's, kube-system's and a cluster-wide list are 403, and it cannot create or
+    patch a Secret there either."""
     rbac = installed.rbac
     assert [d for d in rbac if d["kind"] == "Role"], "no per-namespace Role rendered"
     kubeconfig = token_kubeconfig(kube, installed.namespace, installed.account,
@@ -125,17 +127,18 @@ def test_plain_names_let_the_operator_read_secrets_where_it_watches_and_nowhere_
         # A watch only where the operator watches (its own namespace: reads by name and
         # the records' list).
         expected = 200 if namespace in installed.watched else 403
-        assert status_of(lambda ns=namespace: operator.list_namespaced_secret(
-            ns, watch=True, timeout_seconds=1, _preload_content=False).close()) == expected  # fmt: skip
+        watch = partial(operator.list_namespaced_secret, namespace, watch=True,
+                        timeout_seconds=1, _preload_content=False)  # fmt: skip
+        assert status_of(lambda watch=watch: watch().close()) == expected
 
+    ours = client.V1Secret(metadata=client.V1ObjectMeta(
+        name="made", labels={"app.kubernetes.io/managed-by": "cloudcred"}))  # fmt: skip
     for namespace in (installed.other, "kube-system"):
         assert status_of(lambda ns=namespace: operator.read_namespaced_secret(
             "tenant-keys", ns)) == 403  # fmt: skip
         assert status_of(lambda ns=namespace: operator.list_namespaced_secret(ns)) == 403
         assert status_of(lambda ns=namespace: operator.patch_namespaced_secret(
             "tenant-keys", ns, {"metadata": {"labels": {"x": "y"}}})) == 403  # fmt: skip
-        ours = client.V1Secret(metadata=client.V1ObjectMeta(
-            name="made", labels={"app.kubernetes.io/managed-by": "cloudcred"}))  # fmt: skip
         assert status_of(lambda ns=namespace: operator.create_namespaced_secret(ns, ours)) == 403
     assert status_of(lambda: operator.list_secret_for_all_namespaces()) == 403
     assert status_of(lambda: operator.list_secret_for_all_namespaces(
@@ -156,8 +159,8 @@ def test_the_operator_does_its_secret_work_with_per_namespace_rights(
     kubeconfig = token_kubeconfig(kube, installed.namespace, installed.account,
                                   tmp_path / "kubeconfig")  # fmt: skip
     watched = installed.watched[0]
-    operator = operators.start(*installed.watched, kubeconfig=kubeconfig,
-                               env={"CLOUDCRED_OPERATOR_NAMESPACE": installed.namespace})  # fmt: skip
+    own = {"CLOUDCRED_OPERATOR_NAMESPACE": installed.namespace}
+    operator = operators.start(*installed.watched, kubeconfig=kubeconfig, env=own)
     try:
         user = moto.create_user(f"nsr-{uuid.uuid4().hex[:8]}")
         secret(kube, watched, "aws-keys", {"secretAccessKey": user.secret_access_key})
@@ -202,9 +205,9 @@ def test_the_operator_does_its_secret_work_with_per_namespace_rights(
 
         # Revocation: the Cluster stops naming the Secret, which the operator deletes
         # (found by its owner's UID; unlabelled first, the in-use label's verb).
+        unnamed = {"spec": {"credentialsSecret": None}}
         client.CustomObjectsApi(kube.api).patch_namespaced_custom_object(
-            "cloudcred.io", "v1alpha1", watched, "clusters", "prod",
-            {"spec": {"credentialsSecret": None}},
+            "cloudcred.io", "v1alpha1", watched, "clusters", "prod", unnamed
         )
 
         def revoked() -> bool:
