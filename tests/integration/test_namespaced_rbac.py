@@ -155,7 +155,8 @@ def test_the_operator_does_its_secret_work_with_per_namespace_rights(
     Secret rights, watching the two plain names: it creates its installation Secret,
     checks an AWS key (Secret read and labelled), delivers it into a new Secret,
     rotates the key (a Secret for the new key, a rotation record in its own namespace),
-    revokes the delivery when its Cluster stops asking for it -- and is never refused anything."""
+    revokes the delivery when its Cluster stops asking for it, releases the key's Secret
+    when the Cluster goes -- and is never refused anything."""
     kubeconfig = token_kubeconfig(kube, installed.namespace, installed.account,
                                   tmp_path / "kubeconfig")  # fmt: skip
     watched = installed.watched[0]
@@ -215,6 +216,20 @@ def test_the_operator_does_its_secret_work_with_per_namespace_rights(
             return "prod-aws" not in names
 
         wait_for(revoked, timeout=30, what="the delivered Secret revoked")
+
+        # Release: with the Cluster gone, the key's Secret loses cloudcred.io/in-use,
+        # which the policy allows only with the verb unlabel-in-use in that namespace.
+        def in_use() -> set[str]:
+            listed = kube.core.list_namespaced_secret(
+                watched, label_selector="cloudcred.io/in-use=true"
+            )
+            return {s.metadata.name for s in listed.items}
+
+        assert in_use(), "no Secret labelled in use while a cluster uses the credential"
+        client.CustomObjectsApi(kube.api).delete_namespaced_custom_object(
+            "cloudcred.io", "v1alpha1", watched, "clusters", "prod"
+        )
+        wait_for(lambda: not in_use(), timeout=30, what="the in-use label released")
     finally:
         operator.stop()
     log = operator.log()
