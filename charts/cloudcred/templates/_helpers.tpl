@@ -57,3 +57,24 @@ app.kubernetes.io/part-of: cloudcred
 {{- define "cloudcred.peeringName" -}}
 {{- default (include "cloudcred.fullname" .) .Values.peering.name }}
 {{- end }}
+
+{{/* The watched namespaces as a JSON list when each one is a plain name (the operator's
+rule: entries may hold several names separated by commas; a glob or a "!" exclusion
+makes them patterns), else "[]": all namespaces, or patterns. Plain names get their
+Secret rights per namespace (templates/rbac.yaml). */}}
+{{- define "cloudcred.plainNamespaces" -}}
+{{- $names := list }}
+{{- $plain := true }}
+{{- range .Values.namespaces }}
+{{- range splitList "," . }}
+{{- $name := trim . }}
+{{- if $name }}
+{{- if or (hasPrefix "!" $name) (regexMatch "[*?\\[\\]]" $name) }}
+{{- $plain = false }}
+{{- end }}
+{{- $names = append $names $name }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and $plain $names }}{{ $names | uniq | sortAlpha | toJson }}{{ else }}[]{{ end }}
+{{- end }}

@@ -1,0 +1,237 @@
+"""The chart's per-namespace Secret rights on the real API server: with plain namespace
+names, the operator's ServiceAccount reads Secrets in the namespaces it watches and in
+its own, is refused (403) everywhere else, and the real operator does all its Secret
+work (check, label, deliver, revoke, rotate) with those rights and is never refused.
+
+The rendering rules themselves (which values give which Roles) are in
+tests/unit/test_chart_rbac.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.aws import Moto
+from tests.conftest import Kube
+from tests.integration.test_install import (
+    CHART,
+    HELM,
+    documents,
+    kubectl,
+    refusals,
+    token_kubeconfig,
+)
+from tests.kube import api_client
+from tests.operator import Operators, wait_for
+from tests.resources import (
+    condition,
+    create_cluster,
+    get_cluster,
+    get_credential,
+    secret,
+    static_key_credential,
+)
+
+pytestmark = pytest.mark.integration
+
+RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+@dataclass
+class Installed:
+    """The chart's ServiceAccount and RBAC, installed for real for plain names."""
+
+    namespace: str  # the release's: the ServiceAccount, the installation Secret
+    account: str
+    watched: list[str]
+    other: str  # a namespace it does not watch
+    rbac: list[dict[str, Any]]
+
+
+def new_namespace(kube: Kube, prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"  # not t-*: the shared test operator stays out
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    return name
+
+
+@pytest.fixture
+def installed(kube: Kube) -> Iterator[Installed]:
+    """`helm template` with two plain watched namespaces, delivery and rotation on; its
+    ServiceAccount, ClusterRole, Roles and bindings applied under a release name of their
+    own (the other objects, CRDs and policies, are the suite's)."""
+    if not HELM.exists():
+        pytest.skip(f"helm is not built: run `make helm` (it builds {HELM})")
+    release = f"nsr{uuid.uuid4().hex[:8]}"
+    namespace, other = new_namespace(kube, "nsr-op"), new_namespace(kube, "nsr-other")
+    watched = [new_namespace(kube, "nsr-a"), new_namespace(kube, "nsr-b")]
+    version = str(client.VersionApi(kube.api).get_code().git_version)
+    rendered = subprocess.run(
+        [str(HELM), "template", release, str(CHART), "--namespace", namespace, "--kube-version",
+         version, "--skip-tests", "--set", "namespaces={" + ",".join(watched) + "}",
+         "--set", "delivery.enabled=true", "--set", "rotation.enabled=true"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    fullname = f"{release}-cloudcred"
+    rbac = [doc for doc in documents(rendered) if doc["kind"] in RBAC_KINDS
+            and doc["metadata"]["name"].startswith(fullname)]  # fmt: skip
+    kubectl(kube, "apply", "-f", "-", stdin=yaml.safe_dump_all(rbac))
+    try:
+        yield Installed(namespace, fullname, watched, other, rbac)
+    finally:
+        rbacs = client.RbacAuthorizationV1Api(kube.api)
+        rbacs.delete_cluster_role_binding(fullname)
+        rbacs.delete_cluster_role(fullname)
+
+
+def status_of(call: Any) -> int:
+    """The HTTP status of an API call: 200 when it went through."""
+    try:
+        call()
+    except client.ApiException as error:
+        return int(error.status)
+    return 200
+
+
+def test_plain_names_let_the_operator_read_secrets_where_it_watches_and_nowhere_else(
+    kube: Kube, installed: Installed, tmp_path: Path
+) -> None:
+    """As the chart's ServiceAccount (a real token): Secrets of a watched namespace and
+    of its own can be read and listed (and watched where it watches); another
+    namespace's, kube-system's and a cluster-wide list are 403, and it cannot create or
+    patch a Secret there either."""
+    rbac = installed.rbac
+    assert [d for d in rbac if d["kind"] == "Role"], "no per-namespace Role rendered"
+    kubeconfig = token_kubeconfig(kube, installed.namespace, installed.account,
+                                  tmp_path / "kubeconfig")  # fmt: skip
+    operator = client.CoreV1Api(api_client(kubeconfig))
+    for namespace in (*installed.watched, installed.other, installed.namespace):
+        secret(kube, namespace, "tenant-keys", {"secretAccessKey": "not-for-everyone"})
+
+    for namespace in (*installed.watched, installed.namespace):
+        read = operator.read_namespaced_secret("tenant-keys", namespace)
+        assert base64.b64decode(read.data["secretAccessKey"]) == b"not-for-everyone"
+        assert status_of(lambda ns=namespace: operator.list_namespaced_secret(
+            ns, label_selector="cloudcred.io/credential-secret=true")) == 200  # fmt: skip
+        # A watch only where the operator watches (its own namespace: reads by name and
+        # the records' list).
+        expected = 200 if namespace in installed.watched else 403
+        watch = partial(operator.list_namespaced_secret, namespace, watch=True,
+                        timeout_seconds=1, _preload_content=False)  # fmt: skip
+        assert status_of(lambda watch=watch: watch().close()) == expected
+
+    ours = client.V1Secret(metadata=client.V1ObjectMeta(
+        name="made", labels={"app.kubernetes.io/managed-by": "cloudcred"}))  # fmt: skip
+    for namespace in (installed.other, "kube-system"):
+        assert status_of(lambda ns=namespace: operator.read_namespaced_secret(
+            "tenant-keys", ns)) == 403  # fmt: skip
+        assert status_of(lambda ns=namespace: operator.list_namespaced_secret(ns)) == 403
+        assert status_of(lambda ns=namespace: operator.patch_namespaced_secret(
+            "tenant-keys", ns, {"metadata": {"labels": {"x": "y"}}})) == 403  # fmt: skip
+        assert status_of(lambda ns=namespace: operator.create_namespaced_secret(ns, ours)) == 403
+    assert status_of(lambda: operator.list_secret_for_all_namespaces()) == 403
+    assert status_of(lambda: operator.list_secret_for_all_namespaces(
+        watch=True, timeout_seconds=1, _preload_content=False).close()) == 403  # fmt: skip
+    # The same ServiceAccount's other rights are untouched: it still lists Clusters and
+    # namespaces everywhere (the deletion guard, allowedNamespaces).
+    assert status_of(lambda: operator.list_namespace()) == 200
+
+
+def test_the_operator_does_its_secret_work_with_per_namespace_rights(
+    kube: Kube, moto: Moto, installed: Installed, tmp_path: Path, operators: Operators
+) -> None:
+    """The real operator, authenticated as the chart's ServiceAccount with per-namespace
+    Secret rights, watching the two plain names: it creates its installation Secret,
+    checks an AWS key (Secret read and labelled), delivers it into a new Secret,
+    rotates the key (a Secret for the new key, a rotation record in its own namespace),
+    revokes the delivery when its Cluster stops asking for it, releases the key's Secret
+    when the Cluster goes -- and is never refused anything."""
+    kubeconfig = token_kubeconfig(kube, installed.namespace, installed.account,
+                                  tmp_path / "kubeconfig")  # fmt: skip
+    watched = installed.watched[0]
+    own = {"CLOUDCRED_OPERATOR_NAMESPACE": installed.namespace}
+    operator = operators.start(*installed.watched, kubeconfig=kubeconfig, env=own)
+    try:
+        user = moto.create_user(f"nsr-{uuid.uuid4().hex[:8]}")
+        secret(kube, watched, "aws-keys", {"secretAccessKey": user.secret_access_key})
+        static_key_credential(kube, watched, "aws", user.access_key_id, "aws-keys",
+                              delivery={"enabled": True},
+                              rotation={"policy": "Automatic", "maxAge": "90d",
+                                        "gracePeriod": "2s"})  # fmt: skip
+        create_cluster(kube, watched, "prod", provider="AWS", region="eu-west-3",
+                       credentialRef={"name": "aws"},
+                       credentialsSecret={"name": "prod-aws"})  # fmt: skip
+
+        def deployed() -> str | None:
+            credential = get_credential(kube, watched, "aws") or {}
+            revision = (credential.get("status") or {}).get("revision")
+            verified = (condition(credential, "Verified") or {}).get("status") == "True"
+            cluster = get_cluster(kube, watched, "prod").get("status") or {}
+            return str(revision) if verified and revision and \
+                cluster.get("deployedRevision") == revision else None  # fmt: skip
+
+        try:
+            wait_for(deployed, timeout=90, what="verified and deployed")
+        except AssertionError as error:  # say which request was refused, if one was
+            raise AssertionError(f"{error}\nrefused:\n{refusals(operator.log())}") from None
+        assert kube.core.read_namespaced_secret("cloudcred-installation", installed.namespace)
+        labels = kube.core.read_namespaced_secret("aws-keys", watched).metadata.labels or {}
+        assert labels.get("cloudcred.io/credential-secret") == "true"
+        assert kube.core.read_namespaced_secret("prod-aws", watched).data
+
+        # A rotation now (the user's command, as the admin): the new key goes into a
+        # Secret the operator creates, the record into its own namespace.
+        rotate = subprocess.run(
+            [sys.executable, "-m", "cloudcred", "rotate", "aws", "-n", watched,
+             "--kubeconfig", str(kube.kubeconfig), "--now", "--timeout", "2m"],
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert rotate.returncode == 0, (rotate.stderr, refusals(operator.log()))
+        state = (get_credential(kube, watched, "aws") or {})["status"]["rotation"]
+        assert state["keyId"] != user.access_key_id
+        assert kube.core.read_namespaced_secret(state["secretName"], watched).data
+        records = kube.core.list_namespaced_secret(installed.namespace).items
+        assert any(s.metadata.name.startswith("cloudcred-rotation-") for s in records)
+
+        # Revocation: the Cluster stops naming the Secret, which the operator deletes
+        # (found by its owner's UID; unlabelled first, the in-use label's verb).
+        unnamed = {"spec": {"credentialsSecret": None}}
+        client.CustomObjectsApi(kube.api).patch_namespaced_custom_object(
+            "cloudcred.io", "v1alpha1", watched, "clusters", "prod", unnamed
+        )
+
+        def revoked() -> bool:
+            names = {s.metadata.name for s in kube.core.list_namespaced_secret(watched).items}
+            return "prod-aws" not in names
+
+        wait_for(revoked, timeout=30, what="the delivered Secret revoked")
+
+        # Release: with the Cluster gone, the key's Secret loses cloudcred.io/in-use,
+        # which the policy allows only with the verb unlabel-in-use in that namespace.
+        def in_use() -> set[str]:
+            listed = kube.core.list_namespaced_secret(
+                watched, label_selector="cloudcred.io/in-use=true"
+            )
+            return {s.metadata.name for s in listed.items}
+
+        assert in_use(), "no Secret labelled in use while a cluster uses the credential"
+        client.CustomObjectsApi(kube.api).delete_namespaced_custom_object(
+            "cloudcred.io", "v1alpha1", watched, "clusters", "prod"
+        )
+        wait_for(lambda: not in_use(), timeout=30, what="the in-use label released")
+    finally:
+        operator.stop()
+    log = operator.log()
+    assert "cloudcred settings" in log
+    assert not refusals(log), refusals(log)
