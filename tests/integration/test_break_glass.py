@@ -497,8 +497,8 @@ def test_the_installation_key_is_deleted_or_changed_only_with_break_glass(
 
 def test_the_operator_may_write_back_and_annotate_the_installation_key_but_not_replace_it(
     kube: Kube,
-    shipped_identity: tuple[str, str],
-    tmp_path: Path,  # noqa: F811
+    shipped_identity: tuple[str, str],  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """As the operator's ServiceAccount (the shipped ClusterRoles, delivery's create and
     delete on Secrets included), in its own namespace: it creates the Secret (its first
