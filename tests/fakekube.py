@@ -32,6 +32,8 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+from kubernetes import client
+
 from cloudcred import conditions
 from cloudcred.bindings import ClusterInfo, CredentialInfo, Key
 from cloudcred.cache import DeliveredInfo, SecretInfo
@@ -47,7 +49,7 @@ from cloudcred.constants import (
 )
 from cloudcred.controllers import deploy
 from cloudcred.controllers.runner import Controllers
-from cloudcred.installation import Installation
+from cloudcred.installation import INSTALLATION_SECRET, Installation, key_secret_info
 from cloudcred.kube import AlreadyExists, Conflict, NotFound, PreconditionFailed
 from cloudcred.permissions import PermissionSetInfo
 
@@ -143,6 +145,11 @@ class FakeKube:
             "annotations": {}, "ownerReferences": []}  # fmt: skip
         self.secrets[(namespace, name)] = {"metadata": metadata, "data": dict(data)}
         self._secret_changed((namespace, name))
+
+    def remove_secret(self, namespace: str, name: str) -> None:
+        """A user deletes a Secret (kubectl delete)."""
+        self.secrets.pop((namespace, name), None)
+        self.on_change("Secret", (namespace, name), None)
 
     def _store(self, kind: str, key: Key, body: dict[str, Any]) -> None:
         body["metadata"]["resourceVersion"] = str(next(self._versions))
@@ -315,6 +322,15 @@ class FakeKube:
         self.recorded.writes.append(Write("replace", "Secret", (namespace, name)))
         self._secret_changed((namespace, name))
 
+    async def annotate_secret(
+        self, namespace: str, name: str, uid: str, annotations: dict[str, str]
+    ) -> None:
+        self._fault("annotate_secret")
+        secret = self.secrets[(namespace, name)]
+        secret["metadata"]["annotations"].update(annotations)
+        self.recorded.writes.append(Write("annotate", "Secret", (namespace, name), annotations))
+        self._secret_changed((namespace, name))
+
     async def labelled_secret_annotations(self, namespace: str, label: str) -> list[dict[str, str]]:
         return [
             dict(secret["metadata"].get("annotations") or {})
@@ -414,10 +430,15 @@ class Operator:
     through the wiring, workers replaced by ``settle()`` (every queued key, one at a
     time, until nothing is left)."""
 
-    def __init__(self, kube: FakeKube, clock: Clock, **settings: Any) -> None:
+    def __init__(
+        self, kube: FakeKube, clock: Clock, installation: Installation | None = None,
+        **settings: Any,
+    ) -> None:  # fmt: skip
+        """``installation``: with a namespace, its Secret is followed as the operator's
+        own watch does (default: a bare key, nothing to follow)."""
         self.kube = kube
         self.clock = clock
-        self.installation = Installation(b"k" * 32)
+        self.installation = installation or Installation(b"k" * 32)
         self.controllers = Controllers(
             kube,  # type: ignore[arg-type]
             Settings(**settings),
@@ -436,6 +457,8 @@ class Operator:
         caches = self.controllers.caches
         if kind == "Secret":
             self._delivered_event(key, body)
+            if key == (self.installation.namespace, INSTALLATION_SECRET):
+                self._installation_event(key, body)
             store: Any = caches.secrets
             labels = (body or {}).get("metadata", {}).get("labels") or {}
             if body is None or REFERENCED_LABEL not in labels:
@@ -464,6 +487,18 @@ class Operator:
             in_use = (metadata.get("labels") or {}).get(IN_USE_LABEL) == "true"
             change = store.apply(key, DeliveredInfo(metadata["uid"], owner, in_use))
         self.controllers._changed("DeliveredSecret", [change])
+
+    def _installation_event(self, key: Key, body: dict[str, Any] | None) -> None:
+        """The installation Secret's own watch (one name in the operator's namespace)."""
+        store = self.controllers.caches.installation_key
+        if body is None:
+            change = store.delete(key)
+        else:
+            item = client.V1Secret(metadata=client.V1ObjectMeta(uid=body["metadata"]["uid"]),
+                                   data=dict(body["data"]))  # fmt: skip
+            change = store.apply(key, key_secret_info(self.installation, item))
+        if change.old != change.new:
+            self.controllers._changed("InstallationKey", [change])
 
     def start_from(self, kube: FakeKube) -> None:
         """A restart: the caches take in everything the API server holds."""

@@ -17,6 +17,12 @@ and every ExternalId (every role's trust policy to update): the operator refuses
 make a new key while credentials carry values derived from the old one, and says how
 to restore it or make a new one on purpose. Back it up with the cluster's other
 Secrets.
+
+While it runs, the operator keeps the key it loaded at start and never switches
+silently (``controllers/installation.py``): a deleted Secret is written back from
+memory, a Secret that holds another key is reported (Warning Event, error log, the
+metric ``cloudcred_installation_key_changed``) and takes effect only at the next start,
+where the check above governs it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudcred.cache.informers import namespace_matcher, plain_namespaces
+from kubernetes import client
+
+from cloudcred.cache import KeySecretInfo
+from cloudcred.cache.informers import data_digest, namespace_matcher, plain_namespaces
 from cloudcred.constants import CREDENTIAL_PLURAL
 from cloudcred.kube import AlreadyExists, Kube, NotFound
 
@@ -127,12 +136,10 @@ async def load_installation(
         derived = await derived_from_a_key(kube, watched or [])
         if derived is not None:
             raise InstallationError(missing_key_message(namespace, derived))
-        # The value is the key in base64 (text), stored as Secret data (base64 again).
-        key = base64.b64encode(base64.b64encode(secrets.token_bytes(KEY_BYTES))).decode()
         try:
-            labels = {"app.kubernetes.io/managed-by": "cloudcred"}
-            await kube.create_secret(namespace, INSTALLATION_SECRET, {KEY_FIELD: key},
-                                     {"labels": labels})  # fmt: skip
+            await kube.create_secret(namespace, INSTALLATION_SECRET,
+                                     secret_data(secrets.token_bytes(KEY_BYTES)),
+                                     {"labels": dict(KEY_SECRET_LABELS)})  # fmt: skip
         except AlreadyExists:  # another replica created it first: read that one
             continue
         except RuntimeError as error:  # kube.py's message: the HTTP status, no data
@@ -142,6 +149,55 @@ async def load_installation(
         logger.info("created the installation key in Secret %s/%s", namespace,
                     INSTALLATION_SECRET)  # fmt: skip
     raise InstallationError(f"Secret {namespace}/{INSTALLATION_SECRET} keeps changing")
+
+
+KEY_SECRET_LABELS = {"app.kubernetes.io/managed-by": "cloudcred"}
+
+
+def secret_data(key: bytes) -> dict[str, str]:
+    """The installation Secret's data for ``key``: the key in base64 (text), stored as
+    Secret data (base64 again)."""
+    return {KEY_FIELD: base64.b64encode(base64.b64encode(key)).decode()}
+
+
+def key_secret_info(installation: Installation, item: client.V1Secret) -> KeySecretInfo:
+    """What the operator follows of the installation Secret while it runs: whether it
+    holds the key in use (compared in constant time), never the key."""
+    try:
+        key = key_from_data(installation.namespace or "", item.data or {})
+    except InstallationError:
+        key = b""
+    return KeySecretInfo(str(item.metadata.uid), hmac.compare_digest(key, installation.key),
+                         data_digest(item.data))  # fmt: skip
+
+
+def rekey_advice(namespace: str) -> str:
+    """How to put another key in effect on purpose, and what it costs."""
+    return (
+        f"to change the key on purpose, put the new one in Secret {namespace}/"
+        f"{INSTALLATION_SECRET} (kubectl create secret generic {INSTALLATION_SECRET} -n "
+        f"{namespace} --from-literal=key=... --dry-run=client -o yaml | kubectl replace -f -) "
+        "and restart every replica (kubectl rollout restart deployment): every revision "
+        "(every cluster redeployed) and every AWS ExternalId (every role's trust policy, "
+        "cloudcred trust-policy) changes"
+    )
+
+
+def deleted_key_message(namespace: str) -> str:
+    return (
+        f"Secret {namespace}/{INSTALLATION_SECRET} was deleted while the operator ran; it "
+        "wrote it back with the installation key it uses (from memory), so revisions and "
+        "ExternalIds stay as they are. Keep a back up of this Secret; " + rekey_advice(namespace)
+    )
+
+
+def changed_key_message(namespace: str) -> str:
+    return (
+        f"Secret {namespace}/{INSTALLATION_SECRET} no longer holds the installation key in "
+        "use: the operator keeps using the key it loaded at start, until it restarts. If "
+        "this was not on purpose, restore the Secret from your backup (kubectl replace -f "
+        f"{INSTALLATION_SECRET}.yaml) before any restart; " + rekey_advice(namespace)
+    )
 
 
 def key_from_data(namespace: str, data: dict[str, str]) -> bytes:
@@ -175,3 +231,8 @@ async def record_principal(kube: Kube, installation: Installation, principal: st
         await kube.annotate_secret(namespace, INSTALLATION_SECRET, str(metadata.uid),
                                    {PRINCIPAL_ANNOTATION: principal})  # fmt: skip
     _RECORDED_PRINCIPAL[namespace] = principal
+
+
+def recorded_principal(namespace: str) -> str | None:
+    """The principal this process recorded on the installation Secret, if any."""
+    return _RECORDED_PRINCIPAL.get(namespace)

@@ -268,6 +268,12 @@ class StateCollector(Collector):
                 "Keys waiting in a work queue (clusters, credentials, secrets, deploy).",
                 labels=["queue"],
             ),
+            GaugeMetricFamily(
+                "cloudcred_installation_key_changed",
+                "1 while the installation Secret holds another key than the one the operator "
+                "uses (loaded at start; a restart would change every revision and ExternalId), "
+                "else 0.",
+            ),
             CounterMetricFamily(
                 "cloudcred_workqueue_adds",
                 "Keys queued (a key already waiting is not counted again).",
@@ -287,6 +293,10 @@ class StateCollector(Collector):
             families["cloudcred_workqueue_depth"].add_metric([queue.name], len(queue))
             families["cloudcred_workqueue_adds"].add_metric([queue.name], queue.adds)
             families["cloudcred_workqueue_retries"].add_metric([queue.name], queue.retries)
+        for info in list(self.source.caches.installation_key.objects.values()):
+            families["cloudcred_installation_key_changed"].add_metric(
+                [], 0.0 if info.holds_key_in_use else 1.0
+            )
         credentials, clusters = self._snapshot()
 
         bound: dict[Key, list[ClusterInfo]] = {key: [] for key in credentials}

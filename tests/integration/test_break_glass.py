@@ -1,5 +1,6 @@
 """Break glass needs a real permission: the admission policies of
-deploy/admission/force-delete-permission.yaml and secret-in-use-label.yaml, checked
+deploy/admission/force-delete-permission.yaml, secret-in-use-label.yaml and
+installation-key.yaml, checked
 against the real API server (RBAC authorization) with impersonated users, the running
 operator naming who force-deleted, and putting back a removed in-use label at once.
 The operator itself releases labels with nothing but its shipped ClusterRole.
@@ -24,9 +25,11 @@ from cloudcred.constants import (
     FORCE_DELETE_BY_ANNOTATION,
     GROUP,
     IN_USE_LABEL,
+    MANAGED_BY_LABEL,
     REFERENCED_LABEL,
     VERSION,
 )
+from cloudcred.installation import INSTALLATION_SECRET, PRINCIPAL_ANNOTATION, secret_data
 from tests.aws import Moto
 from tests.conftest import Kube
 from tests.integration.test_install import (  # fixtures: helm, deploy/'s RBAC for real
@@ -433,3 +436,86 @@ def test_a_grace_period_under_an_hour_needs_its_own_verb(
     })  # fmt: skip
     wait_for(lambda: refusal(lambda: create(erin, "short", "5m", dry_run=True)) is None,
              what="the grant in effect")  # fmt: skip
+
+
+# --- the installation key ---------------------------------------------------------------
+
+
+def installation_secret(who: client.CoreV1Api, namespace: str) -> None:
+    """An installation Secret as the operator creates it (labelled as its own)."""
+    body = client.V1Secret(
+        metadata=client.V1ObjectMeta(name=INSTALLATION_SECRET,
+                                     labels={MANAGED_BY_LABEL: "cloudcred"}),
+        data=secret_data(bytes(range(32))),
+    )  # fmt: skip
+    who.create_namespaced_secret(namespace, body)
+
+
+NEW_KEY = {"data": secret_data(bytes(range(40, 72)))}
+UNLABELLED = {"metadata": {"labels": {MANAGED_BY_LABEL: None}}}
+PRINCIPAL = {"metadata": {"annotations": {PRINCIPAL_ANNOTATION: "arn:aws:iam::1:role/op"}}}
+
+
+def test_the_installation_key_is_deleted_or_changed_only_with_break_glass(
+    kube: Kube, namespace: str, impersonate: Callable[[str], Kube], break_glass_role: str
+) -> None:
+    """An admin of the operator's namespace (every verb on Secrets) may not delete the
+    installation Secret, change its key or drop its label; the refusal says how to back
+    it up and what to ask for. Annotations go through, and so does everything on other
+    Secrets. Bound cloudcred-break-glass there, the admin may; cluster-admin may."""
+    installation_secret(kube.core, namespace)
+    editors(kube, namespace, "olga")
+    olga = impersonate("olga").core
+
+    def delete(who: client.CoreV1Api, name: str = INSTALLATION_SECRET) -> Callable[[], object]:
+        return lambda: who.delete_namespaced_secret(name, namespace, dry_run="All")
+
+    def patch(who: client.CoreV1Api, body: dict[str, Any]) -> Callable[[], object]:
+        return lambda: who.patch_namespaced_secret(INSTALLATION_SECRET, namespace, body,
+                                                   dry_run="All")  # fmt: skip
+
+    denied = wait_for(lambda: refused_with(delete(olga), "installation key"),
+                      what="the policy in effect")  # fmt: skip
+    assert f"Secret {namespace}/cloudcred-installation holds the installation key" in denied
+    assert "deleting it is refused" in denied
+    assert f"kubectl get secret cloudcred-installation -n {namespace} -o yaml" in denied
+    assert 'the verb "replace-installation-key" on secrets in ' + namespace in denied
+    assert "cloudcred-break-glass" in denied
+    changed = refusal(patch(olga, NEW_KEY)) or ""
+    assert "changing its key or its label is refused" in changed
+    assert refusal(patch(olga, UNLABELLED))
+    assert refusal(patch(olga, PRINCIPAL)) is None
+    secret(kube, namespace, "other", {"key": "value"})
+    assert refusal(delete(olga, "other")) is None
+    assert refusal(delete(kube.core)) is None  # cluster-admin holds every verb
+
+    grant(kube, namespace, "olga", break_glass_role)
+    wait_for(lambda: refusal(delete(olga)) is None, what="the grant in effect")
+    olga.patch_namespaced_secret(INSTALLATION_SECRET, namespace, NEW_KEY)
+    olga.delete_namespaced_secret(INSTALLATION_SECRET, namespace)
+
+
+def test_the_operator_may_write_back_and_annotate_the_installation_key_but_not_replace_it(
+    kube: Kube,
+    shipped_identity: tuple[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """As the operator's ServiceAccount (the shipped ClusterRoles, delivery's create and
+    delete on Secrets included), in its own namespace: it creates the Secret (its first
+    start, or writing it back from memory) and records its principal on it; deleting it
+    or changing its key is refused like anyone's, since its work needs neither."""
+    account_namespace, account = shipped_identity
+    kubeconfig = token_kubeconfig(kube, account_namespace, account, tmp_path / "kubeconfig")
+    operator = client.CoreV1Api(api_client(kubeconfig))
+    installation_secret(operator, account_namespace)
+    denied = wait_for(lambda: refused_with(lambda: operator.delete_namespaced_secret(
+        INSTALLATION_SECRET, account_namespace, dry_run="All"), "installation key"),
+        what="the policy in effect")  # fmt: skip
+    assert "replace-installation-key" in denied
+    assert refusal(lambda: operator.patch_namespaced_secret(
+        INSTALLATION_SECRET, account_namespace, NEW_KEY)) is not None  # fmt: skip
+    assert refusal(lambda: operator.patch_namespaced_secret(
+        INSTALLATION_SECRET, account_namespace, PRINCIPAL)) is None  # fmt: skip
+    read = kube.core.read_namespaced_secret(INSTALLATION_SECRET, account_namespace)
+    assert read.data == secret_data(bytes(range(32)))
+    assert read.metadata.annotations[PRINCIPAL_ANNOTATION] == "arn:aws:iam::1:role/op"

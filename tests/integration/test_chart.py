@@ -152,6 +152,7 @@ def test_chart_packaged_without_following_links_has_every_crd_and_policy(
         (["metrics.podMonitor.enabeld=true"], "enabeld"),
         (["prometheusRule.lables.release=x"], "lables"),
         (["logLevel=debug"], "logLevel"),
+        (["boundaryDefault=deny"], "boundaryDefault"),
         (["replicaCount=0"], "replicaCount"),
         (["image.digest=latest"], "digest"),
         (["--set-string=pdb.maxUnavailable=one"], "maxUnavailable"),
@@ -178,6 +179,18 @@ def test_schema_accepts_what_values_yaml_documents(helm_bin: Path, kube_version:
     )  # fmt: skip
     assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
     assert one(docs, "PrometheusRule")["metadata"]["labels"]["release"] == "prom"
+
+
+def test_boundary_default_becomes_the_operators_setting(helm_bin: Path, kube_version: str) -> None:
+    """boundaryDefault is CLOUDCRED_BOUNDARY_DEFAULT: Allow unless set to Deny."""
+
+    def setting(*settings: str) -> str:
+        env = pod_spec(render(helm_bin, kube_version, *settings))["containers"][0]["env"]
+        (value,) = [e["value"] for e in env if e["name"] == "CLOUDCRED_BOUNDARY_DEFAULT"]
+        return str(value)
+
+    assert setting() == "Allow"
+    assert setting("boundaryDefault=Deny") == "Deny"
 
 
 def test_kube_version_below_131_is_refused(helm_bin: Path) -> None:

@@ -212,6 +212,8 @@ def test_chart_passes_server_side_dry_run(
         # no in-use label on delivered Secrets; the operator's own Secret writes
         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+        # the installation key kept
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     ])  # fmt: skip
     result = dry_run(kube, manifests)
     assert "server dry run" in result.stdout

@@ -6,6 +6,7 @@ recorder, so the test sees the real AssumeRole calls."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import uuid
@@ -22,13 +23,14 @@ from cloudcred.installation import (
     PRINCIPAL_ANNOTATION,
     Installation,
     key_from_data,
+    secret_data,
 )
 from tests.aws import Moto, recorded_calls, start_moto
 from tests.conftest import Kube
 from tests.integration.conftest import operator_env
 from tests.integration.test_cli import cloudcred
 from tests.operator import OperatorProcess, Operators, wait_for
-from tests.resources import condition, create_credential, get_credential
+from tests.resources import condition, create_credential, events_for, get_credential
 
 pytestmark = pytest.mark.integration
 
@@ -162,6 +164,59 @@ def test_installation_key_survives_restarts(kube: Kube, recorded: Recorded) -> N
     again = kube.core.read_namespaced_secret(INSTALLATION_SECRET, recorded.operator_namespace)
     assert again.metadata.uid == secret.metadata.uid
     assert again.data == secret.data
+
+
+def test_installation_key_deleted_or_changed_while_running_keeps_the_key_in_use(
+    kube: Kube, recorded: Recorded
+) -> None:
+    """While the operator runs, a deleted installation Secret comes back with the same key
+    (and the recorded principal), and a Secret holding another key is reported while the
+    ExternalId stays the one derived from the key in use; the key is in no log or Event."""
+    role_arn = recorded.moto.create_role(f"held-{uuid.uuid4().hex[:6]}")
+    create_credential(kube, recorded.team, "held", provider="AWS", aws={"roleArn": role_arn})
+    before = verified(kube, recorded.team, "held")["status"]
+    where = recorded.operator_namespace
+    secret = kube.core.read_namespaced_secret(INSTALLATION_SECRET, where)
+
+    def reasons() -> list[str]:
+        return [str(event.reason) for event in events_for(kube, where, INSTALLATION_SECRET)]
+
+    kube.core.delete_namespaced_secret(INSTALLATION_SECRET, where)  # cluster-admin may
+
+    def written_back() -> client.V1Secret | None:
+        try:
+            found = kube.core.read_namespaced_secret(INSTALLATION_SECRET, where)
+        except client.ApiException:
+            return None
+        return found if found.metadata.uid != secret.metadata.uid else None
+
+    again = wait_for(written_back, what="the Secret written back")
+    assert again.data == secret.data
+    assert again.metadata.annotations == secret.metadata.annotations  # the principal
+    wait_for(lambda: "InstallationKeyDeleted" in reasons(), what="the Event")
+
+    other = {"data": secret_data(bytes(range(64, 96)))}
+    kube.core.patch_namespaced_secret(INSTALLATION_SECRET, where, other)
+    wait_for(lambda: "InstallationKeyChanged" in reasons(), what="the change reported")
+    kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, recorded.team, "cloudcredentials", "held",
+        {"spec": {"description": "checked with the key in use"}},
+    )  # fmt: skip
+
+    def checked_again() -> dict[str, Any] | None:
+        status = (get_credential(kube, recorded.team, "held") or {}).get("status") or {}
+        return status if status.get("observedGeneration") == 2 else None
+
+    after = wait_for(checked_again, timeout=60, what="checked again")
+    assert after["externalId"] == before["externalId"]
+
+    kube.core.patch_namespaced_secret(INSTALLATION_SECRET, where, {"data": secret.data})
+    wait_for(lambda: "InstallationKeyRestored" in reasons(), what="the key in use again")
+    key = key_from_data(where, secret.data)
+    messages = " ".join(str(e.message) for e in events_for(kube, where, INSTALLATION_SECRET))
+    for text in (recorded.operator.log(), messages):
+        for form in (key.hex(), base64.b64encode(key).decode(), secret.data["key"]):
+            assert form not in text
 
 
 def test_trust_policy_command_builds_a_role_cloudformation_creates(

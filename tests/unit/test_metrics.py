@@ -320,7 +320,6 @@ def test_the_real_controllers_fit_the_collector() -> None:
             Settings(),
             asyncio.Semaphore(1),
             [],
-            lambda _: None,
             Installation(bytes(32)),
         )
         real.credential_event("ADDED", credential("acme", "aws-prod"))

@@ -130,14 +130,16 @@ def test_kustomize_base_has_the_charts_default_policy() -> None:
 
 
 def test_break_glass_verbs() -> None:
-    """The chart ships cloudcred-break-glass with exactly the two custom verbs the
-    policies check; the operator's own role has only the Secret one (to release labels)."""
+    """The chart ships cloudcred-break-glass with exactly the three custom verbs the
+    policies check; the operator's own role has only unlabel-in-use (to release labels),
+    not replace-installation-key (its work never deletes or re-keys that Secret)."""
     docs = render()
     roles = {role["metadata"]["name"]: role for role in kind(docs, "ClusterRole")}
     assert roles["cloudcred-break-glass"]["rules"] == [
         {"apiGroups": ["cloudcred.io"], "resources": ["cloudcredentials"],
          "verbs": ["force-delete"]},
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["unlabel-in-use"]},
+        {"apiGroups": [""], "resources": ["secrets"],
+         "verbs": ["unlabel-in-use", "replace-installation-key"]},
     ]  # fmt: skip
     operator_verbs = {
         (group, resource, verb)
@@ -148,7 +150,9 @@ def test_break_glass_verbs() -> None:
     }
     assert ("", "secrets", "unlabel-in-use") in operator_verbs
     assert ("cloudcred.io", "cloudcredentials", "force-delete") not in operator_verbs
+    assert ("", "secrets", "replace-installation-key") not in operator_verbs
     policies = {doc["metadata"]["name"] for doc in kind(docs, "ValidatingAdmissionPolicy")}
-    assert {"cloudcred-force-delete", "cloudcred-secret-in-use-label"} <= policies
+    assert {"cloudcred-force-delete", "cloudcred-secret-in-use-label",
+            "cloudcred-installation-key"} <= policies  # fmt: skip
     off = render("admissionPolicy.enabled=false")
     assert "cloudcred-break-glass" not in {role["metadata"]["name"] for role in off}

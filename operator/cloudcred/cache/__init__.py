@@ -11,6 +11,9 @@ reconcilers ask of them.
 - ``delivered`` (Secrets labelled ``app.kubernetes.io/managed-by=cloudcred``: UID, owner
   and the in-use label, never the data), indexed by their owner Cluster's UID, so a
   delivered Secret is found whatever name the Cluster's spec gives now;
+- ``installation_key`` (the installation Secret in the operator's namespace, by its own
+  LIST+WATCH of that one name): whether it holds the key the operator uses, and a
+  digest of its data, never the key;
 - ``boundaries`` (CredentialBoundaries, cluster-scoped) by another such thread
   (``informers.Informer`` over the custom objects API; ``cache.boundaries.boundary_info``
   converts them), so they are followed whatever namespaces the
@@ -31,7 +34,7 @@ from cloudcred.bindings import ClusterInfo, CredentialInfo
 from cloudcred.cache.store import Change, Key, Store
 from cloudcred.permissions import PermissionSetInfo
 
-__all__ = ["Caches", "Change", "DeliveredInfo", "Key", "SecretInfo", "Store"]
+__all__ = ["Caches", "Change", "DeliveredInfo", "Key", "KeySecretInfo", "SecretInfo", "Store"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,17 @@ class DeliveredInfo:
     uid: str
     owner_uid: str | None
     in_use: bool
+
+
+@dataclass(frozen=True)
+class KeySecretInfo:
+    """The installation Secret as the operator follows it while it runs: whether its data
+    holds the key the operator loaded at start, and a digest of the data (to notice each
+    change), never the key."""
+
+    uid: str
+    holds_key_in_use: bool
+    digest: str
 
 
 class Caches:
@@ -75,11 +89,13 @@ class Caches:
         self.namespaces: Store[dict[str, str]] = Store("Namespace")
         self.boundaries: Store[boundary.Boundary] = Store("CredentialBoundary")
         self.permission_sets: Store[PermissionSetInfo] = Store("PermissionSet")
+        self.installation_key: Store[KeySecretInfo] = Store("InstallationKey")
 
     @property
     def stores(self) -> tuple[Store[object], ...]:
         return (self.credentials, self.clusters, self.secrets, self.namespaces,
-                self.boundaries, self.permission_sets, self.delivered)  # type: ignore[return-value]  # fmt: skip
+                self.boundaries, self.permission_sets, self.delivered,
+                self.installation_key)  # type: ignore[return-value]  # fmt: skip
 
     @property
     def boundaries_synced(self) -> bool:

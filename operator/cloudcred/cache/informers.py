@@ -120,6 +120,7 @@ class Informer(Generic[T]):
         page_size: int = PAGE_SIZE,
         namespace: str | None = None,
         scopes: SyncScopes | None = None,
+        field_selector: str | None = None,
     ) -> None:
         """``watched(namespace)``: objects in other namespaces are left out (another
         operator may own them). ``namespace``: a namespaced ``list_function`` for this
@@ -137,6 +138,7 @@ class Informer(Generic[T]):
         self.page_size = page_size
         self.namespace = namespace
         self.scopes = scopes
+        self.field_selector = field_selector
         self.last_progress = time.monotonic()
         self._stop = threading.Event()
         suffix = f"-{namespace}" if namespace else ""
@@ -162,6 +164,8 @@ class Informer(Generic[T]):
             selection["namespace"] = self.namespace
         if self.label_selector:
             selection["label_selector"] = self.label_selector
+        if self.field_selector:
+            selection["field_selector"] = self.field_selector
         return selection
 
     def _run(self) -> None:

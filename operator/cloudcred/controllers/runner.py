@@ -68,11 +68,17 @@ from cloudcred.controllers.clusters import ClusterReconciler
 from cloudcred.controllers.controller import Controller
 from cloudcred.controllers.credentials import CredentialReconciler
 from cloudcred.controllers.deploy import DEPLOY_CONCURRENCY, DeployReconciler
+from cloudcred.controllers.installation import InstallationKeyReconciler
 from cloudcred.controllers.permissions import PermissionsReconciler
 from cloudcred.controllers.rotation import ROTATION_WORKERS, RotationReconciler, clusters_behind
 from cloudcred.controllers.secrets import SecretReconciler
 from cloudcred.controllers.verification import VerificationReconciler
-from cloudcred.installation import Installation, operator_namespace
+from cloudcred.installation import (
+    INSTALLATION_SECRET,
+    Installation,
+    key_secret_info,
+    operator_namespace,
+)
 from cloudcred.kube import Kube, describe_error
 from cloudcred.permissions import PermissionSetInfo
 from cloudcred.rotation_record import RecordStore
@@ -225,6 +231,14 @@ class Controllers:
                                    ROTATION_WORKERS)  # fmt: skip
         permissions = PermissionsReconciler(kube, settings, caches, provider_slots, installation)
         self.permissions = controller("permissions", permissions.reconcile, PERMISSION_WORKERS)
+        # The installation Secret, followed while the operator runs (one LIST+WATCH of
+        # that name); an installation made from a bare key has none to follow.
+        self.installation = installation
+        self.installation_key = controller(
+            "installation", InstallationKeyReconciler(kube, caches, installation).reconcile, 1
+        )
+        if installation.namespace is None:
+            caches.installation_key.synced = True
         self.wiring = self._wiring()
         self.watched = watched = namespace_matcher(watched_namespaces)
         self.secret_namespaces = plain = plain_namespaces(watched_namespaces)
@@ -249,7 +263,7 @@ class Controllers:
     @property
     def controllers(self) -> tuple[Controller[Key], ...]:
         return (self.clusters, self.credentials, self.secrets, self.deploy, self.verification,
-                self.rotation, self.permissions)  # fmt: skip
+                self.rotation, self.permissions, self.installation_key)  # fmt: skip
 
     @property
     def queues(self) -> tuple[WorkQueue[Key], ...]:
@@ -401,6 +415,8 @@ class Controllers:
             Watch("CloudCredential", self.permissions, credential_any),
             Watch("Cluster", self.permissions, cluster_permission_sets),
             Watch("PermissionSet", self.permissions, permission_set_users),
+            # The installation Secret: deleted, changed, or holding the key again.
+            Watch("InstallationKey", self.installation_key, secret_itself),
         ]
 
     def _changed(self, kind: str, changes: list[Change[Any]]) -> None:
@@ -515,6 +531,13 @@ class Controllers:
             Informer(self.caches.permission_sets, permission_sets, PermissionSetInfo.from_body,
                      partial(self._changed, "PermissionSet"), loop, *timing)
         )  # fmt: skip
+        if (namespace := self.installation.namespace) is not None:
+            self.informers.append(
+                Informer(self.caches.installation_key, core.list_namespaced_secret,
+                         partial(key_secret_info, self.installation),
+                         partial(self._changed, "InstallationKey"), loop, *timing,
+                         namespace=namespace, field_selector=f"metadata.name={INSTALLATION_SECRET}")
+            )  # fmt: skip
         for informer in self.informers:
             informer.start()
         interval = self.settings.relist_interval
@@ -593,6 +616,8 @@ class Controllers:
                                self.permissions):  # fmt: skip
                 controller.queue.add(key)
         self._queue_secrets()
+        if (namespace := self.installation.namespace) is not None:
+            self.installation_key.queue.add((namespace, INSTALLATION_SECRET))
 
     async def queue_recorded(self) -> None:
         """Once synced, look at each rotation record whose credential is gone (deleted
