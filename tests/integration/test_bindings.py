@@ -96,7 +96,10 @@ def test_clusters_are_listed_unlisted_and_repointed(
     assert credential["status"]["clusterCount"] == 2
     assert "unusedSince" not in credential["status"]
     assert condition(credential, "InUse")["status"] == "True"
-    cluster = get_cluster(kube, namespace, "prod-eu")
+    # The Cluster's own status is a write of its own, after or before the credential's.
+    cluster = wait_for(lambda: (found := get_cluster(kube, namespace, "prod-eu"))
+                       .get("status", {}).get("credential") and found,
+                       what="prod-eu's status.credential")  # fmt: skip
     assert cluster["status"]["credential"]["name"] == "a"
     assert condition(cluster, "CredentialBound")["reason"] == "Bound"
 

@@ -13,6 +13,7 @@ import sys
 import uuid
 from typing import Any
 
+import boto3
 import pytest
 from kubernetes.client.rest import ApiException
 from pydantic import SecretStr
@@ -71,6 +72,9 @@ def check(
     monkeypatch.setenv("AWS_ENDPOINT_URL_IAM", iam.url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto.admin.access_key_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto.admin.secret_access_key)
+    # The operator reads its own identity once per process (boto3's session caches it);
+    # this process has played other operators with other identities before.
+    monkeypatch.setattr(aws, "_SESSION", boto3.session.Session())
 
     def run(spec: CloudCredentialSpec, secrets: dict[str, SecretStr],
             needs: dict[str, Any]) -> PermissionAnswer:  # fmt: skip

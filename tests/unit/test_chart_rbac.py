@@ -24,7 +24,7 @@ WRITES = {"create", "delete"}
 # What the operator does with Secrets in its own namespace: the installation key (get,
 # create, patch its annotation), rotation identities (get), rotation records (get,
 # list, patch, create, delete).
-OWN = {"get", "list", "patch", "create", "delete"}
+OWN = {"get", "list", "watch", "patch", "create", "delete"}
 WATCHED = ("team-a", "team-b", "team-c")
 
 
