@@ -223,14 +223,25 @@ class FakeKube:
         for operation in operations:
             path = operation["path"].split("/")[1:]
             assert path[0] == "status", operation
+            # The parent of the last step: a status field, or an item of a list in one
+            # (``/status/conditions/2``); a missing one fails the patch, as JSON patch does.
+            parent: Any = status
+            for step in path[1:-1]:
+                try:
+                    parent = parent[int(step)] if isinstance(parent, list) else parent[step]
+                except (IndexError, KeyError, ValueError):
+                    raise PreconditionFailed(f"{kind} {namespace}/{name}: no {step}") from None
+            last: Any = int(path[-1]) if isinstance(parent, list) else path[-1]
+            present = last < len(parent) if isinstance(parent, list) else last in parent
             if operation["op"] == "test":
-                continue
-            if operation["op"] == "remove":
-                if path[1] not in status:
-                    raise PreconditionFailed(f"{kind} {namespace}/{name}: no {path[1]}")
-                del status[path[1]]
+                if not present or parent[last] != operation["value"]:
+                    raise PreconditionFailed(f"{kind} {namespace}/{name}: test failed")
+            elif operation["op"] == "remove":
+                if not present:
+                    raise PreconditionFailed(f"{kind} {namespace}/{name}: no {path[-1]}")
+                del parent[last]
             else:
-                status[path[1]] = copy.deepcopy(operation["value"])
+                parent[last] = copy.deepcopy(operation["value"])
         self.recorded.writes.append(Write("patch_status", kind, key, operations))
         self._store(kind, key, body)
 

@@ -20,7 +20,7 @@ import base64
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -51,6 +51,9 @@ MANAGER = "cloudcred-rotator"
 KEY_ROTATION = "KeyRotation"  # the condition: True while a rotation is under way
 IDLE_RECHECK = 300.0  # seconds between looks when nothing is due
 ROLLOUT_RECHECK = 5.0
+# A failed step is tried again after 30 s, doubling up to CLOUDCRED_RETRY_MAX_DELAY, and
+# no sooner whatever queues it (a status write, another replica's event): only a person
+# asking (the spec, rotate-now) hurries it.
 FAILURE_RETRY = 30.0
 CONFLICT_RETRY = 1.0  # the record changed under a step: read it again soon
 MAX_REPORTED_KEYS = 16
@@ -85,6 +88,22 @@ def _key(body: dict[str, Any]) -> Key:
     return (body["metadata"]["namespace"], body["metadata"]["name"])
 
 
+def _asked(body: dict[str, Any]) -> tuple[Any, ...]:
+    """What a person asks of a rotation: the spec (its generation) and rotate-now."""
+    metadata = body["metadata"]
+    annotations = metadata.get("annotations") or {}
+    return (metadata.get("generation"), annotations.get(rotation.ROTATE_NOW_ANNOTATION))
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Failed steps of one credential in a row, and when the next may run."""
+
+    failures: int
+    until: datetime
+    asked: tuple[Any, ...] | None  # what was asked when it failed (see _asked)
+
+
 class Rotator:
     """One operator's rotations (one at a time per credential: see
     ``controllers/rotation.py``). The key a switch puts in effect is checked by the
@@ -113,8 +132,12 @@ class Rotator:
         self._users: dict[Key, list[str]] = {}  # who uses a key a step would retire
         # This operator's create attempts, as its record shows them (see _fenced).
         self.attempt_id = f"{os.getpid()}-{os.urandom(4).hex()}"
+        self.backoffs: dict[Key, Backoff] = {}  # per credential, after failed steps
+        self.asked: dict[Key, tuple[Any, ...]] = {}  # per credential, as last read
 
     def forget(self, key: Key) -> None:
+        self.backoffs.pop(key, None)
+        self.asked.pop(key, None)
         self.reported.pop(key, None)
         self.failure_shown.pop(key, None)
         self.current.pop(key, None)
@@ -130,29 +153,52 @@ class Rotator:
 
     async def step(self, namespace: str, name: str) -> float:
         """Advance the rotation of one credential; seconds until it should look again."""
+        key = (namespace, name)
         try:
-            return await self._advance(namespace, name)
+            wait = await self._advance(namespace, name)
         except RotationError as error:
             await self._failed(namespace, name, error)
             # Not supported: nothing changes by itself (a boundary's identity, a policy
             # change queue the step at once).
-            return IDLE_RECHECK if error.reason == RotationReason.NOT_SUPPORTED else FAILURE_RETRY
+            if error.reason == RotationReason.NOT_SUPPORTED:
+                return IDLE_RECHECK
+            return self._back_off(key)
         except Conflict:
             # Another writer (a replica in a handover, a step's stale retry) recorded
             # first: nothing was done on the old record; read it again.
             logger.info("rotation of %s/%s: its record changed; reading it again",
                         namespace, name)  # fmt: skip
-            self.current.pop((namespace, name), None)
+            self.current.pop(key, None)
             return CONFLICT_RETRY
         except ApiException as error:
             # The API server refused or failed a write: the phase recorded last stands,
             # and the step is tried again from it.
             logger.warning("rotating %s/%s: the API server answered HTTP %s; retrying",
                            namespace, name, error.status)  # fmt: skip
-            return FAILURE_RETRY
+            return self._back_off(key)
         except (RuntimeError, PreconditionFailed) as error:  # kube.py's: no data in the text
             logger.warning("rotating %s/%s: %s; retrying", namespace, name, error)
-            return FAILURE_RETRY
+            return self._back_off(key)
+        if self._backoff_left(key) is None:  # the step ran (not held back): it went through
+            self.backoffs.pop(key, None)
+        return wait
+
+    def _back_off(self, key: Key) -> float:
+        """A step failed: seconds until it may run again (``FAILURE_RETRY`` doubling)."""
+        failures = self.backoffs[key].failures + 1 if key in self.backoffs else 1
+        delay = min(FAILURE_RETRY * 2.0 ** (failures - 1), self.settings.retry_max_delay)
+        asked = self.asked.get(key)
+        self.backoffs[key] = Backoff(failures, conditions.now() + timedelta(seconds=delay), asked)
+        return delay
+
+    def _backoff_left(self, key: Key) -> float | None:
+        """Seconds a failed step still waits, or None: it may run. What a person asks
+        (the spec, rotate-now) since the failure ends the wait."""
+        backoff = self.backoffs.get(key)
+        if backoff is None or backoff.asked != self.asked.get(key):
+            return None
+        left = (backoff.until - conditions.now()).total_seconds()
+        return left if left > 0 else None
 
     async def retire_orphaned(self, namespace: str, name: str) -> float | None:
         """A credential that is gone: retire the keys the operator made for it, by the
@@ -232,6 +278,10 @@ class Rotator:
             # A failure shown is cleared by the next record (each step writes one).
             self.failure_shown[(namespace, name)] = bool(state.pop("reason", None))
             await self._show(body, record)
+            self.asked[(namespace, name)] = _asked(body)
+            held = self._backoff_left((namespace, name))
+            if held is not None:  # a failed step's retry is not due: shown, not tried
+                return held
             phase = state.get("phase", rotation.IDLE)
             logger.debug("rotation of %s/%s: %s", namespace, name, phase)
             why = rotation.stop_reason(body["spec"], state, body.get("status") or {})

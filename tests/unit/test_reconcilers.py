@@ -773,8 +773,9 @@ async def test_a_forged_identity_and_verified_get_no_deployment_outside_the_boun
 ) -> None:
     """A static key of account 222222222222 where the namespace's boundary allows only
     111111111111: the check says OutsideBoundary. The tenant writes into status the
-    identity of an allowed account and Verified=True: the deploy step asks STS itself,
-    so nothing is deployed and nothing delivered."""
+    identity of an allowed account and Verified=True: the verifier writes its last check
+    back at once, and the deploy step asks STS itself besides, so nothing is deployed
+    and nothing delivered."""
     operator = Operator(kube, clock, delivery_enabled=True)
     operator.label_namespace(NS, {"team": "a"})
     operator.put_boundary("team-a", {"namespaceSelector": {"matchLabels": {"team": "a"}},
@@ -797,9 +798,68 @@ async def test_a_forged_identity_and_verified_get_no_deployment_outside_the_boun
     assert "deployedRevision" not in status
     assert (NS, "eu-creds") not in kube.secrets
     assert "delivery" not in calls
+    assert "identity" not in kube.body("CloudCredential", CRED)["status"]
+    assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "OutsideBoundary"
     pending = find(kube, "Cluster", "eu", "RedeployPending")
-    assert pending["reason"] == "DeployFailed"
-    assert "222222222222" in pending["message"]
+    assert pending["status"] == "True"
+    if pending["reason"] == "DeployFailed":  # the deploy step ran before the write-back
+        assert "222222222222" in pending["message"]
+
+
+@run
+async def test_a_forged_revision_is_written_back_at_once_without_asking_the_provider(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant who may patch cloudcredentials/status writes another status.revision
+    and Verified=True over a failed check. The verifier writes back what its last
+    check found at once, without asking the provider again, so the deploy step does
+    not keep re-reading the Secret to find the revision differs. (A cluster the forged
+    revision marked meanwhile is the tenant's own, and deploys nothing: the deploy step
+    recomputes the revision.)"""
+    calls = provider_calls(monkeypatch)
+    operator = Operator(kube, clock)
+    credential(kube, check=True)
+    cluster(kube, "eu", external=False)
+    await operator.settle()
+    real = revision(kube)
+    assert kube.body("Cluster", (NS, "eu"))["status"]["deployedRevision"] == real
+    checks = calls.count("verify")
+    reads: list[tuple[str, str]] = []
+    read_secret_data = kube.read_secret_data
+
+    async def counted(namespace: str, name: str) -> dict[str, str]:
+        reads.append((namespace, name))
+        return await read_secret_data(namespace, name)
+
+    monkeypatch.setattr(kube, "read_secret_data", counted)
+    forged = kube.body("CloudCredential", CRED)
+    forged["status"]["revision"] = "forged"
+    kube.put("CloudCredential", forged)
+    await operator.settle()
+    assert revision(kube) == real
+    await operator.advance(60)
+    assert revision(kube) == real
+    assert calls.count("verify") == checks
+    assert find(kube, "Cluster", "eu", "RedeployPending")["status"] == "False"
+    assert len(reads) <= 2, reads
+
+    def refuse(spec: Any, secrets: Any, context: Any) -> Verification:
+        calls.append("verify")
+        raise VerificationError(Reason.INVALID_CREDENTIALS, "Google said no")
+
+    monkeypatch.setattr(gcp, "verify", refuse)
+    new_key(kube, KEY.replace("cc@", "k2@"))  # a failed check, Verified=False ...
+    await operator.settle()
+    checks = calls.count("verify")
+    assert find(kube, "CloudCredential", "prod", "Verified")["status"] == "False"
+    forged = kube.body("CloudCredential", CRED)  # ... that the tenant marks True
+    for condition in forged["status"]["conditions"]:
+        if condition["type"] == "Verified":
+            condition.update(status="True", reason="Verified", message="forged")
+    kube.put("CloudCredential", forged)
+    await operator.settle()
+    assert find(kube, "CloudCredential", "prod", "Verified")["status"] == "False"
+    assert calls.count("verify") == checks  # written back from the check, not checked again
 
 
 # -- the deploy step: failures kept in status, backoff, restart ------------------------
@@ -941,8 +1001,8 @@ async def test_a_refused_key_creation_is_shown_once_and_retried_until_it_goes_th
     kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The provider refuses a new key (AWS: the two-key limit): KeyRotation says why,
-    status.rotation keeps the phase, one Warning Event; 30 s later the step is tried
-    again by itself and, a key slot freed meanwhile, the rotation goes on."""
+    status.rotation keeps the phase, one Warning Event; the step is tried again by
+    itself after 30 s, then 60 s and, a key slot freed meanwhile, the rotation goes on."""
     provider_calls(monkeypatch)
     made: list[str] = []
     limit = [RotationError(RotationReason.KEY_LIMIT_REACHED, "the account holds two keys")]
@@ -974,8 +1034,9 @@ async def test_a_refused_key_creation_is_shown_once_and_retried_until_it_goes_th
     assert [e[2] for e in failed] == ["Warning"]
     assert not made
 
+    assert operator.timers()["rotation"][CRED] == pytest.approx(60, abs=0.5)  # doubled
     limit.clear()  # someone deleted the key no cluster uses
-    await operator.advance(30.1)
+    await operator.advance(60.1)
     state = kube.body("CloudCredential", CRED)["status"]["rotation"]
     assert (state["phase"], state["keyId"], state.get("reason")) == ("RollingOut", "k2", None)
     assert made == ["k2"]
@@ -1013,6 +1074,7 @@ class ServiceAccount:
         monkeypatch.setattr(gcp, "key_facts", facts, raising=False)
         self.not_yet: set[str] = set()  # keys Google refuses for now (propagating)
         self.checks = 0
+        self.create_attempts = 0  # refused ones included
 
         def verify(spec: Any, secrets: Any, context: Any) -> Verification:
             self.checks += 1
@@ -1025,6 +1087,7 @@ class ServiceAccount:
         monkeypatch.setattr(gcp, "verify", verify)
 
     def create_key(self, spec: Any, secrets: Any, context: Any) -> NewKey:
+        self.create_attempts += 1
         if self.refuse_create:
             raise self.refuse_create[0]
         made = f"k{len([c for c in self.changes if c[0] == 'create']) + 2}"
@@ -1299,7 +1362,7 @@ async def test_keys_made_by_others_during_a_failing_create_are_reported_never_de
 
     account.keys.append("a-persons")
     await operator.advance(30.1)
-    await operator.advance(30.1)
+    await operator.advance(60.1)  # the retries back off: 30 s, then 60 s
     assert "a-persons" not in account.retired()
     assert rotation_state(kube)["unknownKeyIds"] == ["a-persons"]
     reported = [e for e in kube.recorded.events if e[3] == "UnknownKeys"]
@@ -1308,13 +1371,48 @@ async def test_keys_made_by_others_during_a_failing_create_are_reported_never_de
 
     account.refuse_create.clear()
     kube.fail("create_secret", RuntimeError(f"creating Secret {NS}/x failed: HTTP 403 Forbidden"))
-    await operator.advance(30.1)  # k2 made, its Secret refused
+    await operator.advance(120.1)  # k2 made, its Secret refused
     assert ("create", "k2") in account.changes
-    await operator.advance(30.1)  # k2 cleaned up, k3 made and in use
+    await operator.advance(240.1)  # k2 cleaned up, k3 made and in use
     assert ("delete", "k2") in account.changes
     assert "a-persons" in account.keys
     assert "a-persons" not in account.retired()
     assert rotation_state(kube)["keyId"] == "k3"
+
+
+@run
+async def test_a_tenant_rewriting_status_rotation_does_not_hurry_a_refused_step(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider refuses the new key (the key limit). A tenant who may patch
+    cloudcredentials/status rewrites status.rotation every second for two minutes: each
+    write is answered by showing the record again, never by another call to the
+    provider. The step is tried again on its own backoff (30 s, then 60 s), and at once
+    when the spec or rotate-now changes."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    account.refuse_create.append(RotationError(RotationReason.KEY_LIMIT_REACHED, "two keys"))
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    await operator.settle()
+    automatic(kube, rotate_now="now")
+    await operator.settle()
+    assert rotation_state(kube)["reason"] == "KeyLimitReached"
+    assert account.create_attempts == 1
+    for second in range(120):
+        body = kube.body("CloudCredential", CRED)
+        body["status"]["rotation"] = {**body["status"]["rotation"], "phase": "Creating",
+                                      "message": f"forged {second}"}  # fmt: skip
+        kube.put("CloudCredential", body)
+        await operator.settle()
+        await operator.advance(1)
+    # The step's own retries after 30 s and 90 s: two more attempts, not 120.
+    assert account.create_attempts == 3, account.create_attempts
+    assert not rotation_state(kube)["message"].startswith("forged")
+
+    automatic(kube, rotate_now="again")  # a person asks again: no waiting for the backoff
+    await operator.settle()
+    assert account.create_attempts == 4
 
 
 # -- revocation --------------------------------------------------------------------------

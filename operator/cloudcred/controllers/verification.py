@@ -19,6 +19,7 @@ and retry, without asking the provider again).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -33,7 +34,7 @@ from cloudcred.config import Settings
 from cloudcred.constants import CREDENTIAL_PLURAL
 from cloudcred.controllers.controller import DONE, Result
 from cloudcred.installation import Installation
-from cloudcred.kube import Conflict, Kube, NotFound
+from cloudcred.kube import Conflict, Kube, NotFound, PreconditionFailed
 from cloudcred.providers.base import Reason
 from cloudcred.rotation import effective_spec
 from cloudcred.verification import (
@@ -83,6 +84,7 @@ class Checked:
     inputs: tuple[Any, ...]
     due: float  # on the event loop's clock (the clock the queues' timers run on)
     failures: int = 0  # transient failures in a row
+    status: dict[str, Any] | None = None  # what it wrote: written back over a forged one
 
 
 class VerificationReconciler:
@@ -124,6 +126,12 @@ class VerificationReconciler:
         clock = asyncio.get_running_loop().time
         now = clock()
         if last is not None and last.inputs == inputs and last.due > now:
+            # Someone else wrote the verifier's fields (a tenant with the status
+            # subresource: a revision or Verified of their own): what the check found is
+            # written back at once, without asking the provider again.
+            if (last.status is not None and not _holds(credential.status, last.status)
+                    and not await self._write_back(credential, last.status)):  # fmt: skip
+                self.checked[key] = dataclasses.replace(last, status=None)
             return Result(requeue_after=last.due - now)
         failures = last.failures if last is not None and last.inputs == inputs else 0
         started = time.monotonic()
@@ -148,15 +156,56 @@ class VerificationReconciler:
             propagating = verdict["reason"] == Reason.PROPAGATING.value
             delay = (propagating_retry_delay(failures) if propagating
                      else check_retry_delay(failures, self.settings))  # fmt: skip
-            self.checked[key] = Checked(inputs, clock() + delay, failures + 1)
+            self.checked[key] = Checked(inputs, clock() + delay, failures + 1, result.status)
             return Result(requeue_after=delay)
         interval = periodic_interval(key[0], key[1], credential.raw_spec)
         delay = interval * random.uniform(0.9, 1.1) if interval > 0 else IDLE_RECHECK  # noqa: S311
         new_key = (credential.status.get("rotation") or {}).get("phase") == rotation.ROLLING_OUT
         if new_key and result.verified["status"] != conditions.TRUE:
             delay = min(delay, RECHECK_NEW_KEY)
-        self.checked[key] = Checked(inputs, clock() + delay)
+        self.checked[key] = Checked(inputs, clock() + delay, status=result.status)
         return Result(requeue_after=delay)
+
+    async def _write_back(self, credential: CredentialInfo, status: dict[str, Any]) -> bool:
+        """Put the last check's ``status`` back over what someone else wrote: fields and
+        conditions of the verifier's it did not write are removed (another manager's
+        fields outlive an apply that leaves them out), the rest applied again. False
+        when the status still differs after (it is not written back again until the
+        next check: never a write loop)."""
+        current = await self.kube.read_credential(*credential.key)
+        if current is None or current["metadata"].get("uid") != credential.uid:
+            return True
+        shown = current.get("status") or {}
+        if _holds(shown, status):
+            return True
+        logger.info("status of %s/%s differs from its last check: written again",
+                    *credential.key)  # fmt: skip
+        removals = [{"op": "remove", "path": f"/status/{field}"} for field in VERIFIER_FIELDS
+                    if field in shown and field not in status]  # fmt: skip
+        applied = {c["type"] for c in status.get("conditions") or []}
+        found = shown.get("conditions") or []
+        for index in reversed(range(len(found))):  # later items first: indexes hold
+            type_ = found[index].get("type")
+            if type_ in VERIFIER_CONDITIONS and type_ not in applied:
+                removals += [
+                    {"op": "test", "path": f"/status/conditions/{index}/type", "value": type_},
+                    {"op": "remove", "path": f"/status/conditions/{index}"},
+                ]  # fmt: skip
+        try:
+            if removals:
+                await self.kube.patch_status_guarded(
+                    CREDENTIAL_PLURAL, *credential.key, str(credential.uid), removals, MANAGER
+                )
+            if not await self._write(credential, status):
+                return True  # the object moved on: its own reconcile follows
+        except (NotFound, PreconditionFailed):
+            return True  # gone, or moved under the patch: its own reconcile follows
+        current = await self.kube.read_credential(*credential.key)
+        if current is not None and not _holds(current.get("status") or {}, status):
+            logger.warning("status of %s/%s still differs from its last check after it was "
+                           "written again", *credential.key)  # fmt: skip
+            return False
+        return True
 
     async def _write(self, credential: CredentialInfo, status: dict[str, Any]) -> bool:
         """Apply the check's status to the object that was checked and no other: False
