@@ -1,10 +1,11 @@
-"""The chart's per-namespace Secret rights on the real API server: with plain namespace
-names, the operator's ServiceAccount reads Secrets in the namespaces it watches and in
-its own, is refused (403) everywhere else, and the real operator does all its Secret
-work (check, label, deliver, revoke, rotate) with those rights and is never refused.
+"""Per-namespace Secret rights on the real API server, as the chart renders them for
+plain namespace names and as the kustomize component deploy/namespaced grants them:
+the operator's ServiceAccount reads Secrets in the namespaces it watches and in its
+own, is refused (403) everywhere else, and the real operator does all its Secret work
+(check, label, deliver, revoke, rotate) with those rights and is never refused.
 
 The rendering rules themselves (which values give which Roles) are in
-tests/unit/test_chart_rbac.py.
+tests/unit/test_chart_rbac.py and tests/unit/test_kustomize_rbac.py.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from tests.resources import (
     secret,
     static_key_credential,
 )
+from tests.unit.test_kustomize_rbac import EXAMPLE_NAMESPACES, namespaced_overlay
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +53,8 @@ RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "Ro
 
 @dataclass
 class Installed:
-    """The chart's ServiceAccount and RBAC, installed for real for plain names."""
+    """The ServiceAccount and RBAC of the chart or of deploy/namespaced, installed for
+    real for plain names."""
 
     namespace: str  # the release's: the ServiceAccount, the installation Secret
     account: str
@@ -66,26 +69,58 @@ def new_namespace(kube: Kube, prefix: str) -> str:
     return name
 
 
-@pytest.fixture
-def installed(kube: Kube) -> Iterator[Installed]:
-    """`helm template` with two plain watched namespaces, delivery and rotation on; its
-    ServiceAccount, ClusterRole, Roles and bindings applied under a release name of their
-    own (the other objects, CRDs and policies, are the suite's)."""
+def helm_rbac(release: str, namespace: str, watched: list[str], version: str) -> list[Any]:
+    """`helm template` with the watched plain names, delivery and rotation on: its
+    ServiceAccount, ClusterRole, Roles and bindings (named after the release)."""
     if not HELM.exists():
         pytest.skip(f"helm is not built: run `make helm` (it builds {HELM})")
-    release = f"nsr{uuid.uuid4().hex[:8]}"
-    namespace, other = new_namespace(kube, "nsr-op"), new_namespace(kube, "nsr-other")
-    watched = [new_namespace(kube, "nsr-a"), new_namespace(kube, "nsr-b")]
-    version = str(client.VersionApi(kube.api).get_code().git_version)
     rendered = subprocess.run(
         [str(HELM), "template", release, str(CHART), "--namespace", namespace, "--kube-version",
          version, "--skip-tests", "--set", "namespaces={" + ",".join(watched) + "}",
          "--set", "delivery.enabled=true", "--set", "rotation.enabled=true"],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
+    return [doc for doc in documents(rendered) if doc["kind"] in RBAC_KINDS
+            and doc["metadata"]["name"].startswith(f"{release}-cloudcred")]  # fmt: skip
+
+
+def kustomize_rbac(
+    kube: Kube, release: str, namespace: str, watched: list[str], folder: Path
+) -> list[Any]:
+    """deploy/ with the components deploy/namespaced, delivery and rotation, rendered by
+    `kubectl kustomize`: its ServiceAccount, ClusterRole, Roles and bindings, moved from
+    cloudcred-system, team-a and team-b to the test's namespaces and named as the chart
+    names them for ``release`` (release-cloudcred, release-cloudcred-secrets, ...)."""
+    overlay = namespaced_overlay(folder, delivery=True, rotation=True)
+    docs = documents(kubectl(kube, "kustomize", str(overlay)).stdout)
+    moved = {"cloudcred-system": namespace, **dict(zip(EXAMPLE_NAMESPACES, watched, strict=True))}
+    rbac = [doc for doc in docs if doc["kind"] in RBAC_KINDS
+            and doc["metadata"]["name"] != "cloudcred-break-glass"]  # fmt: skip
+    for doc in rbac:
+        references = [doc["metadata"], *([doc["roleRef"]] if "roleRef" in doc else []),
+                      *doc.get("subjects", [])]  # fmt: skip
+        for reference in references:
+            reference["name"] = f"{release}-{reference['name']}"
+            if "namespace" in reference:
+                reference["namespace"] = moved[reference["namespace"]]
+    return rbac
+
+
+@pytest.fixture(params=["helm", "kustomize"])
+def installed(kube: Kube, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Installed]:
+    """The chart's (or deploy/namespaced's) ServiceAccount and RBAC for two plain watched
+    namespaces, delivery and rotation on, applied under a release name of their own (the
+    other objects, CRDs and policies, are the suite's)."""
+    release = f"nsr{uuid.uuid4().hex[:8]}"
+    namespace, other = new_namespace(kube, "nsr-op"), new_namespace(kube, "nsr-other")
+    watched = [new_namespace(kube, "nsr-a"), new_namespace(kube, "nsr-b")]
+    if request.param == "helm":
+        version = str(client.VersionApi(kube.api).get_code().git_version)
+        rbac = helm_rbac(release, namespace, watched, version)
+    else:
+        (tmp_path / "overlay").mkdir()
+        rbac = kustomize_rbac(kube, release, namespace, watched, tmp_path / "overlay")
     fullname = f"{release}-cloudcred"
-    rbac = [doc for doc in documents(rendered) if doc["kind"] in RBAC_KINDS
-            and doc["metadata"]["name"].startswith(fullname)]  # fmt: skip
     kubectl(kube, "apply", "-f", "-", stdin=yaml.safe_dump_all(rbac))
     try:
         yield Installed(namespace, fullname, watched, other, rbac)
@@ -107,7 +142,7 @@ def status_of(call: Any) -> int:
 def test_plain_names_let_the_operator_read_secrets_where_it_watches_and_nowhere_else(
     kube: Kube, installed: Installed, tmp_path: Path
 ) -> None:
-    """As the chart's ServiceAccount (a real token): Secrets of a watched namespace and
+    """As the operator's ServiceAccount (a real token): Secrets of a watched namespace and
     of its own can be read and listed (and watched where it watches); another
     namespace's, kube-system's and a cluster-wide list are 403, and it cannot create or
     patch a Secret there either."""
@@ -150,7 +185,7 @@ def test_plain_names_let_the_operator_read_secrets_where_it_watches_and_nowhere_
 def test_the_operator_does_its_secret_work_with_per_namespace_rights(
     kube: Kube, moto: Moto, installed: Installed, tmp_path: Path, operators: Operators
 ) -> None:
-    """The real operator, authenticated as the chart's ServiceAccount with per-namespace
+    """The real operator, authenticated as the ServiceAccount with per-namespace
     Secret rights, watching the two plain names: it creates its installation Secret,
     checks an AWS key (Secret read and labelled), delivers it into a new Secret,
     rotates the key (a Secret for the new key, a rotation record in its own namespace),
