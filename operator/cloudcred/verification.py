@@ -242,6 +242,7 @@ async def check_credential(
     previous_conditions: list[dict[str, Any]] | None,
     installation: Installation,
     boundary: BoundaryCheck | None = None,
+    last_written: dict[str, Any] | None = None,
 ) -> CheckResult:
     metadata, old_status = body["metadata"], body.get("status") or {}
     namespace, name = metadata["namespace"], metadata["name"]
@@ -252,9 +253,14 @@ async def check_credential(
     context = VerifyContext(namespace, name, settings.provider_settings())
 
     status: dict[str, Any] = {"observedGeneration": generation}
+    # What a failed check keeps of the last good one: from the status this operator wrote
+    # (``last_written``), not from the object, where a tenant with the status
+    # subresource may have written an identity or a revision of their own. Only the
+    # first check after a start, with nothing written yet, takes them from the object.
+    earlier = old_status if last_written is None else last_written
     for kept in ("revision", "identity", "lastVerifiedTime", "keyCreatedTime", "key"):
-        if old_status.get(kept):
-            status[kept] = old_status[kept]
+        if earlier.get(kept):
+            status[kept] = earlier[kept]
     public_id = module.public_id(spec)
     verification: Verification | None = None
     facts: KeyFacts | None = None

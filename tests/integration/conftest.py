@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -145,3 +145,50 @@ def own_namespace(kube: Kube) -> str:
     """A namespace the shared operator does not watch (it watches t-*): for a test whose
     own operator must be the only one acting there."""
     return new_namespace(kube, "own")
+
+
+@pytest.fixture
+def impersonate(kube: Kube) -> Iterator[Callable[[str], Kube]]:
+    """``impersonate("alice")``: the API as user alice (the admin may impersonate)."""
+    clients: list[client.ApiClient] = []
+
+    def as_user(user: str) -> Kube:
+        api = api_client(kube.kubeconfig)
+        api.set_default_header("Impersonate-User", user)
+        clients.append(api)
+        return Kube(kubeconfig=kube.kubeconfig, api=api, plane=None)
+
+    yield as_user
+    for api in clients:
+        api.close()
+
+
+TENANT_ROLES = ROOT / "deploy" / "tenant" / "roles.yaml"
+
+
+@pytest.fixture
+def tenant(kube: Kube, impersonate: Callable[[str], Kube]) -> Callable[[str], Kube]:
+    """``tenant(namespace)``: the API as a member of the team of ``namespace``, with the
+    documented tenant rights (deploy/tenant/roles.yaml) and the status subresources
+    besides: the most a tenant may hold."""
+    rbac = client.RbacAuthorizationV1Api(kube.api)
+    for role in load_yaml_documents(TENANT_ROLES):
+        try:
+            rbac.create_cluster_role(role)
+        except client.ApiException as error:
+            if error.status != 409:
+                raise
+
+    def member_of(namespace: str) -> Kube:
+        user = f"tenant-of-{namespace}"
+        for role in ("cloudcred-tenant", "cloudcred-tenant-status"):
+            rbac.create_namespaced_role_binding(namespace, {
+                "metadata": {"name": f"{user}-{role}"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": role},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                              "name": user}],
+            })  # fmt: skip
+        return impersonate(user)
+
+    return member_of

@@ -23,9 +23,11 @@ from tests.conftest import Kube
 from tests.operator import OperatorProcess, wait_for
 from tests.resources import (
     condition,
+    create_cluster,
     create_credential,
     credential_ready,
     events_for,
+    get_cluster,
     get_credential,
     patch_credential,
     refusal,
@@ -331,8 +333,12 @@ def test_role_outside_a_new_boundary_is_never_assumed(
 
 
 def test_static_key_of_another_account_is_refused_after_get_caller_identity(
-    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess, boundaries: Boundaries
-) -> None:
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess, boundaries: Boundaries,
+    tenant: Callable[[str], Kube],
+) -> None:  # fmt: skip
+    """A static key of an account the boundary does not allow: OutsideBoundary, from the
+    account STS names. A tenant who may write the status then claims an allowed account
+    and Verified=True: the operator writes its check back, and deploys nothing."""
     selector = label_namespace(kube, namespace)
     name = boundaries({"namespaceSelector": {"matchLabels": selector},
                        "aws": {"accountIds": [OTHER_ACCOUNT]}})  # fmt: skip
@@ -349,6 +355,23 @@ def test_static_key_of_another_account_is_refused_after_get_caller_identity(
     status = (get_credential(kube, namespace, "keys") or {})["status"]
     assert "lastVerifiedTime" not in status  # never reported as verified
     assert user.secret_access_key not in json.dumps(status)
+
+    member = tenant(namespace)
+    create_cluster(member, namespace, "eu", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": "keys"})  # fmt: skip
+    forged = {**status, "identity": f"arn:aws:iam::{OTHER_ACCOUNT}:user/deployer",
+              "conditions": [{**c, "status": "True", "reason": "Verified", "message": "forged"}
+                             if c["type"] == "Verified" else c
+                             for c in status["conditions"]]}  # fmt: skip
+    member.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "cloudcredentials", "keys", {"status": forged}
+    )
+    wait_for(lambda: get_credential(kube, namespace, "keys")["status"].get("identity")
+             == status.get("identity"), timeout=10,
+             what="the forged identity written back")  # fmt: skip
+    verified(kube, namespace, "keys", "OutsideBoundary")
+    time.sleep(3)  # what a deploy would take here
+    assert "deployedRevision" not in (get_cluster(kube, namespace, "eu").get("status") or {})
 
     # The boundary goes away: checked again at once, and verified.
     delete_boundary(kube, name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,22 +77,6 @@ def break_glass_role(kube: Kube) -> str:
         if error.status != 409:
             raise
     return str(role["metadata"]["name"])
-
-
-@pytest.fixture
-def impersonate(kube: Kube) -> Iterator[Callable[[str], Kube]]:
-    """``impersonate("alice")``: the API as user alice (the admin may impersonate)."""
-    clients: list[client.ApiClient] = []
-
-    def as_user(user: str) -> Kube:
-        api = api_client(kube.kubeconfig)
-        api.set_default_header("Impersonate-User", user)
-        clients.append(api)
-        return Kube(kubeconfig=kube.kubeconfig, api=api, plane=None)
-
-    yield as_user
-    for api in clients:
-        api.close()
 
 
 def grant(kube: Kube, namespace: str, user: str, cluster_role: str) -> None:

@@ -7,6 +7,7 @@ import base64
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -120,32 +121,35 @@ def test_the_delivered_secret_changes_only_at_deployment(
 
 
 def test_a_delivered_secret_refuses_the_in_use_label_and_is_revoked_by_its_owner(
-    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess
-) -> None:
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess,
+    tenant: Callable[[str], Kube],
+) -> None:  # fmt: skip
     """The label cloudcred.io/in-use=true, which would make the operator's own delete
     fail, is refused on a Secret delivered to a Cluster; removing the Cluster's
-    spec.credentialsSecret revokes the Secret, found by its owner's UID."""
+    spec.credentialsSecret revokes the Secret, found by its owner's UID. Both tried by
+    a tenant with the documented rights (and the status subresources)."""
     user = moto.create_user(f"owned-{uuid.uuid4().hex[:8]}")
     secret(kube, namespace, "keys", {"secretAccessKey": user.secret_access_key})
     static_key_credential(kube, namespace, "prod", user.access_key_id, "keys", delivery=DELIVER)
     delivering_cluster(kube, namespace, "prod", "aws-creds")
     wait_for(lambda: delivered(kube, namespace, "aws-creds"), what="the delivery")
+    member = tenant(namespace)
 
     def refused() -> str | None:
         label = {"metadata": {"labels": {IN_USE_LABEL: "true"}}}
         try:
-            kube.core.patch_namespaced_secret("aws-creds", namespace, label)
+            member.core.patch_namespaced_secret("aws-creds", namespace, label)
         except client.ApiException as error:
             return str(json.loads(error.body)["message"]) if error.status == 403 else None
         # The policy is not loaded yet: take the label off and try again.
         unlabel = {"metadata": {"labels": {IN_USE_LABEL: None}}}
-        kube.core.patch_namespaced_secret("aws-creds", namespace, unlabel)
+        member.core.patch_namespaced_secret("aws-creds", namespace, unlabel)
         return None
 
     message = wait_for(refused, what="the in-use label refused on a delivered Secret")
     assert f"secret {namespace}/aws-creds was delivered by cloudcred to a Cluster" in message
 
-    kube.custom.patch_namespaced_custom_object(
+    member.custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, CLUSTER_PLURAL, "eu",
         {"spec": {"credentialsSecret": None}},
     )  # fmt: skip

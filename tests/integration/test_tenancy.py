@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +259,9 @@ def test_trust_policy_command_builds_a_role_cloudformation_creates(
     assert trust == document
 
 
-def test_trust_policy_command_ignores_a_forged_status(kube: Kube, recorded: Recorded) -> None:
+def test_trust_policy_command_ignores_a_forged_status(
+    kube: Kube, recorded: Recorded, tenant: Callable[[str], Kube]
+) -> None:
     """A tenant who may patch cloudcredentials/status names an account of their own as
     the operator's principal and an ExternalId of their choice: the printed policy still
     names the operator's principal and the ExternalId the installation key gives."""
@@ -277,7 +279,7 @@ def test_trust_policy_command_ignores_a_forged_status(kube: Kube, recorded: Reco
     assert recorded.operator.pid is not None
     os.kill(recorded.operator.pid, signal.SIGSTOP)
     try:
-        kube.custom.patch_namespaced_custom_object_status(
+        tenant(recorded.team).custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, recorded.team, "cloudcredentials", "forged",
             {"status": {"operatorPrincipal": attacker, "externalId": "cloudcred-chosen",
                         "revision": "v2-forged"}},

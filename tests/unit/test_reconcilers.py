@@ -807,6 +807,41 @@ async def test_a_forged_identity_and_verified_get_no_deployment_outside_the_boun
 
 
 @run
+async def test_a_failed_check_keeps_only_what_the_verifier_itself_wrote(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tenant forges an allowed identity and Verified=True, and changes the key in
+    the same moment, so the next step is a check, not a write-back. The check fails
+    (OutsideBoundary) and keeps what the last check found: its kept fields come from
+    the status the verifier wrote, never from the forged one."""
+    operator = Operator(kube, clock, delivery_enabled=True)
+    operator.label_namespace(NS, {"team": "a"})
+    operator.put_boundary("team-a", {"namespaceSelector": {"matchLabels": {"team": "a"}},
+                                     "aws": {"accountIds": ["111111111111"]}})  # fmt: skip
+    calls = aws_static_key(kube, monkeypatch, "222222222222")
+    await operator.settle()
+    assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "OutsideBoundary"
+    checks = calls.count("verify")
+
+    forged = kube.body("CloudCredential", CRED)
+    forged["status"].update(identity="arn:aws:iam::111111111111:user/deployer",
+                            revision="forged", lastVerifiedTime="2026-01-01T00:00:00Z")
+    for condition in forged["status"]["conditions"]:
+        if condition["type"] == "Verified":
+            condition.update(status="True", reason="Verified", message="forged")
+    kube.put("CloudCredential", forged)
+    kube.put_secret(NS, "keys", {"secretAccessKey": base64.b64encode(b"s2").decode()})
+    await operator.settle()
+
+    assert calls.count("verify") > checks  # checked again, and refused again
+    status = kube.body("CloudCredential", CRED)["status"]
+    assert "111111111111" not in status.get("identity", "")
+    assert status.get("revision") != "forged"
+    assert "lastVerifiedTime" not in status
+    assert find(kube, "CloudCredential", "prod", "Verified")["reason"] == "OutsideBoundary"
+
+
+@run
 async def test_a_forged_revision_is_written_back_at_once_without_asking_the_provider(
     kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -139,6 +139,7 @@ class VerificationReconciler:
             credential.stored_body, self.kube, self.settings, self.provider_slots,
             credential.status.get("conditions"), self.installation,
             boundary=partial(self.caches.boundary_violation, key[0]),
+            last_written=last.status if last is not None else None,
         )  # fmt: skip
         metrics.observe_verification(credential.provider, time.monotonic() - started,
                                      result.verified)  # fmt: skip
