@@ -824,8 +824,11 @@ async def test_a_failed_check_keeps_only_what_the_verifier_itself_wrote(
     checks = calls.count("verify")
 
     forged = kube.body("CloudCredential", CRED)
-    forged["status"].update(identity="arn:aws:iam::111111111111:user/deployer",
-                            revision="forged", lastVerifiedTime="2026-01-01T00:00:00Z")
+    forged["status"].update(
+        identity="arn:aws:iam::111111111111:user/deployer",
+        revision="forged",
+        lastVerifiedTime="2026-01-01T00:00:00Z",
+    )
     for condition in forged["status"]["conditions"]:
         if condition["type"] == "Verified":
             condition.update(status="True", reason="Verified", message="forged")
