@@ -40,14 +40,33 @@ the writes the same end state needs; each baseline is the best of two runs.
   guard's DeletionBlocked Event instead); the audit log's count of the operator's
   Cluster LISTs during the step, field-selected or not, is recorded beside it.
 
+- broken: BENCH_BROKEN (default 1000) broken AWS static-key credentials, half whose
+  Secret does not exist, half whose Secret holds a key id moto never issued (each check
+  asks the provider and is refused), each half in a namespace of its own under one
+  operator; beside them, under a second operator started with it, as many healthy ones
+  (one valid moto key, verification at its default interval) in a third namespace.
+  Every first check done, then BENCH_BROKEN_WARMUP s (default 60: the 5 s retry is past,
+  the first one-minute retry due), the operators' API requests (from the audit log, by
+  the namespace they concern; cluster-wide ones, both operators', apart) and provider
+  requests (counted by a proxy in front of moto, by the key that signed them) over
+  BENCH_BROKEN_SECONDS s (default 240: the 60 s and 120 s retries of the backoff fall in
+  it; a code that re-reads more often than once a minute shows at once). Printed: the
+  broken credentials' requests per second to each, the healthy ones' beside them and
+  the ratio, and requests per credential-hour by kind.
+
 The harness reads Clusters a page at a time (500) and polls at most once a second
 beyond 1000 clusters: at BENCH_HUGE it never holds a whole namespace's Clusters, and its
 reads take little of the API server's time from the operator.
 
-Phases: BENCH_PHASES (default bind,fanout,large,huge; huge-bind and huge-fanout run one
-half of huge). Diagnostics: BENCH_TIMELINE=1 prints the operator's writes per second
-during each bind and fan-out; BENCH_PROFILE=<py-spy> records the operator's CPU during
-each (BENCH_PROFILE_SECONDS, default 6; into /tmp/<phase>-<clusters>-profile.txt).
+Phases: BENCH_PHASES (default bind,fanout,large,huge,broken; huge-bind and huge-fanout
+run one half of huge). BENCH_OPERATOR_PATH: a git tree whose operator code the bench
+runs (its ``operator/`` first on the operator processes' PYTHONPATH; this tree's CRDs,
+the harness and the baselines stay), for figures before a change:
+``git worktree add --detach /tmp/before <commit>`` then
+``BENCH_OPERATOR_PATH=/tmp/before BENCH_PHASES=broken make bench``.
+Diagnostics: BENCH_TIMELINE=1 prints the operator's writes per second during each bind
+and fan-out; BENCH_PROFILE=<py-spy> records the operator's CPU during each
+(BENCH_PROFILE_SECONDS, default 6; into /tmp/<phase>-<clusters>-profile.txt).
 
 Control plane: its own local one (real kube-apiserver and etcd, with an audit log of
 every request), or the cluster of BENCH_KUBECONFIG, where nothing is started (the CRDs and
@@ -65,6 +84,7 @@ verdict), 1 when a target is not met (or not measured), 2 when a phase failed or
 (the bench stops there; the failure and the end of the operator's log are printed).
 
     BENCH_CLUSTERS=1000 BENCH_LARGE=5000 BENCH_HUGE=10000 BENCH_IDLE_SECONDS=60 \\
+        BENCH_BROKEN=1000 BENCH_BROKEN_WARMUP=60 BENCH_BROKEN_SECONDS=240 \\
         .venv/bin/python -m bench.run
 """
 
@@ -1308,6 +1328,18 @@ def report(results: dict[str, Any]) -> None:
             ("deletion guard, objects per check",
              results["guard_metrics"] if per_check is None else f"{per_check:g}",
              f"own {own}, all {results['guard_all_clusters']}", "", f"<= {own} (own)"),
+        ]  # fmt: skip
+    if "broken_credentials" in results:
+        broken = results["broken_credentials"]
+        rows += [
+            (f"API req/s, {broken} broken credentials",
+             figure(results["broken_api_per_second"]),
+             f"{figure(results['broken_api_healthy_per_second'])} (healthy)",
+             figure(results["broken_api_ratio"]), ""),
+            (f"provider req/s, {broken} broken credentials",
+             f"{results['broken_provider_per_second']}",
+             f"{results['broken_provider_healthy_per_second']} (healthy)",
+             figure(results["broken_provider_ratio"]), ""),
         ]  # fmt: skip
     rows.append(("bench harness peak RSS", f"{results['harness_rss_mb']} MB", "", "", ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
