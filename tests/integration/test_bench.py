@@ -121,7 +121,7 @@ def test_every_bench_phase_runs_and_prints_its_ratio(kube: Kube, tmp_path: Path)
 
 
 BROKEN = 10  # 5 with a missing Secret, 5 with a key the provider refuses; 10 healthy
-BROKEN_WARMUP, BROKEN_SECONDS = 8, 20
+BROKEN_WARMUP, BROKEN_SECONDS = 6, 15
 # What one check of a credential whose Secret is missing asks the API server: the Secret
 # and the credential (a check that changes nothing writes nothing).
 REQUESTS_PER_CHECK = 2
