@@ -215,7 +215,7 @@ test-long: envtest helm ## The fault suite at full size (200 clusters, 10 kills,
 	CLOUDCRED_ROTATION_RESUME=1 $(PY) -m pytest tests/integration/test_rotation.py
 
 .PHONY: bench
-bench: envtest ## Benchmark against a plain-client baseline (BENCH_CLUSTERS=1000 BENCH_LARGE=5000 BENCH_HUGE=10000, 0 skips); writes bench/results.json.
+bench: envtest ## Benchmark against a plain-client baseline (BENCH_CLUSTERS=1000 BENCH_LARGE=5000 BENCH_HUGE=10000, 0 skips; BENCH_BROKEN=1000 broken credentials); writes bench/results.json.
 	$(PY) -m bench.run
 
 .PHONY: bench-console

@@ -40,14 +40,33 @@ the writes the same end state needs; each baseline is the best of two runs.
   guard's DeletionBlocked Event instead); the audit log's count of the operator's
   Cluster LISTs during the step, field-selected or not, is recorded beside it.
 
+- broken: BENCH_BROKEN (default 1000) broken AWS static-key credentials, half whose
+  Secret does not exist, half whose Secret holds a key id moto never issued (each check
+  asks the provider and is refused), each half in a namespace of its own under one
+  operator; beside them, under a second operator started with it, as many healthy ones
+  (one valid moto key, verification at its default interval) in a third namespace.
+  Every first check done, then BENCH_BROKEN_WARMUP s (default 60: the 5 s retry is past,
+  the first one-minute retry due), the operators' API requests (from the audit log, by
+  the namespace they concern; cluster-wide ones, both operators', apart) and provider
+  requests (counted by a proxy in front of moto, by the key that signed them) over
+  BENCH_BROKEN_SECONDS s (default 240: the 60 s and 120 s retries of the backoff fall in
+  it; a code that re-reads more often than once a minute shows at once). Printed: the
+  broken credentials' requests per second to each, the healthy ones' beside them and
+  the ratio, and requests per credential-hour by kind.
+
 The harness reads Clusters a page at a time (500) and polls at most once a second
 beyond 1000 clusters: at BENCH_HUGE it never holds a whole namespace's Clusters, and its
 reads take little of the API server's time from the operator.
 
-Phases: BENCH_PHASES (default bind,fanout,large,huge; huge-bind and huge-fanout run one
-half of huge). Diagnostics: BENCH_TIMELINE=1 prints the operator's writes per second
-during each bind and fan-out; BENCH_PROFILE=<py-spy> records the operator's CPU during
-each (BENCH_PROFILE_SECONDS, default 6; into /tmp/<phase>-<clusters>-profile.txt).
+Phases: BENCH_PHASES (default bind,fanout,large,huge,broken; huge-bind and huge-fanout
+run one half of huge). BENCH_OPERATOR_PATH: a git tree whose operator code the bench
+runs (its ``operator/`` first on the operator processes' PYTHONPATH; this tree's CRDs,
+the harness and the baselines stay), for figures before a change:
+``git worktree add --detach /tmp/before <commit>`` then
+``BENCH_OPERATOR_PATH=/tmp/before BENCH_PHASES=broken make bench``.
+Diagnostics: BENCH_TIMELINE=1 prints the operator's writes per second during each bind
+and fan-out; BENCH_PROFILE=<py-spy> records the operator's CPU during each
+(BENCH_PROFILE_SECONDS, default 6; into /tmp/<phase>-<clusters>-profile.txt).
 
 Control plane: its own local one (real kube-apiserver and etcd, with an audit log of
 every request), or the cluster of BENCH_KUBECONFIG, where nothing is started (the CRDs and
@@ -65,6 +84,7 @@ verdict), 1 when a target is not met (or not measured), 2 when a phase failed or
 (the bench stops there; the failure and the end of the operator's log are printed).
 
     BENCH_CLUSTERS=1000 BENCH_LARGE=5000 BENCH_HUGE=10000 BENCH_IDLE_SECONDS=60 \\
+        BENCH_BROKEN=1000 BENCH_BROKEN_WARMUP=60 BENCH_BROKEN_SECONDS=240 \\
         .venv/bin/python -m bench.run
 """
 
@@ -73,12 +93,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import resource
 import signal
 import sys
 import tempfile
 import time
 import traceback
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -93,6 +115,7 @@ from tests.envtest.controlplane import ControlPlane
 from tests.integration.conftest import operator_env
 from tests.kube import api_client, install_admission_policies, install_crds
 from tests.operator import OperatorProcess, wait_for
+from tests.proxy import LoopbackProxy
 from tests.resources import condition
 
 from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, VERSION
@@ -144,14 +167,21 @@ class Bench:
         self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         return name
 
-    def operator(self, namespace: str, metrics: bool = False) -> OperatorProcess:
-        """The operator watching ``namespace``; with ``metrics`` it serves /metrics on
-        its ``metrics_port`` (off otherwise, as in the phases measured before)."""
+    def operator(
+        self, namespace: str, metrics: bool = False, also: Iterable[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> OperatorProcess:  # fmt: skip
+        """The operator watching ``namespace`` (and the namespaces ``also``); with
+        ``metrics`` it serves /metrics on its ``metrics_port`` (off otherwise, as in the
+        phases measured before); ``env`` over the tests' operator environment. With
+        BENCH_OPERATOR_PATH, the operator's code is that tree's (its ``operator/`` first
+        on PYTHONPATH)."""
         off = {} if metrics else {"CLOUDCRED_METRICS_PORT": "0"}
         process = OperatorProcess(
             kubeconfig=self.kubeconfig, log_path=self.workdir / f"{namespace}.log",
-            env={**operator_env(self.moto), "CLOUDCRED_LOG_LEVEL": "INFO", **off},
-            args=["--namespace", namespace],
+            env={**operator_env(self.moto), "CLOUDCRED_LOG_LEVEL": "INFO", **off,
+                 **operator_code(), **(env or {})},
+            args=[arg for ns in (namespace, *also) for arg in ("--namespace", ns)],
         )  # fmt: skip
         self.operators.append(process)
         return process.start()
@@ -159,6 +189,19 @@ class Bench:
     def audit_mark(self) -> int | None:
         """Where the audit log ends now; None without an audit log of this run's own."""
         return self.plane.audit_log.stat().st_size if self.plane else None
+
+
+def operator_code() -> dict[str, str]:
+    """The operator's PYTHONPATH with BENCH_OPERATOR_PATH's tree first (its code measured
+    with this bench: ``before`` figures); nothing to change without it."""
+    tree = os.environ.get("BENCH_OPERATOR_PATH")
+    if not tree:
+        return {}
+    code = Path(tree).resolve() / "operator"
+    if not (code / "cloudcred" / "__init__.py").is_file():
+        raise PhaseFailed(f"BENCH_OPERATOR_PATH: no operator/cloudcred package in {tree}")
+    rest = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": f"{code}{os.pathsep}{rest}" if rest else str(code)}
 
 
 async def gather_limited(calls: Iterable[Callable[[], Any]], limit: int = CONCURRENCY) -> None:
@@ -338,13 +381,18 @@ def cpu_spent(before: float | None, after: float | None) -> float | None:
     return None if before is None or after is None else round(after - before, 2)
 
 
-def audit_entries(bench: Bench, since: int) -> Iterator[dict[str, Any]]:
-    """The audit log's entries from byte ``since`` on, one at a time (at BENCH_HUGE a
-    phase logs hundreds of thousands); a last line still being written is skipped."""
+def audit_entries(bench: Bench, since: int, until: int | None = None) -> Iterator[dict[str, Any]]:
+    """The audit log's entries from byte ``since`` on (to byte ``until``), one at a time
+    (at BENCH_HUGE a phase logs hundreds of thousands); a last line still being written
+    is skipped."""
     assert bench.plane is not None, "only with an audit log of this run's own (audit_mark)"
     with bench.plane.audit_log.open() as log:
         log.seek(since)
+        read = since
         for line in log:
+            read += len(line.encode())
+            if until is not None and read > until:
+                return
             if line.endswith("\n"):
                 yield json.loads(line)
 
@@ -862,6 +910,194 @@ def large_phase(bench: Bench, count: int) -> dict[str, Any]:
     }
 
 
+# -- broken credentials ------------------------------------------------------------------
+
+# The three kinds of credential of the broken phase, each in a namespace of its own.
+BROKEN_KINDS = ("missing", "refused", "healthy")
+SECRET_KEY = "secretAccessKey"
+# "Credential=AKIA.../20260101/eu-west-3/sts/aws4_request": the key a request is signed with.
+SIGNED_WITH = re.compile(r"Credential=([A-Z0-9]+)/")
+
+
+@dataclass
+class ProviderCount:
+    """The requests reaching moto through the counting proxy, by the kind of credential
+    whose key signed them (``other``: the operator's own identity, the harness)."""
+
+    kinds: dict[str, str] = field(default_factory=dict)  # access key id -> kind
+    seen: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, kind)
+
+    def hold(self, head: str) -> float:
+        signed = SIGNED_WITH.search(head)
+        kind = self.kinds.get(signed[1], "other") if signed else "other"
+        self.seen.append((time.monotonic(), kind))
+        return 0.0  # counted, passed on at once
+
+    def between(self, start: float, end: float) -> dict[str, int]:
+        counts = dict.fromkeys((*BROKEN_KINDS, "other"), 0)
+        for moment, kind in list(self.seen):
+            if start <= moment < end:
+                counts[kind] += 1
+        return counts
+
+
+def broken_credential(name: str, key_id: str, secret: str) -> dict[str, Any]:
+    """An AWS static key whose secret half is in ``secret`` (default verification: on,
+    every hour)."""
+    ref = {"name": secret, "key": SECRET_KEY}
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CloudCredential",
+            "metadata": {"name": name},
+            "spec": {"provider": "AWS",
+                     "aws": {"accessKeyId": key_id, "secretAccessKeyRef": ref}}}  # fmt: skip
+
+
+def key_secret(bench: Bench, namespace: str, name: str, value: str) -> None:
+    bench.core.create_namespaced_secret(namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name=name), string_data={SECRET_KEY: value}))  # fmt: skip
+
+
+def verdicts(bench: Bench, namespaces: dict[str, str]) -> dict[str, int]:
+    """Credentials per kind whose Verified condition is True or False: a first check done."""
+    return {
+        kind: sum(condition_status(c, "Verified") in ("True", "False")
+                  for c in items(bench, namespace, CREDENTIAL_PLURAL))
+        for kind, namespace in namespaces.items()
+    }  # fmt: skip
+
+
+def api_requests_by_namespace(
+    bench: Bench, since: int, until: int, namespaces: dict[str, str]
+) -> dict[str, int]:
+    """The operators' API requests between two audit marks, by kind (the namespace they
+    concern) and ``cluster-wide`` (no namespace: both operators'); each request once
+    (a watch logs its start and its end)."""
+    kinds = {namespace: kind for kind, namespace in namespaces.items()}
+    counted: dict[str, set[str]] = {kind: set() for kind in (*BROKEN_KINDS, "cluster-wide")}
+    for entry in audit_entries(bench, since, until):
+        if not entry.get("userAgent", "").startswith(OPERATOR_AGENTS):
+            continue
+        namespace = (entry.get("objectRef") or {}).get("namespace")
+        kind = "cluster-wide" if namespace is None else kinds.get(namespace)
+        if kind is not None:
+            counted[kind].add(entry["auditID"])
+    return {kind: len(ids) for kind, ids in counted.items()}
+
+
+def broken_phase(bench: Bench, count: int, warmup: float, seconds: float) -> dict[str, Any]:
+    """``count`` broken credentials (half with a missing Secret, half with a key the
+    provider refuses) under one operator, ``count`` healthy ones under another, at once;
+    after every first check and ``warmup`` seconds, each kind's API and provider requests
+    over ``seconds``."""
+    half = count // 2
+    sizes = {"missing": half, "refused": count - half, "healthy": count}
+    namespaces = {kind: bench.namespace(f"op-broken-{kind}") for kind in BROKEN_KINDS}
+    counter = ProviderCount()
+    endpoint = urllib.parse.urlparse(bench.moto.endpoint)
+    proxy = LoopbackProxy(
+        endpoint.hostname or "127.0.0.1",
+        endpoint.port or 80,
+        hold=counter.hold,
+        lifetime=max(900.0, 4 * (warmup + seconds) + 900),
+    )
+    proxy.start()
+    via_proxy = {"AWS_ENDPOINT_URL": proxy.url}
+    broken = bench.operator(namespaces["missing"], also=[namespaces["refused"]], env=via_proxy)
+    healthy_operator = bench.operator(namespaces["healthy"], env=via_proxy)
+    try:
+        key = bench.moto.create_user(f"bench-healthy-{uuid.uuid4().hex[:6]}")
+        counter.kinds[key.access_key_id] = "healthy"
+        key_secret(bench, namespaces["healthy"], "key", key.secret_access_key)
+        # A well-formed key id moto never issued: each check asks it and is refused.
+        key_secret(bench, namespaces["refused"], "key", "not-the-secret-of-any-key")
+        refused_ids = [f"AKIAZZZZ{uuid.uuid4().hex[:12].upper()}" for _ in range(sizes["refused"])]
+        counter.kinds.update(dict.fromkeys(refused_ids, "refused"))
+        bodies = (
+            [(namespaces["missing"], broken_credential(f"m{i:05d}", f"AKIAYYYY{i:012d}", "gone"))
+             for i in range(sizes["missing"])]
+            + [(namespaces["refused"], broken_credential(f"r{i:05d}", key_id, "key"))
+               for i, key_id in enumerate(refused_ids)]
+            + [(namespaces["healthy"], broken_credential(f"h{i:05d}", key.access_key_id, "key"))
+               for i in range(sizes["healthy"])]
+        )  # fmt: skip
+        phase_audit, started = bench.audit_mark(), time.monotonic()
+        asyncio.run(gather_limited(
+            lambda ns=ns, body=body: bench.custom.create_namespaced_custom_object(
+                GROUP, VERSION, ns, CREDENTIAL_PLURAL, body)
+            for ns, body in bodies))  # fmt: skip
+        created = time.monotonic() - started
+
+        def first_checks() -> bool:
+            return verdicts(bench, namespaces) == sizes
+
+        wait(first_checks, patience(count, 600), "every credential's first check",
+             interval=polling(count, 2.0))  # fmt: skip
+        checked = time.monotonic() - started
+        time.sleep(warmup)
+        audit_from, window_start = bench.audit_mark(), time.monotonic()
+        time.sleep(seconds)
+        audit_to, window_end = bench.audit_mark(), time.monotonic()
+        window = window_end - window_start
+        if not (broken.alive and healthy_operator.alive):
+            raise PhaseFailed("an operator exited during the window")
+    finally:
+        broken.stop()
+        healthy_operator.stop()
+        proxy.stop()
+    provider = counter.between(window_start, window_end)
+    api = None
+    measures = {"broken_provider_phase_requests": counter.between(started, window_end)}
+    if phase_audit is not None and audit_from is not None and audit_to is not None:
+        api = api_requests_by_namespace(bench, audit_from, audit_to, namespaces)
+        measures["broken_api_phase_requests"] = api_requests_by_namespace(
+            bench, phase_audit, audit_to, namespaces)  # fmt: skip
+    return broken_measures(count, sizes, window, provider, api, created, checked) | measures
+
+
+def broken_measures(
+    count: int, sizes: dict[str, int], window: float, provider: dict[str, int],
+    api: dict[str, int] | None, created: float, checked: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The broken phase's figures: per second and per credential-hour, each kind and the
+    broken ones together, and broken against healthy."""
+
+    def rate(requests: int) -> float:
+        return round(requests / window, 3)
+
+    def per_hour(requests: int, credentials: int) -> float:
+        return round(requests / credentials / (window / 3600), 2) if credentials else 0.0
+
+    def ratio(broken: float, healthy: float) -> float | None:
+        return round(broken / healthy, 1) if healthy else None
+
+    measures: dict[str, Any] = {
+        "broken_credentials": count,
+        "broken_window_seconds": round(window, 1),
+        "broken_create_seconds": round(created, 1),
+        "broken_first_checks_seconds": round(checked, 1),
+    }
+    sources: dict[str, dict[str, int] | None] = {"provider": provider, "api": api}
+    for source, counts in sources.items():
+        for kind in ("missing", "refused", "healthy"):
+            requests = None if counts is None else counts[kind]
+            measures[f"broken_{source}_{kind}_requests"] = requests
+            measures[f"broken_{source}_{kind}_per_credential_hour"] = (
+                None if requests is None else per_hour(requests, sizes[kind])
+            )
+        both = None if counts is None else counts["missing"] + counts["refused"]
+        healthy = None if counts is None else counts["healthy"]
+        measures[f"broken_{source}_per_second"] = None if both is None else rate(both)
+        measures[f"broken_{source}_healthy_per_second"] = None if healthy is None else rate(healthy)
+        measures[f"broken_{source}_per_credential_hour"] = (
+            None if both is None else per_hour(both, count)
+        )
+        measures[f"broken_{source}_ratio"] = (
+            None if both is None or healthy is None else ratio(both, healthy)
+        )
+    measures["broken_provider_other_requests"] = provider["other"]
+    measures["broken_api_cluster_wide_requests"] = None if api is None else api["cluster-wide"]
+    return measures
+
+
 def huge_measures(measures: dict[str, Any]) -> dict[str, Any]:
     """A phase's measures at BENCH_HUGE under ``huge_`` keys (``rss_mb``, the bind's,
     becomes ``huge_bind_rss_mb``); the deletion guard's keep their ``guard_`` names and
@@ -876,10 +1112,11 @@ def huge_measures(measures: dict[str, Any]) -> dict[str, Any]:
 def requested_phases(huge: int) -> list[str]:
     """BENCH_PHASES in the order they run; huge stands for huge-bind and huge-fanout,
     which BENCH_HUGE=0 skips."""
-    asked = set(os.environ.get("BENCH_PHASES", "bind,fanout,large,huge").split(","))
+    asked = set(os.environ.get("BENCH_PHASES", "bind,fanout,large,huge,broken").split(","))
     if "huge" in asked:
         asked |= {"huge-bind", "huge-fanout"}
-    order = ["bind", "fanout", "large", *(["huge-bind", "huge-fanout"] if huge else [])]
+    order = ["bind", "fanout", "large", *(["huge-bind", "huge-fanout"] if huge else []),
+             "broken"]  # fmt: skip
     return [phase for phase in order if phase in asked]
 
 
@@ -899,6 +1136,17 @@ def figure(value: Any, unit: str = "") -> str:
 def phase_line(phase: str, measures: dict[str, Any], seconds: int) -> str:
     """The figures of a phase that ended, on one line: the operator against its baseline
     and their ratio first (the test of the bench reads them), then the phase's costs."""
+    if phase == "broken":
+        return (f"bench: {phase} done in {seconds} s: {measures['broken_credentials']} broken "
+                f"credentials over {measures['broken_window_seconds']} s: API "
+                f"{figure(measures['broken_api_per_second'])} req/s (healthy "
+                f"{figure(measures['broken_api_healthy_per_second'])}, ratio "
+                f"{figure(measures['broken_api_ratio'])}), provider "
+                f"{measures['broken_provider_per_second']} req/s (healthy "
+                f"{measures['broken_provider_healthy_per_second']}, ratio "
+                f"{figure(measures['broken_provider_ratio'])}); per broken credential-hour: "
+                f"API {figure(measures['broken_api_per_credential_hour'])}, provider "
+                f"{measures['broken_provider_per_credential_hour']}")  # fmt: skip
     if phase == "large":
         size = measures["largest_object_bytes"]
         return (f"bench: {phase} done in {seconds} s: operator {size} B, baseline {ETCD_LIMIT} B "
@@ -949,6 +1197,9 @@ def main() -> None:
     large = int(os.environ.get("BENCH_LARGE", "5000"))
     huge = int(os.environ.get("BENCH_HUGE", "10000"))
     idle_seconds = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
+    broken = int(os.environ.get("BENCH_BROKEN", "1000"))
+    broken_warmup = float(os.environ.get("BENCH_BROKEN_WARMUP", "60"))
+    broken_seconds = float(os.environ.get("BENCH_BROKEN_SECONDS", "240"))
     attached = os.environ.get("BENCH_KUBECONFIG")  # a cluster this run does not start
     phases = requested_phases(huge)
     started = time.monotonic()
@@ -993,6 +1244,9 @@ def main() -> None:
                                              guard=True))),
                 "huge-fanout": (f"fan-out, {huge} clusters on one credential",
                                 lambda: huge_measures(fanout_phase(bench, huge))),
+                "broken": (f"broken credentials, {broken} against {broken} healthy, "
+                           f"{broken_warmup:g} s after the first checks, for {broken_seconds:g} s",
+                           lambda: broken_phase(bench, broken, broken_warmup, broken_seconds)),
             }  # fmt: skip
             for phase in phases:
                 what, run = runs[phase]
@@ -1074,6 +1328,18 @@ def report(results: dict[str, Any]) -> None:
             ("deletion guard, objects per check",
              results["guard_metrics"] if per_check is None else f"{per_check:g}",
              f"own {own}, all {results['guard_all_clusters']}", "", f"<= {own} (own)"),
+        ]  # fmt: skip
+    if "broken_credentials" in results:
+        broken = results["broken_credentials"]
+        rows += [
+            (f"API req/s, {broken} broken credentials",
+             figure(results["broken_api_per_second"]),
+             f"{figure(results['broken_api_healthy_per_second'])} (healthy)",
+             figure(results["broken_api_ratio"]), ""),
+            (f"provider req/s, {broken} broken credentials",
+             f"{results['broken_provider_per_second']}",
+             f"{results['broken_provider_healthy_per_second']} (healthy)",
+             figure(results["broken_provider_ratio"]), ""),
         ]  # fmt: skip
     rows.append(("bench harness peak RSS", f"{results['harness_rss_mb']} MB", "", "", ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
