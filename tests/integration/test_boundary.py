@@ -20,7 +20,7 @@ from kubernetes.client.rest import ApiException
 from cloudcred.constants import BOUNDARY_PLURAL, GROUP, VERSION
 from tests.aws import Moto
 from tests.conftest import Kube
-from tests.operator import OperatorProcess, wait_for
+from tests.operator import OperatorProcess, Operators, wait_for
 from tests.resources import (
     condition,
     create_cluster,
@@ -376,3 +376,40 @@ def test_static_key_of_another_account_is_refused_after_get_caller_identity(
     # The boundary goes away: checked again at once, and verified.
     delete_boundary(kube, name)
     verified(kube, namespace, "keys", "Verified")
+
+
+def test_with_a_default_deny_a_namespace_that_escapes_its_boundary_uses_nothing(
+    kube: Kube, own_namespace: str, moto: Moto, operators: Operators, boundaries: Boundaries,
+    tenant: Callable[[str], Kube],
+) -> None:  # fmt: skip
+    """CLOUDCRED_BOUNDARY_DEFAULT=Deny: a namespace no boundary selects may use nothing.
+    Selected, its key verifies and its cluster deploys; once the namespace loses the
+    label its boundary selects it by (the door a label-right opens), the credential is
+    OutsideBoundary again, and a new key deploys nowhere."""
+    namespace = own_namespace
+    operators.start(namespace, env={"CLOUDCRED_BOUNDARY_DEFAULT": "Deny"})
+    member = tenant(namespace)
+    user = moto.create_user(f"deployer-{uuid.uuid4().hex[:6]}")
+    secret(member, namespace, "keys", {"secretAccessKey": user.secret_access_key})
+    static_key_credential(member, namespace, "keys", user.access_key_id, "keys")
+    found = verified(kube, namespace, "keys", "OutsideBoundary")
+    assert found["message"].startswith(f"no CredentialBoundary selects namespace {namespace}")
+
+    selector = label_namespace(kube, namespace)
+    boundaries({"namespaceSelector": {"matchLabels": selector}, "aws": {}})
+    verified(kube, namespace, "keys", "Verified")
+    create_cluster(member, namespace, "eu", provider="AWS", region="eu-west-3",
+                   credentialRef={"name": "keys"})  # fmt: skip
+    first = wait_for(lambda: (get_cluster(kube, namespace, "eu").get("status") or {})
+                     .get("deployedRevision"), what="the cluster deployed")  # fmt: skip
+
+    kube.core.patch_namespace(namespace, {"metadata": {"labels": {next(iter(selector)): None}}})
+    verified(kube, namespace, "keys", "OutsideBoundary", "no CredentialBoundary selects")
+    second = moto.create_user(f"deployer-{uuid.uuid4().hex[:6]}")
+    secret(member, namespace, "keys2", {"secretAccessKey": second.secret_access_key})
+    patch_credential(member, namespace, "keys", {"spec": {"aws": {
+        "accessKeyId": second.access_key_id,
+        "secretAccessKeyRef": {"name": "keys2", "key": "secretAccessKey"}}}})  # fmt: skip
+    verified(kube, namespace, "keys", "OutsideBoundary", "no CredentialBoundary selects")
+    time.sleep(3)  # what a deploy would take here
+    assert get_cluster(kube, namespace, "eu")["status"]["deployedRevision"] == first
