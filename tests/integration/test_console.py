@@ -42,7 +42,7 @@ from tests.integration.test_cli import (
 )
 from tests.kube import ROOT
 from tests.operator import OperatorProcess, wait_for
-from tests.resources import get_credential, patch_credential
+from tests.resources import create_credential, get_credential, patch_credential
 
 pytestmark = pytest.mark.integration
 URL = re.compile(r"(http://127\.0\.0\.1:(\d+)/\?token=[\w-]+)")
@@ -449,6 +449,48 @@ def test_an_editor_without_the_break_glass_verb_is_not_offered_break_glass(
         assert f'action="{base}/break-glass"' not in detail
     finally:
         console.stop()
+
+
+def test_a_roles_trust_policy_is_the_clis_from_the_installation_secret(
+    kube: Kube, namespace: str, moto: Moto, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """The detail page's trust policy is what ``cloudcred trust-policy`` derives from the
+    installation Secret; a user who may not read that Secret is told so, with the command,
+    and sees no policy (never one built from status: tests/unit/test_console.py)."""
+    role_arn = moto.create_role(f"console-{uuid.uuid4().hex[:6]}")
+    create_credential(kube, namespace, "aws-role", provider="AWS", aws={"roleArn": role_arn})
+    wait_for(lambda: ((get_credential(kube, namespace, "aws-role") or {}).get("status") or {})
+             .get("operatorPrincipal"), timeout=60, what="the role verified")  # fmt: skip
+    printed = subprocess.run(
+        [sys.executable, "-m", "cloudcred", "trust-policy", "aws-role", "-n", namespace,
+         "--operator-namespace", "default"],
+        cwd=ROOT, env={**os.environ, "KUBECONFIG": str(kube.kubeconfig)},
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    base = f"/credentials/{namespace}/aws-role"
+    admin = ConsoleProcess(kube.kubeconfig, tmp_path, "-n", namespace,
+                           "--operator-namespace", "default")  # fmt: skip
+    try:
+        shown = re.search(r'<pre id="trust-policy">(.*?)</pre>', page(Session(admin), base), re.S)
+    finally:
+        admin.stop()
+    assert shown is not None
+    assert json.loads(html.unescape(shown[1])) == json.loads(printed.stdout)
+
+    role(kube, namespace, "viewer")
+    viewer = ConsoleProcess(kube.kubeconfig, tmp_path, "-n", namespace, "--as", "viewer",
+                            "--operator-namespace", "default")  # fmt: skip
+    try:
+        detail = page(Session(viewer), base)
+    finally:
+        viewer.stop()
+    assert 'id="trust-policy"' not in detail
+    problem = re.search(r'<p id="trust-problem">(.*?)</p>', detail, re.S)
+    assert problem is not None
+    assert "reading Secret default/cloudcred-installation" in problem[1]
+    assert "HTTP 403 Forbidden" in problem[1]
+    assert (f'<code id="trust-command">cloudcred trust-policy aws-role -n {namespace} '
+            "--operator-namespace default</code>") in detail  # fmt: skip
 
 
 def test_a_user_who_may_not_list_hears_it_at_start(kube: Kube, namespace: str) -> None:

@@ -9,7 +9,6 @@ fails as it would with the API server away.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -23,7 +22,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes import client
 
-from cloudcred.cli import api, trust
+from cloudcred.cli import api
 from cloudcred.cli.errors import ApiError
 from cloudcred.console import actions, security, views
 from cloudcred.console.cache import ConsoleCache, slim
@@ -497,20 +496,31 @@ def test_the_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> No
     assert "bench: console associated clusters (20 clusters) median " in printed
 
 
-def test_a_role_shows_its_trust_policy_with_a_copy_button() -> None:
-    principal = "arn:aws:iam::123456789012:role/cloudcred-operator"
-    role = credential("acme", "aws-role", externalId="ext-123", operatorPrincipal=principal)
+def test_a_roles_trust_policy_never_comes_from_a_forged_status() -> None:
+    """A tenant who may patch cloudcredentials/status names its own account as the
+    operator's principal: the page shows no policy built from status. Where the
+    installation Secret cannot be read (here: no API server), it says why and gives the
+    command that derives the policy (its success: tests/integration/test_console.py)."""
+    attacker = "arn:aws:iam::999999999999:root"
+    role = credential("acme", "aws-role", externalId="cloudcred-chosen",
+                      operatorPrincipal=attacker)  # fmt: skip
     role["spec"] = {"provider": "AWS", "aws": {"roleArn": "arn:aws:iam::210987654321:role/r"}}
-    unpublished = credential("acme", "aws-new")
-    unpublished["spec"] = role["spec"]
+    keys = credential("acme", "aws-keys", externalId="x", operatorPrincipal=attacker)
 
     async def scenario(session: TestClient, _: Console) -> None:
-        html = await (await session.get("/credentials/acme/aws-role")).text()
-        policy = re.search(r'<pre id="trust-policy">(.*?)</pre>', html, re.S)
-        assert policy is not None
-        document = json.loads(policy[1].replace("&#34;", '"'))
-        assert document == trust.trust_policy(principal, "ext-123", "acme", "aws-role")
-        assert '<button type="button" data-copy="trust-policy">' in html
-        assert "trust-policy" not in await (await session.get("/credentials/acme/aws-new")).text()
+        page = await (await session.get("/credentials/acme/aws-role")).text()
+        assert "999999999999" not in page
+        assert "cloudcred-chosen" not in page
+        assert 'id="trust-policy"' not in page
+        problem = re.search(r'<p id="trust-problem">(.*?)</p>', page, re.S)
+        assert problem is not None
+        assert "reading Secret cloudcred-system/cloudcred-installation" in problem[1]
+        assert "cannot reach the API server" in problem[1]
+        command = re.search(r'<code id="trust-command">(.*?)</code>', page)
+        assert command is not None
+        assert command[1] == (
+            "cloudcred trust-policy aws-role -n acme --operator-namespace cloudcred-system"
+        )
+        assert "Trust policy" not in await (await session.get("/credentials/acme/aws-keys")).text()
 
-    run(make_console([role, unpublished]), scenario)
+    run(make_console([role, keys]), scenario)

@@ -377,6 +377,13 @@ def add_commands(commands: Any) -> None:
         "-v", "--verbose", action="store_true",
         help="log each request (method, path, status) on stderr",
     )  # fmt: skip
+    console.add_argument(
+        "--operator-namespace",
+        metavar="NS",
+        default=DEFAULT_OPERATOR_NAMESPACE,
+        help=f"where the operator runs (default: {DEFAULT_OPERATOR_NAMESPACE}); the trust "
+        "policies of AWS roles come from its installation Secret there",
+    )
     completion = commands.add_parser(
         "completion",
         help="print a bash, zsh or fish completion script",
@@ -500,7 +507,15 @@ def _console(args: argparse.Namespace, stdin: IO[str] | None) -> int:
     namespace = None if args.all_namespaces else (args.namespace or kube.namespace)
     signal.signal(signal.SIGINT, _stop_within(CONSOLE_STOP_SECONDS))
     try:
-        asyncio.run(server.serve(kube, namespace, args.port, open_browser=not args.no_browser))
+        asyncio.run(
+            server.serve(
+                kube,
+                namespace,
+                args.port,
+                open_browser=not args.no_browser,
+                operator_namespace=args.operator_namespace,
+            )
+        )
     except KeyboardInterrupt:  # Ctrl-C is how the console stops
         print("cloudcred console: stopped", file=sys.stderr)
     return 0

@@ -31,7 +31,14 @@ from cloudcred.cli.errors import ApiError, CliError
 from cloudcred.console import actions, views
 from cloudcred.console.cache import ConsoleCache
 from cloudcred.console.security import HEADERS, Sessions, allowed_hosts, same_origin
-from cloudcred.constants import CLUSTER_PLURAL, CREDENTIAL_PLURAL, GROUP, VERSION
+from cloudcred.constants import (
+    CLUSTER_PLURAL,
+    CREDENTIAL_PLURAL,
+    DEFAULT_OPERATOR_NAMESPACE,
+    GROUP,
+    VERSION,
+)
+from cloudcred.installation import INSTALLATION_SECRET
 
 logger = logging.getLogger("cloudcred.console")
 HOST = "127.0.0.1"
@@ -65,6 +72,16 @@ def templates() -> jinja2.Environment:
 
 
 @dataclasses.dataclass(frozen=True)
+class RoleTrust:
+    """What the detail page shows of an AWS role's trust policy: the policy, or why the
+    console could not derive it and the command that can."""
+
+    policy: str
+    problem: str
+    command: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Flash:
     """What an action did, shown once on the next page."""
 
@@ -82,9 +99,11 @@ class Console:
         cache: ConsoleCache,
         port: int = 0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE,
     ) -> None:
         self.kube = kube
         self.cache = cache
+        self.operator_namespace = operator_namespace
         self.sessions = Sessions(port)
         self.clock = clock
         self.templates = templates()
@@ -228,9 +247,10 @@ class Console:
         if isinstance(found, web.Response):
             return found
         detail = views.detail_view(found, self.clock())
-        (events, events_error), allowed = await asyncio.gather(
+        (events, events_error), allowed, role_trust = await asyncio.gather(
             self._events(detail.row.namespace, detail.row.name),
             self.permissions(detail.row.namespace),
+            self.trust_policy(found),
         )
         return self._render(
             request,
@@ -240,8 +260,33 @@ class Console:
             events=events,
             events_error=events_error,
             offer=actions.offer(found, allowed),
-            trust_policy=trust_policy(found),
+            trust=role_trust,
         )
+
+    async def trust_policy(self, obj: dict[str, Any]) -> RoleTrust | None:
+        """The trust policy of an AWS role credential, derived as ``cloudcred
+        trust-policy`` derives it: from the installation Secret, read with the user's
+        rights, never from the credential's status (which a tenant may write). When the
+        Secret cannot be read, the reason and the command for someone who may. None: no
+        role."""
+        spec, metadata = obj.get("spec") or {}, obj.get("metadata") or {}
+        if not (spec.get("aws") or {}).get("roleArn"):
+            return None
+        namespace, name = metadata["namespace"], metadata["name"]
+        command = (f"cloudcred trust-policy {name} -n {namespace} "
+                   f"--operator-namespace {self.operator_namespace}")  # fmt: skip
+        try:
+            external_id, principal = await asyncio.to_thread(
+                trust.trusted_values, self.kube, self.operator_namespace, namespace, name
+            )
+        except CliError as error:
+            return RoleTrust(policy="", problem=error.message.rstrip("."), command=command)
+        if not principal:
+            return RoleTrust(policy="", command=command, problem=(
+                f"the operator has not recorded its AWS principal on Secret "
+                f"{self.operator_namespace}/{INSTALLATION_SECRET} yet"))  # fmt: skip
+        policy = trust.trust_policy(principal, external_id, namespace, name)
+        return RoleTrust(policy=json.dumps(policy, indent=2), problem="", command=command)
 
     async def permissions(self, namespace: str) -> actions.Permissions:
         """What RBAC lets this identity do in ``namespace``; asked again after a while."""
@@ -382,18 +427,6 @@ def refusal(error: CliError, page: str) -> Flash:
     return Flash("error", text, link)
 
 
-def trust_policy(obj: dict[str, Any]) -> str:
-    """The trust policy of an AWS role credential, as ``cloudcred trust-policy`` prints
-    it; empty when it is no role or the operator has not published its part yet."""
-    spec, status = obj.get("spec") or {}, obj.get("status") or {}
-    metadata = obj.get("metadata") or {}
-    external, principal = status.get("externalId"), status.get("operatorPrincipal")
-    if not (spec.get("aws") or {}).get("roleArn") or not external or not principal:
-        return ""
-    policy = trust.trust_policy(principal, external, metadata["namespace"], metadata["name"])
-    return json.dumps(policy, indent=2)
-
-
 async def check_access(kube: api.Kube, namespace: str | None) -> None:
     """One small LIST of each kind, so that a user who may not list them hears it now, in
     the API server's words, rather than from a page that never fills."""
@@ -416,12 +449,13 @@ async def serve(
     open_browser: bool,
     out: IO[str] = sys.stdout,
     started: Callable[[Console], None] | None = None,
+    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE,
 ) -> None:
     """Serve until cancelled (Ctrl-C). ``namespace`` None: every namespace."""
     await check_access(kube, namespace)
     cache = ConsoleCache(kube, namespace)
     cache.start(asyncio.get_running_loop())
-    console = Console(kube, cache)
+    console = Console(kube, cache, operator_namespace=operator_namespace)
     # A short shutdown: open live-update streams would hold Ctrl-C for a minute.
     runner = web.AppRunner(console.app(), access_log_class=AccessLogger, access_log=logger,
                            shutdown_timeout=1.0)  # fmt: skip
