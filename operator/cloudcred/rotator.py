@@ -113,6 +113,7 @@ class Rotator:
                  records: RecordStore,
                  clusters_behind: ClustersBehind = lambda key, revision: [],
                  rotation_identity: RotationIdentity = lambda namespace, provider: None,
+                 verified: Callable[[Key], bool] = lambda key: False,
                  ) -> None:  # fmt: skip
         self.kube = kube
         self.settings = settings
@@ -120,6 +121,7 @@ class Rotator:
         self.records = records
         self.clusters_behind = clusters_behind
         self.rotation_identity = rotation_identity
+        self.verified = verified  # the verifier's own verdict (never the condition)
         self.reported: dict[Key, str] = {}  # the last failure Event, per credential
         # Per credential: the record read last shows a failed step (steps of several
         # credentials run at once, one at a time per credential).
@@ -404,11 +406,11 @@ class Rotator:
         policy = spec.get("rotation") or {}
         if policy.get("policy") != "Automatic":
             return IDLE_RECHECK
-        verified = conditions.find((body.get("status") or {}).get("conditions"), "Verified")
-        if not verified or verified.get("status") != conditions.TRUE:
+        if not self.verified(_key(body)):
             # The new key is made with the credential's own: it must work first (and its
-            # age be read by the check). A change of Verified queues this step at once
-            # (the wiring): no polling meanwhile.
+            # age be read by the check), as this operator's own check found, not as the
+            # Verified condition says (a tenant may write it). A change of that verdict
+            # queues this step at once (the wiring): no polling meanwhile.
             return IDLE_RECHECK
         age = rotation.max_age(policy["maxAge"])
         requested = rotation.request_mark(

@@ -1203,6 +1203,58 @@ async def test_a_forged_status_makes_the_operator_retire_no_key(
 
 
 @run
+async def test_a_forged_verified_starts_no_rotation_of_a_key_whose_check_failed(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider refuses k1: its check says Verified=False. A tenant who may patch
+    cloudcredentials/status writes Verified=True and asks for a rotation, and the
+    verifier's write-back loses its races (409s). A rotation starts only from what the
+    verifier's own check found: the provider is not even asked for the keys. Once the
+    key works, the rotation the tenant asked for runs."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    listed: list[str] = []
+    monkeypatch.setattr(gcp, "list_keys", lambda spec, secrets, context: [
+        listed.append("list") or KeyFacts(key) for key in account.keys])  # fmt: skip
+    account.not_yet.add("k1")
+    operator = Operator(kube, clock)
+    credential(kube, key=key_file("k1"), check=True)
+    automatic(kube)
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["verification"]["interval"] = "1m"
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    assert verified_status(kube) == "False"
+    # 409s on the next status applies: the write-back's five attempts lose, and the
+    # other controllers' writes retry past the rest.
+    kube.fail("apply_status", Conflict("CloudCredential acme/prod"), times=10)
+    body = kube.body("CloudCredential", CRED)
+    body["status"]["conditions"] = [
+        {**c, "status": "True", "reason": "Verified"} if c["type"] == "Verified" else c
+        for c in body["status"]["conditions"]
+    ]
+    body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": "now"}
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    await operator.advance(30)
+    assert verified_status(kube) == "True"  # the forgery stands a while
+    assert (listed, account.create_attempts) == ([], 0), account.changes
+
+    account.not_yet.clear()
+    await operator.advance(70)  # the next check (1 min ± 10 %): k1 works
+    await operator.settle()
+    assert listed
+    assert account.create_attempts == 1, account.changes
+
+
+def verified_status(kube: FakeKube) -> str:
+    found = conditions.find(kube.body("CloudCredential", CRED)["status"]["conditions"],
+                            "Verified")  # fmt: skip
+    assert found is not None
+    return str(found["status"])
+
+
+@run
 async def test_a_lost_status_or_a_credential_made_again_comes_back_to_the_rotated_key(
     kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

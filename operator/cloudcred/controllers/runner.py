@@ -219,14 +219,17 @@ class Controllers:
         settled = partial(self.clusters.queue.settled, bindings_quiet) if bindings_quiet else None
         deploy = DeployReconciler(kube, settings, caches, provider_slots, installation, settled)
         self.deploy = controller("deploy", deploy.reconcile, DEPLOY_CONCURRENCY)
-        verification = VerificationReconciler(kube, settings, caches, provider_slots,
-                                              installation)  # fmt: skip
+        verification = VerificationReconciler(
+            kube, settings, caches, provider_slots, installation,
+            verdict_changed=lambda key: self.rotation.queue.add(key),
+        )  # fmt: skip
         self.verification = controller("verification", verification.reconcile,
                                        settings.verification_concurrency)  # fmt: skip
         records = RecordStore(kube, operator_namespace(settings.operator_namespace))
         self.rotator = rotator = Rotator(kube, settings, provider_slots, records,
                                          partial(clusters_behind, caches),
-                                         caches.rotation_identity)  # fmt: skip
+                                         caches.rotation_identity,
+                                         verification.verified)  # fmt: skip
         self.rotation = controller("rotation", RotationReconciler(rotator, caches).reconcile,
                                    ROTATION_WORKERS)  # fmt: skip
         permissions = PermissionsReconciler(kube, settings, caches, provider_slots, installation)

@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -85,6 +86,7 @@ class Checked:
     due: float  # on the event loop's clock (the clock the queues' timers run on)
     failures: int = 0  # transient failures in a row
     status: dict[str, Any] | None = None  # what it wrote: written back over a forged one
+    verified: bool = False  # what it found: Verified=True (for a rotation to start)
 
 
 class VerificationReconciler:
@@ -95,13 +97,25 @@ class VerificationReconciler:
         caches: Caches,
         provider_slots: asyncio.Semaphore,
         installation: Installation,
+        verdict_changed: Callable[[Key], None] = lambda key: None,
     ) -> None:
         self.kube = kube
         self.settings = settings
         self.caches = caches
         self.provider_slots = provider_slots
         self.installation = installation
+        self.verdict_changed = verdict_changed
         self.checked: dict[Key, Checked] = {}
+
+    def verified(self, key: Key) -> bool:
+        """This operator's own last check of ``key`` found it Verified, and the
+        credential is still what was checked. The rotation starts from this, never from
+        the ``Verified`` condition, which a tenant with the status subresource can write
+        and which stands until the write-back wins."""
+        last, credential = self.checked.get(key), self.caches.credentials.get(key)
+        if last is None or credential is None:
+            return False
+        return last.verified and last.inputs == self.inputs(credential)
 
     def inputs(self, credential: CredentialInfo) -> tuple[Any, ...]:
         """Everything a check reads that may change: a different answer means check now."""
@@ -134,6 +148,7 @@ class VerificationReconciler:
                 self.checked[key] = dataclasses.replace(last, status=None)
             return Result(requeue_after=last.due - now)
         failures = last.failures if last is not None and last.inputs == inputs else 0
+        was_verified = self.verified(key)
         started = time.monotonic()
         result = await check_credential(
             credential.stored_body, self.kube, self.settings, self.provider_slots,
@@ -147,6 +162,9 @@ class VerificationReconciler:
             self.checked.pop(key, None)
             return Result(requeue=True)  # the credential moved on: check what it is now
         verdict = result.verified
+        verified = verdict["status"] == conditions.TRUE
+        if verified != was_verified:
+            self.verdict_changed(key)  # the rotation waits for it (its status may not move)
         logger.info("checked %s/%s: Verified %s (%s)", *key, verdict["status"], verdict["reason"])
         for event in result.events:
             await self.kube.post_event(credential.reference, event.type, event.reason,
@@ -157,14 +175,16 @@ class VerificationReconciler:
             propagating = verdict["reason"] == Reason.PROPAGATING.value
             delay = (propagating_retry_delay(failures) if propagating
                      else check_retry_delay(failures, self.settings))  # fmt: skip
-            self.checked[key] = Checked(inputs, clock() + delay, failures + 1, result.status)
+            self.checked[key] = Checked(inputs, clock() + delay, failures + 1, result.status,
+                                        verified)  # fmt: skip
             return Result(requeue_after=delay)
         interval = periodic_interval(key[0], key[1], credential.raw_spec)
         delay = interval * random.uniform(0.9, 1.1) if interval > 0 else IDLE_RECHECK  # noqa: S311
         new_key = (credential.status.get("rotation") or {}).get("phase") == rotation.ROLLING_OUT
         if new_key and result.verified["status"] != conditions.TRUE:
             delay = min(delay, RECHECK_NEW_KEY)
-        self.checked[key] = Checked(inputs, clock() + delay, status=result.status)
+        self.checked[key] = Checked(inputs, clock() + delay, status=result.status,
+                                    verified=verified)  # fmt: skip
         return Result(requeue_after=delay)
 
     async def _write_back(self, credential: CredentialInfo, status: dict[str, Any]) -> bool:
