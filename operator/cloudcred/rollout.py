@@ -65,8 +65,11 @@ def concurrency_limit(max_concurrent: int | str, total: int) -> int:
 
 
 def deploy_failures(revision: str | None, bound: list[ClusterInfo]) -> dict[Key, str]:
-    """The bound clusters whose deploy of ``revision`` failed (their own status says so)."""
-    found = {c.key: c.deploy_failure(revision) for c in bound}
+    """The bound clusters the operator deploys whose deploy of ``revision`` failed (their
+    own status says so). An External cluster's ``deployFailure`` is not the operator's
+    (it never writes one there): ignored, so that a tenant sharing the credential cannot
+    halt its owner's rollout with one."""
+    found = {c.key: c.deploy_failure(revision) for c in bound if not c.external}
     return {key: message for key, message in found.items() if message}
 
 

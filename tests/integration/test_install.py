@@ -500,8 +500,9 @@ def test_the_operators_secret_writes_are_limited_to_its_own(
 ) -> None:
     """As the operator's ServiceAccount (the shipped ClusterRoles, delivery's included):
     a ServiceAccount token Secret for kube-system's admin account, or any Secret not
-    labelled as cloudcred's, is refused; its own Opaque Secrets and label changes on
-    others go through. A cluster admin is not limited."""
+    labelled as cloudcred's, is refused, and so is deleting a Secret not labelled as
+    cloudcred's; its own Opaque Secrets and label changes on others go through. A cluster
+    admin is not limited."""
     account_namespace, account = shipped_identity
     kubeconfig = token_kubeconfig(kube, account_namespace, account, tmp_path / "kubeconfig")
     operator = client.CoreV1Api(api_client(kubeconfig))
@@ -542,5 +543,11 @@ def test_the_operators_secret_writes_are_limited_to_its_own(
     assert refusal(lambda: operator.patch_namespaced_secret("plain", target, data))
     owner = {"metadata": {"annotations": {"kubernetes.io/service-account.name": "default"}}}
     assert refusal(lambda: operator.patch_namespaced_secret("plain", target, owner))
+    # Deletes too: only its own Secrets (its delete right covers every namespace's).
+    message = refusal(lambda: operator.delete_namespaced_secret("plain", target))
+    assert message
+    assert f"DELETE of Secret {target}/plain (type Opaque)" in message
+    assert refusal(lambda: operator.delete_namespaced_secret("ours", target)) is None
     # A cluster admin holds every verb: not the operator, not limited.
     kube.core.patch_namespaced_secret("plain", target, data)
+    kube.core.delete_namespaced_secret("plain", target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import boto3
@@ -11,6 +12,7 @@ from cloudcred.cache.informers import data_digest
 from cloudcred.rollout import (
     RolloutPlan,
     concurrency_limit,
+    deploy_failures,
     plan_rollout,
     redeploy_state,
     rollout_status,
@@ -82,6 +84,24 @@ def test_a_failed_deploy_blocks_the_rollout_naming_the_cluster() -> None:
     (done,) = rollout_status(credential("v1-new"), bound, None, blocked)["conditions"]
     assert (done["status"], done["reason"]) == ("False", "RolloutBlocked")
     assert "failed on b" in done["message"]
+
+
+def test_a_deploy_failure_written_on_an_external_cluster_blocks_nothing() -> None:
+    """The operator writes status.deployFailure only on clusters it deploys. A tenant of
+    a namespace the credential is shared with writes one on its External cluster (with
+    clusters/status): the owner's rollout goes on. One on an Operator cluster counts."""
+    forged = {"deployedRevision": "v1-old",
+              "deployFailure": {"revision": "v1-new", "message": "forged"}}  # fmt: skip
+    external = ClusterInfo("team-b", "theirs", "AWS", ("acme", "prod"), 1, forged,
+                           region="eu-west-3", external=True)  # fmt: skip
+    bound = [external, cluster("b", "v1-old"), cluster("c", "v1-old")]
+    failures = deploy_failures("v1-new", bound)
+    assert failures == {}
+    planned = plan_rollout(credential("v1-new"), bound, failures)
+    assert planned is not None
+    assert planned.allowed == {("acme", "b")}  # the rollout marks its next cluster
+    operated = dataclasses.replace(external, external=False)
+    assert deploy_failures("v1-new", [operated]) == {("team-b", "theirs"): "forged"}
 
 
 def test_rollout_completes_when_every_cluster_is_on_the_revision() -> None:
