@@ -34,6 +34,9 @@ from cloudcred.providers.base import (
 ACCESS_KEY = "SCWABCDEFGHIJ0123456"
 SECRET_KEY = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
 OTHER_SECRET_KEY = "11111111-2222-4333-8444-555555555555"
+# Another bearer's API key, in the same organization: its access key is public.
+VICTIM_ACCESS_KEY = "SCWVICTIMVICTIM00000"
+VICTIM_SECRET_KEY = "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e"
 ORGANIZATION_ID = "6a0f2c2e-1a7b-4c11-9f0e-8d4a3b2c1d0e"
 OTHER_ORGANIZATION_ID = "9b8a7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 APPLICATION_ID = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
@@ -197,10 +200,12 @@ def _closed_port() -> int:
 
 
 def _spec(
-    project_id: str = PROJECT_ID, organization_id: str | None = ORGANIZATION_ID
+    project_id: str = PROJECT_ID,
+    organization_id: str | None = ORGANIZATION_ID,
+    access_key: str = ACCESS_KEY,
 ) -> CloudCredentialSpec:
     block: dict[str, Any] = {
-        "accessKey": ACCESS_KEY,
+        "accessKey": access_key,
         "secretKeyRef": {"name": "scaleway-key", "key": "secret-key"},
         "projectId": project_id,
     }
@@ -481,3 +486,29 @@ def test_without_the_scaleway_library(monkeypatch: pytest.MonkeyPatch) -> None:
         _verify("http://127.0.0.1:9")
     assert caught.value.reason == Reason.VERIFICATION_UNAVAILABLE
     assert "cloudcred[scaleway]" in caught.value.message
+
+
+# --- the secret key must belong to the access key ----------------------------------------
+
+
+def test_another_bearers_access_key_with_ones_own_secret_key_is_refused(
+    fake: FakeScaleway,
+) -> None:
+    """IAM authenticates the secret key alone and looks the access key up as a name: a
+    tenant naming someone else's access key (VICTIM_ACCESS_KEY) with its own secret key
+    (whose bearer may read IAM) must not get Verified with the victim's identity."""
+    fake.api_keys[VICTIM_ACCESS_KEY] = _api_key(
+        access_key=VICTIM_ACCESS_KEY, application_id=None, user_id=USER_ID
+    )
+    spec = _spec(access_key=VICTIM_ACCESS_KEY)
+    with pytest.raises(VerificationError) as caught:
+        scaleway.verify(spec, {"secretKey": SecretStr(SECRET_KEY)}, _context(fake.url))
+    error = caught.value
+    _assert_no_leak(error, SECRET_KEY)
+    _assert_no_leak(error, VICTIM_SECRET_KEY)
+    assert error.reason == Reason.INVALID_CREDENTIALS
+    assert error.message.startswith("spec.scaleway.accessKey: ")
+    assert f"the secret key does not belong to access key {VICTIM_ACCESS_KEY}" in error.message
+    # Nothing of the victim's reached the caller, and the project was never read.
+    assert USER_ID not in error.message
+    assert ("GET", f"/account/v3/projects/{PROJECT_ID}") not in fake.requests

@@ -50,6 +50,11 @@ from tests.echo import make_pki
 ACCESS_KEY = "SCWABCDEFGHIJ0123456"
 SECRET_KEY = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
 WRONG_SECRET_KEY = "11111111-2222-4333-8444-555555555555"
+# Another bearer's API key (a user's), in the same organization: its access key is public.
+VICTIM_ACCESS_KEY = "SCWVICTIMVICTIM00000"
+VICTIM_SECRET_KEY = "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e"
+ADMIN_ACCESS_KEY = "SCWADMINADMINADMIN00"
+ADMIN_SECRET_KEY = "99999999-2222-4333-8444-555555555555"
 ORGANIZATION_ID = "6a0f2c2e-1a7b-4c11-9f0e-8d4a3b2c1d0e"
 APPLICATION_ID = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
 OTHER_APPLICATION_ID = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a"
@@ -870,3 +875,51 @@ def test_a_rotation_identity_manages_the_keys_of_a_bearer_without_iammanager(
     assert listed == {ACCESS_KEY, new.facts.key_id}
     scaleway.delete_key(_spec(new.facts.key_id), new.secret_data, acting, ACCESS_KEY)
     assert ACCESS_KEY not in fake.keys
+
+
+def test_a_rotation_identity_never_acts_for_another_bearers_access_key(fake: FakeIam) -> None:
+    """A tenant names someone else's access key (a user's, VICTIM_ACCESS_KEY) with its own
+    secret key, whose application may only read IAM. The admins' rotation identity signs
+    the key-management calls, and IAM never ties the tenant's secret key to the access
+    key: unless the operator proves the pair first, it makes a key for the victim's
+    user, hands it to the tenant, then deletes the victim's key."""
+    fake.managers.discard(APPLICATION_ID)
+    fake.readers.add(APPLICATION_ID)
+    victim = fake.add(Key(VICTIM_ACCESS_KEY, VICTIM_SECRET_KEY, user_id=USER_ID))
+    fake.add(Key(ADMIN_ACCESS_KEY, ADMIN_SECRET_KEY, application_id=OTHER_APPLICATION_ID))
+    fake.managers.add(OTHER_APPLICATION_ID)
+    identity = {"accessKey": SecretStr(ADMIN_ACCESS_KEY), "secretKey": SecretStr(ADMIN_SECRET_KEY)}
+    acting = dataclasses.replace(_context(fake.url), rotation_identity=identity)
+    spec = _spec(VICTIM_ACCESS_KEY)
+
+    refused: RotationError | None = None
+    try:
+        # The rotator's steps: make a key for the bearer, then retire the one replaced.
+        new = scaleway.create_key(spec, _secrets(), acting)
+        scaleway.delete_key(_spec(new.facts.key_id), new.secret_data, acting, VICTIM_ACCESS_KEY)
+    except RotationError as error:
+        refused = error
+    writes = [(call.method, call.path) for call in fake.calls if call.method != "GET"]
+    assert writes == []  # no POST /iam/v1alpha1/api-keys, no DELETE of the victim's key
+    assert VICTIM_ACCESS_KEY in fake.keys
+    assert [key.access_key for key in fake.keys.values() if key.user_id == USER_ID] == [
+        VICTIM_ACCESS_KEY
+    ]
+    assert refused is not None
+    _no_leak(refused, SECRET_KEY, VICTIM_SECRET_KEY, ADMIN_SECRET_KEY)
+    assert refused.reason == RotationReason.ACCESS_DENIED
+    assert refused.message.startswith("spec.scaleway.accessKey: ")
+    assert f"the secret key does not belong to access key {VICTIM_ACCESS_KEY}" in refused.message
+
+    # Every other step refuses the same way, before the identity is used at all.
+    calls = len(fake.calls)
+    for operation in (
+        lambda: scaleway.key_facts(spec, _secrets(), acting),
+        lambda: scaleway.list_keys(spec, _secrets(), acting),
+        lambda: scaleway.delete_key(spec, _secrets(), acting, "SCWOLDKEY00000000000"),
+    ):
+        error = _refused(operation, VICTIM_SECRET_KEY, ADMIN_SECRET_KEY)
+        assert error.reason == RotationReason.ACCESS_DENIED
+        assert "the secret key does not belong to access key" in error.message
+    assert victim.secret_key == VICTIM_SECRET_KEY
+    assert ADMIN_ACCESS_KEY not in {call.caller for call in fake.calls[calls:]}
