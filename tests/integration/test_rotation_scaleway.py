@@ -100,7 +100,8 @@ def test_a_scaleway_key_rotates_through_every_fault_and_none_in_use_is_retired(
         boundaries({"namespaceSelector": {"matchLabels": label_namespace(kube, own_namespace)},
                     "scaleway": {"rotationIdentitySecret": rotation_identity}})  # fmt: skip
         process = operators.start(own_namespace, env={
-            "CLOUDCRED_SCALEWAY_API_URL": fake.url, "CLOUDCRED_PROPAGATION_SCALEWAY": "60",
+            "CLOUDCRED_SCALEWAY_API_URL": fake.url, "CLOUDCRED_SCALEWAY_S3_URL": fake.url,
+            "CLOUDCRED_PROPAGATION_SCALEWAY": "60",
         })  # fmt: skip
         story(kube, own_namespace, fake)
         # No secret key the story used in the operator's log (at DEBUG).
