@@ -1,7 +1,7 @@
 """Scaleway: checks an API key (access key + secret key) with the Scaleway API.
 
 ``verify`` asks two questions with the Scaleway SDK (an optional dependency, imported
-lazily so that the operator runs without it):
+lazily so that the operator runs without it), and proves the key pair between them:
 
 1. IAM ``GET /iam/v1alpha1/api-keys/{access_key}``: does the key exist, and who bears it
    (a user or an application)? Needs the ``IAMReadOnly`` permission set.
