@@ -201,6 +201,7 @@ class Tour:
                 "CLOUDCRED_GCP_TOKEN_URI": f"http://{closed}/token",
                 "CLOUDCRED_AZURE_AUTHORITY_HOST": f"https://{closed}",
                 "CLOUDCRED_SCALEWAY_API_URL": f"http://{closed}",
+                "CLOUDCRED_SCALEWAY_S3_URL": f"http://{closed}",
             },
         ).start()
         assert self.operator.process is not None

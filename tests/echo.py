@@ -1,7 +1,8 @@
 """A provider endpoint that echoes: every answer carries the whole request it received.
 
 The leak test points the operator's provider settings at it (``CLOUDCRED_GCP_TOKEN_URI``,
-``CLOUDCRED_AZURE_AUTHORITY_HOST``, ``CLOUDCRED_SCALEWAY_API_URL``, ``AWS_ENDPOINT_URL``),
+``CLOUDCRED_AZURE_AUTHORITY_HOST``, ``CLOUDCRED_SCALEWAY_API_URL``,
+``CLOUDCRED_SCALEWAY_S3_URL``, ``AWS_ENDPOINT_URL``),
 so whatever secret a client sends -- a posted client secret, an ``X-Auth-Token`` header,
 a JWT assertion -- comes straight back in an error body, as a careless proxy or a
 provider's verbose error would send it. The echo holds the request line, the headers,

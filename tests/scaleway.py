@@ -5,16 +5,82 @@ It answers, for the one secret key it knows (``X-Auth-Token``): the API key (its
 bearer), the project (its organization), and the organization's groups, policies and
 rules, filtered and paginated the way the SDK's ``list_*_all`` asks for them (page by
 page until an empty one).
+
+``object_storage_answer`` is Object Storage's side of the proof that a secret key
+belongs to its access key (``scaleway.prove_pair``): it checks a request's AWS
+Signature V4 the way the service does, recomputing it with botocore's own signer from
+the request received and the secret key it knows for the access key. Every fake of a
+Scaleway API in the tests answers ``GET /`` signed that way with it.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
+import re
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+SIGV4 = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=(?P<access_key>[^/]+)/(?P<day>\d{8})/(?P<region>[^/]+)/s3/"
+    r"aws4_request, ?SignedHeaders=(?P<signed>[a-z0-9;-]+), ?Signature=(?P<signature>[0-9a-f]{64})"
+)
+
+
+def is_object_storage(method: str, path: str, headers: Mapping[str, str]) -> bool:
+    """Whether a request is ListBuckets signed with Signature V4 (Object Storage's)."""
+    authorization = headers.get("Authorization") or ""
+    return method == "GET" and path == "/" and authorization.startswith("AWS4-HMAC-SHA256")
+
+
+def object_storage_answer(
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    secret_of: Callable[[str], str | None],
+    *,
+    may_list: Callable[[str], bool] = lambda access_key: False,
+) -> tuple[int, bytes, str | None]:
+    """Object Storage's answer to a signed ``GET /`` (ListBuckets): (status, XML body,
+    the access key the signature proved, or None). ``secret_of`` gives an access key's
+    secret key (None: no such key); ``may_list`` whether its bearer may list buckets
+    (otherwise AccessDenied: authenticated, not authorised)."""
+    found = SIGV4.fullmatch(headers.get("Authorization") or "")
+    if found is None:
+        return 403, _s3_error("AccessDenied"), None
+    access_key = found["access_key"]
+    secret_key = secret_of(access_key)
+    if secret_key is None:
+        return 403, _s3_error("InvalidAccessKeyId"), None
+    signed = {name: headers.get(name) or "" for name in found["signed"].split(";")}
+    request = AWSRequest(method=method, url=f"http://{signed.get('host', '')}{path}",
+                         headers=signed)  # fmt: skip
+    request.context["timestamp"] = headers.get("X-Amz-Date") or ""
+    signer = S3SigV4Auth(Credentials(access_key, secret_key), "s3", found["region"])
+    expected = signer.signature(
+        signer.string_to_sign(request, signer.canonical_request(request)), request
+    )
+    if not hmac.compare_digest(expected, found["signature"]):
+        return 403, _s3_error("SignatureDoesNotMatch"), None
+    if not may_list(access_key):
+        return 403, _s3_error("AccessDenied"), access_key
+    body = ("<?xml version='1.0' encoding='UTF-8'?><ListAllMyBucketsResult><Owner><ID>"
+            f"{access_key}</ID></Owner><Buckets/></ListAllMyBucketsResult>")  # fmt: skip
+    return 200, body.encode(), access_key
+
+
+def _s3_error(code: str) -> bytes:
+    return (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>"
+            f"{code}</Message><RequestId>tx0</RequestId></Error>").encode()  # fmt: skip
+
 
 ACCESS_KEY = "SCWPERMS0123456789AB"
 SECRET_KEY = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
@@ -80,6 +146,16 @@ def start_scaleway_iam(state: ScalewayIam) -> ThreadingHTTPServer:
             url = urlsplit(self.path)
             path, query = url.path, parse_qs(url.query)
             state.requests.append(path)
+            if is_object_storage("GET", path, self.headers):
+                status, xml, _ = object_storage_answer(
+                    "GET", path, self.headers, {ACCESS_KEY: SECRET_KEY}.get
+                )
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(xml)))
+                self.end_headers()
+                self.wfile.write(xml)
+                return
             organization = query.get("organization_id", [ORGANIZATION_ID])
             if self.headers.get("X-Auth-Token") != SECRET_KEY:
                 self._send(401, {"message": "authentication is denied",

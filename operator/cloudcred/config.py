@@ -185,6 +185,17 @@ class Settings(BaseModel):
     scaleway_api_url: str | None = Field(
         default=None, description="Scaleway API URL; default: the library's."
     )
+    scaleway_s3_url: str = Field(
+        default="https://s3.fr-par.scw.cloud",
+        description="Scaleway Object Storage (S3) URL, where the operator proves that a "
+        "Scaleway secret key belongs to its access key (a request signed with both).",
+        pattern=r"^https?://[^/?#\s]+/?$",
+    )
+    scaleway_s3_region: str = Field(
+        default="fr-par",
+        description="The region of CLOUDCRED_SCALEWAY_S3_URL, which its signatures name.",
+        pattern=r"^[a-z]{2}-[a-z]{3}$",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -221,6 +232,8 @@ class Settings(BaseModel):
             azure_authority_host=self.azure_authority_host,
             azure_graph_url=self.azure_graph_url,
             scaleway_api_url=self.scaleway_api_url,
+            scaleway_s3_url=self.scaleway_s3_url,
+            scaleway_s3_region=self.scaleway_s3_region,
             session_seconds=self.delivery_session_seconds,
             aws_principal_arn=self.aws_principal_arn,
         )

@@ -77,6 +77,7 @@ def operator_env(moto: Moto) -> dict[str, str]:
         "CLOUDCRED_GCP_TOKEN_URI": f"http://{closed}/token",
         "CLOUDCRED_AZURE_AUTHORITY_HOST": f"https://{closed}",
         "CLOUDCRED_SCALEWAY_API_URL": f"http://{closed}",
+        "CLOUDCRED_SCALEWAY_S3_URL": f"http://{closed}",
     }
 
 

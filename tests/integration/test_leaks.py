@@ -299,6 +299,7 @@ def world(
         "CLOUDCRED_GCP_TOKEN_URI": token_uri,
         "CLOUDCRED_AZURE_AUTHORITY_HOST": tls.url,
         "CLOUDCRED_SCALEWAY_API_URL": plain.url,
+        "CLOUDCRED_SCALEWAY_S3_URL": plain.url,
         "REQUESTS_CA_BUNDLE": str(tls.pki.ca) if tls.pki else "",
         "CLOUDCRED_OPERATOR_NAMESPACE": namespace,
         "CLOUDCRED_DELIVERY_ENABLED": "true",

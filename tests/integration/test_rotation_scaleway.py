@@ -100,9 +100,15 @@ def test_a_scaleway_key_rotates_through_every_fault_and_none_in_use_is_retired(
         boundaries({"namespaceSelector": {"matchLabels": label_namespace(kube, own_namespace)},
                     "scaleway": {"rotationIdentitySecret": rotation_identity}})  # fmt: skip
         process = operators.start(own_namespace, env={
-            "CLOUDCRED_SCALEWAY_API_URL": fake.url, "CLOUDCRED_PROPAGATION_SCALEWAY": "60",
+            "CLOUDCRED_SCALEWAY_API_URL": fake.url, "CLOUDCRED_SCALEWAY_S3_URL": fake.url,
+            "CLOUDCRED_PROPAGATION_SCALEWAY": "60",
         })  # fmt: skip
         story(kube, own_namespace, fake)
+        # Each pair was proved at Object Storage (its signature checked), the tenant's
+        # before anything was trusted, each new key's once it was known there.
+        proved = {access_key for access_key, _ in fake.proofs}
+        assert ACCESS_KEY in proved
+        assert len(proved - {ACCESS_KEY}) >= 2  # the second and the third key
         # No secret key the story used in the operator's log (at DEBUG).
         log = process.log()
         assert f"rotation of {own_namespace}/{NAME}: RollingOut" in log  # it logged

@@ -1,13 +1,16 @@
-"""The Scaleway verifier against a local fake of the two Scaleway API endpoints it calls.
+"""The Scaleway verifier against a local fake of the three Scaleway endpoints it calls.
 
 The SDK is not mocked: it sends real HTTP requests to a small ``http.server`` on
 127.0.0.1 that answers like the IAM and Account APIs (paths and JSON shapes as the
-SDK's generated code expects them).
+SDK's generated code expects them), and like Object Storage for the proof that the
+secret key belongs to the access key (a ListBuckets request signed with AWS Signature
+V4, checked with botocore's signer: ``tests/scaleway.py``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import threading
@@ -30,10 +33,14 @@ from cloudcred.providers.base import (
     VerificationError,
     VerifyContext,
 )
+from tests.scaleway import is_object_storage, object_storage_answer
 
 ACCESS_KEY = "SCWABCDEFGHIJ0123456"
 SECRET_KEY = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
 OTHER_SECRET_KEY = "11111111-2222-4333-8444-555555555555"
+# Another bearer's API key, in the same organization: its access key is public.
+VICTIM_ACCESS_KEY = "SCWVICTIMVICTIM00000"
+VICTIM_SECRET_KEY = "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e"
 ORGANIZATION_ID = "6a0f2c2e-1a7b-4c11-9f0e-8d4a3b2c1d0e"
 OTHER_ORGANIZATION_ID = "9b8a7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 APPLICATION_ID = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
@@ -43,6 +50,8 @@ HIDDEN_PROJECT_ID = "7a8b9c0d-1e2f-4a3b-9c4d-5e6f7a8b9c0d"  # exists, not visibl
 UNKNOWN_PROJECT_ID = "8b9c0d1e-2f3a-4b4c-8d5e-6f7a8b9c0d1e"  # does not exist: 404
 KEY_CREATED = "2024-03-01T10:20:30.123456Z"
 TIMEOUT = 2.0
+SIGV4_ACCESS_KEY = re.compile(r"Credential=([A-Z0-9]+)/")
+CODE = re.compile(rb"<Code>([A-Za-z]+)</Code>")
 
 
 @dataclass
@@ -59,6 +68,18 @@ class FakeScaleway:
     status_override: int | None = None  # answer every request with this status
     raw_body: bytes | None = None  # answer every request with 200 and this body
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
+    # Object Storage: the secret key of each access key it knows, whether their bearers
+    # may list buckets (otherwise AccessDenied), an answer that replaces its own, and
+    # the access key each proof named with the code it got ("" for 200).
+    s3_keys: dict[str, str] = field(default_factory=lambda: {ACCESS_KEY: SECRET_KEY})
+    s3_may_list: bool = True
+    s3_override: tuple[int, bytes] | None = None
+    proofs: list[tuple[str, str]] = field(default_factory=list)
+    s3_seen: list[str] = field(default_factory=list)  # the headers of each proof request
+
+
+def _s3_error(code: str) -> bytes:
+    return f"<Error><Code>{code}</Code><Message>{code}</Message></Error>".encode()
 
 
 def _handler(fake: FakeScaleway) -> type[BaseHTTPRequestHandler]:
@@ -81,8 +102,30 @@ def _handler(fake: FakeScaleway) -> type[BaseHTTPRequestHandler]:
                 body["details"] = f"token {self.headers.get('X-Auth-Token')} was refused"
             self._send(status, body)
 
+        def _object_storage(self, path: str) -> None:
+            status, body, _ = object_storage_answer(
+                "GET", path, self.headers, fake.s3_keys.get,
+                may_list=lambda access_key: fake.s3_may_list,
+            )  # fmt: skip
+            if fake.s3_override is not None:
+                status, body = fake.s3_override
+            fake.s3_seen.append(str(self.headers))
+            named = SIGV4_ACCESS_KEY.search(self.headers.get("Authorization") or "")
+            code = CODE.search(body)
+            fake.proofs.append(
+                (named.group(1) if named else "", code.group(1).decode() if code else "")
+            )
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
+            if is_object_storage("GET", path, self.headers):
+                self._object_storage(path)
+                return
             fake.requests.append(("GET", path))
             if fake.status_override is not None:
                 self._error(fake.status_override, "internal error", "internal")
@@ -197,10 +240,12 @@ def _closed_port() -> int:
 
 
 def _spec(
-    project_id: str = PROJECT_ID, organization_id: str | None = ORGANIZATION_ID
+    project_id: str = PROJECT_ID,
+    organization_id: str | None = ORGANIZATION_ID,
+    access_key: str = ACCESS_KEY,
 ) -> CloudCredentialSpec:
     block: dict[str, Any] = {
-        "accessKey": ACCESS_KEY,
+        "accessKey": access_key,
         "secretKeyRef": {"name": "scaleway-key", "key": "secret-key"},
         "projectId": project_id,
     }
@@ -213,7 +258,9 @@ def _context(url: str, timeout: float = TIMEOUT) -> VerifyContext:
     return VerifyContext(
         namespace="ns",
         name="cred",
-        settings=ProviderSettings(scaleway_api_url=url, timeout_seconds=timeout),
+        settings=ProviderSettings(
+            scaleway_api_url=url, scaleway_s3_url=url, timeout_seconds=timeout
+        ),
     )
 
 
@@ -289,6 +336,7 @@ def test_valid_key_of_an_application(fake: FakeScaleway) -> None:
         ("GET", f"/iam/v1alpha1/api-keys/{ACCESS_KEY}"),
         ("GET", f"/account/v3/projects/{PROJECT_ID}"),
     ]
+    assert fake.proofs == [(ACCESS_KEY, "")]  # ListBuckets signed with the pair: 200
 
 
 def test_valid_key_of_a_user(fake: FakeScaleway) -> None:
@@ -481,3 +529,137 @@ def test_without_the_scaleway_library(monkeypatch: pytest.MonkeyPatch) -> None:
         _verify("http://127.0.0.1:9")
     assert caught.value.reason == Reason.VERIFICATION_UNAVAILABLE
     assert "cloudcred[scaleway]" in caught.value.message
+
+
+# --- the secret key must belong to the access key ----------------------------------------
+
+
+def test_another_bearers_access_key_with_ones_own_secret_key_is_refused(
+    fake: FakeScaleway,
+) -> None:
+    """IAM authenticates the secret key alone and looks the access key up as a name: a
+    tenant naming someone else's access key (VICTIM_ACCESS_KEY) with its own secret key
+    (whose bearer may read IAM) must not get Verified with the victim's identity."""
+    fake.api_keys[VICTIM_ACCESS_KEY] = _api_key(
+        access_key=VICTIM_ACCESS_KEY, application_id=None, user_id=USER_ID
+    )
+    fake.s3_keys[VICTIM_ACCESS_KEY] = VICTIM_SECRET_KEY
+    spec = _spec(access_key=VICTIM_ACCESS_KEY)
+    with pytest.raises(VerificationError) as caught:
+        scaleway.verify(spec, {"secretKey": SecretStr(SECRET_KEY)}, _context(fake.url))
+    error = caught.value
+    _assert_no_leak(error, SECRET_KEY)
+    _assert_no_leak(error, VICTIM_SECRET_KEY)
+    assert error.reason == Reason.INVALID_CREDENTIALS
+    assert error.message.startswith("spec.scaleway.accessKey: ")
+    assert f"the secret key does not belong to access key {VICTIM_ACCESS_KEY}" in error.message
+    # Nothing of the victim's reached the caller, and the project was never read.
+    assert USER_ID not in error.message
+    assert ("GET", f"/account/v3/projects/{PROJECT_ID}") not in fake.requests
+
+
+def test_a_pair_whose_bearer_may_not_list_buckets_is_proved_all_the_same(
+    fake: FakeScaleway,
+) -> None:
+    # AccessDenied comes after the signature was checked: authenticated, not authorised.
+    fake.s3_may_list = False
+    assert _verify(fake.url).identity.startswith(f"application:{APPLICATION_ID}")
+    assert fake.proofs == [(ACCESS_KEY, "AccessDenied")]
+
+
+def test_the_secret_key_is_never_sent_to_object_storage(fake: FakeScaleway) -> None:
+    _verify(fake.url)
+    assert fake.s3_seen
+    for headers in fake.s3_seen:
+        assert SECRET_KEY not in headers
+        assert "AWS4-HMAC-SHA256 Credential=" in headers
+
+
+def test_an_access_key_object_storage_does_not_know_is_refused(fake: FakeScaleway) -> None:
+    del fake.s3_keys[ACCESS_KEY]
+    error = _refused(fake.url)
+    assert error.reason == Reason.INVALID_CREDENTIALS
+    assert error.message == (
+        f"spec.scaleway.accessKey: the secret key cannot be shown to belong to access key "
+        f"{ACCESS_KEY}: Object Storage does not know that access key (HTTP 403 "
+        "InvalidAccessKeyId)"
+    )
+    assert ("GET", f"/account/v3/projects/{PROJECT_ID}") not in fake.requests
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "reason"),
+    [
+        (400, "AuthorizationHeaderMalformed", Reason.PROVIDER_REFUSED),
+        (403, "RequestTimeTooSkewed", Reason.PROVIDER_REFUSED),
+        (404, "", Reason.PROVIDER_REFUSED),
+        (301, "", Reason.PROVIDER_UNREACHABLE),  # not followed: no proof
+        (429, "", Reason.PROVIDER_UNREACHABLE),
+        (500, "InternalError", Reason.PROVIDER_UNREACHABLE),
+        (503, "SlowDown", Reason.PROVIDER_UNREACHABLE),
+    ],
+)
+def test_no_proof_without_a_clear_answer(
+    fake: FakeScaleway, status: int, code: str, reason: Reason
+) -> None:
+    fake.s3_override = (status, _s3_error(code) if code else b"<html>proxy</html>")
+    error = _refused(fake.url)
+    assert error.reason == reason
+    answer = f"HTTP {status}" + (f" {code}" if code else "")
+    assert f"proving that the secret key belongs to access key {ACCESS_KEY}: " in error.message
+    assert f"({answer})" in error.message
+    assert ("GET", f"/account/v3/projects/{PROJECT_ID}") not in fake.requests
+
+
+def test_only_known_codes_of_object_storage_reach_the_message(fake: FakeScaleway) -> None:
+    # A proxy's error document quoting what it received (the signature, the access key).
+    fake.s3_override = (403, _s3_error(f"Sneaky{SECRET_KEY}") + b"<Message>sig=abc</Message>")
+    error = _refused(fake.url)
+    assert error.reason == Reason.PROVIDER_REFUSED
+    assert error.message.endswith("refused the request (HTTP 403): check the operator's "
+                                  "Scaleway Object Storage URL and region")  # fmt: skip
+    assert "Sneaky" not in error.message
+
+
+def test_silent_object_storage_is_unreachable_within_the_timeout(
+    fake: FakeScaleway, silent_port: int
+) -> None:
+    context = VerifyContext(
+        namespace="ns",
+        name="cred",
+        settings=ProviderSettings(
+            scaleway_api_url=fake.url,
+            scaleway_s3_url=f"http://127.0.0.1:{silent_port}",
+            timeout_seconds=0.5,
+        ),
+    )
+    start = time.monotonic()
+    with pytest.raises(VerificationError) as caught:
+        scaleway.verify(_spec(), {"secretKey": SecretStr(SECRET_KEY)}, context)
+    assert time.monotonic() - start < 0.5 + 3
+    _assert_no_leak(caught.value, SECRET_KEY)
+    assert caught.value.reason == Reason.PROVIDER_UNREACHABLE
+    assert "within 0.5s" in caught.value.message
+
+
+def test_closed_object_storage_port_is_unreachable(fake: FakeScaleway) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    context = VerifyContext(
+        namespace="ns",
+        name="cred",
+        settings=ProviderSettings(
+            scaleway_api_url=fake.url, scaleway_s3_url=url, timeout_seconds=TIMEOUT
+        ),
+    )
+    with pytest.raises(VerificationError) as caught:
+        scaleway.verify(_spec(), {"secretKey": SecretStr(SECRET_KEY)}, context)
+    assert caught.value.reason == Reason.PROVIDER_UNREACHABLE
+    assert f"could not connect to {url}/" in caught.value.message
+
+
+def test_the_default_object_storage_is_scaleways_in_its_own_region() -> None:
+    settings = ProviderSettings()
+    assert (settings.scaleway_s3_url, settings.scaleway_s3_region) == (
+        "https://s3.fr-par.scw.cloud",
+        "fr-par",
+    )

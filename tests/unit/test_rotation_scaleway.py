@@ -6,7 +6,10 @@ authenticated by its ``X-Auth-Token`` (the secret key of an existing, unexpired 
 that has propagated: a key it made is refused for ``FakeIam.propagation`` seconds), the
 bearer's permissions are checked, keys are listed per bearer and paged, created with a
 fresh access key and secret key, and deleted. It also answers the Account API for the
-project (``GET /account/v3/projects/{id}``), so that ``verify`` runs against it too.
+project (``GET /account/v3/projects/{id}``), so that ``verify`` runs against it too, and
+Object Storage's signed ``GET /`` for the proof that a secret key belongs to its access
+key (``tests/scaleway.py``: the signature checked with botocore's signer, for the keys
+IAM accepts; their bearers may not list buckets, so a matching pair gets AccessDenied).
 """
 
 from __future__ import annotations
@@ -46,10 +49,16 @@ from cloudcred.providers.base import (
     VerifyContext,
 )
 from tests.echo import make_pki
+from tests.scaleway import is_object_storage, object_storage_answer
 
 ACCESS_KEY = "SCWABCDEFGHIJ0123456"
 SECRET_KEY = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
 WRONG_SECRET_KEY = "11111111-2222-4333-8444-555555555555"
+# Another bearer's API key (a user's), in the same organization: its access key is public.
+VICTIM_ACCESS_KEY = "SCWVICTIMVICTIM00000"
+VICTIM_SECRET_KEY = "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e"
+ADMIN_ACCESS_KEY = "SCWADMINADMINADMIN00"
+ADMIN_SECRET_KEY = "99999999-2222-4333-8444-555555555555"
 ORGANIZATION_ID = "6a0f2c2e-1a7b-4c11-9f0e-8d4a3b2c1d0e"
 APPLICATION_ID = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
 OTHER_APPLICATION_ID = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a"
@@ -135,19 +144,30 @@ class FakeIam:
     status_override: int | None = None  # answer every request with this status
     zone: str = "Z"  # how times end ("": no zone at all)
     calls: list[Call] = field(default_factory=list)
+    # Object Storage's answers to the proofs of a pair: (access key proved or None, status)
+    proofs: list[tuple[str | None, int]] = field(default_factory=list)
 
     def add(self, key: Key) -> Key:
         self.keys[key.access_key] = key
         return key
 
-    def caller(self, token: str | None) -> Key | None:
+    @staticmethod
+    def _accepted(key: Key) -> bool:
         now = datetime.now(UTC)
+        return (key.expires_at is None or key.expires_at > now) and (
+            key.accepted_from is None or key.accepted_from <= now
+        )
+
+    def caller(self, token: str | None) -> Key | None:
         for key in self.keys.values():
-            if key.secret_key == token and (key.expires_at is None or key.expires_at > now) and (
-                key.accepted_from is None or key.accepted_from <= now
-            ):  # fmt: skip
+            if key.secret_key == token and self._accepted(key):
                 return key
         return None
+
+    def secret_of(self, access_key: str) -> str | None:
+        """What Object Storage knows: the secret key of an accepted key."""
+        key = self.keys.get(access_key)
+        return key.secret_key if key is not None and self._accepted(key) else None
 
 
 def _handler(fake: FakeIam) -> type[BaseHTTPRequestHandler]:
@@ -169,8 +189,20 @@ def _handler(fake: FakeIam) -> type[BaseHTTPRequestHandler]:
                 body["details"] = f"token {self.headers.get('X-Auth-Token')} was refused"
             self._send(status, body)
 
+        def _object_storage(self, path: str) -> None:
+            status, xml, proved = object_storage_answer("GET", path, self.headers, fake.secret_of)
+            fake.proofs.append((proved, status))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(xml)))
+            self.end_headers()
+            self.wfile.write(xml)
+
         def _handle(self, method: str) -> None:
             parts = urlsplit(self.path)
+            if is_object_storage(method, parts.path, self.headers):
+                self._object_storage(parts.path)
+                return
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw and method == "POST" else None
@@ -381,7 +413,9 @@ def _context(url: str, timeout: float = TIMEOUT) -> VerifyContext:
     return VerifyContext(
         namespace="ns",
         name="cred",
-        settings=ProviderSettings(scaleway_api_url=url, timeout_seconds=timeout),
+        settings=ProviderSettings(
+            scaleway_api_url=url, scaleway_s3_url=url, timeout_seconds=timeout
+        ),
     )
 
 
@@ -870,3 +904,87 @@ def test_a_rotation_identity_manages_the_keys_of_a_bearer_without_iammanager(
     assert listed == {ACCESS_KEY, new.facts.key_id}
     scaleway.delete_key(_spec(new.facts.key_id), new.secret_data, acting, ACCESS_KEY)
     assert ACCESS_KEY not in fake.keys
+    # Each step proved the credential's own pair first (AccessDenied: authenticated).
+    assert fake.proofs == [(ACCESS_KEY, 403), (ACCESS_KEY, 403), (new.facts.key_id, 403)]
+
+
+def test_a_rotation_identity_waits_for_a_new_key_object_storage_does_not_know_yet(
+    fake: FakeIam,
+) -> None:
+    """A key a rotation has just made may not be known everywhere yet: until Object
+    Storage accepts its signature, no step acts with the identity for it."""
+    fake.add(Key(ADMIN_ACCESS_KEY, ADMIN_SECRET_KEY, application_id=OTHER_APPLICATION_ID))
+    fake.managers.add(OTHER_APPLICATION_ID)
+    identity = {"accessKey": SecretStr(ADMIN_ACCESS_KEY), "secretKey": SecretStr(ADMIN_SECRET_KEY)}
+    acting = dataclasses.replace(_context(fake.url), rotation_identity=identity)
+    fake.propagation = 3600
+    new = scaleway.create_key(_spec(), _secrets(), acting)
+    new_spec = _spec(new.facts.key_id)
+    new_secret = new.secret_data["secretKey"].get_secret_value()
+    error = _refused(
+        lambda: scaleway.delete_key(new_spec, new.secret_data, acting, ACCESS_KEY), new_secret
+    )
+    assert error.reason == RotationReason.ACCESS_DENIED
+    assert "Object Storage does not know that access key (HTTP 403 InvalidAccessKeyId)" in (
+        error.message
+    )
+    assert ACCESS_KEY in fake.keys
+    fake.keys[new.facts.key_id].accepted_from = datetime.now(UTC)  # propagated
+    scaleway.delete_key(new_spec, new.secret_data, acting, ACCESS_KEY)
+    assert ACCESS_KEY not in fake.keys
+
+
+def test_without_a_rotation_identity_nothing_is_proved(fake: FakeIam) -> None:
+    # The key acts with its own secret key: IAM itself bounds it by its bearer's rights.
+    scaleway.list_keys(_spec(), _secrets(), _context(fake.url))
+    assert fake.proofs == []
+
+
+def test_a_rotation_identity_never_acts_for_another_bearers_access_key(fake: FakeIam) -> None:
+    """A tenant names someone else's access key (a user's, VICTIM_ACCESS_KEY) with its own
+    secret key, whose application may only read IAM. The admins' rotation identity signs
+    the key-management calls, and IAM never ties the tenant's secret key to the access
+    key: unless the operator proves the pair first, it makes a key for the victim's
+    user, hands it to the tenant, then deletes the victim's key."""
+    fake.managers.discard(APPLICATION_ID)
+    fake.readers.add(APPLICATION_ID)
+    victim = fake.add(Key(VICTIM_ACCESS_KEY, VICTIM_SECRET_KEY, user_id=USER_ID))
+    fake.add(Key(ADMIN_ACCESS_KEY, ADMIN_SECRET_KEY, application_id=OTHER_APPLICATION_ID))
+    fake.managers.add(OTHER_APPLICATION_ID)
+    identity = {"accessKey": SecretStr(ADMIN_ACCESS_KEY), "secretKey": SecretStr(ADMIN_SECRET_KEY)}
+    acting = dataclasses.replace(_context(fake.url), rotation_identity=identity)
+    spec = _spec(VICTIM_ACCESS_KEY)
+
+    refused: RotationError | None = None
+    try:
+        # The rotator's steps: make a key for the bearer, then retire the one replaced.
+        new = scaleway.create_key(spec, _secrets(), acting)
+        scaleway.delete_key(_spec(new.facts.key_id), new.secret_data, acting, VICTIM_ACCESS_KEY)
+    except RotationError as error:
+        refused = error
+    writes = [(call.method, call.path) for call in fake.calls if call.method != "GET"]
+    assert writes == []  # no POST /iam/v1alpha1/api-keys, no DELETE of the victim's key
+    assert VICTIM_ACCESS_KEY in fake.keys
+    assert [key.access_key for key in fake.keys.values() if key.user_id == USER_ID] == [
+        VICTIM_ACCESS_KEY
+    ]
+    assert refused is not None
+    _no_leak(refused, SECRET_KEY, VICTIM_SECRET_KEY, ADMIN_SECRET_KEY)
+    assert refused.reason == RotationReason.ACCESS_DENIED
+    assert refused.message.startswith("spec.scaleway.accessKey: ")
+    assert f"the secret key does not belong to access key {VICTIM_ACCESS_KEY}" in refused.message
+
+    # Every other step refuses the same way, before the identity is used at all.
+    calls = len(fake.calls)
+    for operation in (
+        lambda: scaleway.key_facts(spec, _secrets(), acting),
+        lambda: scaleway.list_keys(spec, _secrets(), acting),
+        lambda: scaleway.delete_key(spec, _secrets(), acting, "SCWOLDKEY00000000000"),
+    ):
+        error = _refused(operation, VICTIM_SECRET_KEY, ADMIN_SECRET_KEY)
+        assert error.reason == RotationReason.ACCESS_DENIED
+        assert "the secret key does not belong to access key" in error.message
+    assert victim.secret_key == VICTIM_SECRET_KEY
+    assert ADMIN_ACCESS_KEY not in {call.caller for call in fake.calls[calls:]}
+    # Object Storage refused each signature: the tenant's secret key is not the victim's.
+    assert fake.proofs == [(None, 403)] * 4

@@ -141,6 +141,10 @@ class ProviderSettings:
     azure_authority_host: str | None = None
     azure_graph_url: str = "https://graph.microsoft.com"  # Azure secret rotation
     scaleway_api_url: str | None = None
+    # Object Storage (S3-compatible), where a Scaleway key pair is proved to be one key
+    # (a request signed with both); the region its signatures name.
+    scaleway_s3_url: str = "https://s3.fr-par.scw.cloud"
+    scaleway_s3_region: str = "fr-par"
     session_seconds: int = 3600  # lifetime of delivered AWS session credentials
     aws_principal_arn: str | None = None  # the operator's principal, when configured
 

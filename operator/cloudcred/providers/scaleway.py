@@ -1,7 +1,7 @@
 """Scaleway: checks an API key (access key + secret key) with the Scaleway API.
 
 ``verify`` asks two questions with the Scaleway SDK (an optional dependency, imported
-lazily so that the operator runs without it):
+lazily so that the operator runs without it), and proves the key pair between them:
 
 1. IAM ``GET /iam/v1alpha1/api-keys/{access_key}``: does the key exist, and who bears it
    (a user or an application)? Needs the ``IAMReadOnly`` permission set.
@@ -10,7 +10,16 @@ lazily so that the operator runs without it):
    ``ProjectReadOnly`` (or more) on the organization.
 
 Scaleway authenticates a request by its ``X-Auth-Token`` header, that is the secret key
-alone: the access key is only the name that is looked up in step 1.
+alone: the access key is only the name that is looked up in step 1. So between the two
+steps ``verify`` proves that the secret key belongs to the access key (``prove_pair``):
+Object Storage, S3-compatible, authenticates a request signed with AWS Signature V4 by
+the access key *and* the secret key together. A ``GET /`` (ListBuckets) signed with the
+pair, at the operator's ``scaleway_s3_url``, answers 200, or ``AccessDenied`` when the
+bearer may not use Object Storage: either way the signature was checked and matched.
+A pair that does not match is refused with ``SignatureDoesNotMatch`` (the access key is
+known, the secret key is not its own) or ``InvalidAccessKeyId``. Without this, a tenant
+could name another bearer's access key with its own secret key and be told Verified
+with the other bearer's identity. The signature never carries the secret key itself.
 
 Time limit: the SDK calls ``requests.request`` without a timeout, and offers no setting
 for one. The API classes used here therefore send their requests themselves (the
@@ -30,7 +39,10 @@ exception, whose text is the response body, is chained to a logged traceback.
 
 Rotation (``list_keys``, ``create_key``, ``delete_key``, ``key_facts``; see the section
 at the end) uses the same client, timeout and error handling with the IAM API-key
-endpoints, acting with the key in use on the keys of its bearer.
+endpoints, acting with the key in use on the keys of its bearer. When a rotation
+identity (an admins' key) signs those calls, every step first proves the credential's
+own pair the same way: the identity acts on the bearer of the access key the tenant
+named, so that access key must be the tenant's.
 """
 
 from __future__ import annotations
@@ -298,6 +310,106 @@ def _sdk_client(
     return sdk, client
 
 
+# Object Storage's error codes that are read (from ``<Code>`` of its XML error document).
+# Only these fixed strings are compared with the body, and only they appear in a message.
+_S3_MISMATCH = frozenset({"SignatureDoesNotMatch", "InvalidAccessKeyId"})
+_S3_AUTHENTICATED = "AccessDenied"  # the signature matched; the bearer may not list buckets
+_S3_KNOWN_CODES = _S3_MISMATCH | {
+    _S3_AUTHENTICATED,
+    "AuthorizationHeaderMalformed",  # the signing region is not the endpoint's
+    "RequestTimeTooSkewed",  # the operator's clock
+    "InvalidRequest",
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+}
+_S3_CODE = re.compile(rb"<Code>([A-Za-z]{1,64})</Code>")
+_S3_ERROR_BYTES = 16384  # an error document is a few hundred bytes: read no more
+
+
+def prove_pair(
+    sdk: _Sdk, access_key: str, secret_key: str, context: VerifyContext, deadline: float
+) -> None:
+    """Proves that ``secret_key`` is the secret key of ``access_key``: a ListBuckets
+    request signed with both (AWS Signature V4, which sends a signature, never the key)
+    to Object Storage, which checks the signature before anything else. Blocking, until
+    ``deadline`` at most; raises VerificationError, whose messages name the field and
+    the answer's status and code, never the secret key nor anything else of the body.
+    """
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    requests = sdk.requests
+    settings = context.settings
+    url = settings.scaleway_s3_url.rstrip("/") + "/"
+    what = f"proving that the secret key belongs to access key {access_key}"
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise VerificationError(
+            Reason.PROVIDER_UNREACHABLE, f"{what}: the time for this check is spent"
+        )
+    signed = AWSRequest(method="GET", url=url)
+    S3SigV4Auth(Credentials(access_key, secret_key), "s3", settings.scaleway_s3_region).add_auth(
+        signed
+    )
+    try:
+        with (
+            requests.Session() as http,
+            http.get(
+                url,
+                headers=dict(signed.headers.items()),
+                timeout=remaining,
+                allow_redirects=False,  # a redirect is an answer like any other: not proof
+                stream=True,
+            ) as response,
+        ):
+            status = response.status_code
+            head = b"" if status == 200 else response.raw.read(_S3_ERROR_BYTES, decode_content=True)
+    except requests.Timeout:
+        raise VerificationError(
+            Reason.PROVIDER_UNREACHABLE,
+            f"{what}: no answer from {url} within {settings.timeout_seconds:g}s",
+        ) from None
+    except requests.ConnectionError:
+        raise VerificationError(
+            Reason.PROVIDER_UNREACHABLE, f"{what}: could not connect to {url}"
+        ) from None
+    except (requests.RequestException, OSError, ValueError) as error:
+        raise VerificationError(
+            Reason.PROVIDER_UNREACHABLE, f"{what}: request to {url} failed ({type(error).__name__})"
+        ) from None
+    if status == 200:
+        return
+    found = _S3_CODE.search(head or b"")
+    code = found.group(1).decode() if found else ""
+    code = code if code in _S3_KNOWN_CODES else ""
+    answer = f"HTTP {status}" + (f" {code}" if code else "")
+    if status == 403 and code == _S3_AUTHENTICATED:
+        return  # authenticated, not authorised: the signature matched
+    if code == "SignatureDoesNotMatch":
+        raise VerificationError(
+            Reason.INVALID_CREDENTIALS,
+            f"spec.scaleway.accessKey: the secret key does not belong to access key "
+            f"{access_key} (Object Storage: {answer}): the secret key of another API key "
+            "cannot vouch for this one",
+        )
+    if code == "InvalidAccessKeyId":
+        raise VerificationError(
+            Reason.INVALID_CREDENTIALS,
+            f"spec.scaleway.accessKey: the secret key cannot be shown to belong to access "
+            f"key {access_key}: Object Storage does not know that access key ({answer})",
+        )
+    if 400 <= status < 500 and status not in (408, 429) and code != "SlowDown":
+        raise VerificationError(
+            Reason.PROVIDER_REFUSED,
+            f"{what}: Object Storage at {url} refused the request ({answer}): check the "
+            "operator's Scaleway Object Storage URL and region",
+        )
+    # 3xx, 408, 429, 5xx, ...: a proxy, a rate limit or an outage; no proof, try later.
+    raise VerificationError(Reason.PROVIDER_UNREACHABLE, f"{what}: {url} answered ({answer})")
+
+
 def verify(
     spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
 ) -> Verification:
@@ -349,6 +461,9 @@ def verify(
             timeout=timeout,
             on_status=key_status,
         )
+        # IAM answered for the secret key's bearer about any access key it may read:
+        # nothing of that answer is trusted until the pair is proved to be one key.
+        prove_pair(sdk, access_key, secret_key, context, deadline)
         project = _ask(
             sdk,
             lambda: projects.get_project(project_id=project_id),
@@ -428,6 +543,14 @@ _KNOWN_ERROR_TYPES = frozenset(
     }
 )
 _ACCESS_KEY = re.compile(SCALEWAY_ACCESS_KEY)
+# A failed proof of the credential's own pair, as a rotation step reports it.
+_ROTATION_REASONS = {
+    Reason.INVALID_CREDENTIALS: RotationReason.ACCESS_DENIED,
+    Reason.INVALID_SECRET_DATA: RotationReason.ACCESS_DENIED,
+    Reason.SECRET_KEY_MISSING: RotationReason.ACCESS_DENIED,
+    Reason.PROVIDER_UNREACHABLE: RotationReason.PROVIDER_UNREACHABLE,
+    Reason.PROVIDER_REFUSED: RotationReason.PROVIDER_REFUSED,
+}
 _PAGE_SIZE = 100  # the API's largest page
 _MAX_PAGES = 20  # 2,000 keys: far beyond any quota, a bound on a server paging forever
 NEW_KEY_DESCRIPTION = "cloudcred"
@@ -637,8 +760,20 @@ def _denied(what: str, access_key: str) -> Callable[[int, str | None], RotationE
 def _session_and_deadline(
     spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
 ) -> tuple[_Session, float]:
+    """The session of one rotation step and its deadline. With a rotation identity, the
+    credential's own pair is proved first (``prove_pair``): the identity acts on the
+    bearer of the access key the spec names, which IAM never ties to the tenant's secret
+    key. Without one, the key acts with its own secret key, within its own bearer's
+    rights, which IAM checks."""
     session = _rotation_session(spec, secrets, context)
-    return session, time.monotonic() + session.timeout
+    deadline = time.monotonic() + session.timeout
+    if context.rotation_identity is not None:
+        try:
+            prove_pair(session.sdk, session.access_key, _secret_key(secrets), context, deadline)
+        except VerificationError as error:  # its message never quotes the secret
+            reason = _ROTATION_REASONS.get(error.reason, RotationReason.PROVIDER_REFUSED)
+            raise RotationError(reason, error.message) from None
+    return session, deadline
 
 
 def key_facts(
