@@ -596,3 +596,50 @@ def test_a_boundarys_rotation_identity_rotates_a_key_that_has_no_rights_over_key
             moto.client("iam", new_key).create_access_key()
     finally:
         kube.core.delete_namespaced_secret(identity, "default")
+
+
+def test_a_rotation_identity_never_acts_for_another_users_access_key(
+    moto: Moto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IAM names the user of any access key id to the rotation identity. A tenant whose
+    Secret holds another user's access key id with its own secret access key (its
+    credential verified a moment before with its own pair) gets AccessDenied from every
+    step: no key is listed, made or retired for that user. The tenant's own pair works
+    (test_a_boundarys_rotation_identity_rotates_a_key_that_has_no_rights_over_keys)."""
+    from pydantic import SecretStr
+
+    from cloudcred.api.credential import CloudCredentialSpec
+    from cloudcred.config import ProviderSettings
+    from cloudcred.providers import aws
+    from cloudcred.providers.base import RotationError, RotationReason, VerifyContext
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint)
+    tenant = moto.create_user(f"rot-{uuid.uuid4().hex[:8]}", policy=ONLY_STS)
+    victim = moto.create_user(f"ci-{uuid.uuid4().hex[:8]}")
+    rotator = moto.create_user(f"rotator-{uuid.uuid4().hex[:8]}")
+    keys = {"name": "keys", "key": "secretAccessKey"}
+    spec = CloudCredentialSpec.model_validate({
+        "provider": "AWS", "aws": {"secretAccessKeyRef": keys},
+        "rotation": {"policy": "Automatic", "maxAge": "90d"}})  # fmt: skip
+    forged = {aws.ACCESS_KEY_ID: SecretStr(victim.access_key_id),
+              aws.SECRET_ACCESS_KEY: SecretStr(tenant.secret_access_key)}  # fmt: skip
+    identity = {aws.ACCESS_KEY_ID: SecretStr(rotator.access_key_id),
+                aws.SECRET_ACCESS_KEY: SecretStr(rotator.secret_access_key)}  # fmt: skip
+    context = VerifyContext("team-a", "cred", ProviderSettings(), rotation_identity=identity)
+    before = keys_at_moto(moto, victim.user)
+    steps = {
+        "list": lambda: aws.list_keys(spec, forged, context),
+        "create": lambda: aws.create_key(spec, forged, context),
+        "deactivate": lambda: aws.deactivate_key(spec, forged, context, victim.access_key_id),
+        "delete": lambda: aws.delete_key(spec, forged, context, victim.access_key_id),
+    }
+    for step, call in steps.items():
+        with pytest.raises(RotationError) as refused:
+            call()
+        assert refused.value.reason == RotationReason.ACCESS_DENIED, step
+        assert tenant.secret_access_key not in refused.value.message
+    assert keys_at_moto(moto, victim.user) == before == {victim.access_key_id: "Active"}
+    # The same steps with the tenant's own pair act on the tenant's user.
+    own = {aws.ACCESS_KEY_ID: SecretStr(tenant.access_key_id),
+           aws.SECRET_ACCESS_KEY: SecretStr(tenant.secret_access_key)}  # fmt: skip
+    assert [k.key_id for k in aws.list_keys(spec, own, context)] == [tenant.access_key_id]

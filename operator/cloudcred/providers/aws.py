@@ -493,7 +493,13 @@ def _key_admin(aws: AwsSpec, secrets: SecretValues, context: VerifyContext
                ) -> tuple[Any, dict[str, str]]:  # fmt: skip
     """The IAM client that manages the key's keys, and the arguments that name its user:
     the key itself on its own user, or the admin-owned rotation identity of a
-    CredentialBoundary on the key's user (found with iam:GetAccessKeyLastUsed)."""
+    CredentialBoundary on the key's user (found with iam:GetAccessKeyLastUsed).
+
+    IAM names the user of any access key id in the identity's account, whoever asks; only
+    the key's secret proves that the credential holds that key. So before the identity
+    acts, the credential's own pair asks STS who it is, and that must be the same user:
+    a tenant who names another user's access key id with a secret of its own gets
+    AccessDenied, and no key is listed, made, deactivated or deleted for that user."""
     identity = context.rotation_identity
     if identity is None:
         return _iam(aws, secrets, context), {}
@@ -501,11 +507,21 @@ def _key_admin(aws: AwsSpec, secrets: SecretValues, context: VerifyContext
     if aws.role_arn or not key_id:
         raise RotationError(RotationReason.NOT_SUPPORTED, "only a static access key rotates")
     config = _config(context)
+    region = context.settings.aws_region
     caller = _Caller(identity[ACCESS_KEY_ID].get_secret_value(),
                      identity[SECRET_ACCESS_KEY].get_secret_value())  # fmt: skip
-    client = _client("iam", context.settings.aws_region, caller, config)
-    user = client.get_access_key_last_used(AccessKeyId=key_id)["UserName"]
-    return client, {"UserName": str(user)}
+    client = _client("iam", region, caller, config)
+    user = str(client.get_access_key_last_used(AccessKeyId=key_id)["UserName"])
+    own = _client("sts", region, _caller(aws, secrets, context, config, region), config)
+    arn = str(own.get_caller_identity()["Arn"])
+    if ":user/" not in arn or arn.rsplit("/", 1)[-1] != user:
+        raise RotationError(
+            RotationReason.ACCESS_DENIED,
+            f"access key {key_id} belongs to IAM user {user}, but the credential's secret "
+            f"access key authenticates as {arn}: the rotation identity acts only for the "
+            "user whose key the credential holds",
+        )
+    return client, {"UserName": user}
 
 
 def _facts(key: dict[str, Any]) -> KeyFacts:
