@@ -1586,6 +1586,33 @@ async def test_a_delivered_secret_is_revoked_when_the_cluster_stops_naming_it(
     assert len([e for e in kube.recorded.events if e[3] == "CredentialsRevoked"]) == 2
 
 
+@run
+async def test_a_secret_in_another_namespace_claiming_a_clusters_uid_is_not_its_delivery(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant labels a Secret of its own namespace as cloudcred's, with another
+    namespace's Cluster as its controller owner (an owner reference lives in its
+    dependent's namespace, so it is no owner at all). It neither stands in for that
+    Cluster's delivery nor gets deleted as a revoked one."""
+    provider_calls(monkeypatch)
+    operator = Operator(kube, clock, delivery_enabled=True)
+    credential(kube)
+    body = kube.body("CloudCredential", CRED)
+    body["spec"]["delivery"] = {"enabled": True}
+    kube.put("CloudCredential", body)
+    cluster(kube, "eu", external=False, secret="eu-creds")
+    uid = kube.body("Cluster", (NS, "eu"))["metadata"]["uid"]
+    for name in ("eu-creds", "decoy"):
+        await kube.create_secret("tenant-b", name, {"k": "dg=="}, {
+            "labels": {MANAGED_BY_LABEL: "cloudcred"}, "ownerReferences": [
+                {"apiVersion": "cloudcred.io/v1alpha1", "kind": "Cluster", "name": "eu",
+                 "uid": uid, "controller": True}]})  # fmt: skip
+    await operator.settle()
+    assert (NS, "eu-creds") in kube.secrets  # delivered all the same
+    assert {("tenant-b", "eu-creds"), ("tenant-b", "decoy")} <= set(kube.secrets)
+    assert not [e for e in kube.recorded.events if e[3] == "CredentialsRevoked"]
+
+
 # -- faults: the API refuses, the object goes away ---------------------------------------
 
 

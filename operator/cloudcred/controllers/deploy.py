@@ -301,11 +301,14 @@ class DeployReconciler:
 
     def _owned(self, cluster: ClusterInfo) -> list[Key]:
         """The Secrets whose controller owner is this cluster object (its UID), as the
-        delivered-Secrets watch last saw them, less those being deleted."""
+        delivered-Secrets watch last saw them, less those being deleted. Only its own
+        namespace's: an owner reference names an object of its dependent's namespace, so
+        a Secret elsewhere that claims this UID (anyone may write one) is not its."""
         if not cluster.uid:
             return []
         found = self.caches.delivered.by("owner", cluster.uid)
-        return sorted(k for k in found if (info := self.caches.delivered.get(k)) is not None
+        return sorted(k for k in found if k[0] == cluster.namespace
+                      and (info := self.caches.delivered.get(k)) is not None
                       and info.uid not in self._deleted)  # fmt: skip
 
     async def _revoke_secrets(self, cluster: ClusterInfo, keys: list[Key], why: str) -> None:
