@@ -486,6 +486,30 @@ def test_done_message_says_what_is_safe_to_delete() -> None:
     assert "still referenced by acme/other: keep it" in shared
 
 
+def test_the_old_key_is_not_offered_for_deletion_while_another_credential_names_it() -> None:
+    """A person is told to delete the old key at the provider only when no credential
+    the user may list names it; one that could not list every namespace is told so."""
+    aws = target(AWS_SPEC)
+    rollout = rotate.Rollout("v1-bbbbbbbbbbbb", 3, 3, True, "")
+    old = rotate.old_key(aws, {}, None)
+    items = [
+        {"metadata": {"namespace": "acme", "name": "cred"}, "spec": AWS_SPEC},
+        {"metadata": {"namespace": "team-b", "name": "copy"}, "spec": AWS_SPEC},
+        {"metadata": {"namespace": "team-c", "name": "scw"}, "spec": SCW_SPEC},
+    ]
+    users = rotate.KeyUsers(rotate.naming_the_key(items, aws))
+    assert users.names == ["team-b/copy"]
+    kept = rotate.done_message(aws, rollout, old, [], users)
+    assert "team-b/copy names it too: keep it at the provider" in kept
+    assert "aws iam delete-access-key" not in kept
+    partial = rotate.done_message(aws, rollout, old, [], rotate.KeyUsers([], "HTTP 403"))
+    assert "aws iam delete-access-key --access-key-id AKIAOLDOLDOLDOLDOLD1" in partial
+    assert partial.splitlines()[3] == (
+        "Not every namespace could be searched (HTTP 403): check that no other credential "
+        "names AKIAOLDOLDOLDOLDOLD1 first."
+    )
+
+
 def test_other_credentials_sharing_the_old_secret_are_found() -> None:
     items = [
         {"metadata": {"name": "cred"}, "spec": AWS_SPEC},

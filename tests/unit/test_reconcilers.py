@@ -295,6 +295,38 @@ async def test_a_new_revision_reconciles_each_cluster_once_and_marks_within_the_
 
 
 @run
+async def test_a_forged_complete_rollout_is_written_again_from_the_clusters(
+    kube: FakeKube, clock: Clock
+) -> None:
+    """A tenant who may patch cloudcredentials/status writes a complete rollout (what
+    tells a person rotating by hand that the old key may go): the credential's
+    reconciler writes what the clusters show again, within its pacing interval."""
+    operator = Operator(kube, clock)
+    credential(kube, max_concurrent=1)
+    await operator.settle()
+    v1 = revision(kube)
+    for name in "ab":
+        cluster(kube, name, deployed=v1)
+    await operator.settle()
+    new_key(kube, KEY.replace("cc@", "cc2@"))
+    await operator.settle()
+    v2 = revision(kube)
+    honest = kube.body("CloudCredential", CRED)["status"]["rollout"]
+    assert honest == {"revision": v2, "updated": 0, "total": 2}
+    body = kube.body("CloudCredential", CRED)
+    body["status"]["rollout"] = {"revision": v2, "updated": 2, "total": 2}
+    body["status"]["conditions"] = [
+        {**c, "status": "True", "reason": "RolloutComplete", "message": "forged"}
+        if c["type"] == "RolloutComplete" else c for c in body["status"]["conditions"]
+    ]  # fmt: skip
+    kube.put("CloudCredential", body)
+    await operator.settle()
+    await operator.advance(1)
+    assert kube.body("CloudCredential", CRED)["status"]["rollout"] == honest
+    assert find(kube, "CloudCredential", "prod", "RolloutComplete")["status"] == "False"
+
+
+@run
 async def test_a_mark_seen_after_the_plan_still_costs_one_cluster_reconcile(
     kube: FakeKube, clock: Clock
 ) -> None:

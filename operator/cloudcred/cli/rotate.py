@@ -375,7 +375,19 @@ def switched_message(target: Target, secret_name: str, key: NewKey) -> str:
     )
 
 
-def done_message(target: Target, rollout: Rollout, old: OldKey, others: list[str]) -> str:
+@dataclass(frozen=True)
+class KeyUsers:
+    """Other credentials that name the old key in their spec, and why not every
+    namespace could be searched ("" when it was)."""
+
+    names: list[str]
+    unsearched: str = ""
+
+
+def done_message(
+    target: Target, rollout: Rollout, old: OldKey, others: list[str],
+    users: KeyUsers = KeyUsers([]),
+) -> str:  # fmt: skip
     clusters = {
         0: "No cluster uses this credential.",
         1: f"The 1 cluster uses the new key (revision {rollout.revision}).",
@@ -383,12 +395,25 @@ def done_message(target: Target, rollout: Rollout, old: OldKey, others: list[str
         rollout.total,
         f"All {rollout.total} clusters use the new key (revision {rollout.revision}).",
     )
-    lines = [
-        clusters,
-        f"The old key {old.description} is no longer used by any cluster: delete it at "
-        "the provider:",
-        *(f"  {command}" for command in old.commands),
-    ]
+    if users.names:
+        lines = [
+            clusters,
+            f"The old key {old.description} is no longer used by this credential's "
+            f"clusters, but {', '.join(users.names)} names it too: keep it at the provider "
+            "until no credential does.",
+        ]
+    else:
+        lines = [
+            clusters,
+            f"The old key {old.description} is no longer used by any cluster: delete it at "
+            "the provider:",
+            *(f"  {command}" for command in old.commands),
+        ]
+        if users.unsearched:
+            lines.append(
+                f"Not every namespace could be searched ({users.unsearched}): "
+                f"check that no other credential names {old.description} first."
+            )
     ns, secret = target.namespace, target.secret_name
     if others:
         lines.append(
@@ -413,6 +438,28 @@ def gitops_message(target: Target, secret_name: str, key: NewKey, old: OldKey) -
         f"{target.namespace}` and delete the old key {old.description} only when every "
         "cluster is on the new revision."
     )
+
+
+def naming_the_key(items: list[dict[str, Any]], target: Target) -> list[str]:
+    """Other credentials, of any namespace in ``items``, whose spec names the old key's
+    public id (an AWS access key id, a Scaleway access key): a person told to delete
+    that key would break them. A key id kept in a Secret is not seen here; the
+    operator's own rotation checks those."""
+    if not target.public_id:
+        return []
+    names = []
+    for item in items:
+        metadata = item.get("metadata") or {}
+        namespace, name = str(metadata.get("namespace") or target.namespace), metadata["name"]
+        if (namespace, name) == (target.namespace, target.name):
+            continue
+        try:
+            other = rotation_target(namespace, name, item.get("spec") or {})
+        except UsageError:
+            continue
+        if other.provider == target.provider and other.public_id == target.public_id:
+            names.append(f"{namespace}/{name}")
+    return sorted(names)
 
 
 def referencing(items: list[dict[str, Any]], target: Target) -> list[str]:
@@ -574,7 +621,7 @@ def _rotate(
             f"{target.namespace}`"
         ) from None
     others = _still_referencing(kube, target)
-    print(done_message(target, rollout, old, others))
+    print(done_message(target, rollout, old, others, _key_users(kube, target)))
     return 0
 
 
@@ -591,6 +638,20 @@ def _wait(kube: api.Kube, request: Request, generation: int, old_revision: str |
         revision = waiter.verified(generation, old_revision)
         show(f"new key verified: rolling out revision {revision}", 0, None)
         return waiter.rolled_out(revision)
+
+
+def _key_users(kube: api.Kube, target: Target) -> KeyUsers:
+    """Credentials of every namespace that name the old key, as far as the user may list
+    them: a refusal is said, with the namespace's own credentials searched."""
+    try:
+        return KeyUsers(naming_the_key(api.list_credentials(kube, None), target))
+    except CliError as error:
+        unsearched = error.message
+    try:
+        own = api.list_credentials(kube, target.namespace)
+    except CliError:
+        own = []
+    return KeyUsers(naming_the_key(own, target), unsearched)
 
 
 def _still_referencing(kube: api.Kube, target: Target) -> list[str]:
