@@ -63,7 +63,8 @@ EDITOR_RULES = [
     {"apiGroups": [GROUP], "resources": [CREDENTIAL_PLURAL, "clusters"],
      "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["secrets"],
-     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete",
+               "deletecollection"]},
 ]  # fmt: skip
 
 
@@ -472,6 +473,28 @@ def test_the_installation_key_is_deleted_or_changed_only_with_break_glass(
     secret(kube, namespace, "other", {"key": "value"})
     assert refusal(delete(olga, "other")) is None
     assert refusal(delete(kube.core)) is None  # cluster-admin holds every verb
+    # A collection delete (the namespace controller's, at an uninstall) is judged Secret
+    # by Secret: cloudcred's other Secrets go, the installation key only with the verb.
+    kube.core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {
+                "name": "delivered",
+                "labels": {"app.kubernetes.io/managed-by": "cloudcred"},
+            }
+        },
+    )
+    ours = "app.kubernetes.io/managed-by=cloudcred"
+
+    def delete_all(who: client.CoreV1Api, fields: str | None = None) -> Callable[[], object]:
+        return lambda: who.delete_collection_namespaced_secret(
+            namespace, label_selector=ours, field_selector=fields, dry_run="All"
+        )
+
+    assert refusal(delete_all(kube.core, "metadata.name=delivered")) is None
+    assert refusal(delete_all(olga, "metadata.name=delivered")) is None
+    assert refused_with(delete_all(olga), "holds the installation key")
+    assert refusal(delete_all(kube.core)) is None
 
     grant(kube, namespace, "olga", break_glass_role)
     wait_for(lambda: refusal(delete(olga)) is None, what="the grant in effect")

@@ -543,6 +543,13 @@ def test_the_operators_secret_writes_are_limited_to_its_own(
     assert refusal(lambda: operator.patch_namespaced_secret("plain", target, data))
     owner = {"metadata": {"annotations": {"kubernetes.io/service-account.name": "default"}}}
     assert refusal(lambda: operator.patch_namespaced_secret("plain", target, owner))
+    # Nor by labelling it as cloudcred's in the same write, nor in a write of its own.
+    claimed = {"metadata": {"labels": {"app.kubernetes.io/managed-by": "cloudcred"}},
+               "data": data["data"]}  # fmt: skip
+    assert refusal(lambda: operator.patch_namespaced_secret("plain", target, claimed))
+    label = {"metadata": {"labels": {"app.kubernetes.io/managed-by": "cloudcred"}}}
+    assert refusal(lambda: operator.patch_namespaced_secret("plain", target, label))
+    assert kube.core.read_namespaced_secret("plain", target).data == {"a": "Yg=="}
     # Deletes too: only its own Secrets (its delete right covers every namespace's).
     message = refusal(lambda: operator.delete_namespaced_secret("plain", target))
     assert message
