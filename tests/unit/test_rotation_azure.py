@@ -9,13 +9,16 @@ plays both parts, reached through the operator's own settings
   only for a client secret the application has (not expired, and propagated: a secret
   ``addPassword`` made is refused for ``Cloud.propagation`` seconds), for the scope of
   the configured Graph URL or of Azure Resource Manager (the operator's verification);
+  its tokens are JWTs naming the application (``appid``) and the tenant (``tid``);
 - Graph: the application's ``passwordCredentials``, ``addPassword`` and
-  ``removePassword``, each answered only for a bearer token the token endpoint issued.
+  ``removePassword`` (and those of the tenant's other applications, ``Cloud.others``),
+  each answered only for a bearer token the token endpoint issued.
   Error bodies echo the request (headers and body), as a careless proxy would.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime
 import json
@@ -119,6 +122,10 @@ class Cloud:
     release: threading.Event = field(default_factory=threading.Event)
     # Other applications of the tenant allowed to manage this one: client id -> secret.
     admins: dict[str, str] = field(default_factory=dict)
+    # The tenant's other applications (another team's), by client id: their secrets.
+    others: dict[str, list[Password]] = field(default_factory=dict)
+    asked: list[str] = field(default_factory=list)  # the appId of each Graph call
+    claimed_app: str | None = None  # an appid every token names instead of the real one
 
     def add(self, value: str, age_days: float = 10, valid_days: float = 365) -> Password:
         start = datetime.datetime.now(UTC) - datetime.timedelta(days=age_days)
@@ -128,11 +135,15 @@ class Cloud:
         self.passwords.append(password)
         return password
 
-    def works(self, value: str) -> bool:
+    def works(self, value: str, client: str = CLIENT) -> bool:
         now = datetime.datetime.now(UTC)
         return any(p.value == value and p.start <= now < p.end
                    and (p.accepted_from is None or p.accepted_from <= now)
-                   for p in self.passwords)  # fmt: skip
+                   for p in self.of(client) or [])  # fmt: skip
+
+    def of(self, client: str) -> list[Password] | None:
+        """An application's secrets; None for an application the tenant does not have."""
+        return self.passwords if client == CLIENT else self.others.get(client)
 
     @property
     def key_ids(self) -> set[str]:
@@ -197,10 +208,9 @@ class Handler(BaseHTTPRequestHandler):
         scope = form.get("scope", [""])[0]
         cloud.token_scopes.append(scope)
         # The application's own secrets, or an admins' application of the tenant.
-        admin = cloud.admins.get(form.get("client_id", [""])[0])
-        valid = (admin is not None and admin == posted) or (
-            form.get("client_id") == [CLIENT] and cloud.works(posted)
-        )
+        client = form.get("client_id", [""])[0]
+        admin = cloud.admins.get(client)
+        valid = (admin is not None and admin == posted) or cloud.works(posted, client)
         if not valid:
             self._send(
                 401,
@@ -213,49 +223,55 @@ class Handler(BaseHTTPRequestHandler):
         elif scope not in (cloud.scope or f"{cloud.base}/.default", ARM_SCOPE):
             self._send(400, {"error": "invalid_scope"})
         else:
-            token = f"graph-token-{uuid.uuid4().hex}"
+            claims = {"appid": cloud.claimed_app or client, "tid": TENANT}
+            payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+            token = f"eyJhbGciOiJub25lIn0.{payload}.{uuid.uuid4().hex}"
             cloud.tokens[token] = posted
             self._send(200, {"token_type": "Bearer", "expires_in": 3599, "access_token": token})
 
     def _graph(self, method: str, path: str, query: str, raw: str) -> None:
         cloud = self.server.cloud
+        app = path.removeprefix("/v1.0/applications(appId='").partition("')")[0]
+        app_path = f"/v1.0/applications(appId='{app}')"
         operation = {
             ("GET", ""): "list",
             ("POST", "/addPassword"): "add",
             ("POST", "/removePassword"): "remove",
-        }.get((method, path.removeprefix(APP_PATH)), "other")
+        }.get((method, path.removeprefix(app_path)), "other")
         authorization = self.headers.get("Authorization", "")
         used = cloud.tokens.get(authorization.removeprefix("Bearer "))
         cloud.graph_calls.append((operation, method, used or ""))
+        cloud.asked.append(app)
+        passwords = cloud.of(app)
         if cloud.hang:
             cloud.release.wait(30)
             return
         if used is None:
             self._graph_error(401, "InvalidAuthenticationToken", raw)
-        elif not path.startswith(APP_PATH):
+        elif not path.startswith(app_path) or passwords is None:
             self._graph_error(404, "Request_ResourceNotFound", raw)
         elif not cloud.owner and used not in cloud.admins.values():
             self._graph_error(403, "Authorization_RequestDenied", raw)
         elif operation in cloud.forced:
             self._graph_error(*cloud.forced[operation], raw)
         elif operation == "list" and parse_qs(query) == {"$select": ["passwordCredentials"]}:
-            self._send(200, {"passwordCredentials": [p.listed() for p in cloud.passwords]})
+            self._send(200, {"passwordCredentials": [p.listed() for p in passwords]})
         elif operation == "add":
-            self._add(json.loads(raw), raw)
+            self._add(json.loads(raw), raw, passwords)
         elif operation == "remove":
             key_id = json.loads(raw).get("keyId")
-            if key_id not in cloud.key_ids:
+            if key_id not in {p.key_id for p in passwords}:
                 self._graph_error(cloud.absent_status, "Request_BadRequest", raw)
                 return
-            cloud.passwords = [p for p in cloud.passwords if p.key_id != key_id]
+            passwords[:] = [p for p in passwords if p.key_id != key_id]
             self._send(204, None)
         else:
             self._graph_error(400, "Request_BadRequest", raw)
 
-    def _add(self, body: dict[str, Any], raw: str) -> None:
+    def _add(self, body: dict[str, Any], raw: str, passwords: list[Password]) -> None:
         cloud = self.server.cloud
         cloud.added.append(body)
-        if len(cloud.passwords) >= cloud.limit:
+        if len(passwords) >= cloud.limit:
             self._graph_error(400, "Directory_QuotaExceeded", raw)
             return
         wanted = body["passwordCredential"]
@@ -263,7 +279,7 @@ class Handler(BaseHTTPRequestHandler):
         end = datetime.datetime.fromisoformat(wanted["endDateTime"])
         password = Password(str(uuid.uuid4()), new_secret(), start, end, wanted["displayName"],
                             start + datetime.timedelta(seconds=cloud.propagation))  # fmt: skip
-        cloud.passwords.append(password)
+        passwords.append(password)
         self._send(200, {**password.listed(), "secretText": password.value})
 
 
@@ -666,3 +682,105 @@ def test_a_rotation_identity_manages_the_secrets_of_an_application_that_may_not(
     azure.delete_key(make_spec(), secrets(current.value), acting, current.key_id)
     assert current.key_id not in cloud.key_ids
     assert cloud.graph_calls[-1] == ("remove", "POST", admin_secret)
+
+
+# --- a rotation identity acts only for a proved secret (decision 0216) ------------------
+
+VICTIM = str(uuid.uuid4())  # another team's application in the same tenant
+
+
+def identity_context(cloud: Cloud) -> VerifyContext:
+    """A boundary's rotation identity: an admins' application of the tenant."""
+    admin_client, admin_secret = str(uuid.uuid4()), new_secret()
+    cloud.admins[admin_client] = admin_secret
+    return dataclasses.replace(context(cloud), rotation_identity={
+        "clientId": SecretStr(admin_client), "clientSecret": SecretStr(admin_secret)})  # fmt: skip
+
+
+def victim_spec() -> CloudCredentialSpec:
+    spec = make_spec().model_dump(by_alias=True)
+    spec["azure"]["clientId"] = VICTIM
+    return CloudCredentialSpec.model_validate(spec)
+
+
+def test_a_rotation_identity_never_acts_for_another_application(cloud: Cloud) -> None:
+    """A tenant points spec.azure.clientId at another team's application and keeps its
+    own client secret (patched in while its rotation waits in Creating, say). The
+    identity's Graph token may manage either application, so only the tenant's secret
+    can prove which one it holds: every step refuses before Graph is asked."""
+    own = cloud.add(new_secret())
+    victim = Password(str(uuid.uuid4()), new_secret(), datetime.datetime.now(UTC),
+                      datetime.datetime.now(UTC) + datetime.timedelta(days=90))  # fmt: skip
+    cloud.others[VICTIM] = [victim]
+    acting, spec, tenant = identity_context(cloud), victim_spec(), secrets(own.value)
+    steps: dict[str, Callable[[], object]] = {
+        "list": lambda: azure.list_keys(spec, tenant, acting),
+        "create": lambda: azure.create_key(spec, tenant, acting),
+        "facts": lambda: azure.key_facts(spec, tenant, acting),
+        "delete": lambda: azure.delete_key(spec, tenant, acting, victim.key_id),
+    }
+
+    for step, call in steps.items():
+        error = failure(call)
+        assert error.reason == RotationReason.ACCESS_DENIED, step
+        assert f"application {VICTIM} (spec.azure.clientId)" in error.message
+        assert "AADSTS7000215" in error.message
+        assert own.value not in error.message
+    # Entra ID client secrets are removed, never disabled first: nothing is asked at all.
+    assert azure.deactivate_key(spec, tenant, acting, victim.key_id) is False
+
+    assert cloud.graph_calls == []
+    assert VICTIM not in cloud.asked
+    assert cloud.others[VICTIM] == [victim]
+    assert cloud.added == []
+
+
+def test_a_token_naming_another_application_is_no_proof(cloud: Cloud) -> None:
+    """Entra ID's token for the tenant's secret must name the application the identity
+    will act on (its appid claim), whatever the token endpoint answered."""
+    own = cloud.add(new_secret())
+    acting = identity_context(cloud)
+    cloud.claimed_app = VICTIM
+
+    error = failure(azure.create_key, make_spec(), secrets(own.value), acting)
+
+    assert error.reason == RotationReason.ACCESS_DENIED
+    assert f"names application {VICTIM}, not {CLIENT} (spec.azure.clientId)" in error.message
+    assert cloud.graph_calls == []
+    assert cloud.added == []
+
+
+def test_a_rotation_identity_acts_for_the_tenants_own_secret_with_one_token_request_more(
+    cloud: Cloud,
+) -> None:
+    """The tenant's genuine secret proves itself (a token for Resource Manager, as the
+    check asks), then the identity's Graph token acts: two token requests a step."""
+    current = cloud.add(new_secret())
+    acting = identity_context(cloud)
+    admin_secret = acting.rotation_identity["clientSecret"].get_secret_value()  # type: ignore[index]
+    spec = make_spec()
+
+    new = azure.create_key(spec, secrets(current.value), acting)
+    assert cloud.token_scopes == [ARM_SCOPE, f"{cloud.base}/.default"]
+    assert cloud.graph_calls == [("add", "POST", admin_secret)]
+    assert cloud.asked == [CLIENT]
+    value = new.secret_data["clientSecret"].get_secret_value()
+    listed = azure.list_keys(spec, secrets(value), acting)
+    assert {key.key_id for key in listed} == {current.key_id, new.facts.key_id}
+    facts = azure.key_facts(spec, secrets(value), acting)
+    assert facts is not None
+    assert facts.key_id == new.facts.key_id
+    azure.delete_key(spec, secrets(value), acting, current.key_id)
+    assert cloud.key_ids == {new.facts.key_id}
+    assert len(cloud.token_scopes) == 8  # a proof and the identity's token, each step
+    assert list(cloud.tokens.values()).count(value) == 3  # the proofs of the new secret
+
+
+def test_a_rotation_identity_waits_while_entra_id_cannot_prove_the_secret() -> None:
+    """Entra ID does not answer the proof: ProviderUnreachable, retried later."""
+    identity = {"clientId": SecretStr(str(uuid.uuid4())), "clientSecret": SecretStr(new_secret())}
+    acting = dataclasses.replace(context(), rotation_identity=identity)
+    error = failure(azure.list_keys, make_spec(), secrets(new_secret()), acting)
+    assert error.reason == RotationReason.PROVIDER_UNREACHABLE
+    assert f"application {CLIENT} (spec.azure.clientId)" in error.message
+    assert "connection failed" in error.message

@@ -1,10 +1,12 @@
 """GCP key rotation (list, create, facts, delete) against a local IAM API.
 
 The server is a small in-memory stand-in for Google's: a token endpoint that checks the
-JWT assertion's RS256 signature with the public half of the key it names (``kid``), and
-the IAM API v1's service-account key methods, which accept only a bearer token issued
-for a key that still exists. google-auth and requests run unmodified; a key the server
-makes is a real RSA key in a real JSON key file, so a test can go on with it.
+JWT assertion's RS256 signature with the public half of the key it names (``kid``) and
+that the key is one of the issuing service account's (``iss``), and the IAM API v1's
+service-account key methods, for any service account it has keys of, which accept only
+a bearer token issued for a key that still exists. google-auth and requests run
+unmodified; a key the server makes is a real RSA key in a real JSON key file, so a test
+can go on with it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import dataclasses
 import json
 import logging
+import re
 import secrets
 import socket
 import ssl
@@ -67,10 +70,11 @@ class FakeKey:
     valid_before: str = NO_EXPIRY
     disabled: bool = False
     key_type: str = "USER_MANAGED"
+    email: str = EMAIL  # the service account the key is one of
 
     def resource(self) -> dict[str, Any]:
         return {
-            "name": f"projects/my-project/serviceAccounts/{EMAIL}/keys/{self.key_id}",
+            "name": f"projects/my-project/serviceAccounts/{self.email}/keys/{self.key_id}",
             "validAfterTime": self.valid_after,
             "validBeforeTime": self.valid_before,
             "keyAlgorithm": "KEY_ALG_RSA_2048",
@@ -82,7 +86,8 @@ class FakeKey:
 
 @dataclass
 class FakeIam:
-    """One service account's keys, its token endpoint and its IAM key methods."""
+    """Service accounts' keys (``EMAIL``'s unless a key says otherwise), the token
+    endpoint and the IAM key methods."""
 
     url: str = ""
     keys: dict[str, FakeKey] = field(default_factory=dict)
@@ -102,14 +107,18 @@ class FakeIam:
     def token_uri(self) -> str:
         return self.url + "/token"
 
-    def user_keys(self) -> list[FakeKey]:
-        return [key for key in self.keys.values() if key.key_type == "USER_MANAGED"]
+    def user_keys(self, email: str = EMAIL) -> list[FakeKey]:
+        return [key for key in self.keys.values()
+                if key.key_type == "USER_MANAGED" and key.email == email]  # fmt: skip
 
-    def new_key(self, token_uri: str) -> tuple[FakeKey, str]:
+    def new_key(self, token_uri: str, email: str = EMAIL) -> tuple[FakeKey, str]:
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        key = FakeKey(secrets.token_hex(20), private.public_key(), _stamp(datetime.now(UTC)))
+        key = FakeKey(
+            secrets.token_hex(20), private.public_key(), _stamp(datetime.now(UTC)), email=email
+        )
         self.keys[key.key_id] = key
-        text = key_json(token_uri, private_key=pem(private), private_key_id=key.key_id)
+        text = key_json(token_uri, private_key=pem(private), private_key_id=key.key_id,
+                        client_email=email)  # fmt: skip
         self.private_pems.append(pem(private))
         return key, text
 
@@ -152,6 +161,9 @@ def _handler(iam: FakeIam) -> type[BaseHTTPRequestHandler]:
                 )
             except Exception:
                 return self._json(400, {"error": "invalid_grant"})
+            if json.loads(_b64decode(payload)).get("iss") != key.email:
+                # Google: the key is not one of the issuer's ("Invalid JWT Signature.").
+                return self._json(400, {"error": "invalid_grant"})
             token = f"ya29.fake-{secrets.token_urlsafe(24)}"
             iam.tokens[token] = key.key_id
             self._json(200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
@@ -160,9 +172,11 @@ def _handler(iam: FakeIam) -> type[BaseHTTPRequestHandler]:
             body = self._body()
             parts = urlsplit(self.path)
             path = unquote(parts.path)
-            if not path.startswith(KEYS_PATH):
-                return self._error(404, "NOT_FOUND")
-            key_id = path.removeprefix(KEYS_PATH).lstrip("/")
+            match = re.fullmatch(r"/v1/projects/-/serviceAccounts/([^/]+)/keys(?:/([^/]*))?", path)
+            email = match.group(1) if match else ""
+            if not any(key.email == email for key in iam.keys.values()):
+                return self._error(404, "NOT_FOUND")  # no such service account
+            key_id = (match.group(2) if match else None) or ""
             # Only a token issued for a key that still exists is accepted.
             authorization = self.headers.get("Authorization", "")
             token_key = iam.tokens.get(authorization.removeprefix("Bearer "), "")
@@ -181,24 +195,25 @@ def _handler(iam: FakeIam) -> type[BaseHTTPRequestHandler]:
                 return self._json(status, answer)
             if self.command == "GET" and not key_id:
                 types = parse_qs(parts.query).get("keyTypes")
-                keys = [key for key in iam.keys.values() if not types or key.key_type in types]
+                keys = [key for key in iam.keys.values()
+                        if key.email == email and (not types or key.key_type in types)]  # fmt: skip
                 return self._json(200, {"keys": [key.resource() for key in keys]})
             if self.command == "POST":
-                return self._create(json.loads(body))
+                return self._create(json.loads(body), email)
             key = iam.keys.get(key_id)
-            if key is None or key.key_type != "USER_MANAGED":
+            if key is None or key.key_type != "USER_MANAGED" or key.email != email:
                 return self._error(404, "NOT_FOUND")
             if self.command == "DELETE":
                 del iam.keys[key_id]
                 return self._json(200, {})
             self._json(200, key.resource())
 
-        def _create(self, request: dict[str, Any]) -> None:
+        def _create(self, request: dict[str, Any], email: str) -> None:
             if request.get("privateKeyType") != "TYPE_GOOGLE_CREDENTIALS_FILE":
                 return self._error(400, "INVALID_ARGUMENT")
-            if len(iam.user_keys()) >= iam.limit:
+            if len(iam.user_keys(email)) >= iam.limit:
                 return self._error(400, "FAILED_PRECONDITION")
-            key, text = iam.new_key(iam.token_uri)
+            key, text = iam.new_key(iam.token_uri, email)
             data = base64.b64encode(text.encode()).decode()
             if iam.corrupt_create:
                 data = base64.b64encode(b'{"type": "service_account"}').decode()
@@ -647,3 +662,96 @@ def test_a_rotation_identity_manages_the_keys_of_a_key_that_has_no_rights_over_k
     gcp.delete_key(spec(), new.secret_data, acting, FIRST_KEY_ID)
     assert iam.calls[-1] == ("DELETE", f"{KEYS_PATH}/{FIRST_KEY_ID}", admin.key_id)
     assert FIRST_KEY_ID not in iam.keys
+
+
+# --- a rotation identity acts only for a proved key (decision 0216) ---------------------
+
+VICTIM = "payments@other-project.iam.gserviceaccount.com"
+ADMIN = "rotator@admin-project.iam.gserviceaccount.com"
+
+
+def admin_context(iam: FakeIam) -> VerifyContext:
+    """A boundary's rotation identity: a key of the admins' own service account."""
+    _, admin_file = iam.new_key(iam.token_uri, ADMIN)
+    return dataclasses.replace(ctx(iam), rotation_identity={gcp.KEY_ROLE: SecretStr(admin_file)})
+
+
+@pytest.mark.parametrize("victim_key_id", [False, True], ids=["own-key-id", "victims-key-id"])
+def test_a_rotation_identity_never_acts_for_another_service_accounts_email(
+    iam: FakeIam, victim_key_id: bool
+) -> None:
+    """A tenant writes another team's service account into its key file's client_email,
+    beside its own private key (and its own key id, or one of the victim's). Google
+    answers for any service account the identity may manage, so only the tenant's own
+    key can prove which account it holds: every step refuses before the identity acts."""
+    victim_key, _ = iam.new_key(iam.token_uri, VICTIM)
+    acting = admin_context(iam)
+    forged = json.loads(first_key(iam)[gcp.KEY_ROLE].get_secret_value())
+    forged["client_email"] = VICTIM  # the tenant's own private key stays
+    if victim_key_id:
+        forged["private_key_id"] = victim_key.key_id
+    tenant = {gcp.KEY_ROLE: SecretStr(json.dumps(forged))}
+    steps = {
+        "list": lambda: gcp.list_keys(spec(), tenant, acting),
+        "create": lambda: gcp.create_key(spec(), tenant, acting),
+        "facts": lambda: gcp.key_facts(spec(), tenant, acting),
+        "delete": lambda: gcp.delete_key(spec(), tenant, acting, victim_key.key_id),
+    }
+    before = dict(iam.keys)
+
+    for step, call in steps.items():
+        error = failure(iam, call)
+        assert error.reason == RotationReason.ACCESS_DENIED, step
+        assert f"a key of {VICTIM} (client_email)" in error.message
+        assert "invalid_grant" in error.message
+    # GCP keys are deleted, never disabled first: nothing is asked at all.
+    assert gcp.deactivate_key(spec(), tenant, acting, victim_key.key_id) is False
+
+    assert not any(VICTIM in path for _, path, _ in iam.calls)
+    assert iam.calls == []
+    assert iam.keys == before  # nothing made, nothing deleted
+    assert iam.user_keys(VICTIM) == [victim_key]
+
+
+def test_a_rotation_identity_acts_for_the_tenants_own_key_with_one_token_request_more(
+    iam: FakeIam,
+) -> None:
+    """The tenant's genuine key proves itself at the token endpoint, then the identity's
+    token acts: two token requests a step, the first signed with the tenant's key."""
+    acting = admin_context(iam)
+    admin_key_id = next(key.key_id for key in iam.keys.values() if key.email == ADMIN)
+
+    def assertions_of(call: Any) -> list[str]:
+        before = len(iam.assertions)
+        call()
+        return [json.loads(_b64decode(a.split(".")[0]))["kid"] for a in iam.assertions[before:]]
+
+    assert assertions_of(lambda: gcp.list_keys(spec(), first_key(iam), acting)) == [
+        FIRST_KEY_ID, admin_key_id]  # fmt: skip
+    new = gcp.create_key(spec(), first_key(iam), acting)
+    assert iam.calls[-1] == ("POST", KEYS_PATH, admin_key_id)
+    facts = gcp.key_facts(spec(), new.secret_data, acting)
+    assert facts is not None
+    assert facts.key_id == new.facts.key_id
+    assert assertions_of(lambda: gcp.delete_key(spec(), new.secret_data, acting, FIRST_KEY_ID)) == [
+        new.facts.key_id,
+        admin_key_id,
+    ]
+    assert iam.calls[-1] == ("DELETE", f"{KEYS_PATH}/{FIRST_KEY_ID}", admin_key_id)
+    assert {key.key_id for key in iam.user_keys()} == {new.facts.key_id}
+
+
+def test_a_rotation_identity_waits_while_the_tenants_key_cannot_be_proved(
+    iam: FakeIam, closed_url: str
+) -> None:
+    """The token endpoint does not answer the proof: ProviderUnreachable, retried later,
+    and the identity has not acted."""
+    token_uri = closed_url + "/token"
+    _, admin_file = iam.new_key(token_uri, ADMIN)
+    identity = {gcp.KEY_ROLE: SecretStr(admin_file)}
+    acting = dataclasses.replace(context(token_uri, iam.url), rotation_identity=identity)
+    tenant = {gcp.KEY_ROLE: SecretStr(key_json(token_uri))}
+    error = failure(iam, lambda: gcp.create_key(spec(), tenant, acting))
+    assert error.reason == RotationReason.PROVIDER_UNREACHABLE
+    assert f"a key of {EMAIL} (client_email)" in error.message
+    assert iam.calls == []
