@@ -186,6 +186,13 @@ def verify(
     its text (kept in tracebacks) may carry the token endpoint's error body.
     """
     azure = _azure(spec)
+    token = _arm_token(azure, secrets[CLIENT_SECRET].get_secret_value(), context.settings)
+    return Verification(identity=_identity(token, azure), static_keys=True)
+
+
+def _arm_token(azure: AzureSpec, secret: str, settings: ProviderSettings) -> str:
+    """An Azure Resource Manager token for the application's client secret, from Entra
+    ID (client-credentials grant); ``VerificationError`` when there is none."""
     try:
         # Lazy: azure-identity is an optional extra (cloudcred[azure]).
         from azure.identity import ClientSecretCredential
@@ -195,10 +202,8 @@ def verify(
             "the Azure library is not installed: install cloudcred[azure]",
         ) from None
 
-    secret = secrets[CLIENT_SECRET].get_secret_value()
     if not secret:  # the library would raise ValueError, taken below for a bad authority
         raise VerificationError(Reason.INVALID_SECRET_DATA, "the client secret is empty")
-    settings = context.settings
     options = _credential_options(settings)
     authority = settings.azure_authority_host or "the default Entra ID authority"
 
@@ -214,13 +219,11 @@ def verify(
     verifying = _VERIFYING.set(secret)
     try:
         with credential:
-            token = credential.get_token(ARM_SCOPE).token
+            return str(credential.get_token(ARM_SCOPE).token)
     except Exception as error:  # every failure becomes a reason
         raise _classify(error, azure, secret, authority, settings.timeout_seconds) from None
     finally:
         _VERIFYING.reset(verifying)
-
-    return Verification(identity=_identity(token, azure), static_keys=True)
 
 
 def _credential_options(settings: ProviderSettings) -> dict[str, Any]:
@@ -458,7 +461,12 @@ _PERMISSION = (
 class _Graph:
     """Graph requests for one application, authenticated with a token that the
     credential's own secret gets from Entra ID (``BearerTokenCredentialPolicy``), with
-    the operator's timeouts and no retries (the operator retries with its own backoff)."""
+    the operator's timeouts and no retries (the operator retries with its own backoff).
+
+    With a rotation identity, the identity's token acts on the application the spec's
+    ``clientId`` names, which Graph never ties to the credential's secret: the identity
+    may manage any application it owns. So the credential's own secret first proves
+    itself (``_prove_application``, decision 0216) and the identity acts only then."""
 
     def __init__(self, spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext):
         self.azure = _azure(spec)
@@ -474,7 +482,7 @@ class _Graph:
                 "the Azure library is not installed: install cloudcred[azure]",
             ) from None
         # An admin-owned application (a boundary's rotation identity), in the same tenant,
-        # may manage this application's secrets in its place.
+        # may manage this application's secrets in its place, for a proved secret only.
         acting = context.rotation_identity or secrets
         self.secret = acting[CLIENT_SECRET].get_secret_value()
         if not self.secret:
@@ -490,6 +498,10 @@ class _Graph:
             )
         self.authority = self.settings.azure_authority_host or "the default Entra ID authority"
         self.app_url = f"{self.base}/v1.0/applications(appId='{quote(self.azure.client_id)}')"
+        if context.rotation_identity is not None:
+            # The application of app_url, the one the proof's token must name.
+            _prove_application(self.azure, secrets[CLIENT_SECRET].get_secret_value(),
+                               self.settings)  # fmt: skip
         try:
             self.credential = ClientSecretCredential(
                 self.azure.tenant_id,
@@ -620,6 +632,32 @@ _ROTATION_REASONS = {
     Reason.PROVIDER_UNREACHABLE: RotationReason.PROVIDER_UNREACHABLE,
     Reason.VERIFICATION_UNAVAILABLE: RotationReason.NOT_SUPPORTED,
 }
+
+
+def _prove_application(azure: AzureSpec, secret: str, settings: ProviderSettings) -> None:
+    """Before a rotation identity acts on application ``azure.client_id``: the
+    credential's own secret gets a token for that application from Entra ID (as the
+    check does), and the token names that application (``appid``, or ``azp``). Otherwise
+    AccessDenied (ProviderUnreachable while Entra ID does not answer); the messages name
+    the client id, never the secret."""
+    what = f"application {azure.client_id} (spec.azure.clientId)"
+    try:
+        token = _arm_token(azure, secret, settings)
+    except VerificationError as error:
+        raise RotationError(
+            _ROTATION_REASONS.get(error.reason, _REFUSED),
+            f"the credential's own client secret did not prove that it is a secret of {what}, "
+            f"and the rotation identity acts only for that: {error.message}",
+        ) from None
+    claims = _unverified_claims(token)
+    named = _claim(claims, "appid") or _claim(claims, "azp")
+    if named is None or named.lower() != azure.client_id.lower():
+        raise RotationError(
+            RotationReason.ACCESS_DENIED,
+            f"Entra ID's token for the credential's own client secret names application "
+            f"{named or '(none)'}, not {azure.client_id} (spec.azure.clientId): the "
+            "rotation identity acts only for the application whose secret the credential holds",
+        )
 
 
 def _transport_problem(error: BaseException, timeout: float) -> str:

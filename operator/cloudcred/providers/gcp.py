@@ -457,7 +457,9 @@ def delivery(
 # the configured token endpoint (as ``verify`` does) and calls the IAM API v1 at
 # ``ProviderSettings.gcp_iam_url`` through google-auth's AuthorizedSession, all within one
 # ``timeout_seconds``. The service account needs the four iam.serviceAccountKeys
-# permissions below on itself.
+# permissions below on itself. With a boundary's rotation identity, the identity's token
+# calls the IAM API instead, after the key in the Secret has proved itself the same way
+# (one token request more a call; ``_IamSession``).
 
 _PERMISSIONS = {
     "list": "iam.serviceAccountKeys.list",
@@ -550,7 +552,15 @@ def key_facts(
 
 class _IamSession:
     """One rotation call: the key's token, the IAM API's URL for the service account's
-    keys, and a single deadline for both."""
+    keys, and a single deadline for both.
+
+    With a rotation identity, the identity's token acts on the service account the
+    key's ``client_email`` names, which Google never ties to the key's private key: the
+    IAM API answers for any account the identity may manage. So the key first proves
+    itself (decision 0216): its own JWT-bearer grant, with ``client_email`` as the
+    assertion's issuer, gets a token only if the private key is one of that account's.
+    A tenant who names another team's service account beside its own private key gets
+    AccessDenied, and the identity lists, makes and deletes nothing for that account."""
 
     def __init__(
         self, spec: CloudCredentialSpec, secrets: SecretValues, context: VerifyContext
@@ -566,12 +576,15 @@ class _IamSession:
             info, self._credentials = _load_key(spec, secrets, context)
         except VerificationError as error:
             raise _as_rotation_error(error) from None
+        # The account acted on is the one the proof's assertion names as its issuer.
         self.email: str = info["client_email"]
         key_id = info.get("private_key_id")
         self.key_id: str | None = key_id if isinstance(key_id, str) else None
+        self._proof: Any = None
         if context.rotation_identity is not None:
             # An admin-owned service account manages this one's keys: its token, this
-            # service account's keys.
+            # service account's keys, once the key in the Secret has proved itself.
+            self._proof = self._credentials
             try:
                 _, self._credentials = _load_key(spec, context.rotation_identity, context)
             except VerificationError as error:
@@ -585,6 +598,12 @@ class _IamSession:
         from google.auth.transport.requests import AuthorizedSession, Request
 
         self._token_session = requests.Session()
+        if self._proof is not None:
+            try:
+                _refresh(self._proof, self._token_session, self.settings, self.started)
+            except VerificationError as error:
+                self._token_session.close()
+                raise _unproved(error, self.email) from None
         try:
             _refresh(self._credentials, self._token_session, self.settings, self.started)
         except VerificationError as error:
@@ -679,6 +698,18 @@ def _as_rotation_error(error: VerificationError) -> RotationError:
     }.get(error.reason, RotationReason.ACCESS_DENIED)
     # Without a working key the operator cannot act as the service account at all.
     return RotationError(reason, f"cannot act as the service account: {error.message}")
+
+
+def _unproved(error: VerificationError, email: str) -> RotationError:
+    """The key in the Secret could not prove, before a rotation identity acts, that it is
+    a key of the service account it names; the reason as ``_as_rotation_error`` gives it
+    (AccessDenied for a refused key, ProviderUnreachable while the endpoint is down)."""
+    reason = _as_rotation_error(error).reason
+    return RotationError(
+        reason,
+        f"the credential's own key did not prove that it is a key of {email} (client_email), "
+        f"and the rotation identity acts only for that: {error.message}",
+    )
 
 
 def _api_failure(response: Any, action: str, what: str, label: str) -> RotationError:
