@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Kube
-from tests.gcp import key_json
+from tests.gcp import EMAIL, key_json
 from tests.operator import Operators, wait_for
 from tests.resources import (
     condition,
@@ -73,9 +73,9 @@ def story(kube: Kube, namespace: str, operators: Operators, fake: FakeIam) -> No
     fake.keys[first_key_id] = fake.keys.pop(SERVED_KEY_ID)
     fake.keys[first_key_id].key_id = first_key_id
 
-    def propagating(token_uri: str) -> tuple[FakeKey, str]:
+    def propagating(token_uri: str, email: str = EMAIL) -> tuple[FakeKey, str]:
         """Google accepts a new key only some seconds after making it."""
-        key, text = made_by_google(token_uri)
+        key, text = made_by_google(token_uri, email)
         key.disabled = True
         threading.Timer(PROPAGATION, lambda: setattr(key, "disabled", False)).start()
         return key, text
