@@ -2221,7 +2221,8 @@ async def test_a_check_that_cannot_answer_is_unknown_never_true_or_false(
     if refuse == Reason.PROVIDER_UNREACHABLE:
         assert delay == pytest.approx(5, abs=0.1), "an outage is asked again with a backoff"
     else:
-        assert 54 <= delay <= 66, "a refusal is asked again at the recheck interval"
+        # 60 s ± 10 % jitter, measured a few milliseconds after the timer was set.
+        assert 53.5 <= delay <= 66, "a refusal is asked again at the recheck interval"
 
 
 @run
