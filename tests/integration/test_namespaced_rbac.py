@@ -269,3 +269,55 @@ def test_the_operator_does_its_secret_work_with_per_namespace_rights(
     log = operator.log()
     assert "cloudcred settings" in log
     assert not refusals(log), refusals(log)
+
+
+def test_two_replicas_keep_their_peering_with_the_charts_rights_and_touch_no_other(
+    kube: Kube, tmp_path: Path, operators: Operators
+) -> None:
+    """With two replicas the chart grants get and patch on its own peering object only.
+    The real operator, authenticated as the chart's ServiceAccount, joins its KopfPeering
+    and keeps it alive without a refusal; another peering object is out of its reach."""
+    if not HELM.exists():
+        pytest.skip(f"helm is not built: run `make helm` (it builds {HELM})")
+    release = f"nsp{uuid.uuid4().hex[:8]}"
+    namespace, watched = new_namespace(kube, "nsp-op"), new_namespace(kube, "nsp-a")
+    version = str(client.VersionApi(kube.api).get_code().git_version)
+    rendered = subprocess.run(
+        [str(HELM), "template", release, str(CHART), "--namespace", namespace, "--kube-version",
+         version, "--skip-tests", "--set", "namespaces={" + watched + "}",
+         "--set", "replicaCount=2"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    docs = [doc for doc in documents(rendered)
+            if (doc["kind"] in RBAC_KINDS and doc["metadata"]["name"].startswith(release))
+            or doc["kind"] == "KopfPeering"]  # fmt: skip
+    kubectl(kube, "apply", "-f", str(CHART / "crds" / "kopf-peering.yaml"))
+    kubectl(kube, "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/clusterkopfpeerings.kopf.dev", "crd/kopfpeerings.kopf.dev")  # fmt: skip
+    kubectl(kube, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+    fullname = f"{release}-cloudcred"
+    other = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "other"}}
+    kube.custom.create_namespaced_custom_object("kopf.dev", "v1", watched, "kopfpeerings", other)
+    kubeconfig = token_kubeconfig(kube, namespace, fullname, tmp_path / "kubeconfig")
+    try:
+        operator = operators.start(
+            watched, kubeconfig=kubeconfig, standalone=False,
+            env={"CLOUDCRED_OPERATOR_NAMESPACE": namespace},
+            args=["--peering", fullname, "--priority", "100"],
+        )  # fmt: skip
+
+        def keep_alives() -> dict[str, Any]:
+            body = kube.custom.get_namespaced_custom_object(
+                "kopf.dev", "v1", watched, "kopfpeerings", fullname)  # fmt: skip
+            return dict(body.get("status") or {})
+
+        wait_for(lambda: keep_alives(), timeout=30, what="the replica's keep-alive")
+        assert not refusals(operator.log()), refusals(operator.log())
+        account = client.CustomObjectsApi(api_client(kubeconfig))
+        touch = {"status": {"someone": {"priority": 1}}}
+        assert status_of(partial(account.patch_namespaced_custom_object, "kopf.dev", "v1",
+                                 watched, "kopfpeerings", "other", touch)) == 403  # fmt: skip
+    finally:
+        rbacs = client.RbacAuthorizationV1Api(kube.api)
+        rbacs.delete_cluster_role_binding(fullname)
+        rbacs.delete_cluster_role(fullname)
