@@ -50,7 +50,7 @@ from cloudcred.constants import (
 from cloudcred.controllers import deploy
 from cloudcred.controllers.runner import Controllers
 from cloudcred.installation import INSTALLATION_SECRET, Installation, key_secret_info
-from cloudcred.kube import AlreadyExists, Conflict, NotFound, PreconditionFailed
+from cloudcred.kube import AlreadyExists, Conflict, Forbidden, NotFound, PreconditionFailed
 from cloudcred.permissions import PermissionSetInfo
 
 KINDS = {"cloudcredentials": "CloudCredential", "clusters": "Cluster"}
@@ -84,6 +84,8 @@ class FakeKube:
         self._faults: dict[str, list[Exception]] = {}
         self._actions: dict[str, list[Callable[[], None]]] = {}
         self._refused: dict[tuple[str, Key], Exception] = {}
+        # Namespaces whose Secrets RBAC keeps from the operator (per-namespace rights).
+        self.unreadable_namespaces: set[str] = set()
         # Server-side apply: the status fields and condition types each manager applied.
         self._owned: dict[tuple[str, Key, str], tuple[set[str], set[str]]] = {}
         self._versions = itertools.count(1)
@@ -288,6 +290,8 @@ class FakeKube:
 
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str]:
         self._fault("read_secret_data")
+        if namespace in self.unreadable_namespaces:
+            raise Forbidden(f"reading Secret {namespace}/{name} failed: HTTP 403 Forbidden")
         secret = self.secrets.get((namespace, name))
         if secret is None:
             raise NotFound(f"Secret {namespace}/{name}")

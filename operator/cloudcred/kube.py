@@ -36,6 +36,11 @@ class NotFound(Exception):
     """The object does not exist (or, with a UID, this object no longer does)."""
 
 
+class Forbidden(RuntimeError):
+    """RBAC refused the request (HTTP 403): with per-namespace rights, a Secret of a
+    namespace the installation does not watch."""
+
+
 class AlreadyExists(RuntimeError):
     """A create found an object of that name."""
 
@@ -116,13 +121,14 @@ class Kube:
         except ApiException as error:
             if error.status == 404:
                 raise NotFound(f"Secret {namespace}/{name}") from None
-            raise RuntimeError(
+            failed = Forbidden if error.status == 403 else RuntimeError
+            raise failed(
                 f"reading Secret {namespace}/{name} failed: HTTP {error.status} {error.reason}"
             ) from None
         return secret
 
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str]:
-        """The Secret's base64 data. Raises NotFound."""
+        """The Secret's base64 data. Raises NotFound, Forbidden."""
         return dict((await self._read_secret(namespace, name)).data or {})
 
     async def apply_status(

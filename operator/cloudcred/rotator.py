@@ -32,7 +32,7 @@ from cloudcred import conditions, rotation
 from cloudcred.api.credential import CloudCredentialSpec
 from cloudcred.config import Settings
 from cloudcred.constants import API_VERSION, CREDENTIAL_PLURAL, MANAGED_BY_LABEL
-from cloudcred.kube import AlreadyExists, Conflict, Kube, NotFound, PreconditionFailed
+from cloudcred.kube import AlreadyExists, Conflict, Forbidden, Kube, NotFound, PreconditionFailed
 from cloudcred.providers import provider_module
 from cloudcred.providers.base import (
     NewKey,
@@ -797,7 +797,15 @@ class Rotator:
                     (status.get("rotation") or {}).get("keyId")) if value}  # fmt: skip
             named: set[str] = set()
             for each in specs:
-                named |= rotation.key_ids_named(each, await self._secret_data(other_key[0], each))
+                try:
+                    data = await self._secret_data(other_key[0], each)
+                except Forbidden:
+                    # Per-namespace rights: a namespace this installation does not watch
+                    # keeps its Secrets from it. What its spec and status name still
+                    # keeps a key (its own installation's verifier writes publicId and
+                    # key.id); a key id only inside such a Secret is not seen.
+                    data = {}
+                named |= rotation.key_ids_named(each, data)
                 if other_key[0] == namespace and rotated_secret in rotation.secrets_named(each):
                     named.add(key_id)
             if key_id in named | claimed:

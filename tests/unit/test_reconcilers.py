@@ -2465,6 +2465,37 @@ async def test_a_key_another_credential_uses_is_kept_and_the_rotation_ends_sayin
     assert (state["phase"], state["keyId"]) == ("Idle", "k2")
 
 
+@pytest.mark.parametrize("claimed", [True, False])
+@run
+async def test_a_credential_whose_secrets_the_operator_may_not_read_keeps_what_it_shows(
+    kube: FakeKube, clock: Clock, monkeypatch: pytest.MonkeyPatch, claimed: bool
+) -> None:
+    """With per-namespace rights, another namespace's Secrets answer 403. A credential
+    there that shows k1 as its key (status.key.id, written by its own installation's
+    verifier) keeps k1; one that shows nothing does not stop the rotation, which ends
+    rather than retrying the refused read for ever."""
+    provider_calls(monkeypatch)
+    account = ServiceAccount(monkeypatch, clock)
+    operator = Operator(kube, clock)
+    kube.unreadable_namespaces.add("team-b")
+    kube.put_secret(
+        "team-b", "copy", {"key.json": base64.b64encode(key_file("k1").encode()).decode()}
+    )
+    kube.put("CloudCredential", {"metadata": {"namespace": "team-b", "name": "other"},
+                                 "spec": {"provider": "GCP", "gcp": {"serviceAccountKeyRef": {
+                                     "name": "copy", "key": "key.json"}}},
+                                 "status": {"key": {"id": "k1"}} if claimed else {}})  # fmt: skip
+    await rotated_to_k2_or_kept(kube, operator)
+    state = rotation_state(kube)
+    assert (state["phase"], state["keyId"]) == ("Idle", "k2"), state
+    if claimed:
+        assert "k1" not in account.retired(), account.changes
+        kept = [e for e in kube.recorded.events if e[3] == "KeyKept"]
+        assert "CloudCredential team-b/other" in kept[-1][4]
+    else:
+        assert account.retired() == ["k1", "k1"], account.changes
+
+
 async def rotated_to_k2_or_kept(kube: FakeKube, operator: Operator) -> None:
     """``rotated_to_k2`` without its final check: the rotation may end by keeping k1."""
     credential(kube, key=key_file("k1"), check=True)
