@@ -129,6 +129,29 @@ def marked(kube: FakeKube) -> dict[str, str | None]:
             for (kind, key), body in sorted(kube.objects.items()) if kind == "Cluster"}  # fmt: skip
 
 
+async def deployed_fleet(
+    kube: FakeKube, operator: Operator, names: str, max_concurrent: int | str
+) -> str:
+    """The credential, checked, and a cluster per letter of ``names`` deployed with its
+    revision, which is returned."""
+    credential(kube, max_concurrent=max_concurrent)
+    await operator.settle()
+    first = revision(kube)
+    for name in names:
+        cluster(kube, name, deployed=first)
+    await operator.settle()
+    return first
+
+
+def forge_condition(kube: FakeKube, type_: str, **fields: str) -> dict[str, Any]:
+    """The credential's body with condition ``type_`` rewritten as a tenant with the
+    status subresource would (not yet put back)."""
+    body = kube.body("CloudCredential", CRED)
+    body["status"]["conditions"] = [{**c, **fields} if c["type"] == type_ else c
+                                    for c in body["status"]["conditions"]]  # fmt: skip
+    return body
+
+
 # -- binding ------------------------------------------------------------------------------
 
 
@@ -253,12 +276,7 @@ async def test_a_new_revision_reconciles_each_cluster_once_and_marks_within_the_
     kube: FakeKube, clock: Clock
 ) -> None:
     operator = Operator(kube, clock)
-    credential(kube, max_concurrent=2)
-    await operator.settle()
-    v1 = revision(kube)
-    for name in "abcde":
-        cluster(kube, name, deployed=v1)
-    await operator.settle()
+    v1 = await deployed_fleet(kube, operator, "abcde", max_concurrent=2)
     assert find(kube, "CloudCredential", "prod", "RolloutComplete")["status"] == "True"
     runs = dict(operator.controllers.clusters.runs)
 
@@ -302,23 +320,15 @@ async def test_a_forged_complete_rollout_is_written_again_from_the_clusters(
     tells a person rotating by hand that the old key may go): the credential's
     reconciler writes what the clusters show again, within its pacing interval."""
     operator = Operator(kube, clock)
-    credential(kube, max_concurrent=1)
-    await operator.settle()
-    v1 = revision(kube)
-    for name in "ab":
-        cluster(kube, name, deployed=v1)
-    await operator.settle()
+    await deployed_fleet(kube, operator, "ab", max_concurrent=1)
     new_key(kube, KEY.replace("cc@", "cc2@"))
     await operator.settle()
     v2 = revision(kube)
     honest = kube.body("CloudCredential", CRED)["status"]["rollout"]
     assert honest == {"revision": v2, "updated": 0, "total": 2}
-    body = kube.body("CloudCredential", CRED)
+    body = forge_condition(kube, "RolloutComplete", status="True", reason="RolloutComplete",
+                           message="forged")  # fmt: skip
     body["status"]["rollout"] = {"revision": v2, "updated": 2, "total": 2}
-    body["status"]["conditions"] = [
-        {**c, "status": "True", "reason": "RolloutComplete", "message": "forged"}
-        if c["type"] == "RolloutComplete" else c for c in body["status"]["conditions"]
-    ]  # fmt: skip
     kube.put("CloudCredential", body)
     await operator.settle()
     await operator.advance(1)
@@ -334,12 +344,7 @@ async def test_a_mark_seen_after_the_plan_still_costs_one_cluster_reconcile(
     arrive after the plan's publication. A cluster whose mark is on its way waits for
     it instead of being reconciled for the plan and again for the mark."""
     operator = Operator(kube, clock)
-    credential(kube, max_concurrent="100%")
-    await operator.settle()
-    v1 = revision(kube)
-    for name in "abc":
-        cluster(kube, name, deployed=v1)
-    await operator.settle()
+    await deployed_fleet(kube, operator, "abc", max_concurrent="100%")
     runs = dict(operator.controllers.clusters.runs)
     held: list[tuple[str, Any, Any]] = []
     deliver = kube.on_change
@@ -371,11 +376,7 @@ async def test_a_mark_seen_after_the_plan_still_costs_one_cluster_reconcile(
 @run
 async def test_a_paused_rollout_marks_nothing_until_resumed(kube: FakeKube, clock: Clock) -> None:
     operator = Operator(kube, clock)
-    credential(kube, max_concurrent="100%")
-    await operator.settle()
-    for name in "ab":
-        cluster(kube, name, deployed=revision(kube))
-    await operator.settle()
+    await deployed_fleet(kube, operator, "ab", max_concurrent="100%")
     body = kube.body("CloudCredential", CRED)
     body["metadata"]["annotations"] = {ROLLOUT_PAUSED_ANNOTATION: "true"}
     kube.put("CloudCredential", body)
@@ -1256,20 +1257,18 @@ async def test_a_forged_verified_starts_no_rotation_of_a_key_whose_check_failed(
     body["spec"]["verification"]["interval"] = "1m"
     kube.put("CloudCredential", body)
     await operator.settle()
-    assert verified_status(kube) == "False"
+    assert find(kube, "CloudCredential", "prod", "Verified")["status"] == "False"
     # 409s on the next status applies: the write-back's five attempts lose, and the
     # other controllers' writes retry past the rest.
     kube.fail("apply_status", Conflict("CloudCredential acme/prod"), times=10)
-    body = kube.body("CloudCredential", CRED)
-    body["status"]["conditions"] = [
-        {**c, "status": "True", "reason": "Verified"} if c["type"] == "Verified" else c
-        for c in body["status"]["conditions"]
-    ]
+    body = forge_condition(kube, "Verified", status="True", reason="Verified")
     body["metadata"]["annotations"] = {"cloudcred.io/rotate-now": "now"}
     kube.put("CloudCredential", body)
     await operator.settle()
     await operator.advance(30)
-    assert verified_status(kube) == "True"  # the forgery stands a while
+    assert (
+        find(kube, "CloudCredential", "prod", "Verified")["status"] == "True"
+    )  # the forgery stands a while
     assert (listed, account.create_attempts) == ([], 0), account.changes
 
     account.not_yet.clear()
@@ -1277,13 +1276,6 @@ async def test_a_forged_verified_starts_no_rotation_of_a_key_whose_check_failed(
     await operator.settle()
     assert listed
     assert account.create_attempts == 1, account.changes
-
-
-def verified_status(kube: FakeKube) -> str:
-    found = conditions.find(kube.body("CloudCredential", CRED)["status"]["conditions"],
-                            "Verified")  # fmt: skip
-    assert found is not None
-    return str(found["status"])
 
 
 @run

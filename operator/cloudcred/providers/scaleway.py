@@ -218,6 +218,16 @@ def _load_sdk() -> _Sdk:
     )
 
 
+def _no_answer(requests: Any, error: Exception, url: str, timeout: float) -> str:
+    """Why a request got no answer to read, naming the URL and the error's class only
+    (its text may quote the request)."""
+    if isinstance(error, requests.Timeout):
+        return f"no answer from {url} within {timeout:g}s"
+    if isinstance(error, requests.ConnectionError):
+        return f"could not connect to {url}"
+    return f"request to {url} failed ({type(error).__name__})"
+
+
 def _ask(
     sdk: _Sdk,
     call: Callable[[], _T],
@@ -253,20 +263,10 @@ def _ask(
         raise VerificationError(
             reason, f"{what}: the Scaleway API {answer} (HTTP {status})"
         ) from None
-    except requests.Timeout:
-        raise VerificationError(
-            Reason.PROVIDER_UNREACHABLE,
-            f"{what}: no answer from {api_url} within {timeout:g}s",
-        ) from None
-    except requests.ConnectionError:
-        raise VerificationError(
-            Reason.PROVIDER_UNREACHABLE, f"{what}: could not connect to {api_url}"
-        ) from None
     except requests.RequestException as error:
         # Includes a success answer whose body is not JSON (requests' JSONDecodeError).
         raise VerificationError(
-            Reason.PROVIDER_UNREACHABLE,
-            f"{what}: request to {api_url} failed ({type(error).__name__})",
+            Reason.PROVIDER_UNREACHABLE, f"{what}: {_no_answer(requests, error, api_url, timeout)}"
         ) from None
     except (TypeError, ValueError, KeyError):
         # The SDK could not unmarshal the answer (not an object, a bad date, ...).
@@ -366,19 +366,9 @@ def prove_pair(
         ):
             status = response.status_code
             head = b"" if status == 200 else response.raw.read(_S3_ERROR_BYTES, decode_content=True)
-    except requests.Timeout:
-        raise VerificationError(
-            Reason.PROVIDER_UNREACHABLE,
-            f"{what}: no answer from {url} within {settings.timeout_seconds:g}s",
-        ) from None
-    except requests.ConnectionError:
-        raise VerificationError(
-            Reason.PROVIDER_UNREACHABLE, f"{what}: could not connect to {url}"
-        ) from None
     except (requests.RequestException, OSError, ValueError) as error:
-        raise VerificationError(
-            Reason.PROVIDER_UNREACHABLE, f"{what}: request to {url} failed ({type(error).__name__})"
-        ) from None
+        problem = _no_answer(requests, error, url, settings.timeout_seconds)
+        raise VerificationError(Reason.PROVIDER_UNREACHABLE, f"{what}: {problem}") from None
     if status == 200:
         return
     found = _S3_CODE.search(head or b"")
@@ -642,20 +632,9 @@ def _act(
         else:  # 3xx, 408, 429, 5xx: a proxy, a rate limit or an outage; try again later
             reason, answer = RotationReason.PROVIDER_UNREACHABLE, "answered"
         raise RotationError(reason, f"{what}: the Scaleway API {answer} ({code})") from None
-    except requests.Timeout:
-        raise RotationError(
-            RotationReason.PROVIDER_UNREACHABLE,
-            f"{what}: no answer from {api_url} within {session.timeout:g}s",
-        ) from None
-    except requests.ConnectionError:
-        raise RotationError(
-            RotationReason.PROVIDER_UNREACHABLE, f"{what}: could not connect to {api_url}"
-        ) from None
     except requests.RequestException as error:
-        raise RotationError(
-            RotationReason.PROVIDER_UNREACHABLE,
-            f"{what}: request to {api_url} failed ({type(error).__name__})",
-        ) from None
+        problem = _no_answer(requests, error, api_url, session.timeout)
+        raise RotationError(RotationReason.PROVIDER_UNREACHABLE, f"{what}: {problem}") from None
     except (TypeError, ValueError, KeyError):
         raise RotationError(
             RotationReason.PROVIDER_UNREACHABLE,
